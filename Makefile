@@ -1,0 +1,30 @@
+# Quickstart: `make select` (set up, build the default bundle if missing, select from the sample) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup select test bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: the CPU build from this machine's disk; a bare `torch` requirement would pull a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[export,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+select: $(STAMP)
+	$(BIN)/car-onnx info >/dev/null 2>&1 || $(BIN)/car-onnx export default
+	$(BIN)/car-onnx select car_onnx/data/sample.json -o selected.json --n1 5 --force --show
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) selected.json

@@ -1,0 +1,5 @@
+"""`python -m car_onnx` is the `car-onnx` command."""
+
+from .cli import main
+
+main()

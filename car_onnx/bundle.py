@@ -1,0 +1,69 @@
+"""Loading a bundle directory: manifest, integrity check, and the models that serve each role."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import BundleError
+from .manifest import Manifest, read_manifest, verify_files
+from .models import OnnxModel
+from .session import SessionConfig
+
+
+def default_bundle_dir() -> Path:
+    """Where `car-onnx export default` writes and `select` looks: $CAR_ONNX_BUNDLE, else
+    $XDG_DATA_HOME/car-onnx/default (XDG_DATA_HOME defaults to ~/.local/share)."""
+    if os.environ.get("CAR_ONNX_BUNDLE"):
+        return Path(os.environ["CAR_ONNX_BUNDLE"])
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "car-onnx" / "default"
+
+
+def find_bundle(path: Path | None) -> Path:
+    """The bundle to use: `path` if given, else the default location (with how to build it if missing)."""
+    if path is not None:
+        return Path(path)
+    root = default_bundle_dir()
+    if not (root / "manifest.json").is_file():
+        raise BundleError(
+            f"no bundle given and no default bundle at {root}; build it with `car-onnx export default` "
+            "(needs `pip install 'car-onnx[export]'`), or pass --bundle DIR / set CAR_ONNX_BUNDLE"
+        )
+    return root
+
+
+class Bundle:
+    """The models of a bundle for the roles asked for; every file they use is checked against its sha256."""
+
+    def __init__(self, root: Path, config: SessionConfig, roles: tuple[str, ...] = ("score", "embed")):
+        self.root = Path(root)
+        self.manifest: Manifest = read_manifest(self.root)
+        self.models: dict[str, OnnxModel] = {}
+        loaded: dict[str, OnnxModel] = {}
+        for role in roles:
+            spec = self.manifest.model_for(role)
+            if spec is None:
+                raise BundleError(f"{self.root}: the bundle has no model for role '{role}'")
+            if spec.name not in loaded:
+                precision = config.pick_precision(list(spec.variants), spec.name)
+                graph = spec.variants[precision].graph
+                used = [spec.tokenizer, graph] + [f for f in [graph + ".data"] if f in self.manifest.files]
+                verify_files(self.root, self.manifest, used)
+                loaded[spec.name] = OnnxModel(spec, self.root, precision, config)
+            self.models[role] = loaded[spec.name]
+
+    def run(
+        self, records, roles: tuple[str, ...], max_tokens: int = 16384, progress: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Scores and/or embeddings of `records` (objects with instruction/input/output), one pass per model:
+        a model serving both roles computes both in the same forward pass."""
+        out: dict[str, np.ndarray] = {}
+        for model in dict.fromkeys(self.models[r] for r in roles):
+            model_roles = tuple(r for r in roles if self.models[r] is model)
+            texts = [model.text(r.instruction, r.input, r.output) for r in records]
+            out.update(model.run(texts, model_roles, max_tokens, progress))
+        return out

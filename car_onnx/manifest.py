@@ -1,0 +1,218 @@
+"""The bundle manifest: the only contract between the export step and the runtime.
+
+A bundle is a directory holding `manifest.json` and the files it names. The manifest lists each model (a
+scorer, an embedder, or one graph serving both), its ONNX graph per precision, tokenizer, text template, token
+limit and input/output names, and the sha256 of every file. Loading verifies all of it before any session is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BundleError
+
+FORMAT = "car-onnx-bundle"
+VERSION = 1
+ROLES = ("score", "embed")
+PRECISIONS = ("fp32", "int8", "fp16")
+TEMPLATE_FIELDS = ("instruction", "input", "output")
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a record becomes text. `without_input` (if set) is used when the record's input is empty."""
+
+    with_input: str
+    without_input: str | None = None
+
+    def __post_init__(self):
+        for name, text in (("with_input", self.with_input), ("without_input", self.without_input)):
+            if text is None:
+                continue
+            try:
+                text.format(instruction="", input="", output="")
+            except (KeyError, IndexError, ValueError) as err:
+                raise BundleError(f"template.{name} {text!r} is not a valid template: {err!r}") from None
+
+    def render(self, instruction: str, input: str, output: str) -> str:
+        text = self.without_input if (not input and self.without_input is not None) else self.with_input
+        return text.format(instruction=instruction, input=input, output=output)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One precision of a model: its graph file and, for reduced precisions, fidelity measured at export."""
+
+    graph: str
+    fidelity: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ONNX model of a bundle, validated on construction."""
+
+    name: str
+    roles: tuple[str, ...]
+    tokenizer: str
+    template: Template
+    max_length: int
+    pad_id: int
+    inputs: tuple[str, ...]
+    outputs: dict  # role -> graph output name
+    variants: dict  # precision -> Variant
+    embedding_dim: int | None = None
+    info: dict = field(default_factory=dict)  # free-form provenance (base model, training metrics, ...)
+
+    def __post_init__(self):
+        where = f"model '{self.name}'"
+        if not self.roles or any(r not in ROLES for r in self.roles):
+            raise BundleError(f"{where}: roles must be a non-empty subset of {ROLES}, got {list(self.roles)}")
+        if set(self.outputs) != set(self.roles):
+            raise BundleError(f"{where}: outputs must name one graph output per role {list(self.roles)}")
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise BundleError(f"{where}: max_length must be an integer >= 2, got {self.max_length!r}")
+        if not self.variants or any(p not in PRECISIONS for p in self.variants):
+            raise BundleError(f"{where}: precisions must be a non-empty subset of {PRECISIONS}")
+        if "input_ids" not in self.inputs or "attention_mask" not in self.inputs:
+            raise BundleError(f"{where}: inputs must include input_ids and attention_mask, got {list(self.inputs)}")
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "roles": list(self.roles),
+            "tokenizer": self.tokenizer,
+            "template": {"with_input": self.template.with_input, "without_input": self.template.without_input},
+            "max_length": self.max_length,
+            "pad_id": self.pad_id,
+            "inputs": list(self.inputs),
+            "outputs": dict(self.outputs),
+            "embedding_dim": self.embedding_dim,
+            "variants": {p: {"graph": v.graph, "fidelity": v.fidelity} for p, v in self.variants.items()},
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> ModelSpec:
+        try:
+            return cls(
+                name=d["name"],
+                roles=tuple(d["roles"]),
+                tokenizer=d["tokenizer"],
+                template=Template(**d["template"]),
+                max_length=d["max_length"],
+                pad_id=d["pad_id"],
+                inputs=tuple(d["inputs"]),
+                outputs=dict(d["outputs"]),
+                variants={p: Variant(**v) for p, v in d["variants"].items()},
+                embedding_dim=d.get("embedding_dim"),
+                info=d.get("info", {}),
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise BundleError(f"manifest model entry is malformed ({err!r})") from None
+
+    def files(self) -> list[str]:
+        return [self.tokenizer] + [v.graph for v in self.variants.values()]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    models: tuple[ModelSpec, ...]
+    files: dict  # relative path -> {"sha256": ..., "bytes": ...}
+    created_by: str = ""
+
+    def model_for(self, role: str) -> ModelSpec | None:
+        return next((m for m in self.models if role in m.roles), None)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "created_by": self.created_by,
+            "models": [m.to_json() for m in self.models],
+            "files": self.files,
+        }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """Resolve a manifest path, refusing any that leaves the bundle directory."""
+    path = (root / rel).resolve()
+    if Path(rel).is_absolute() or not path.is_relative_to(root.resolve()):
+        raise BundleError(f"{root / 'manifest.json'}: file path {rel!r} leaves the bundle directory")
+    return path
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Parse and validate `root/manifest.json` without checking file hashes."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise BundleError(f"{root}: not a bundle (no manifest.json)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a car-onnx bundle manifest (format must be {FORMAT!r})")
+    if raw.get("version") != VERSION:
+        raise BundleError(
+            f"{path}: unknown manifest version {raw.get('version')!r}; this car-onnx reads version {VERSION}"
+        )
+    if not isinstance(raw.get("models"), list) or not isinstance(raw.get("files"), dict):
+        raise BundleError(f"{path}: 'models' must be a list and 'files' an object")
+    manifest = Manifest(
+        models=tuple(ModelSpec.from_json(m) for m in raw["models"]),
+        files=raw["files"],
+        created_by=raw.get("created_by", ""),
+    )
+    if not manifest.models:
+        raise BundleError(f"{path}: the bundle holds no model")
+    for model in manifest.models:
+        for rel in model.files():
+            if rel not in manifest.files:
+                raise BundleError(f"{path}: model '{model.name}' names {rel!r}, which has no sha256 in 'files'")
+    for rel in manifest.files:
+        _inside(Path(root), rel)
+    return manifest
+
+
+def verify_files(root: Path, manifest: Manifest, names: list[str] | None = None) -> None:
+    """Check that each listed file (default: all) exists and matches its sha256."""
+    for rel in names if names is not None else list(manifest.files):
+        path = _inside(Path(root), rel)
+        if not path.is_file():
+            raise BundleError(f"{root}: file {rel!r} named in the manifest is missing")
+        digest = sha256_file(path)
+        if digest != manifest.files[rel]["sha256"]:
+            raise BundleError(
+                f"{path}: sha256 mismatch (manifest {manifest.files[rel]['sha256'][:12]}..., file {digest[:12]}...):"
+                " the bundle was modified or corrupted; re-export or re-copy it"
+            )
+
+
+def write_manifest(root: Path, models: list[ModelSpec], created_by: str) -> Manifest:
+    """Hash every file the models name (plus ONNX external-data files beside them) and write manifest.json."""
+    root = Path(root)
+    names: list[str] = []
+    for model in models:
+        for rel in model.files():
+            if rel not in names:
+                names.append(rel)
+            data = rel + ".data"  # external tensor data written beside a large graph
+            if (root / data).is_file() and data not in names:
+                names.append(data)
+    files = {rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size} for rel in names}
+    manifest = Manifest(models=tuple(models), files=files, created_by=created_by)
+    tmp = root / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(root / "manifest.json")
+    return manifest

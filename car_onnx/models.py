@@ -1,0 +1,62 @@
+"""A bundle model ready to run: template, tokenizer and onnxruntime session of one precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import BundleError
+from .manifest import ModelSpec
+from .session import SessionConfig, create_session
+from .tokenization import load_tokenizer, pad_batch, plan_batches, tokenize
+
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class OnnxModel:
+    """Runs one model of a bundle on texts; the feed is built from the graph's declared input names."""
+
+    def __init__(self, spec: ModelSpec, root: Path, precision: str, config: SessionConfig):
+        self.spec, self.precision = spec, precision
+        self.graph = Path(root) / spec.variants[self.precision].graph
+        self.tokenizer = load_tokenizer(Path(root) / spec.tokenizer, spec.max_length)
+        self.session = create_session(self.graph, config)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
+        if unknown:
+            raise BundleError(f"{self.graph}: graph input(s) {unknown} are not among {list(KNOWN_INPUTS)}")
+        have = {o.name for o in self.session.get_outputs()}
+        missing = [name for name in spec.outputs.values() if name not in have]
+        if missing:
+            raise BundleError(f"{self.graph}: the manifest names output(s) {missing}, the graph has {sorted(have)}")
+
+    def text(self, instruction: str, input: str, output: str) -> str:
+        return self.spec.template.render(instruction, input, output)
+
+    def run(
+        self,
+        texts: list[str],
+        roles: tuple[str, ...],
+        max_tokens: int = 16384,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`."""
+        names = [self.spec.outputs[r] for r in roles]
+        tokens = tokenize(self.tokenizer, texts)
+        out: dict[str, np.ndarray] = {}
+        for batch in plan_batches(tokens.lengths, max_tokens):
+            ids, mask = pad_batch([tokens.ids[i] for i in batch], self.spec.pad_id)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            results = self.session.run(names, {n: feed[n] for n in self.input_names})
+            for role, value in zip(roles, results):
+                value = np.asarray(value, dtype=np.float32).reshape(len(batch), -1)
+                if role not in out:
+                    out[role] = np.empty((len(texts), value.shape[1]), dtype=np.float32)
+                out[role][batch] = value
+            if progress:
+                progress(len(batch))
+        if "score" in out:
+            out["score"] = out["score"][:, 0]
+        return out

@@ -1,0 +1,80 @@
+"""onnxruntime sessions: which device and execution provider, how many threads, which precision."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+DEVICES = ("cpu", "cuda", "auto")
+# Preferred precision per device, best first: int8 (VNNI) on CPU, fp16 on CUDA.
+PREFERENCE = {"cpu": ("int8", "fp32", "fp16"), "cuda": ("fp16", "fp32", "int8")}
+
+
+def machine_threads() -> int:
+    """Cores this process may run on (respects CPU affinity and container limits where visible)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Where and how graphs run; `device` is resolved (cpu or cuda) by `resolve`."""
+
+    device: str = "cpu"
+    threads: int | None = None
+    precision: str | None = None  # None: the device's preferred precision that the bundle has
+
+    def providers(self) -> list[str]:
+        if self.device == "cuda":
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def pick_precision(self, have: list[str], model: str) -> str:
+        if self.precision is not None:
+            if self.precision not in have:
+                raise UsageError(f"model '{model}' has no {self.precision} variant (it has: {', '.join(have)})")
+            return self.precision
+        return next(p for p in PREFERENCE[self.device] if p in have)
+
+
+def resolve(device: str = "auto", threads: int | None = None, precision: str | None = None) -> SessionConfig:
+    """Check the requested device against what onnxruntime offers; `auto` falls back to CPU with a notice."""
+    if device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    has_cuda = "CUDAExecutionProvider" in available_providers()
+    if device == "cuda" and not has_cuda:
+        raise UsageError(
+            "--device cuda: onnxruntime has no CUDAExecutionProvider here; install the GPU build with "
+            "`pip install 'car-onnx[gpu]'` (it replaces onnxruntime with onnxruntime-gpu) or use --device cpu"
+        )
+    if device == "auto":
+        device = "cuda" if has_cuda else "cpu"
+    return SessionConfig(device=device, threads=threads, precision=precision)
+
+
+def create_session(path, config: SessionConfig):
+    """An InferenceSession with full graph optimisation; warns if CUDA was asked for but CPU is what runs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = config.threads or machine_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=config.providers())
+    if config.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        print(f"car-onnx: warning: CUDA session for {path} fell back to CPU", file=sys.stderr)
+    return session

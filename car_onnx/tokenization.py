@@ -1,0 +1,64 @@
+"""Tokenization with the `tokenizers` library and token-budget batching over length-sorted records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BundleError
+
+
+def load_tokenizer(path, max_length: int):
+    """Load tokenizer.json and override whatever padding/truncation it carries: truncate to the model's
+    limit, pad nothing here (batches are padded to their own longest row by `pad_batch`)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception on a malformed file
+        raise BundleError(f"{path}: cannot load tokenizer ({err})") from None
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length)
+    return tok
+
+
+@dataclass
+class Tokens:
+    """Unpadded token ids of a list of texts, in the texts' order."""
+
+    ids: list[np.ndarray]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def tokenize(tokenizer, texts: list[str]) -> Tokens:
+    encodings = tokenizer.encode_batch(texts)
+    return Tokens([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+
+
+def plan_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 256) -> list[np.ndarray]:
+    """Group row numbers into batches of similar length: sorted by length (stable), each batch's padded size
+    (rows x longest row) kept within `max_tokens` (a single row longer than the budget gets its own batch)."""
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    for end in range(1, len(order) + 1):
+        rows = end - start
+        if end < len(order) and rows < max_batch and (rows + 1) * lengths[order[end]] <= max_tokens:
+            continue
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+def pad_batch(ids: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to the longest row: (input_ids, attention_mask), both int64."""
+    width = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = x
+        mask[row, : len(x)] = 1
+    return input_ids, mask

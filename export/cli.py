@@ -1,0 +1,104 @@
+"""Export commands of `car-onnx`. Only typer is imported here; torch and friends load inside each command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from car_onnx.cli import Force, _run
+from car_onnx.errors import UsageError
+
+app = typer.Typer(name="export", help="Build ONNX bundles (needs the export extra of car-onnx).", no_args_is_help=True)
+
+Out = Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to write into (created if needed).")]
+Precisions = Annotated[str, typer.Option("--precision", help="Comma-separated variants to build: fp32,int8,fp16.")]
+
+
+def _require() -> None:
+    """Fail with the install command when the [export] extra is missing."""
+    try:
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as err:
+        raise UsageError(f"the export tools need the [export] extra ({err.name} is missing): "
+                         "pip install torch==2.13.0 && pip install 'car-onnx[export]'") from None
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in chosen if p not in ("fp32", "int8", "fp16")]
+    if bad or not chosen:
+        raise UsageError(f"--precision takes fp32, int8 and/or fp16, got {text!r}")
+    return chosen
+
+
+@app.command()
+def scorer(
+    checkpoint: Annotated[Path, typer.Option(help="IQS checkpoint: RUN/checkpoints/X.ckpt (RUN/hparams.yaml beside).")],
+    output: Out,
+    base: Annotated[Optional[Path], typer.Option(help="Folder with the encoder's config.json and tokenizer files.")] = None,
+    precision: Precisions = "fp32,int8",
+    force: Force = False,
+    unsafe_pickle: Annotated[bool, typer.Option("--unsafe-pickle", help="Allow full unpickling of a checkpoint that weights_only loading refuses (trusted files only).")] = False,
+):
+    """Export a COMET/IQS checkpoint (the paper's scorer) into a bundle."""
+    def go():
+        _require()
+        from .iqs import export_scorer
+
+        export_scorer(checkpoint, output, base=base, precisions=_precisions(precision), force=force,
+                      unsafe_pickle=unsafe_pickle)
+    _run(go)
+
+
+@app.command()
+def embedder(
+    model: Annotated[Path, typer.Option(help="A sentence-transformers model folder (modules.json, pooling config).")],
+    output: Out,
+    precision: Precisions = "fp32,int8",
+    force: Force = False,
+):
+    """Export a sentence-transformers model (pooling and normalisation inside the graph) into a bundle."""
+    def go():
+        _require()
+        from .embedder import export_embedder
+
+        export_embedder(model, output, precisions=_precisions(precision), force=force)
+    _run(go)
+
+
+@app.command()
+def default(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle directory [default: where select looks].")] = None,
+    precision: Precisions = "fp32,int8",
+    force: Force = False,
+):
+    """Build the default bundle: all-MiniLM-L6-v2 and the project's trained scorer head in one graph."""
+    def go():
+        _require()
+        from car_onnx.bundle import default_bundle_dir
+
+        from .default import export_default
+
+        export_default(output or default_bundle_dir(), precisions=_precisions(precision), force=force)
+    _run(go)
+
+
+def train_scorer(
+    train: Annotated[Path, typer.Option(help="Training CSV: src,score (pairs in consecutive rows) or src,pos,neg.")],
+    valid: Annotated[Path, typer.Option(help="Validation CSV, same formats; the best epoch is chosen on it.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the head's weights (.safetensors).")],
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffling.")] = 0,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs [default: the recipe's].")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N training pairs (for quick checks).")] = None,
+):
+    """Train a scorer head on expert-revised data, on top of the frozen all-MiniLM-L6-v2."""
+    def go():
+        _require()
+        from .train import train_head
+
+        train_head(train, valid, output, seed=seed, epochs=epochs, limit=limit)
+    _run(go)

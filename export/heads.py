@@ -1,0 +1,139 @@
+"""COMET-style scoring head in PyTorch: layer-wise mix of hidden states, pooling, feed-forward regressor.
+
+Shared by the IQS checkpoint export and the default bundle's scorer. Semantics follow docs/car-method.md:
+layer norm is computed per sentence over its non-pad positions, so a score never depends on its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+POOLS = ("avg", "max", "cls", "default")
+MIXES = ("softmax", "sparsemax")
+ACTIVATIONS = {"Tanh": nn.Tanh, "ReLU": nn.ReLU, "Sigmoid": nn.Sigmoid, "GELU": nn.GELU, "Identity": nn.Identity}
+
+
+def sparsemax(z: torch.Tensor) -> torch.Tensor:
+    """Sparsemax of a 1-D tensor (Martins & Astudillo 2016): the Euclidean projection onto the simplex."""
+    zs, _ = torch.sort(z, descending=True)
+    k = torch.arange(1, len(z) + 1, dtype=z.dtype)
+    cumsum = zs.cumsum(0)
+    support = 1 + k * zs > cumsum
+    k_z = support.sum()
+    tau = (cumsum[k_z - 1] - 1) / k_z
+    return torch.clamp(z - tau, min=0)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """What a COMET hparams file can say about the head."""
+
+    hidden: int  # encoder hidden size
+    num_layers: int  # hidden states mixed: embeddings + each layer
+    layer: str | int = "mix"
+    mix: str = "sparsemax"  # layer_transformation
+    layer_norm: bool = False
+    pool: str = "avg"
+    hidden_sizes: tuple[int, ...] = (2048, 1024)
+    activation: str = "Tanh"
+    final_activation: str | None = None
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.mix not in MIXES:
+            raise ValueError(f"layer_transformation must be one of {MIXES}, got {self.mix!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.layer != "mix" and not (isinstance(self.layer, int) and 0 <= self.layer < self.num_layers):
+            raise ValueError(f"layer must be 'mix' or an integer in [0, {self.num_layers}), got {self.layer!r}")
+        for name in (self.activation, self.final_activation):
+            if name is not None and name not in ACTIVATIONS:
+                raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+
+
+class LayerwiseAttention(nn.Module):
+    """gamma * sum_i w_i * h_i with w = softmax/sparsemax(s); optional per-sentence layer norm of each h_i."""
+
+    def __init__(self, num_layers: int, mix: str = "sparsemax", layer_norm: bool = False):
+        super().__init__()
+        self.mix, self.layer_norm = mix, layer_norm
+        self.scalar_parameters = nn.ParameterList([nn.Parameter(torch.zeros(1)) for _ in range(num_layers)])
+        self.gamma = nn.Parameter(torch.ones(1))
+        self.frozen: torch.Tensor | None = None  # constant weights for export (see `freeze`)
+
+    def weights(self) -> torch.Tensor:
+        if self.frozen is not None:
+            return self.frozen
+        s = torch.cat(list(self.scalar_parameters))
+        return torch.softmax(s, dim=0) if self.mix == "softmax" else sparsemax(s)
+
+    def freeze(self) -> None:
+        """At inference w is a constant: compute it once so the exported graph holds no sort/softmax."""
+        self.frozen = None
+        self.frozen = self.weights().detach().clone()
+
+    def forward(self, hidden_states, mask: torch.Tensor) -> torch.Tensor:
+        w = self.weights()
+        if self.layer_norm:
+            m = mask.to(hidden_states[0].dtype).unsqueeze(-1)  # [B, T, 1]
+            count = m.sum(dim=(1, 2), keepdim=True) * hidden_states[0].shape[-1]
+
+            def norm(h):
+                mean = (h * m).sum(dim=(1, 2), keepdim=True) / count
+                var = (((h - mean) * m) ** 2).sum(dim=(1, 2), keepdim=True) / count
+                return (h - mean) / torch.sqrt(var + 1e-12)
+
+            hidden_states = [norm(h) for h in hidden_states]
+        return self.gamma * sum(w[i] * h for i, h in enumerate(hidden_states))
+
+
+def pool(kind: str, mixed: torch.Tensor, last: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
+         pad_id: int) -> torch.Tensor:
+    """COMET's pooling: pad positions are those whose token id is the pad id."""
+    if kind == "cls":
+        return mixed[:, 0]
+    if kind == "default":
+        return last[:, 0]
+    keep = input_ids.ne(pad_id).unsqueeze(-1)
+    if kind == "max":
+        return mixed.masked_fill(~keep, float("-inf")).max(dim=1).values
+    return mixed.masked_fill(~keep, 0.0).sum(dim=1) / mask.to(mixed.dtype).sum(dim=1, keepdim=True)
+
+
+class FeedForward(nn.Module):
+    """Linear - act - Dropout - ... - Linear(1), indexed like COMET's `estimator.ff.<j>`."""
+
+    def __init__(self, in_dim: int, hidden_sizes, activation: str, final_activation: str | None, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dims = [in_dim, *hidden_sizes]
+        for a, b in zip(dims, dims[1:]):
+            layers += [nn.Linear(a, b), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        layers.append(nn.Linear(dims[-1], 1))
+        if final_activation is not None:
+            layers.append(ACTIVATIONS[final_activation]())
+        self.ff = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.ff(x)
+
+
+class ScoringHead(nn.Module):
+    """Hidden states -> one score per sentence."""
+
+    def __init__(self, cfg: HeadConfig, pad_id: int):
+        super().__init__()
+        self.cfg, self.pad_id = cfg, pad_id
+        self.layerwise_attention = LayerwiseAttention(cfg.num_layers, cfg.mix, cfg.layer_norm)
+        self.estimator = FeedForward(cfg.hidden, cfg.hidden_sizes, cfg.activation, cfg.final_activation, cfg.dropout)
+
+    def forward(self, hidden_states, input_ids, mask):
+        if self.cfg.layer == "mix":
+            mixed = self.layerwise_attention(hidden_states, mask)
+        else:
+            mixed = hidden_states[self.cfg.layer]
+        sentemb = pool(self.cfg.pool, mixed, hidden_states[-1], input_ids, mask, self.pad_id)
+        return self.estimator(sentemb).squeeze(-1)
