@@ -77,12 +77,23 @@ def optimize(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict:
     return stats
 
 
-def quantize_int8(src: Path, dst: Path, exclude: list[str] = ()) -> None:
-    """Dynamic int8: per-channel signed weights (full range: VNNI needs no reduce_range), uint8 activations."""
+def sensitive_nodes(path: Path) -> list[str]:
+    """MatMuls kept in fp32: each layer's FFN output projection (`.../output/dense/MatMul`, not the attention
+    output), whose wide, outlier-heavy activations lose the most in 8 bits. Measured on all-MiniLM-L6-v2 over
+    400 real texts: mean cosine 0.9948 quantising every MatMul, 0.9978 with these excluded, at 90% of the speed."""
+    names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "MatMul"]
+    return [n for n in names if "/output/dense/" in n and "/attention/" not in n]
+
+
+def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> None:
+    """Dynamic int8: per-channel signed weights (full range), uint8 activations; MatMuls only (fused attention
+    stays fp32), the sensitive ones excluded."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    exclude = sensitive_nodes(src) if exclude is None else exclude
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
-                     op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=list(exclude),
+                     op_types_to_quantize=["MatMul"], nodes_to_exclude=list(exclude),
+                     use_external_data_format=Path(str(src) + ".data").exists(),
                      extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
@@ -156,7 +167,7 @@ def build_variants(
     hidden_size: int,
     gates: dict | None = None,
     force: bool = False,
-    int8_exclude: list[str] = (),
+    int8_exclude: list[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> ModelSpec:
     """Export `module` (returning one tensor per role, in `spec.roles` order) into `root/<spec.name>/` in the

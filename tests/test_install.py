@@ -1,0 +1,41 @@
+"""The runtime installs without any extra into a fresh venv (no torch, transformers or optimum) and runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_fresh_venv_without_extras(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run(pip + [str(ROOT)], check=True, timeout=900)
+    py, exe = str(venv / "bin" / "python"), str(venv / "bin" / "car-onnx")
+    for heavy in ("torch", "transformers", "optimum", "onnx", "sentence_transformers"):
+        probe = subprocess.run([py, "-c", f"import {heavy}"], capture_output=True, text=True)
+        assert probe.returncode != 0, f"{heavy} was installed by the runtime's own requirements"
+    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "select" in help_text and "export" in help_text
+    bundle = tiny.make_bundle(tmp_path / "bundle")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"explain {w}", "output": f"the {w} is water"}) + "\n"
+                            for w in tiny.WORDS[:20]))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([exe, "select", str(data), "-o", str(tmp_path / "out.jsonl"), "-b", str(bundle), "--n1", "3"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) >= 3 and all(isinstance(r["score"], float) and isinstance(r["cluster"], int) for r in rows)
+    export = subprocess.run([exe, "export", "default"], capture_output=True, text=True, env=env)
+    assert export.returncode == 2
+    assert export.stderr.strip() == ("car-onnx: error: the export tools need the [export] extra (onnx is missing): "
+                                     "pip install torch==2.13.0 && pip install 'car-onnx[export]'")
