@@ -12,6 +12,7 @@ from .errors import BundleError
 from .manifest import Manifest, read_manifest, verify_files
 from .models import OnnxModel
 from .session import SessionConfig
+from .tokenization import DEFAULT_MAX_TOKENS
 
 
 def default_bundle_dir() -> Path:
@@ -57,7 +58,7 @@ class Bundle:
             self.models[role] = loaded[spec.name]
 
     def run(
-        self, records, roles: tuple[str, ...], max_tokens: int = 16384, progress: Callable[[int], None] | None = None
+        self, records, roles: tuple[str, ...], max_tokens: int = DEFAULT_MAX_TOKENS, progress: Callable[[int], None] | None = None
     ) -> dict[str, np.ndarray]:
         """Scores and/or embeddings of `records` (objects with instruction/input/output), one pass per model:
         a model serving both roles computes both in the same forward pass."""

@@ -16,6 +16,7 @@ from .bundle import Bundle, find_bundle
 from .errors import CarError, UsageError
 from .io import FORMATS, FieldMap
 from .session import machine_threads, resolve
+from .tokenization import DEFAULT_MAX_TOKENS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="CaR instruction-data selection on onnxruntime.")
 
@@ -108,7 +109,7 @@ def select(
     seed: Annotated[int, typer.Option(help="Seed of PCA and KMeans.")] = 42,
     all: Annotated[bool, typer.Option("--all", help="Write every record (input order) with score and cluster.")] = False,
     device: Device = "auto", threads: Threads = None, precision: Precision = None, format: InFormat = None,
-    output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = 16384, force: Force = False,
+    output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False,
     quiet: Quiet = False,
     show: Annotated[bool, typer.Option("--show", help="Print the selected records (score, cluster, text).")] = False,
 ):
@@ -142,7 +143,7 @@ def _show(rows: list[dict], fields) -> None:
 def score(
     input: Input, output: Output, bundle: BundleDir = None, device: Device = "auto", threads: Threads = None,
     precision: Precision = None, format: InFormat = None, output_format: OutFormat = None, field: Fields = None,
-    max_tokens: MaxTokens = 16384, force: Force = False, quiet: Quiet = False,
+    max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False, quiet: Quiet = False,
 ):
     """Write every record with its quality score."""
     def go():
@@ -155,7 +156,7 @@ def score(
 @app.command()
 def embed(
     input: Input, output: Output, bundle: BundleDir = None, device: Device = "auto", threads: Threads = None,
-    precision: Precision = None, format: InFormat = None, field: Fields = None, max_tokens: MaxTokens = 16384,
+    precision: Precision = None, format: InFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
     force: Force = False, quiet: Quiet = False,
 ):
     """Write sentence embeddings as a float32 .npy, one row per record in input order."""

@@ -90,8 +90,8 @@ def _conversation(path, where, row) -> tuple[str, str, str]:
             instruction = turn[text_key]
         elif instruction is not None and role in ASSISTANT_ROLES:
             return instruction, system, turn[text_key]
-    missing = "a user turn" if instruction is None else "an assistant reply after the first user turn"
-    raise InputError(path, where, f"conversation has no {missing}", key)
+    missing = "no user turn" if instruction is None else "no assistant reply after the first user turn"
+    raise InputError(path, where, f"conversation has {missing}", key)
 
 
 def _record(path, index: int, where: str, row, fields: FieldMap) -> Record:
@@ -144,7 +144,7 @@ def _jsonl(path, fields) -> Iterator[Record]:
         lines = iter(f)
         index = 0
         for number, raw in enumerate(lines, 1):
-            text = _decode(path, raw, number)
+            text = _decode(path, raw, number).rstrip("\r\n")
             if number == 1 and text.startswith("\ufeff"):
                 text = text[1:]
             where = f"line {number}"

@@ -10,7 +10,7 @@ import numpy as np
 from .errors import BundleError
 from .manifest import ModelSpec
 from .session import SessionConfig, create_session
-from .tokenization import load_tokenizer, pad_batch, plan_batches, tokenize
+from .tokenization import DEFAULT_MAX_TOKENS, load_tokenizer, pad_batch, plan_batches, tokenize
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -39,7 +39,7 @@ class OnnxModel:
         self,
         texts: list[str],
         roles: tuple[str, ...],
-        max_tokens: int = 16384,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, np.ndarray]:
         """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`."""

@@ -14,6 +14,7 @@ from .errors import InputError, UsageError
 from .io import FieldMap, Record, detect_format, iter_records, open_writer
 from .clustering import Clusterer
 from .selection import car_select, parse_size
+from .tokenization import DEFAULT_MAX_TOKENS
 
 SCORE_FIELD, CLUSTER_FIELD = "score", "cluster"
 
@@ -51,7 +52,7 @@ class Job:
     input: Path
     fmt: str | None = None
     fields: FieldMap = FieldMap()
-    max_tokens: int = 16384
+    max_tokens: int = DEFAULT_MAX_TOKENS
     force: bool = False  # replace an existing output
 
 
@@ -68,8 +69,8 @@ def read(job: Job, stages: Stages, added: tuple[str, ...] = ()) -> list[Record]:
 
 
 def infer(bundle: Bundle, records: list[Record], roles: tuple[str, ...], job: Job, stages: Stages) -> dict:
-    with stages.stage("score+embed" if len(roles) == 2 else roles[0], total=len(records) * len(
-            {id(bundle.models[r]) for r in roles})) as advance:
+    passes = len({id(bundle.models[r]) for r in roles})  # one pass per distinct model
+    with stages.stage("+".join(roles), total=len(records) * passes) as advance:
         return bundle.run(records, roles, job.max_tokens, advance)
 
 

@@ -8,6 +8,10 @@ import numpy as np
 
 from .errors import BundleError
 
+# Rows x longest row of one batch. Small batches of similar length keep activations in cache: on 2 AVX2 cores,
+# 2048 ran 15% faster than 16384 on real records, with less memory.
+DEFAULT_MAX_TOKENS = 2048
+
 
 def load_tokenizer(path, max_length: int):
     """Load tokenizer.json and override whatever padding/truncation it carries: truncate to the model's
