@@ -18,7 +18,7 @@ from .io import FORMATS, FieldMap
 from .session import machine_threads, resolve
 from .tokenization import DEFAULT_MAX_TOKENS
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="CaR instruction-data selection on onnxruntime.")
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None, help="CaR instruction-data selection on onnxruntime.")
 
 Input = Annotated[Path, typer.Argument(help="Dataset: .json (array), .jsonl, .csv or .parquet.", show_default=False)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the result.", show_default=False)]

@@ -7,12 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from car_onnx.cli import Force, _run
+from car_onnx.cli import _run
 from car_onnx.errors import UsageError
 
-app = typer.Typer(name="export", help="Build ONNX bundles (needs the export extra of car-onnx).", no_args_is_help=True)
+app = typer.Typer(name="export", rich_markup_mode=None, help="Build ONNX bundles (needs the export extra of car-onnx).", no_args_is_help=True)
 
-Out = Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to write into (created if needed).")]
 Precisions = Annotated[str, typer.Option("--precision", help="Comma-separated variants to build: fp32,int8,fp16.")]
 
 
@@ -36,54 +35,21 @@ def _precisions(text: str) -> tuple[str, ...]:
 
 
 @app.command()
-def scorer(
-    checkpoint: Annotated[Path, typer.Option(help="IQS checkpoint: RUN/checkpoints/X.ckpt (RUN/hparams.yaml beside).")],
-    output: Out,
-    base: Annotated[Optional[Path], typer.Option(help="Folder with the encoder's config.json and tokenizer files.")] = None,
-    precision: Precisions = "fp32,int8",
-    force: Force = False,
-    unsafe_pickle: Annotated[bool, typer.Option("--unsafe-pickle", help="Allow full unpickling of a checkpoint that weights_only loading refuses (trusted files only).")] = False,
-):
-    """Export a COMET/IQS checkpoint (the paper's scorer) into a bundle."""
-    def go():
-        _require()
-        from .iqs import export_scorer
-
-        export_scorer(checkpoint, output, base=base, precisions=_precisions(precision), force=force,
-                      unsafe_pickle=unsafe_pickle)
-    _run(go)
-
-
-@app.command()
-def embedder(
-    model: Annotated[Path, typer.Option(help="A sentence-transformers model folder (modules.json, pooling config).")],
-    output: Out,
-    precision: Precisions = "fp32,int8",
-    force: Force = False,
-):
-    """Export a sentence-transformers model (pooling and normalisation inside the graph) into a bundle."""
-    def go():
-        _require()
-        from .embedder import export_embedder
-
-        export_embedder(model, output, precisions=_precisions(precision), force=force)
-    _run(go)
-
-
-@app.command()
 def default(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle directory [default: where select looks].")] = None,
     precision: Precisions = "fp32,int8",
-    force: Force = False,
+    weights: Annotated[Optional[Path], typer.Option(help="A head from `car-onnx train-scorer` [default: the shipped one].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
 ):
     """Build the default bundle: all-MiniLM-L6-v2 and the project's trained scorer head in one graph."""
     def go():
         _require()
         from car_onnx.bundle import default_bundle_dir
 
-        from .default import export_default
+        from .default import WEIGHTS, export_default
 
-        export_default(output or default_bundle_dir(), precisions=_precisions(precision), force=force)
+        export_default(output or default_bundle_dir(), precisions=_precisions(precision), force=force,
+                       weights=weights or WEIGHTS)
     _run(go)
 
 
