@@ -12,6 +12,7 @@ from torch import nn
 
 import car_onnx
 from car_onnx.manifest import ModelSpec, Template, Variant
+from car_onnx.tokenization import load_tokenizer
 
 from .heads import HeadConfig, ScoringHead
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer
@@ -98,11 +99,7 @@ def export_default(output: Path, *, precisions=("fp32", "int8"), force: bool = F
 
         st = SentenceTransformer(str(minilm_dir()), device="cpu")
         emb = st.encode(texts, batch_size=16, convert_to_numpy=True)
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(output / tokenizer))
-        tok.no_padding()
-        tok.enable_truncation(max_length=meta["max_length"])
+        tok = load_tokenizer(output / tokenizer, meta["max_length"])
         scores = []
         with torch.no_grad():
             for text in texts:  # one at a time: no padding at all in the reference

@@ -7,7 +7,6 @@ compared with the PyTorch model on real texts; fp32 must match, reduced precisio
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -230,6 +229,5 @@ def copy_tokenizer(src: Path, root: Path, name: str) -> str:
     """Copy tokenizer.json into the model's folder; returns its bundle-relative path."""
     rel = f"{name}/tokenizer.json"
     (Path(root) / name).mkdir(parents=True, exist_ok=True)
-    data = json.loads(Path(src).read_text(encoding="utf-8"))
-    (Path(root) / rel).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    shutil.copyfile(src, Path(root) / rel)
     return rel
