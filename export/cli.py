@@ -53,6 +53,41 @@ def default(
     _run(go)
 
 
+@app.command()
+def scorer(
+    checkpoint: Annotated[Path, typer.Option(help="The IQS checkpoint: RUN/checkpoints/X.ckpt, with RUN/hparams.yaml.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory (models already there are kept).")],
+    base: Annotated[Optional[Path], typer.Option(help="Folder with the encoder's tokenizer.json and, optionally, config.json [config: inferred from the weights].")] = None,
+    precision: Precisions = "fp32,int8",
+    force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
+    unsafe_pickle: Annotated[bool, typer.Option("--unsafe-pickle", help="Load a checkpoint torch's weights-only loader refuses (runs code stored in the file: trusted files only).")] = False,
+):
+    """Export the paper's IQS checkpoint (COMET layout) as the bundle's scorer."""
+    def go():
+        _require()
+        from .iqs import export_scorer
+
+        export_scorer(checkpoint, output, base=base, precisions=_precisions(precision), force=force,
+                      unsafe_pickle=unsafe_pickle)
+    _run(go)
+
+
+@app.command()
+def embedder(
+    model: Annotated[Path, typer.Option(help="A sentence-transformers model folder (modules.json, pooling config).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory (models already there are kept).")],
+    precision: Precisions = "fp32,int8",
+    force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
+):
+    """Export a sentence-transformers model as the bundle's embedder (pooling and normalisation in the graph)."""
+    def go():
+        _require()
+        from .embedder import export_embedder
+
+        export_embedder(model, output, precisions=_precisions(precision), force=force)
+    _run(go)
+
+
 def train_scorer(
     train: Annotated[Path, typer.Option(help="Training CSV: src,score (pairs in consecutive rows) or src,pos,neg.")],
     valid: Annotated[Path, typer.Option(help="Validation CSV, same formats; the best epoch is chosen on it.")],

