@@ -41,7 +41,7 @@ class Bundle:
     """The models of a bundle for the roles asked for; every file they use is checked against its sha256."""
 
     def __init__(self, root: Path, config: SessionConfig, roles: tuple[str, ...] = ("score", "embed")):
-        self.root = Path(root)
+        self.root, self.config = Path(root), config
         self.manifest: Manifest = read_manifest(self.root)
         self.models: dict[str, OnnxModel] = {}
         loaded: dict[str, OnnxModel] = {}

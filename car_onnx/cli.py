@@ -30,7 +30,11 @@ OutFormat = Annotated[Optional[str], typer.Option("--output-format", help="Outpu
 Fields = Annotated[Optional[list[str]], typer.Option("--field", help="Map a field: instruction=question, output=answer, input=context.")]
 MaxTokens = Annotated[int, typer.Option(help="Token budget of one batch (rows x longest row).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, messages or summary.")]
+WorkDirOpt = Annotated[Optional[Path], typer.Option("--work-dir", help="Keep finished chunks here; a run started again with the same arguments resumes [default: a temporary directory].")]
+OnError = Annotated[str, typer.Option("--on-error", help="fail: stop at the first bad record; skip: write bad records to the rejects file and go on.")]
+Rejects = Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file (JSONL) for --on-error skip [default: OUTPUT.rejects.jsonl].")]
+ChunkRecords = Annotated[int, typer.Option("--chunk-records", help="Records per inference chunk (the unit --work-dir keeps).")]
 
 
 class BarStages(pipeline.Stages):
@@ -54,6 +58,10 @@ class BarStages(pipeline.Stages):
             yield lambda n: bar.advance(task, n)
             bar.update(task, completed=total)
 
+    def note(self, message):
+        if not self.quiet:
+            typer.echo(f"car-onnx: {message}", err=True)
+
 
 def _run(fn):
     """Call `fn`; a CarError (or any error) becomes one line on stderr and exit code 1 (2 for usage)."""
@@ -75,12 +83,15 @@ def _run(fn):
         raise typer.Exit(1) from None
 
 
-def _job(input, fmt, fields, max_tokens, force=False) -> pipeline.Job:
+def _job(input, fmt, fields, max_tokens, force, work_dir, on_error, rejects, chunk_records) -> pipeline.Job:
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if max_tokens < 1:
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
-    return pipeline.Job(Path(input), fmt, FieldMap.parse(fields or []), max_tokens, force)
+    if rejects is not None and on_error != "skip":
+        raise UsageError("--rejects goes with --on-error skip")
+    return pipeline.Job(Path(input), fmt, FieldMap.parse(fields or []), max_tokens, force, work_dir, on_error,
+                        rejects, chunk_records)
 
 
 def _bundle(bundle, device, threads, precision, roles) -> Bundle:
@@ -91,6 +102,8 @@ def _summary(report: pipeline.Report, quiet: bool, output: Path) -> None:
     if quiet:
         return
     parts = [f"{report.records} records"]
+    if report.rejected:
+        parts.append(f"{report.rejected} rejected")
     if report.selected:
         parts.append(f"{report.selected} selected ({100 * report.selected / report.records:.2f}%)")
         parts.append(f"{report.clusters} clusters")
@@ -109,12 +122,13 @@ def select(
     all: Annotated[bool, typer.Option("--all", help="Write every record (input order) with score and cluster.")] = False,
     device: Device = "auto", threads: Threads = None, precision: Precision = None, format: InFormat = None,
     output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False,
-    quiet: Quiet = False,
+    quiet: Quiet = False, work_dir: WorkDirOpt = None, on_error: OnError = "fail", rejects: Rejects = None,
+    chunk_records: ChunkRecords = pipeline.CHUNK_RECORDS,
     show: Annotated[bool, typer.Option("--show", help="Print the selected records (score, cluster, text).")] = False,
 ):
     """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster."""
     def go():
-        job = _job(input, format, field, max_tokens, force)
+        job = _job(input, format, field, max_tokens, force, work_dir, on_error, rejects, chunk_records)
         model = _bundle(bundle, device, threads, precision, ("score", "embed"))
         return pipeline.select(job, model, output, n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed,
                                write_all=all, out_fmt=output_format, stages=BarStages(quiet))
@@ -143,10 +157,12 @@ def score(
     input: Input, output: Output, bundle: BundleDir = None, device: Device = "auto", threads: Threads = None,
     precision: Precision = None, format: InFormat = None, output_format: OutFormat = None, field: Fields = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False, quiet: Quiet = False,
+    work_dir: WorkDirOpt = None, on_error: OnError = "fail", rejects: Rejects = None,
+    chunk_records: ChunkRecords = pipeline.CHUNK_RECORDS,
 ):
     """Write every record with its quality score."""
     def go():
-        job = _job(input, format, field, max_tokens, force)
+        job = _job(input, format, field, max_tokens, force, work_dir, on_error, rejects, chunk_records)
         model = _bundle(bundle, device, threads, precision, ("score",))
         return pipeline.score(job, model, output, out_fmt=output_format, stages=BarStages(quiet))
     _summary(_run(go), quiet, output)
@@ -157,10 +173,12 @@ def embed(
     input: Input, output: Output, bundle: BundleDir = None, device: Device = "auto", threads: Threads = None,
     precision: Precision = None, format: InFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
     force: Force = False, quiet: Quiet = False,
+    work_dir: WorkDirOpt = None, on_error: OnError = "fail", rejects: Rejects = None,
+    chunk_records: ChunkRecords = pipeline.CHUNK_RECORDS,
 ):
     """Write sentence embeddings as a float32 .npy, one row per record in input order."""
     def go():
-        job = _job(input, format, field, max_tokens, force)
+        job = _job(input, format, field, max_tokens, force, work_dir, on_error, rejects, chunk_records)
         model = _bundle(bundle, device, threads, precision, ("embed",))
         return pipeline.embed(job, model, output, stages=BarStages(quiet))
     _summary(_run(go), quiet, output)

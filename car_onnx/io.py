@@ -3,6 +3,7 @@ results atomically. Every bad record is an InputError naming the file, the line 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
@@ -10,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, fields as dc_fields
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import InputError, UsageError
 
@@ -96,10 +97,10 @@ class _Bad:
         self.message = message
 
 
-def _loads(text: str):
-    """json.loads with _Bad markers; also says whether the value needs _check (a marker was made, or the text
-    escapes a surrogate, which may be a lone one)."""
-    made = []
+def _decoder() -> tuple[json.JSONDecoder, list]:
+    """A JSON decoder that turns values Python would reject or alter into _Bad markers, and the list of the
+    markers' messages it has made (clear it before each value to know whether that value holds one)."""
+    made: list[str] = []
 
     def bad(message):
         made.append(message)
@@ -122,8 +123,16 @@ def _loads(text: str):
         seen: set = set()
         return bad(f"duplicate key '{_name(next(k for k, _ in pairs if k in seen or seen.add(k)))}'")
 
-    value = json.loads(text, parse_constant=lambda name: bad(f"invalid JSON: {name} is not allowed"),
-                       parse_float=number, parse_int=integer, object_pairs_hook=obj)
+    decoder = json.JSONDecoder(parse_constant=lambda name: bad(f"invalid JSON: {name} is not allowed"),
+                               parse_float=number, parse_int=integer, object_pairs_hook=obj)
+    return decoder, made
+
+
+def _loads(text: str):
+    """Decode one JSON document with _Bad markers; also says whether the value needs _check (a marker was made,
+    or the text escapes a surrogate, which may be a lone one)."""
+    decoder, made = _decoder()
+    value = decoder.decode(text)
     return value, bool(made) or ESCAPED_SURROGATE.search(text) is not None
 
 
@@ -212,6 +221,12 @@ def _record(path, index: int, where: str, row, fields: FieldMap) -> Record:
 
 # --- readers ---------------------------------------------------------------------------------------------
 
+BLOCK = 1 << 20  # bytes read at a time when streaming a JSON array
+SPACE = re.compile(r"[ \t\n\r]*")
+NEWLINE = b"\n"
+Reject = Callable[[InputError, object], None]  # (the record's error, its row or raw text) -> None
+
+
 def _decode(path, data: bytes, line: int) -> str:
     """Strict UTF-8; an invalid byte is reported at its line (`line` is the number of data's first line)."""
     try:
@@ -228,44 +243,157 @@ def _lines(path, file) -> Iterator[str]:
         yield text[1:] if number == 1 and text.startswith("\ufeff") else text
 
 
-def _json(path, fields) -> Iterator[Record]:
-    text = _decode(path, Path(path).read_bytes(), 1).removeprefix("\ufeff")
-    if not text.strip():
-        return
+def _blocks(path, file) -> Iterator[str]:
+    """The text of a binary file in blocks of about BLOCK bytes, strictly UTF-8; BOM dropped."""
+    decoder, line, first = codecs.getincrementaldecoder("utf-8")(), 1, True
+    while True:
+        data = file.read(BLOCK)
+        try:
+            text = decoder.decode(data, final=not data)
+        except UnicodeDecodeError as err:
+            where = f"line {line + err.object[: err.start].count(NEWLINE)}"
+            raise InputError(path, where, f"invalid UTF-8 (byte 0x{err.object[err.start]:02x})") from None
+        line += data.count(b"\n")
+        if first and text:
+            text, first = text.removeprefix("\ufeff"), False
+        if text:
+            yield text
+        if not data:
+            return
+
+
+def _accept(path, index: int, where: str, row, fields, reject: Reject | None, check: bool = False):
+    """The Record of a parsed row; with `reject`, a record-level InputError is handed to it (returns None)."""
     try:
-        rows, suspect = _loads(text)
+        if check:
+            _check(path, where, row)
+        return _record(path, index, where, row, fields)
+    except InputError as err:
+        if reject is None:
+            raise
+        reject(err, row)
+        return None
+
+
+def _json_document(path, text: str):
+    """A whole JSON text that is not an array: parsed only to say what it is instead."""
+    try:
+        value, _ = _loads(text)
     except json.JSONDecodeError as err:
         raise InputError(path, f"line {err.lineno}, column {err.colno}", f"invalid JSON: {err.msg}") from None
     except RecursionError:
         raise InputError(path, None, "invalid JSON: nested too deeply") from None
-    if isinstance(rows, _Bad):
-        raise InputError(path, None, rows.message)
-    if not isinstance(rows, list):
-        raise InputError(path, None, f"expected a JSON array of records, got {_type(rows)}")
-    for i, row in enumerate(rows):
-        if suspect:
-            _check(path, f"record {i + 1}", row)
-        yield _record(path, i, f"record {i + 1}", row, fields)
+    raise InputError(path, None, value.message if isinstance(value, _Bad) else
+                     f"expected a JSON array of records, got {_type(value)}")
 
 
-def _jsonl(path, fields) -> Iterator[Record]:
+def _json(path, fields, reject) -> Iterator[Record]:
+    """A JSON array, streamed: one element is decoded at a time from a buffer trimmed as it goes, so memory
+    holds about one record, whatever the file's size or layout (one line or many)."""
+    decoder, made = _decoder()
     with open(path, "rb") as f:
-        for index, text in enumerate(_lines(path, f)):
-            where = f"line {index + 1}"
-            if not text.strip():
-                raise InputError(path, where, "empty line")
+        blocks = _blocks(path, f)
+        buf, pos, line, col = "", 0, 1, 0  # buf starts at `line`, after `col` characters of that line
+
+        def more() -> bool:
+            nonlocal buf
+            block = next(blocks, None)
+            buf += block or ""
+            return block is not None
+
+        def space() -> None:
+            nonlocal pos
+            pos = SPACE.match(buf, pos).end()
+            while pos == len(buf) and more():
+                pos = SPACE.match(buf, pos).end()
+
+        def located(line_in_buf: int, column: int, message: str) -> InputError:
+            column = column + col if line_in_buf == 1 else column
+            return InputError(path, f"line {line + line_in_buf - 1}, column {column}", f"invalid JSON: {message}")
+
+        def at(p: int, message: str) -> InputError:
+            return located(buf.count("\n", 0, p) + 1, p - buf.rfind("\n", 0, p), message)
+
+        space()
+        if pos == len(buf):
+            return
+        if buf[pos] != "[":
+            while more():
+                pass
+            _json_document(path, buf)
+        pos += 1
+        space()
+        index = count = 0
+        while not buf.startswith("]", pos):  # (an empty array has no elements)
+            while True:  # decode one element, reading on while it may be cut off by the buffer's end
+                made.clear()
+                try:
+                    row, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError as err:
+                    if more():
+                        continue
+                    raise located(err.lineno, err.colno, err.msg) from None
+                except RecursionError:
+                    raise InputError(path, None, "invalid JSON: nested too deeply") from None
+                if end < len(buf) or not more():
+                    break
+            count += 1
+            check = bool(made) or ESCAPED_SURROGATE.search(buf, pos, end) is not None
+            record = _accept(path, index, f"record {count}", row, fields, reject, check)
+            if record is not None:
+                index += 1
+                yield record
+            pos = end
+            space()
+            if buf.startswith("]", pos):
+                break
+            if not buf.startswith(",", pos):
+                raise at(pos, "Expecting ',' delimiter")
+            pos += 1
+            if pos > BLOCK:  # drop what was read, keeping the position of what remains
+                nl = buf.rfind("\n", 0, pos)
+                if nl >= 0:
+                    line, col = line + buf.count("\n", 0, pos), pos - nl - 1
+                else:
+                    col += pos
+                buf, pos = buf[pos:], 0
+            space()
+        pos += 1
+        space()
+        if pos < len(buf):
+            raise at(pos, "Extra data")
+
+
+def _jsonl(path, fields, reject) -> Iterator[Record]:
+    with open(path, "rb") as f:
+        index = 0
+        for number, raw in enumerate(f, 1):
+            where = f"line {number}"
             try:
-                row, suspect = _loads(text)
-            except json.JSONDecodeError as err:
-                raise InputError(path, where, f"invalid JSON: {err.msg}") from None
-            except RecursionError:
-                raise InputError(path, where, "invalid JSON: nested too deeply") from None
-            if suspect:
-                _check(path, where, row)
-            yield _record(path, index, where, row, fields)
+                text = _decode(path, raw, number)
+                text = text[1:] if number == 1 and text.startswith("\ufeff") else text
+                if not text.strip():
+                    raise InputError(path, where, "empty line")
+                try:
+                    row, suspect = _loads(text)
+                except json.JSONDecodeError as err:
+                    raise InputError(path, where, f"invalid JSON: {err.msg}") from None
+                except RecursionError:
+                    raise InputError(path, where, "invalid JSON: nested too deeply") from None
+            except InputError as err:
+                if reject is None:
+                    raise
+                reject(err, raw.decode("utf-8", "replace").rstrip("\r\n"))
+                continue
+            record = _accept(path, index, where, row, fields, reject, suspect)
+            if record is not None:
+                index += 1
+                yield record
 
 
-def _csv(path, fields) -> Iterator[Record]:
+def _csv(path, fields, reject) -> Iterator[Record]:
+    """Strict CSV with a header line. Invalid UTF-8 and broken quoting end the read (the rows after them cannot
+    be told apart); a row with the wrong number of cells is a record-level error."""
     with open(path, "rb") as f:
         reader = csv.reader(_lines(path, f), strict=True)  # strict: a stray or unclosed quote is an error
         index, start = 0, 1  # start: the line where the next record begins
@@ -285,11 +413,15 @@ def _csv(path, fields) -> Iterator[Record]:
                     if name not in header:
                         raise InputError(path, "line 1", f"the header has no column '{name}'")
             elif len(cells) != len(header):
-                raise InputError(path, f"line {start}",
-                                 f"expected {len(header)} cells like the header, got {len(cells)}")
+                err = InputError(path, f"line {start}", f"expected {len(header)} cells like the header, got {len(cells)}")
+                if reject is None:
+                    raise err
+                reject(err, cells)
             else:
-                yield _record(path, index, f"line {start}", dict(zip(header, cells)), fields)
-                index += 1
+                record = _accept(path, index, f"line {start}", dict(zip(header, cells)), fields, reject)
+                if record is not None:
+                    index += 1
+                    yield record
             start = reader.line_num + 1
 
 
@@ -302,14 +434,17 @@ def _pyarrow():
     return pyarrow
 
 
-def _parquet(path, fields) -> Iterator[Record]:
+def _parquet(path, fields, reject) -> Iterator[Record]:
     pa = _pyarrow()
-    index = 0
+    index = count = 0
     try:
         for batch in pa.parquet.ParquetFile(str(path)).iter_batches():
             for row in batch.to_pylist():
-                yield _record(path, index, f"record {index + 1}", row, fields)
-                index += 1
+                count += 1
+                record = _accept(path, index, f"record {count}", row, fields, reject)
+                if record is not None:
+                    index += 1
+                    yield record
     except (pa.ArrowException, OSError) as err:
         raise InputError(path, None, f"cannot read Parquet: {' '.join(str(err).split())}") from None
 
@@ -317,15 +452,18 @@ def _parquet(path, fields) -> Iterator[Record]:
 READERS = {"json": _json, "jsonl": _jsonl, "csv": _csv, "parquet": _parquet}
 
 
-def iter_records(path, *, fmt: str | None = None, fields: FieldMap = FieldMap()) -> Iterator[Record]:
-    """The records of a dataset, validated one by one as they are read; an input with no records is an error.
-    Duplicates are kept as separate records; empty strings are valid values; nothing is skipped or coerced."""
+def iter_records(path, *, fmt: str | None = None, fields: FieldMap = FieldMap(),
+                 reject: Reject | None = None) -> Iterator[Record]:
+    """The records of a dataset, streamed and validated one by one; an input with no records is an error.
+    Duplicates are kept as separate records; empty strings are valid values; nothing is coerced.
+    By default the first bad record raises its InputError; with `reject`, a bad record (one that can be told
+    apart from the others) is handed to it and reading goes on. Record.index counts the accepted records."""
     reader = READERS[_check_format(fmt or detect_format(path))]
     if not Path(path).is_file():
         raise InputError(path, None, "no such file")
     count = 0
     try:
-        for record in reader(path, fields):
+        for record in reader(path, fields, reject):
             count += 1
             yield record
     except OSError as err:
@@ -338,10 +476,13 @@ def iter_records(path, *, fmt: str | None = None, fields: FieldMap = FieldMap())
 
 class RecordWriter:
     """Writes rows to a temporary file beside `path`; fsynced and renamed into place only when the `with` block
-    completes, deleted if it fails. JSON and JSONL are written as they come; CSV and Parquet at the end."""
+    completes, deleted if it fails. JSON and JSONL stream; CSV streams when `columns` (the header: every key of
+    the rows to come) is given, else its header is the union of the rows' keys, known at the end; Parquet is
+    assembled in memory and written at the end."""
 
-    def __init__(self, path, fmt: str):
+    def __init__(self, path, fmt: str, columns: tuple[str, ...] | None = None):
         self.path, self.fmt, self.count, self.buffered = Path(path), _check_format(fmt), 0, []
+        self.columns = list(columns) if columns is not None and fmt == "csv" else None
         if fmt == "parquet":
             _pyarrow()  # fail before any work if it is missing
 
@@ -351,6 +492,9 @@ class RecordWriter:
         self.file = open(self.tmp, "x", encoding="utf-8", newline="")
         if self.fmt == "json":
             self.file.write("[")
+        if self.columns is not None:
+            self.csv = csv.writer(self.file)
+            self.csv.writerow(self.columns)
         return self
 
     def write(self, row: dict) -> None:
@@ -363,6 +507,10 @@ class RecordWriter:
                 self.file.write(("," if self.count else "") + "\n  " + text.replace("\n", "\n  "))
             else:
                 self.file.write(text + "\n")
+        elif self.columns is not None:
+            if not row.keys() <= set(self.columns):
+                raise UsageError(f"{self.path}: row {self.count + 1} has columns outside the header")
+            self.csv.writerow([_cell(row.get(k)) for k in self.columns])
         else:
             self.buffered.append(dict(row))
         self.count += 1
@@ -371,7 +519,7 @@ class RecordWriter:
         header = list(dict.fromkeys(k for row in self.buffered for k in row))
         if self.fmt == "json":
             self.file.write("\n]\n" if self.count else "]\n")
-        elif self.fmt == "csv":
+        elif self.fmt == "csv" and self.columns is None:
             writer = csv.writer(self.file)
             writer.writerow(header)
             writer.writerows([_cell(row.get(k)) for k in header] for row in self.buffered)
@@ -408,6 +556,6 @@ def _cell(value) -> str:
     return str(value)
 
 
-def open_writer(path, fmt: str) -> RecordWriter:
+def open_writer(path, fmt: str, columns: tuple[str, ...] | None = None) -> RecordWriter:
     """A RecordWriter for `path` in format `fmt`, to use as a context manager."""
-    return RecordWriter(path, fmt)
+    return RecordWriter(path, fmt, columns)

@@ -395,3 +395,109 @@ def test_any_bytes_parse_or_raise_one_line_input_error(tmp_path, data, suffix):
         assert str(err).startswith(f"{path}: ") and str(err).isprintable()
     else:
         assert recs and all(isinstance(r.instruction + r.input + r.output, str) for r in recs)
+
+
+# --- streaming JSON arrays and rejected records ---------------------------------------------------------------
+
+def outcome(path, **kw):
+    """The rows read, or the error's message."""
+    try:
+        return [r.row for r in iter_records(path, **kw)]
+    except InputError as err:
+        return str(err)
+
+
+JSON_PIECES = FRAGMENTS + [b"[", b"]", b" ", b"\n", b'{"instruction": "a\\u00e9", "output": "\xc3\xa9"}', b"12",
+                           b'{"instruction": "a", "output": "b"}, ', b"\xc3", b"\xa9"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.lists(st.sampled_from(JSON_PIECES), max_size=12).map(b"".join), st.binary(max_size=80)),
+       block=st.integers(1, 9))
+def test_streamed_json_array_reads_as_the_whole_file_does(tmp_path, monkeypatch, data, block):
+    """Cut into blocks of a few bytes (elements, numbers, escapes and UTF-8 sequences split across them), a
+    JSON array gives the same rows, or the same error at the same line and column, as one block does."""
+    import car_onnx.io as io
+
+    path = tmp_path / "s.json"
+    path.write_bytes(data)
+    whole = outcome(path)
+    monkeypatch.setattr(io, "BLOCK", block)
+    assert outcome(path) == whole
+
+
+def test_long_single_line_array_keeps_columns_and_little_memory(tmp_path, monkeypatch):
+    import car_onnx.io as io
+
+    monkeypatch.setattr(io, "BLOCK", 1000)
+    rows = [{"instruction": f"q{i}", "output": "x" * 50} for i in range(2000)]
+    text = json.dumps(rows)  # one line of ~150 kB, as json.dump writes it
+    path = tmp_path / "one.json"
+    path.write_text(text)
+    seen = []
+    for r in iter_records(path):
+        seen.append(r.row)
+    assert seen == rows
+    bad = text[:-1] + ' x]'
+    path.write_text(bad)
+    assert error(path) == f"line 1, column {len(bad) - 1}: invalid JSON: Expecting ',' delimiter"
+
+
+def test_records_are_yielded_before_the_file_is_read_through(tmp_path, monkeypatch):
+    """Streaming: the first record arrives while most of a large array is still unread."""
+    import car_onnx.io as io
+
+    monkeypatch.setattr(io, "BLOCK", 4096)
+    path = tmp_path / "big.json"
+    write(path, "json", [{"instruction": "q", "output": "a" * 100}] * 5000)
+    with open(path, "rb") as probe:
+        opened = []
+        real_open = open
+
+        def spy(*args, **kw):
+            f = real_open(*args, **kw)
+            opened.append(f)
+            return f
+        monkeypatch.setattr("builtins.open", spy)
+        records = iter_records(path)
+        next(records)
+        assert opened[0].tell() < probe.seek(0, 2) / 10
+
+
+def test_reject_hands_over_bad_records_and_reads_on(tmp_path):
+    rejected = []
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(GOOD + b'\n{"instruction": "a", "output": 3}\nnot json\n\n\xff\n' + GOOD + b"\n")
+    recs = list(iter_records(path, reject=lambda err, raw: rejected.append((str(err), raw))))
+    assert [(r.index, r.where) for r in recs] == [(0, "line 1"), (1, "line 6")]
+    assert rejected == [
+        (f"{path}: line 2: field 'output': expected a string, got number", {"instruction": "a", "output": 3}),
+        (f"{path}: line 3: invalid JSON: Expecting value", "not json"),
+        (f"{path}: line 4: empty line", ""),
+        (f"{path}: line 5: invalid UTF-8 (byte 0xff)", "\ufffd")]
+
+    rejected.clear()
+    path = tmp_path / "r.json"
+    path.write_bytes(b'[' + GOOD + b', {"output": "b"}, 7, {"instruction": "a", "output": NaN}, ' + GOOD + b']')
+    recs = list(iter_records(path, reject=lambda err, raw: rejected.append(str(err).removeprefix(f"{path}: "))))
+    assert [r.where for r in recs] == ["record 1", "record 5"]
+    assert rejected == ["record 2: field 'instruction': missing field", "record 3: expected a JSON object, got number",
+                        "record 4: field 'output': invalid JSON: NaN is not allowed"]
+
+    rejected.clear()
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"instruction,output\na,b\nc\nd,e\n")
+    assert texts(path, reject=lambda err, raw: rejected.append((str(err), raw))) == [("a", "", "b"), ("d", "", "e")]
+    assert rejected == [(f"{path}: line 3: expected 2 cells like the header, got 1", ["c"])]
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("x.json", b'[' + GOOD + b', {"instruction": "a"', "line 1, column 58: invalid JSON: Expecting ',' delimiter"),
+    ("x.csv", b'instruction,output\na,b\nc,"d\n', "line 3: invalid CSV: unexpected end of data"),
+    ("x.csv", b"instruction,answer\na,b\n", "line 1: the header has no column 'output'"),
+    ("x.jsonl", b'{"output": "b"}\n', "no records"),
+])
+def test_file_level_errors_are_not_skipped(tmp_path, name, content, message):
+    """What cannot be told apart as one record (broken array, broken quoting, the header) still ends the read."""
+    (tmp_path / name).write_bytes(content)
+    assert error(tmp_path / name, reject=lambda err, raw: None) == message

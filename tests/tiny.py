@@ -75,17 +75,18 @@ def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0) -> None:
     onnx.save(model, str(path))
 
 
-def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",)) -> Path:
-    """A bundle with one graph serving both roles, or (split) a scorer and an embedder with different weights."""
+def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: int = 0) -> Path:
+    """A bundle with one graph serving both roles, or (split) a scorer and an embedder with different weights;
+    another `seed` gives other weights."""
     root = Path(root)
     groups = [("scorer", ("score",), 1), ("embedder", ("embed",), 2)] if split else [("joint", ("score", "embed"), 0)]
     specs = []
-    for name, roles, seed in groups:
+    for name, roles, offset in groups:
         (root / name).mkdir(parents=True, exist_ok=True)
         make_tokenizer(root / name / "tokenizer.json")
         variants = {}
         for p in precisions:
-            make_graph(root / name / f"model.{p}.onnx", roles, seed)
+            make_graph(root / name / f"model.{p}.onnx", roles, seed + offset)
             variants[p] = Variant(f"{name}/model.{p}.onnx")
         specs.append(ModelSpec(
             name=name, roles=roles, tokenizer=f"{name}/tokenizer.json", template=TEMPLATE, max_length=MAX_LENGTH,

@@ -1,0 +1,156 @@
+"""A job's work directory: each finished inference chunk is a file written atomically, reused by a later run
+whose identity (bundle, input content, options) is the same, discarded with a message when it is not."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import UsageError
+
+FORMAT = 1
+NAMES = {"bundle_manifest_sha256": "the bundle", "input_sha256": "the input", "models": "the model precisions",
+         "device": "the device"}
+
+
+def _changes(old: dict | None, new: dict) -> str:
+    """What differs between two identities, in words."""
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        return "its job.json is unreadable or from another version"
+    parts = []
+    for key, value in new.items():
+        if old.get(key) != value:
+            before = old.get(key)
+            if key.endswith("sha256"):
+                before, value = f"sha256 {str(before)[:12]}...", f"{value[:12]}..."
+            parts.append(f"{NAMES.get(key, 'option ' + key)} changed ({before} -> {value})")
+    return "; ".join(parts) or "its job.json differs"
+
+
+class WorkDir:
+    """chunks/NNNNNN.npz (one array per role) and job.json (the identity they belong to)."""
+
+    def __init__(self, root: Path, roles: tuple[str, ...], note: Callable[[str], None]):
+        self.root, self.roles, self.note = Path(root), roles, note
+        self.chunks = self.root / "chunks"
+        self.reused = 0
+
+    @classmethod
+    def open(cls, root: Path, ident: dict, note: Callable[[str], None]) -> WorkDir:
+        """Use `root` for the job `ident`: keep its chunks if they belong to it, else discard them and say why."""
+        root = Path(root)
+        job_file = root / "job.json"
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"{root}: --work-dir is not a directory")
+        if root.is_dir() and any(root.iterdir()) and not job_file.is_file():
+            raise UsageError(f"{root}: --work-dir is not empty and holds no job.json (not a car-onnx work "
+                             "directory); choose a new or empty directory")
+        root.mkdir(parents=True, exist_ok=True)
+        work = cls(root, tuple(ident["roles"]), note)
+        want = {"format": FORMAT, **ident}
+        if job_file.is_file():
+            try:
+                old = json.loads(job_file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                old = None
+            if old != want:
+                finished = len(list(work.chunks.glob("*.npz")))
+                note(f"work dir {root}: {_changes(old, want)} since the last run; "
+                     f"its {finished} finished chunk(s) are discarded")
+                shutil.rmtree(work.chunks, ignore_errors=True)
+        work._write(job_file, json.dumps(want, indent=2).encode())
+        work.chunks.mkdir(exist_ok=True)
+        for stale in work.chunks.glob(".*.tmp"):  # left by a run killed while writing
+            stale.unlink()
+        return work
+
+    def _write(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _path(self, c: int) -> Path:
+        return self.chunks / f"{c:06d}.npz"
+
+    def _load(self, c: int, rows: int | None = None) -> dict[str, np.ndarray] | str:
+        """The chunk's arrays, or why they cannot be used."""
+        try:
+            with np.load(self._path(c), allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            return f"unreadable ({err})"
+        if sorted(data) != sorted(self.roles):
+            return f"holds {sorted(data)}, not {sorted(self.roles)}"
+        n = len(next(iter(data.values())))
+        for role, a in data.items():
+            if a.dtype != np.float32 or a.ndim != (1 if role == "score" else 2) or len(a) != n:
+                return f"'{role}' has dtype {a.dtype} and shape {a.shape}"
+            if not np.isfinite(a).all():
+                return f"'{role}' holds non-finite values"
+        if rows is not None and n != rows:
+            return f"has {n} rows, the chunk has {rows} records"
+        return data
+
+    def has(self, c: int, rows: int) -> bool:
+        """Whether chunk `c` of `rows` records is finished; a damaged chunk file is removed (and said)."""
+        if not self._path(c).is_file():
+            return False
+        data = self._load(c, rows)
+        if isinstance(data, str):
+            self.note(f"work dir {self.root}: chunk {c} {data}; computing it again")
+            self._path(c).unlink()
+            return False
+        self.reused += 1
+        return True
+
+    def save(self, c: int, arrays: dict[str, np.ndarray]) -> None:
+        tmp = self.chunks / f".{c:06d}.{os.urandom(6).hex()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{r: np.ascontiguousarray(arrays[r], dtype=np.float32) for r in self.roles})
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path(c))
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def assemble(self, n: int) -> dict[str, np.ndarray]:
+        """All chunks in order: scores in memory, embeddings as a memory-mapped embeddings.npy of [n, dim]."""
+        if self.reused:
+            self.note(f"work dir {self.root}: reused {self.reused} finished chunk(s)")
+        out: dict[str, np.ndarray] = {}
+        scores, embed, start, c = [], None, 0, 0
+        while start < n:
+            data = self._load(c)
+            if isinstance(data, str):
+                raise UsageError(f"work dir {self.root}: chunk {c} {data} (changed during the run?)")
+            rows = len(next(iter(data.values())))
+            if "score" in data:
+                scores.append(data["score"])
+            if "embed" in data:
+                if embed is None:
+                    embed = np.lib.format.open_memmap(self.root / "embeddings.npy", mode="w+", dtype=np.float32,
+                                                      shape=(n, data["embed"].shape[1]))
+                embed[start:start + rows] = data["embed"]
+            start, c = start + rows, c + 1
+        if start != n:
+            raise UsageError(f"work dir {self.root}: the chunks hold {start} rows for {n} records")
+        if "score" in self.roles:
+            out["score"] = np.concatenate(scores)
+        if embed is not None:
+            embed.flush()
+            del embed
+            out["embed"] = np.load(self.root / "embeddings.npy", mmap_mode="r")
+        return out

@@ -1,0 +1,221 @@
+"""Resumable jobs (SIGKILL and resume, byte for byte), stale work invalidated with a message, --on-error skip,
+determinism across threads, batch sizes and chunk sizes; on a tiny bundle, through the real command."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests import tiny
+from tests.test_cli import read_rows, reference_rows, run
+
+N = 6000  # large enough for a run to be killed half-way: 120 chunks of 50
+ARGS = ("--n1", "40", "--chunk-records", "50")
+
+
+def records(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    words = np.array(tiny.WORDS)
+    return [{"instruction": " ".join(rng.choice(words, 4)), "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
+             "output": " ".join(rng.choice(words, int(rng.integers(1, 9)))), "id": i} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rel")
+    bundle = tiny.make_bundle(root / "bundle")
+    path = root / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records()))
+    rc, _, err, _ = run("select", path, "-o", root / "plain.jsonl", "-b", bundle, *ARGS, "-q")
+    assert rc == 0, err
+    return root, bundle, path
+
+
+def select_cmd(path, bundle, out, *extra):
+    code = "import sys; from car_onnx.cli import main; sys.argv = ['car-onnx', *sys.argv[1:]]; main()"
+    return [sys.executable, "-c", code, "select", str(path), "-o", str(out), "-b", str(bundle), *ARGS, *extra]
+
+
+@pytest.mark.parametrize("kill_after", [1, 60, 120])  # chunks finished when killed (120: all, so clustering)
+def test_sigkill_then_resume_gives_the_same_bytes(data, tmp_path, kill_after):
+    root, bundle, path = data
+    work, out = tmp_path / "work", tmp_path / "out.jsonl"
+    proc = subprocess.Popen(select_cmd(path, bundle, out, "--work-dir", work, "-q"), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list((work / "chunks").glob("*.npz"))) < kill_after and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    finished = len(list((work / "chunks").glob("*.npz")))
+    assert kill_after <= finished and not out.exists()
+
+    rc, _, err, _ = run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 0, err
+    assert f"reused {finished} finished chunk(s)" in err
+    assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
+
+
+def test_a_finished_work_dir_is_reused_whole_and_stale_parts_are_discarded(data, tmp_path):
+    root, bundle, path = data
+    work = tmp_path / "work"
+    rc, _, err, _ = run("select", path, "-o", tmp_path / "a.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 0 and "reused" not in err, err
+    rc, _, err, _ = run("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 0 and "reused 120 finished chunk(s)" in err, err
+    assert (tmp_path / "b.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
+
+    # one damaged chunk is computed again
+    chunk = work / "chunks" / "000007.npz"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    rc, _, err, _ = run("select", path, "-o", tmp_path / "c.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 0 and f"work dir {work}: chunk 7 unreadable" in err and "reused 119 finished" in err, err
+    assert (tmp_path / "c.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
+
+    # another input: every chunk is discarded, and the message says why
+    changed = tmp_path / "data.jsonl"
+    changed.write_text(path.read_text().replace('"id": 3}', '"id": 3, "x": 1}'))
+    rc, _, err, _ = run("select", changed, "-o", tmp_path / "d.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 0 and "reused" not in err, err
+    line = next(x for x in err.splitlines() if "since the last run" in x)
+    assert line.startswith(f"car-onnx: work dir {work}: the input changed (sha256 ")
+    assert line.endswith("since the last run; its 120 finished chunk(s) are discarded")
+
+    # another bundle (other weights) and another option
+    other = tiny.make_bundle(tmp_path / "other", seed=1)
+    rc, _, err, _ = run("select", changed, "-o", tmp_path / "e.jsonl", "-b", other, *ARGS, "--work-dir", work)
+    assert rc == 0 and "the bundle changed (sha256 " in err, err
+    rc, _, err, _ = run("select", changed, "-o", tmp_path / "f.jsonl", "-b", other, *ARGS, "--work-dir", work,
+                        "--max-tokens", "64")
+    assert rc == 0 and "option max_tokens changed (2048 -> 64)" in err, err
+
+
+def test_work_dir_that_is_not_ours_is_refused(data, tmp_path):
+    _, bundle, path = data
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--work-dir", tmp_path / "mine")
+    assert rc == 2 and err == (f"car-onnx: error: {tmp_path / 'mine'}: --work-dir is not empty and holds no job.json "
+                               "(not a car-onnx work directory); choose a new or empty directory")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("options", [("--threads", "1"), ("--threads", "2", "--max-tokens", "40"),
+                                     ("--max-tokens", "100000", "--chunk-records", "7")])
+def test_same_selection_across_threads_batch_sizes_and_chunks(data, tmp_path, options):
+    """The selection is identical; scores may differ in the last float bits (other summation orders)."""
+    root, bundle, path = data
+    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "40", "-q", *options)
+    assert rc == 0, err
+    got, want = read_rows(tmp_path / "o.jsonl", "jsonl"), read_rows(root / "plain.jsonl", "jsonl")
+    assert [(r["id"], r["cluster"]) for r in got] == [(r["id"], r["cluster"]) for r in want]
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-6)
+
+
+def test_same_bytes_across_runs(data, tmp_path):
+    root, bundle, path = data
+    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, *ARGS, "-q")
+    assert rc == 0, err
+    assert (tmp_path / "o.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
+
+
+def test_plain_run_is_the_reference_selection(data):
+    root, _, path = data
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    want = reference_rows(rows, 40, 1)
+    got = read_rows(root / "plain.jsonl", "jsonl")
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    assert [r["cluster"] for r in got] == [r["cluster"] for r in want]
+
+
+# --- bad records: fail fast by default, or skip into a rejects file ---------------------------------------------
+
+BAD_LINES = ['{"instruction": "explain water", "output": 3}', "not json", "",
+             '{"instruction": "a", "output": "b", "score": 0.5}']
+
+
+def with_bad_lines(tmp_path):
+    good = [json.dumps(r) for r in records(30)]
+    lines = good[:5] + BAD_LINES[:2] + good[5:20] + BAD_LINES[2:] + good[20:]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, [json.loads(g) for g in good]
+
+
+def test_default_fails_fast_with_no_output(data, tmp_path):
+    _, bundle, _ = data
+    path, _ = with_bad_lines(tmp_path)
+    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle)
+    assert rc == 1 and err == f"car-onnx: error: {path}: line 6: field 'output': expected a string, got number"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.jsonl"]
+
+
+def test_skip_writes_rejects_and_counts_them(data, tmp_path):
+    _, bundle, _ = data
+    path, good = with_bad_lines(tmp_path)
+    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "3", "--on-error", "skip")
+    assert rc == 0, err
+    rejects = tmp_path / "o.jsonl.rejects.jsonl"
+    assert [json.loads(line) for line in rejects.read_text().splitlines()] == [
+        {"where": "line 6", "field": "output", "error": "expected a string, got number",
+         "record": {"instruction": "explain water", "output": 3}},
+        {"where": "line 7", "field": None, "error": "invalid JSON: Expecting value", "record": "not json"},
+        {"where": "line 23", "field": None, "error": "empty line", "record": ""},
+        {"where": "line 24", "field": "score", "error": "already has a field 'score' that the output would overwrite",
+         "record": {"instruction": "a", "output": "b", "score": 0.5}}]
+    assert f"car-onnx: 4 record(s) rejected, written to {rejects}" in err
+    assert err.splitlines()[-1].startswith("car-onnx: 30 records; 4 rejected; ")
+    got, want = read_rows(tmp_path / "o.jsonl", "jsonl"), reference_rows(good, 3, 1)
+    assert [{**r, "score": 0} for r in got] == [{**r, "score": 0} for r in want]
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-6)
+
+
+def test_skip_with_nothing_left_fails_and_writes_nothing(data, tmp_path):
+    _, bundle, _ = data
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(BAD_LINES) + "\n")
+    rc, _, err, _ = run("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip",
+                        "--rejects", tmp_path / "r.jsonl")
+    assert rc == 1 and err == f"car-onnx: error: {path}: no records left: all 4 were rejected"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+def test_skip_refuses_an_existing_rejects_file(data, tmp_path):
+    _, bundle, _ = data
+    path, _ = with_bad_lines(tmp_path)
+    (tmp_path / "r.jsonl").write_text("old")
+    rc, _, err, _ = run("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip",
+                        "--rejects", tmp_path / "r.jsonl")
+    assert rc == 2 and err == f"car-onnx: error: {tmp_path / 'r.jsonl'}: already exists; pass --force to replace it"
+    rc, _, err, _ = run("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--rejects", tmp_path / "x.jsonl")
+    assert rc == 2 and err == "car-onnx: error: --rejects goes with --on-error skip"
+
+
+def test_input_changed_during_the_job_is_refused(data, tmp_path, monkeypatch):
+    from car_onnx import pipeline
+    from car_onnx.bundle import Bundle
+    from car_onnx.errors import InputError
+    from car_onnx.session import SessionConfig
+
+    _, bundle, _ = data
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records(50)))
+    real_scan = pipeline.scan
+
+    def scan_then_edit(*args, **kw):
+        found = real_scan(*args, **kw)
+        with open(path, "a") as f:
+            f.write(json.dumps(records(1)[0]) + "\n")
+        return found
+
+    monkeypatch.setattr(pipeline, "scan", scan_then_edit)
+    job = pipeline.Job(path)
+    with pytest.raises(InputError, match=f"^{path}: changed while the job was running; run it again$"):
+        pipeline.score(job, Bundle(bundle, SessionConfig(threads=1), ("score",)), tmp_path / "o.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()
+    assert os.listdir(tmp_path) == ["d.jsonl"]
