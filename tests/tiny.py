@@ -46,9 +46,9 @@ def weights(seed: int = 0):
     return rng.normal(size=(vocab_size, DIM)).astype(np.float32), rng.normal(size=(DIM, 1)).astype(np.float32)
 
 
-def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0) -> None:
-    """embedding = masked mean of a token lookup; score = tanh(embedding) @ w."""
-    emb, w = weights(seed)
+def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0, tables=None) -> None:
+    """embedding = masked mean of a token lookup; score = tanh(embedding) @ w. `tables`: other (E, w)."""
+    emb, w = weights(seed) if tables is None else tables
     nodes = [
         helper.make_node("Gather", ["E", "input_ids"], ["tok"]),
         helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
@@ -67,7 +67,7 @@ def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0) -> None:
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
               for n in ("input_ids", "attention_mask")]
     outs = {"score": helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
-            "embed": helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", DIM])}
+            "embed": helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", emb.shape[1]])}
     graph = helper.make_graph(nodes, "tiny", inputs, [outs[r] for r in roles], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -1,0 +1,112 @@
+"""The markdown table of benchmarks/results/*.json, written to benchmarks/results/README.md and into README.md
+between its benchmark markers. Generated, never edited by hand: `python -m benchmarks.report`."""
+
+from __future__ import annotations
+
+import json
+
+from .common import RESULTS, ROOT
+
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _met(value: float, target: float, higher: bool = True) -> str:
+    ok = value >= target if higher else value <= target
+    return f"{'>=' if higher else '<='} {target:g}: {'met' if ok else 'MISSED'}"
+
+
+def rows() -> list[tuple[str, str, str]]:
+    out = []
+    if d := _load("iqs_speed"):
+        if "runs" in d:
+            (tn, t), (_, f), (_, i) = d["runs"].items()
+            out += [(f"IQS full size, {d['texts']} real texts: PyTorch fp32 / ONNX fp32 / int8 tokens/s",
+                     f"{t['tokens_per_s']} / {f['tokens_per_s']} / {i['tokens_per_s']}", ""),
+                    ("IQS int8 tokens/s over PyTorch fp32", f"{i['tokens_per_s_vs_pytorch']}x",
+                     _met(i["tokens_per_s_vs_pytorch"], 3)),
+                    ("IQS peak RSS / model load: PyTorch, ONNX fp32, int8",
+                     f"{t['peak_rss_mb']:.0f} / {f['peak_rss_mb']:.0f} / {i['peak_rss_mb']:.0f} MB; "
+                     f"{t['load_s']} / {f['load_s']} / {i['load_s']} s", ""),
+                    ("IQS fp32 max score error vs PyTorch; int8 Spearman (random weights)",
+                     f"{d['vs_pytorch_fp32']['fp32']['max_abs_score_error']}; "
+                     f"{d['vs_pytorch_fp32']['int8']['spearman']}", "")]
+    if d := _load("export_iqs_full"):
+        sizes = {k.split("/")[-1]: v for k, v in d["files"].items()}
+        fp32 = sum(v for k, v in sizes.items() if k.startswith("model.fp32"))
+        int8 = sum(v for k, v in sizes.items() if k.startswith("model.int8"))
+        out.append(("IQS full-size export (fp32 + int8): wall time, peak RSS, files",
+                    f"{d['export']['wall_s']:.0f} s, {d['export']['peak_rss_mb'] / 1024:.1f} GB, "
+                    f"fp32 {fp32 / 2**30:.2f} GB, int8 {int8 / 2**30:.2f} GB", "within 24 GB"))
+    if d := _load("default_bundle"):
+        a = d["agreement_score_valid"]
+        out.append(("default scorer, pairwise agreement on score_valid (fp32 / int8)",
+                    f"{a['fp32']['agreement']} / {a['int8']['agreement']} (longer wins: "
+                    f"{a['fp32']['longer_text_wins_chars']})", _met(a["int8"]["agreement"], 0.9)))
+        f = d["int8_vs_fp32"]
+        out.append((f"default bundle int8 vs fp32, {f['texts']} real records: Spearman / top-5% / mean cosine / "
+                    "selection Jaccard", f"{f['spearman']} / {f['top5pct_overlap']} / {f['mean_cosine']} / "
+                    f"{f['selection_jaccard']}", "0.99 / 0.9 / 0.995"))
+        e = d["embed_speed"]
+        for name, r in e["runs"].items():
+            extra = f", {r['speedup_vs_st']}x" if "speedup_vs_st" in r else ""
+            target = _met(r["speedup_vs_st"], 3) if name == "car-onnx embed, default bundle int8" else ""
+            out.append((f"embed {e['records']} real records, whole process: {name}",
+                        f"{r['texts_per_s']} texts/s, {r['peak_rss_mb']:.0f} MB{extra}", target))
+    if d := _load("end_to_end"):
+        o, r = d["car_onnx_select_int8"], d["reference_structure_pytorch_fp32"]
+        st = ", ".join(f"{k} {v:.0f}" for k, v in o["stages_s"].items())
+        rs = ", ".join(f"{k[:-2]} {v:.0f}" for k, v in r.items() if k.endswith("_s") and k != "seconds")
+        out += [(f"select on {d['records']} records: car-onnx (int8, one pass) vs reference structure "
+                 "(PyTorch scorer + sentence-transformers + scikit-learn)",
+                 f"{o['seconds']:.0f} s [{st}] vs {r['seconds']:.0f} s [{rs}]", ""),
+                ("end-to-end speed-up", f"{d['speedup']}x", _met(d["speedup"], 3)),
+                ("end-to-end peak RSS (car-onnx / reference)",
+                 f"{o['peak_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} MB = {d['peak_memory_ratio']}",
+                 _met(d["peak_memory_ratio"], 1 / 3, higher=False)),
+                ("selection Jaccard, car-onnx int8 vs reference fp32", str(d["selected"]["jaccard"]), "")]
+    if d := _load("footprint"):
+        sizes = list(d["installed_mb"].values())
+        w = d["wall_s_median_of_5"]
+        out += [("installed size: runtime closure / torch + transformers + sentence-transformers + sklearn",
+                 f"{sizes[0]:.0f} / {sizes[1]:.0f} MB", ""),
+                ("`import car_onnx` / `car-onnx --help` / `import torch, transformers, sentence_transformers`",
+                 " / ".join(f"{v:.2f} s" for k, v in w.items() if "pass" not in k), "")]
+    if d := _load("scaling"):
+        for n, r in d["lookup_bundle"].items():
+            st = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())
+            out.append((f"scaling, lookup bundle, {int(n):,} records ({r['input_mb']} MB)",
+                        f"{r['seconds']:.0f} s [{st}], {r['peak_rss_mb']:.0f} MB peak", ""))
+        out.append(("scaling: default bundle model cost", f"{d['model_s_per_record'] * 1000:.1f} ms per record", ""))
+    return out
+
+
+def markdown() -> str:
+    machine = (_load("default_bundle") or _load("scaling") or {}).get("machine", {})
+    lines = [f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, flags: "
+             f"{machine.get('cpu_flags', '?')}; onnxruntime {machine.get('onnxruntime', '?')}, torch "
+             f"{machine.get('torch', '-')}. Commands and raw figures: `benchmarks/results/*.json`.", "",
+             "| measure | value | target |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows()]
+    if suite := _load("suite"):
+        lines += ["", f"Whole suite: `{suite['command']}`, {suite['seconds'] / 60:.0f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    table = markdown()
+    (RESULTS / "README.md").write_text("# Benchmark results (generated by `python -m benchmarks.report`)\n\n" + table)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        readme.write_text(head + START + "\n" + table + END + rest.split(END, 1)[1])
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
