@@ -7,11 +7,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import default_bundle, end_to_end, footprint, iqs_speed, report, scaling
+from . import default_bundle, end_to_end, footprint, iqs_speed, report, resume, scaling
 from .common import save
 
 SECTIONS = {"default_bundle": default_bundle, "iqs_speed": iqs_speed, "end_to_end": end_to_end,
-            "footprint": footprint, "scaling": scaling}
+            "footprint": footprint, "scaling": scaling, "resume": resume}
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--quick", action="store_true")

@@ -82,6 +82,14 @@ def rows() -> list[tuple[str, str, str]]:
             out.append((f"scaling, lookup bundle, {int(n):,} records ({r['input_mb']} MB)",
                         f"{r['seconds']:.0f} s [{st}], {r['peak_rss_mb']:.0f} MB peak", ""))
         out.append(("scaling: default bundle model cost", f"{d['model_s_per_record'] * 1000:.1f} ms per record", ""))
+    if d := _load("resume"):
+        out.append((f"resume: select on {d['records']} records killed after {d['chunks_finished_when_killed']} of "
+                    f"{d['chunks']} chunks, then resumed", f"{d['killed_after_s']} s + {d['resumed_s']} s vs "
+                    f"{d['uninterrupted_s']} s uninterrupted: overhead {d['resume_overhead_s']} s; output "
+                    f"{'identical' if d['resumed_output_identical'] else 'DIFFERENT'}", ""))
+        for name, r in d["determinism"].items():
+            out.append((f"determinism: {name}", "same selection" if r["same_selection_as_first"] else
+                        f"selection differs (Jaccard {r['jaccard_with_first']})", ""))
     return out
 
 

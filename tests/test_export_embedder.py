@@ -181,3 +181,14 @@ def test_verification_texts_mix_short_and_long():
     texts = verification_texts()
     lengths = sorted(len(t.split()) for t in texts)  # in words: a token count is at least that
     assert lengths[0] <= 12 and lengths[-1] > 1000 and len(texts) >= 10
+
+
+def test_fp16_variant_is_built_checked_and_runs(tmp_path):
+    """fp16 (for GPUs) is checked like the others; onnxruntime's CPU kernels can run it here."""
+    folder = make_st_folder(tmp_path / "st")
+    spec = export_embedder(folder, tmp_path / "bundle", precisions=("fp32", "fp16"), texts=texts_mixed(), **QUIET)
+    fidelity = read_manifest(tmp_path / "bundle").models[0].variants["fp16"].fidelity
+    assert fidelity["mean_cosine"] >= 0.999 and fidelity["forced"] is False
+    texts = texts_mixed()
+    got = OnnxModel(spec, tmp_path / "bundle", "fp16", SessionConfig(threads=1)).run(texts, ("embed",))["embed"]
+    assert got.dtype == np.float32 and cosines(got, st_encode(folder, texts)).min() >= 0.999
