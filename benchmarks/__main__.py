@@ -3,12 +3,11 @@ table in README.md. --quick runs small sizes in a few minutes (and skips the ful
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from . import default_bundle, end_to_end, footprint, iqs_speed, report, resume, scaling
-from .common import save
+from .common import WORK, save
 
 SECTIONS = {"default_bundle": default_bundle, "iqs_speed": iqs_speed, "end_to_end": end_to_end,
             "footprint": footprint, "scaling": scaling, "resume": resume}
@@ -16,7 +15,7 @@ SECTIONS = {"default_bundle": default_bundle, "iqs_speed": iqs_speed, "end_to_en
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--quick", action="store_true")
 ap.add_argument("--only", nargs="+", choices=list(SECTIONS))
-ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "car-onnx-bench")
+ap.add_argument("--work", type=Path, default=WORK)
 args = ap.parse_args()
 args.work.mkdir(parents=True, exist_ok=True)
 start = time.perf_counter()

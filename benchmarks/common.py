@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
+WORK = Path(tempfile.gettempdir()) / "car-onnx-bench"  # records files, bundles and outputs of the runs
 CORPORA = ("gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "car_selected_iqs.json")
 
 
@@ -106,3 +109,15 @@ def save(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def section_main(name: str, run, doc: str, argv=None) -> None:
+    """The command line of one section: `python -m benchmarks.NAME [--quick] [--work DIR]`; saves its result."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    result = run(args.work, args.quick)
+    print(json.dumps(result, indent=2))
+    print(f"written to {save(name, result)}")

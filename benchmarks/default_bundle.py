@@ -7,11 +7,8 @@ processes, same threads), with the default bundle and with all-MiniLM-L6-v2 expo
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,7 @@ import numpy as np
 from car_onnx.bundle import Bundle, find_bundle
 from car_onnx.session import SessionConfig, machine_threads
 
-from .common import SHARED, car_onnx, real_records, records_file, save, timed_process, worker
+from .common import SHARED, car_onnx, real_records, records_file, section_main, timed_process, worker
 
 def agreement(bundle_dir: Path, precision: str) -> dict:
     rows = list(csv.DictReader(open(SHARED / "expert_revised" / "score_valid.csv", newline="")))
@@ -97,16 +94,5 @@ def run(work: Path, quick: bool) -> dict:
     }
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "car-onnx-bench")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    result = run(args.work, args.quick)
-    print(json.dumps(result, indent=2))
-    print(f"written to {save('default_bundle', result)}")
-
-
 if __name__ == "__main__":
-    main()
+    section_main("default_bundle", run, __doc__)

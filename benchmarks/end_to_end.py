@@ -7,15 +7,13 @@ same scikit-learn clustering), whole processes, same threads; wall time per stag
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import tempfile
 from pathlib import Path
 
 from car_onnx.session import machine_threads
 
-from .common import car_onnx, real_records, save, timed_process, worker
+from .common import car_onnx, real_records, section_main, timed_process, worker
 
 
 def stages(summary: str) -> dict:
@@ -43,16 +41,5 @@ def run(work: Path, quick: bool) -> dict:
             "selected": {"car_onnx": len(a), "reference": len(b), "jaccard": round(len(a & b) / len(a | b), 4)}}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "car-onnx-bench")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    result = run(args.work, args.quick)
-    print(json.dumps(result, indent=2))
-    print(f"written to {save('end_to_end', result)}")
-
-
 if __name__ == "__main__":
-    main()
+    section_main("end_to_end", run, __doc__)

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .common import RESULTS, ROOT, machine
+from .common import RESULTS, machine, timed_process
 
 VOCAB = 250_002
 CONFIG = {"vocab_size": VOCAB, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
@@ -110,21 +108,9 @@ def export(work: Path, events: Path) -> None:
                   precisions=("fp32", "int8"), force=True, log=log)
 
 
-WRAPPER = ("import resource, subprocess, sys, time\n"
-           "t = time.perf_counter()\n"
-           "r = subprocess.run(sys.argv[1:])\n"
-           "print('WALL', time.perf_counter() - t, 'PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-           "sys.exit(r.returncode)\n")
-
-
-def child(args: list[str]) -> dict:
-    """Run `python -m benchmarks.export_iqs_full <args>` in a fresh wrapper: wall time and the child's peak RSS."""
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, sys.executable, "-m", "benchmarks.export_iqs_full", *args],
-                          cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    last = proc.stdout.strip().splitlines()[-1].split()
-    if proc.returncode != 0:
-        raise SystemExit(f"stage {args} failed (exit {proc.returncode})")
-    return {"wall_s": round(float(last[1]), 1), "peak_rss_mb": round(int(last[3]) / 1024, 1)}
+def child(*args) -> dict:
+    """`python -m benchmarks.export_iqs_full ARGS` as a whole process: its wall time and its own peak RSS."""
+    return timed_process([sys.executable, "-m", "benchmarks.export_iqs_full", *args])
 
 
 def stages(events: list[dict]) -> dict:
@@ -158,9 +144,9 @@ def main(argv=None) -> None:
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    built = child(["--stage", "build", "--work", str(work)])
+    built = child("--stage", "build", "--work", work)
     ckpt = work / "run" / "checkpoints" / "epoch=0.ckpt"
-    exported = child(["--stage", "export", "--work", str(work)])
+    exported = child("--stage", "export", "--work", work)
     events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
     manifest = json.loads((work / "bundle" / "manifest.json").read_text())
     (spec,) = manifest["models"]
@@ -171,8 +157,8 @@ def main(argv=None) -> None:
                                                       "num_attention_heads", "intermediate_size",
                                                       "max_position_embeddings")},
                   "head": "sparsemax mix of 25, avg pool, 1024-2048-1024-1 Tanh", "weights": "random, std 0.02"},
-        "checkpoint": {"bytes": ckpt.stat().st_size, "build": built},
-        "export": {"wall_s": exported["wall_s"], "peak_rss_mb": exported["peak_rss_mb"], "stages": stages(events)},
+        "checkpoint": {"bytes": ckpt.stat().st_size, "build": {"build_checkpoint_s": built["build_checkpoint_s"]}},
+        "export": {"wall_s": exported["seconds"], "peak_rss_mb": exported["peak_rss_mb"], "stages": stages(events)},
         "files": {rel: f["bytes"] for rel, f in manifest["files"].items()},
         "variants": {p: v["fidelity"] for p, v in spec["variants"].items()},
         "verification_texts": spec["variants"]["fp32"]["fidelity"]["texts"],

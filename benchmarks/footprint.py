@@ -7,7 +7,6 @@ sentence-transformers (from the installed distributions' RECORD files in this ve
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import subprocess
@@ -16,7 +15,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from .common import car_onnx, save
+from .common import car_onnx, section_main
 
 
 def closure(names: list[str]) -> set[str]:
@@ -73,11 +72,5 @@ def run(work=None, quick: bool = False) -> dict:
     }
 
 
-def main(argv=None):
-    result = run()
-    print(json.dumps(result, indent=2))
-    print(f"written to {save('footprint', result)}")
-
-
 if __name__ == "__main__":
-    main()
+    section_main("footprint", run, __doc__)

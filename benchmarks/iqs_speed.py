@@ -8,8 +8,6 @@ about 10 minutes; skipped in --quick mode)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -19,7 +17,7 @@ import numpy as np
 
 from car_onnx.session import machine_threads
 
-from .common import ROOT, records_file, save, timed_process, worker
+from .common import ROOT, records_file, section_main, timed_process, worker
 
 IQS = Path(tempfile.gettempdir()) / "car_iqs_full"
 
@@ -51,16 +49,5 @@ def run(work: Path, quick: bool) -> dict:
                     "figures say little about the trained IQS"}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "car-onnx-bench")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    result = run(args.work, args.quick)
-    print(json.dumps(result, indent=2))
-    print(f"written to {save('iqs_speed', result)}")
-
-
 if __name__ == "__main__":
-    main()
+    section_main("iqs_speed", run, __doc__)

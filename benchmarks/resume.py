@@ -8,17 +8,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from car_onnx.session import machine_threads
 
-from .common import car_onnx, records_file, save
+from .common import car_onnx, records_file, section_main
 
 
 def select(data: Path, out: Path, *extra) -> float:
@@ -73,16 +71,5 @@ def run(work: Path, quick: bool) -> dict:
             "resumed_output_identical": same, "default_run_selected": len(base), "determinism": variants}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "car-onnx-bench")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    result = run(args.work, args.quick)
-    print(json.dumps(result, indent=2))
-    print(f"written to {save('resume', result)}")
-
-
 if __name__ == "__main__":
-    main()
+    section_main("resume", run, __doc__)

@@ -12,16 +12,13 @@ Records are the ~19k shared ones, repeated in order past that size (said in the 
 
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from car_onnx.session import machine_threads
 
-from .common import car_onnx, records_file, save, timed_process
+from .common import car_onnx, records_file, section_main, timed_process
 from .end_to_end import stages
 
 
@@ -76,16 +73,5 @@ def run(work: Path, quick: bool) -> dict:
     return out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "car-onnx-bench")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    result = run(args.work, args.quick)
-    print(json.dumps(result, indent=2))
-    print(f"written to {save('scaling', result)}")
-
-
 if __name__ == "__main__":
-    main()
+    section_main("scaling", run, __doc__)
