@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, fields as dc_fields
 from pathlib import Path
 from typing import Callable, Iterator
@@ -474,6 +475,29 @@ def iter_records(path, *, fmt: str | None = None, fields: FieldMap = FieldMap(),
 
 # --- writer ----------------------------------------------------------------------------------------------
 
+def _temp_path(path: Path) -> Path:
+    """A hidden, unique name beside `path`. Named by hand: tempfile.mkstemp's 0600 mode would end up on the output."""
+    return path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+
+
+@contextmanager
+def replacing(path) -> Iterator[Path]:
+    """A temporary path beside `path` for the block to write; fsynced and renamed to `path` when the block
+    completes, deleted if it fails."""
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class RecordWriter:
     """Writes rows to a temporary file beside `path`; fsynced and renamed into place only when the `with` block
     completes, deleted if it fails. JSON and JSONL stream; CSV streams when `columns` (the header: every key of
@@ -487,8 +511,7 @@ class RecordWriter:
             _pyarrow()  # fail before any work if it is missing
 
     def __enter__(self):
-        # Named by hand rather than with tempfile.mkstemp, whose 0600 mode would end up on the output.
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.urandom(6).hex()}.tmp")
+        self.tmp = _temp_path(self.path)
         self.file = open(self.tmp, "x", encoding="utf-8", newline="")
         if self.fmt == "json":
             self.file.write("[")

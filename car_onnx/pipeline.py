@@ -19,7 +19,7 @@ import numpy as np
 from .bundle import Bundle
 from .clustering import Clusterer
 from .errors import InputError, UsageError
-from .io import FieldMap, Record, detect_format, iter_records, open_writer
+from .io import FieldMap, Record, detect_format, iter_records, open_writer, replacing
 from .selection import car_select, parse_size
 from .tokenization import DEFAULT_MAX_TOKENS
 from .manifest import sha256_file as file_sha256
@@ -286,14 +286,9 @@ def embed(job: Job, bundle: Bundle, output: Path, *, stages: Stages | None = Non
         found = scan(job, (), rejects, stages)
         with work_dir(job, identity(job, bundle, roles, ()), stages) as work:
             vectors = infer(job, bundle, roles, found, (), work, stages)["embed"]
-            with stages.stage("write"):
-                tmp = Path(output).with_name(f".{Path(output).name}.{os.urandom(6).hex()}.tmp")
-                try:
-                    target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=vectors.shape)
-                    target[:] = vectors
-                    target.flush()
-                    del target
-                    tmp.replace(output)
-                finally:
-                    tmp.unlink(missing_ok=True)
+            with stages.stage("write"), replacing(output) as tmp:
+                target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=vectors.shape)
+                target[:] = vectors
+                target.flush()
+                del target
     return Report(found.records, rejected=found.rejected, seconds=stages.seconds)

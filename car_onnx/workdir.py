@@ -4,7 +4,6 @@ whose identity (bundle, input content, options) is the same, discarded with a me
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import UsageError
+from .io import replacing
 
 FORMAT = 1
 NAMES = {"bundle_manifest_sha256": "the bundle", "input_sha256": "the input", "models": "the model precisions",
@@ -71,15 +71,8 @@ class WorkDir:
         return work
 
     def _write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(path) as tmp:
+            tmp.write_bytes(data)
 
     def _path(self, c: int) -> Path:
         return self.chunks / f"{c:06d}.npz"
@@ -116,15 +109,8 @@ class WorkDir:
         return True
 
     def save(self, c: int, arrays: dict[str, np.ndarray]) -> None:
-        tmp = self.chunks / f".{c:06d}.{os.urandom(6).hex()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **{r: np.ascontiguousarray(arrays[r], dtype=np.float32) for r in self.roles})
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path(c))
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(self._path(c)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{r: np.ascontiguousarray(arrays[r], dtype=np.float32) for r in self.roles})
 
     def assemble(self, n: int) -> dict[str, np.ndarray]:
         """All chunks in order: scores in memory, embeddings as a memory-mapped embeddings.npy of [n, dim]."""
