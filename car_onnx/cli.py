@@ -28,7 +28,7 @@ Precision = Annotated[Optional[str], typer.Option(help="fp32, int8 or fp16 [defa
 InFormat = Annotated[Optional[str], typer.Option("--format", help=f"Input format, one of {', '.join(FORMATS)} [default: by suffix]")]
 OutFormat = Annotated[Optional[str], typer.Option("--output-format", help="Output format [default: the input's]")]
 Fields = Annotated[Optional[list[str]], typer.Option("--field", help="Map a field: instruction=question, output=answer, input=context.")]
-MaxTokens = Annotated[int, typer.Option(help="Token budget of one batch (rows x longest row).")]
+MaxTokens = Annotated[int, typer.Option(help="Token budget of one batch (rows x longest row); int8 runs one text per batch.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, messages or summary.")]
 WorkDirOpt = Annotated[Optional[Path], typer.Option("--work-dir", help="Keep finished chunks here; a run started again with the same arguments resumes [default: a temporary directory].")]

@@ -42,11 +42,13 @@ class OnnxModel:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`."""
+        """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`.
+        int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
+        would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
         names = [self.spec.outputs[r] for r in roles]
         tokens = tokenize(self.tokenizer, texts)
         out: dict[str, np.ndarray] = {}
-        for batch in plan_batches(tokens.lengths, max_tokens):
+        for batch in plan_batches(tokens.lengths, 1 if self.precision == "int8" else max_tokens):
             ids, mask = pad_batch([tokens.ids[i] for i in batch], self.spec.pad_id)
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             results = self.session.run(names, {n: feed[n] for n in self.input_names})

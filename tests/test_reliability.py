@@ -117,6 +117,21 @@ def test_same_selection_across_threads_batch_sizes_and_chunks(data, tmp_path, op
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-6)
 
 
+def test_int8_output_does_not_depend_on_batch_size(data, tmp_path):
+    """Dynamically quantised int8 runs one text per batch: any --max-tokens gives the same bytes, another
+    thread count the same selection."""
+    _, _, path = data
+    bundle = tiny.make_bundle(tmp_path / "int8", precisions=("int8",))
+    outs = []
+    for i, options in enumerate([(), ("--max-tokens", "100000"), ("--threads", "1")]):
+        rc, _, err, _ = run("select", path, "-o", tmp_path / f"{i}.jsonl", "-b", bundle, *ARGS, "-q", *options)
+        assert rc == 0, err
+        outs.append(tmp_path / f"{i}.jsonl")
+    assert outs[1].read_bytes() == outs[0].read_bytes()
+    got, want = read_rows(outs[2], "jsonl"), read_rows(outs[0], "jsonl")
+    assert [(r["id"], r["cluster"]) for r in got] == [(r["id"], r["cluster"]) for r in want]
+
+
 def test_same_bytes_across_runs(data, tmp_path):
     root, bundle, path = data
     rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, *ARGS, "-q")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from car_onnx.manifest import ModelSpec, Template, Variant, write_manifest
@@ -84,10 +85,13 @@ def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: 
     for name, roles, offset in groups:
         (root / name).mkdir(parents=True, exist_ok=True)
         make_tokenizer(root / name / "tokenizer.json")
-        variants = {}
-        for p in precisions:
-            make_graph(root / name / f"model.{p}.onnx", roles, seed + offset)
-            variants[p] = Variant(f"{name}/model.{p}.onnx")
+        make_graph(root / name / "model.fp32.onnx", roles, seed + offset)
+        if "int8" in precisions:  # quantised as the export does it: dynamic, activation scales per batch
+            quantize_dynamic(root / name / "model.fp32.onnx", root / name / "model.int8.onnx",
+                             weight_type=QuantType.QInt8)
+        if "fp32" not in precisions:
+            (root / name / "model.fp32.onnx").unlink()
+        variants = {p: Variant(f"{name}/model.{p}.onnx") for p in precisions}
         specs.append(ModelSpec(
             name=name, roles=roles, tokenizer=f"{name}/tokenizer.json", template=TEMPLATE, max_length=MAX_LENGTH,
             pad_id=0, inputs=("input_ids", "attention_mask"),
