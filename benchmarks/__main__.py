@@ -6,11 +6,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import default_bundle, end_to_end, footprint, iqs_speed, report, resume, scaling
+from . import default_bundle, end_to_end, footprint, int8_gemm, iqs_speed, report, resume, scaling
 from .common import WORK, save
 
-SECTIONS = {"default_bundle": default_bundle, "iqs_speed": iqs_speed, "end_to_end": end_to_end,
-            "footprint": footprint, "scaling": scaling, "resume": resume}
+SECTIONS = {"int8_gemm": int8_gemm, "default_bundle": default_bundle, "iqs_speed": iqs_speed,
+            "end_to_end": end_to_end, "footprint": footprint, "scaling": scaling, "resume": resume}
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--quick", action="store_true")
@@ -18,11 +18,12 @@ ap.add_argument("--only", nargs="+", choices=list(SECTIONS))
 ap.add_argument("--work", type=Path, default=WORK)
 args = ap.parse_args()
 args.work.mkdir(parents=True, exist_ok=True)
-start = time.perf_counter()
+start, seconds = time.perf_counter(), {}
 for name in args.only or SECTIONS:
     t = time.perf_counter()
     result = SECTIONS[name].run(args.work, args.quick)
-    print(f"{name}: {time.perf_counter() - t:.0f} s, written to {save(name, result)}", file=sys.stderr, flush=True)
+    seconds[name] = round(time.perf_counter() - t)
+    print(f"{name}: {seconds[name]} s, written to {save(name, result)}", file=sys.stderr, flush=True)
 if not args.only:
-    save("suite", {"seconds": round(time.perf_counter() - start), "quick": args.quick})
+    save("suite", {"seconds": round(time.perf_counter() - start), "sections_s": seconds, "quick": args.quick})
 report.main()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,14 @@ IQS = Path(tempfile.gettempdir()) / "car_iqs_full"
 
 
 def run(work: Path, quick: bool) -> dict:
+    built_s = 0.0
     if not (IQS / "bundle" / "manifest.json").is_file():
         if quick:
             return {"skipped": f"no full-size IQS bundle in {IQS}; run without --quick once to build it"}
+        start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "benchmarks.export_iqs_full", "--work", str(IQS), "--keep"],
                        cwd=ROOT, check=True)
+        built_s = round(time.perf_counter() - start)
     n, threads = (32 if quick else 256), machine_threads()
     data = records_file(work, n, seed=3)
     runs = {"PyTorch fp32 (COMET forward, length-sorted batches of 8)": timed_process(
@@ -44,7 +48,7 @@ def run(work: Path, quick: bool) -> dict:
     from car_onnx_export.onnx_tools import compare
 
     fidelity = {p: compare({"score": ref}, {"score": np.load(work / f"iqs-{p}.npy")}) for p in ("fp32", "int8")}
-    return {"texts": n, "threads": threads, "runs": runs, "vs_pytorch_fp32": fidelity,
+    return {"texts": n, "threads": threads, "runs": runs, "vs_pytorch_fp32": fidelity, "bundle_built_s": built_s,
             "note": "random weights (std 0.02): speed and memory are those of the real model; the int8 fidelity "
                     "figures say little about the trained IQS"}
 

@@ -22,6 +22,12 @@ def _met(value: float, target: float, higher: bool = True) -> str:
 
 def rows() -> list[tuple[str, str, str]]:
     out = []
+    if d := _load("int8_gemm"):
+        for name, r in d["products"].items():
+            g = r["gflops"]
+            out.append((f"int8 matrix product over fp32, {name} ({' x '.join(map(str, r['shape_mkn']))}): integer "
+                        "product alone / as dynamic int8 runs it", f"{g['integer / fp32']}x / {g['dynamic / fp32']}x "
+                        f"(fp32 {g['onnxruntime fp32']} GFLOP/s, PyTorch {g['torch fp32']})", ""))
     if d := _load("iqs_speed"):
         if "runs" in d:
             (tn, t), (_, f), (_, i) = d["runs"].items()
@@ -101,7 +107,11 @@ def markdown() -> str:
              "| measure | value | target |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows()]
     if suite := _load("suite"):
-        lines += ["", f"Whole suite: `{suite['command']}`, {suite['seconds'] / 60:.0f} min."]
+        parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in suite.get("sections_s", {}).items())
+        built = (_load("iqs_speed") or {}).get("bundle_built_s", 0)
+        once = f"; it includes {built / 60:.1f} min to build the full-size IQS bundle, kept for later runs" if built else ""
+        lines += ["", f"Whole suite: `{suite['command']}`, {suite['seconds'] / 60:.0f} min (minutes per section: "
+                      f"{parts}){once}."]
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,7 @@ def ids(path: Path) -> list:
 
 
 def run(work: Path, quick: bool) -> dict:
-    n = 500 if quick else 2000
+    n = 500 if quick else 1000
     rows = json.loads(records_file(work, n, seed=6).read_text())
     data = work / f"resume-{n}.json"
     data.write_text(json.dumps([{**r, "id": i} for i, r in enumerate(rows)]))
