@@ -1,13 +1,13 @@
-"""Footprint: installed size of the runtime's dependency closure against torch + transformers +
-sentence-transformers (from the installed distributions' RECORD files in this venv), import time and
+"""Footprint: size of a fresh venv with the runtime alone (`pip install .`, no extra) against a fresh venv with
+torch (CPU build) + transformers + sentence-transformers + scikit-learn at this venv's versions; import time and
 `car-onnx --help` wall time (median of 5 fresh processes).
 
-    python -m benchmarks.footprint
+    python -m benchmarks.footprint [--quick] [--work DIR]
 """
 
 from __future__ import annotations
 
-import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -15,35 +15,21 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from .common import car_onnx, section_main
+from .common import ROOT, car_onnx, section_main
+
+TORCH_SIDE = ("torch", "transformers", "sentence-transformers", "scikit-learn")
 
 
-def closure(names: list[str]) -> set[str]:
-    """The distributions `names` need, transitively (extras not followed)."""
-    seen, todo = set(), [n.lower() for n in names]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        seen.add(name)
-        for req in dist.requires or []:
-            if "extra ==" not in req:
-                todo.append(re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0].lower().replace("_", "-"))
-    return seen
-
-
-def size_mb(dists: set[str]) -> float:
-    total = 0
-    for name in dists:
-        for f in metadata.distribution(name).files or []:
-            path = Path(f.locate())
-            if path.is_file():
-                total += path.stat().st_size
-    return round(total / 2**20, 1)
+def venv_mb(folder: Path, requirements: list[str]) -> float:
+    """Size on disk of a fresh venv with `requirements` installed (pip's own files included, as in any venv)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", folder], check=True)
+    if requirements:
+        subprocess.run([folder / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        *requirements], check=True)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    shutil.rmtree(folder)
+    return round(size / 2**20, 1)
 
 
 def wall(cmd: list[str], repeat: int = 5) -> float:
@@ -55,21 +41,23 @@ def wall(cmd: list[str], repeat: int = 5) -> float:
     return round(statistics.median(times), 3)
 
 
-def run(work=None, quick: bool = False) -> dict:
-    runtime = closure(["onnxruntime", "tokenizers", "numpy", "scikit-learn", "typer"]) | {"car-onnx"}
-    torch_side = closure(["torch", "transformers", "sentence-transformers", "scikit-learn"])
+def run(work: Path, quick: bool = False) -> dict:
     py = sys.executable
-    return {
-        "installed_mb": {"car-onnx runtime closure": size_mb(runtime),
-                         "torch + transformers + sentence-transformers + scikit-learn closure": size_mb(torch_side)},
-        "distributions": {"runtime": sorted(runtime), "torch_side": sorted(torch_side)},
-        "wall_s_median_of_5": {"python -c 'import car_onnx'": wall([py, "-c", "import car_onnx"]),
-                               "car-onnx --help": wall([car_onnx(), "--help"]),
-                               "python -c 'import torch, transformers, sentence_transformers'": wall(
-                                   [py, "-c", "import torch, transformers, sentence_transformers"]),
-                               "python -c 'pass'": wall([py, "-c", "pass"])},
-        "note": "sizes from the RECORD files of the distributions installed in the benchmark venv (CPU torch build)",
-    }
+    out = {"wall_s_median_of_5": {
+        "python -c 'import car_onnx'": wall([py, "-c", "import car_onnx"]),
+        "car-onnx --help": wall([car_onnx(), "--help"]),
+        "python -c 'import torch, transformers, sentence_transformers'": wall(
+            [py, "-c", "import torch, transformers, sentence_transformers"]),
+        "python -c 'pass'": wall([py, "-c", "pass"])}}
+    if quick:
+        return {**out, "fresh_venv_mb": "skipped in --quick (two venv installs take about two minutes)"}
+    pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in TORCH_SIDE]
+    out["fresh_venv_mb"] = {"empty venv": venv_mb(work / "venv-empty", []),
+                            "car-onnx runtime (pip install ., no extra)": venv_mb(work / "venv-runtime", [str(ROOT)]),
+                            " + ".join(pins): venv_mb(work / "venv-torch", pins)}
+    out["note"] = ("the torch side pins this venv's versions; torch==2.13.0 is the CPU build (a bare `torch` "
+                   "requirement would pull the multi-GB CUDA build)")
+    return out
 
 
 if __name__ == "__main__":

@@ -76,12 +76,12 @@ def rows() -> list[tuple[str, str, str]]:
                  _met(d["peak_memory_ratio"], 1 / 3, higher=False)),
                 ("selection Jaccard, car-onnx int8 vs reference fp32", str(d["selected"]["jaccard"]), "")]
     if d := _load("footprint"):
-        sizes = list(d["installed_mb"].values())
         w = d["wall_s_median_of_5"]
-        out += [("installed size: runtime closure / torch + transformers + sentence-transformers + sklearn",
-                 f"{sizes[0]:.0f} / {sizes[1]:.0f} MB", ""),
-                ("`import car_onnx` / `car-onnx --help` / `import torch, transformers, sentence_transformers`",
-                 " / ".join(f"{v:.2f} s" for k, v in w.items() if "pass" not in k), "")]
+        if isinstance(sizes := d["fresh_venv_mb"], dict):
+            out.append(("fresh venv: empty / runtime alone / torch + transformers + sentence-transformers + sklearn",
+                        " / ".join(f"{v:.0f}" for v in sizes.values()) + " MB", ""))
+        out.append(("`import car_onnx` / `car-onnx --help` / `import torch, transformers, sentence_transformers`",
+                    " / ".join(f"{v:.2f} s" for k, v in w.items() if "pass" not in k), ""))
     if d := _load("scaling"):
         for n, r in d["lookup_bundle"].items():
             st = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())
