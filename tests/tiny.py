@@ -78,7 +78,8 @@ def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0, tables=None) -
 
 def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: int = 0) -> Path:
     """A bundle with one graph serving both roles, or (split) a scorer and an embedder with different weights;
-    another `seed` gives other weights."""
+    another `seed` gives other weights. `precisions`: fp32 and/or int8 (dynamic quantisation, like the export's)."""
+    assert set(precisions) <= {"fp32", "int8"}, precisions
     root = Path(root)
     groups = [("scorer", ("score",), 1), ("embedder", ("embed",), 2)] if split else [("joint", ("score", "embed"), 0)]
     specs = []
