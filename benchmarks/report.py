@@ -22,12 +22,22 @@ def _met(value: float, target: float, higher: bool = True) -> str:
 
 def rows() -> list[tuple[str, str, str]]:
     out = []
-    if d := _load("int8_gemm"):
+    if d := _load("kernels"):
         for name, r in d["products"].items():
             g = r["gflops"]
             out.append((f"int8 matrix product over fp32, {name} ({' x '.join(map(str, r['shape_mkn']))}): integer "
                         "product alone / as dynamic int8 runs it", f"{g['integer / fp32']}x / {g['dynamic / fp32']}x "
                         f"(fp32 {g['onnxruntime fp32']} GFLOP/s, PyTorch {g['torch fp32']})", ""))
+        for shape, r in d["layer_norm_ms_per_call"].items():
+            out.append((f"layer norm kernel ({shape}): SkipLayerNormalization / Add + LayerNormalization",
+                        f"{r['SkipLayerNormalization']} / {r['Add + LayerNormalization']} ms ({r['fused / unfused']}x)",
+                        ""))
+        s = d["threads_side_by_side"]
+        for precision, r in s["seconds"].items():
+            out.append((f"{s['texts']} real texts one at a time, default bundle {precision}: one session with "
+                        f"{d['threads']} threads / {d['threads']} single-threaded runs side by side",
+                        f"{r['one session, all threads']} / {r['single-threaded runs side by side']} s "
+                        f"({r['speed-up']}x)", ""))
     if d := _load("iqs_speed"):
         if "runs" in d:
             (tn, t), (_, f), (_, i) = d["runs"].items()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +23,7 @@ class OnnxModel:
         self.spec, self.precision = spec, precision
         self.graph = Path(root) / spec.variants[self.precision].graph
         self.tokenizer = load_tokenizer(Path(root) / spec.tokenizer, spec.max_length)
-        self.session = create_session(self.graph, config)
+        self.session, self.workers = create_session(self.graph, config), config.workers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
         if unknown:
@@ -48,17 +49,22 @@ class OnnxModel:
         names = [self.spec.outputs[r] for r in roles]
         tokens = tokenize(self.tokenizer, texts)
         out: dict[str, np.ndarray] = {}
-        for batch in plan_batches(tokens.lengths, 1 if self.precision == "int8" else max_tokens):
+
+        def infer(batch: list[int]) -> list:
             ids, mask = pad_batch([tokens.ids[i] for i in batch], self.spec.pad_id)
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            results = self.session.run(names, {n: feed[n] for n in self.input_names})
-            for role, value in zip(roles, results):
-                value = np.asarray(value, dtype=np.float32).reshape(len(batch), -1)
-                if role not in out:
-                    out[role] = np.empty((len(texts), value.shape[1]), dtype=np.float32)
-                out[role][batch] = value
-            if progress:
-                progress(len(batch))
+            return self.session.run(names, {n: feed[n] for n in self.input_names})
+
+        batches = plan_batches(tokens.lengths, 1 if self.precision == "int8" else max_tokens)
+        with ThreadPoolExecutor(self.workers) as pool:  # results come back in batch order, as they finish
+            for batch, results in zip(batches, pool.map(infer, batches)):
+                for role, value in zip(roles, results):
+                    value = np.asarray(value, dtype=np.float32).reshape(len(batch), -1)
+                    if role not in out:
+                        out[role] = np.empty((len(texts), value.shape[1]), dtype=np.float32)
+                    out[role][batch] = value
+                if progress:
+                    progress(len(batch))
         if "score" in out:
             out["score"] = out["score"][:, 0]
         return out

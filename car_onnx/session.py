@@ -40,6 +40,12 @@ class SessionConfig:
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
+    def workers(self) -> int:
+        """Batches run at once. On CPU one per thread, each single-threaded: a transformer's small per-text
+        operations use the cores better side by side than split (measured 1.12x fp32, 1.15x int8 on 2 cores;
+        benchmarks/kernels.py); on CUDA one."""
+        return 1 if self.device == "cuda" else (self.threads or machine_threads())
+
     def pick_precision(self, have: list[str], model: str) -> str:
         if self.precision is not None:
             if self.precision not in have:
@@ -66,15 +72,20 @@ def resolve(device: str = "auto", threads: int | None = None, precision: str | N
 
 
 def create_session(path, config: SessionConfig):
-    """An InferenceSession with full graph optimisation; warns if CUDA was asked for but CPU is what runs."""
+    """An InferenceSession with full graph optimisation, single-threaded on CPU (`workers` run side by side);
+    warns if CUDA was asked for but CPU is what runs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = config.threads or machine_threads()
+    cpu = config.device != "cuda"
+    opts.intra_op_num_threads = 1 if cpu else (config.threads or machine_threads())
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=config.providers())
+    # onnxruntime's CPU SkipLayerNormalization kernel is ~5x slower than Add + LayerNormalization (measured in
+    # benchmarks/kernels.py), so on CPU the session must not fuse them (exports leave them unfused).
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=config.providers(),
+                                   disabled_optimizers=["SkipLayerNormFusion"] if cpu else None)
     if config.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         print(f"car-onnx: warning: CUDA session for {path} fell back to CPU", file=sys.stderr)
     return session
