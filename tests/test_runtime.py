@@ -50,6 +50,23 @@ def test_result_does_not_depend_on_batching(bundle_dir, max_tokens):
     np.testing.assert_allclose(batched, one_by_one, atol=1e-6)
 
 
+def test_threads_run_single_threaded_batches_side_by_side(bundle_dir):
+    """On CPU, N threads run N single-threaded batches at once: any N gives the same bits, in input order, and
+    the progress callback counts every record once."""
+    records = [Rec(t) for t in TEXTS * 5]
+    outs = []
+    for threads in (1, 2, 5):
+        bundle, seen = Bundle(bundle_dir, SessionConfig(threads=threads)), []
+        model = bundle.models["score"]
+        assert (model.workers, model.session.get_session_options().intra_op_num_threads) == (threads, 1)
+        outs.append(bundle.run(records, ("score", "embed"), max_tokens=40, progress=seen.append))
+        assert sum(seen) == len(records)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out["score"], outs[0]["score"])
+        np.testing.assert_array_equal(out["embed"], outs[0]["embed"])
+    np.testing.assert_allclose(outs[0]["score"], tiny.reference(rendered(records))[0], atol=1e-6)
+
+
 def test_int8_result_does_not_depend_on_batching(tmp_path):
     """Dynamic int8 quantises activations with one scale per batch, so the int8 graph itself scores a text
     differently beside others; the runtime runs int8 one text per batch, so every budget gives the same bits."""
