@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import default_bundle, end_to_end, footprint, kernels, iqs_speed, report, resume, scaling
+from . import default_bundle, end_to_end, footprint, iqs_speed, kernels, report, resume, scaling
 from .common import WORK, save
 
 SECTIONS = {"kernels": kernels, "default_bundle": default_bundle, "iqs_speed": iqs_speed,

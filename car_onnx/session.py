@@ -42,7 +42,7 @@ class SessionConfig:
 
     def workers(self) -> int:
         """Batches run at once. On CPU one per thread, each single-threaded: a transformer's small per-text
-        operations use the cores better side by side than split (measured 1.12x fp32, 1.15x int8 on 2 cores;
+        operations use the cores better side by side than split (measured 1.13-1.17x on 2 cores:
         benchmarks/kernels.py); on CUDA one."""
         return 1 if self.device == "cuda" else (self.threads or machine_threads())
 
@@ -82,8 +82,8 @@ def create_session(path, config: SessionConfig):
     opts.intra_op_num_threads = 1 if cpu else (config.threads or machine_threads())
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    # onnxruntime's CPU SkipLayerNormalization kernel is ~5x slower than Add + LayerNormalization (measured in
-    # benchmarks/kernels.py), so on CPU the session must not fuse them (exports leave them unfused).
+    # onnxruntime's CPU SkipLayerNormalization kernel is 2.6-4.8x slower than Add + LayerNormalization (measured
+    # in benchmarks/kernels.py), so on CPU the session must not fuse them (exports leave them unfused).
     session = ort.InferenceSession(str(path), sess_options=opts, providers=config.providers(),
                                    disabled_optimizers=["SkipLayerNormFusion"] if cpu else None)
     if config.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():

@@ -65,7 +65,7 @@ def export_module(module: torch.nn.Module, path: Path, example: dict[str, torch.
 
 def optimize(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict:
     """onnxruntime's transformer fusions (attention, gelu, embedding layer norm, ...); returns the fused-op counts.
-    Skip-layer-norm fusion is left out: its CPU kernel is ~5x slower than Add + LayerNormalization (measured in
+    Skip-layer-norm fusion is left out: its CPU kernel is 2.6-4.8x slower than Add + LayerNormalization (measured in
     benchmarks/kernels.py); a CUDA session still fuses them at load time."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
