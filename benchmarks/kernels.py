@@ -41,9 +41,16 @@ def graph(kind: str, k: int, n: int) -> bytes:
     else:  # "integer": activations already uint8, int32 out
         nodes = [helper.make_node("MatMulInteger", ["x", "W"], ["y"])]
         inits, x_type, y_type = [numpy_helper.from_array(w.astype(np.int8), "W")], TensorProto.UINT8, TensorProto.INT32
-    g = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", x_type, ["M", k])],
-                          [helper.make_tensor_value_info("y", y_type, ["M", n])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return serialized(helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", x_type, ["M", k])],
+                                        [helper.make_tensor_value_info("y", y_type, ["M", n])], inits))
+
+
+def serialized(graph) -> bytes:
+    """A model of `graph` with the standard and Microsoft operator sets, for an InferenceSession."""
+    from onnx import helper
+
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     return model.SerializeToString()
 
@@ -71,10 +78,7 @@ def layer_norm_graph(fused: bool, hidden: int) -> bytes:
         nodes = [helper.make_node("Add", ["x", "bias"], ["a"]), helper.make_node("Add", ["a", "skip"], ["s"]),
                  helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12)]
     value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "S", hidden]) for n in ("x", "skip", "y")]
-    g = helper.make_graph(nodes, "ln", value[:2], value[2:], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return serialized(helper.make_graph(nodes, "ln", value[:2], value[2:], inits))
 
 
 def side_by_side(threads: int, n: int) -> dict:
