@@ -6,10 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import default_bundle, end_to_end, footprint, iqs_speed, kernels, report, resume, scaling
+from . import default_bundle, end_to_end, footprint, int8_recipes, iqs_speed, kernels, report, resume, scaling
 from .common import WORK, save
 
-SECTIONS = {"kernels": kernels, "default_bundle": default_bundle, "iqs_speed": iqs_speed,
+SECTIONS = {"kernels": kernels, "default_bundle": default_bundle, "int8_recipes": int8_recipes, "iqs_speed": iqs_speed,
             "end_to_end": end_to_end, "footprint": footprint, "scaling": scaling, "resume": resume}
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -73,6 +73,15 @@ def rows() -> list[tuple[str, str, str]]:
             target = _met(r["speedup_vs_st"], 3) if name == "car-onnx embed, default bundle int8" else ""
             out.append((f"embed {e['records']} real records, whole process: {name}",
                         f"{r['texts_per_s']} texts/s, {r['peak_rss_mb']:.0f} MB{extra}", target))
+    if d := _load("int8_recipes"):
+        for name, r in d["recipes"].items():
+            a, g = r["records"], r["check_texts"]
+            ok = a["spearman"] >= 0.99 and a["top5pct_overlap"] >= 0.9 and a["mean_cosine"] >= 0.995
+            out.append((f"default bundle int8 recipe \"{name}\" vs fp32: {a['texts']} real records Spearman / "
+                        f"top-5% / mean cosine; {g['texts']} export check texts Spearman / mean cosine; speed",
+                        f"{a['spearman']} / {a['top5pct_overlap']} / {a['mean_cosine']}; {g['spearman']} / "
+                        f"{g['mean_cosine']}: gate {r['export_gate']}; {r['speed_vs_shipped']}x the shipped recipe",
+                        f"0.99 / 0.9 / 0.995: {'met' if ok else 'MISSED'}"))
     if d := _load("end_to_end"):
         o, r = d["car_onnx_select_int8"], d["reference_structure_pytorch_fp32"]
         st = ", ".join(f"{k} {v:.0f}" for k, v in o["stages_s"].items())
