@@ -34,6 +34,19 @@ def real_records(n: int | None = None, seed: int = 0) -> list[dict]:
     return rows if n is None else rows[:n]
 
 
+def one_text_feeds(root: Path, spec, texts: list[str]) -> list[dict]:
+    """Graph inputs for each text alone (no padding), tokenized with the bundle model's tokenizer."""
+    import numpy as np
+
+    from car_onnx.tokenization import load_tokenizer, tokenize
+
+    feeds = []
+    for ids in tokenize(load_tokenizer(Path(root) / spec.tokenizer, spec.max_length), texts).ids:
+        ids = np.array([ids], dtype=np.int64)
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    return feeds
+
+
 def machine() -> dict:
     import numpy
     import onnxruntime

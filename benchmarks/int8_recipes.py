@@ -22,18 +22,17 @@ from car_onnx.manifest import Variant, read_manifest
 from car_onnx.models import OnnxModel
 from car_onnx.session import SessionConfig, machine_threads
 
-from .common import real_records, section_main
+from .common import one_text_feeds, real_records, section_main
 
 ALPHA = 0.85
 
 
-def ffn_input_amax(graph: Path, spec, texts: list[str]) -> np.ndarray:
-    """[layers, channels]: the largest |input| of each FFN output projection's channels over `texts`."""
+def ffn_input_amax(graph: Path, feeds: list[dict]) -> np.ndarray:
+    """[layers, channels]: the largest |input| of each FFN output projection's channels over `feeds`."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
 
-    from car_onnx.tokenization import load_tokenizer, tokenize
     from car_onnx_export.onnx_tools import ffn_output_matmuls
 
     model = onnx.load(str(graph))
@@ -42,9 +41,7 @@ def ffn_input_amax(graph: Path, spec, texts: list[str]) -> np.ndarray:
     model.graph.output.extend(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in inputs)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     amax = 0
-    for ids in tokenize(load_tokenizer(graph.parent / Path(spec.tokenizer).name, spec.max_length), texts).ids:
-        ids = np.array([ids])
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    for feed in feeds:
         amax = np.maximum(amax, np.stack([np.abs(v).reshape(-1, v.shape[-1]).max(0) for v in session.run(inputs, feed)]))
     return amax
 
@@ -105,7 +102,7 @@ def run(work: Path, quick: bool) -> dict:
     folder = work / "int8-recipes"
     folder.mkdir(parents=True, exist_ok=True)
     ffn = ffn_output_matmuls(fp32)
-    amax = ffn_input_amax(fp32, spec, calibration)
+    amax = ffn_input_amax(fp32, one_text_feeds(root, spec, calibration))
     config = SessionConfig(device="cpu", threads=machine_threads())
 
     def outputs(graph: Path) -> tuple[dict, dict, float]:

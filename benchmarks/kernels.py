@@ -18,7 +18,7 @@ import numpy as np
 
 from car_onnx.session import machine_threads
 
-from .common import real_records, section_main
+from .common import one_text_feeds, real_records, section_main
 
 SHAPES = {"MiniLM attention projection": (128, 384, 384), "MiniLM FFN in": (128, 384, 1536),
           "MiniLM FFN out": (128, 1536, 384), "XLM-R large FFN in": (128, 1024, 4096)}
@@ -90,14 +90,11 @@ def side_by_side(threads: int, n: int) -> dict:
 
     from car_onnx.bundle import find_bundle
     from car_onnx.manifest import read_manifest
-    from car_onnx.tokenization import load_tokenizer, tokenize
 
     root = find_bundle(None)
     spec = read_manifest(root).model_for("embed")
-    tokenizer = load_tokenizer(root / spec.tokenizer, spec.max_length)
     texts = [spec.template.render(r["instruction"], r["input"], r["output"]) for r in real_records(n, seed=4)]
-    feeds = [{"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64),
-              "token_type_ids": np.zeros((1, len(ids)), np.int64)} for ids in tokenize(tokenizer, texts).ids]
+    feeds = one_text_feeds(root, spec, texts)
     out = {}
     for precision, variant in spec.variants.items():
         if precision == "fp16":

@@ -93,10 +93,11 @@ def ffn_output_matmuls(path: Path) -> list[str]:
 
 
 def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> None:
-    """Dynamic int8 of the MatMuls and the fused attention (QAttention), the sensitive MatMuls excluded: uint8
-    activations, per-channel signed weights in 7 bits (reduce_range), so that AVX2's 16-bit pair sums never
-    saturate and a CPU with VNNI and one without compute the same integers (on an AVX2-only CPU, quantising
-    attention with full-range weights fell to Spearman 0.988 on the export's check texts)."""
+    """Dynamic int8 of the MatMuls and the fused attention (QAttention), `exclude` kept fp32 (by default the FFN
+    output projections: ffn_output_matmuls): uint8 activations, per-channel signed weights in 7 bits
+    (reduce_range), so that AVX2's 16-bit pair sums never saturate and a CPU with VNNI and one without compute the
+    same integers (on an AVX2-only CPU, quantising attention with full-range weights fell to Spearman 0.988 on the
+    export's check texts)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exclude = ffn_output_matmuls(src) if exclude is None else exclude
