@@ -245,20 +245,26 @@ def _lines(path, file) -> Iterator[str]:
 
 
 def _blocks(path, file) -> Iterator[str]:
-    """The text of a binary file in blocks of about BLOCK bytes, strictly UTF-8; BOM dropped."""
+    """The text of a binary file in blocks of about BLOCK bytes, strictly UTF-8; BOM dropped. At an invalid byte
+    the valid text before it is handed out first and the error raised on the next request: a reader that finds a
+    fault in that text reports it, as it would with any other block size."""
     decoder, line, first = codecs.getincrementaldecoder("utf-8")(), 1, True
     while True:
-        data = file.read(BLOCK)
+        data, fault = file.read(BLOCK), None
         try:
             text = decoder.decode(data, final=not data)
-        except UnicodeDecodeError as err:
-            where = f"line {line + err.object[: err.start].count(NEWLINE)}"
-            raise InputError(path, where, f"invalid UTF-8 (byte 0x{err.object[err.start]:02x})") from None
+        except UnicodeDecodeError as err:  # err.object includes bytes held over from the last block
+            valid = err.object[: err.start]
+            text = valid.decode("utf-8")
+            fault = InputError(path, f"line {line + valid.count(NEWLINE)}",
+                               f"invalid UTF-8 (byte 0x{err.object[err.start]:02x})")
         line += data.count(b"\n")
         if first and text:
             text, first = text.removeprefix("\ufeff"), False
         if text:
             yield text
+        if fault is not None:
+            raise fault
         if not data:
             return
 
@@ -288,9 +294,27 @@ def _json_document(path, text: str):
                      f"expected a JSON array of records, got {_type(value)}")
 
 
+LOOKAHEAD = 16  # characters past a JSON error's position that can still change it (-Infinity, a \\uXXXX escape)
+NUMBER_TAIL = re.compile(r"[.eE][-+]?")  # what may end a buffer in the middle of a number ("1." of "1.5")
+
+
+def _settled(err: json.JSONDecodeError, buf: str) -> bool:
+    """Whether a JSON error stands whatever text follows `buf`: not a string cut off by its end, and not within
+    LOOKAHEAD characters of it."""
+    return not err.msg.startswith("Unterminated string") and err.pos + LOOKAHEAD <= len(buf)
+
+
+def _may_go_on(buf: str, start: int, end: int) -> bool:
+    """Whether an element decoded from buf[start:end] may continue past the end of `buf`: it reaches the end, or
+    it is a number followed only by the start of a fraction or an exponent."""
+    return end == len(buf) or (buf[start] in "-0123456789" and NUMBER_TAIL.fullmatch(buf, end) is not None)
+
+
 def _json(path, fields, reject) -> Iterator[Record]:
     """A JSON array, streamed: one element is decoded at a time from a buffer trimmed as it goes, so memory
-    holds about one record, whatever the file's size or layout (one line or many)."""
+    holds about one record, whatever the file's size or layout (one line or many). The error reported is the first
+    fault met reading from the start, whatever the block size: invalid JSON that the text before an invalid byte
+    already shows, else the invalid byte."""
     decoder, made = _decoder()
     with open(path, "rb") as f:
         blocks = _blocks(path, f)
@@ -326,17 +350,17 @@ def _json(path, fields, reject) -> Iterator[Record]:
         space()
         index = count = 0
         while not buf.startswith("]", pos):  # (an empty array has no elements)
-            while True:  # decode one element, reading on while it may be cut off by the buffer's end
+            while True:  # decode one element, reading on while more text could change the outcome
                 made.clear()
                 try:
                     row, end = decoder.raw_decode(buf, pos)
                 except json.JSONDecodeError as err:
-                    if more():
+                    if not _settled(err, buf) and more():
                         continue
                     raise located(err.lineno, err.colno, err.msg) from None
                 except RecursionError:
                     raise InputError(path, None, "invalid JSON: nested too deeply") from None
-                if end < len(buf) or not more():
+                if not _may_go_on(buf, pos, end) or not more():
                     break
             count += 1
             check = bool(made) or ESCAPED_SURROGATE.search(buf, pos, end) is not None
