@@ -13,7 +13,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from car_onnx.errors import InputError, UsageError
-from car_onnx.io import FORMATS, FieldMap, detect_format, iter_records, open_writer
+from car_onnx.readers import FORMATS, detect_format, iter_records
+from car_onnx.records import FieldMap
+from car_onnx.writers import open_writer
 
 ROWS = [{"instruction": "Say hi", "input": "", "output": "Hi!", "id": 1},
         {"instruction": "Add", "input": "1 + 2", "output": "3", "id": 2}]
@@ -31,7 +33,7 @@ def scratch():
 @contextmanager
 def block_size(size: int):
     """Read JSON arrays in blocks of `size` bytes for the duration of the block, restored afterwards."""
-    import car_onnx.io as io
+    import car_onnx.readers as io
 
     saved, io.BLOCK = io.BLOCK, size
     try:
@@ -191,7 +193,7 @@ def test_detect_format():
     with pytest.raises(UsageError) as e:
         detect_format("d.txt")
     assert str(e.value) == ("d.txt: cannot tell the format from the suffix "
-                            "(accepted: .json, .jsonl, .ndjson, .csv, .parquet); pass --format")
+                            "(accepted: .json, .jsonl, .ndjson, .csv, .parquet); pass format=NAME")
 
 
 def test_explicit_format_and_bad_format(tmp_path):
@@ -207,7 +209,7 @@ def test_field_map_on_every_format(tmp_path, fmt):
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
     path = write(tmp_path / f"q.{fmt}", fmt, QA)
-    fields = FieldMap.parse(["instruction=question", "output=answer", " input=ctx"])
+    fields = FieldMap.of(["instruction=question", "output=answer", " input=ctx"])
     assert fields == FieldMap(instruction="question", input="ctx", output="answer")
     assert texts(path, fields=fields) == [("q1", "", "a1"), ("q2", "c2", "a2")]
     where = "record 1" if fmt in ("json", "parquet") else "line 1"
@@ -218,11 +220,13 @@ def test_field_map_on_every_format(tmp_path, fmt):
 def test_field_map_parse_errors():
     for spec in ("answer", "prompt=question", "output="):
         with pytest.raises(UsageError) as e:
-            FieldMap.parse([spec])
-        assert str(e.value) == f"--field takes KEY=NAME with KEY one of instruction, input, output; got '{spec}'"
-    with pytest.raises(UsageError, match=r"^--field output is given twice$"):
-        FieldMap.parse(["output=a", "output=b"])
-    assert FieldMap.parse([]) == FieldMap()
+            FieldMap.of([spec])
+        assert str(e.value) == f"field takes KEY=NAME with KEY one of instruction, input, output; got '{spec}'"
+        assert e.value.render(lambda name: "--" + name) == "--" + str(e.value)
+    with pytest.raises(UsageError, match=r"^field output is given twice$"):
+        FieldMap.of(["output=a", "output=b"])
+    assert FieldMap.of([]) == FieldMap() == FieldMap.of(None)
+    assert FieldMap.of({"instruction": "q", "output": "a"}) == FieldMap.of(["instruction=q", "output=a"])
 
 
 def test_optional_input_bom_crlf_duplicates_and_empty_strings(tmp_path):
@@ -459,7 +463,7 @@ def test_streamed_json_array_reads_as_the_whole_file_does(data):
 
 
 def test_long_single_line_array_keeps_columns_and_little_memory(tmp_path, monkeypatch):
-    import car_onnx.io as io
+    import car_onnx.readers as io
 
     monkeypatch.setattr(io, "BLOCK", 1000)
     rows = [{"instruction": f"q{i}", "output": "x" * 50} for i in range(2000)]
@@ -477,7 +481,7 @@ def test_long_single_line_array_keeps_columns_and_little_memory(tmp_path, monkey
 
 def test_records_are_yielded_before_the_file_is_read_through(tmp_path, monkeypatch):
     """Streaming: the first record arrives while most of a large array is still unread."""
-    import car_onnx.io as io
+    import car_onnx.readers as io
 
     monkeypatch.setattr(io, "BLOCK", 4096)
     path = tmp_path / "big.json"
