@@ -65,11 +65,19 @@ class Bundle:
     def run(self, records, roles: tuple[str, ...], max_tokens: int = DEFAULT_MAX_TOKENS,
             progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
         """Scores and/or embeddings of `records` (objects with instruction/input/output), one pass per model:
-        a model serving both roles computes both in the same forward pass."""
+        a model serving both roles computes both in the same forward pass; a text repeated in `records` is run
+        once."""
         out: dict[str, np.ndarray] = {}
         models = {role: self.model(role) for role in roles}
         for model in dict.fromkeys(models.values()):
             model_roles = tuple(r for r in roles if models[r] is model)
             texts = [model.text(r.instruction, r.input, r.output) for r in records]
-            out.update(model.run(texts, model_roles, max_tokens, progress))
+            unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+            results = model.run(list(unique), model_roles, max_tokens, progress)
+            if len(unique) < len(texts):
+                where = np.fromiter((unique[t] for t in texts), dtype=np.int64, count=len(texts))
+                results = {role: value[where] for role, value in results.items()}
+                if progress:
+                    progress(len(texts) - len(unique))
+            out.update(results)
         return out

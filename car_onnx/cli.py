@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+import time
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -18,7 +20,6 @@ from .bundle import find_bundle
 from .errors import CarError, UsageError
 from .model import CHUNK_RECORDS, Model
 from .readers import FORMATS
-from .records import FieldMap
 from .selection import N1, N2
 from .clustering import PCA_VARIANCE, SEED
 from .session import DEVICES, machine_threads, resolve
@@ -40,14 +41,15 @@ Device = Annotated[DeviceName, typer.Option(help="auto: CUDA when onnxruntime of
 Threads = Annotated[Optional[int], typer.Option(help="Batches run side by side on CPU [default: the cores this process may use]")]
 Precision = Annotated[Optional[PrecisionName], typer.Option(help="[default: int8 on CPU, fp16 on CUDA]")]
 InFormat = Annotated[Optional[FormatName], typer.Option("--format", help="Input format [default: by suffix]")]
-OutFormat = Annotated[Optional[FormatName], typer.Option("--output-format", help="Output format [default: the input's]")]
+OutFormat = Annotated[Optional[FormatName], typer.Option("--output-format", help="Output format [default: by the output's suffix]")]
 Fields = Annotated[Optional[list[str]], typer.Option("--field", help="Map a field: instruction=question, output=answer, input=context.")]
 MaxTokens = Annotated[int, typer.Option(help="Token budget of one batch (rows x longest row); int8 runs one text per batch.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, messages or summary.")]
 WorkDirOpt = Annotated[Optional[Path], typer.Option("--work-dir", help="Keep finished chunks here; a run started again with the same arguments resumes [default: a temporary directory].")]
 OnError = Annotated[OnErrorName, typer.Option("--on-error", help="fail: stop at the first bad record; skip: write bad records to the rejects file and go on.")]
-Rejects = Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file (JSONL) for --on-error skip [default: OUTPUT.rejects.jsonl].")]
+Rejects = Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file (JSONL) of skipped bad records and dropped duplicates, written when there are any [default: OUTPUT.rejects.jsonl].")]
+ScoreField = Annotated[str, typer.Option(help="Name of the field the output adds for the score (for records that have a 'score' already).")]
 ChunkRecords = Annotated[int, typer.Option("--chunk-records", help="Records per inference chunk (the unit --work-dir keeps).")]
 
 
@@ -55,30 +57,78 @@ def _value(choice):
     return None if choice is None else choice.value
 
 
-class BarStages(pipeline.Stages):
-    """Stages with a rich progress bar per stage on stderr."""
+class CliStages(pipeline.Stages):
+    """Stages shown on stderr: progress bars with rate and ETA on a terminal; plain timestamped lines (every 10%
+    or 30 s) when stderr is a file or a pipe, so that a batch job's log shows where it is."""
 
     def __init__(self, quiet: bool):
         super().__init__()
-        self.quiet = quiet
+        self.quiet, self.tty = quiet, sys.stderr.isatty()
 
     @contextmanager
     def progress(self, name, total):
-        if self.quiet or total is None:  # stages without a count show only in the closing summary
+        if self.quiet:
             yield lambda n: None
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        elif self.tty:
+            with self._bar(name, total) as advance:
+                yield advance
+        else:
+            with self._lines(name, total) as advance:
+                yield advance
 
-        columns = [TextColumn(f"{name:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    @contextmanager
+    def _bar(self, name, total):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        rate = TextColumn("{task.fields[rate]}")
+        columns = [TextColumn(f"{name:<14}"), BarColumn(), MofNCompleteColumn(), rate, TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn()]
         with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-            task = bar.add_task(name, total=total)
-            yield lambda n: bar.advance(task, n)
-            bar.update(task, completed=total)
+            task = bar.add_task(name, total=total, rate="")
+
+            def advance(n):
+                bar.advance(task, n)
+                speed = bar.tasks[0].speed
+                bar.update(task, rate=f"{speed:,.1f}/s" if speed else "")
+            yield advance
+            if total is not None:
+                bar.update(task, completed=total)
+
+    @contextmanager
+    def _lines(self, name, total):
+        start, done, last = time.monotonic(), 0, [time.monotonic(), 0]
+
+        def line(text):
+            typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} car-onnx: {name}: {text}", err=True)
+
+        def advance(n):
+            nonlocal done
+            done += n
+            now = time.monotonic()
+            tenth = total and done * 10 // total > last[1] * 10 // total
+            if tenth or now - last[0] >= 30:
+                rate = done / max(now - start, 1e-9)
+                eta = f", ETA {_duration((total - done) / rate)}" if total and rate else ""
+                share = f"/{total:,} ({100 * done / total:.0f}%)" if total else ""
+                line(f"{done:,}{share}, {rate:,.1f}/s{eta}")
+                last[:] = [now, done]
+        line(f"started ({total:,} records)" if total else "started")
+        yield advance
+        line(f"done in {_duration(time.monotonic() - start)}")
 
     def note(self, message):
-        if not self.quiet:
-            typer.echo(f"car-onnx: {message}", err=True)
+        if self.quiet:
+            return
+        stamp = "" if self.tty else f"{time.strftime('%Y-%m-%d %H:%M:%S')} "
+        typer.echo(f"{stamp}car-onnx: {message}", err=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _flag(name: str) -> str:
@@ -93,13 +143,17 @@ def _guard(command):
     def run(*args, **kwargs):
         debug = os.environ.get("CAR_ONNX_DEBUG") == "1"
         try:
-            with warnings.catch_warnings():
-                warnings.showwarning = lambda message, *_: typer.echo(f"car-onnx: warning: {message}", err=True)
-                return command(*args, **kwargs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    return command(*args, **kwargs)
+                finally:  # after the summary: what the user should know about this run
+                    for warning in caught:
+                        typer.echo(f"car-onnx: warning: {warning.message}", err=True)
         except CarError as err:
             if debug:
                 traceback.print_exc()
-            text = err.render(_flag) if isinstance(err, UsageError) else str(err)
+            text = err.render(_flag)
             typer.echo(f"car-onnx: error: {text}", err=True)
             raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
         except KeyboardInterrupt:
@@ -135,12 +189,16 @@ def _model(bundle, device, threads, precision, field, max_tokens) -> Model:
 def _summary(report: pipeline.Report, quiet: bool, output: Path) -> None:
     if quiet:
         return
-    parts = [f"{report.records} records"]
+    parts = [f"{report.records:,} records"]
     if report.rejected:
-        parts.append(f"{report.rejected} rejected")
+        parts.append(f"{report.rejected:,} rejected")
+    if report.duplicates and sum(report.duplicates.values()):
+        exact, near = report.duplicates["exact"], report.duplicates["near"]
+        parts.append(f"{exact + near:,} duplicates dropped" + (f" ({exact:,} exact, {near:,} near)" if near else ""))
     if report.selected:
-        parts.append(f"{report.selected} selected ({100 * report.selected / report.records:.2f}%)")
-        parts.append(f"{report.clusters} clusters")
+        parts.append(f"{report.selected:,} selected ({100 * report.selected / report.records:.2f}%) = "
+                     f"{report.top:,} top + {report.selected - report.top:,} cluster picks of {report.clusters:,} "
+                     "clusters")
     times = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     typer.echo(f"car-onnx: {'; '.join(parts)}; wrote {output} [{times}]", err=True)
 
@@ -148,38 +206,44 @@ def _summary(report: pipeline.Report, quiet: bool, output: Path) -> None:
 @app.command()
 def select(
     input: Input, output: Output, bundle: BundleDir = None,
-    n1: Annotated[str, typer.Option(help="Top records overall: a count or a percentage (2%).")] = str(N1),
-    n2: Annotated[str, typer.Option(help="Top records per cluster.")] = str(N2),
+    n1: Annotated[str, typer.Option(help="Top records overall: a count or a percentage of the records (2%). At or above the number of records, every record is selected (a warning says so).")] = str(N1),
+    n2: Annotated[str, typer.Option(help="Top records of each cluster: a count, or a percentage of each cluster's size (5%: at least 1 per cluster).")] = str(N2),
     k: Annotated[Optional[int], typer.Option(help="Clusters [default: int(sqrt(n/2))].")] = None,
     pca_variance: Annotated[float, typer.Option(help="Variance PCA keeps before clustering.")] = PCA_VARIANCE,
     seed: Annotated[int, typer.Option(help="Seed of PCA and KMeans.")] = SEED,
-    all: Annotated[bool, typer.Option("--all", help="Write every record (input order) with score and cluster.")] = False,
+    all: Annotated[bool, typer.Option("--all", help="Write every record (input order) with score, cluster, rank, selected (true/false) and reason.")] = False,
     device: Device = DeviceName.auto, threads: Threads = None, precision: Precision = None, format: InFormat = None,
     output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
     force: Force = False, quiet: Quiet = False, work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail,
     rejects: Rejects = None, chunk_records: ChunkRecords = CHUNK_RECORDS,
-    show: Annotated[bool, typer.Option("--show", help="Print the selected records (score, cluster, text).")] = False,
+    dedup: Annotated[str, typer.Option(help="Duplicates dropped before ranking: none (the paper's behaviour); exact: later copies of the same text (whitespace-normalised); near:T: exact, and within each cluster records whose embedding cosine to a higher-scored kept record is >= T. Dropped rows go to the rejects file.")] = "exact",
+    score_field: ScoreField = pipeline.SCORE_FIELD,
+    cluster_field: Annotated[str, typer.Option(help="Name of the field the output adds for the cluster id.")] = pipeline.CLUSTER_FIELD,
+    show: Annotated[bool, typer.Option("--show", help="Print the selected records (score, cluster, reason, text).")] = False,
 ):
-    """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster."""
+    """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster. Each selected
+    record is written with its score, cluster, rank (by score, 1 = best) and reason (top or cluster)."""
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, threads, precision, field, max_tokens)
     report = pipeline.select(job, model, output, n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed,
-                             write_all=all, out_fmt=_value(output_format), stages=BarStages(quiet))
+                             dedup=dedup, write_all=all, out_fmt=_value(output_format), score_field=score_field,
+                             cluster_field=cluster_field, stages=CliStages(quiet))
     if show:
-        _show(report.selected_rows, model.fields)
+        _show(report.shown, score_field, cluster_field)
     _summary(report, quiet, output)
 
 
-def _show(rows: list[dict], names: FieldMap) -> None:
-    """One line per selected record: its rank, score, cluster, instruction and the start of its answer."""
+def _show(shown: list, score_field: str, cluster_field: str) -> None:
+    """One line per selected record: its place, score, cluster, reason, instruction and the start of its answer
+    (the texts the model read: for conversations, the user turn and the reply)."""
     def clip(value, width):
         text = " ".join(str(value).split())
         return text if len(text) <= width else text[: width - 1] + "…"
 
-    typer.echo(f"{'#':>4}  {'score':>8}  {'cluster':>7}  instruction / output")
-    for rank, row in enumerate(rows, 1):
-        typer.echo(f"{rank:>4}  {row['score']:>8.4f}  {row['cluster']:>7}  {clip(row.get(names.instruction, ''), 60)}"
-                   f" -> {clip(row.get(names.output, ''), 50)}")
+    typer.echo(f"{'#':>4}  {'score':>8}  {'cluster':>7}  {'reason':<7}  instruction -> output")
+    for place, (row, record) in enumerate(shown, 1):
+        typer.echo(f"{place:>4}  {row[score_field]:>8.4f}  {row[cluster_field]:>7}  {row['reason']:<7}  "
+                   f"{clip(record.instruction, 60)} -> {clip(record.output, 50)}")
 
 
 @app.command()
@@ -188,13 +252,13 @@ def score(
     precision: Precision = None, format: InFormat = None, output_format: OutFormat = None, field: Fields = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False, quiet: Quiet = False,
     work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail, rejects: Rejects = None,
-    chunk_records: ChunkRecords = CHUNK_RECORDS,
+    chunk_records: ChunkRecords = CHUNK_RECORDS, score_field: ScoreField = pipeline.SCORE_FIELD,
 ):
     """Write every record with its quality score."""
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, threads, precision, field, max_tokens)
-    _summary(pipeline.score(job, model, output, out_fmt=_value(output_format), stages=BarStages(quiet)), quiet,
-             output)
+    _summary(pipeline.score(job, model, output, out_fmt=_value(output_format), score_field=score_field,
+                            stages=CliStages(quiet)), quiet, output)
 
 
 @app.command()
@@ -208,7 +272,7 @@ def embed(
     """Write sentence embeddings as a float32 .npy, one row per record in input order."""
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, threads, precision, field, max_tokens)
-    _summary(pipeline.embed(job, model, output, stages=BarStages(quiet)), quiet, output)
+    _summary(pipeline.embed(job, model, output, stages=CliStages(quiet)), quiet, output)
 
 
 @app.command()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from typing import Callable
 
 import numpy as np
 
@@ -23,23 +25,28 @@ class Clusterer:
     """Reduce with PCA keeping `pca_variance` of the variance, then cluster into `k` groups."""
 
     def __init__(self, k: int | None = None, *, pca_variance: float = PCA_VARIANCE, seed: int = SEED,
-                 minibatch_threshold: int = MINIBATCH_THRESHOLD):
+                 minibatch_threshold: int = MINIBATCH_THRESHOLD, log: Callable[[str], None] | None = None):
         self.k = k
         self.pca_variance = pca_variance
         self.seed = seed
         self.minibatch_threshold = minibatch_threshold
+        self.log = log
 
-    def check(self, n: int) -> int:
-        """Validate the parameters for `n` rows (before any expensive work); returns the cluster count."""
+    def check(self, n: int | None = None) -> int | None:
+        """Validate the parameters (for `n` rows, if given) before any expensive work; returns the cluster count."""
         if not 0.0 < self.pca_variance <= 1.0:
             raise UsageError(f"{{pca_variance}} must be in (0, 1], got {self.pca_variance}", "pca_variance")
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise UsageError(f"{{k}} must be an integer >= 1, got {self.k!r}", "k")
+        if n is None:
+            return None
         k = default_k(n) if self.k is None else self.k
         if not 1 <= k <= n:
             raise UsageError(f"{{k}} must be between 1 and the number of records ({n}), got {k}", "k")
         return k
 
     def fit_predict(self, embeddings: np.ndarray) -> np.ndarray:
-        """Cluster id (int64) per row; sets `k_`, `n_components_` and `minibatch_`."""
+        """Cluster id (int64) per row; sets `k_`, `n_components_`, `variance_kept_` and `minibatch_`."""
         from sklearn.cluster import KMeans, MiniBatchKMeans
         from sklearn.decomposition import PCA
 
@@ -48,12 +55,24 @@ class Clusterer:
             raise UsageError(f"embeddings must be a non-empty 2-D array, got shape {x.shape}")
         n = len(x)
         self.k_ = self.check(n)
+        log = self.log or (lambda message: None)
+        self.variance_kept_ = 1.0
         if self.pca_variance < 1.0 and n > 1:
-            x = PCA(n_components=self.pca_variance, random_state=self.seed).fit_transform(x)
+            start = time.perf_counter()
+            log(f"PCA of {n:,} x {x.shape[1]} embeddings ...")
+            pca = PCA(n_components=self.pca_variance, random_state=self.seed)
+            x = pca.fit_transform(x)
+            self.variance_kept_ = float(pca.explained_variance_ratio_.sum())
+            log(f"PCA kept {x.shape[1]} components ({self.variance_kept_:.1%} of the variance) in "
+                f"{time.perf_counter() - start:.1f}s")
         self.n_components_ = x.shape[1]
         self.minibatch_ = n > self.minibatch_threshold
         if self.minibatch_:
             km = MiniBatchKMeans(n_clusters=self.k_, random_state=self.seed, n_init=3, batch_size=4096)
         else:
             km = KMeans(n_clusters=self.k_, n_init=10, random_state=self.seed)
-        return km.fit_predict(x).astype(np.int64)
+        start = time.perf_counter()
+        log(f"{type(km).__name__} k={self.k_} on {n:,} rows ...")
+        labels = km.fit_predict(x).astype(np.int64)
+        log(f"{type(km).__name__} done in {time.perf_counter() - start:.1f}s")
+        return labels

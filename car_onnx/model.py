@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import data as _data
+from . import containers
 from .bundle import Bundle, find_bundle
-from .clustering import PCA_VARIANCE, SEED
+from .clustering import PCA_VARIANCE, SEED, Clusterer
 from .errors import UsageError
 from .records import FieldMap, Record
-from .selection import N1, N2, Selection, car_select
+from .selection import N1, N2, Dedup, Selection, Size, car_select
 from .session import resolve
 from .tokenization import DEFAULT_MAX_TOKENS
 
@@ -32,6 +33,19 @@ def chunks(records: Iterable[Record], size: int = CHUNK_RECORDS) -> Iterator[lis
             chunk, chars = [], 0
     if chunk:
         yield chunk
+
+
+def text_key(text: str) -> bytes:
+    """What makes two records the same for exact dedup: their text, whitespace-normalised (a 16-byte digest)."""
+    return hashlib.blake2b(" ".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def duplicates(keys: list[bytes]) -> np.ndarray:
+    """Per record, the first earlier record with the same key, or -1."""
+    first: dict[bytes, int] = {}
+    dup = np.fromiter((first.setdefault(key, i) for i, key in enumerate(keys)), dtype=np.int64, count=len(keys))
+    dup[dup == np.arange(len(keys))] = -1
+    return dup
 
 
 class Model:
@@ -68,6 +82,10 @@ class Model:
     def manifest(self):
         return self._bundle.manifest
 
+    def text(self, instruction: str, input: str, output: str) -> str:
+        """A record's text as the scorer reads it (its template)."""
+        return self.manifest.model_for("score").template.render(instruction, input, output)
+
     def precisions(self, roles=("score", "embed")) -> dict[str, str]:
         """The precision that runs each role here (loads the models)."""
         return {role: self._bundle.model(role).precision for role in roles}
@@ -77,13 +95,16 @@ class Model:
         """Scores ([n]) and/or embeddings ([n, dim]) of validated records, run chunk by chunk as file jobs run them."""
         return self._bundle.run(list(records), roles, self.max_tokens, progress)
 
-    def _outputs(self, data, roles: tuple[str, ...]) -> dict[str, np.ndarray]:
-        found = _data.records(data, self.fields)
-        if _data.kind(data) != "iterable":
+    def _outputs(self, data, roles: tuple[str, ...], keys: list | None = None) -> dict[str, np.ndarray]:
+        """Run `roles` over the records of `data`; with `keys`, append each record's text key to it."""
+        found = containers.records(data, self.fields)
+        if keys is not None:
+            found = (keys.append(text_key(self.text(r.instruction, r.input, r.output))) or r for r in found)
+        if containers.kind(data) != "iterable":
             found = list(found)  # every row is checked before any model runs
         parts = [self.run(chunk, roles) for chunk in chunks(found)]
         if not parts:
-            raise _data.no_records()
+            raise containers.no_records()
         return {role: np.concatenate([p[role] for p in parts]) for role in roles}
 
     def score(self, data) -> np.ndarray:
@@ -102,12 +123,16 @@ class Model:
         return out["score"], out["embed"]
 
     def select(self, data, *, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
-               seed: int = SEED) -> Selection:
+               seed: int = SEED, dedup="exact") -> Selection:
         """The CaR selection of `data`, as `car-onnx select` makes it: the top `n1` by score (a count or "2%")
-        plus the top `n2` of each of `k` clusters [default int(sqrt(n/2))]. `Selection.take(data)` returns the
-        selected rows in `data`'s container."""
-        scores, embeddings = self.score_embed(data)
-        return car_select(scores, embeddings, n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed)
+        plus the top `n2` of each of `k` clusters [default int(sqrt(n/2))], after dropping duplicates (`dedup`:
+        "none", "exact" or "near:T"). `Selection.take(data)` returns the selected rows in `data`'s container."""
+        size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
+        Clusterer(k, pca_variance=pca_variance, seed=seed).check()
+        keys: list = []
+        out = self._outputs(data, ("score", "embed"), keys if dedup.exact else None)
+        return car_select(out["score"], out["embed"], n1=size1, n2=size2, k=k, pca_variance=pca_variance,
+                          seed=seed, near=dedup.near, duplicate_of=duplicates(keys) if dedup.exact else None)
 
 
 def load(bundle: str | Path | None = None, *, device: str = "auto", precision: str | None = None,

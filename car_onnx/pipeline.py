@@ -1,8 +1,10 @@
-"""The jobs behind the CLI. Each reads its input in passes, so memory does not grow with the dataset:
-1. scan: validate every record (rejecting or failing), count them, note the columns;
-2. infer: score/embed chunk by chunk, each finished chunk kept in the work directory (resumable);
-3. cluster + select on the scores and the memory-mapped embeddings;
-4. write: read the input again and write the output rows."""
+"""The file jobs behind the CLI, on the Python API's Model. Each reads its input in passes, so memory does not grow
+with the dataset:
+1. check: every option, the output's format, directory and optional dependency, before any record is read;
+2. scan: validate every record (rejecting or failing), count them, note the columns and exact duplicates;
+3. infer: score/embed chunk by chunk, each finished chunk kept in the work directory (resumable);
+4. cluster + select on the scores and the memory-mapped embeddings;
+5. write: read the input again and write the output rows (and the rejects file)."""
 
 from __future__ import annotations
 
@@ -12,17 +14,17 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .clustering import PCA_VARIANCE, SEED, Clusterer
 from .errors import InputError, UsageError
 from .manifest import sha256_file as file_sha256
-from .model import CHUNK_CHARS, CHUNK_RECORDS, Model, chunks
-from .readers import detect_format, iter_records
+from .model import CHUNK_CHARS, CHUNK_RECORDS, Model, chunks, duplicates, text_key
+from .readers import SUFFIXES, check_format, detect_format, iter_records, require_pyarrow
 from .records import Record
-from .selection import N1, N2, Size, car_select
+from .selection import N1, N2, Dedup, Size, car_select
 from .workdir import WorkDir
 from .writers import open_writer, replacing
 
@@ -31,7 +33,7 @@ ON_ERROR = ("fail", "skip")
 
 
 class Stages:
-    """Timing of each stage, a progress hook and a message hook, which the CLI replaces with bars and stderr."""
+    """Timing of each stage, a progress hook and a message hook, which the CLI replaces with bars or log lines."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -54,10 +56,13 @@ class Stages:
 class Report:
     records: int
     selected: int = 0
+    top: int = 0  # of the selected, how many from the n1 block (the rest are cluster picks)
     clusters: int = 0
     rejected: int = 0
+    duplicates: dict = field(default_factory=dict)  # "exact" / "near" -> rows dropped before ranking
+    rejects_path: Path | None = None
     seconds: dict = field(default_factory=dict)
-    selected_rows: list = field(default_factory=list)  # select: the chosen rows, in selection order
+    shown: list = field(default_factory=list)  # select: (row, record) of each selected row, in selection order
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class Job:
     force: bool = False  # replace an existing output
     work_dir: Path | None = None  # keep finished chunks here and reuse them (else a temporary directory)
     on_error: str = "fail"  # or "skip": bad records go to the rejects file
-    rejects: Path | None = None  # where skipped records are written [default: OUTPUT.rejects.jsonl]
+    rejects: Path | None = None  # the rejects file [default: OUTPUT.rejects.jsonl]
     chunk_records: int = CHUNK_RECORDS
 
     def __post_init__(self):
@@ -77,8 +82,8 @@ class Job:
             raise UsageError(f"{{on_error}} must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}", "on_error")
         if self.chunk_records < 1:
             raise UsageError(f"{{chunk_records}} must be >= 1, got {self.chunk_records}", "chunk_records")
-        if self.rejects is not None and self.on_error != "skip":
-            raise UsageError("{rejects} goes with {on_error} skip", "rejects", "on_error")
+        if self.fmt is not None:
+            check_format(self.fmt)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,12 @@ class Scan:
     columns: tuple[str, ...]  # every key of the accepted rows, in order of first appearance
     rejected: int
     stamp: tuple  # the input's size and mtime when the scan began
+    duplicate_of: np.ndarray | None  # with exact dedup: per record, the earlier record with the same text, or -1
+    places: np.ndarray  # per record, the number of its location ("line 7", "record 7"), to name it later
+    place: str  # "line" or "record"
+
+    def where(self, i: int) -> str:
+        return f"{self.place} {self.places[i]}"
 
 
 def _stamp(path: Path) -> tuple:
@@ -94,15 +105,20 @@ def _stamp(path: Path) -> tuple:
     return st.st_size, st.st_mtime_ns
 
 
+OPTION_OF = {0: "score_field", 1: "cluster_field"}  # which option names the output's added field at this place
+
+
 def _records(job: Job, model: Model, added: tuple[str, ...], reject=None) -> Iterator[Record]:
     """The accepted records; a record that already has a field the output adds is refused (or rejected)."""
     for r in iter_records(job.input, fmt=job.fmt, fields=model.fields, reject=reject):
-        taken = next((name for name in added if name in r.row), None)
+        taken = next((i for i, name in enumerate(added) if name in r.row), None)
         if taken is None:
             yield r
             continue
-        err = InputError(job.input, r.where, f"already has a field '{taken}' that the output would overwrite",
-                         field=taken)
+        option = OPTION_OF.get(taken)
+        hint = f" (name the added field with {{{option}}})" if option else ""
+        err = InputError(job.input, r.where, f"already has a field '{added[taken]}' that the output would "
+                         f"overwrite{hint}", field=added[taken], params=(option,) if option else ())
         if reject is None:
             raise err
         reject(err, r.row)
@@ -116,21 +132,27 @@ def _again(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterat
     yield from _records(job, model, added, skip)
 
 
-def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages: Stages) -> Scan:
+def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages: Stages, dedup: bool = False) -> Scan:
     """Validate and count every record before any work; rejected ones go to the `rejects` writer."""
     stamp = _stamp(job.input)
-    count, rejected, columns = 0, 0, {}
+    count, rejected, columns, keys, places, place = 0, 0, {}, [], [], "line"
 
     def reject(err: InputError, raw) -> None:
         nonlocal rejected
         rejected += 1
-        rejects.write({"where": err.where, "field": err.field, "error": err.reason, "record": raw})
+        rejects.write({"where": err.where, "reason": "invalid", "field": err.field, "error": err.reason,
+                       "record": raw})
 
-    with stages.stage("read"):
+    with stages.stage("read") as advance:
         try:
             for r in _records(job, model, added, reject if job.on_error == "skip" else None):
+                if dedup:
+                    keys.append(text_key(model.text(r.instruction, r.input, r.output)))
                 count += 1
                 columns.update(dict.fromkeys(r.row))
+                place, number = r.where.split()
+                places.append(int(number))
+                advance(1)
         except InputError as err:
             if not (rejected and err.where is None and err.reason == "no records"):
                 raise
@@ -138,17 +160,19 @@ def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages: Stages
         raise InputError(job.input, None, f"no records left: all {rejected} were rejected")
     if job.on_error == "skip" and rejected:
         stages.note(f"{rejected} record(s) rejected, written to {rejects.path}")
-    return Scan(count, tuple(columns), rejected, stamp)
+    return Scan(count, tuple(columns), rejected, stamp, duplicates(keys) if dedup else None,
+                np.asarray(places, dtype=np.int64), place)
 
 
 def identity(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, ...]) -> dict:
-    """Everything a chunk's results depend on (thread counts change only the last float bits: left out)."""
+    """Everything a chunk's results depend on (thread counts change only the last float bits: left out; so are
+    the selection's parameters, which only re-cluster)."""
     fields = model.fields
     return {"bundle_manifest_sha256": file_sha256(model.bundle / "manifest.json"),
             "models": {model.manifest.model_for(r).name: p for r, p in model.precisions(roles).items()},
             "device": model.config.device, "input_sha256": file_sha256(job.input), "input_format": job.fmt,
             "fields": [fields.instruction, fields.input, fields.output], "on_error": job.on_error,
-            "refused_fields": list(added), "roles": list(roles), "max_tokens": model.max_tokens,
+            "refused_fields": sorted(added), "roles": list(roles), "max_tokens": model.max_tokens,
             "chunk_records": job.chunk_records, "chunk_chars": CHUNK_CHARS}
 
 
@@ -181,85 +205,155 @@ def _float(x) -> float:
     return float(str(np.float32(x)))
 
 
-def output_format(job: Job, out_fmt: str | None) -> str:
-    return out_fmt or job.fmt or detect_format(job.input)
+def output_format(output: Path, out_fmt: str | None) -> str:
+    """The output's format: `out_fmt` if given, else the one its suffix names (an unknown suffix is an error)."""
+    if out_fmt is not None:
+        return check_format(out_fmt)
+    fmt = SUFFIXES.get(Path(output).suffix.lower())
+    if fmt is None:
+        raise UsageError(f"{output}: cannot tell the output format from the suffix (accepted: {', '.join(SUFFIXES)}); "
+                         "name the output so or pass {output_format}", "output_format")
+    return fmt
 
 
-def check_output(job: Job, output: Path) -> Path:
-    """Refuse to overwrite the input, or an existing file without --force, before any work is done; returns
-    the rejects file's path."""
-    rejects = job.rejects or Path(f"{output}.rejects.jsonl")
-    for path in (output, rejects) if job.on_error == "skip" else (output,):
-        if Path(path).resolve() == Path(job.input).resolve():
-            raise UsageError(f"{path}: the output would overwrite the input; choose another path")
-        if Path(path).exists() and not job.force:
-            raise UsageError(f"{path}: already exists; pass {{force=True}} to replace it", "force=True")
-    if job.on_error == "skip" and Path(rejects).resolve() == Path(output).resolve():
+def check_output(job: Job, output: Path, fmt: str, rejects_used: bool) -> Path | None:
+    """Before any work: the output (and rejects file) may be written: not the input, not an existing file without
+    --force, in an existing writable directory. Returns the rejects file's path, if the job may write one."""
+    rejects = (job.rejects or Path(f"{output}.rejects.jsonl")) if rejects_used else None
+    if job.rejects is not None and not rejects_used:
+        raise UsageError("{rejects} goes with {on_error} skip (or, for select, a {dedup} other than none)",
+                         "rejects", "on_error", "dedup")
+    if rejects is not None and Path(rejects).resolve() == Path(output).resolve():
         raise UsageError(f"{rejects}: the rejects file and the output must differ")
+    for path in (output, rejects) if rejects is not None else (output,):
+        path = Path(path)
+        if path.resolve() == Path(job.input).resolve():
+            raise UsageError(f"{path}: the output would overwrite the input; choose another path")
+        if path.exists() and not job.force:
+            raise UsageError(f"{path}: already exists; pass {{force=True}} to replace it", "force=True")
+        folder = path.parent
+        if not folder.is_dir():
+            raise UsageError(f"{path}: the directory {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{path}: the directory {folder} is not writable")
+    if "parquet" in (fmt, job.fmt or detect_format(job.input)):
+        require_pyarrow()
+    if job.work_dir is not None:
+        WorkDir.check(job.work_dir)
     return rejects
 
 
 @contextmanager
-def _rejects_writer(job: Job, path: Path):
-    """The rejects file (JSONL) with --on-error skip: written in full, or not at all if the job fails."""
-    if job.on_error != "skip":
+def _rejects_writer(job: Job, path: Path | None):
+    """The rejects file (JSONL): written in full if anything was rejected, not at all if the job fails or nothing
+    was (a stale one is removed with --force)."""
+    if path is None:
         yield None
         return
-    with open_writer(path, "jsonl") as writer:
+    with open_writer(path, "jsonl", keep_empty=False) as writer:
         yield writer
+    if writer.count == 0 and job.force:
+        Path(path).unlink(missing_ok=True)
+
+
+def _check_names(score_field: str, cluster_field: str, extra: tuple[str, ...]) -> tuple[str, ...]:
+    names = {"score_field": score_field, "cluster_field": cluster_field}
+    for option, name in names.items():
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"{{{option}}} must be a non-empty name, got {name!r}", option)
+        if name in extra:
+            raise UsageError(f"{{{option}}} {name!r} is a field the output adds itself; choose another name", option)
+    if score_field == cluster_field:
+        raise UsageError("{score_field} and {cluster_field} must differ", "score_field", "cluster_field")
+    return (score_field, cluster_field, *extra)
 
 
 def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_variance=PCA_VARIANCE, seed=SEED,
-           write_all=False, out_fmt=None, stages: Stages | None = None) -> Report:
-    """`car-onnx select`: the CaR selection of the input, written with `score` and `cluster` per record."""
+           dedup="exact", write_all=False, out_fmt=None, score_field=SCORE_FIELD, cluster_field=CLUSTER_FIELD,
+           stages: Stages | None = None) -> Report:
+    """`car-onnx select`: the CaR selection of the input, each selected record written with its score, cluster,
+    rank and the reason it was kept ("top" or "cluster"); with `write_all`, every record, `selected` or not."""
     stages = stages or Stages()
-    rejects_path = check_output(job, output)
-    fmt = output_format(job, out_fmt)
-    added, roles = (SCORE_FIELD, CLUSTER_FIELD), ("score", "embed")
+    size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
+    extra = ("rank", "selected", "reason") if write_all else ("rank", "reason")
+    added = _check_names(score_field, cluster_field, extra)
+    fmt = output_format(output, out_fmt)
+    rejects_path = check_output(job, output, fmt, job.on_error == "skip" or dedup.exact)
+    Clusterer(k, pca_variance=pca_variance, seed=seed).check()
+    roles = ("score", "embed")
     with _rejects_writer(job, rejects_path) as rejects:
-        n1, n2 = Size.parse(n1, "n1"), Size.parse(n2, "n2")
-        found = scan(job, model, added, rejects, stages)
-        n = found.records
-        Clusterer(k, pca_variance=pca_variance, seed=seed).check(n)
+        found = scan(job, model, added, rejects, stages, dedup=dedup.exact)
+        ranked = found.records - int((found.duplicate_of >= 0).sum()) if dedup.exact else found.records
+        Clusterer(k, pca_variance=pca_variance, seed=seed).check(ranked)
         with work_dir(job, identity(job, model, roles, added), stages) as work:
             out = infer(job, model, roles, found, added, work, stages)
             with stages.stage("cluster+select"):
-                sel = car_select(out["score"], out["embed"], n1=n1, n2=n2, k=k, pca_variance=pca_variance,
-                                 seed=seed)
-            scores, labels = out["score"], sel.labels
+                sel = car_select(out["score"], out["embed"], n1=size1, n2=size2, k=k, pca_variance=pca_variance,
+                                 seed=seed, near=dedup.near, duplicate_of=found.duplicate_of,
+                                 log=stages.note)
             del out
+        report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages)
+    report.rejects_path = rejects_path if rejects is not None and rejects.count else None
+    return report
 
-        def row(i: int, r: Record) -> dict:
-            return {**r.row, SCORE_FIELD: _float(scores[i]), CLUSTER_FIELD: int(labels[i])}
 
-        columns = (*found.columns, *added) if write_all else None  # all rows: the header is known, CSV streams
-        with stages.stage("write"), open_writer(output, fmt, columns) as writer:
+def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages) -> Report:
+    score_field, cluster_field = added[:2]
+    ranks, position = sel.ranks, {int(i): p for p, i in enumerate(sel.indices)}
+    reasons = sel.reasons
+    exact = found.duplicate_of if found.duplicate_of is not None else np.full(found.records, -1)
+    shown: dict[int, tuple] = {}
+
+    def row(i: int, r: Record) -> dict:
+        out = {**r.row, score_field: _float(sel.scores[i]), cluster_field: int(sel.labels[i]),
+               "rank": int(ranks[i]) or None}
+        if write_all:
+            out["selected"] = i in position
+        out["reason"] = str(reasons[position[i]]) if i in position else None
+        return out
+
+    columns = (*found.columns, *added) if write_all else None  # all rows: the header is known, CSV streams
+    with stages.stage("write", total=found.records) as advance, open_writer(output, fmt, columns) as writer:
+        for i, r in enumerate(_again(job, model, found, added)):
+            original = int(sel.duplicate_of[i])
+            if original >= 0 and rejects is not None:
+                kind = "exact" if exact[i] >= 0 else "near"
+                rejects.write({"where": r.where, "reason": "duplicate_of", "duplicate_of": found.where(original),
+                               "kind": kind, "record": r.row})
             if write_all:
-                for i, r in enumerate(_again(job, model, found, added)):
-                    writer.write(row(i, r))
-                chosen = {}
-            else:
-                wanted = set(sel.indices.tolist())
-                chosen = {i: row(i, r) for i, r in enumerate(_again(job, model, found, added)) if i in wanted}
-                for i in sel.indices:
-                    writer.write(chosen[int(i)])
-    return Report(n, len(sel.indices), int(labels.max()) + 1, found.rejected, stages.seconds,
-                  [chosen[int(i)] for i in sel.indices] if chosen else [])
+                writer.write(row(i, r))
+            if i in position:
+                shown[i] = (row(i, r), r)
+            advance(1)
+        if not write_all:
+            for i in sel.indices:
+                writer.write(shown[int(i)][0])
+    near = int((sel.duplicate_of >= 0).sum()) - int((exact >= 0).sum())
+    duplicates = {"exact": int((exact >= 0).sum()), "near": near} if found.duplicate_of is not None else {}
+    if duplicates and rejects is not None and sum(duplicates.values()):
+        stages.note(f"{sum(duplicates.values())} duplicate(s) dropped before ranking, written to {rejects.path}")
+    return Report(found.records, len(sel.indices), sel.n_top, sel.k, found.rejected, duplicates,
+                  seconds=stages.seconds, shown=[shown[int(i)] for i in sel.indices])
 
 
-def score(job: Job, model: Model, output: Path, *, out_fmt=None, stages: Stages | None = None) -> Report:
+def score(job: Job, model: Model, output: Path, *, out_fmt=None, score_field=SCORE_FIELD,
+          stages: Stages | None = None) -> Report:
     """`car-onnx score`: every record with its quality score, in input order."""
     stages = stages or Stages()
-    rejects_path = check_output(job, output)
-    fmt = output_format(job, out_fmt)
-    added, roles = (SCORE_FIELD,), ("score",)
+    if not isinstance(score_field, str) or not score_field:
+        raise UsageError(f"{{score_field}} must be a non-empty name, got {score_field!r}", "score_field")
+    fmt = output_format(output, out_fmt)
+    rejects_path = check_output(job, output, fmt, job.on_error == "skip")
+    added, roles = (score_field,), ("score",)
     with _rejects_writer(job, rejects_path) as rejects:
         found = scan(job, model, added, rejects, stages)
         with work_dir(job, identity(job, model, roles, added), stages) as work:
             scores = infer(job, model, roles, found, added, work, stages)["score"]
-        with stages.stage("write"), open_writer(output, fmt, (*found.columns, *added)) as writer:
+        with stages.stage("write", total=found.records) as advance, \
+                open_writer(output, fmt, (*found.columns, *added)) as writer:
             for i, r in enumerate(_again(job, model, found, added)):
-                writer.write({**r.row, SCORE_FIELD: _float(scores[i])})
+                writer.write({**r.row, score_field: _float(scores[i])})
+                advance(1)
     return Report(found.records, rejected=found.rejected, seconds=stages.seconds)
 
 
@@ -268,7 +362,7 @@ def embed(job: Job, model: Model, output: Path, *, stages: Stages | None = None)
     stages = stages or Stages()
     if Path(output).suffix != ".npy":
         raise UsageError(f"{output}: embeddings are written as .npy; name the output *.npy")
-    rejects_path = check_output(job, output)
+    rejects_path = check_output(job, output, "npy", job.on_error == "skip")
     roles = ("embed",)
     with _rejects_writer(job, rejects_path) as rejects:
         found = scan(job, model, (), rejects, stages)

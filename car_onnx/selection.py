@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -41,12 +43,48 @@ class Size:
             raise UsageError(f"{{{name}}} must be a count >= 0 or a percentage like 2%, got {value!r}", name) from None
         return cls(count)
 
-    def of(self, n: int) -> int:
-        """The count for `n` records, at most n."""
-        return math.floor(n * self.value / 100) if self.percent else min(int(self.value), n)
+    def of(self, n: int, at_least: int = 0) -> int:
+        """The count for `n` records, at most n (and at least `at_least` of them, for a percentage)."""
+        if self.percent:
+            return min(n, max(at_least, math.floor(n * self.value / 100)))
+        return min(int(self.value), n)
+
+    def covers(self, n: int) -> bool:
+        """Whether the size takes all of `n` records."""
+        return self.value >= 100 if self.percent else self.value >= n
 
     def __str__(self) -> str:
         return f"{self.value:g}%" if self.percent else str(int(self.value))
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """Which duplicates are dropped before ranking: "none"; "exact" (later copies of the same whitespace-normalised
+    text); "near:T" (exact, and within each cluster every record whose embedding cosine to a higher-scored kept
+    record is at least T)."""
+
+    exact: bool = True
+    near: float | None = None
+
+    @classmethod
+    def parse(cls, value) -> Dedup:
+        if isinstance(value, Dedup):
+            return value
+        text = str(value).strip()
+        if text in ("none", "exact"):
+            return cls(text == "exact")
+        if text.startswith("near:"):
+            try:
+                threshold = float(text[5:])
+            except ValueError:
+                threshold = -1.0
+            if 0.0 < threshold <= 1.0:
+                return cls(True, threshold)
+        raise UsageError(f"{{dedup}} must be none, exact or near:T with 0 < T <= 1, got {value!r}", "dedup")
+
+    def __str__(self) -> str:
+        return f"near:{self.near:g}" if self.near is not None else "exact" if self.exact else "none"
+
 
 
 @dataclass(frozen=True)
@@ -54,12 +92,23 @@ class Selection:
     """The result of a CaR selection over n rows."""
 
     indices: np.ndarray  # selected row numbers: the n1 block (score descending), then cluster picks
-    labels: np.ndarray  # cluster id of every row
+    labels: np.ndarray  # cluster id of every row (a duplicate has the cluster of the record it repeats)
     scores: np.ndarray  # quality score of every row (float32)
     n_top: int  # how many of `indices` come from the n1 block
     k: int  # clusters
     n_components: int  # PCA dimensions kept
     minibatch: bool  # whether the scalable clustering path ran
+    duplicate_of: np.ndarray  # per row, the row it duplicates (dropped before ranking), or -1
+    pca_variance_kept: float = 1.0  # the share of the variance the kept PCA components explain
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """Per row, its place by score among the ranked rows (1 = best; 0 for a dropped duplicate)."""
+        ranked = np.flatnonzero(self.duplicate_of < 0)
+        order = ranked[np.argsort(-self.scores[ranked].astype(np.float64), kind="stable")]
+        ranks = np.zeros(len(self.scores), dtype=np.int64)
+        ranks[order] = np.arange(1, len(order) + 1)
+        return ranks
 
     @property
     def reasons(self) -> np.ndarray:
@@ -69,29 +118,57 @@ class Selection:
     def take(self, data):
         """The selected rows of `data` (what was selected from), in selection order and in its container: a list,
         a pandas DataFrame, a `datasets.Dataset` or a dict of columns."""
-        from .data import take
+        from .containers import take
 
         return take(data, self.indices)
 
 
-def select_ranked(scores: np.ndarray, labels: np.ndarray, n1: int, n2: int) -> tuple[np.ndarray, int]:
-    """The selection rule on given cluster labels; ties keep input order (stable sort)."""
+def select_ranked(scores: np.ndarray, labels: np.ndarray, n1: int, n2: Size) -> tuple[np.ndarray, int]:
+    """The selection rule on given cluster labels (rows labelled -1 take no part); ties keep input order (stable
+    sort). A percentage n2 is of each cluster's size, at least one record."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    order = order[labels[order] >= 0]
     top = order[:n1]
-    taken = np.zeros(len(order), dtype=bool)
+    taken = np.zeros(len(scores), dtype=bool)
     taken[top] = True
     ranked_labels = labels[order]
     picks = []
-    for cluster in np.unique(labels):
-        best = order[ranked_labels == cluster][:n2]
-        picks.extend(int(i) for i in best if not taken[i])
+    for cluster in np.unique(ranked_labels):
+        members = order[ranked_labels == cluster]
+        picks.extend(int(i) for i in members[:n2.of(len(members), at_least=1)] if not taken[i])
     return np.concatenate([top, np.asarray(picks, dtype=np.int64)]).astype(np.int64), len(top)
 
 
+def near_duplicates(scores: np.ndarray, embeddings, labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Within each cluster, from the best score down: a record whose embedding cosine to a kept, higher-scored
+    record of its cluster is >= threshold is a duplicate of the most similar such record. Returns duplicate_of
+    (-1 for kept rows and rows labelled -1)."""
+    dup = np.full(len(scores), -1, dtype=np.int64)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    for cluster in np.unique(labels[labels >= 0]):
+        members = order[labels[order] == cluster]
+        x = np.asarray(embeddings[np.sort(members)], dtype=np.float32)
+        x = x[np.searchsorted(np.sort(members), members)]  # rows in score order
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        kept: list[int] = []
+        for j in range(len(members)):
+            if kept:
+                sims = x[kept] @ x[j]
+                best = int(np.argmax(sims))
+                if sims[best] >= threshold:
+                    dup[members[j]] = members[kept[best]]
+                    continue
+            kept.append(j)
+    return dup
+
+
 def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
-               seed: int = SEED) -> Selection:
+               seed: int = SEED, near: float | None = None, duplicate_of=None,
+               log: Callable[[str], None] | None = None) -> Selection:
     """CaR: cluster the embeddings (PCA + KMeans, k = int(sqrt(n/2)) by default) and select the top `n1`
-    overall plus the top `n2` of every cluster. Sizes may be counts or percentages ("2%")."""
+    overall plus the top `n2` of every cluster. Sizes may be counts or percentages ("2%"; n2 of each cluster).
+    `duplicate_of` (per row: the row it repeats, or -1) leaves duplicates out of clustering and ranking; `near`
+    also drops, within each cluster, records whose cosine to a higher-scored kept one is >= near."""
     scores = np.asarray(scores, dtype=np.float32)
     if scores.ndim != 1 or len(scores) != len(embeddings):
         raise UsageError(f"{{scores}} must be 1-D with one value per embedding row, got {scores.shape} for "
@@ -101,7 +178,28 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
         raise UsageError(f"score of row {bad} is {scores[bad]}: {{scores}} must be finite", "scores")
     n = len(scores)
     size1, size2 = Size.parse(n1, "n1"), Size.parse(n2, "n2")
-    clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed)
-    labels = clusterer.fit_predict(embeddings)
-    indices, n_top = select_ranked(scores, labels, size1.of(n), size2.of(n))
-    return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_)
+    dup = np.full(n, -1, dtype=np.int64) if duplicate_of is None else np.asarray(duplicate_of, dtype=np.int64).copy()
+    ranked = np.flatnonzero(dup < 0)
+    if size1.covers(len(ranked)):
+        warnings.warn(f"n1 = {size1} is at or above the {len(ranked)} records to rank: every record is selected",
+                      stacklevel=2)
+    clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, log=log)
+    labels = np.full(n, -1, dtype=np.int64)
+    labels[ranked] = clusterer.fit_predict(embeddings if len(ranked) == n else embeddings[ranked])
+    if near is not None:
+        found = near_duplicates(scores, embeddings, labels, near)
+        dup[found >= 0] = found[found >= 0]
+    eligible = np.where(dup < 0, labels, -1)
+    repeated = np.flatnonzero(dup >= 0)
+    labels[repeated] = labels[_root(dup, repeated)]
+    indices, n_top = select_ranked(scores, eligible, size1.of(int((eligible >= 0).sum())), size2)
+    return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
+                     dup, clusterer.variance_kept_)
+
+
+def _root(dup: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The kept record each duplicate row finally repeats (a chain of near-duplicates ends at a kept one)."""
+    rows = rows.copy()
+    while (dup[rows] >= 0).any():
+        rows = np.where(dup[rows] >= 0, dup[rows], rows)
+    return rows

@@ -41,16 +41,22 @@ class WorkDir:
         self.chunks = self.root / "chunks"
         self.reused = 0
 
-    @classmethod
-    def open(cls, root: Path, ident: dict, note: Callable[[str], None]) -> WorkDir:
-        """Use `root` for the job `ident`: keep its chunks if they belong to it, else discard them and say why."""
-        root = Path(root)
-        job_file = root / "job.json"
+    @staticmethod
+    def check(root: Path) -> None:
+        """Refuse, before any work, a path that is not ours to use as a work directory."""
+        root, job_file = Path(root), Path(root) / "job.json"
         if root.exists() and not root.is_dir():
             raise UsageError(f"{root}: {{work_dir}} is not a directory", "work_dir")
         if root.is_dir() and any(root.iterdir()) and not job_file.is_file():
             raise UsageError(f"{root}: {{work_dir}} is not empty and holds no job.json (not a car-onnx work "
                              "directory); choose a new or empty directory", "work_dir")
+
+    @classmethod
+    def open(cls, root: Path, ident: dict, note: Callable[[str], None]) -> WorkDir:
+        """Use `root` for the job `ident`: keep its chunks if they belong to it, else discard them and say why."""
+        root = Path(root)
+        job_file = root / "job.json"
+        cls.check(root)
         root.mkdir(parents=True, exist_ok=True)
         work = cls(root, tuple(ident["roles"]), note)
         want = {"format": FORMAT, **ident}

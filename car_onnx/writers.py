@@ -37,15 +37,20 @@ def replacing(path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+PARQUET_ROWS = 65536  # rows per Parquet row group: what Parquet output holds in memory at once
+
+
 class RecordWriter:
     """Writes rows to a temporary file beside `path`; fsynced and renamed into place only when the `with` block
-    completes, deleted if it fails. JSON and JSONL stream; CSV streams when `columns` (the header: every key of
-    the rows to come) is given, else its header is the union of the rows' keys, known at the end; Parquet is
-    assembled in memory and written at the end."""
+    completes, deleted if it fails (or, without `keep_empty`, if no row was written). JSON and JSONL stream; CSV
+    streams when `columns` (the header: every key of the rows to come) is given, else its header is the union of
+    the rows' keys, known at the end; Parquet streams a row group at a time into part files, joined at the end
+    under the union of their schemas."""
 
-    def __init__(self, path, fmt: str, columns: tuple[str, ...] | None = None):
+    def __init__(self, path, fmt: str, columns: tuple[str, ...] | None = None, keep_empty: bool = True):
         self.path, self.fmt, self.count, self.buffered = Path(path), check_format(fmt), 0, []
         self.columns = list(columns) if columns is not None and fmt == "csv" else None
+        self.keep_empty, self.parts = keep_empty, []
         if fmt == "parquet":
             require_pyarrow()  # fail before any work if it is missing
 
@@ -75,7 +80,40 @@ class RecordWriter:
             self.csv.writerow([_cell(row.get(k)) for k in self.columns])
         else:
             self.buffered.append(dict(row))
+            if self.fmt == "parquet" and len(self.buffered) == PARQUET_ROWS:
+                self._parquet_part()
         self.count += 1
+
+    def _parquet_part(self) -> None:
+        """Write the buffered rows as one part file (a table over the union of their keys)."""
+        pa = require_pyarrow()
+        header = list(dict.fromkeys(k for row in self.buffered for k in row))
+        try:  # from_pydict over the union of keys: from_pylist would keep only the first row's keys
+            table = pa.Table.from_pydict({k: [row.get(k) for row in self.buffered] for k in header})
+        except pa.ArrowException as err:
+            raise UsageError(f"{self.path}: cannot write as Parquet: {' '.join(str(err).split())}") from None
+        part = self.tmp.with_name(f"{self.tmp.name}.{len(self.parts)}")
+        pa.parquet.write_table(table, str(part))
+        self.parts.append(part)
+        self.buffered = []
+
+    def _join_parquet(self) -> None:
+        """The part files as row groups of one file, each cast to the union of their schemas."""
+        pa = require_pyarrow()
+        if self.buffered or not self.parts:
+            self._parquet_part()
+        try:
+            schema = pa.unify_schemas([pa.parquet.read_schema(str(p)) for p in self.parts],
+                                      promote_options="permissive")
+            with pa.parquet.ParquetWriter(str(self.tmp), schema) as out:
+                for part in self.parts:
+                    table = pa.parquet.read_table(str(part))
+                    for name in schema.names:
+                        if name not in table.column_names:
+                            table = table.append_column(name, pa.nulls(len(table), schema.field(name).type))
+                    out.write_table(table.select(schema.names).cast(schema))
+        except pa.ArrowException as err:
+            raise UsageError(f"{self.path}: cannot write as Parquet: {' '.join(str(err).split())}") from None
 
     def _finish(self) -> None:
         header = list(dict.fromkeys(k for row in self.buffered for k in row))
@@ -87,25 +125,21 @@ class RecordWriter:
             writer.writerows([_cell(row.get(k)) for k in header] for row in self.buffered)
         elif self.fmt == "parquet":
             self.file.close()
-            pa = require_pyarrow()
-            try:  # from_pydict over the union of keys: from_pylist would keep only the first row's keys
-                table = pa.Table.from_pydict({k: [row.get(k) for row in self.buffered] for k in header})
-            except pa.ArrowException as err:
-                raise UsageError(f"{self.path}: cannot write as Parquet: {' '.join(str(err).split())}") from None
-            pa.parquet.write_table(table, str(self.tmp))
+            self._join_parquet()
             self.file = open(self.tmp, "rb")
         self.file.flush()
         os.fsync(self.file.fileno())
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            if exc_type is None:
+            if exc_type is None and (self.count or self.keep_empty):
                 self._finish()
                 self.file.close()
                 os.replace(self.tmp, self.path)
         finally:
             self.file.close()
-            self.tmp.unlink(missing_ok=True)
+            for temporary in [self.tmp, *self.parts]:
+                temporary.unlink(missing_ok=True)
         return False
 
 
@@ -118,6 +152,6 @@ def _cell(value) -> str:
     return str(value)
 
 
-def open_writer(path, fmt: str, columns: tuple[str, ...] | None = None) -> RecordWriter:
+def open_writer(path, fmt: str, columns: tuple[str, ...] | None = None, keep_empty: bool = True) -> RecordWriter:
     """A RecordWriter for `path` in format `fmt`, to use as a context manager."""
-    return RecordWriter(path, fmt, columns)
+    return RecordWriter(path, fmt, columns, keep_empty)

@@ -21,14 +21,21 @@ Precisions = Annotated[str, typer.Option("--precision", help="Comma-separated va
 
 
 def _require() -> None:
-    """Fail with the install command when the [export] extra is missing."""
+    """Fail with the install command when the [export] extra is missing; silence the libraries' known-harmless
+    warnings (the export checks every graph itself and prints its own progress)."""
     try:
         import onnx  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import torch
+        import transformers
     except ImportError as err:
         raise UsageError(f"the export tools need the [export] extra ({err.name} is missing): "
                          "pip install torch==2.13.0 && pip install 'car-onnx[export]'") from None
+    import logging
+    import warnings
+
+    transformers.logging.set_verbosity_error()  # "weights not used": the pooler, which no model here uses
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # constants in traces: graphs are checked
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's "consider pre-processing before quantization"
 
 
 def _precisions(text: str) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ import pytest
 from car_onnx import car_select
 from car_onnx_export import tiny
 
-HEAVY = ("torch", "transformers", "optimum", "sentence_transformers", "pandas", "datasets")
+HEAVY = ("torch", "transformers", "optimum", "sentence_transformers", "datasets")  # scikit-learn imports pandas where it is installed
 
 
 def run_cli(*args, cwd=None, env=None):
@@ -30,16 +30,31 @@ def read_rows(path, fmt):
     if fmt == "jsonl":
         return [json.loads(line) for line in path.read_text().splitlines()]
     import csv
-    rows = list(csv.DictReader(path.open(newline="")))
-    return [{**r, "cluster": int(r["cluster"])} for r in rows]
+    typed = {"cluster": int, "rank": lambda v: int(v) if v else None, "reason": lambda v: v or None,
+             "selected": lambda v: {"True": True, "False": False}[v]}
+    return [{k: typed[k](v) if k in typed else v for k, v in r.items()} for r in csv.DictReader(path.open(newline=""))]
 
 
-def reference_rows(records, n1, n2, write_all=False):
+def reference_rows(records, n1, n2, write_all=False, dedup=True):
+    """The rows `select` must write: the numpy reference's scores, exact duplicates (the same whitespace-normalised
+    text) left out of ranking, the selection, and each row's rank and reason."""
     texts = [tiny.TEMPLATE.render(r["instruction"], r["input"], r["output"]) for r in records]
     scores, vectors = tiny.reference(texts)
-    sel = car_select(scores, vectors, n1=n1, n2=n2)
-    order = range(len(records)) if write_all else sel.indices
-    return [{**records[i], "score": float(str(scores[i])), "cluster": int(sel.labels[i])} for i in order]
+    first = {}
+    dup = [first.setdefault(" ".join(t.split()), i) for i, t in enumerate(texts)] if dedup else range(len(texts))
+    duplicate_of = [-1 if d == i else d for i, d in enumerate(dup)]
+    sel = car_select(scores, vectors, n1=n1, n2=n2, duplicate_of=duplicate_of)
+    ranked = sorted((i for i in range(len(records)) if duplicate_of[i] < 0), key=lambda i: -scores[i])
+    rank = {i: place for place, i in enumerate(ranked, 1)}
+    reason = {int(i): "top" if p < sel.n_top else "cluster" for p, i in enumerate(sel.indices)}
+    order = range(len(records)) if write_all else [int(i) for i in sel.indices]
+    rows = []
+    for i in order:
+        row = {**records[i], "score": float(str(scores[i])), "cluster": int(sel.labels[i]), "rank": rank.get(i)}
+        if write_all:
+            row["selected"] = i in reason
+        rows.append({**row, "reason": reason.get(i)})
+    return rows
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,7 @@ def test_csv_with_field_mapping_and_summary(setup, cli, expected_selection, rows
     renamed = [{"instruction": r["question"], "input": r["context"], "output": r["answer"]} for r in rows]
     ref = expected_selection(renamed, 2, 1)
     want = [{"question": r["instruction"], "context": r["input"], "answer": r["output"], "score": r["score"],
-             "cluster": r["cluster"]} for r in ref]
+             "cluster": r["cluster"], "rank": r["rank"], "reason": r["reason"]} for r in ref]
     same_file(tmp / "sel.csv", want, "csv", tmp / "e.csv", rows_of)
 
 
@@ -110,7 +110,7 @@ BAD = [
     ("bad.csv", b"instruction,output\na,b\nc\n", "bad.csv: line 3: expected 2 cells like the header, got 1"),
     ("bad.csv", b"instruction,answer\na,b\n", "bad.csv: line 1: the header has no column 'output'"),
     ("bad.jsonl", b'{"instruction": "a", "output": "b", "score": 1}\n',
-     "bad.jsonl: line 1: field 'score': already has a field 'score' that the output would overwrite"),
+     "bad.jsonl: line 1: field 'score': already has a field 'score' that the output would overwrite (name the added field with --score-field)"),
 ]
 
 

@@ -98,3 +98,13 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path):
             ref.append(head_score(weights, hidden, enc["attention_mask"].numpy().astype(np.float64))[0])
     np.testing.assert_allclose(out["score"], ref, atol=1e-4)
     assert np.std(ref) > 1e-3  # the comparison is not between constants
+
+
+@pytest.mark.slow
+def test_export_default_command_prints_its_progress_and_no_library_warnings(tmp_path, cli):
+    rc, out, err, _ = cli("export", "default", "-o", tmp_path / "bundle")
+    assert rc == 0, err
+    lines = (out + err).splitlines()
+    assert lines[-1] == f"default bundle written to {tmp_path / 'bundle'}"
+    assert any(line.startswith("minilm-car: fp32 matches PyTorch: ") for line in lines)
+    assert not [line for line in lines if "warn" in line.lower() or "pre-processing" in line], lines

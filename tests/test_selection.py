@@ -12,12 +12,15 @@ from car_onnx.clustering import Clusterer
 from car_onnx.selection import Size, select_ranked
 
 
-def reference_select(scores, labels, n1, n2):
-    """The reference: top n1 by score, then each cluster's top n2 (cluster ids ascending) not yet taken."""
+def reference_select(scores, labels, n1, n2, n2_percent=None):
+    """The reference: top n1 by score, then each cluster's top n2 (or n2_percent of its size, at least 1; cluster
+    ids ascending) not yet taken."""
     ranked = sorted(range(len(scores)), key=lambda i: -scores[i])  # Python's sort is stable: ties keep input order
     chosen = ranked[:n1]
     for cluster in sorted(set(labels.tolist())):
-        for i in [i for i in ranked if labels[i] == cluster][:n2]:
+        members = [i for i in ranked if labels[i] == cluster]
+        take = n2 if n2_percent is None else max(1, int(len(members) * n2_percent / 100))
+        for i in members[:take]:
             if i not in chosen:
                 chosen.append(i)
     return chosen
@@ -110,5 +113,83 @@ def test_minibatch_path_above_threshold():
 def test_select_ranked_directly():
     scores = np.array([0.1, 0.9, 0.9, 0.3, 0.8], np.float32)
     labels = np.array([0, 0, 1, 1, 2])
-    idx, n_top = select_ranked(scores, labels, 2, 1)
+    idx, n_top = select_ranked(scores, labels, 2, Size(1))
     assert idx.tolist() == [1, 2, 4] and n_top == 2
+
+
+def test_n2_percentage_is_of_each_cluster_with_at_least_one():
+    rng = np.random.default_rng(5)
+    scores, emb = rng.random(400).astype(np.float32), blobs(400)
+    for pct in (5, 30):
+        sel = car_select(scores, emb, n1=3, n2=f"{pct}%")
+        assert sel.indices.tolist() == reference_select(scores, sel.labels, 3, None, n2_percent=pct)
+    assert len(car_select(scores, emb, n1=0, n2="0.1%").indices) == sel.k  # 0.1% of ~30 rows: still one each
+
+
+def test_sizes_at_or_above_n_warn():
+    emb = blobs(20)
+    with pytest.warns(UserWarning, match=r"^n1 = 20 is at or above the 20 records to rank: every record is selected$"):
+        assert len(car_select(np.zeros(20), emb, n1=20).indices) == 20
+    with pytest.warns(UserWarning, match=r"^n1 = 100% is at or above"):
+        car_select(np.zeros(20), emb, n1="100%")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        car_select(np.zeros(20), emb, n1=19)
+
+
+def test_duplicates_are_left_out_of_clustering_and_ranking():
+    rng = np.random.default_rng(7)
+    scores, emb = rng.random(60).astype(np.float32), blobs(60)
+    dup = np.full(60, -1)
+    dup[[10, 11, 30]] = [2, 2, 5]
+    scores[[10, 11, 30]] = [3.0, 2.0, 1.5]  # the best scores: selected, were they not left out
+    sel = car_select(scores, emb, n1=5, n2=1, duplicate_of=dup)
+    kept = np.flatnonzero(dup < 0)
+    alone = car_select(scores[kept], emb[kept], n1=5, n2=1)  # the same as selecting without those rows at all
+    assert sel.indices.tolist() == kept[alone.indices].tolist()
+    assert sel.labels[kept].tolist() == alone.labels.tolist()
+    assert sel.labels[[10, 11, 30]].tolist() == sel.labels[[2, 2, 5]].tolist()
+    assert sel.ranks[[10, 11, 30]].tolist() == [0, 0, 0]
+    assert sorted(sel.ranks[kept].tolist()) == list(range(1, len(kept) + 1))
+    assert sel.ranks[sel.indices[0]] == 1
+
+
+def test_near_duplicates_within_a_cluster():
+    rng = np.random.default_rng(8)
+    emb = blobs(80)
+    emb[40] = emb[3] + 1e-4  # a near copy of row 3
+    emb[41] = -emb[3]  # far from it
+    scores = rng.random(80).astype(np.float32)
+    scores[3], scores[40] = 0.99, 0.98  # row 40 scores below row 3
+    sel = car_select(scores, emb, n1=0, n2=1, near=0.999)
+    assert sel.duplicate_of[40] == 3 and sel.labels[40] == sel.labels[3]
+    assert 40 not in sel.indices and sel.duplicate_of[41] == -1
+    # The reference: greedy over each cluster in score order, against the records kept so far.
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    want = np.full(80, -1)
+    for c in np.unique(sel.labels):
+        kept = []
+        for i in sorted(np.flatnonzero(sel.labels == c), key=lambda i: -scores[i]):
+            sims = [float(unit[i] @ unit[j]) for j in kept]
+            if sims and max(sims) >= 0.999:
+                want[i] = kept[int(np.argmax(sims))]
+            else:
+                kept.append(i)
+    assert sel.duplicate_of.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("text,exact,near", [("none", False, None), ("exact", True, None), ("near:0.95", True, 0.95)])
+def test_dedup_parse(text, exact, near):
+    from car_onnx.selection import Dedup
+
+    d = Dedup.parse(text)
+    assert (d.exact, d.near, str(d)) == (exact, near, text)
+
+
+@pytest.mark.parametrize("text", ["near", "near:0", "near:1.5", "fuzzy", "near:x"])
+def test_dedup_parse_rejects(text):
+    from car_onnx.selection import Dedup
+
+    with pytest.raises(UsageError, match=rf"^dedup must be none, exact or near:T with 0 < T <= 1, got '{text}'$"):
+        Dedup.parse(text)
