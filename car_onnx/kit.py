@@ -147,11 +147,13 @@ def source_tree() -> Path:
 
 
 def _pip(args: list[str], what: str) -> None:
-    """Run pip in this interpreter; its own messages go to stderr, and a failure becomes one KitError line."""
-    proc = subprocess.run([sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
-                          stdout=sys.stderr)
+    """Run pip in this interpreter; a failure becomes one KitError line with pip's own error lines."""
+    proc = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"], capture_output=True,
+                          text=True)
     if proc.returncode != 0:
-        raise KitError(f"pip {what} failed (exit {proc.returncode}); its message is above")
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")] or lines[-3:]
+        raise KitError(f"pip {what} failed (exit {proc.returncode}): {' | '.join(errors)}")
 
 
 def wheel_requirements(path: Path) -> tuple[str, str, list]:
