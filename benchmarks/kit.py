@@ -47,7 +47,8 @@ def run(work: Path, quick: bool = False) -> dict:
     with tarfile.open(kit) as tar:
         tar.extractall(far, filter="data")
     # No network for install.sh: a new network namespace where this machine allows one, and pip's index off.
-    offline = ["unshare", "--net"] if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0 else []
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True)
+    offline = ["unshare", "--net"] if probe.returncode == 0 else []
     env = {**{k: v for k, v in os.environ.items() if k not in ("CAR_ONNX_BUNDLE", "PYTHONPATH")},
            "HOME": str(far), "XDG_DATA_HOME": str(far / "data"), "PIP_NO_INDEX": "1",
            "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}

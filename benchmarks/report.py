@@ -104,9 +104,10 @@ def rows() -> list[tuple[str, str, str]]:
     if d := _load("kit"):
         k, s = d["kit"], d["seconds"]
         out.append((f"offline install kit (`car-onnx pack`), default bundle, {k['target']}: wheels + bundle = archive",
-                    f"{k['wheels']} wheels {k['wheels_mb']:.0f} MB + {k['bundle_mb']:.0f} MB = {k['archive_mb']:.0f} MB", ""))
-        out.append((f"offline install kit on {d['machine']['cpu']}: pack (pip cache warm) / install.sh with no network / "
-                    "connected install (venv + `pip install .` + copy the bundle)",
+                    f"{k['wheels']} wheels {k['wheels_mb']:.0f} MB + {k['bundle_mb']:.0f} MB = "
+                    f"{k['archive_mb']:.0f} MB", ""))
+        out.append((f"offline install kit on {d['machine']['cpu']}: pack (pip cache warm) / install.sh with no "
+                    "network / connected install (venv + `pip install .` + copy the bundle)",
                     " / ".join(f"{v:.0f}" for v in s.values()) + " s", ""))
     if d := _load("scaling"):
         for n, r in d["lookup_bundle"].items():

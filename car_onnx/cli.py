@@ -224,10 +224,13 @@ def _cpu_flags() -> str:
 @app.command()
 def pack(
     output: Output,
-    bundle: Annotated[Optional[list[Path]], typer.Option("--bundle", "-b", help="Bundle directory to carry; repeat for more; the first becomes the default bundle there [default: the built default bundle]")] = None,
+    bundle: Annotated[Optional[list[Path]], typer.Option(
+        "--bundle", "-b", help="Bundle to carry, repeatable; the first becomes the default bundle on the target "
+                               "[default: the built default bundle]")] = None,
     extras: Annotated[str, typer.Option(help="Extras to carry, comma-separated (e.g. parquet).")] = "",
-    python_version: Annotated[Optional[str], typer.Option(help="Target CPython, e.g. 3.11 [default: this one's]")] = None,
-    platform: Annotated[Optional[str], typer.Option(help="Target wheel platform, e.g. manylinux2014_x86_64 [default: this machine's]")] = None,
+    python_version: Annotated[Optional[str], typer.Option(help="Target CPython, e.g. 3.11 [default: this one]")] = None,
+    platform: Annotated[Optional[str], typer.Option(
+        help="Target wheel platform, e.g. manylinux_2_28_x86_64 [default: this machine's newest]")] = None,
     force: Force = False,
 ):
     """Build an offline install kit: the wheels car-onnx needs on the target, the bundle(s), kit.json, install.sh."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -23,7 +22,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .errors import BundleError, CarError, UsageError
+from .errors import CarError, UsageError
 from .manifest import read_manifest, sha256_file, verify_files
 
 DIST = "car-onnx"
@@ -62,7 +61,7 @@ class Target:
             if name.startswith(legacy + "_"):
                 name = f"manylinux_2_{minor}_{name[len(legacy) + 1:]}"
         m = PLATFORM_TAG.match(name)
-        if m is None or (m["kind"] == "manylinux" and m["major"] != "2") or (m["kind"] == "musllinux" and m["major"] != "1"):
+        if m is None or m["major"] != {"manylinux": "2", "musllinux": "1"}[m["kind"]]:
             raise UsageError(f"platform must be a Linux wheel platform tag such as manylinux2014_x86_64, "
                              f"manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got {self.platform!r}")
         kind, major, arch = m["kind"], int(m["major"]), m["arch"]
@@ -166,7 +165,8 @@ def wheel_requirements(path: Path) -> tuple[str, str, list]:
         if name is None:
             raise KitError(f"{path.name}: not a wheel (no .dist-info/METADATA)")
         meta = HeaderParser().parsestr(zf.read(name).decode("utf-8"))
-    return canonicalize_name(meta["Name"]), meta["Version"], [Requirement(r) for r in meta.get_all("Requires-Dist") or []]
+    requires = [Requirement(r) for r in meta.get_all("Requires-Dist") or []]
+    return canonicalize_name(meta["Name"]), meta["Version"], requires
 
 
 def missing_requirements(wheels: list[Path], roots: list, target: Target) -> list:

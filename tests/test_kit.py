@@ -126,8 +126,10 @@ def test_kit_holds_every_file_with_its_sha256(small_kit, tmp_path):
     bundle_files = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
     assert sorted(members) == sorted(
         ["car-onnx-kit/install.sh", "car-onnx-kit/kit.json", "car-onnx-kit/wheels/alpha-1.0-py3-none-any.whl",
-         "car-onnx-kit/wheels/car_onnx-0.1.0-py3-none-any.whl"] + [f"car-onnx-kit/bundles/mybundle/{f}" for f in bundle_files])
-    assert sorted(info["files"]) == sorted(n.removeprefix("car-onnx-kit/") for n in members if not n.endswith("kit.json"))
+         "car-onnx-kit/wheels/car_onnx-0.1.0-py3-none-any.whl"]
+        + [f"car-onnx-kit/bundles/mybundle/{f}" for f in bundle_files])
+    assert sorted(info["files"]) == sorted(n.removeprefix("car-onnx-kit/") for n in members
+                                           if not n.endswith("kit.json"))
     for rel, entry in info["files"].items():
         assert entry == {"sha256": hashlib.sha256(data[f"car-onnx-kit/{rel}"]).hexdigest(),
                          "bytes": len(data[f"car-onnx-kit/{rel}"])}, rel
@@ -190,7 +192,8 @@ def test_write_kit_refuses_a_tampered_bundle_and_leaves_no_output(tmp_path):
 def test_pack_command_errors_are_one_line(tmp_path):
     cli = [sys.executable, "-m", "car_onnx", "pack", "-o", str(tmp_path / "kit.tar"), "-b", str(tmp_path)]
     run = subprocess.run(cli + ["--extras", "parquet,nope"], capture_output=True, text=True)
-    assert run.returncode == 2 and run.stderr.splitlines()[-1].startswith("car-onnx: error: --extras: unknown extra 'nope'")
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1].startswith("car-onnx: error: --extras: unknown extra 'nope'; car-onnx declares")
     run = subprocess.run(cli + ["--platform", "macosx_11_0_arm64"], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.splitlines()[-1] == (
         "car-onnx: error: platform must be a Linux wheel platform tag such as manylinux2014_x86_64, "
@@ -265,6 +268,63 @@ def test_kit_packed_from_pypi_installs_and_selects_with_no_network(tmp_path):
     run = subprocess.run(["sh", str(kit_dir / "install.sh")], capture_output=True, text=True,
                          env={**env, "HOME": str(home2), "XDG_DATA_HOME": str(home2 / "data")})
     assert run.returncode == 1
-    assert run.stderr.splitlines() == [f"install.sh: wheels/{wheel}: sha256 mismatch",
-                                       "install.sh: the kit is damaged (files above): copy it again; nothing was installed"]
+    assert run.stderr.splitlines() == [
+        f"install.sh: wheels/{wheel}: sha256 mismatch",
+        "install.sh: the kit is damaged (files above): copy it again; nothing was installed"]
     assert list(home2.iterdir()) == []
+
+
+def _other_python() -> tuple[str, str] | None:
+    """A CPython 3.10 interpreter (not the one running the tests) with venv: python3.10 on PATH or under pyenv."""
+    pyenv = sorted(map(str, Path.home().glob(".pyenv/versions/3.10.*/bin/python3.10")))
+    candidates = [shutil.which("python3.10") or "", *pyenv]
+    for exe in filter(None, candidates):
+        probe = subprocess.run([exe, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == "3.10":
+            return exe, "3.10"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.version_info[:2] == (3, 10), reason="the test packs for 3.10 from another Python")
+def test_kit_for_another_python_carries_what_its_markers_need(tmp_path):
+    """Packed here for Python 3.10 with the parquet extra: pip, run by this Python, would leave out the wheels
+    that only 3.10 needs (markers python_version < "3.11"); the kit must install and run on 3.10 offline."""
+    other = _other_python()
+    if other is None:
+        pytest.skip("no CPython 3.10 with venv found (python3.10 on PATH or ~/.pyenv/versions/3.10.*)")
+    exe, version = other
+    bundle = tiny.make_bundle(tmp_path / "tinybundle")
+    kit_path = tmp_path / "kit.tar"
+    pack = subprocess.run([sys.executable, "-m", "car_onnx", "pack", "-o", str(kit_path), "-b", str(bundle),
+                           "--python-version", version, "--platform", "manylinux_2_28_x86_64", "--extras", "parquet"],
+                          capture_output=True, text=True, timeout=1200)
+    assert pack.returncode == 0, pack.stderr[-3000:]
+    info = json.loads(tarfile.open(kit_path).extractfile("car-onnx-kit/kit.json").read())
+    assert info["requirement"] == "car-onnx[parquet]==0.1.0"
+    assert all("cp311" not in rel for rel in info["files"]), "a wheel for this Python, not the target's"
+    home = tmp_path / "home"
+    home.mkdir()
+    kit_dir = unpack(kit_path, tmp_path / "far")
+    env = {**{k: v for k, v in os.environ.items() if k not in ("CAR_ONNX_BUNDLE", "PYTHONPATH")}, "HOME": str(home),
+           "XDG_DATA_HOME": str(home / "data"), "PYTHON": exe, "PIP_NO_INDEX": "1", "https_proxy": "http://127.0.0.1:9"}
+    run = subprocess.run([*_offline(), "sh", str(kit_dir / "install.sh")], capture_output=True, text=True,
+                         timeout=1200, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    venv = home / "data" / "car-onnx" / "venv"
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"explain {w}", "output": f"the {w} is water"}) + "\n"
+                            for w in tiny.WORDS[:20]))
+    theirs, ours = tmp_path / "theirs.parquet", tmp_path / "ours.parquet"
+    args = ["select", str(data), "--n1", "3", "-q", "--output-format", "parquet"]
+    run = subprocess.run([*_offline(), str(venv / "bin" / "car-onnx"), *args, "-o", str(theirs)], capture_output=True,
+                         text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    subprocess.run([sys.executable, "-m", "car_onnx", *args, "-o", str(ours), "-b", str(bundle)], check=True)
+    read = ("import sys, pyarrow.parquet as pq; "
+            "print(sys.version_info[:2], pq.read_table(sys.argv[1])['instruction'].to_pylist())")
+    kit_side = subprocess.run([str(venv / "bin" / "python"), "-c", read, str(theirs)], capture_output=True, text=True)
+    here = subprocess.run([sys.executable, "-c", read, str(ours)], capture_output=True, text=True, check=True)
+    assert kit_side.stdout.startswith("(3, 10) "), kit_side.stderr
+    assert kit_side.stdout.split(" ", 2)[2] == here.stdout.split(" ", 2)[2]
