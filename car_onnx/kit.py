@@ -92,15 +92,16 @@ class Target:
         return out
 
     @classmethod
-    def here(cls) -> Target:
-        """This interpreter's Python version and the newest Linux wheel platform this machine runs."""
+    def here(cls, python_version: str | None = None, platform: str | None = None) -> Target:
+        """The target given, with this interpreter's Python version and the newest Linux wheel platform this
+        machine runs for what is not given."""
         from packaging.tags import sys_tags
 
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        for tag in sys_tags():
-            if PLATFORM_TAG.match(tag.platform):
-                return cls(version, tag.platform)
-        raise UsageError("this machine runs no manylinux or musllinux wheels: give the target's platform")
+        version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+        platform = platform or next((t.platform for t in sys_tags() if PLATFORM_TAG.match(t.platform)), None)
+        if platform is None:
+            raise UsageError("platform: this machine runs no manylinux or musllinux wheels; give the target's")
+        return cls(version, platform)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def parse_extras(extras: list[str]) -> list[str]:
     declared = declared_extras()
     for extra in extras:
         if extra not in declared:
-            raise UsageError(f"--extras: unknown extra {extra!r}; car-onnx declares {', '.join(declared)}")
+            raise UsageError(f"extras: unknown extra {extra!r}; car-onnx declares {', '.join(declared)}")
     return sorted(set(extras))
 
 
@@ -224,10 +225,10 @@ def bundle_names(bundles: list[Path]) -> list[str]:
     default bundle location and each other one beside it under its name, next to the default `venv`."""
     names = [Path(b).resolve().name for b in bundles]
     if not bundles:
-        raise UsageError("--bundle: a kit needs at least one bundle")
+        raise UsageError("bundles: a kit needs at least one bundle")
     for name in names:
         if not BUNDLE_NAME.match(name) or names.count(name) > 1 or name in ("default", "venv") and name != names[0]:
-            raise UsageError(f"--bundle: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only the "
+            raise UsageError(f"bundles: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only the "
                              f"first may be called 'default' or 'venv'; got {', '.join(names)}")
     return names
 
@@ -283,8 +284,7 @@ def pack(output: Path, bundles: list[Path], extras: list[str] = (), python_versi
         raise UsageError(f"{output}: already exists; pass --force to replace it")
     if not output.parent.is_dir():
         raise UsageError(f"{output}: no directory {output.parent}")
-    here = Target.here() if python_version is None or platform is None else None
-    target = Target(python_version or here.python_version, platform or here.platform)
+    target = Target.here(python_version, platform)
     extras = parse_extras(list(extras))
     bundle_names(bundles)
     for root in bundles:

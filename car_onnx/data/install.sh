@@ -43,7 +43,7 @@ dest_of() {
 FIRST=${BUNDLES%% *}
 for name in $BUNDLES; do
     dest=$(dest_of "$name")
-    if [ -e "$dest" ] && [ "$(sha256sum < "$dest/manifest.json" 2>/dev/null)" != "$(sha256sum < "$KIT/bundles/$name/manifest.json")" ]; then
+    if [ -e "$dest" ] && [ "$(sha256sum 2>/dev/null < "$dest/manifest.json")" != "$(sha256sum < "$KIT/bundles/$name/manifest.json")" ]; then
         die "$dest already holds another bundle: move it away or set CAR_ONNX_BUNDLE to another directory; nothing was installed"
     fi
 done
