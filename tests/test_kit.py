@@ -225,7 +225,7 @@ def _offline() -> list[str]:
 
 
 @pytest.mark.slow
-def test_kit_packed_from_pypi_installs_and_selects_with_no_network(tmp_path):
+def test_kit_packed_with_pip_installs_and_selects_with_no_network(tmp_path):
     bundle = default_bundle_dir()
     if not (bundle / "manifest.json").is_file():
         pytest.skip(f"no default bundle at {bundle}: `make select` builds it")
