@@ -20,7 +20,7 @@ from .common import SHARED, car_onnx, real_records, records_file, section_main, 
 
 def agreement(bundle_dir: Path, precision: str) -> dict:
     rows = list(csv.DictReader(open(SHARED / "expert_revised" / "score_valid.csv", newline="")))
-    model = Bundle(bundle_dir, SessionConfig(precision=precision), ("score",)).models["score"]
+    model = Bundle(bundle_dir, SessionConfig(precision=precision)).model("score")
     scores = model.run([r["src"] for r in rows], ("score",))["score"]
     labels = np.array([float(r["score"]) for r in rows])
     a, b = scores[0::2], scores[1::2]
@@ -36,12 +36,12 @@ def fidelity(bundle_dir: Path, n: int) -> dict:
     """int8 against fp32 on n real records: scores, embeddings, and the CaR selection they lead to (n1 = 5%)."""
     from car_onnx_export.onnx_tools import compare
 
+    import car_onnx
     from car_onnx import car_select
-    from car_onnx.io import Record
 
-    recs = [Record(i, "", r, r["instruction"], r["input"], r["output"]) for i, r in enumerate(real_records(n, seed=1))]
-    fp32 = Bundle(bundle_dir, SessionConfig(precision="fp32")).run(recs, ("score", "embed"))
-    int8 = Bundle(bundle_dir, SessionConfig(precision="int8")).run(recs, ("score", "embed"))
+    recs = real_records(n, seed=1)
+    fp32, int8 = (dict(zip(("score", "embed"), car_onnx.load(bundle_dir, device="cpu", precision=p).score_embed(recs)))
+                  for p in ("fp32", "int8"))
     a, b = (set(car_select(o["score"], o["embed"], n1="5%").indices.tolist()) for o in (fp32, int8))
     return {**compare(fp32, int8), "selection_jaccard": round(len(a & b) / len(a | b), 4), "selected": len(a)}
 

@@ -51,6 +51,12 @@ def rows() -> list[tuple[str, str, str]]:
                     ("IQS fp32 max score error vs PyTorch; int8 Spearman (random weights)",
                      f"{d['vs_pytorch_fp32']['fp32']['max_abs_score_error']}; "
                      f"{d['vs_pytorch_fp32']['int8']['spearman']}", "")]
+    if d := _load("api"):
+        st, api = d["sentence-transformers encode (PyTorch fp32)"], d["car_onnx Model.embed (default bundle, int8)"]
+        out.append((f"embed {d['records']} real records in-process (the call alone): sentence-transformers `encode` / "
+                    "car_onnx `Model.embed` (default bundle int8)",
+                    f"{st['infer_s']} / {api['infer_s']} s: {d['in_process_speedup']}x (model load {st['load_s']} / "
+                    f"{api['load_s']} s; mean cosine {d['mean_cosine_vs_st']})", ""))
     if d := _load("export_iqs_full"):
         sizes = {k.split("/")[-1]: v for k, v in d["files"].items()}
         fp32 = sum(v for k, v in sizes.items() if k.startswith("model.fp32"))

@@ -23,27 +23,10 @@ from .end_to_end import stages
 
 
 def lookup_bundle(work: Path) -> Path:
-    from car_onnx_export.default import minilm_dir
-    from tests import tiny
-
-    from car_onnx.manifest import ModelSpec, Template, Variant, write_manifest
+    from car_onnx_export.tiny import make_lookup_bundle
 
     root = work / "lookup-bundle"
-    if (root / "manifest.json").is_file():
-        return root
-    (root / "m").mkdir(parents=True, exist_ok=True)
-    (root / "m" / "tokenizer.json").write_bytes((minilm_dir() / "tokenizer.json").read_bytes())
-    rng = np.random.default_rng(0)
-    tables = (rng.normal(size=(30522, 384)).astype(np.float32), rng.normal(size=(384, 1)).astype(np.float32))
-    tiny.make_graph(root / "m" / "model.fp32.onnx", ("score", "embed"), tables=tables)
-    spec = ModelSpec(name="m", roles=("score", "embed"), tokenizer="m/tokenizer.json",
-                     template=Template("Instruction: {instruction} Input: {input} Response: {output}",
-                                       "Instruction: {instruction} Response: {output}"),
-                     max_length=256, pad_id=0, inputs=("input_ids", "attention_mask"),
-                     outputs={"score": "score", "embed": "embedding"},
-                     variants={"fp32": Variant("m/model.fp32.onnx")}, embedding_dim=384)
-    write_manifest(root, [spec], "benchmarks.scaling")
-    return root
+    return root if (root / "manifest.json").is_file() else make_lookup_bundle(root)
 
 
 def select(data: Path, out: Path, bundle: Path | None, threads: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,7 @@ def default_bundle_dir() -> Path:
     return Path(data_home) / "car-onnx" / "default"
 
 
-def find_bundle(path: Path | None) -> Path:
+def find_bundle(path=None) -> Path:
     """The bundle to use: `path` if given, else the default location (with how to build it if missing)."""
     if path is not None:
         return Path(path)
@@ -38,33 +39,37 @@ def find_bundle(path: Path | None) -> Path:
 
 
 class Bundle:
-    """The models of a bundle for the roles asked for; every file they use is checked against its sha256."""
+    """A bundle's models, each loaded on first use (its files checked against their sha256 first). Safe to use
+    from several threads: loading is locked, and onnxruntime sessions run concurrently."""
 
-    def __init__(self, root: Path, config: SessionConfig, roles: tuple[str, ...] = ("score", "embed")):
+    def __init__(self, root: Path, config: SessionConfig):
         self.root, self.config = Path(root), config
         self.manifest: Manifest = read_manifest(self.root)
-        self.models: dict[str, OnnxModel] = {}
-        loaded: dict[str, OnnxModel] = {}
-        for role in roles:
-            spec = self.manifest.model_for(role)
-            if spec is None:
-                raise BundleError(f"{self.root}: the bundle has no model for role '{role}'")
-            if spec.name not in loaded:
-                precision = config.pick_precision(list(spec.variants), spec.name)
+        self._loaded: dict[str, OnnxModel] = {}
+        self._lock = threading.Lock()
+
+    def model(self, role: str) -> OnnxModel:
+        """The model serving `role`; one graph serving both roles is loaded once."""
+        spec = self.manifest.model_for(role)
+        if spec is None:
+            raise BundleError(f"{self.root}: the bundle has no model for role '{role}'")
+        with self._lock:
+            if spec.name not in self._loaded:
+                precision = self.config.pick_precision(list(spec.variants), spec.name)
                 graph = spec.variants[precision].graph
                 used = [spec.tokenizer, graph] + [f for f in [graph + ".data"] if f in self.manifest.files]
                 verify_files(self.root, self.manifest, used)
-                loaded[spec.name] = OnnxModel(spec, self.root, precision, config)
-            self.models[role] = loaded[spec.name]
+                self._loaded[spec.name] = OnnxModel(spec, self.root, precision, self.config)
+            return self._loaded[spec.name]
 
-    def run(
-        self, records, roles: tuple[str, ...], max_tokens: int = DEFAULT_MAX_TOKENS, progress: Callable[[int], None] | None = None
-    ) -> dict[str, np.ndarray]:
+    def run(self, records, roles: tuple[str, ...], max_tokens: int = DEFAULT_MAX_TOKENS,
+            progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
         """Scores and/or embeddings of `records` (objects with instruction/input/output), one pass per model:
         a model serving both roles computes both in the same forward pass."""
         out: dict[str, np.ndarray] = {}
-        for model in dict.fromkeys(self.models[r] for r in roles):
-            model_roles = tuple(r for r in roles if self.models[r] is model)
+        models = {role: self.model(role) for role in roles}
+        for model in dict.fromkeys(models.values()):
+            model_roles = tuple(r for r in roles if models[r] is model)
             texts = [model.text(r.instruction, r.input, r.output) for r in records]
             out.update(model.run(texts, model_roles, max_tokens, progress))
         return out

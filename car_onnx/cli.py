@@ -2,39 +2,57 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import traceback
+import warnings
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from . import __version__, pipeline
-from .bundle import Bundle, find_bundle
+from .bundle import find_bundle
 from .errors import CarError, UsageError
-from .io import FORMATS, FieldMap
-from .session import machine_threads, resolve
+from .model import CHUNK_RECORDS, Model
+from .readers import FORMATS
+from .records import FieldMap
+from .selection import N1, N2
+from .clustering import PCA_VARIANCE, SEED
+from .session import DEVICES, machine_threads, resolve
+from .manifest import PRECISIONS
 from .tokenization import DEFAULT_MAX_TOKENS
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None, help="CaR instruction-data selection on onnxruntime.")
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                  help="CaR instruction-data selection on onnxruntime.")
+
+DeviceName = Enum("DeviceName", {d: d for d in DEVICES}, type=str)
+PrecisionName = Enum("PrecisionName", {p: p for p in PRECISIONS}, type=str)
+FormatName = Enum("FormatName", {f: f for f in FORMATS}, type=str)
+OnErrorName = Enum("OnErrorName", {e: e for e in pipeline.ON_ERROR}, type=str)
 
 Input = Annotated[Path, typer.Argument(help="Dataset: .json (array), .jsonl, .csv or .parquet.", show_default=False)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the result.", show_default=False)]
 BundleDir = Annotated[Optional[Path], typer.Option("--bundle", "-b", help="Bundle directory [default: the built default bundle]")]
-Device = Annotated[str, typer.Option(help="cpu, cuda, or auto (CUDA when onnxruntime offers it).")]
-Threads = Annotated[Optional[int], typer.Option(help="Threads per session [default: the cores this process may use]")]
-Precision = Annotated[Optional[str], typer.Option(help="fp32, int8 or fp16 [default: int8 on CPU, fp16 on CUDA]")]
-InFormat = Annotated[Optional[str], typer.Option("--format", help=f"Input format, one of {', '.join(FORMATS)} [default: by suffix]")]
-OutFormat = Annotated[Optional[str], typer.Option("--output-format", help="Output format [default: the input's]")]
+Device = Annotated[DeviceName, typer.Option(help="auto: CUDA when onnxruntime offers it.")]
+Threads = Annotated[Optional[int], typer.Option(help="Batches run side by side on CPU [default: the cores this process may use]")]
+Precision = Annotated[Optional[PrecisionName], typer.Option(help="[default: int8 on CPU, fp16 on CUDA]")]
+InFormat = Annotated[Optional[FormatName], typer.Option("--format", help="Input format [default: by suffix]")]
+OutFormat = Annotated[Optional[FormatName], typer.Option("--output-format", help="Output format [default: the input's]")]
 Fields = Annotated[Optional[list[str]], typer.Option("--field", help="Map a field: instruction=question, output=answer, input=context.")]
 MaxTokens = Annotated[int, typer.Option(help="Token budget of one batch (rows x longest row); int8 runs one text per batch.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, messages or summary.")]
 WorkDirOpt = Annotated[Optional[Path], typer.Option("--work-dir", help="Keep finished chunks here; a run started again with the same arguments resumes [default: a temporary directory].")]
-OnError = Annotated[str, typer.Option("--on-error", help="fail: stop at the first bad record; skip: write bad records to the rejects file and go on.")]
+OnError = Annotated[OnErrorName, typer.Option("--on-error", help="fail: stop at the first bad record; skip: write bad records to the rejects file and go on.")]
 Rejects = Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file (JSONL) for --on-error skip [default: OUTPUT.rejects.jsonl].")]
 ChunkRecords = Annotated[int, typer.Option("--chunk-records", help="Records per inference chunk (the unit --work-dir keeps).")]
+
+
+def _value(choice):
+    return None if choice is None else choice.value
 
 
 class BarStages(pipeline.Stages):
@@ -63,39 +81,55 @@ class BarStages(pipeline.Stages):
             typer.echo(f"car-onnx: {message}", err=True)
 
 
-def _run(fn):
-    """Call `fn`; a CarError (or any error) becomes one line on stderr and exit code 1 (2 for usage)."""
-    try:
-        return fn()
-    except CarError as err:
-        if os.environ.get("CAR_ONNX_DEBUG") == "1":
-            traceback.print_exc()
-        typer.echo(f"car-onnx: error: {err}", err=True)
-        raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
-    except KeyboardInterrupt:
-        typer.echo("car-onnx: interrupted", err=True)
-        raise typer.Exit(130) from None
-    except Exception as err:
-        if os.environ.get("CAR_ONNX_DEBUG") == "1":
+def _flag(name: str) -> str:
+    """The CLI's flag for a library parameter name: n1 -> --n1, work_dir -> --work-dir, force=True -> --force."""
+    return "--" + name.removesuffix("=True").replace("_", "-")
+
+
+def _guard(command):
+    """Run a command so that a CarError (or any error) becomes one line on stderr and exit code 1 (2 for usage),
+    warnings one line each, and Ctrl-C exit code 130."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        debug = os.environ.get("CAR_ONNX_DEBUG") == "1"
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda message, *_: typer.echo(f"car-onnx: warning: {message}", err=True)
+                return command(*args, **kwargs)
+        except CarError as err:
+            if debug:
+                traceback.print_exc()
+            text = err.render(_flag) if isinstance(err, UsageError) else str(err)
+            typer.echo(f"car-onnx: error: {text}", err=True)
+            raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
+        except KeyboardInterrupt:
+            typer.echo("car-onnx: interrupted", err=True)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
             raise
-        typer.echo(f"car-onnx: internal error: {type(err).__name__}: {err} (set CAR_ONNX_DEBUG=1 for the traceback)",
-                   err=True)
-        raise typer.Exit(1) from None
+        except Exception as err:
+            if debug:
+                raise
+            typer.echo(f"car-onnx: internal error: {type(err).__name__}: {err} (set CAR_ONNX_DEBUG=1 for the "
+                       "traceback)", err=True)
+            raise typer.Exit(1) from None
+    return run
 
 
-def _job(input, fmt, fields, max_tokens, force, work_dir, on_error, rejects, chunk_records) -> pipeline.Job:
-    if fmt is not None and fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if max_tokens < 1:
-        raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
-    if rejects is not None and on_error != "skip":
-        raise UsageError("--rejects goes with --on-error skip")
-    return pipeline.Job(Path(input), fmt, FieldMap.parse(fields or []), max_tokens, force, work_dir, on_error,
-                        rejects, chunk_records)
+def _guard_all(group: typer.Typer) -> None:
+    for info in group.registered_commands:
+        info.callback = _guard(info.callback)
+    for sub in group.registered_groups:
+        _guard_all(sub.typer_instance)
 
 
-def _bundle(bundle, device, threads, precision, roles) -> Bundle:
-    return Bundle(find_bundle(bundle), resolve(device, threads, precision), roles)
+def _job(input, fmt, force, work_dir, on_error, rejects, chunk_records) -> pipeline.Job:
+    return pipeline.Job(Path(input), _value(fmt), force, work_dir, on_error.value, rejects, chunk_records)
+
+
+def _model(bundle, device, threads, precision, field, max_tokens) -> Model:
+    return Model(bundle, device=device.value, threads=threads, precision=_value(precision), fields=field or [],
+                 max_tokens=max_tokens)
 
 
 def _summary(report: pipeline.Report, quiet: bool, output: Path) -> None:
@@ -114,34 +148,30 @@ def _summary(report: pipeline.Report, quiet: bool, output: Path) -> None:
 @app.command()
 def select(
     input: Input, output: Output, bundle: BundleDir = None,
-    n1: Annotated[str, typer.Option(help="Top records overall: a count or a percentage (2%).")] = "1000",
-    n2: Annotated[str, typer.Option(help="Top records per cluster.")] = "1",
+    n1: Annotated[str, typer.Option(help="Top records overall: a count or a percentage (2%).")] = str(N1),
+    n2: Annotated[str, typer.Option(help="Top records per cluster.")] = str(N2),
     k: Annotated[Optional[int], typer.Option(help="Clusters [default: int(sqrt(n/2))].")] = None,
-    pca_variance: Annotated[float, typer.Option(help="Variance PCA keeps before clustering.")] = 0.95,
-    seed: Annotated[int, typer.Option(help="Seed of PCA and KMeans.")] = 42,
+    pca_variance: Annotated[float, typer.Option(help="Variance PCA keeps before clustering.")] = PCA_VARIANCE,
+    seed: Annotated[int, typer.Option(help="Seed of PCA and KMeans.")] = SEED,
     all: Annotated[bool, typer.Option("--all", help="Write every record (input order) with score and cluster.")] = False,
-    device: Device = "auto", threads: Threads = None, precision: Precision = None, format: InFormat = None,
-    output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False,
-    quiet: Quiet = False, work_dir: WorkDirOpt = None, on_error: OnError = "fail", rejects: Rejects = None,
-    chunk_records: ChunkRecords = pipeline.CHUNK_RECORDS,
+    device: Device = DeviceName.auto, threads: Threads = None, precision: Precision = None, format: InFormat = None,
+    output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
+    force: Force = False, quiet: Quiet = False, work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail,
+    rejects: Rejects = None, chunk_records: ChunkRecords = CHUNK_RECORDS,
     show: Annotated[bool, typer.Option("--show", help="Print the selected records (score, cluster, text).")] = False,
 ):
     """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster."""
-    def go():
-        job = _job(input, format, field, max_tokens, force, work_dir, on_error, rejects, chunk_records)
-        model = _bundle(bundle, device, threads, precision, ("score", "embed"))
-        return pipeline.select(job, model, output, n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed,
-                               write_all=all, out_fmt=output_format, stages=BarStages(quiet))
-    report = _run(go)
+    job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
+    model = _model(bundle, device, threads, precision, field, max_tokens)
+    report = pipeline.select(job, model, output, n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed,
+                             write_all=all, out_fmt=_value(output_format), stages=BarStages(quiet))
     if show:
-        _show(report.selected_rows, field)
+        _show(report.selected_rows, model.fields)
     _summary(report, quiet, output)
 
 
-def _show(rows: list[dict], fields) -> None:
+def _show(rows: list[dict], names: FieldMap) -> None:
     """One line per selected record: its rank, score, cluster, instruction and the start of its answer."""
-    names = FieldMap.parse(fields or [])
-
     def clip(value, width):
         text = " ".join(str(value).split())
         return text if len(text) <= width else text[: width - 1] + "…"
@@ -154,62 +184,57 @@ def _show(rows: list[dict], fields) -> None:
 
 @app.command()
 def score(
-    input: Input, output: Output, bundle: BundleDir = None, device: Device = "auto", threads: Threads = None,
+    input: Input, output: Output, bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Threads = None,
     precision: Precision = None, format: InFormat = None, output_format: OutFormat = None, field: Fields = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False, quiet: Quiet = False,
-    work_dir: WorkDirOpt = None, on_error: OnError = "fail", rejects: Rejects = None,
-    chunk_records: ChunkRecords = pipeline.CHUNK_RECORDS,
+    work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail, rejects: Rejects = None,
+    chunk_records: ChunkRecords = CHUNK_RECORDS,
 ):
     """Write every record with its quality score."""
-    def go():
-        job = _job(input, format, field, max_tokens, force, work_dir, on_error, rejects, chunk_records)
-        model = _bundle(bundle, device, threads, precision, ("score",))
-        return pipeline.score(job, model, output, out_fmt=output_format, stages=BarStages(quiet))
-    _summary(_run(go), quiet, output)
+    job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
+    model = _model(bundle, device, threads, precision, field, max_tokens)
+    _summary(pipeline.score(job, model, output, out_fmt=_value(output_format), stages=BarStages(quiet)), quiet,
+             output)
 
 
 @app.command()
 def embed(
-    input: Input, output: Output, bundle: BundleDir = None, device: Device = "auto", threads: Threads = None,
-    precision: Precision = None, format: InFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
-    force: Force = False, quiet: Quiet = False,
-    work_dir: WorkDirOpt = None, on_error: OnError = "fail", rejects: Rejects = None,
-    chunk_records: ChunkRecords = pipeline.CHUNK_RECORDS,
+    input: Input, output: Output, bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Threads = None,
+    precision: Precision = None, format: InFormat = None, field: Fields = None,
+    max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False, quiet: Quiet = False,
+    work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail, rejects: Rejects = None,
+    chunk_records: ChunkRecords = CHUNK_RECORDS,
 ):
     """Write sentence embeddings as a float32 .npy, one row per record in input order."""
-    def go():
-        job = _job(input, format, field, max_tokens, force, work_dir, on_error, rejects, chunk_records)
-        model = _bundle(bundle, device, threads, precision, ("embed",))
-        return pipeline.embed(job, model, output, stages=BarStages(quiet))
-    _summary(_run(go), quiet, output)
+    job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
+    model = _model(bundle, device, threads, precision, field, max_tokens)
+    _summary(pipeline.embed(job, model, output, stages=BarStages(quiet)), quiet, output)
 
 
 @app.command()
-def info(bundle: BundleDir = None, device: Device = "auto", threads: Threads = None):
+def info(bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Threads = None):
     """Show the bundle, its models and precisions, the execution providers, threads and hardware."""
-    def go():
-        import platform
+    import platform
 
-        import onnxruntime as ort
+    import onnxruntime as ort
 
-        from .manifest import read_manifest
+    from .manifest import read_manifest
 
-        config = resolve(device, threads)
-        typer.echo(f"car-onnx {__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}")
-        typer.echo(f"machine: {platform.machine()}, {machine_threads()} usable cores, {_cpu_flags()}")
-        typer.echo(f"providers: {', '.join(ort.get_available_providers())}; device {config.device}, "
-                   f"threads {config.threads or machine_threads()}")
-        root = find_bundle(bundle)
-        manifest = read_manifest(root)
-        typer.echo(f"bundle: {root} ({manifest.created_by})")
-        for m in manifest.models:
-            typer.echo(f"  model {m.name}: roles {', '.join(m.roles)}; max_length {m.max_length}; "
-                       f"precisions {', '.join(m.variants)} (default here: {config.pick_precision(list(m.variants), m.name)})")
-            for p, v in m.variants.items():
-                size = manifest.files[v.graph]["bytes"] + manifest.files.get(v.graph + ".data", {}).get("bytes", 0)
-                extra = "; ".join(f"{k} {val}" for k, val in v.fidelity.items())
-                typer.echo(f"    {p}: {v.graph} ({size / 2**20:.1f} MiB){'; ' + extra if extra else ''}")
-    _run(go)
+    config = resolve(device.value, threads)
+    typer.echo(f"car-onnx {__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}")
+    typer.echo(f"machine: {platform.machine()}, {machine_threads()} usable cores, {_cpu_flags()}")
+    typer.echo(f"providers: {', '.join(ort.get_available_providers())}; device {config.device}, "
+               f"threads {config.threads or machine_threads()}")
+    root = find_bundle(bundle)
+    manifest = read_manifest(root)
+    typer.echo(f"bundle: {root} ({manifest.created_by})")
+    for m in manifest.models:
+        typer.echo(f"  model {m.name}: roles {', '.join(m.roles)}; max_length {m.max_length}; "
+                   f"precisions {', '.join(m.variants)} (default here: {config.pick_precision(list(m.variants), m.name)})")
+        for p, v in m.variants.items():
+            size = manifest.files[v.graph]["bytes"] + manifest.files.get(v.graph + ".data", {}).get("bytes", 0)
+            extra = "; ".join(f"{k} {val}" for k, val in v.fidelity.items())
+            typer.echo(f"    {p}: {v.graph} ({size / 2**20:.1f} MiB){'; ' + extra if extra else ''}")
 
 
 def _cpu_flags() -> str:
@@ -237,8 +262,8 @@ def pack(
     from .kit import pack as pack_kit
 
     typer.echo("car-onnx: building car-onnx's wheel and downloading the wheels it needs with pip ...", err=True)
-    kit = _run(lambda: pack_kit(output, bundle or [find_bundle(None)], [e for e in extras.split(",") if e],
-                                python_version, platform, force))
+    kit = pack_kit(output, bundle or [find_bundle(None)], [e for e in extras.split(",") if e], python_version,
+                   platform, force)
     typer.echo(f"car-onnx: wrote {kit.path}: {len(kit.wheels)} wheels {kit.wheels_mb} MB + bundles {kit.bundles_mb} MB "
                f"for {kit.requirement}, Python {kit.target.python_version}, {kit.target.platform}; sha256 {kit.sha256}")
     typer.echo(f"car-onnx: on the target: tar xf {kit.path.name} && sh car-onnx-kit/install.sh", err=True)
@@ -250,11 +275,27 @@ def version():
     typer.echo(__version__)
 
 
-def main() -> None:
-    # The export commands live in car_onnx_export; its cli module imports only typer (torch etc. are imported
-    # inside the commands, which say how to install the [export] extra when it is missing).
-    from car_onnx_export.cli import app as export_app, train_scorer
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(__version__)
+        raise typer.Exit()
 
-    app.add_typer(export_app)
-    app.command("train-scorer")(train_scorer)
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+):
+    """CaR instruction-data selection on onnxruntime."""
+
+
+PLUGINS = "car_onnx.cli"  # entry-point group: callables that add commands to the app (the export tool is one)
+
+
+def main() -> None:
+    from importlib.metadata import entry_points
+
+    for plugin in entry_points(group=PLUGINS):
+        plugin.load()(app)
+    _guard_all(app)
     app()

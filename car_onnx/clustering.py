@@ -11,6 +11,7 @@ from .errors import UsageError
 # Above this many rows KMeans (n_init=10, full passes) becomes the slowest stage by far; MiniBatchKMeans
 # keeps it near-linear. Below it, results match the reference exactly.
 MINIBATCH_THRESHOLD = 100_000
+PCA_VARIANCE, SEED = 0.95, 42  # the reference's PCA variance and random_state
 
 
 def default_k(n: int) -> int:
@@ -21,7 +22,7 @@ def default_k(n: int) -> int:
 class Clusterer:
     """Reduce with PCA keeping `pca_variance` of the variance, then cluster into `k` groups."""
 
-    def __init__(self, k: int | None = None, *, pca_variance: float = 0.95, seed: int = 42,
+    def __init__(self, k: int | None = None, *, pca_variance: float = PCA_VARIANCE, seed: int = SEED,
                  minibatch_threshold: int = MINIBATCH_THRESHOLD):
         self.k = k
         self.pca_variance = pca_variance
@@ -31,10 +32,10 @@ class Clusterer:
     def check(self, n: int) -> int:
         """Validate the parameters for `n` rows (before any expensive work); returns the cluster count."""
         if not 0.0 < self.pca_variance <= 1.0:
-            raise UsageError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
+            raise UsageError(f"{{pca_variance}} must be in (0, 1], got {self.pca_variance}", "pca_variance")
         k = default_k(n) if self.k is None else self.k
         if not 1 <= k <= n:
-            raise UsageError(f"k must be between 1 and the number of records ({n}), got {k}")
+            raise UsageError(f"{{k}} must be between 1 and the number of records ({n}), got {k}", "k")
         return k
 
     def fit_predict(self, embeddings: np.ndarray) -> np.ndarray:

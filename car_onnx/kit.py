@@ -46,7 +46,8 @@ class Target:
 
     def __post_init__(self):
         if not re.fullmatch(r"3\.\d+", self.python_version):
-            raise UsageError(f"python_version must be a CPython 3 version such as 3.11, got {self.python_version!r}")
+            raise UsageError(f"{{python_version}} must be a CPython 3 version such as 3.11, got "
+                             f"{self.python_version!r}", "python_version")
         self.platforms  # validates the platform tag
 
     @property
@@ -62,8 +63,8 @@ class Target:
                 name = f"manylinux_2_{minor}_{name[len(legacy) + 1:]}"
         m = PLATFORM_TAG.match(name)
         if m is None or m["major"] != {"manylinux": "2", "musllinux": "1"}[m["kind"]]:
-            raise UsageError(f"platform must be a Linux wheel platform tag such as manylinux2014_x86_64, "
-                             f"manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got {self.platform!r}")
+            raise UsageError(f"{{platform}} must be a Linux wheel platform tag such as manylinux2014_x86_64, "
+                             f"manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got {self.platform!r}", "platform")
         kind, major, arch = m["kind"], int(m["major"]), m["arch"]
         lowest = 0 if kind == "musllinux" else (5 if arch in ("x86_64", "i686") else 17)
         tags = [f"{kind}_{major}_{minor}_{arch}" for minor in range(int(m["minor"]), lowest - 1, -1)]
@@ -100,7 +101,8 @@ class Target:
         version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
         platform = platform or next((t.platform for t in sys_tags() if PLATFORM_TAG.match(t.platform)), None)
         if platform is None:
-            raise UsageError("platform: this machine runs no manylinux or musllinux wheels; give the target's")
+            raise UsageError("{platform}: this machine runs no manylinux or musllinux wheels; give the target's",
+                             "platform")
         return cls(version, platform)
 
 
@@ -127,7 +129,7 @@ def parse_extras(extras: list[str]) -> list[str]:
     declared = declared_extras()
     for extra in extras:
         if extra not in declared:
-            raise UsageError(f"extras: unknown extra {extra!r}; car-onnx declares {', '.join(declared)}")
+            raise UsageError(f"{{extras}}: unknown extra {extra!r}; car-onnx declares {', '.join(declared)}", "extras")
     return sorted(set(extras))
 
 
@@ -225,11 +227,11 @@ def bundle_names(bundles: list[Path]) -> list[str]:
     default bundle location and each other one beside it under its name, next to the default `venv`."""
     names = [Path(b).resolve().name for b in bundles]
     if not bundles:
-        raise UsageError("bundles: a kit needs at least one bundle")
+        raise UsageError("{bundle}: a kit needs at least one bundle", "bundle")
     for name in names:
         if not BUNDLE_NAME.match(name) or names.count(name) > 1 or name in ("default", "venv") and name != names[0]:
-            raise UsageError(f"bundles: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only the "
-                             f"first may be called 'default' or 'venv'; got {', '.join(names)}")
+            raise UsageError(f"{{bundle}}: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only the "
+                             f"first may be called 'default' or 'venv'; got {', '.join(names)}", "bundle")
     return names
 
 
@@ -281,7 +283,7 @@ def pack(output: Path, bundles: list[Path], extras: list[str] = (), python_versi
     """Build an offline install kit at `output` for `python_version` on `platform` (default: this machine's)."""
     output = Path(output)
     if output.exists() and not force:
-        raise UsageError(f"{output}: already exists; pass --force to replace it")
+        raise UsageError(f"{output}: already exists; pass {{force=True}} to replace it", "force=True")
     if not output.parent.is_dir():
         raise UsageError(f"{output}: no directory {output.parent}")
     target = Target.here(python_version, platform)

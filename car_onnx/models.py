@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import BundleError
 from .manifest import ModelSpec
-from .session import SessionConfig, create_session
+from .session import SessionConfig, create_session, machine_threads
 from .tokenization import DEFAULT_MAX_TOKENS, load_tokenizer, pad_batch, plan_batches, tokenize
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -19,7 +19,8 @@ KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class OnnxModel:
     """Runs one model of a bundle on texts; the feed is built from the graph's declared input names."""
 
-    def __init__(self, spec: ModelSpec, root: Path, precision: str, config: SessionConfig):
+    def __init__(self, spec: ModelSpec, root: Path, precision: str, config: SessionConfig | None = None):
+        config = config or SessionConfig(device="cpu", threads=machine_threads())
         self.spec, self.precision = spec, precision
         self.graph = Path(root) / spec.variants[self.precision].graph
         self.tokenizer = load_tokenizer(Path(root) / spec.tokenizer, spec.max_length)

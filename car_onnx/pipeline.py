@@ -16,18 +16,17 @@ from typing import Iterator
 
 import numpy as np
 
-from .bundle import Bundle
-from .clustering import Clusterer
+from .clustering import PCA_VARIANCE, SEED, Clusterer
 from .errors import InputError, UsageError
-from .io import FieldMap, Record, detect_format, iter_records, open_writer, replacing
-from .selection import car_select, parse_size
-from .tokenization import DEFAULT_MAX_TOKENS
 from .manifest import sha256_file as file_sha256
+from .model import CHUNK_CHARS, CHUNK_RECORDS, Model, chunks
+from .readers import detect_format, iter_records
+from .records import Record
+from .selection import N1, N2, Size, car_select
 from .workdir import WorkDir
+from .writers import open_writer, replacing
 
 SCORE_FIELD, CLUSTER_FIELD = "score", "cluster"
-CHUNK_RECORDS = 4096  # records per inference chunk: the unit a resumed run reuses
-CHUNK_CHARS = 32 << 20  # and at most this many characters of text per chunk, whatever the records' sizes
 ON_ERROR = ("fail", "skip")
 
 
@@ -63,12 +62,10 @@ class Report:
 
 @dataclass(frozen=True)
 class Job:
-    """Options shared by every command."""
+    """Options of a file job (the Model holds the bundle, device, precision, fields and token budget)."""
 
     input: Path
     fmt: str | None = None
-    fields: FieldMap = FieldMap()
-    max_tokens: int = DEFAULT_MAX_TOKENS
     force: bool = False  # replace an existing output
     work_dir: Path | None = None  # keep finished chunks here and reuse them (else a temporary directory)
     on_error: str = "fail"  # or "skip": bad records go to the rejects file
@@ -77,9 +74,11 @@ class Job:
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
-            raise UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
+            raise UsageError(f"{{on_error}} must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}", "on_error")
         if self.chunk_records < 1:
-            raise UsageError(f"--chunk-records must be >= 1, got {self.chunk_records}")
+            raise UsageError(f"{{chunk_records}} must be >= 1, got {self.chunk_records}", "chunk_records")
+        if self.rejects is not None and self.on_error != "skip":
+            raise UsageError("{rejects} goes with {on_error} skip", "rejects", "on_error")
 
 
 @dataclass(frozen=True)
@@ -95,9 +94,9 @@ def _stamp(path: Path) -> tuple:
     return st.st_size, st.st_mtime_ns
 
 
-def _records(job: Job, added: tuple[str, ...], reject=None) -> Iterator[Record]:
+def _records(job: Job, model: Model, added: tuple[str, ...], reject=None) -> Iterator[Record]:
     """The accepted records; a record that already has a field the output adds is refused (or rejected)."""
-    for r in iter_records(job.input, fmt=job.fmt, fields=job.fields, reject=reject):
+    for r in iter_records(job.input, fmt=job.fmt, fields=model.fields, reject=reject):
         taken = next((name for name in added if name in r.row), None)
         if taken is None:
             yield r
@@ -109,15 +108,15 @@ def _records(job: Job, added: tuple[str, ...], reject=None) -> Iterator[Record]:
         reject(err, r.row)
 
 
-def _again(job: Job, scan: Scan, added: tuple[str, ...]) -> Iterator[Record]:
+def _again(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[Record]:
     """The accepted records read again (bad ones dropped silently: the scan has reported them)."""
     if _stamp(job.input) != scan.stamp:
         raise InputError(job.input, None, "changed while the job was running; run it again")
     skip = (lambda err, raw: None) if job.on_error == "skip" else None
-    yield from _records(job, added, skip)
+    yield from _records(job, model, added, skip)
 
 
-def scan(job: Job, added: tuple[str, ...], rejects, stages: Stages) -> Scan:
+def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages: Stages) -> Scan:
     """Validate and count every record before any work; rejected ones go to the `rejects` writer."""
     stamp = _stamp(job.input)
     count, rejected, columns = 0, 0, {}
@@ -129,7 +128,7 @@ def scan(job: Job, added: tuple[str, ...], rejects, stages: Stages) -> Scan:
 
     with stages.stage("read"):
         try:
-            for r in _records(job, added, reject if job.on_error == "skip" else None):
+            for r in _records(job, model, added, reject if job.on_error == "skip" else None):
                 count += 1
                 columns.update(dict.fromkeys(r.row))
         except InputError as err:
@@ -142,39 +141,28 @@ def scan(job: Job, added: tuple[str, ...], rejects, stages: Stages) -> Scan:
     return Scan(count, tuple(columns), rejected, stamp)
 
 
-def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
-    chunk, chars = [], 0
-    for r in records:
-        chunk.append(r)
-        chars += len(r.instruction) + len(r.input) + len(r.output)
-        if len(chunk) == size or chars >= CHUNK_CHARS:
-            yield chunk
-            chunk, chars = [], 0
-    if chunk:
-        yield chunk
-
-
-def identity(job: Job, bundle: Bundle, roles: tuple[str, ...], added: tuple[str, ...]) -> dict:
+def identity(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, ...]) -> dict:
     """Everything a chunk's results depend on (thread counts change only the last float bits: left out)."""
-    return {"bundle_manifest_sha256": file_sha256(bundle.root / "manifest.json"),
-            "models": {m.spec.name: m.precision for m in bundle.models.values()},
-            "device": bundle.config.device, "input_sha256": file_sha256(job.input), "input_format": job.fmt,
-            "fields": [job.fields.instruction, job.fields.input, job.fields.output], "on_error": job.on_error,
-            "refused_fields": list(added), "roles": list(roles), "max_tokens": job.max_tokens,
+    fields = model.fields
+    return {"bundle_manifest_sha256": file_sha256(model.bundle / "manifest.json"),
+            "models": {model.manifest.model_for(r).name: p for r, p in model.precisions(roles).items()},
+            "device": model.config.device, "input_sha256": file_sha256(job.input), "input_format": job.fmt,
+            "fields": [fields.instruction, fields.input, fields.output], "on_error": job.on_error,
+            "refused_fields": list(added), "roles": list(roles), "max_tokens": model.max_tokens,
             "chunk_records": job.chunk_records, "chunk_chars": CHUNK_CHARS}
 
 
-def infer(job: Job, bundle: Bundle, roles: tuple[str, ...], scan_: Scan, added: tuple[str, ...], work: WorkDir,
+def infer(job: Job, model: Model, roles: tuple[str, ...], scan_: Scan, added: tuple[str, ...], work: WorkDir,
           stages: Stages) -> dict[str, np.ndarray]:
     """Scores ([n]) and/or embeddings ([n, dim], memory-mapped) of the accepted records, chunk by chunk; chunks
     finished by an earlier run with the same identity are reused."""
-    passes = len({id(bundle.models[r]) for r in roles})  # one pass per distinct model
+    passes = len({model.manifest.model_for(r).name for r in roles})  # one pass per distinct model
     with stages.stage("+".join(roles), total=scan_.records * passes) as advance:
-        for c, chunk in enumerate(_chunks(_again(job, scan_, added), job.chunk_records)):
+        for c, chunk in enumerate(chunks(_again(job, model, scan_, added), job.chunk_records)):
             if work.has(c, len(chunk)):
                 advance(len(chunk) * passes)
             else:
-                work.save(c, bundle.run(chunk, roles, job.max_tokens, advance))
+                work.save(c, model.run(chunk, roles, advance))
     return work.assemble(scan_.records)
 
 
@@ -205,7 +193,7 @@ def check_output(job: Job, output: Path) -> Path:
         if Path(path).resolve() == Path(job.input).resolve():
             raise UsageError(f"{path}: the output would overwrite the input; choose another path")
         if Path(path).exists() and not job.force:
-            raise UsageError(f"{path}: already exists; pass --force to replace it")
+            raise UsageError(f"{path}: already exists; pass {{force=True}} to replace it", "force=True")
     if job.on_error == "skip" and Path(rejects).resolve() == Path(output).resolve():
         raise UsageError(f"{rejects}: the rejects file and the output must differ")
     return rejects
@@ -221,7 +209,7 @@ def _rejects_writer(job: Job, path: Path):
         yield writer
 
 
-def select(job: Job, bundle: Bundle, output: Path, *, n1="1000", n2="1", k=None, pca_variance=0.95, seed=42,
+def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_variance=PCA_VARIANCE, seed=SEED,
            write_all=False, out_fmt=None, stages: Stages | None = None) -> Report:
     """`car-onnx select`: the CaR selection of the input, written with `score` and `cluster` per record."""
     stages = stages or Stages()
@@ -229,12 +217,12 @@ def select(job: Job, bundle: Bundle, output: Path, *, n1="1000", n2="1", k=None,
     fmt = output_format(job, out_fmt)
     added, roles = (SCORE_FIELD, CLUSTER_FIELD), ("score", "embed")
     with _rejects_writer(job, rejects_path) as rejects:
-        found = scan(job, added, rejects, stages)
+        n1, n2 = Size.parse(n1, "n1"), Size.parse(n2, "n2")
+        found = scan(job, model, added, rejects, stages)
         n = found.records
-        n1, n2 = parse_size(n1, n, "n1"), parse_size(n2, n, "n2")
         Clusterer(k, pca_variance=pca_variance, seed=seed).check(n)
-        with work_dir(job, identity(job, bundle, roles, added), stages) as work:
-            out = infer(job, bundle, roles, found, added, work, stages)
+        with work_dir(job, identity(job, model, roles, added), stages) as work:
+            out = infer(job, model, roles, found, added, work, stages)
             with stages.stage("cluster+select"):
                 sel = car_select(out["score"], out["embed"], n1=n1, n2=n2, k=k, pca_variance=pca_variance,
                                  seed=seed)
@@ -247,35 +235,35 @@ def select(job: Job, bundle: Bundle, output: Path, *, n1="1000", n2="1", k=None,
         columns = (*found.columns, *added) if write_all else None  # all rows: the header is known, CSV streams
         with stages.stage("write"), open_writer(output, fmt, columns) as writer:
             if write_all:
-                for i, r in enumerate(_again(job, found, added)):
+                for i, r in enumerate(_again(job, model, found, added)):
                     writer.write(row(i, r))
                 chosen = {}
             else:
                 wanted = set(sel.indices.tolist())
-                chosen = {i: row(i, r) for i, r in enumerate(_again(job, found, added)) if i in wanted}
+                chosen = {i: row(i, r) for i, r in enumerate(_again(job, model, found, added)) if i in wanted}
                 for i in sel.indices:
                     writer.write(chosen[int(i)])
     return Report(n, len(sel.indices), int(labels.max()) + 1, found.rejected, stages.seconds,
                   [chosen[int(i)] for i in sel.indices] if chosen else [])
 
 
-def score(job: Job, bundle: Bundle, output: Path, *, out_fmt=None, stages: Stages | None = None) -> Report:
+def score(job: Job, model: Model, output: Path, *, out_fmt=None, stages: Stages | None = None) -> Report:
     """`car-onnx score`: every record with its quality score, in input order."""
     stages = stages or Stages()
     rejects_path = check_output(job, output)
     fmt = output_format(job, out_fmt)
     added, roles = (SCORE_FIELD,), ("score",)
     with _rejects_writer(job, rejects_path) as rejects:
-        found = scan(job, added, rejects, stages)
-        with work_dir(job, identity(job, bundle, roles, added), stages) as work:
-            scores = infer(job, bundle, roles, found, added, work, stages)["score"]
+        found = scan(job, model, added, rejects, stages)
+        with work_dir(job, identity(job, model, roles, added), stages) as work:
+            scores = infer(job, model, roles, found, added, work, stages)["score"]
         with stages.stage("write"), open_writer(output, fmt, (*found.columns, *added)) as writer:
-            for i, r in enumerate(_again(job, found, added)):
+            for i, r in enumerate(_again(job, model, found, added)):
                 writer.write({**r.row, SCORE_FIELD: _float(scores[i])})
     return Report(found.records, rejected=found.rejected, seconds=stages.seconds)
 
 
-def embed(job: Job, bundle: Bundle, output: Path, *, stages: Stages | None = None) -> Report:
+def embed(job: Job, model: Model, output: Path, *, stages: Stages | None = None) -> Report:
     """`car-onnx embed`: a float32 .npy of sentence embeddings, one row per record in input order."""
     stages = stages or Stages()
     if Path(output).suffix != ".npy":
@@ -283,9 +271,9 @@ def embed(job: Job, bundle: Bundle, output: Path, *, stages: Stages | None = Non
     rejects_path = check_output(job, output)
     roles = ("embed",)
     with _rejects_writer(job, rejects_path) as rejects:
-        found = scan(job, (), rejects, stages)
-        with work_dir(job, identity(job, bundle, roles, ()), stages) as work:
-            vectors = infer(job, bundle, roles, found, (), work, stages)["embed"]
+        found = scan(job, model, (), rejects, stages)
+        with work_dir(job, identity(job, model, roles, ()), stages) as work:
+            vectors = infer(job, model, roles, found, (), work, stages)["embed"]
             with stages.stage("write"), replacing(output) as tmp:
                 target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=vectors.shape)
                 target[:] = vectors

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
+import warnings
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .manifest import PRECISIONS
 
 DEVICES = ("cpu", "cuda", "auto")
 # Preferred precision per device, best first: int8 (VNNI) on CPU, fp16 on CUDA.
@@ -49,7 +50,8 @@ class SessionConfig:
     def pick_precision(self, have: list[str], model: str) -> str:
         if self.precision is not None:
             if self.precision not in have:
-                raise UsageError(f"model '{model}' has no {self.precision} variant (it has: {', '.join(have)})")
+                raise UsageError(f"{{precision}} {self.precision}: model '{model}' has no such variant (it has: "
+                                 f"{', '.join(have)})", "precision")
             return self.precision
         return next(p for p in PREFERENCE[self.device] if p in have)
 
@@ -57,15 +59,17 @@ class SessionConfig:
 def resolve(device: str = "auto", threads: int | None = None, precision: str | None = None) -> SessionConfig:
     """Check the requested device against what onnxruntime offers; `auto` falls back to CPU with a notice."""
     if device not in DEVICES:
-        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {threads}")
+        raise UsageError(f"{{device}} must be one of {', '.join(DEVICES)}, got {device!r}", "device")
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"{{precision}} must be one of {', '.join(PRECISIONS)}, got {precision!r}", "precision")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"{{threads}} must be an integer >= 1, got {threads!r}", "threads")
     has_cuda = "CUDAExecutionProvider" in available_providers()
     if device == "cuda" and not has_cuda:
         raise UsageError(
-            "--device cuda: onnxruntime has no CUDAExecutionProvider here; install the GPU build with "
-            "`pip install 'car-onnx[gpu]'` (it replaces onnxruntime with onnxruntime-gpu) or use --device cpu"
-        )
+            "{device} cuda: onnxruntime has no CUDAExecutionProvider here; install the GPU build with "
+            "`pip install 'car-onnx[gpu]'` (it replaces onnxruntime with onnxruntime-gpu) or use {device} cpu",
+            "device")
     if device == "auto":
         device = "cuda" if has_cuda else "cpu"
     return SessionConfig(device=device, threads=threads, precision=precision)
@@ -87,5 +91,5 @@ def create_session(path, config: SessionConfig):
     session = ort.InferenceSession(str(path), sess_options=opts, providers=config.providers(),
                                    disabled_optimizers=["SkipLayerNormFusion"] if cpu else None)
     if config.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-        print(f"car-onnx: warning: CUDA session for {path} fell back to CPU", file=sys.stderr)
+        warnings.warn(f"CUDA session for {path} fell back to CPU", RuntimeWarning, stacklevel=2)
     return session

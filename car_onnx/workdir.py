@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import UsageError
-from .io import replacing
+from .writers import replacing
 
 FORMAT = 1
 NAMES = {"bundle_manifest_sha256": "the bundle", "input_sha256": "the input", "models": "the model precisions",
@@ -47,10 +47,10 @@ class WorkDir:
         root = Path(root)
         job_file = root / "job.json"
         if root.exists() and not root.is_dir():
-            raise UsageError(f"{root}: --work-dir is not a directory")
+            raise UsageError(f"{root}: {{work_dir}} is not a directory", "work_dir")
         if root.is_dir() and any(root.iterdir()) and not job_file.is_file():
-            raise UsageError(f"{root}: --work-dir is not empty and holds no job.json (not a car-onnx work "
-                             "directory); choose a new or empty directory")
+            raise UsageError(f"{root}: {{work_dir}} is not empty and holds no job.json (not a car-onnx work "
+                             "directory); choose a new or empty directory", "work_dir")
         root.mkdir(parents=True, exist_ok=True)
         work = cls(root, tuple(ident["roles"]), note)
         want = {"format": FORMAT, **ident}

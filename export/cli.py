@@ -7,10 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from car_onnx.cli import _run
-from car_onnx.errors import UsageError
+from car_onnx import UsageError
+from car_onnx.manifest import PRECISIONS
 
 app = typer.Typer(name="export", rich_markup_mode=None, help="Build ONNX bundles (needs the export extra of car-onnx).", no_args_is_help=True)
+
+def _run(go):
+    """Run a command's body (the car-onnx CLI turns its errors into one line)."""
+    return go()
+
 
 Precisions = Annotated[str, typer.Option("--precision", help="Comma-separated variants to build: fp32,int8,fp16.")]
 
@@ -28,9 +33,9 @@ def _require() -> None:
 
 def _precisions(text: str) -> tuple[str, ...]:
     chosen = tuple(p.strip() for p in text.split(",") if p.strip())
-    bad = [p for p in chosen if p not in ("fp32", "int8", "fp16")]
+    bad = [p for p in chosen if p not in PRECISIONS]
     if bad or not chosen:
-        raise UsageError(f"--precision takes fp32, int8 and/or fp16, got {text!r}")
+        raise UsageError(f"{{precision}} takes fp32, int8 and/or fp16, got {text!r}", "precision")
     return chosen
 
 
@@ -44,7 +49,7 @@ def default(
     """Build the default bundle: all-MiniLM-L6-v2 and the project's trained scorer head in one graph."""
     def go():
         _require()
-        from car_onnx.bundle import default_bundle_dir
+        from car_onnx import default_bundle_dir
 
         from .default import WEIGHTS, export_default
 
@@ -103,3 +108,9 @@ def train_scorer(
 
         train_head(train, valid, output, seed=seed, epochs=epochs, limit=limit)
     _run(go)
+
+
+def register(cli: typer.Typer) -> None:
+    """Add the export commands to the `car-onnx` CLI (entry point group car_onnx.cli)."""
+    cli.add_typer(app)
+    cli.command("train-scorer")(train_scorer)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import car_onnx
-from car_onnx.errors import CarError
+from car_onnx import CarError
 from car_onnx.manifest import ModelSpec, Template, Variant, sha256_file
 from car_onnx.tokenization import load_tokenizer, pad_batch, tokenize
 

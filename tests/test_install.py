@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import tiny
+from car_onnx_export import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,19 @@ def test_fresh_venv_without_extras(tmp_path):
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) >= 3 and all(isinstance(r["score"], float) and isinstance(r["cluster"], int) for r in rows)
+    rows = [{"instruction": "explain water", "output": "the water is"}, {"instruction": "a", "output": "b"}]
+    api = ("import sys, car_onnx\n"
+           f"model = car_onnx.load({str(bundle)!r})\n"
+           f"rows = {rows!r}\n"
+           "print(model.score(rows).tolist(), model.select(rows, n1=1).take(rows)[0]['instruction'])\n"
+           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'datasets', 'torch')))\n")
+    probe = subprocess.run([py, "-c", api], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    import car_onnx
+
+    model = car_onnx.load(bundle)
+    want = f"{model.score(rows).tolist()} {model.select(rows, n1=1).take(rows)[0]['instruction']}"
+    assert probe.stdout.splitlines() == [want, "[]"]
     export = subprocess.run([exe, "export", "default"], capture_output=True, text=True, env=env)
     assert export.returncode == 2
     assert export.stderr.strip() == ("car-onnx: error: the export tools need the [export] extra (onnx is missing): "

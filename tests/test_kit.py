@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 from car_onnx.bundle import default_bundle_dir
 from car_onnx.errors import BundleError, UsageError
 from car_onnx.kit import Target, bundle_names, missing_requirements, parse_extras, write_kit
-from tests import tiny
+from car_onnx_export import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "car_onnx" / "data" / "sample.json"
@@ -111,9 +111,9 @@ def test_bundle_names_are_distinct_and_leave_room_for_the_default_and_the_venv(t
                 [tmp_path / "a", tmp_path / "venv"], [tmp_path / "my bundle"]):
         with pytest.raises(UsageError) as err:
             bundle_names(bad)
-        assert str(err.value) == ("bundles: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only "
+        assert str(err.value) == ("bundle: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only "
                                   f"the first may be called 'default' or 'venv'; got {', '.join(p.name for p in bad)}")
-    with pytest.raises(UsageError, match="^bundles: a kit needs at least one bundle$"):
+    with pytest.raises(UsageError, match="^bundle: a kit needs at least one bundle$"):
         bundle_names([])
 
 
@@ -206,10 +206,10 @@ def test_pack_command_errors_are_one_line(tmp_path):
     cli = [sys.executable, "-m", "car_onnx", "pack", "-o", str(tmp_path / "kit.tar"), "-b", str(tmp_path)]
     run = subprocess.run(cli + ["--extras", "parquet,nope"], capture_output=True, text=True)
     assert run.returncode == 2
-    assert run.stderr.splitlines()[-1].startswith("car-onnx: error: extras: unknown extra 'nope'; car-onnx declares")
+    assert run.stderr.splitlines()[-1].startswith("car-onnx: error: --extras: unknown extra 'nope'; car-onnx declares")
     run = subprocess.run(cli + ["--platform", "macosx_11_0_arm64"], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.splitlines()[-1] == (
-        "car-onnx: error: platform must be a Linux wheel platform tag such as manylinux2014_x86_64, "
+        "car-onnx: error: --platform must be a Linux wheel platform tag such as manylinux2014_x86_64, "
         "manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got 'macosx_11_0_arm64'")
     (tmp_path / "kit.tar").write_text("mine")
     run = subprocess.run(cli, capture_output=True, text=True)

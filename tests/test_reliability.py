@@ -11,8 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests import tiny
-from tests.test_cli import read_rows, reference_rows, run
+from car_onnx_export import tiny
 
 N = 6000  # large enough for a run to be killed half-way: 120 chunks of 50
 ARGS = ("--n1", "40", "--chunk-records", "50")
@@ -26,12 +25,12 @@ def records(n=N, seed=0):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, cli):
     root = tmp_path_factory.mktemp("rel")
     bundle = tiny.make_bundle(root / "bundle")
     path = root / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records()))
-    rc, _, err, _ = run("select", path, "-o", root / "plain.jsonl", "-b", bundle, *ARGS, "-q")
+    rc, _, err, _ = cli("select", path, "-o", root / "plain.jsonl", "-b", bundle, *ARGS, "-q")
     assert rc == 0, err
     return root, bundle, path
 
@@ -42,7 +41,7 @@ def select_cmd(path, bundle, out, *extra):
 
 
 @pytest.mark.parametrize("kill_after", [1, 60, 120])  # chunks finished when killed (120: all, so clustering)
-def test_sigkill_then_resume_gives_the_same_bytes(data, tmp_path, kill_after):
+def test_sigkill_then_resume_gives_the_same_bytes(data, tmp_path, kill_after, cli):
     root, bundle, path = data
     work, out = tmp_path / "work", tmp_path / "out.jsonl"
     proc = subprocess.Popen(select_cmd(path, bundle, out, "--work-dir", work, "-q"), stderr=subprocess.PIPE)
@@ -55,32 +54,32 @@ def test_sigkill_then_resume_gives_the_same_bytes(data, tmp_path, kill_after):
     finished = len(list((work / "chunks").glob("*.npz")))
     assert kill_after <= finished and not out.exists()
 
-    rc, _, err, _ = run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
     assert rc == 0, err
     assert f"reused {finished} finished chunk(s)" in err
     assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
 
 
-def test_a_finished_work_dir_is_reused_whole_and_stale_parts_are_discarded(data, tmp_path):
+def test_a_finished_work_dir_is_reused_whole_and_stale_parts_are_discarded(data, tmp_path, cli):
     root, bundle, path = data
     work = tmp_path / "work"
-    rc, _, err, _ = run("select", path, "-o", tmp_path / "a.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "a.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
     assert rc == 0 and "reused" not in err, err
-    rc, _, err, _ = run("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
     assert rc == 0 and "reused 120 finished chunk(s)" in err, err
     assert (tmp_path / "b.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
 
     # one damaged chunk is computed again
     chunk = work / "chunks" / "000007.npz"
     chunk.write_bytes(chunk.read_bytes()[:100])
-    rc, _, err, _ = run("select", path, "-o", tmp_path / "c.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "c.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
     assert rc == 0 and f"work dir {work}: chunk 7 unreadable" in err and "reused 119 finished" in err, err
     assert (tmp_path / "c.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
 
     # another input: every chunk is discarded, and the message says why
     changed = tmp_path / "data.jsonl"
     changed.write_text(path.read_text().replace('"id": 3}', '"id": 3, "x": 1}'))
-    rc, _, err, _ = run("select", changed, "-o", tmp_path / "d.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "d.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
     assert rc == 0 and "reused" not in err, err
     line = next(x for x in err.splitlines() if "since the last run" in x)
     assert line.startswith(f"car-onnx: work dir {work}: the input changed (sha256 ")
@@ -88,18 +87,18 @@ def test_a_finished_work_dir_is_reused_whole_and_stale_parts_are_discarded(data,
 
     # another bundle (other weights) and another option
     other = tiny.make_bundle(tmp_path / "other", seed=1)
-    rc, _, err, _ = run("select", changed, "-o", tmp_path / "e.jsonl", "-b", other, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "e.jsonl", "-b", other, *ARGS, "--work-dir", work)
     assert rc == 0 and "the bundle changed (sha256 " in err, err
-    rc, _, err, _ = run("select", changed, "-o", tmp_path / "f.jsonl", "-b", other, *ARGS, "--work-dir", work,
+    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "f.jsonl", "-b", other, *ARGS, "--work-dir", work,
                         "--max-tokens", "64")
     assert rc == 0 and "option max_tokens changed (2048 -> 64)" in err, err
 
 
-def test_work_dir_that_is_not_ours_is_refused(data, tmp_path):
+def test_work_dir_that_is_not_ours_is_refused(data, tmp_path, cli):
     _, bundle, path = data
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--work-dir", tmp_path / "mine")
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--work-dir", tmp_path / "mine")
     assert rc == 2 and err == (f"car-onnx: error: {tmp_path / 'mine'}: --work-dir is not empty and holds no job.json "
                                "(not a car-onnx work directory); choose a new or empty directory")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / "o.jsonl").exists()
@@ -107,43 +106,43 @@ def test_work_dir_that_is_not_ours_is_refused(data, tmp_path):
 
 @pytest.mark.parametrize("options", [("--threads", "1"), ("--threads", "2", "--max-tokens", "40"),
                                      ("--max-tokens", "100000", "--chunk-records", "7")])
-def test_same_selection_across_threads_batch_sizes_and_chunks(data, tmp_path, options):
+def test_same_selection_across_threads_batch_sizes_and_chunks(data, tmp_path, options, cli, rows_of):
     """The selection is identical; scores may differ in the last float bits (other summation orders)."""
     root, bundle, path = data
-    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "40", "-q", *options)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "40", "-q", *options)
     assert rc == 0, err
-    got, want = read_rows(tmp_path / "o.jsonl", "jsonl"), read_rows(root / "plain.jsonl", "jsonl")
+    got, want = rows_of(tmp_path / "o.jsonl", "jsonl"), rows_of(root / "plain.jsonl", "jsonl")
     assert [(r["id"], r["cluster"]) for r in got] == [(r["id"], r["cluster"]) for r in want]
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-6)
 
 
-def test_int8_output_does_not_depend_on_batch_size(data, tmp_path):
+def test_int8_output_does_not_depend_on_batch_size(data, tmp_path, cli, rows_of):
     """Dynamically quantised int8 runs one text per batch: any --max-tokens gives the same bytes, another
     thread count the same selection."""
     _, _, path = data
     bundle = tiny.make_bundle(tmp_path / "int8", precisions=("int8",))
     outs = []
     for i, options in enumerate([(), ("--max-tokens", "100000"), ("--threads", "1")]):
-        rc, _, err, _ = run("select", path, "-o", tmp_path / f"{i}.jsonl", "-b", bundle, *ARGS, "-q", *options)
+        rc, _, err, _ = cli("select", path, "-o", tmp_path / f"{i}.jsonl", "-b", bundle, *ARGS, "-q", *options)
         assert rc == 0, err
         outs.append(tmp_path / f"{i}.jsonl")
     assert outs[1].read_bytes() == outs[0].read_bytes()
-    got, want = read_rows(outs[2], "jsonl"), read_rows(outs[0], "jsonl")
+    got, want = rows_of(outs[2], "jsonl"), rows_of(outs[0], "jsonl")
     assert [(r["id"], r["cluster"]) for r in got] == [(r["id"], r["cluster"]) for r in want]
 
 
-def test_same_bytes_across_runs(data, tmp_path):
+def test_same_bytes_across_runs(data, tmp_path, cli):
     root, bundle, path = data
-    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, *ARGS, "-q")
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, *ARGS, "-q")
     assert rc == 0, err
     assert (tmp_path / "o.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
 
 
-def test_plain_run_is_the_reference_selection(data):
+def test_plain_run_is_the_reference_selection(data, rows_of, expected_selection):
     root, _, path = data
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    want = reference_rows(rows, 40, 1)
-    got = read_rows(root / "plain.jsonl", "jsonl")
+    want = expected_selection(rows, 40, 1)
+    got = rows_of(root / "plain.jsonl", "jsonl")
     assert [r["id"] for r in got] == [r["id"] for r in want]
     assert [r["cluster"] for r in got] == [r["cluster"] for r in want]
 
@@ -162,18 +161,18 @@ def with_bad_lines(tmp_path):
     return path, [json.loads(g) for g in good]
 
 
-def test_default_fails_fast_with_no_output(data, tmp_path):
+def test_default_fails_fast_with_no_output(data, tmp_path, cli):
     _, bundle, _ = data
     path, _ = with_bad_lines(tmp_path)
-    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle)
     assert rc == 1 and err == f"car-onnx: error: {path}: line 6: field 'output': expected a string, got number"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.jsonl"]
 
 
-def test_skip_writes_rejects_and_counts_them(data, tmp_path):
+def test_skip_writes_rejects_and_counts_them(data, tmp_path, cli, rows_of, expected_selection):
     _, bundle, _ = data
     path, good = with_bad_lines(tmp_path)
-    rc, _, err, _ = run("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "3", "--on-error", "skip")
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "3", "--on-error", "skip")
     assert rc == 0, err
     rejects = tmp_path / "o.jsonl.rejects.jsonl"
     assert [json.loads(line) for line in rejects.read_text().splitlines()] == [
@@ -185,37 +184,35 @@ def test_skip_writes_rejects_and_counts_them(data, tmp_path):
          "record": {"instruction": "a", "output": "b", "score": 0.5}}]
     assert f"car-onnx: 4 record(s) rejected, written to {rejects}" in err
     assert err.splitlines()[-1].startswith("car-onnx: 30 records; 4 rejected; ")
-    got, want = read_rows(tmp_path / "o.jsonl", "jsonl"), reference_rows(good, 3, 1)
+    got, want = rows_of(tmp_path / "o.jsonl", "jsonl"), expected_selection(good, 3, 1)
     assert [{**r, "score": 0} for r in got] == [{**r, "score": 0} for r in want]
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-6)
 
 
-def test_skip_with_nothing_left_fails_and_writes_nothing(data, tmp_path):
+def test_skip_with_nothing_left_fails_and_writes_nothing(data, tmp_path, cli):
     _, bundle, _ = data
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(BAD_LINES) + "\n")
-    rc, _, err, _ = run("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip",
+    rc, _, err, _ = cli("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip",
                         "--rejects", tmp_path / "r.jsonl")
     assert rc == 1 and err == f"car-onnx: error: {path}: no records left: all 4 were rejected"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
 
-def test_skip_refuses_an_existing_rejects_file(data, tmp_path):
+def test_skip_refuses_an_existing_rejects_file(data, tmp_path, cli):
     _, bundle, _ = data
     path, _ = with_bad_lines(tmp_path)
     (tmp_path / "r.jsonl").write_text("old")
-    rc, _, err, _ = run("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip",
+    rc, _, err, _ = cli("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip",
                         "--rejects", tmp_path / "r.jsonl")
     assert rc == 2 and err == f"car-onnx: error: {tmp_path / 'r.jsonl'}: already exists; pass --force to replace it"
-    rc, _, err, _ = run("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--rejects", tmp_path / "x.jsonl")
+    rc, _, err, _ = cli("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--rejects", tmp_path / "x.jsonl")
     assert rc == 2 and err == "car-onnx: error: --rejects goes with --on-error skip"
 
 
 def test_input_changed_during_the_job_is_refused(data, tmp_path, monkeypatch):
     from car_onnx import pipeline
-    from car_onnx.bundle import Bundle
-    from car_onnx.errors import InputError
-    from car_onnx.session import SessionConfig
+    from car_onnx import InputError, Model
 
     _, bundle, _ = data
     path = tmp_path / "d.jsonl"
@@ -231,6 +228,6 @@ def test_input_changed_during_the_job_is_refused(data, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "scan", scan_then_edit)
     job = pipeline.Job(path)
     with pytest.raises(InputError, match=f"^{path}: changed while the job was running; run it again$"):
-        pipeline.score(job, Bundle(bundle, SessionConfig(threads=1), ("score",)), tmp_path / "o.jsonl")
+        pipeline.score(job, Model(bundle, threads=1), tmp_path / "o.jsonl")
     assert not (tmp_path / "o.jsonl").exists()
     assert os.listdir(tmp_path) == ["d.jsonl"]

@@ -11,7 +11,7 @@ from car_onnx.errors import BundleError, UsageError
 from car_onnx.manifest import Template, read_manifest
 from car_onnx.session import SessionConfig, resolve
 from car_onnx.tokenization import load_tokenizer, pad_batch, plan_batches, tokenize
-from tests import tiny
+from car_onnx_export import tiny
 
 TEXTS = ["the answer is", "explain how water can be made"] + [
     " ".join(tiny.WORDS[i % 40: i % 40 + n]) for i, n in enumerate([1, 3, 30, 7, 2, 11, 25, 5, 9, 4])
@@ -57,7 +57,7 @@ def test_threads_run_single_threaded_batches_side_by_side(bundle_dir):
     outs = []
     for threads in (1, 2, 5):
         bundle, seen = Bundle(bundle_dir, SessionConfig(threads=threads)), []
-        model = bundle.models["score"]
+        model = bundle.model("score")
         assert (model.workers, model.session.get_session_options().intra_op_num_threads) == (threads, 1)
         outs.append(bundle.run(records, ("score", "embed"), max_tokens=40, progress=seen.append))
         assert sum(seen) == len(records)
@@ -71,7 +71,7 @@ def test_int8_result_does_not_depend_on_batching(tmp_path):
     """Dynamic int8 quantises activations with one scale per batch, so the int8 graph itself scores a text
     differently beside others; the runtime runs int8 one text per batch, so every budget gives the same bits."""
     root = tiny.make_bundle(tmp_path / "b", precisions=("fp32", "int8"))
-    model = Bundle(root, SessionConfig(precision="int8")).models["score"]
+    model = Bundle(root, SessionConfig(precision="int8")).model("score")
     texts = rendered([Rec(t) for t in TEXTS])
     ids, mask = pad_batch(tokenize(model.tokenizer, texts).ids, 0)
     together = model.session.run(["score"], {"input_ids": ids, "attention_mask": mask})[0]
@@ -86,7 +86,7 @@ def test_split_bundle_runs_two_models(tmp_path):
     root = tiny.make_bundle(tmp_path / "b", split=True)
     records = [Rec(t) for t in TEXTS]
     bundle = Bundle(root, SessionConfig())
-    assert bundle.models["score"] is not bundle.models["embed"]
+    assert bundle.model("score") is not bundle.model("embed")
     out = bundle.run(records, ("score", "embed"))
     np.testing.assert_allclose(out["score"], tiny.reference(rendered(records), seed=1)[0], atol=1e-6)
     np.testing.assert_allclose(out["embed"], tiny.reference(rendered(records), seed=2)[1], atol=1e-6)
@@ -131,7 +131,7 @@ def test_tampered_file_is_refused(bundle_dir):
     data[len(data) // 2] ^= 0x01  # flip one bit
     graph.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"model\.fp32\.onnx: sha256 mismatch .*re-export or re-copy it$"):
-        Bundle(bundle_dir, SessionConfig())
+        Bundle(bundle_dir, SessionConfig(precision="fp32")).model("score")
 
 
 def _edit_manifest(root, fn):
@@ -152,7 +152,7 @@ def test_path_leaving_the_bundle_is_refused(bundle_dir):
 def test_unknown_version_and_missing_file(bundle_dir):
     (bundle_dir / "joint" / "tokenizer.json").unlink()
     with pytest.raises(BundleError, match=r"file 'joint/tokenizer\.json' named in the manifest is missing"):
-        Bundle(bundle_dir, SessionConfig())
+        Bundle(bundle_dir, SessionConfig()).model("embed")
     _edit_manifest(bundle_dir, lambda m: m.update(version=99))
     with pytest.raises(BundleError, match=r"unknown manifest version 99; this car-onnx reads version 1"):
         read_manifest(bundle_dir)
@@ -167,26 +167,28 @@ def test_missing_role(tmp_path):
     root = tiny.make_bundle(tmp_path / "b", split=True)
     _edit_manifest(root, lambda m: m["models"].pop(0))
     with pytest.raises(BundleError, match=r"the bundle has no model for role 'score'"):
-        Bundle(root, SessionConfig())
+        Bundle(root, SessionConfig()).model("score")
 
 
 def test_precision_choice(tmp_path):
     root = tiny.make_bundle(tmp_path / "b", precisions=("fp32", "int8"))
-    assert Bundle(root, SessionConfig()).models["score"].precision == "int8"  # CPU default
-    assert Bundle(root, SessionConfig(precision="fp32")).models["score"].precision == "fp32"
+    assert Bundle(root, SessionConfig()).model("score").precision == "int8"  # CPU default
+    assert Bundle(root, SessionConfig(precision="fp32")).model("score").precision == "fp32"
     assert SessionConfig(device="cuda").pick_precision(["fp32", "fp16"], "m") == "fp16"
-    with pytest.raises(UsageError, match=r"model 'joint' has no fp16 variant \(it has: fp32, int8\)"):
-        Bundle(root, SessionConfig(precision="fp16"))
+    with pytest.raises(UsageError, match=r"^precision fp16: model 'joint' has no such variant \(it has: fp32, int8\)$"):
+        Bundle(root, SessionConfig(precision="fp16")).model("score")
 
 
 def test_device_resolution():
     assert resolve("auto").device == "cpu"  # no CUDA provider on the CPU build
-    with pytest.raises(UsageError, match=r"--device cuda: onnxruntime has no CUDAExecutionProvider here"):
+    with pytest.raises(UsageError, match=r"^device cuda: onnxruntime has no CUDAExecutionProvider here"):
         resolve("cuda")
-    with pytest.raises(UsageError, match=r"--device must be one of cpu, cuda, auto, got 'tpu'"):
+    with pytest.raises(UsageError, match=r"^device must be one of cpu, cuda, auto, got 'tpu'$"):
         resolve("tpu")
-    with pytest.raises(UsageError, match=r"--threads must be >= 1, got 0"):
+    with pytest.raises(UsageError, match=r"^threads must be an integer >= 1, got 0$"):
         resolve("cpu", threads=0)
+    with pytest.raises(UsageError, match=r"^precision must be one of fp32, int8, fp16, got 'int4'$"):
+        resolve("cpu", precision="int4")
 
 
 def test_default_bundle_location(tmp_path, monkeypatch):

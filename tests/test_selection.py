@@ -9,7 +9,7 @@ from sklearn.decomposition import PCA
 
 from car_onnx import UsageError, car_select
 from car_onnx.clustering import Clusterer
-from car_onnx.selection import parse_size, select_ranked
+from car_onnx.selection import Size, select_ranked
 
 
 def reference_select(scores, labels, n1, n2):
@@ -69,13 +69,13 @@ def test_explicit_k_and_variance():
 @pytest.mark.parametrize("value,n,expected", [("1000", 52002, 1000), ("2%", 52002, 1040), ("0", 10, 0),
                                               ("100%", 7, 7), ("5000", 10, 10), (3, 10, 3), ("1.5%", 200, 3)])
 def test_parse_size(value, n, expected):
-    assert parse_size(value, n, "n1") == expected
+    assert Size.parse(value, "n1").of(n) == expected
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "101%", "2.5", ""])
 def test_parse_size_rejects(value):
     with pytest.raises(UsageError, match=rf"^n1 must be a count >= 0 or a percentage like 2%, got '{value}'$"):
-        parse_size(value, 10, "n1")
+        Size.parse(value, "n1")
 
 
 def test_bad_arguments_name_the_parameter():

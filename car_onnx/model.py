@@ -1,0 +1,121 @@
+"""The Python API: a bundle loaded for scoring, embedding and selecting records in-process."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import data as _data
+from .bundle import Bundle, find_bundle
+from .clustering import PCA_VARIANCE, SEED
+from .errors import UsageError
+from .records import FieldMap, Record
+from .selection import N1, N2, Selection, car_select
+from .session import resolve
+from .tokenization import DEFAULT_MAX_TOKENS
+
+CHUNK_RECORDS = 4096  # records run together: the unit a file job keeps in its work dir
+CHUNK_CHARS = 32 << 20  # and at most this many characters of text per chunk, whatever the records' sizes
+
+
+def chunks(records: Iterable[Record], size: int = CHUNK_RECORDS) -> Iterator[list[Record]]:
+    """Consecutive records, `size` at a time and at most CHUNK_CHARS characters of text per chunk."""
+    chunk, chars = [], 0
+    for r in records:
+        chunk.append(r)
+        chars += len(r.instruction) + len(r.input) + len(r.output)
+        if len(chunk) == size or chars >= CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+class Model:
+    """A bundle ready to score, embed and select records: see `car_onnx.load`.
+
+    A Model pickles as its bundle path and options; each process (and each unpickled copy) creates its own
+    onnxruntime sessions on first use, so it can be sent to `multiprocessing` workers, `datasets.map(num_proc=N)`
+    and Ray. One Model may be called from several threads at once: its sessions are created under a lock and
+    onnxruntime runs them concurrently; results do not depend on what else runs."""
+
+    def __init__(self, bundle=None, *, device: str = "auto", precision: str | None = None,
+                 threads: int | None = None, fields=None, max_tokens: int = DEFAULT_MAX_TOKENS):
+        self.bundle = find_bundle(bundle)
+        self.device, self.precision, self.threads = device, precision, threads
+        self.fields = FieldMap.of(fields)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise UsageError(f"{{max_tokens}} must be an integer >= 1, got {max_tokens!r}", "max_tokens")
+        self.max_tokens = max_tokens
+        self.config = resolve(device, threads, precision)
+        self._bundle = Bundle(self.bundle, self.config)  # reads and checks the manifest; sessions come later
+
+    def __getstate__(self) -> dict:
+        return {"bundle": str(self.bundle), "device": self.device, "precision": self.precision,
+                "threads": self.threads, "fields": self.fields, "max_tokens": self.max_tokens}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state.pop("bundle"), **state)
+
+    def __repr__(self) -> str:
+        return (f"car_onnx.Model({str(self.bundle)!r}, device={self.config.device!r}, "
+                f"precision={self.precision!r}, threads={self.threads!r})")
+
+    @property
+    def manifest(self):
+        return self._bundle.manifest
+
+    def precisions(self, roles=("score", "embed")) -> dict[str, str]:
+        """The precision that runs each role here (loads the models)."""
+        return {role: self._bundle.model(role).precision for role in roles}
+
+    def run(self, records: Iterable[Record], roles: tuple[str, ...],
+            progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        """Scores ([n]) and/or embeddings ([n, dim]) of validated records, run chunk by chunk as file jobs run them."""
+        return self._bundle.run(list(records), roles, self.max_tokens, progress)
+
+    def _outputs(self, data, roles: tuple[str, ...]) -> dict[str, np.ndarray]:
+        found = _data.records(data, self.fields)
+        if _data.kind(data) != "iterable":
+            found = list(found)  # every row is checked before any model runs
+        parts = [self.run(chunk, roles) for chunk in chunks(found)]
+        if not parts:
+            raise _data.no_records()
+        return {role: np.concatenate([p[role] for p in parts]) for role in roles}
+
+    def score(self, data) -> np.ndarray:
+        """Quality score of every record, float32 [n], in input order. `data`: a list or iterable of dicts
+        (instruction/input/output, or `messages` / `conversations`), a pandas DataFrame, a `datasets.Dataset` or a
+        dict of columns. A one-pass iterable is read once, a chunk at a time."""
+        return self._outputs(data, ("score",))["score"]
+
+    def embed(self, data) -> np.ndarray:
+        """Sentence embedding of every record, float32 [n, dim], in input order (`data` as for `score`)."""
+        return self._outputs(data, ("embed",))["embed"]
+
+    def score_embed(self, data) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and embeddings together, in one forward pass where one graph serves both."""
+        out = self._outputs(data, ("score", "embed"))
+        return out["score"], out["embed"]
+
+    def select(self, data, *, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
+               seed: int = SEED) -> Selection:
+        """The CaR selection of `data`, as `car-onnx select` makes it: the top `n1` by score (a count or "2%")
+        plus the top `n2` of each of `k` clusters [default int(sqrt(n/2))]. `Selection.take(data)` returns the
+        selected rows in `data`'s container."""
+        scores, embeddings = self.score_embed(data)
+        return car_select(scores, embeddings, n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed)
+
+
+def load(bundle: str | Path | None = None, *, device: str = "auto", precision: str | None = None,
+         threads: int | None = None, fields=None, max_tokens: int = DEFAULT_MAX_TOKENS) -> Model:
+    """A Model of `bundle` (a directory; default: the default bundle, as the CLI finds it).
+
+    device: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it). precision: "fp32", "int8" or "fp16"
+    [default: int8 on CPU, fp16 on CUDA, else what the bundle has]. threads: batches run side by side on CPU
+    [default: the usable cores]. fields: where records keep their texts, e.g. {"instruction": "question",
+    "output": "answer"} (or "KEY=NAME" strings, as --field). max_tokens: token budget of one batch."""
+    return Model(bundle, device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens)

@@ -1,0 +1,118 @@
+"""The record model: which fields hold a record's three texts, and how a row (a parsed JSON object, a CSV row, a
+Python dict) becomes a Record, conversations included. Every bad row is an InputError naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields as dc_fields
+
+from .errors import InputError, UsageError
+
+TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+              type(None): "null"}
+# Per conversation field: the role and text keys of its turns, and role name -> role.
+STYLES = {"messages": ("role", "content", {"system": "system", "user": "user", "assistant": "assistant"}),
+          "conversations": ("from", "value", {"system": "system", "human": "user", "user": "user",
+                                              "gpt": "assistant", "assistant": "assistant"})}
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Which source fields hold the instruction, the input and the output."""
+
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+
+    @classmethod
+    def of(cls, fields=None) -> FieldMap:
+        """From a FieldMap, a mapping {"instruction": "question", ...} or KEY=NAME strings (the --field option);
+        each key at most once."""
+        if fields is None or isinstance(fields, FieldMap):
+            return fields or cls()
+        names = [f.name for f in dc_fields(cls)]
+        specs = [f"{k}={v}" for k, v in fields.items()] if isinstance(fields, Mapping) else \
+            [fields] if isinstance(fields, str) else list(fields)
+        mapping = {}
+        for spec in specs:
+            key, sep, value = str(spec).partition("=")
+            key = key.strip()
+            if not sep or key not in names or not value:
+                raise UsageError(f"{{field}} takes KEY=NAME with KEY one of {', '.join(names)}; got {spec!r}", "field")
+            if key in mapping:
+                raise UsageError(f"{{field}} {key} is given twice", "field")
+            mapping[key] = value
+        return cls(**mapping)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input record: where it is (for messages), the original row (written back out) and its three texts."""
+
+    index: int  # 0-based position in the input
+    where: str  # "line 7" or "record 7"
+    row: dict  # the original record, unchanged
+    instruction: str
+    input: str
+    output: str
+
+
+def _type(value) -> str:
+    return TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _name(text: str) -> str:
+    """A name taken from the data, escaped where needed so that a message stays one printable line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _conversation(path, where, row) -> tuple[str, str, str]:
+    """instruction = the first user turn, output = the first assistant turn after it, input = the first system
+    turn before it ("" if none). Other turns, and every turn after that reply, are not part of the text."""
+    key = "messages" if "messages" in row else "conversations"
+    role_key, text_key, roles = STYLES[key]
+    turns = row[key]
+    if not isinstance(turns, list):
+        raise InputError(path, where, f"expected an array of turns, got {_type(turns)}", key)
+    system, instruction = None, None
+    for n, turn in enumerate(turns, 1):
+        if not isinstance(turn, dict):
+            raise InputError(path, where, f"turn {n}: expected an object, got {_type(turn)}", key)
+        for k in (role_key, text_key):
+            if k not in turn:
+                raise InputError(path, where, f"turn {n}: missing '{k}'", key)
+            if not isinstance(turn[k], str):
+                raise InputError(path, where, f"turn {n}: '{k}': expected a string, got {_type(turn[k])}", key)
+        role, text = roles.get(turn[role_key]), turn[text_key]
+        if role is None:
+            raise InputError(path, where, f"turn {n}: unknown {role_key} '{_name(turn[role_key])}' "
+                                          f"(accepted: {', '.join(roles)})", key)
+        if instruction is None and role == "system" and system is None:
+            system = text
+        elif instruction is None and role == "user":
+            instruction = text
+        elif instruction is not None and role == "assistant":
+            return instruction, system or "", text
+    missing = "no user turn" if instruction is None else "no assistant reply after the first user turn"
+    raise InputError(path, where, f"conversation has {missing}", key)
+
+
+def make_record(path, index: int, where: str, row, fields: FieldMap) -> Record:
+    """The Record of one row: its instruction, input and output fields (input missing or null is empty), or its
+    first exchange when it holds `messages` / `conversations` instead."""
+    if not isinstance(row, Mapping):
+        raise InputError(path, where, f"expected a JSON object, got {_type(row)}")
+    if fields.instruction not in row and ("messages" in row or "conversations" in row):
+        return Record(index, where, row, *_conversation(path, where, row))
+    values = {}
+    for role in ("instruction", "input", "output"):
+        name = getattr(fields, role)
+        value = row.get(name)
+        if value is None and role == "input":
+            value = ""
+        elif name not in row:
+            raise InputError(path, where, "missing field", name)
+        elif not isinstance(value, str):
+            raise InputError(path, where, f"expected a string, got {_type(value)}", name)
+        values[role] = value
+    return Record(index, where, row, **values)
