@@ -107,6 +107,14 @@ def rows() -> list[tuple[str, str, str]]:
                         " / ".join(f"{v:.0f}" for v in sizes.values()) + " MB", ""))
         out.append(("`import car_onnx` / `car-onnx --help` / `import torch, transformers, sentence_transformers`",
                     " / ".join(f"{v:.2f} s" for k, v in w.items() if "pass" not in k), ""))
+    if d := _load("kit"):
+        k, s = d["kit"], d["seconds"]
+        out.append((f"offline install kit (`car-onnx pack`), default bundle, {k['target']}: wheels + bundle = archive",
+                    f"{k['wheels']} wheels {k['wheels_mb']:.0f} MB + {k['bundle_mb']:.0f} MB = "
+                    f"{k['archive_mb']:.0f} MB", ""))
+        out.append((f"offline install kit on {d['machine']['cpu']}: pack (pip cache warm) / install.sh with no "
+                    "network / connected install (venv + `pip install .` + copy the bundle)",
+                    " / ".join(f"{v:.0f}" for v in s.values()) + " s", ""))
     if d := _load("scaling"):
         for n, r in d["lookup_bundle"].items():
             st = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())

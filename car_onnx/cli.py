@@ -311,6 +311,29 @@ def _cpu_flags() -> str:
 
 
 @app.command()
+def pack(
+    output: Output,
+    bundle: Annotated[Optional[list[Path]], typer.Option(
+        "--bundle", "-b", help="Bundle to carry, repeatable; the first becomes the default bundle on the target "
+                               "[default: the built default bundle]")] = None,
+    extras: Annotated[str, typer.Option(help="Extras to carry, comma-separated (e.g. parquet).")] = "",
+    python_version: Annotated[Optional[str], typer.Option(help="Target CPython, e.g. 3.11 [default: this one]")] = None,
+    platform: Annotated[Optional[str], typer.Option(
+        help="Target wheel platform, e.g. manylinux_2_28_x86_64 [default: this machine's newest]")] = None,
+    force: Force = False,
+):
+    """Build an offline install kit: the wheels car-onnx needs on the target, the bundle(s), kit.json, install.sh."""
+    from .kit import pack as pack_kit
+
+    typer.echo("car-onnx: building car-onnx's wheel and downloading the wheels it needs with pip ...", err=True)
+    kit = pack_kit(output, bundle or [find_bundle(None)], [e for e in extras.split(",") if e], python_version,
+                   platform, force)
+    typer.echo(f"car-onnx: wrote {kit.path}: {len(kit.wheels)} wheels {kit.wheels_mb} MB + bundles {kit.bundles_mb} MB "
+               f"for {kit.requirement}, Python {kit.target.python_version}, {kit.target.platform}; sha256 {kit.sha256}")
+    typer.echo(f"car-onnx: on the target: tar xf {kit.path.name} && sh car-onnx-kit/install.sh", err=True)
+
+
+@app.command()
 def version():
     """Print the version."""
     typer.echo(__version__)
