@@ -23,7 +23,7 @@ from pathlib import Path
 from car_onnx.bundle import find_bundle
 from car_onnx.manifest import read_manifest
 from car_onnx.models import OnnxModel
-from car_onnx.session import SessionConfig, cuda_problem, machine_threads
+from car_onnx.session import SessionConfig, cuda_problem, machine_threads, preload_cuda_libraries
 
 from .common import ROOT, WORK, real_records, save
 
@@ -97,8 +97,10 @@ def check_model(root: Path, n: int, device: str, budgets) -> dict:
 
 
 def run(work: Path, quick: bool, device: str = "cuda", iqs_bundle: Path | None = None) -> dict:
-    if device == "cuda" and (problem := cuda_problem()):
-        return {"skipped": f"no CUDA here: {problem}"}
+    if device == "cuda":
+        if problem := cuda_problem():
+            return {"skipped": f"no CUDA here: {problem}"}
+        preload_cuda_libraries()  # as `--device cuda` does
     start = time.perf_counter()
     if iqs_bundle is None:
         iqs = Path(work) / IQS_DIR
