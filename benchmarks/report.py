@@ -64,6 +64,13 @@ def rows() -> list[tuple[str, str, str]]:
         out.append(("IQS full-size export (fp32 + int8): wall time, peak RSS, files",
                     f"{d['export']['wall_s']:.0f} s, {d['export']['peak_rss_mb'] / 1024:.1f} GB, "
                     f"fp32 {fp32 / 2**30:.2f} GB, int8 {int8 / 2**30:.2f} GB", "within 24 GB"))
+    if d := _load("gpu"):
+        for key, label in (("default_bundle", "default bundle"), ("iqs_full", "IQS full size")):
+            m = d[key]
+            for name, r in m["runs"].items():
+                vs = f"Spearman {r['spearman']}" + (f", mean cosine {r['mean_cosine']}" if "mean_cosine" in r else "")
+                out.append((f"GPU {d['gpu']}, {label}, {m['records']} real records, CUDA {name}: records/s; vs CPU "
+                            "fp32", f"{r['records_per_s']}; {vs}", f"gate: {r['gate']}"))
     if d := _load("default_bundle"):
         a = d["agreement_score_valid"]
         out.append(("default scorer, pairwise agreement on score_valid (fp32 / int8)",

@@ -22,10 +22,42 @@ def machine_threads() -> int:
         return os.cpu_count() or 1
 
 
+# The one command that leaves exactly the GPU build installed, from any state (CPU build, both builds, none):
+# both distributions install the same `onnxruntime` module, so pip cannot hold them side by side.
+GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.18'"
+
+
 def available_providers() -> list[str]:
     import onnxruntime as ort
 
     return ort.get_available_providers()
+
+
+def onnxruntime_builds() -> list[str]:
+    """The onnxruntime distributions installed (onnxruntime, onnxruntime-gpu): more than one is a broken mix."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            version(name)
+            found.append(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot run here, in one sentence with the fix; None when onnxruntime offers CUDA."""
+    if "CUDAExecutionProvider" in available_providers():
+        return None
+    builds = onnxruntime_builds()
+    if len(builds) > 1:
+        return (f"onnxruntime has no CUDAExecutionProvider here: {' and '.join(builds)} are both installed and "
+                f"overwrite each other's `onnxruntime` module; keep only the GPU build: `{GPU_INSTALL}`")
+    installed = ", ".join(builds) or "neither onnxruntime nor onnxruntime-gpu"
+    return (f"onnxruntime has no CUDAExecutionProvider here (installed: {installed}); replace it with the GPU "
+            f"build: `{GPU_INSTALL}`")
 
 
 @dataclass(frozen=True)
@@ -64,15 +96,24 @@ def resolve(device: str = "auto", threads: int | None = None, precision: str | N
         raise UsageError(f"{{precision}} must be one of {', '.join(PRECISIONS)}, got {precision!r}", "precision")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"{{threads}} must be an integer >= 1, got {threads!r}", "threads")
-    has_cuda = "CUDAExecutionProvider" in available_providers()
-    if device == "cuda" and not has_cuda:
-        raise UsageError(
-            "{device} cuda: onnxruntime has no CUDAExecutionProvider here; install the GPU build with "
-            "`pip install 'car-onnx[gpu]'` (it replaces onnxruntime with onnxruntime-gpu) or use {device} cpu",
-            "device")
+    problem = cuda_problem() if device != "cpu" else None
+    if device == "cuda" and problem:
+        raise UsageError(f"{{device}} cuda: {problem}; or use {{device}} cpu", "device")
     if device == "auto":
-        device = "cuda" if has_cuda else "cpu"
+        device = "cpu" if problem else "cuda"
+    if device == "cuda":
+        preload_cuda_libraries()
     return SessionConfig(device=device, threads=threads, precision=precision)
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA 12 / cuDNN 9 from pip's nvidia-* packages (`onnxruntime-gpu[cuda,cudnn]`) if they are there,
+    else from the system paths: onnxruntime's own helper, which its CUDA provider needs to find pip-installed
+    libraries."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
 
 
 def create_session(path, config: SessionConfig):

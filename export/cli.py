@@ -18,6 +18,10 @@ def _run(go):
 
 
 Precisions = Annotated[str, typer.Option("--precision", help="Comma-separated variants to build: fp32,int8,fp16.")]
+# Exit status when the bundle was written with the variants that passed but an asked one missed its gate.
+REFUSED_EXIT = 3
+EPILOG = (f"Exit status {REFUSED_EXIT}: a variant missed its fidelity gate; the bundle was written with the variants "
+          "that passed and the refused one is reported on stderr with its figures.")
 
 
 def _require() -> None:
@@ -38,6 +42,24 @@ def _require() -> None:
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's "consider pre-processing before quantization"
 
 
+def _export(fn) -> None:
+    """Run an export like any command (`_run`), except that refused variants exit REFUSED_EXIT after the rest
+    of the bundle was written."""
+    from .errors import VariantsRefused
+
+    def go():
+        try:
+            fn()
+        except VariantsRefused as err:
+            return err
+        return None
+
+    refused = _run(go)
+    if refused is not None:
+        typer.echo(f"car-onnx: error: {refused}", err=True)
+        raise typer.Exit(REFUSED_EXIT)
+
+
 def _precisions(text: str) -> tuple[str, ...]:
     chosen = tuple(p.strip() for p in text.split(",") if p.strip())
     bad = [p for p in chosen if p not in PRECISIONS]
@@ -46,10 +68,10 @@ def _precisions(text: str) -> tuple[str, ...]:
     return chosen
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 def default(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle directory [default: where select looks].")] = None,
-    precision: Precisions = "fp32,int8",
+    precision: Precisions = "fp32,int8,fp16",
     weights: Annotated[Optional[Path], typer.Option(help="A head from `car-onnx train-scorer` [default: the shipped one].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
 ):
@@ -62,10 +84,10 @@ def default(
 
         export_default(output or default_bundle_dir(), precisions=_precisions(precision), force=force,
                        weights=weights or WEIGHTS)
-    _run(go)
+    _export(go)
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 def scorer(
     checkpoint: Annotated[Path, typer.Option(help="The IQS checkpoint: RUN/checkpoints/X.ckpt, with RUN/hparams.yaml.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory (models already there are kept).")],
@@ -81,10 +103,10 @@ def scorer(
 
         export_scorer(checkpoint, output, base=base, precisions=_precisions(precision), force=force,
                       unsafe_pickle=unsafe_pickle)
-    _run(go)
+    _export(go)
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 def embedder(
     model: Annotated[Path, typer.Option(help="A sentence-transformers model folder (modules.json, pooling config).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory (models already there are kept).")],
@@ -97,7 +119,7 @@ def embedder(
         from .embedder import export_embedder
 
         export_embedder(model, output, precisions=_precisions(precision), force=force)
-    _run(go)
+    _export(go)
 
 
 def train_scorer(

@@ -15,7 +15,7 @@ from car_onnx.manifest import ModelSpec, Template, Variant
 from car_onnx.tokenization import load_tokenizer
 
 from .heads import HeadConfig, ScoringHead
-from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer
+from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
 
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
 NAME = "minilm-car"
@@ -76,9 +76,10 @@ def check_texts(template: Template) -> list[str]:
     return texts + [long, long[len(long) // 2:], "Instruction: Hi Response: Hello"]
 
 
-def export_default(output: Path, *, precisions=("fp32", "int8"), force: bool = False, weights: Path = WEIGHTS,
-                   log=print) -> ModelSpec:
-    """Build the default bundle into `output` (merged with any other models already there)."""
+def export_default(output: Path, *, precisions=("fp32", "int8", "fp16"), force: bool = False,
+                   weights: Path = WEIGHTS, log=print) -> ModelSpec:
+    """Build the default bundle into `output` (merged with any other models already there): int8 for CPUs,
+    fp16 for CUDA (which prefers it), fp32 as the reference."""
     output = Path(output)
     head, meta = load_head(weights)
     encoder = load_encoder()
@@ -109,8 +110,9 @@ def export_default(output: Path, *, precisions=("fp32", "int8"), force: bool = F
         return {"score": np.array(scores, dtype=np.float32), "embed": emb}
 
     example = {n: torch.ones((2, 8), dtype=torch.int64) for n in spec.inputs}
-    spec = build_variants(model, spec, output, example, check_texts(template), reference,
-                          precisions=precisions, num_heads=12, hidden_size=384, force=force, log=log)
+    spec, refused = build_variants(model, spec, output, example, check_texts(template), reference,
+                                   precisions=precisions, num_heads=12, hidden_size=384, force=force, log=log)
     add_to_bundle(output, spec, f"car-onnx export default {car_onnx.__version__}")
     log(f"default bundle written to {output}")
+    raise_refused(output, spec, refused)
     return spec

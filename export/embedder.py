@@ -15,7 +15,7 @@ import car_onnx
 from car_onnx import CarError
 from car_onnx.manifest import ModelSpec, Template, Variant, sha256_file
 
-from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer
+from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
 
 NAME = "embedder"
 TEMPLATE = Template("Instruction: {instruction} Input: {input} Response: {output}", None)
@@ -246,9 +246,10 @@ def export_embedder(model_dir: Path, output: Path, *, precisions=("fp32", "int8"
         return {"embed": st.encode(texts, batch_size=16, convert_to_numpy=True)}
 
     example = {n: torch.ones((2, 8), dtype=torch.int64) for n in inputs}
-    spec = build_variants(model, spec, output, example, texts or verification_texts(), reference,
-                          precisions=precisions, num_heads=hf_config.num_attention_heads,
-                          hidden_size=hf_config.hidden_size, force=force, log=log)
+    spec, refused = build_variants(model, spec, output, example, texts or verification_texts(), reference,
+                                   precisions=precisions, num_heads=hf_config.num_attention_heads,
+                                   hidden_size=hf_config.hidden_size, force=force, log=log)
     add_to_bundle(output, spec, f"car-onnx export embedder {car_onnx.__version__}")
     log(f"embedder written to {output}")
+    raise_refused(output, spec, refused)
     return spec

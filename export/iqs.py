@@ -18,7 +18,7 @@ from car_onnx.tokenization import load_tokenizer, pad_batch, tokenize
 
 from .embedder import verification_texts
 from .heads import ACTIVATIONS, HeadConfig, ScoringHead
-from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer
+from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
 
 NAME = "iqs"
 TEMPLATE = Template("Instruction: {instruction} Input: {input} Response: {output}", None)
@@ -318,9 +318,10 @@ def export_scorer(checkpoint: Path, output: Path, *, base: Path | None = None, p
         return {"score": np.concatenate(scores).astype(np.float32)}
 
     example = {n: torch.full((2, 8), 5, dtype=torch.int64) for n in spec.inputs}
-    spec = build_variants(model, spec, output, example, texts or verification_texts(), reference,
-                          precisions=precisions, num_heads=config.num_attention_heads,
-                          hidden_size=config.hidden_size, force=force, log=log)
+    spec, refused = build_variants(model, spec, output, example, texts or verification_texts(), reference,
+                                   precisions=precisions, num_heads=config.num_attention_heads,
+                                   hidden_size=config.hidden_size, force=force, log=log)
     add_to_bundle(output, spec, f"car-onnx export scorer {car_onnx.__version__}")
     log(f"IQS scorer written to {output}")
+    raise_refused(output, spec, refused)
     return spec

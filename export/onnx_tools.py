@@ -19,15 +19,13 @@ from car_onnx import CarError
 from car_onnx.manifest import ModelSpec, Variant, read_manifest, write_manifest
 from car_onnx.models import OnnxModel
 
+from .errors import ExportError, Refusal, VariantsRefused  # noqa: F401 (VariantsRefused: raised here)
+
 # onnx protobufs cannot exceed 2 GB; above this size the tensors go to one external `<graph>.data` file.
 EXTERNAL_DATA_BYTES = 1_500_000_000
 FP32_MAX_SCORE_ERROR = 1e-4
 FP32_MIN_COSINE = 0.99999
 DEFAULT_GATES = {"spearman": 0.99, "mean_cosine": 0.995}
-
-
-class ExportError(CarError):
-    """An export failed its own check."""
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
@@ -177,10 +175,12 @@ def build_variants(
     force: bool = False,
     int8_exclude: list[str] | None = None,
     log: Callable[[str], None] = print,
-) -> ModelSpec:
+) -> tuple[ModelSpec, list[Refusal]]:
     """Export `module` (returning one tensor per role, in `spec.roles` order) into `root/<spec.name>/` in the
-    asked precisions, check each, and return the spec with its variants and measured fidelity.
-    `spec.variants` is replaced; `spec.tokenizer` must already exist in the bundle."""
+    asked precisions, check each, and return the spec with the variants that passed (with their measured
+    fidelity) and the refused ones. A refused variant's files are deleted; the others are kept, so that the caller
+    writes a valid bundle before reporting it. fp32 is always built and checked first; when not asked for it is
+    dropped, unless no asked variant passed. `spec.variants` is replaced; `spec.tokenizer` must already exist."""
     gates = {**DEFAULT_GATES, **(gates or {})}
     outputs = [spec.outputs[r] for r in spec.roles]
     folder = Path(root) / spec.name
@@ -198,6 +198,7 @@ def build_variants(
     check_fp32(fp32_metrics)
     variants["fp32"] = Variant(fp32, {**fp32_metrics, "fusions": fusions})
     log(f"{spec.name}: fp32 matches PyTorch: {fp32_metrics}")
+    refused: list[Refusal] = []
     for precision in precisions:
         if precision == "fp32":
             continue
@@ -215,13 +216,21 @@ def build_variants(
         if failed and not force:
             for f in (Path(root) / rel, Path(root) / (rel + ".data")):
                 f.unlink(missing_ok=True)
-            raise ExportError(f"{'; '.join(failed)}: variant refused (pass --force to keep it anyway)")
+            refused.append(Refusal(precision, failed, metrics))
+            log(f"{spec.name}: {'; '.join(failed)}: refused")
+            continue
         variants[precision] = Variant(rel, {**metrics, "gate": gates, "forced": bool(failed)})
-    if "fp32" not in precisions:
+    if "fp32" not in precisions and len(variants) > 1:
         variants.pop("fp32")
         for f in (Path(root) / fp32, Path(root) / (fp32 + ".data")):
             f.unlink(missing_ok=True)
-    return dataclasses.replace(spec, variants=variants)
+    return dataclasses.replace(spec, variants=variants), refused
+
+
+def raise_refused(root: Path, spec: ModelSpec, refused: list[Refusal]) -> None:
+    """After the bundle is written with the variants that passed: VariantsRefused if any asked one was not."""
+    if refused:
+        raise VariantsRefused(root, spec.name, list(spec.variants), refused)
 
 
 def add_to_bundle(root: Path, spec: ModelSpec, created_by: str) -> None:

@@ -80,8 +80,9 @@ def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0, tables=None) -
 
 def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: int = 0) -> Path:
     """A bundle with one graph serving both roles, or (split) a scorer and an embedder with different weights;
-    another `seed` gives other weights. `precisions`: fp32 and/or int8 (dynamic quantisation, like the export's)."""
-    assert set(precisions) <= {"fp32", "int8"}, precisions
+    another `seed` gives other weights. `precisions`: fp32, int8 (dynamic quantisation, like the export's) and/or
+    fp16 (weights and compute in fp16, fp32 inputs and outputs, like the export's)."""
+    assert set(precisions) <= {"fp32", "int8", "fp16"}, precisions
     root = Path(root)
     groups = [("scorer", ("score",), 1), ("embedder", ("embed",), 2)] if split else [("joint", ("score", "embed"), 0)]
     specs = []
@@ -92,6 +93,11 @@ def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: 
         if "int8" in precisions:  # quantised as the export does it: dynamic, activation scales per batch
             quantize_dynamic(root / name / "model.fp32.onnx", root / name / "model.int8.onnx",
                              weight_type=QuantType.QInt8)
+        if "fp16" in precisions:
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(str(root / name / "model.fp32.onnx")), keep_io_types=True),
+                      str(root / name / "model.fp16.onnx"))
         if "fp32" not in precisions:
             (root / name / "model.fp32.onnx").unlink()
         variants = {p: Variant(f"{name}/model.{p}.onnx") for p in precisions}

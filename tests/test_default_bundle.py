@@ -71,7 +71,7 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path):
     assert meta["template"]["without_input"] == "Instruction: {instruction} Response: {output}"
 
     bundle_dir = tmp_path / "bundle"
-    export_default(bundle_dir, precisions=("fp32",), weights=tmp_path / "head.safetensors", log=lambda s: None)
+    export_default(bundle_dir, precisions=("fp32", "fp16"), weights=tmp_path / "head.safetensors", log=lambda s: None)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     (model,) = manifest["models"]
     assert model["roles"] == ["score", "embed"] and model["template"] == meta["template"]
@@ -99,6 +99,12 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path):
     np.testing.assert_allclose(out["score"], ref, atol=1e-4)
     assert np.std(ref) > 1e-3  # the comparison is not between constants
 
+    # fp16 (what CUDA runs), here on CPU's kernels: recorded at export, close to the same references.
+    assert model["variants"]["fp16"]["fidelity"]["spearman"] >= 0.99
+    assert model["variants"]["fp16"]["fidelity"]["mean_cosine"] >= 0.999
+    half = Bundle(bundle_dir, SessionConfig(precision="fp16")).run(recs, ("score", "embed"), max_tokens=2048)
+    assert np.abs(half["score"] - ref).max() < 0.01
+    assert ((st * half["embed"]).sum(1) / np.linalg.norm(st, axis=1) / np.linalg.norm(half["embed"], axis=1)).min() >= 0.999
 
 @pytest.mark.slow
 def test_export_default_command_prints_its_progress_and_no_library_warnings(tmp_path, cli):

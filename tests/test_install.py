@@ -1,4 +1,5 @@
-"""The runtime installs without any extra into a fresh venv (no torch, transformers or optimum) and runs."""
+"""The runtime installs without any extra into a fresh venv (no torch, transformers or optimum) and runs; the
+documented GPU install leaves the GPU build of onnxruntime alone (the package set pip resolves: no GPU here)."""
 
 import json
 import os
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from car_onnx.session import GPU_INSTALL
 from car_onnx_export import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +54,23 @@ def test_fresh_venv_without_extras(tmp_path):
     assert export.returncode == 2
     assert export.stderr.strip() == ("car-onnx: error: the export tools need the [export] extra (onnx is missing): "
                                      "pip install torch==2.13.0 && pip install 'car-onnx[export]'")
+
+
+@pytest.mark.slow
+def test_gpu_install_resolves_to_the_gpu_build_alone(tmp_path):
+    """`GPU_INSTALL` (the command the README and the --device cuda message give) after the runtime install: its
+    uninstall really runs, its install is resolved by pip (--dry-run --report): onnxruntime-gpu and never the
+    CPU onnxruntime, whose module it would overwrite. The README gives the same command."""
+    assert GPU_INSTALL in (ROOT / "README.md").read_text().splitlines()
+    uninstall, install = (part.strip().split() for part in GPU_INSTALL.split("&&"))
+    assert uninstall[:3] == ["pip", "uninstall", "-y"] and install[:2] == ["pip", "install"]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run(pip + ["install", "-q", str(ROOT)], check=True, timeout=900)
+    subprocess.run(pip + uninstall[1:], check=True, capture_output=True)
+    report = tmp_path / "report.json"
+    subprocess.run(pip + ["install", "-q", "--dry-run", "--report", str(report)] +
+                   [arg.strip("'") for arg in install[2:]], check=True, timeout=900, capture_output=True)
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert "onnxruntime-gpu" in names and "onnxruntime" not in names, names

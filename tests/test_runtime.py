@@ -181,14 +181,33 @@ def test_precision_choice(tmp_path):
 
 def test_device_resolution():
     assert resolve("auto").device == "cpu"  # no CUDA provider on the CPU build
-    with pytest.raises(UsageError, match=r"^device cuda: onnxruntime has no CUDAExecutionProvider here"):
+    with pytest.raises(UsageError) as info:  # this machine has the CPU build only
         resolve("cuda")
-    with pytest.raises(UsageError, match=r"^device must be one of cpu, cuda, auto, got 'tpu'$"):
+    assert str(info.value) == (
+        "device cuda: onnxruntime has no CUDAExecutionProvider here (installed: onnxruntime); replace it with the "
+        "GPU build: `pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.18'`; or use "
+        "device cpu")
+    with pytest.raises(UsageError, match=r"^device must be one of cpu, cuda, auto, got 'tpu'"):
         resolve("tpu")
     with pytest.raises(UsageError, match=r"^threads must be an integer >= 1, got 0$"):
         resolve("cpu", threads=0)
     with pytest.raises(UsageError, match=r"^precision must be one of fp32, int8, fp16, got 'int4'$"):
         resolve("cpu", precision="int4")
+
+
+def test_cuda_message_names_a_mixed_install(monkeypatch):
+    """Both builds installed and the CPU one's files on top: the message says so, with the same fix."""
+    from car_onnx import session
+
+    monkeypatch.setattr(session, "onnxruntime_builds", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    monkeypatch.setattr(session, "available_providers", lambda: ["CPUExecutionProvider"])
+    assert session.cuda_problem() == (
+        "onnxruntime has no CUDAExecutionProvider here: onnxruntime and onnxruntime-gpu are both installed and "
+        f"overwrite each other's `onnxruntime` module; keep only the GPU build: `{session.GPU_INSTALL}`")
+    assert resolve("auto").device == "cpu"
+    monkeypatch.setattr(session, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(session, "preload_cuda_libraries", lambda: None)
+    assert session.cuda_problem() is None and resolve("auto").device == "cuda"
 
 
 def test_default_bundle_location(tmp_path, monkeypatch):
