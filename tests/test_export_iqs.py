@@ -5,6 +5,8 @@ in this file (own sparsemax, layer norm, pooling and feed-forward on the state-d
 import argparse
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +14,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 yaml = pytest.importorskip("yaml")
+onnx = pytest.importorskip("onnx")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from car_onnx.bundle import Bundle  # noqa: E402
 from car_onnx.errors import CarError  # noqa: E402
-from car_onnx.manifest import read_manifest, sha256_file  # noqa: E402
+from car_onnx.manifest import read_manifest, sha256_file, verify_files  # noqa: E402
 from car_onnx.models import OnnxModel  # noqa: E402
 from car_onnx.session import SessionConfig  # noqa: E402
-from car_onnx_export.iqs import export_scorer  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
+from car_onnx_export.cli import REFUSED_EXIT  # noqa: E402
+from car_onnx_export.errors import VariantsRefused  # noqa: E402
+from car_onnx_export.iqs import export_scorer  # noqa: E402
 from car_onnx_export.tiny import make_st_folder  # noqa: E402
 
 HIDDEN, LAYERS, HEADS, POSITIONS = 32, 2, 4, 42  # 40 positions + XLM-R's pad offset of 2
@@ -362,3 +367,87 @@ def test_cli_error_is_one_line(tmp_path, base, cli):
     assert rc == 1 and out == "" and err == f"car-onnx: error: {ckpt}: no hparams.yaml at {ckpt.parent.parent / 'hparams.yaml'} " \
         "(the run folder of RUN/checkpoints/X.ckpt); it says how the head is built"
     assert not (tmp_path / "b").exists()
+
+
+# --- variants: a refused one leaves a valid bundle with the others (exit status 3); fp16 like int8 ------------
+
+# An unreachable gate (Spearman and cosine are at most 1): int8 is built, measured and then refused.
+PATCH_GATE = "from car_onnx_export import onnx_tools\nonnx_tools.DEFAULT_GATES['spearman'] = 1.01\n"
+
+
+def run_cli(*args, patch: str = ""):
+    """`car-onnx ARGS` in a subprocess, after `patch` ran in it; returns (exit code, stdout, stderr)."""
+    code = patch + ("import sys\nfrom car_onnx.cli import main\nsys.argv = ['car-onnx', *sys.argv[1:]]\n"
+                    "try:\n    main()\nexcept SystemExit as e:\n    sys.exit(e.code or 0)\n")
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return p.returncode, p.stdout, p.stderr
+
+
+def figures(fidelity: dict) -> str:
+    return ", ".join(f"{k} {fidelity[k]}" for k in ("max_abs_score_error", "spearman", "top5pct_overlap", "texts"))
+
+
+def test_refused_int8_keeps_fp32_in_a_valid_bundle(tmp_path, base):
+    ckpt = make_run(tmp_path, base, seed=4)
+    # The same export with --force: the int8 figures the refusal must report.
+    rc, _, err = run_cli("export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", tmp_path / "forced",
+                         "--force", patch=PATCH_GATE)
+    assert rc == 0, err
+    forced = read_manifest(tmp_path / "forced").models[0].variants["int8"].fidelity
+    assert forced["forced"] is True and forced["gate"]["spearman"] == 1.01
+
+    bundle = tmp_path / "bundle"
+    rc, out, err = run_cli("export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", bundle, patch=PATCH_GATE)
+    assert rc == REFUSED_EXIT == 3 and out.splitlines()[-1] == f"IQS scorer written to {bundle}"
+    assert err.splitlines()[-1] == (
+        f"car-onnx: error: {bundle}: model 'iqs' written with fp32; refused: int8: Spearman {forced['spearman']} "
+        f"< 1.01 ({figures(forced)}); pass --force to keep it anyway")
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    assert list(manifest.models[0].variants) == ["fp32"]
+    assert set(manifest.files) == {"iqs/tokenizer.json", "iqs/model.fp32.onnx"}
+    assert sorted(p.name for p in (bundle / "iqs").iterdir()) == ["model.fp32.onnx", "tokenizer.json"]
+    assert sha256_file(bundle / "iqs" / "model.fp32.onnx") == sha256_file(tmp_path / "forced" / "iqs" / "model.fp32.onnx")
+    assert Bundle(bundle, SessionConfig(), ("score",)).models["score"].precision == "fp32"
+    texts = texts_mixed()
+    np.testing.assert_allclose(runtime_scores(manifest.models[0], bundle, texts), reference_scores(ckpt, base, texts),
+                               atol=1e-4)
+
+
+def test_refusal_through_the_library(tmp_path, base, monkeypatch):
+    """export_scorer raises VariantsRefused after writing; asked only for int8, the checked fp32 is kept."""
+    from car_onnx_export import onnx_tools
+
+    monkeypatch.setitem(onnx_tools.DEFAULT_GATES, "spearman", 1.01)
+    ckpt = make_run(tmp_path, base, seed=4)
+    with pytest.raises(VariantsRefused) as info:
+        export_scorer(ckpt, tmp_path / "bundle", base=base, precisions=("int8",), **QUIET)
+    err = info.value
+    assert err.kept == ["fp32"] and [r.precision for r in err.refused] == ["int8"]
+    assert err.refused[0].failed == [f"int8: Spearman {err.refused[0].metrics['spearman']} < 1.01"]
+    assert list(read_manifest(tmp_path / "bundle").models[0].variants) == ["fp32"]
+    assert not (tmp_path / "bundle" / "iqs" / "model.int8.onnx").exists()
+
+
+def test_fp16_variant_of_a_scorer(tmp_path, base):
+    """fp16 on the tiny IQS: measured against PyTorch at export, recorded, and its scores close to the
+    independent forward."""
+    ckpt = make_run(tmp_path, base, seed=6)
+    spec = export_scorer(ckpt, tmp_path / "bundle", base=base, precisions=("fp32", "fp16"), **QUIET)
+    fidelity = read_manifest(tmp_path / "bundle").models[0].variants["fp16"].fidelity
+    assert fidelity == spec.variants["fp16"].fidelity and fidelity["forced"] is False
+    assert fidelity["spearman"] >= 0.99 and fidelity["max_abs_score_error"] < 0.05
+    texts = texts_mixed()
+    got = runtime_scores(spec, tmp_path / "bundle", texts, precision="fp16")
+    ref = reference_scores(ckpt, base, texts)
+    assert got.dtype == np.float32 and np.abs(got - ref).max() < 0.05 and np.abs(got - ref).max() > 0
+    weights = onnx.load(str(tmp_path / "bundle" / "iqs" / "model.fp16.onnx")).graph.initializer
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in weights) > len(weights) // 2
+
+
+def test_default_export_builds_fp16():
+    rc, out, err = run_cli("export", "default", "--help")
+    assert rc == 0, err
+    assert "[default: fp32,int8,fp16]" in out and "Exit status 3: a variant missed its fidelity gate" in " ".join(
+        out.split())

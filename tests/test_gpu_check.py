@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from car_onnx.session import cuda_problem
-from tests import tiny
+from car_onnx_export import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "corpora"
