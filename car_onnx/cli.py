@@ -143,13 +143,16 @@ def _guard(command):
     def run(*args, **kwargs):
         debug = os.environ.get("CAR_ONNX_DEBUG") == "1"
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
+            caught: list = []
+            try:
+                with warnings.catch_warnings(record=True) as caught:
                     return command(*args, **kwargs)
-                finally:  # after the summary: what the user should know about this run
-                    for warning in caught:
-                        typer.echo(f"car-onnx: warning: {warning.message}", err=True)
+            finally:  # after the summary: what the user should know about this run; others as Python shows them
+                for w in caught:
+                    if Path(w.filename).resolve().is_relative_to(HERE):
+                        typer.echo(f"car-onnx: warning: {w.message}", err=True)
+                    else:
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         except CarError as err:
             if debug:
                 traceback.print_exc()
@@ -353,6 +356,7 @@ def _options(
     """CaR instruction-data selection on onnxruntime."""
 
 
+HERE = Path(__file__).resolve().parent  # warnings raised from here are car-onnx's own
 PLUGINS = "car_onnx.cli"  # entry-point group: callables that add commands to the app (the export tool is one)
 
 
