@@ -409,7 +409,7 @@ def test_refused_int8_keeps_fp32_in_a_valid_bundle(tmp_path, base):
     assert set(manifest.files) == {"iqs/tokenizer.json", "iqs/model.fp32.onnx"}
     assert sorted(p.name for p in (bundle / "iqs").iterdir()) == ["model.fp32.onnx", "tokenizer.json"]
     assert sha256_file(bundle / "iqs" / "model.fp32.onnx") == sha256_file(tmp_path / "forced" / "iqs" / "model.fp32.onnx")
-    assert Bundle(bundle, SessionConfig(), ("score",)).models["score"].precision == "fp32"
+    assert Bundle(bundle, SessionConfig()).model("score").precision == "fp32"
     texts = texts_mixed()
     np.testing.assert_allclose(runtime_scores(manifest.models[0], bundle, texts), reference_scores(ckpt, base, texts),
                                atol=1e-4)
