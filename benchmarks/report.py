@@ -61,9 +61,18 @@ def rows() -> list[tuple[str, str, str]]:
         sizes = {k.split("/")[-1]: v for k, v in d["files"].items()}
         fp32 = sum(v for k, v in sizes.items() if k.startswith("model.fp32"))
         int8 = sum(v for k, v in sizes.items() if k.startswith("model.int8"))
-        out.append(("IQS full-size export (fp32 + int8): wall time, peak RSS, files",
-                    f"{d['export']['wall_s']:.0f} s, {d['export']['peak_rss_mb'] / 1024:.1f} GB, "
-                    f"fp32 {fp32 / 2**30:.2f} GB, int8 {int8 / 2**30:.2f} GB", "within 24 GB"))
+        e = d["export"]
+        if "peak_rss_with_child_processes_mb" in e:
+            peak = e["peak_rss_with_child_processes_mb"] / 1024
+            out.append(("IQS full-size export (fp32 + int8): wall time, peak RSS of the export with its child "
+                        "processes (largest single process), files",
+                        f"{e['wall_s']:.0f} s, {peak:.1f} GB ({e['peak_rss_mb'] / 1024:.1f} GB), fp32 "
+                        f"{fp32 / 2**30:.2f} GB, int8 {int8 / 2**30:.2f} GB (embedding tables "
+                        f"{d['variants']['int8'].get('embeddings', 'fp32')})", _met(round(peak, 2), 8, higher=False)))
+        else:
+            out.append(("IQS full-size export (fp32 + int8): wall time, peak RSS, files",
+                        f"{e['wall_s']:.0f} s, {e['peak_rss_mb'] / 1024:.1f} GB, "
+                        f"fp32 {fp32 / 2**30:.2f} GB, int8 {int8 / 2**30:.2f} GB", "within 24 GB"))
     if d := _load("gpu"):
         for key, label in (("default_bundle", "default bundle"), ("iqs_full", "IQS full size")):
             m = d[key]

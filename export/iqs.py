@@ -293,6 +293,8 @@ def export_scorer(checkpoint: Path, output: Path, *, base: Path | None = None, p
     tokenizer = copy_tokenizer(tokenizer_src, output, NAME)
     used = {k: hparams.get(k) for k in ("pretrained_model", *REQUIRED_HPARAMS, "final_activation", "dropout")}
     weights = model.head.layerwise_attention.frozen
+    held = {"model": model}  # dropped by build_variants once exported: a 550M model's memory goes to the ONNX steps
+    del model
     spec = ModelSpec(
         name=NAME, roles=("score",), tokenizer=tokenizer, template=TEMPLATE, max_length=max_length,
         pad_id=int(config.pad_token_id), inputs=("input_ids", "attention_mask"), outputs={"score": "score"},
@@ -314,13 +316,13 @@ def export_scorer(checkpoint: Path, output: Path, *, base: Path | None = None, p
         with torch.inference_mode():
             for i in range(0, len(ids), REFERENCE_BATCH):
                 batch, mask = pad_batch(ids[i:i + REFERENCE_BATCH], spec.pad_id)
-                scores.append(model(torch.from_numpy(batch), torch.from_numpy(mask)).numpy())
+                scores.append(held["model"](torch.from_numpy(batch), torch.from_numpy(mask)).numpy())
         return {"score": np.concatenate(scores).astype(np.float32)}
 
     example = {n: torch.full((2, 8), 5, dtype=torch.int64) for n in spec.inputs}
-    spec, refused = build_variants(model, spec, output, example, texts or verification_texts(), reference,
+    spec, refused = build_variants(held["model"], spec, output, example, texts or verification_texts(), reference,
                                    precisions=precisions, num_heads=config.num_attention_heads,
-                                   hidden_size=config.hidden_size, force=force, log=log)
+                                   hidden_size=config.hidden_size, force=force, release=held.clear, log=log)
     add_to_bundle(output, spec, f"car-onnx export scorer {car_onnx.__version__}")
     log(f"IQS scorer written to {output}")
     raise_refused(output, spec, refused)

@@ -7,13 +7,14 @@ compared with the PyTorch model on real texts; fp32 must match, reduced precisio
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import onnx
-import torch
 
 from car_onnx import CarError
 from car_onnx.manifest import ModelSpec, Variant, read_manifest, write_manifest
@@ -21,8 +22,12 @@ from car_onnx.models import OnnxModel
 
 from .errors import ExportError, Refusal, VariantsRefused  # noqa: F401 (VariantsRefused: raised here)
 
-# onnx protobufs cannot exceed 2 GB; above this size the tensors go to one external `<graph>.data` file.
+# onnx protobufs cannot exceed 2 GB; above this size the tensors go to one external `<graph>.data` file, and each
+# ONNX step (fusion, quantisation, conversion, check) runs in its own process, so that its memory is returned.
 EXTERNAL_DATA_BYTES = 1_500_000_000
+# Embedding tables are quantised too when the largest is above this size (int8 tries it first, then keeps them fp32
+# if the gate refuses): XLM-R large's 250k x 1024 table is 1 GB of the 1.5 GB int8 graph; MiniLM's 47 MB stays fp32.
+EMBEDDING_INT8_BYTES = 100_000_000
 FP32_MAX_SCORE_ERROR = 1e-4
 FP32_MIN_COSINE = 0.99999
 DEFAULT_GATES = {"spearman": 0.99, "mean_cosine": 0.995}
@@ -41,25 +46,32 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def export_module(module: torch.nn.Module, path: Path, example: dict[str, torch.Tensor], outputs: list[str]) -> None:
+def export_module(module, path: Path, example: dict, outputs: list[str]) -> None:
     """TorchScript-based export (the graph shape onnxruntime's transformer fusions recognise), dynamic batch
-    and sequence axes, then re-saved whole or with external data."""
-    path = Path(path)
+    and sequence axes; above 2 GB torch writes the tensors as files beside `path`."""
+    import torch
+
     names = list(example)
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {o: {0: "batch"} for o in outputs}
-    tmp_dir = path.parent / f".{path.name}.tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(module.eval(), tuple(example[n] for n in names), str(tmp_dir / "model.onnx"),
-                              input_names=names, output_names=outputs, dynamic_axes=axes, opset_version=17,
-                              do_constant_folding=True, dynamo=False)
-        save_onnx(onnx.load(str(tmp_dir / "model.onnx")), path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    with torch.no_grad():
+        torch.onnx.export(module.eval(), tuple(example[n] for n in names), str(path), input_names=names,
+                          output_names=outputs, dynamic_axes=axes, opset_version=17, do_constant_folding=True,
+                          dynamo=False)
 
 
-def optimize(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict:
+def in_process(big: bool, fn, *args):
+    """`fn(*args)`; for a large model in a fresh process, so that the memory of each step is returned when it
+    ends and the export's peak is that of its largest step, not their sum."""
+    if not big:
+        return fn(*args)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict:
     """onnxruntime's transformer fusions (attention, gelu, embedding layer norm, ...); returns the fused-op counts.
     Skip-layer-norm fusion is left out: its CPU kernel is 2.6-4.8x slower than Add + LayerNormalization (measured in
     benchmarks/kernels.py); a CUDA session still fuses them at load time."""
@@ -88,17 +100,29 @@ def ffn_output_matmuls(path: Path) -> list[str]:
     return [n for n in names if "/output/dense/" in n and "/attention/" not in n]
 
 
-def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> None:
+def word_embedding_bytes(path: Path) -> int:
+    """Size in fp32 of the largest embedding table the graph looks up (a Gather's initializer, or the word table
+    of a fused EmbedLayerNormalization); 0 without one."""
+    model = onnx.load(str(path), load_external_data=False)
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    tables = [dims.get(n.input[0]) for n in model.graph.node if n.op_type == "Gather"]
+    tables += [dims.get(n.input[2]) for n in model.graph.node if n.op_type == "EmbedLayerNormalization"]
+    return max((4 * int(np.prod(d)) for d in tables if d), default=0)
+
+
+def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, embeddings: bool = False) -> None:
     """Dynamic int8 of the MatMuls and the fused attention (QAttention), `exclude` kept fp32 (by default the FFN
     output projections: ffn_output_matmuls): uint8 activations, per-channel signed weights in 7 bits
     (reduce_range), so that AVX2's 16-bit pair sums never saturate and a CPU with VNNI and one without compute the
     same integers (on an AVX2-only CPU, quantising attention with full-range weights fell to Spearman 0.988 on the
-    export's check texts)."""
+    export's check texts). `embeddings`: the embedding tables too, one uint8 scale per table (Gather from a uint8
+    table then DequantizeLinear, or QEmbedLayerNormalization where the embedding layer was fused)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exclude = ffn_output_matmuls(src) if exclude is None else exclude
+    ops = ["MatMul", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=list(exclude),
+                     op_types_to_quantize=ops, nodes_to_exclude=list(exclude),
                      use_external_data_format=Path(str(src) + ".data").exists(),
                      extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
 
@@ -161,10 +185,10 @@ def check_gate(precision: str, metrics: dict, gates: dict) -> list[str]:
 
 
 def build_variants(
-    module: torch.nn.Module,
+    module,
     spec: ModelSpec,
     root: Path,
-    example: dict[str, torch.Tensor],
+    example: dict,
     texts: list[str],
     reference: Callable[[list[str]], dict[str, np.ndarray]],
     *,
@@ -174,27 +198,38 @@ def build_variants(
     gates: dict | None = None,
     force: bool = False,
     int8_exclude: list[str] | None = None,
+    release: Callable[[], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[ModelSpec, list[Refusal]]:
     """Export `module` (returning one tensor per role, in `spec.roles` order) into `root/<spec.name>/` in the
     asked precisions, check each, and return the spec with the variants that passed (with their measured
     fidelity) and the refused ones. A refused variant's files are deleted; the others are kept, so that the caller
     writes a valid bundle before reporting it. fp32 is always built and checked first; when not asked for it is
-    dropped, unless no asked variant passed. `spec.variants` is replaced; `spec.tokenizer` must already exist."""
+    dropped, unless no asked variant passed. `spec.variants` is replaced; `spec.tokenizer` must already exist.
+    `release` is called once the PyTorch side is done (export and reference outputs): the caller drops its
+    references to the module there, so that a large model's memory is free for the ONNX steps."""
     gates = {**DEFAULT_GATES, **(gates or {})}
     outputs = [spec.outputs[r] for r in spec.roles]
-    folder = Path(root) / spec.name
-    raw = folder / "raw.onnx"
-    export_module(module, raw, example, outputs)
-    fp32 = f"{spec.name}/model.fp32.onnx"
-    fusions = optimize(raw, Path(root) / fp32, num_heads=num_heads, hidden_size=hidden_size)
-    for f in (raw, raw.with_name(raw.name + ".data")):
-        f.unlink(missing_ok=True)
+    root = Path(root)
+    raw = root / spec.name / ".raw"
+    shutil.rmtree(raw, ignore_errors=True)
+    raw.mkdir(parents=True)
+    try:
+        export_module(module, raw / "model.onnx", example, outputs)
+        ref = reference(texts)
+        del module
+        if release is not None:
+            release()
+        gc.collect()
+        big = sum(f.stat().st_size for f in raw.iterdir()) > EXTERNAL_DATA_BYTES
+        fp32 = f"{spec.name}/model.fp32.onnx"
+        fusions = in_process(big, optimize, raw / "model.onnx", root / fp32, num_heads, hidden_size)
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
     log(f"{spec.name}: fused operators {fusions}")
-    ref = reference(texts)
     variants = {"fp32": Variant(fp32)}
     spec = dataclasses.replace(spec, variants=variants)
-    fp32_metrics = compare(ref, run_variant(spec, root, "fp32", texts))
+    fp32_metrics = compare(ref, in_process(big, run_variant, spec, root, "fp32", texts))
     check_fp32(fp32_metrics)
     variants["fp32"] = Variant(fp32, {**fp32_metrics, "fusions": fusions})
     log(f"{spec.name}: fp32 matches PyTorch: {fp32_metrics}")
@@ -202,27 +237,36 @@ def build_variants(
     for precision in precisions:
         if precision == "fp32":
             continue
-        rel = f"{spec.name}/model.{precision}.onnx"
-        if precision == "int8":
-            quantize_int8(Path(root) / fp32, Path(root) / rel, int8_exclude)
-        elif precision == "fp16":
-            convert_fp16(Path(root) / fp32, Path(root) / rel)
-        else:
+        if precision not in ("int8", "fp16"):
             raise ExportError(f"unknown precision {precision!r}")
-        spec = dataclasses.replace(spec, variants={**variants, precision: Variant(rel)})
-        metrics = compare(ref, run_variant(spec, root, precision, texts))
-        failed = check_gate(precision, metrics, gates)
-        log(f"{spec.name}: {precision} against PyTorch fp32: {metrics}")
+        rel = f"{spec.name}/model.{precision}.onnx"
+        recipes = [{}]  # int8 of a large word-embedding table: tried first, then kept fp32 if the gate refuses
+        if precision == "int8" and word_embedding_bytes(root / fp32) > EMBEDDING_INT8_BYTES:
+            recipes = [{"embeddings": "int8"}, {"embeddings": "fp32"}]
+        for recipe in recipes:
+            if precision == "int8":
+                in_process(big, quantize_int8, root / fp32, root / rel, int8_exclude,
+                           recipe.get("embeddings") == "int8")
+            else:
+                in_process(big, convert_fp16, root / fp32, root / rel)
+            spec = dataclasses.replace(spec, variants={**variants, precision: Variant(rel)})
+            metrics = compare(ref, in_process(big, run_variant, spec, root, precision, texts))
+            failed = check_gate(precision, metrics, gates)
+            label = precision + (f" (embeddings {recipe['embeddings']})" if recipe else "")
+            log(f"{spec.name}: {label} against PyTorch fp32: {metrics}")
+            if not failed or force or recipe is recipes[-1]:
+                break
+            log(f"{spec.name}: {'; '.join(failed)} with embeddings int8: trying them fp32")
         if failed and not force:
-            for f in (Path(root) / rel, Path(root) / (rel + ".data")):
+            for f in (root / rel, root / (rel + ".data")):
                 f.unlink(missing_ok=True)
             refused.append(Refusal(precision, failed, metrics))
             log(f"{spec.name}: {'; '.join(failed)}: refused")
             continue
-        variants[precision] = Variant(rel, {**metrics, "gate": gates, "forced": bool(failed)})
+        variants[precision] = Variant(rel, {**metrics, **recipe, "gate": gates, "forced": bool(failed)})
     if "fp32" not in precisions and len(variants) > 1:
         variants.pop("fp32")
-        for f in (Path(root) / fp32, Path(root) / (fp32 + ".data")):
+        for f in (root / fp32, root / (fp32 + ".data")):
             f.unlink(missing_ok=True)
     return dataclasses.replace(spec, variants=variants), refused
 

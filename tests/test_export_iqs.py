@@ -451,3 +451,51 @@ def test_default_export_builds_fp16():
     assert rc == 0, err
     assert "[default: fp32,int8,fp16]" in out and "Exit status 3: a variant missed its fidelity gate" in " ".join(
         out.split())
+
+
+def test_steps_in_child_processes_write_the_same_bundle(tmp_path, base, monkeypatch):
+    """A large model runs fusion, quantisation, conversion and checks each in its own process: forced here on the
+    tiny model, the bundle is byte for byte the one the same export writes in one process."""
+    from car_onnx_export import onnx_tools
+
+    ckpt = make_run(tmp_path, base, seed=7)
+    export_scorer(ckpt, tmp_path / "one", base=base, precisions=("fp32", "int8", "fp16"), force=True, **QUIET)
+    spawned = []
+    monkeypatch.setattr(onnx_tools, "EXTERNAL_DATA_BYTES", 0)
+    real = onnx_tools.in_process
+    monkeypatch.setattr(onnx_tools, "in_process", lambda big, fn, *a: spawned.append((big, fn.__name__)) or
+                        real(big, fn, *a))
+    export_scorer(ckpt, tmp_path / "many", base=base, precisions=("fp32", "int8", "fp16"), force=True, **QUIET)
+    assert spawned == [(True, "optimize"), (True, "run_variant"), (True, "quantize_int8"), (True, "run_variant"),
+                       (True, "convert_fp16"), (True, "run_variant")]
+    one, many = read_manifest(tmp_path / "one"), read_manifest(tmp_path / "many")
+    assert one.files == many.files and one.models[0].variants == many.models[0].variants
+
+
+def test_embedding_tables_int8_where_the_gate_allows(tmp_path, base, monkeypatch):
+    """Above EMBEDDING_INT8_BYTES the embedding tables are quantised too (uint8 word table in the graph, recorded
+    in the manifest); when that misses the gate, int8 is tried again with them fp32 before being refused."""
+    from car_onnx_export import onnx_tools
+
+    monkeypatch.setattr(onnx_tools, "EMBEDDING_INT8_BYTES", 0)
+    ckpt = make_run(tmp_path, base, seed=8)
+    spec = export_scorer(ckpt, tmp_path / "bundle", base=base, precisions=("fp32", "int8"), **QUIET)
+    fidelity = spec.variants["int8"].fidelity
+    assert fidelity["embeddings"] == "int8" and fidelity["forced"] is False and fidelity["spearman"] >= 0.99
+    tables = {t.name: t for t in onnx.load(str(tmp_path / "bundle" / "iqs" / "model.int8.onnx")).graph.initializer}
+    word = tables["encoder.embeddings.word_embeddings.weight_quantized"]
+    assert word.data_type == onnx.TensorProto.UINT8 and list(word.dims) == [
+        json.loads((base / "config.json").read_text())["vocab_size"], 32]
+    assert "encoder.embeddings.word_embeddings.weight" not in tables
+    texts = texts_mixed()
+    got = runtime_scores(spec, tmp_path / "bundle", texts, precision="int8")
+    assert np.abs(got - reference_scores(ckpt, base, texts)).max() < 0.2
+
+    monkeypatch.setitem(onnx_tools.DEFAULT_GATES, "spearman", 1.01)
+    lines = []
+    with pytest.raises(VariantsRefused) as info:
+        export_scorer(ckpt, tmp_path / "refused", base=base, precisions=("fp32", "int8"), log=lines.append)
+    tried = [line.split(" against")[0] for line in lines if " against PyTorch fp32" in line]
+    assert tried == ["iqs: int8 (embeddings int8)", "iqs: int8 (embeddings fp32)"]
+    last = [line for line in lines if " against PyTorch fp32" in line][-1]
+    assert info.value.refused[0].metrics["spearman"] == float(last.split("'spearman': ")[1].split(",")[0])
