@@ -109,6 +109,8 @@ def _summary(report: pipeline.Report, quiet: bool, output: Path) -> None:
         parts.append(f"{report.clusters} clusters")
     times = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     typer.echo(f"car-onnx: {'; '.join(parts)}; wrote {output} [{times}]", err=True)
+    for warning in report.warnings:
+        typer.echo(f"car-onnx: warning: {warning}", err=True)
 
 
 @app.command()

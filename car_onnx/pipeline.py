@@ -18,6 +18,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .clustering import Clusterer
+from .coverage import coverage_warnings
 from .errors import InputError, UsageError
 from .io import FieldMap, Record, detect_format, iter_records, open_writer, replacing
 from .selection import car_select, parse_size
@@ -59,6 +60,7 @@ class Report:
     rejected: int = 0
     seconds: dict = field(default_factory=dict)
     selected_rows: list = field(default_factory=list)  # select: the chosen rows, in selection order
+    warnings: list = field(default_factory=list)  # e.g. a bundle that cannot read the data's language
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,7 @@ def select(job: Job, bundle: Bundle, output: Path, *, n1="1000", n2="1", k=None,
                 for i in sel.indices:
                     writer.write(chosen[int(i)])
     return Report(n, len(sel.indices), int(labels.max()) + 1, found.rejected, stages.seconds,
-                  [chosen[int(i)] for i in sel.indices] if chosen else [])
+                  [chosen[int(i)] for i in sel.indices] if chosen else [], coverage_warnings(bundle.models.values()))
 
 
 def score(job: Job, bundle: Bundle, output: Path, *, out_fmt=None, stages: Stages | None = None) -> Report:
@@ -272,7 +274,8 @@ def score(job: Job, bundle: Bundle, output: Path, *, out_fmt=None, stages: Stage
         with stages.stage("write"), open_writer(output, fmt, (*found.columns, *added)) as writer:
             for i, r in enumerate(_again(job, found, added)):
                 writer.write({**r.row, SCORE_FIELD: _float(scores[i])})
-    return Report(found.records, rejected=found.rejected, seconds=stages.seconds)
+    return Report(found.records, rejected=found.rejected, seconds=stages.seconds,
+                  warnings=coverage_warnings(bundle.models.values()))
 
 
 def embed(job: Job, bundle: Bundle, output: Path, *, stages: Stages | None = None) -> Report:
@@ -291,4 +294,5 @@ def embed(job: Job, bundle: Bundle, output: Path, *, stages: Stages | None = Non
                 target[:] = vectors
                 target.flush()
                 del target
-    return Report(found.records, rejected=found.rejected, seconds=stages.seconds)
+    return Report(found.records, rejected=found.rejected, seconds=stages.seconds,
+                  warnings=coverage_warnings(bundle.models.values()))
