@@ -54,6 +54,23 @@ def default(
 
 
 @app.command()
+def multilingual(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle directory [default: the multilingual folder beside the default bundle's].")] = None,
+    precision: Precisions = "fp32,int8",
+    weights: Annotated[Optional[Path], typer.Option(help="A head from `car-onnx train-scorer --encoder multilingual` [default: the shipped one].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
+):
+    """Build the multilingual bundle: USE multilingual v3 (16 languages incl. Chinese) and a trained scorer head."""
+    def go():
+        _require()
+        from .multilingual import WEIGHTS, default_output, export_multilingual
+
+        export_multilingual(output or default_output(), precisions=_precisions(precision), force=force,
+                            weights=weights or WEIGHTS)
+    _run(go)
+
+
+@app.command()
 def scorer(
     checkpoint: Annotated[Path, typer.Option(help="The IQS checkpoint: RUN/checkpoints/X.ckpt, with RUN/hparams.yaml.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory (models already there are kept).")],
@@ -95,11 +112,14 @@ def train_scorer(
     seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffling.")] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs [default: the recipe's].")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N training pairs (for quick checks).")] = None,
+    encoder: Annotated[str, typer.Option(help="The frozen encoder: minilm (export default) or multilingual (export multilingual).")] = "minilm",
 ):
-    """Train a scorer head on expert-revised data, on top of the frozen all-MiniLM-L6-v2."""
+    """Train a scorer head on expert-revised data, on top of a frozen encoder."""
     def go():
         _require()
-        from .train import train_head
+        from .train import ENCODERS, train_head
 
-        train_head(train, valid, output, seed=seed, epochs=epochs, limit=limit)
+        if encoder not in ENCODERS:
+            raise UsageError(f"--encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+        train_head(train, valid, output, seed=seed, epochs=epochs, limit=limit, encoder=encoder)
     _run(go)
