@@ -131,7 +131,8 @@ def run(work: Path, quick: bool) -> dict:
         "fidelity_at_export": read_manifest(multi).models[0].to_json()["variants"],
         "agreement_score_valid": {p: agreement(multi, p) for p in ("fp32", "int8")},
         "embed_speed": embed_speed(bundles, work, n, threads),
-        "unknown_share_english": {label: unknown_share(b, corpus(CORPORA[0], n)) for label, b in bundles.items()},
+        "unknown_share_english": {label: {name: unknown_share(b, corpus(name, n)) for name in CORPORA}
+                                  for label, b in bundles.items()},
         "unknown_share_limit": UNKNOWN_SHARE_LIMIT,
         "chinese": chinese(bundles, work, n, threads),
         "length_correlation": length_correlation(multi, n),

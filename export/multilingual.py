@@ -19,7 +19,7 @@ from torch import nn
 import car_onnx
 from car_onnx.manifest import ModelSpec, Template, Variant
 
-from .heads import ScoringHead
+from .heads import PooledHead, ScoringHead
 from .onnx_tools import ExportError, add_to_bundle, build_variants, export_module
 
 NAME = "use-m3-car"
@@ -162,13 +162,11 @@ class JointModel(nn.Module):
 
     def __init__(self, encoder: USEEncoder, head: ScoringHead):
         super().__init__()
-        self.encoder, self.head = encoder, head
+        self.encoder, self.head = encoder, PooledHead(head)  # the head as trained: on [batch, layers, 512]
 
     def forward(self, input_ids, attention_mask):
         layers = self.encoder(input_ids, attention_mask)
-        w = self.head.layerwise_attention.weights()
-        mixed = self.head.layerwise_attention.gamma * sum(w[i] * h for i, h in enumerate(layers))
-        return self.head.estimator(mixed).squeeze(-1), layers[-1]  # in the order of the roles (score, embed)
+        return self.head(torch.stack(layers, 1)), layers[-1]  # in the order of the roles (score, embed)
 
 
 # ---------------------------------------------------------------- head training

@@ -19,7 +19,7 @@ import torch
 
 from car_onnx.errors import InputError
 
-from .heads import HeadConfig, ScoringHead
+from .heads import HeadConfig, PooledHead, ScoringHead
 
 TEMPLATE = {"with_input": "Instruction: {instruction} Input: {input} Response: {output}",
             "without_input": "Instruction: {instruction} Response: {output}"}  # as the expert-revised data is written
@@ -90,19 +90,6 @@ def pooled_layers(texts: list[str], encoder, tokenizer, batch: int = 32) -> np.n
 
 def agreement(scores: np.ndarray, data: PairData) -> float:
     return float((scores[data.better] > scores[data.worse]).mean())
-
-
-class PooledHead(torch.nn.Module):
-    """The ScoringHead applied to pre-pooled layers: gamma * sum_i w_i * pooled_i, then the feed-forward."""
-
-    def __init__(self, head: ScoringHead):
-        super().__init__()
-        self.head = head
-
-    def forward(self, pooled):  # [b, layers, hidden]
-        w = self.head.layerwise_attention.weights()
-        mixed = self.head.layerwise_attention.gamma * (w[None, :, None] * pooled).sum(1)
-        return self.head.estimator(mixed).squeeze(-1)
 
 
 def fit(train_x: np.ndarray, train: PairData, valid_x: np.ndarray, valid: PairData, *, seed: int, epochs: int,

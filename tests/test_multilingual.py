@@ -146,3 +146,9 @@ def test_export_refuses_a_head_of_another_encoder(tmp_path):
     with pytest.raises(ExportError, match="a head trained on the minilm encoder, not on the multilingual one"):
         export_multilingual(tmp_path / "b", weights=MINILM_HEAD, log=lambda s: None)
     assert not (tmp_path / "b").exists()
+
+
+def test_train_scorer_names_the_encoders(tmp_path):
+    code, _, err, _ = run("train-scorer", "--train", tmp_path / "t.csv", "--valid", tmp_path / "v.csv", "-o",
+                          tmp_path / "h.safetensors", "--encoder", "bert")
+    assert (code, err) == (2, "car-onnx: error: --encoder must be one of minilm, multilingual, got 'bert'")
