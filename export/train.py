@@ -139,11 +139,11 @@ ENCODERS = ("minilm", "multilingual")
 def encoder_features(name: str):
     """(texts -> [n, layers, hidden] pooled features, token limit) of the frozen encoder `name`."""
     if name == "multilingual":
-        from .multilingual import MAX_LENGTH, USEEncoder, build_tokenizer, encode_layers, package_resources
+        from . import multilingual as ml
 
-        sp_model, weights = package_resources()
-        encoder, tokenizer = USEEncoder(weights).eval(), build_tokenizer(sp_model)
-        return (lambda texts: encode_layers(texts, encoder, tokenizer)), MAX_LENGTH
+        sp_model, weights = ml.package_resources()
+        encoder, tokenizer = ml.USEEncoder(weights).eval(), ml.build_tokenizer(sp_model)
+        return (lambda texts: ml.encode_layers(texts, encoder, tokenizer)), ml.MAX_LENGTH
     if name != "minilm":
         raise ValueError(f"encoder must be one of {ENCODERS}, got {name!r}")
     from transformers import AutoTokenizer
