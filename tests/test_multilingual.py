@@ -152,3 +152,21 @@ def test_train_scorer_names_the_encoders(tmp_path):
     code, _, err, _ = run("train-scorer", "--train", tmp_path / "t.csv", "--valid", tmp_path / "v.csv", "-o",
                           tmp_path / "h.safetensors", "--encoder", "bert")
     assert (code, err) == (2, "car-onnx: error: --encoder must be one of minilm, multilingual, got 'bert'")
+
+
+def test_train_scorer_on_the_multilingual_encoder(tmp_path):
+    """A few epochs on pairs written here: the head mixes the encoder's four sentence-level vectors and its metadata
+    names the encoder, which the export checks."""
+    from car_onnx_export.multilingual import LAYERS, MAX_LENGTH
+    from car_onnx_export.train import train_head
+    from tests.test_default_bundle import write_pairs
+
+    records = json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())
+    write_pairs(tmp_path / "train.csv", records[:30])
+    write_pairs(tmp_path / "valid.csv", records[30:])
+    metrics = train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "head.safetensors", seed=1,
+                         epochs=2, encoder="multilingual", log=lambda s: None)
+    meta = json.loads((tmp_path / "head.json").read_text())
+    assert (metrics["train_pairs"], metrics["valid_pairs"], len(metrics["history"])) == (15, 5, 2)
+    assert meta["encoder"] == "multilingual" and meta["max_length"] == MAX_LENGTH
+    assert meta["head"]["num_layers"] == len(LAYERS) == 4 and meta["head"]["hidden"] == 512
