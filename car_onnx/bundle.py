@@ -62,6 +62,11 @@ class Bundle:
                 self._loaded[spec.name] = OnnxModel(spec, self.root, precision, self.config)
             return self._loaded[spec.name]
 
+    def loaded(self) -> list[OnnxModel]:
+        """The models loaded so far."""
+        with self._lock:
+            return list(self._loaded.values())
+
     def run(self, records, roles: tuple[str, ...], max_tokens: int = DEFAULT_MAX_TOKENS,
             progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
         """Scores and/or embeddings of `records` (objects with instruction/input/output), one pass per model:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -12,6 +13,7 @@ import numpy as np
 from . import containers
 from .bundle import Bundle, find_bundle
 from .clustering import PCA_VARIANCE, SEED, Clusterer
+from .coverage import coverage_warnings
 from .errors import UsageError
 from .records import FieldMap, Record
 from .selection import N1, N2, Dedup, Selection, Size, car_select
@@ -82,6 +84,11 @@ class Model:
     def manifest(self):
         return self._bundle.manifest
 
+    def warn_unreadable(self) -> None:
+        """A warning for each model that mapped too much of what it read to its unknown token (coverage.py)."""
+        for message in coverage_warnings(self._bundle.loaded()):
+            warnings.warn(message, stacklevel=2)
+
     def text(self, instruction: str, input: str, output: str) -> str:
         """A record's text as the scorer reads it (its template)."""
         return self.manifest.model_for("score").template.render(instruction, input, output)
@@ -105,6 +112,7 @@ class Model:
         parts = [self.run(chunk, roles) for chunk in chunks(found)]
         if not parts:
             raise containers.no_records()
+        self.warn_unreadable()
         return {role: np.concatenate([p[role] for p in parts]) for role in roles}
 
     def score(self, data) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from .coverage import Coverage, unknown_id
 from .errors import BundleError
 from .manifest import ModelSpec
 from .session import SessionConfig, create_session, machine_threads
@@ -24,6 +25,7 @@ class OnnxModel:
         self.spec, self.precision = spec, precision
         self.graph = Path(root) / spec.variants[self.precision].graph
         self.tokenizer = load_tokenizer(Path(root) / spec.tokenizer, spec.max_length)
+        self.unk_id, self.coverage = unknown_id(self.tokenizer), Coverage()  # unknown tokens of every text run
         self.session, self.workers = create_session(self.graph, config), config.workers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
@@ -49,6 +51,7 @@ class OnnxModel:
         would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
         names = [self.spec.outputs[r] for r in roles]
         tokens = tokenize(self.tokenizer, texts)
+        self.coverage.add(tokens.ids, self.unk_id, self.tokenizer.num_special_tokens_to_add(False))
         out: dict[str, np.ndarray] = {}
 
         def infer(batch: list[int]) -> list:

@@ -187,6 +187,7 @@ def infer(job: Job, model: Model, roles: tuple[str, ...], scan_: Scan, added: tu
                 advance(len(chunk) * passes)
             else:
                 work.save(c, model.run(chunk, roles, advance))
+    model.warn_unreadable()
     return work.assemble(scan_.records)
 
 

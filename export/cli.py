@@ -12,11 +12,6 @@ from car_onnx.manifest import PRECISIONS
 
 app = typer.Typer(name="export", rich_markup_mode=None, help="Build ONNX bundles (needs the export extra of car-onnx).", no_args_is_help=True)
 
-def _run(go):
-    """Run a command's body (the car-onnx CLI turns its errors into one line)."""
-    return go()
-
-
 Precisions = Annotated[str, typer.Option("--precision", help="Comma-separated variants to build: fp32,int8,fp16.")]
 # Exit status when the bundle was written with the variants that passed but an asked one missed its gate.
 REFUSED_EXIT = 3
@@ -42,22 +37,16 @@ def _require() -> None:
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's "consider pre-processing before quantization"
 
 
-def _export(fn) -> None:
-    """Run an export like any command (`_run`), except that refused variants exit REFUSED_EXIT after the rest
-    of the bundle was written."""
+def _export(fn, *args, **kwargs) -> None:
+    """Run an export; refused variants exit REFUSED_EXIT after the rest of the bundle was written (the car-onnx CLI
+    turns any other error into one line)."""
     from .errors import VariantsRefused
 
-    def go():
-        try:
-            fn()
-        except VariantsRefused as err:
-            return err
-        return None
-
-    refused = _run(go)
-    if refused is not None:
-        typer.echo(f"car-onnx: error: {refused}", err=True)
-        raise typer.Exit(REFUSED_EXIT)
+    try:
+        fn(*args, **kwargs)
+    except VariantsRefused as err:
+        typer.echo(f"car-onnx: error: {err}", err=True)
+        raise typer.Exit(REFUSED_EXIT) from None
 
 
 def _precisions(text: str) -> tuple[str, ...]:
@@ -76,15 +65,28 @@ def default(
     force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
 ):
     """Build the default bundle: all-MiniLM-L6-v2 and the project's trained scorer head in one graph."""
-    def go():
-        _require()
-        from car_onnx import default_bundle_dir
+    _require()
+    from car_onnx import default_bundle_dir
 
-        from .default import WEIGHTS, export_default
+    from .default import WEIGHTS, export_default
 
-        export_default(output or default_bundle_dir(), precisions=_precisions(precision), force=force,
-                       weights=weights or WEIGHTS)
-    _export(go)
+    _export(export_default, output or default_bundle_dir(), precisions=_precisions(precision), force=force,
+            weights=weights or WEIGHTS)
+
+
+@app.command(epilog=EPILOG)
+def multilingual(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle directory [default: the multilingual folder beside the default bundle's].")] = None,
+    precision: Precisions = "fp32,int8",
+    weights: Annotated[Optional[Path], typer.Option(help="A head from `car-onnx train-scorer --encoder multilingual` [default: the shipped one].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
+):
+    """Build the multilingual bundle: USE multilingual v3 (16 languages incl. Chinese) and a trained scorer head."""
+    _require()
+    from .multilingual import WEIGHTS, default_output, export_multilingual
+
+    _export(export_multilingual, output or default_output(), precisions=_precisions(precision), force=force,
+            weights=weights or WEIGHTS)
 
 
 @app.command(epilog=EPILOG)
@@ -97,13 +99,11 @@ def scorer(
     unsafe_pickle: Annotated[bool, typer.Option("--unsafe-pickle", help="Load a checkpoint torch's weights-only loader refuses (runs code stored in the file: trusted files only).")] = False,
 ):
     """Export the paper's IQS checkpoint (COMET layout) as the bundle's scorer."""
-    def go():
-        _require()
-        from .iqs import export_scorer
+    _require()
+    from .iqs import export_scorer
 
-        export_scorer(checkpoint, output, base=base, precisions=_precisions(precision), force=force,
-                      unsafe_pickle=unsafe_pickle)
-    _export(go)
+    _export(export_scorer, checkpoint, output, base=base, precisions=_precisions(precision), force=force,
+            unsafe_pickle=unsafe_pickle)
 
 
 @app.command(epilog=EPILOG)
@@ -114,12 +114,10 @@ def embedder(
     force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
 ):
     """Export a sentence-transformers model as the bundle's embedder (pooling and normalisation in the graph)."""
-    def go():
-        _require()
-        from .embedder import export_embedder
+    _require()
+    from .embedder import export_embedder
 
-        export_embedder(model, output, precisions=_precisions(precision), force=force)
-    _export(go)
+    _export(export_embedder, model, output, precisions=_precisions(precision), force=force)
 
 
 def train_scorer(
@@ -129,14 +127,15 @@ def train_scorer(
     seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffling.")] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs [default: the recipe's].")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N training pairs (for quick checks).")] = None,
+    encoder: Annotated[str, typer.Option(help="The frozen encoder: minilm (export default) or multilingual (export multilingual).")] = "minilm",
 ):
-    """Train a scorer head on expert-revised data, on top of the frozen all-MiniLM-L6-v2."""
-    def go():
-        _require()
-        from .train import train_head
+    """Train a scorer head on expert-revised data, on top of a frozen encoder."""
+    _require()
+    from .train import ENCODERS, train_head
 
-        train_head(train, valid, output, seed=seed, epochs=epochs, limit=limit)
-    _run(go)
+    if encoder not in ENCODERS:
+        raise UsageError(f"{{encoder}} must be one of {', '.join(ENCODERS)}, got {encoder!r}", "encoder")
+    train_head(train, valid, output, seed=seed, epochs=epochs, limit=limit, encoder=encoder)
 
 
 def register(cli: typer.Typer) -> None:

