@@ -134,6 +134,8 @@ def test_progress_lines_reach_a_log_file(setup, cli):
     assert re.search(rf"^{stamp}score\+embed: 30/60 \(50%\), [\d.,]+/s, ETA \d+s$", err, re.M), err
     assert re.search(rf"^{stamp}score\+embed: started \(60 records\)$", err, re.M), err
     assert re.search(rf"^{stamp}PCA kept \d+ components \([\d.]+% of the variance\)", err, re.M), err
+    assert re.search(rf"^{stamp}KMeans k=5 on 60 rows: run 10/10 of its initialisations, [\d.]+ runs/s, ETA 0s$", err,
+                     re.M), err
     assert re.search(rf"^{stamp}KMeans done in [\d.]+s$", err, re.M), err
 
 
