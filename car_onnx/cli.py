@@ -58,8 +58,9 @@ def _value(choice):
 
 
 class CliStages(pipeline.Stages):
-    """Stages shown on stderr: progress bars with rate and ETA on a terminal; plain timestamped lines (every 10%
-    or 30 s) when stderr is a file or a pipe, so that a batch job's log shows where it is."""
+    """Stages shown on stderr: progress bars with rate and ETA on a terminal; plain timestamped lines (every 10%,
+    at most one a second, or every 30 s) when stderr is a file or a pipe, so that a batch job's log shows where it
+    is."""
 
     def __init__(self, quiet: bool):
         super().__init__()
@@ -107,7 +108,7 @@ class CliStages(pipeline.Stages):
             nonlocal done
             done += n
             now = time.monotonic()
-            tenth = total and done * 10 // total > last[1] * 10 // total
+            tenth = total and done * 10 // total > last[1] * 10 // total and now - last[0] >= 1
             if tenth or now - last[0] >= 30:
                 rate = done / max(now - start, 1e-9)
                 eta = f", ETA {_duration((total - done) / rate)}" if total and rate else ""
@@ -126,7 +127,7 @@ class CliStages(pipeline.Stages):
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(seconds)
+    seconds = round(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
         f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 

@@ -131,12 +131,33 @@ def test_progress_lines_reach_a_log_file(setup, cli):
     for stage in ("read", "score\\+embed", "write"):
         assert re.search(rf"^{stamp}{stage}: started", err, re.M), err
         assert re.search(rf"^{stamp}{stage}: done in \d+s$", err, re.M), err
-    assert re.search(rf"^{stamp}score\+embed: 30/60 \(50%\), [\d.,]+/s, ETA \d+s$", err, re.M), err
     assert re.search(rf"^{stamp}score\+embed: started \(60 records\)$", err, re.M), err
     assert re.search(rf"^{stamp}PCA kept \d+ components \([\d.]+% of the variance\)", err, re.M), err
     assert re.search(rf"^{stamp}KMeans k=5 on 60 rows: run 10/10 of its initialisations, [\d.]+ runs/s, ETA 0s$", err,
                      re.M), err
     assert re.search(rf"^{stamp}KMeans done in [\d.]+s$", err, re.M), err
+
+
+def test_log_lines_every_tenth_or_thirty_seconds(monkeypatch, capsys):
+    """A stage's lines in a log: one per 10% (at most one a second), else one every 30 s, with rate and ETA."""
+    from car_onnx import cli
+
+    clock = iter(range(0, 10_000, 2))  # each reading of the clock is 2 s later
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    stages = cli.CliStages(quiet=False)
+    stages.tty = False
+    with stages.stage("score+embed", total=1000) as advance:
+        for _ in range(20):
+            advance(50)
+    lines = [line.split("car-onnx: ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert lines[0] == "score+embed: started (1,000 records)" and lines[-1].startswith("score+embed: done in ")
+    assert lines[1] == "score+embed: 100/1,000 (10%), 16.7/s, ETA 54s"  # 100 records in 6 s
+    assert [line.split(" ")[1] for line in lines[1:-1]] == [f"{100 * i:,}/1,000" for i in range(1, 11)]
+    with stages.stage("write", total=None) as advance:  # no total: a line every 30 s
+        for _ in range(40):
+            advance(1)
+    lines = [line.split("car-onnx: ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert [line.split(",")[0] for line in lines[1:-1]] == ["write: 15", "write: 30"]
 
 
 def test_show_prints_conversation_texts(setup, cli):
