@@ -14,6 +14,7 @@ from .errors import UsageError
 # keeps it near-linear. Below it, results match the reference exactly.
 MINIBATCH_THRESHOLD = 100_000
 PCA_VARIANCE, SEED = 0.95, 42  # the reference's PCA variance and random_state
+PLANE_SAMPLE = 20_000  # report: at most this many rows (seeded sample) keep their first two PCA coordinates
 
 
 def default_k(n: int) -> int:
@@ -66,6 +67,7 @@ class Clusterer:
             log(f"PCA kept {x.shape[1]} components ({self.variance_kept_:.1%} of the variance) in "
                 f"{time.perf_counter() - start:.1f}s")
         self.n_components_ = x.shape[1]
+        self.plane_ = _plane(x, self.seed, pca_done=self.pca_variance < 1.0 and n > 1)  # report: 2-D map sample
         self.minibatch_ = n > self.minibatch_threshold
         if self.minibatch_:
             km = MiniBatchKMeans(n_clusters=self.k_, random_state=self.seed, n_init=3, batch_size=4096)
@@ -76,3 +78,19 @@ class Clusterer:
         labels = km.fit_predict(x).astype(np.int64)
         log(f"{type(km).__name__} done in {time.perf_counter() - start:.1f}s")
         return labels
+
+
+def _plane(x: np.ndarray, seed: int, pca_done: bool) -> tuple[np.ndarray, np.ndarray]:
+    """For the report's 2-D map: a seeded sample of at most PLANE_SAMPLE rows (sorted row numbers) and their first
+    two PCA coordinates (a 2-component PCA of the sample when no PCA ran)."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), min(len(x), PLANE_SAMPLE), replace=False))
+    if pca_done:
+        xy = x[rows, :2]
+    else:
+        from sklearn.decomposition import PCA
+
+        xy = PCA(n_components=min(2, len(rows), x.shape[1]), random_state=seed).fit_transform(x[rows])
+    xy = np.asarray(xy, dtype=np.float32)
+    if xy.shape[1] < 2:  # a single component: the map is a line
+        xy = np.hstack([xy, np.zeros((len(xy), 2 - xy.shape[1]), dtype=np.float32)])
+    return rows, xy
