@@ -6,11 +6,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import api, default_bundle, end_to_end, footprint, int8_recipes, iqs_speed, kernels, report, resume, scaling
+from . import (api, default_bundle, end_to_end, footprint, int8_recipes, iqs_speed, kernels, report, report_speed,
+               resume, scaling)
 from .common import WORK, save
 
 SECTIONS = {"kernels": kernels, "default_bundle": default_bundle, "int8_recipes": int8_recipes, "iqs_speed": iqs_speed,
-            "end_to_end": end_to_end, "footprint": footprint, "scaling": scaling, "resume": resume, "api": api}
+            "end_to_end": end_to_end, "footprint": footprint, "scaling": scaling, "resume": resume, "api": api,
+            "report_speed": report_speed}
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--quick", action="store_true")
