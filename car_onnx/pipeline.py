@@ -297,7 +297,7 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
                                  seed=seed, near=dedup.near, duplicate_of=found.duplicate_of,
                                  log=stages.note)
             del out
-        page = None if report_path is None else curation.Run({}, np.zeros(found.records, dtype=np.int64))
+        page = None if report_path is None else curation.Run({}, {}, np.zeros(found.records, dtype=np.int64))
         report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page)
     report.rejects_path = rejects_path if rejects is not None and rejects.count else None
     if page is not None:  # --report: the page, from what the write pass collected
@@ -346,7 +346,7 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
                 text = model.text(r.instruction, r.input, r.output)
                 page.lengths[i] = len(text)
                 if i in want:
-                    page.texts[i] = curation.clip(text)
+                    page.texts[i], page.where[i] = curation.clip(text), r.where
             advance(1)
         if not write_all:
             for i in sel.indices:

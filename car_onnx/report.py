@@ -16,6 +16,7 @@ import numpy as np
 from .errors import UsageError
 
 EXAMPLES = 20  # top and bottom records shown
+DUPLICATES = 10  # dropped duplicates shown (the rejects file lists every one)
 CLIP = 400  # characters of a record's text shown (and kept in memory)
 PLOT_SAMPLE = 20_000  # at most this many points in the score-vs-length plot
 
@@ -52,6 +53,8 @@ def wanted(sel) -> set[int]:
     for cluster in np.unique(labels):
         members = order[labels == cluster]
         rows.update((int(members[0]), int(members[-1])))
+    dropped = np.flatnonzero(sel.duplicate_of >= 0)[:DUPLICATES]
+    rows.update(dropped.tolist(), sel.duplicate_of[dropped].tolist())
     return {int(i) for i in rows}
 
 
@@ -64,6 +67,7 @@ class Run:
     """What the page says about the run besides the Selection: gathered by the pipeline (or Model.select)."""
 
     texts: dict  # row -> the record's text (clipped), for the rows `wanted` names
+    where: dict  # row -> where the record is ("line 7"), for the same rows
     lengths: np.ndarray  # per row, characters of the text the scorer read
     input: str = ""
     records: int = 0
@@ -200,9 +204,11 @@ def _figures(sel, run: Run, data: dict) -> dict[str, str]:
 
     rows, xy = sel.plane
     fig, ax = plt.subplots(figsize=(7, 5.5))
-    ax.scatter(xy[:, 0], xy[:, 1], c=sel.labels[rows] % 20, cmap="tab20", s=3, lw=0, alpha=0.6, rasterized=True)
+    dot = float(np.clip(6000 / max(len(rows), 1), 3, 30))  # small points when many
+    ax.scatter(xy[:, 0], xy[:, 1], c=sel.labels[rows] % 20, cmap="tab20", vmin=0, vmax=19, s=dot, lw=0, alpha=0.7,
+               rasterized=True)
     keep = np.isin(rows, chosen)
-    ax.scatter(xy[keep, 0], xy[keep, 1], s=14, facecolors="none", edgecolors="black", lw=0.7,
+    ax.scatter(xy[keep, 0], xy[keep, 1], s=3 * dot + 10, facecolors="none", edgecolors="black", lw=0.7,
                label=f"selected ({int(keep.sum()):,} of the {len(rows):,} shown)", rasterized=True)
     ax.set_xlabel("PCA component 1")
     ax.set_ylabel("PCA component 2")
@@ -256,8 +262,8 @@ def _kv(pairs: list[tuple[str, object]]) -> str:
 
 
 def _record_rows(sel, run: Run, rows, ranks, reason) -> list[list]:
-    return [[int(ranks[i]), f"{sel.scores[i]:.4f}", int(sel.labels[i]), reason.get(int(i), "—"),
-             int(run.lengths[i]), run.texts.get(int(i), "")] for i in rows]
+    return [[int(ranks[i]), f"{sel.scores[i]:.4f}", int(sel.labels[i]), reason.get(int(i), "not kept"),
+             run.where.get(int(i), ""), int(run.lengths[i]), run.texts.get(int(i), "")] for i in rows]
 
 
 def page(sel, run: Run) -> str:
@@ -304,7 +310,13 @@ def page(sel, run: Run) -> str:
                              "" if c["mean_score"] is None else f"{c['mean_score']:.4f}",
                              "" if best is None else f"{sel.scores[best]:.4f}", run.texts.get(best, ""),
                              "" if worst is None else f"{sel.scores[worst]:.4f}", run.texts.get(worst, "")])
-    record_head = ["rank", "score", "cluster", "kept as", "length", "text"]
+    record_head = ["rank", "score", "cluster", "kept as", "where", "length", "text"]
+    dropped = np.flatnonzero(sel.duplicate_of >= 0)
+    dup_rows = [[run.where.get(int(i), ""), run.where.get(int(sel.duplicate_of[i]), ""), int(sel.labels[i]),
+                 run.texts.get(int(i), "")] for i in dropped[:DUPLICATES]]
+    dup_note = (f"{len(dropped):,} record{'s were' if len(dropped) != 1 else ' was'} dropped before ranking as "
+                f"duplicates of a kept one"
+                + (f"; the first {len(dup_rows)}:" if dup_rows else "."))
     rho = data["length_score_spearman"]
     med = data["median_length"]
     payload = json.dumps(data, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e") \
@@ -339,12 +351,18 @@ clustering used: clusters that overlap here may be apart in the others.</p>
 clipped to {CLIP} characters).</p>
 {_table(["cluster", "size", "kept", "of which top n1", "cluster picks", "mean score", "best score", "best record",
          "worst score", "worst record"], cluster_rows, {0, 1, 2, 3, 4, 5, 6, 8}, {7, 9})}
-<h2>6. Top {EXAMPLES} and bottom {EXAMPLES} records</h2>
+<h2>6. Duplicates dropped</h2>
+<p class="note">{dup_note} Exact: the same text up to whitespace; near (with --dedup near:T): embedding cosine to a
+higher-scored record of the same cluster at least T. The rejects file lists every one with its kind.</p>
+{_table(["record", "duplicate of", "cluster", "text"], dup_rows, {2}, {3}) if dup_rows else ""}
+<h2>7. Top {EXAMPLES} and bottom {EXAMPLES} records</h2>
+<p class="note">Ranked records by score ("kept as": top n1, a cluster pick, or not kept; "where": its place in the
+input).</p>
 <h3>Top {EXAMPLES}</h3>
-{_table(record_head, _record_rows(sel, run, order[:EXAMPLES], ranks, reason), {0, 1, 2, 4}, {5})}
+{_table(record_head, _record_rows(sel, run, order[:EXAMPLES], ranks, reason), {0, 1, 2, 5}, {6})}
 <h3>Bottom {EXAMPLES}</h3>
-{_table(record_head, _record_rows(sel, run, order[-EXAMPLES:], ranks, reason), {0, 1, 2, 4}, {5})}
-<h2>7. Score versus text length</h2>
+{_table(record_head, _record_rows(sel, run, order[-EXAMPLES:], ranks, reason), {0, 1, 2, 5}, {6})}
+<h2>8. Score versus text length</h2>
 <p class="note">Is the scorer just rewarding length? Spearman correlation of length and score over the ranked records:
 <b>{'n/a' if rho is None else f'{rho:+.3f}'}</b> (0: none; near +1: longer always scores higher). Median length: all
 {med['all']:,.0f} characters, selected {'n/a' if med['selected'] is None else f"{med['selected']:,.0f}"}.
@@ -376,14 +394,14 @@ def write_selection_report(sel, path) -> None:
     from . import containers
 
     model, want = ctx["model"], wanted(sel)
-    texts, lengths = {}, np.zeros(len(sel.scores), dtype=np.int64)
+    texts, where, lengths = {}, {}, np.zeros(len(sel.scores), dtype=np.int64)
     for i, r in enumerate(containers.records(ctx["data"], model.fields)):
         text = model.text(r.instruction, r.input, r.output)
         lengths[i] = len(text)
         if i in want:
-            texts[i] = clip(text)
+            texts[i], where[i] = clip(text), f"row {i}"
     dup = sel.duplicate_of
-    run = Run(texts, lengths, input=f"Python data ({type(ctx['data']).__name__})", records=len(sel.scores),
+    run = Run(texts, where, lengths, input=f"Python data ({type(ctx['data']).__name__})", records=len(sel.scores),
               duplicates={"exact": ctx["exact"], "near": int((dup >= 0).sum()) - ctx["exact"]}, n1=ctx["n1"], n2=ctx["n2"],
               dedup=ctx["dedup"], bundle=bundle_info(model), seconds=ctx.get("seconds", {}))
     write(Path(path), sel, run)

@@ -78,6 +78,9 @@ def test_record_texts_are_escaped_and_shown(run):
     top_table = page.split("<h3>Top 20</h3>")[1].split("</table>")[0]
     assert f'<td class="t">{text}</td>' in top_table.split("</tr>")[1]  # the first row under the header
     assert page.count("<script") == 1  # only the JSON block
+    dup_table = page.split("<h2>6. Duplicates dropped</h2>")[1].split("</table>")[0]
+    assert "1 record was dropped before ranking as duplicates of a kept one; the first 1:" in dup_table
+    assert "<td>line 30</td><td>line 4</td>" in dup_table  # the copy of record 4, at the end of the file
 
 
 def test_page_references_nothing_external(run):
