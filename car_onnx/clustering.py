@@ -82,15 +82,6 @@ class Clusterer:
 
 def _plane(x: np.ndarray, seed: int, pca_done: bool) -> tuple[np.ndarray, np.ndarray]:
     """For the report's 2-D map: a seeded sample of at most PLANE_SAMPLE rows (sorted row numbers) and their first
-    two PCA coordinates (a 2-component PCA of the sample when no PCA ran)."""
+    two PCA coordinates (their full embeddings when no PCA ran: the report projects them if asked for)."""
     rows = np.sort(np.random.default_rng(seed).choice(len(x), min(len(x), PLANE_SAMPLE), replace=False))
-    if pca_done:
-        xy = x[rows, :2]
-    else:
-        from sklearn.decomposition import PCA
-
-        xy = PCA(n_components=min(2, len(rows), x.shape[1]), random_state=seed).fit_transform(x[rows])
-    xy = np.asarray(xy, dtype=np.float32)
-    if xy.shape[1] < 2:  # a single component: the map is a line
-        xy = np.hstack([xy, np.zeros((len(xy), 2 - xy.shape[1]), dtype=np.float32)])
-    return rows, xy
+    return rows, np.array(x[rows, :2] if pca_done else x[rows], dtype=np.float32)

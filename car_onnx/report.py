@@ -151,6 +151,16 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 
 # ----- figures -----
 
+def _map_xy(xy: np.ndarray) -> np.ndarray:
+    """Two coordinates per point: the first two PCA components (projected here when clustering ran no PCA)."""
+    if xy.shape[1] > 2 and len(xy) > 2:
+        from sklearn.decomposition import PCA
+
+        xy = PCA(n_components=2, random_state=0).fit_transform(xy)
+    xy = xy[:, :2]
+    return np.hstack([xy, np.zeros((len(xy), 2 - xy.shape[1]))]) if xy.shape[1] < 2 else xy
+
+
 def _svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
@@ -202,7 +212,7 @@ def _figures(sel, run: Run, data: dict) -> dict[str, str]:
     ax2.set_xticks([])
     figs["clusters"] = _svg(fig)
 
-    rows, xy = sel.plane
+    rows, xy = sel.plane[0], _map_xy(sel.plane[1])
     fig, ax = plt.subplots(figsize=(7, 5.5))
     dot = float(np.clip(6000 / max(len(rows), 1), 3, 30))  # small points when many
     ax.scatter(xy[:, 0], xy[:, 1], c=sel.labels[rows] % 20, cmap="tab20", vmin=0, vmax=19, s=dot, lw=0, alpha=0.7,

@@ -118,6 +118,9 @@ def test_python_api_report(tmp_path):
     assert data["duplicates"] == {"exact": 1, "near": 0}
     kept = np.bincount(sel.labels[sel.indices], minlength=sel.k)
     assert [c["kept"] for c in data["clusters"]] == kept.tolist()
+    flat = car_onnx.load(bundle).select(RECORDS, n1=5, pca_variance=1.0)  # no PCA ran: the map projects itself
+    flat.report(tmp_path / "flat.html")
+    assert block((tmp_path / "flat.html").read_text(encoding="utf-8"))["pca_components"] == flat.n_components == 8
     with pytest.raises(car_onnx.UsageError, match="keeps no records to show"):
         car_onnx.load(bundle).select(iter(RECORDS), n1=5).report(tmp_path / "r2.html")
 
