@@ -10,6 +10,7 @@ noisy (the stage times from each run's summary line are the steadier figure)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from car_onnx.session import machine_threads
@@ -26,8 +27,49 @@ def select(data: Path, out: Path, bundle: Path, threads: int, report: Path | Non
     return result
 
 
+def stage_alone(work: Path, n: int) -> dict:
+    """The report's own costs at n records, in-process, without the selection around it: the write pass's extra
+    work (each record's text rendered for its length; the shown texts kept) and the page itself, for a Selection of
+    the shape a real run gives (k = int(sqrt(n/2)), 2% top + 1 per cluster, a 20,000-point map) but synthetic
+    scores, labels and map coordinates (the page's cost depends on these sizes, not on the values)."""
+    import time
+
+    import numpy as np
+
+    from car_onnx import load, report
+    from car_onnx.clustering import PLANE_SAMPLE, default_k
+    from car_onnx.readers import iter_records
+    from car_onnx.selection import Selection, Size, select_ranked
+
+    model, data = load(lookup_bundle(work)), records_file(work, n, seed=5)
+    rng = np.random.default_rng(0)
+    k, scores = default_k(n), rng.normal(size=n).astype(np.float32)
+    labels = rng.integers(0, k, n).astype(np.int64)
+    indices, n_top = select_ranked(scores, labels, n // 50, Size(1))
+    rows = np.sort(rng.choice(n, min(n, PLANE_SAMPLE), replace=False))
+    sel = Selection(indices, labels, scores, n_top, k, 150, False, np.full(n, -1), 0.95,
+                    plane=(rows, rng.normal(size=(len(rows), 2)).astype(np.float32)))
+    start = time.perf_counter()
+    for r in iter_records(data, fields=model.fields):  # the write pass's read alone
+        pass
+    read = time.perf_counter() - start
+    want, page = report.wanted(sel), report.Run({}, {}, np.zeros(n, dtype=np.int64))
+    start = time.perf_counter()
+    for i, r in enumerate(iter_records(data, fields=model.fields)):  # and with the report's collection
+        text = model.text(r.instruction, r.input, r.output)
+        page.lengths[i] = len(text)
+        if i in want:
+            page.texts[i], page.where[i] = report.clip(text), r.where
+    collect = time.perf_counter() - start - read
+    page.bundle = report.bundle_info(model)
+    target = work / f"report-alone-{n}.html"
+    seconds = report.write(target, sel, page)
+    return {"write_pass_extra_s": round(collect, 2), "read_pass_s": round(read, 2), "page_s": round(seconds, 2),
+            "page_mb": round(target.stat().st_size / 2**20, 2), "k": k, "selected": len(indices)}
+
+
 def run(work: Path, quick: bool) -> dict:
-    sizes = [1000, 5000] if quick else [20000, 100000]
+    sizes = [1000, 5000] if quick else [20000] + ([100000] if os.environ.get("REPORT_SPEED_100K") == "1" else [])
     threads, bundle = machine_threads(), lookup_bundle(work)
     out: dict = {"threads": threads, "sizes": {}}
     for n in sizes:
@@ -42,6 +84,8 @@ def run(work: Path, quick: bool) -> dict:
             "peak_rss_extra_mb": round(with_report["peak_rss_mb"] - plain["peak_rss_mb"], 1),
             "page_mb": round(page.stat().st_size / 2**20, 2)}
         print(n, out["sizes"][n], flush=True)
+    out["alone"] = {n: stage_alone(work, n) for n in ([5000] if quick else [20000, 100000])}
+    print(out["alone"], flush=True)
     out["note"] = ("lookup bundle (no transformer); records repeated past the ~19k shared ones; each size run "
                    "once without and once with --report on a shared, noisy 2-core host")
     return out

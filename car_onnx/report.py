@@ -140,13 +140,22 @@ def _version() -> str:
     return __version__
 
 
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties given their average rank (as Spearman's rho needs)."""
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2)[inverse]
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rho (None if undefined: fewer than 2 values or a constant one); numpy only, as scipy.stats takes
+    seconds to import."""
     if len(a) < 2:
         return None
-    from scipy.stats import spearmanr
-
-    value = spearmanr(a, b).statistic
-    return None if not np.isfinite(value) else round(float(value), 4)
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return None if denom == 0 else round(float((ra * rb).sum() / denom), 4)
 
 
 # ----- figures -----

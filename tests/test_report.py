@@ -67,6 +67,12 @@ def test_json_block_matches_the_output(run):
         assert c["top"] == sum(r["reason"] == "top" for r in members)
         assert c["mean_score"] == pytest.approx(np.mean([r["score"] for r in members]), abs=1e-6)
     assert sum(c["size"] for c in data["clusters"]) == len(ranked)
+    from scipy.stats import spearmanr
+
+    lengths = [len(tiny.TEMPLATE.render(r["instruction"], r["input"], r["output"])) for r in ranked]
+    rho = spearmanr(lengths, [r["score"] for r in ranked]).statistic
+    assert data["length_score_spearman"] == pytest.approx(rho, abs=1e-4)
+    assert data["median_length"]["all"] == np.median(lengths)
 
 
 def test_record_texts_are_escaped_and_shown(run):
