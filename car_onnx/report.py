@@ -231,7 +231,7 @@ def _figures(sel, run: Run, data: dict) -> dict[str, str]:
                label=f"selected ({int(keep.sum()):,} of the {len(rows):,} shown)", rasterized=True)
     ax.set_xlabel("PCA component 1")
     ax.set_ylabel("PCA component 2")
-    ax.legend(frameon=False, fontsize=8, loc="best")
+    ax.legend(frameon=False, fontsize=8, loc="upper right")
     figs["map"] = _svg(fig)
 
     sample = ranked if len(ranked) <= PLOT_SAMPLE else np.sort(
