@@ -207,14 +207,15 @@ def _figures(sel, run: Run, data: dict) -> dict[str, str]:
 
     clusters = sorted(data["clusters"], key=lambda c: -c["size"])
     x = np.arange(len(clusters))
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 4.6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    ax.bar(x, [c["size"] for c in clusters], color="#c9d3e0", width=0.9, label="size (ranked records)")
-    ax.bar(x, [c["top"] for c in clusters], color="#1f5fa8", width=0.9, label="kept: top n1")
-    ax.bar(x, [c["cluster_picks"] for c in clusters], bottom=[c["top"] for c in clusters], color="#e08a1e",
-           width=0.9, label="kept: cluster picks")
+    fig, (ax, ax1, ax2) = plt.subplots(3, 1, figsize=(8, 5.6), sharex=True, gridspec_kw={"height_ratios": [2, 2, 1]})
+    ax.bar(x, [c["size"] for c in clusters], color="#c9d3e0", width=0.9)
     ax.set_yscale("log")
-    ax.set_ylabel("records (log)")
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_ylabel("size (log)")
+    ax1.bar(x, [c["top"] for c in clusters], color="#1f5fa8", width=0.9, label="kept: in the top n1")
+    ax1.bar(x, [c["cluster_picks"] for c in clusters], bottom=[c["top"] for c in clusters], color="#e08a1e",
+            width=0.9, label="kept: the cluster's own picks")
+    ax1.set_ylabel("kept")
+    ax1.legend(frameon=False, fontsize=8)
     ax2.bar(x, [c["mean_score"] or 0 for c in clusters], color="#6b8e23", width=0.9)
     ax2.set_ylabel("mean score")
     ax2.set_xlabel("clusters, largest first")
@@ -356,8 +357,8 @@ quality score (n1) plus the best {_e(data['n2'])} of each of the {data['k']:,} e
 kept only as the best of their cluster.</p>
 {figs['histogram']}
 <h2>3. Clusters</h2>
-<p class="note">One bar per cluster, largest first: its size (grey, log scale), what it gave to the selection (blue:
-in the top n1; orange: its own picks), and below, its mean score. A large cluster with a low mean gives only its
+<p class="note">One column per cluster, largest first: its size (grey, log scale), what it gave to the selection
+(blue: records in the top n1; orange: its own picks), and its mean score. A large cluster with a low mean gives only its
 n2 picks; one with a high mean gives many records through n1.</p>
 {figs['clusters']}
 <h2>4. Map of the clusters</h2>
