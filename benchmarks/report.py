@@ -166,6 +166,17 @@ def rows() -> list[tuple[str, str, str]]:
             out.append((f"scaling, lookup bundle, {int(n):,} records ({r['input_mb']} MB)",
                         f"{r['seconds']:.0f} s [{st}], {r['peak_rss_mb']:.0f} MB peak", ""))
         out.append(("scaling: default bundle model cost", f"{d['model_s_per_record'] * 1000:.1f} ms per record", ""))
+    if d := _load("report_speed"):
+        for n, r in d["sizes"].items():
+            out.append((f"select --report, lookup bundle, {int(n):,} records: time the report adds",
+                        f"report stage {r['report_stage_s']:.1f} s + write pass {r['write_stage_extra_s']:+.1f} s "
+                        f"(whole run {r['without_report']['seconds']:.0f} s -> {r['with_report']['seconds']:.0f} s, "
+                        f"noisy host); page {r['page_mb']} MB", ""))
+        for n, r in d.get("alone", {}).items():
+            out.append((f"select --report, {int(n):,} records: the report's own costs (in-process, lookup bundle)",
+                        f"page {r['page_s']:.1f} s (k={r['k']}, {r['page_mb']} MB) + write pass "
+                        f"{r['write_pass_extra_s']:.1f} s (the pass alone: {r['read_pass_s']:.1f} s); busy 2-core host",
+                        ""))
     if d := _load("resume"):
         out.append((f"resume: select on {d['records']} records killed after {d['chunks_finished_when_killed']} of "
                     f"{d['chunks']} chunks, then resumed", f"{d['killed_after_s']} s + {d['resumed_s']} s vs "

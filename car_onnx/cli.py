@@ -224,6 +224,7 @@ def select(
     score_field: ScoreField = pipeline.SCORE_FIELD,
     cluster_field: Annotated[str, typer.Option(help="Name of the field the output adds for the cluster id.")] = pipeline.CLUSTER_FIELD,
     show: Annotated[bool, typer.Option("--show", help="Print the selected records (score, cluster, reason, text).")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Also write a curation report: one offline HTML page of what was kept, dropped and why (needs the [report] extra).")] = None,
 ):
     """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster. Each selected
     record is written with its score, cluster, rank (by score, 1 = best) and reason (top or cluster)."""
@@ -231,7 +232,7 @@ def select(
     model = _model(bundle, device, threads, precision, field, max_tokens)
     report = pipeline.select(job, model, output, n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed,
                              dedup=dedup, write_all=all, out_fmt=_value(output_format), score_field=score_field,
-                             cluster_field=cluster_field, stages=CliStages(quiet))
+                             cluster_field=cluster_field, stages=CliStages(quiet), report_path=report)
     if show:
         _show(report.shown, score_field, cluster_field)
     _summary(report, quiet, output)

@@ -15,6 +15,7 @@ from .errors import UsageError
 MINIBATCH_THRESHOLD = 100_000
 PCA_VARIANCE, SEED = 0.95, 42  # the reference's PCA variance and random_state
 N_INIT = 10  # KMeans initialisations, scikit-learn 0.24's default, which the reference ran
+PLANE_SAMPLE = 20_000  # report: at most this many rows (seeded sample) keep their first two PCA coordinates
 
 
 def default_k(n: int) -> int:
@@ -67,6 +68,7 @@ class Clusterer:
             log(f"PCA kept {x.shape[1]} components ({self.variance_kept_:.1%} of the variance) in "
                 f"{time.perf_counter() - start:.1f}s")
         self.n_components_ = x.shape[1]
+        self.plane_ = _plane(x, self.seed, pca_done=self.pca_variance < 1.0 and n > 1)  # report: 2-D map sample
         self.minibatch_ = n > self.minibatch_threshold
         start = time.perf_counter()
         if self.minibatch_:
@@ -99,3 +101,9 @@ def _same_clustering(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether labels `a` map onto `b` (a relabelling of the same clusters), as scikit-learn decides it."""
     pairs = np.unique(np.stack([a, b]), axis=1)
     return len(pairs[0]) == len(np.unique(a))
+
+def _plane(x: np.ndarray, seed: int, pca_done: bool) -> tuple[np.ndarray, np.ndarray]:
+    """For the report's 2-D map: a seeded sample of at most PLANE_SAMPLE rows (sorted row numbers) and their first
+    two PCA coordinates (their full embeddings when no PCA ran: the report projects them if asked for)."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), min(len(x), PLANE_SAMPLE), replace=False))
+    return rows, np.array(x[rows, :2] if pca_done else x[rows], dtype=np.float32)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -138,9 +140,18 @@ class Model:
         size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
         Clusterer(k, pca_variance=pca_variance, seed=seed).check()
         keys: list = []
+        start = time.perf_counter()
         out = self._outputs(data, ("score", "embed"), keys if dedup.exact else None)
-        return car_select(out["score"], out["embed"], n1=size1, n2=size2, k=k, pca_variance=pca_variance,
-                          seed=seed, near=dedup.near, duplicate_of=duplicates(keys) if dedup.exact else None)
+        exact = duplicates(keys) if dedup.exact else None
+        inferred = time.perf_counter()
+        sel = car_select(out["score"], out["embed"], n1=size1, n2=size2, k=k, pca_variance=pca_variance,
+                         seed=seed, near=dedup.near, duplicate_of=exact)
+        # for Selection.report(): the data (not copied; None for a one-pass iterable) and the run's facts
+        reread = data if containers.kind(data) != "iterable" else None
+        seconds = {"score+embed": inferred - start, "cluster+select": time.perf_counter() - inferred}
+        return dataclasses.replace(sel, context={
+            "model": self, "data": reread, "n1": str(size1), "n2": str(size2), "dedup": str(dedup),
+            "exact": 0 if exact is None else int((exact >= 0).sum()), "seconds": seconds})
 
 
 def load(bundle: str | Path | None = None, *, device: str = "auto", precision: str | None = None,

@@ -271,7 +271,7 @@ def _check_names(score_field: str, cluster_field: str, extra: tuple[str, ...]) -
 
 def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_variance=PCA_VARIANCE, seed=SEED,
            dedup="exact", write_all=False, out_fmt=None, score_field=SCORE_FIELD, cluster_field=CLUSTER_FIELD,
-           stages: Stages | None = None) -> Report:
+           stages: Stages | None = None, report_path: Path | None = None) -> Report:
     """`car-onnx select`: the CaR selection of the input, each selected record written with its score, cluster,
     rank and the reason it was kept ("top" or "cluster"); with `write_all`, every record, `selected` or not."""
     stages = stages or Stages()
@@ -281,6 +281,11 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
     fmt = output_format(output, out_fmt)
     rejects_path = check_output(job, output, fmt, job.on_error == "skip" or dedup.exact)
     Clusterer(k, pca_variance=pca_variance, seed=seed).check()
+    if report_path is not None:  # --report (car_onnx/report.py): checked before any work
+        from . import report as curation
+
+        curation.require()
+        curation.check_path(report_path, job.force)
     roles = ("score", "embed")
     with _rejects_writer(job, rejects_path) as rejects:
         found = scan(job, model, added, rejects, stages, dedup=dedup.exact)
@@ -293,17 +298,30 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
                                  seed=seed, near=dedup.near, duplicate_of=found.duplicate_of,
                                  log=stages.note)
             del out
-        report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages)
+        page = None if report_path is None else curation.Run({}, {}, np.zeros(found.records, dtype=np.int64))
+        report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page)
     report.rejects_path = rejects_path if rejects is not None and rejects.count else None
+    if page is not None:  # --report: the page, from what the write pass collected
+        with stages.stage("report"):
+            page.input, page.records, page.rejected, page.duplicates = str(job.input), found.records, \
+                found.rejected, report.duplicates or {"exact": 0, "near": 0}
+            page.n1, page.n2, page.dedup, page.seconds = str(size1), str(size2), str(dedup), dict(stages.seconds)
+            page.bundle = curation.bundle_info(model)
+            curation.write(report_path, sel, page)
     return report
 
 
-def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages) -> Report:
+def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages,
+                     page=None) -> Report:
     score_field, cluster_field = added[:2]
     ranks, position = sel.ranks, {int(i): p for p, i in enumerate(sel.indices)}
     reasons = sel.reasons
     exact = found.duplicate_of if found.duplicate_of is not None else np.full(found.records, -1)
     shown: dict[int, tuple] = {}
+    if page is not None:
+        from . import report as curation
+
+        want = curation.wanted(sel)
 
     def row(i: int, r: Record) -> dict:
         out = {**r.row, score_field: _float(sel.scores[i]), cluster_field: int(sel.labels[i]),
@@ -325,6 +343,11 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
                 writer.write(row(i, r))
             if i in position:
                 shown[i] = (row(i, r), r)
+            if page is not None:  # --report: text lengths, and the texts the page shows
+                text = model.text(r.instruction, r.input, r.output)
+                page.lengths[i] = len(text)
+                if i in want:
+                    page.texts[i], page.where[i] = curation.clip(text), r.where
             advance(1)
         if not write_all:
             for i in sel.indices:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -100,6 +100,16 @@ class Selection:
     minibatch: bool  # whether the scalable clustering path ran
     duplicate_of: np.ndarray  # per row, the row it duplicates (dropped before ranking), or -1
     pca_variance_kept: float = 1.0  # the share of the variance the kept PCA components explain
+    plane: tuple | None = field(default=None, repr=False, compare=False)  # report: (rows of a seeded sample,
+    # their first two PCA coordinates [m, 2])
+    context: dict | None = field(default=None, repr=False, compare=False)  # report: Model.select's data and facts
+
+    def report(self, path) -> None:
+        """Write the curation report (one offline HTML page) of this selection, as `select --report` does;
+        needs the [report] extra. Only for a Selection made by `Model.select` (it keeps the texts it shows)."""
+        from . import report
+
+        report.write_selection_report(self, path)
 
     @property
     def ranks(self) -> np.ndarray:
@@ -193,8 +203,9 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
     repeated = np.flatnonzero(dup >= 0)
     labels[repeated] = labels[_root(dup, repeated)]
     indices, n_top = select_ranked(scores, eligible, size1.of(int((eligible >= 0).sum())), size2)
+    rows, xy = clusterer.plane_
     return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
-                     dup, clusterer.variance_kept_)
+                     dup, clusterer.variance_kept_, plane=(ranked[rows], xy))
 
 
 def _root(dup: np.ndarray, rows: np.ndarray) -> np.ndarray:
