@@ -102,6 +102,7 @@ def _same_clustering(a: np.ndarray, b: np.ndarray) -> bool:
     pairs = np.unique(np.stack([a, b]), axis=1)
     return len(pairs[0]) == len(np.unique(a))
 
+
 def _plane(x: np.ndarray, seed: int, pca_done: bool) -> tuple[np.ndarray, np.ndarray]:
     """For the report's 2-D map: a seeded sample of at most PLANE_SAMPLE rows (sorted row numbers) and their first
     two PCA coordinates (their full embeddings when no PCA ran: the report projects them if asked for)."""
