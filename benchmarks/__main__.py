@@ -6,11 +6,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import default_bundle, end_to_end, footprint, int8_recipes, iqs_speed, kernels, report, resume, scaling
+from . import (default_bundle, end_to_end, footprint, int8_recipes, int8_selection, iqs_speed, kernels, peers, report,
+               resume, scaling)
 from .common import WORK, save
 
-SECTIONS = {"kernels": kernels, "default_bundle": default_bundle, "int8_recipes": int8_recipes, "iqs_speed": iqs_speed,
-            "end_to_end": end_to_end, "footprint": footprint, "scaling": scaling, "resume": resume}
+SECTIONS = {"kernels": kernels, "default_bundle": default_bundle, "peers": peers, "int8_recipes": int8_recipes,
+            "int8_selection": int8_selection, "iqs_speed": iqs_speed, "end_to_end": end_to_end, "footprint": footprint,
+            "scaling": scaling, "resume": resume}
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--quick", action="store_true")
