@@ -58,14 +58,18 @@ class OnnxModel:
 
         batches = plan_batches(tokens.lengths, 1 if self.precision == "int8" else max_tokens)
         with ThreadPoolExecutor(self.workers) as pool:  # results come back in batch order, as they finish
-            for batch, results in zip(batches, pool.map(infer, batches)):
-                for role, value in zip(roles, results):
-                    value = np.asarray(value, dtype=np.float32).reshape(len(batch), -1)
-                    if role not in out:
-                        out[role] = np.empty((len(texts), value.shape[1]), dtype=np.float32)
-                    out[role][batch] = value
-                if progress:
-                    progress(len(batch))
+            try:
+                for batch, results in zip(batches, pool.map(infer, batches)):
+                    for role, value in zip(roles, results):
+                        value = np.asarray(value, dtype=np.float32).reshape(len(batch), -1)
+                        if role not in out:
+                            out[role] = np.empty((len(texts), value.shape[1]), dtype=np.float32)
+                        out[role][batch] = value
+                    if progress:
+                        progress(len(batch))
+            except BaseException:  # Ctrl-C, SIGTERM, an error: stop after the running batches, not the queued ones
+                pool.shutdown(cancel_futures=True)
+                raise
         if "score" in out:
             out["score"] = out["score"][:, 0]
         return out

@@ -1,0 +1,174 @@
+"""Faults a batch job meets on a shared server: SIGTERM / Ctrl-C, two jobs on one work dir, leftover temporary
+files, a full disk, unreadable input, hostile bundles; each provoked for real through the command."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from car_onnx import lock
+from car_onnx.writers import remove_stale_temps
+from car_onnx_export import tiny
+
+N = 6000  # 120 chunks of 50: long enough to be stopped half-way
+ARGS = ("--n1", "40", "--chunk-records", "50")
+
+
+def records(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    words = np.array(tiny.WORDS)
+    return [{"instruction": " ".join(rng.choice(words, 4)), "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
+             "output": " ".join(rng.choice(words, int(rng.integers(1, 9)))), "id": i} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, cli):
+    root = tmp_path_factory.mktemp("faults")
+    bundle = tiny.make_bundle(root / "bundle")
+    path = root / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records()))
+    rc, _, err, _ = cli("select", path, "-o", root / "plain.jsonl", "-b", bundle, *ARGS, "-q")
+    assert rc == 0, err
+    return root, bundle, path
+
+
+def command(*args):
+    code = "import sys; from car_onnx.cli import main; sys.argv = ['car-onnx', *sys.argv[1:]]; main()"
+    return [sys.executable, "-c", code, *map(str, args)]
+
+
+def wait_for_chunks(proc, work, count, timeout=120):
+    deadline = time.monotonic() + timeout
+    while len(list((work / "chunks").glob("*.npz"))) < count:
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def chunk_files(work):
+    return len(list((work / "chunks").glob("*.npz")))
+
+
+# --- 1. SIGTERM / Ctrl-C: an orderly stop, finished chunks kept, no temporary file, how to resume -------------
+
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
+def test_signal_stops_cleanly_and_the_job_resumes(data, tmp_path, cli, sig, code, name):
+    root, bundle, path = data
+    work, out = tmp_path / "work", tmp_path / "out" / "sel.jsonl"
+    out.parent.mkdir()
+    proc = subprocess.Popen(command("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work),
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_chunks(proc, work, 5)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 5, "the job took more than 5 s to stop"
+    assert proc.returncode == code, err
+    assert err.splitlines()[-1] == (f"car-onnx: interrupted ({name}); finished chunks are kept in {work}: run the "
+                                    "same command again to resume")
+    finished = chunk_files(work)
+    assert 5 <= finished < 120
+    assert os.listdir(out.parent) == []  # no output, no temporary file beside it
+    assert not list((work / "chunks").glob(".*.tmp"))
+
+    rc, _, err, _ = cli("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 0 and f"reused {finished} finished chunk(s)" in err, err
+    assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
+
+
+def test_sigterm_with_a_temporary_work_dir_says_the_work_was_discarded(data, tmp_path):
+    _, bundle, path = data
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(command("score", path, "-o", out, "-b", bundle, "--chunk-records", "50"),
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temp)})
+    deadline = time.monotonic() + 120
+    while not list(temp.glob("car-onnx-*/chunks/*.npz")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1] == ("car-onnx: interrupted (SIGTERM); the work was discarded (it was in a temporary "
+                                    "work dir): pass --work-dir DIR to keep finished chunks and resume")
+    assert not list(temp.glob("car-onnx-*")) and sorted(os.listdir(tmp_path)) == ["tmp"]  # (a library leaves .ses)
+
+
+# --- 3. two jobs on one work dir ---------------------------------------------------------------------------------
+
+def refusal(work, pid):
+    return (f"car-onnx: error: {work}: --work-dir is in use by another car-onnx job (pid {pid}); wait for it to "
+            "finish or choose another directory")
+
+
+def test_a_second_job_on_a_work_dir_is_refused_at_once_and_a_killed_ones_lock_is_taken_over(data, tmp_path, cli):
+    root, bundle, path = data
+    work = tmp_path / "work"
+    first = subprocess.Popen(command("select", path, "-o", tmp_path / "a.jsonl", "-b", bundle, *ARGS, "--work-dir",
+                                     work, "-q"), stderr=subprocess.PIPE)
+    wait_for_chunks(first, work, 2)
+    start = time.monotonic()
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 2 and err == refusal(work, first.pid)
+    assert time.monotonic() - start < 15  # refused before reading the input (the time is Python's start-up)
+    assert not (tmp_path / "b.jsonl").exists() and first.poll() is None
+
+    first.send_signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    assert (work / ".lock").read_text() == f"{first.pid}\n"  # the stale lock file is still there
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 0 and "reused" in err, err
+    assert (tmp_path / "b.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
+
+
+def test_the_lock_names_its_holder_and_is_released_on_any_exit(data, tmp_path, cli):
+    _, bundle, path = data
+    work = tmp_path / "work"
+    with lock.held(work):
+        rc, _, err, _ = cli("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--work-dir", work)
+        assert rc == 2 and err == refusal(work, os.getpid())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": 3}\n')
+    rc, _, err, _ = cli("score", bad, "-o", tmp_path / "o.jsonl", "-b", bundle, "--work-dir", work, "-q")
+    assert rc == 1 and err == f"car-onnx: error: {bad}: line 1: field 'output': expected a string, got number"
+    with lock.held(work):  # a failed job released it
+        pass
+    rc, _, err, _ = cli("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--work-dir", work, "-q")
+    assert rc == 0, err  # the work dir holding only the lock file is accepted
+
+
+# --- 4. a leftover hidden temporary output --------------------------------------------------------------------
+
+def test_leftover_temporary_outputs_are_removed_and_live_ones_kept(data, tmp_path, cli):
+    root, bundle, path = data
+    out = tmp_path / "sel.jsonl"
+    stale = [tmp_path / ".sel.jsonl.0123456789ab.tmp", tmp_path / ".sel.jsonl.0123456789ab.tmp.0"]
+    others = [tmp_path / ".sel.jsonl.notahexname.tmp", tmp_path / ".other.jsonl.0123456789ab.tmp"]
+    live = tmp_path / ".sel.jsonl.aaaaaaaaaaaa.tmp"
+    for p in stale + others + [live]:
+        p.write_text('{"id": -1}\n')
+    with open(live) as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # as a running job's writer holds its file
+        rc, _, err, _ = cli("select", path, "-o", out, "-b", bundle, *ARGS)
+    assert rc == 0, err
+    assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
+    for p in stale:
+        assert f"car-onnx: warning: {p}: removed, a temporary file left by an interrupted run" in err.splitlines()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in [out, live, *others])
+
+
+def test_a_writer_holds_its_temporary_file_until_it_is_renamed(tmp_path):
+    from car_onnx.writers import open_writer
+
+    out = tmp_path / "o.jsonl"
+    with open_writer(out, "jsonl") as writer:
+        writer.write({"a": 1})
+        assert remove_stale_temps(out) == [] and len(os.listdir(tmp_path)) == 1
+    assert os.listdir(tmp_path) == ["o.jsonl"] and out.read_text() == '{"a": 1}\n'
