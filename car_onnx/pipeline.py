@@ -28,7 +28,7 @@ from .readers import SUFFIXES, check_format, check_input, detect_format, iter_re
 from .records import Record
 from .selection import N1, N2, Dedup, Size, car_select
 from .workdir import WorkDir
-from .writers import open_writer, remove_stale_temps, replacing
+from .writers import create_npy, open_writer, remove_stale_temps, replacing
 
 SCORE_FIELD, CLUSTER_FIELD = "score", "cluster"
 ON_ERROR = ("fail", "skip")
@@ -374,7 +374,7 @@ def embed(job: Job, model: Model, output: Path, *, stages: Stages | None = None)
         with work_dir(job, identity(job, model, roles, ()), stages) as work:
             vectors = infer(job, model, roles, found, (), work, stages)["embed"]
             with stages.stage("write"), replacing(output) as tmp:
-                target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=vectors.shape)
+                target = create_npy(tmp, vectors.shape)  # faults: space reserved, a full disk is an error
                 target[:] = vectors
                 target.flush()
                 del target

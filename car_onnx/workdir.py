@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import UsageError
 from .lock import NAME as LOCK
-from .writers import naming, remove_stale_temps, replacing
+from .writers import create_npy, naming, remove_stale_temps, replacing
 
 FORMAT = 1
 NAMES = {"bundle_manifest_sha256": "the bundle", "input_sha256": "the input", "models": "the model precisions",
@@ -136,8 +136,7 @@ class WorkDir:
             if "embed" in data:
                 if embed is None:
                     with naming(self.root / "embeddings.npy"):
-                        embed = np.lib.format.open_memmap(self.root / "embeddings.npy", mode="w+",
-                                                          dtype=np.float32, shape=(n, data["embed"].shape[1]))
+                        embed = create_npy(self.root / "embeddings.npy", (n, data["embed"].shape[1]))
                 embed[start:start + rows] = data["embed"]
             start, c = start + rows, c + 1
         if start != n:

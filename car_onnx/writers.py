@@ -4,6 +4,7 @@ deleted if the job fails."""
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import json
 import os
@@ -79,6 +80,23 @@ def naming(path) -> Iterator[None]:
         yield
     except OSError as err:
         raise WriteError(path, err) from None
+
+
+def create_npy(path, shape: tuple[int, ...]):
+    """A float32 .npy of `shape`, memory-mapped for writing, its space reserved up front: a full disk is an
+    OSError here, not a SIGBUS when the mapped pages are written."""
+    import numpy as np
+
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot reserve: go on
+            raise
+    finally:
+        os.close(fd)
+    return array
 
 
 @contextmanager

@@ -4,6 +4,7 @@ files, a full disk, unreadable input, hostile bundles; each provoked for real th
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,3 +173,103 @@ def test_a_writer_holds_its_temporary_file_until_it_is_renamed(tmp_path):
         writer.write({"a": 1})
         assert remove_stale_temps(out) == [] and len(os.listdir(tmp_path)) == 1
     assert os.listdir(tmp_path) == ["o.jsonl"] and out.read_text() == '{"a": 1}\n'
+
+
+# --- 2. disk full ----------------------------------------------------------------------------------------------
+
+class SmallDisk:
+    """A directory on a tmpfs of `size` bytes where the test may mount one (root with CAP_SYS_ADMIN); else a
+    file size limit (RLIMIT_FSIZE) of `fsize` bytes on the job, the nearest fault an unprivileged test can cause."""
+
+    def __init__(self, where, size, fsize):
+        self.where, self.fsize = where, fsize
+        where.mkdir()
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                               capture_output=True)
+        self.mounted = mount.returncode == 0
+        self.error = "No space left on device" if self.mounted else "File too large"
+
+    def limit(self):
+        import resource
+        if not self.mounted:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.fsize, self.fsize))
+
+    def run(self, *args):
+        p = subprocess.run(command(*args), capture_output=True, text=True, preexec_fn=self.limit)
+        return p.returncode, p.stderr
+
+    def grow(self):
+        """Give the job space: a larger tmpfs, or no limit."""
+        if self.mounted:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(self.where)], check=True)
+        self.fsize = None
+        self.limit = lambda: None
+
+    def close(self):
+        if self.mounted:
+            subprocess.run(["umount", str(self.where)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disks = []
+
+    def make(name, size, fsize):
+        disks.append(SmallDisk(tmp_path / name, size, fsize))
+        return disks[-1]
+    yield make
+    for disk in disks:
+        disk.close()
+
+
+def test_disk_full_writing_the_output(data, tmp_path, small_disk, cli):
+    _, bundle, path = data
+    rc, _, err, _ = cli("score", path, "-o", tmp_path / "plain.jsonl", "-b", bundle, "--chunk-records", "50", "-q")
+    assert rc == 0, err
+    assert (tmp_path / "plain.jsonl").stat().st_size > 256 << 10
+    disk = small_disk("out", 128 << 10, 128 << 10)
+    out, work = disk.where / "scores.jsonl", tmp_path / "work"
+    rc, err = disk.run("score", path, "-o", out, "-b", bundle, "--chunk-records", "50", "--work-dir", work)
+    assert rc == 1 and err.splitlines()[-1] == f"car-onnx: error: {out}: cannot write: {disk.error}", err
+    assert os.listdir(disk.where) == []  # no partial output, no temporary file
+    disk.grow()
+    rc, err = disk.run("score", path, "-o", out, "-b", bundle, "--chunk-records", "50", "--work-dir", work)
+    assert rc == 0 and "reused 120 finished chunk(s)" in err, err
+    assert out.read_bytes() == (tmp_path / "plain.jsonl").read_bytes()
+
+
+def test_disk_full_in_the_work_dir(data, tmp_path, small_disk):
+    """On a small tmpfs the chunks fill it; under a file size limit the memory-mapped embeddings file is refused
+    (its space is reserved up front, so a full disk is an error and not a SIGBUS)."""
+    root, bundle, path = data
+    disk = small_disk("work", 64 << 10, 64 << 10)
+    out, work = tmp_path / "sel.jsonl", disk.where / "job"
+    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    last = err.splitlines()[-1]
+    assert rc == 1 and last.startswith(f"car-onnx: error: {work}/"), err
+    assert last.endswith(f": cannot write: {disk.error}")
+    name = last.split(f"{work}/")[1].split(":")[0]
+    if disk.mounted:
+        assert re.fullmatch(r"chunks/\d{6}\.npz", name), name
+    else:
+        assert name == "embeddings.npy"
+    assert sorted(os.listdir(tmp_path)) == ["work"] and not list((work / "chunks").glob(".*"))
+    disk.grow()
+    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 0 and "reused" in err, err
+    assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
+
+
+def test_embeddings_file_larger_than_the_space_left_is_an_error_not_a_crash(data, tmp_path, small_disk):
+    """Every chunk fits, the [n, dim] embeddings file does not: reserved up front, the job fails with one line."""
+    root, bundle, path = data
+    disk = small_disk("work", 560 << 10, 128 << 10)
+    out, work = tmp_path / "sel.jsonl", disk.where / "job"
+    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 1 and err.splitlines()[-1] == f"car-onnx: error: {work / 'embeddings.npy'}: cannot write: " \
+                                               f"{disk.error}", err
+    assert len(list((work / "chunks").glob("*.npz"))) == 120
+    disk.grow()
+    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    assert rc == 0 and "reused 120 finished chunk(s)" in err, err
+    assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
