@@ -318,6 +318,15 @@ def _cpu_flags() -> str:
 
 
 @app.command()
+def verify(bundle: Annotated[Optional[Path], typer.Argument(help="Bundle directory [default: the built default bundle]")] = None):
+    """Check the sha256 of every file of the bundle (not only those a run loads); name each wrong one."""
+    from .manifest import verify_bundle  # faults
+
+    root = find_bundle(bundle)
+    typer.echo(f"{root}: all {verify_bundle(root)} files match the manifest's sha256")
+
+
+@app.command()
 def version():
     """Print the version."""
     typer.echo(__version__)

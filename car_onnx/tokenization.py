@@ -21,7 +21,7 @@ def load_tokenizer(path, max_length: int):
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception on a malformed file
-        raise BundleError(f"{path}: cannot load tokenizer ({err})") from None
+        raise BundleError(f"{path}: cannot load tokenizer ({' '.join(str(err).split())[:200]})") from None
     tok.no_padding()
     tok.enable_truncation(max_length=max_length)
     return tok

@@ -273,3 +273,122 @@ def test_embeddings_file_larger_than_the_space_left_is_an_error_not_a_crash(data
     rc, err = disk.run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
     assert rc == 0 and "reused 120 finished chunk(s)" in err, err
     assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
+
+
+# --- 7. hostile bundles ----------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from car_onnx.errors import BundleError  # noqa: E402
+from car_onnx.manifest import verify_bundle  # noqa: E402
+
+PATHS = ["../outside.onnx", "/etc/passwd", "joint/../../x", "a\x00b", "x" * 5000, "ünï/cødé.onnx", "",
+         "link/model.fp32.onnx", "joint/tokenizer.json", "joint/model.fp32.onnx", "joint", ".", "manifest.json"]
+HOSTILE = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.sampled_from([2 ** 64, -1, 0, 10 ** 30, 2 ** 31]),
+    st.floats(), st.text(max_size=20), st.sampled_from(PATHS),
+    st.sampled_from(["{output:>999999999}", "{instruction.__class__}", "{0}", "{", "}{", "{input!r}"]),
+    st.lists(st.one_of(st.integers(), st.text(max_size=5)), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=5)), max_size=3))
+
+
+def mutate(draw, node):
+    """`node` with one value somewhere inside replaced by a hostile one, or a key removed or added."""
+    if isinstance(node, (dict, list)) and node and draw(st.integers(0, 3)):
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        key = draw(st.sampled_from(keys))
+        action = draw(st.sampled_from(["descend", "descend", "delete", "add"]))
+        copy = dict(node) if isinstance(node, dict) else list(node)
+        if action == "descend":
+            copy[key] = mutate(draw, node[key])
+        elif action == "delete":
+            del copy[key]
+        elif isinstance(copy, dict):
+            copy[draw(st.sampled_from(PATHS + ["extra", "sha256"]))] = draw(HOSTILE)
+        else:
+            copy.append(draw(HOSTILE))
+        return copy
+    return draw(HOSTILE)
+
+
+@pytest.fixture(scope="module")
+def hostile_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    bundle = tiny.make_bundle(root / "bundle")
+    (root / "outside").mkdir()
+    (root / "outside" / "model.fp32.onnx").write_bytes((bundle / "joint" / "model.fp32.onnx").read_bytes())
+    (bundle / "link").symlink_to(root / "outside")  # a symlink inside the bundle leading out of it
+    return bundle, json.loads((bundle / "manifest.json").read_text())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_hostile_manifests_give_one_line_bundle_errors(hostile_bundle, data):
+    import car_onnx
+
+    bundle, good = hostile_bundle
+    manifest = mutate(data.draw, good)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        verify_bundle(bundle)
+        scores = car_onnx.load(bundle, threads=1).score([{"instruction": "explain water", "output": "it is wet"}])
+        assert scores.shape == (1,)
+    except BundleError as err:
+        assert "\n" not in str(err) and len(str(err)) < 1000, str(err)
+    finally:
+        (bundle / "manifest.json").write_text(json.dumps(good))
+
+
+@pytest.mark.parametrize("rel, message", [
+    ("../outside.onnx", "file path '../outside.onnx' leaves the bundle directory"),
+    ("/etc/passwd", "file path '/etc/passwd' leaves the bundle directory"),
+    ("link/model.fp32.onnx", "file path 'link/model.fp32.onnx' leaves the bundle directory"),
+    ("a\x00b", "file path 'a\\x00b' is not a usable path (embedded null byte)"),
+])
+def test_paths_leaving_the_bundle_are_refused(hostile_bundle, rel, message):
+    bundle, good = hostile_bundle
+    manifest = json.loads(json.dumps(good))
+    manifest["models"][0]["variants"]["fp32"]["graph"] = rel
+    manifest["files"][rel] = good["files"]["joint/model.fp32.onnx"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        with pytest.raises(BundleError) as err:
+            verify_bundle(bundle)
+        assert str(err.value) == f"{bundle / 'manifest.json'}: {message}"
+    finally:
+        (bundle / "manifest.json").write_text(json.dumps(good))
+
+
+def test_hostile_values_are_named(hostile_bundle):
+    bundle, good = hostile_bundle
+    cases = [(("max_length",), 10 ** 30, "models[0].max_length must be an integer from 2 to 1048576, got "
+              "1000000000000000000000000000000"),
+             (("pad_id",), "0", "models[0].pad_id must be a token id (integer >= 0), got '0'"),
+             (("template", "with_input"), "{output:>999999999}", "template.with_input '{output:>999999999}' may "
+              "only hold {instruction}, {input} and {output}, without conversions or format specs")]
+    for keys, value, message in cases:
+        manifest = json.loads(json.dumps(good))
+        node = manifest["models"][0]
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        try:
+            with pytest.raises(BundleError) as err:
+                verify_bundle(bundle)
+            assert str(err.value) in (f"{bundle / 'manifest.json'}: {message}", message)
+        finally:
+            (bundle / "manifest.json").write_text(json.dumps(good))
+
+
+def test_verify_checks_every_file_and_names_the_wrong_ones(tmp_path, cli):
+    bundle = tiny.make_bundle(tmp_path / "b", precisions=("fp32", "int8"))
+    rc, out, err, _ = cli("verify", bundle)
+    assert rc == 0 and out == f"{bundle}: all 3 files match the manifest's sha256\n", err
+    graph = bundle / "joint" / "model.int8.onnx"  # a file a default CPU run on fp32 would never load
+    graph.write_bytes(graph.read_bytes()[:-1] + b"\x00")
+    (bundle / "joint" / "tokenizer.json").unlink()
+    rc, out, err, _ = cli("verify", bundle)
+    assert rc == 1 and err == (f"car-onnx: error: {bundle}: 2 of 3 file(s) do not match the manifest: "
+                               "'joint/tokenizer.json' (missing), 'joint/model.int8.onnx' (sha256 mismatch: "
+                               "modified or corrupted); re-export or re-copy the bundle")
