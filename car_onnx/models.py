@@ -11,7 +11,7 @@ import numpy as np
 from .errors import BundleError
 from .manifest import ModelSpec
 from .session import SessionConfig, create_session, machine_threads
-from .tokenization import DEFAULT_MAX_TOKENS, load_tokenizer, pad_batch, plan_batches, tokenize
+from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch, plan_batches, tokenize
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -24,6 +24,7 @@ class OnnxModel:
         self.spec, self.precision = spec, precision
         self.graph = Path(root) / spec.variants[self.precision].graph
         self.tokenizer = load_tokenizer(Path(root) / spec.tokenizer, spec.max_length)
+        self.clip = Clipper(self.tokenizer, spec.max_length)  # a giant field is cut before tokenizing
         self.session, self.workers = create_session(self.graph, config), config.workers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
@@ -48,7 +49,7 @@ class OnnxModel:
         int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
         would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
         names = [self.spec.outputs[r] for r in roles]
-        tokens = tokenize(self.tokenizer, texts)
+        tokens = tokenize(self.tokenizer, [self.clip(text) for text in texts])
         out: dict[str, np.ndarray] = {}
 
         def infer(batch: list[int]) -> list:
