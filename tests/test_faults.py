@@ -476,3 +476,77 @@ def test_a_200_mb_field_is_scored_in_bounded_memory(tmp_path, cli, rows_of):
     want = [r["score"] for r in rows_of(tmp_path / "short.jsonl", "jsonl")]
     # the giant record is a chunk of its own (CHUNK_CHARS), so the others' batches differ: last float bits may
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# --- 5. output directory missing or read-only, input unreadable ------------------------------------------------
+
+def unprivileged():
+    """The prefix that runs a command as nobody where the tests run as root (root reads and writes anything), or
+    None where that is impossible here."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if shutil.which("setpriv") and subprocess.run([*prefix, sys.executable, "-c", "import car_onnx"],
+                                                  capture_output=True, cwd="/").returncode == 0:
+        return prefix
+    return None
+
+
+@pytest.fixture
+def perm_root():
+    """A directory nobody can reach (tmp_path is root's alone), with a tiny bundle and two one-record inputs."""
+    import shutil
+    import tempfile
+
+    root = os.path.realpath(tempfile.mkdtemp(prefix="car-onnx-perm-"))
+    bundle = tiny.make_bundle(f"{root}/bundle")
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.chmod(os.path.join(dirpath, name), 0o755 if name in dirs else 0o644)
+    for name in ("good.jsonl", "secret.jsonl"):
+        with open(f"{root}/{name}", "w") as f:
+            f.write(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    os.chmod(f"{root}/secret.jsonl", 0o000)
+    os.mkdir(f"{root}/ro", 0o555)
+    os.chmod(root, 0o777)
+    yield root, bundle
+    shutil.rmtree(root)
+
+
+def check_refused(root, bundle, cases, prefix=()):
+    for (inp, out), code, message in cases:
+        p = subprocess.run([*prefix, *command("select", inp, "-o", out, "-b", bundle, "--work-dir", f"{root}/work")],
+                           text=True, capture_output=True, cwd=root)
+        if message.startswith("Usage:"):  # refused by the command line parser itself
+            assert p.returncode == code and p.stderr.startswith("Usage:") and p.stderr.endswith(message[6:] + "\n")
+        else:
+            assert (p.returncode, p.stderr) == (code, f"car-onnx: error: {message}\n")
+        assert sorted(os.listdir(root)) == ["bundle", "good.jsonl", "ro", "secret.jsonl"]  # no work dir, no output
+
+
+def test_missing_input_or_output_directory_fail_before_any_work(perm_root):
+    root, bundle = perm_root
+    check_refused(root, bundle, [
+        ((root, f"{root}/o.jsonl"), 1, f"{root}: not a file"),
+        ((f"{root}/none.jsonl", f"{root}/o.jsonl"), 1, f"{root}/none.jsonl: no such file"),
+        ((f"{root}/good.jsonl", f"{root}/no/o.jsonl"), 2, f"{root}/no/o.jsonl: the directory {root}/no does not exist")])
+
+
+def test_unreadable_input_and_read_only_output_directory_fail_before_any_work(perm_root):
+    root, bundle = perm_root
+    prefix = unprivileged()
+    if prefix is None:
+        pytest.skip("running as root without setpriv (util-linux) to drop privileges: root reads and writes anything")
+    check_refused(root, bundle, [
+        ((f"{root}/secret.jsonl", f"{root}/o.jsonl"), 2, f"Usage:Error: Invalid value for 'input': path "
+                                                          f"'{root}/secret.jsonl' is not readable."),
+        ((f"{root}/good.jsonl", f"{root}/ro/o.jsonl"), 2, f"{root}/ro/o.jsonl: the directory {root}/ro is not writable")],
+        prefix)
+    code = ("import sys\nfrom pathlib import Path\nfrom car_onnx import Model, pipeline\nfrom car_onnx.errors import CarError\n"
+            "try:\n    pipeline.score(pipeline.Job(Path(sys.argv[1])), Model(sys.argv[2]), Path(sys.argv[3]))\n"
+            "except CarError as err:\n    print(err)\n")
+    p = subprocess.run([*prefix, sys.executable, "-c", code, f"{root}/secret.jsonl", bundle, f"{root}/o.jsonl"],
+                       capture_output=True, text=True, cwd=root)
+    assert p.stdout == f"{root}/secret.jsonl: cannot read: Permission denied\n", p.stderr
