@@ -511,14 +511,17 @@ def perm_root():
     os.chmod(f"{root}/secret.jsonl", 0o000)
     os.mkdir(f"{root}/ro", 0o555)
     os.chmod(root, 0o777)
-    yield root, bundle
+    temp = tempfile.mkdtemp(prefix="car-onnx-temp-")  # onnxruntime keeps a telemetry id (.ses) in HOME/TMPDIR
+    os.chmod(temp, 0o777)
+    yield root, bundle, {**os.environ, "TMPDIR": temp, "HOME": temp}
     shutil.rmtree(root)
+    shutil.rmtree(temp)
 
 
-def check_refused(root, bundle, cases, prefix=()):
+def check_refused(root, bundle, env, cases, prefix=()):
     for (inp, out), code, message in cases:
         p = subprocess.run([*prefix, *command("select", inp, "-o", out, "-b", bundle, "--work-dir", f"{root}/work")],
-                           text=True, capture_output=True, cwd=root)
+                           text=True, capture_output=True, cwd=root, env=env)
         if message.startswith("Usage:"):  # refused by the command line parser itself
             assert p.returncode == code and p.stderr.startswith("Usage:") and p.stderr.endswith(message[6:] + "\n")
         else:
@@ -527,19 +530,19 @@ def check_refused(root, bundle, cases, prefix=()):
 
 
 def test_missing_input_or_output_directory_fail_before_any_work(perm_root):
-    root, bundle = perm_root
-    check_refused(root, bundle, [
+    root, bundle, env = perm_root
+    check_refused(root, bundle, env, [
         ((root, f"{root}/o.jsonl"), 1, f"{root}: not a file"),
         ((f"{root}/none.jsonl", f"{root}/o.jsonl"), 1, f"{root}/none.jsonl: no such file"),
         ((f"{root}/good.jsonl", f"{root}/no/o.jsonl"), 2, f"{root}/no/o.jsonl: the directory {root}/no does not exist")])
 
 
 def test_unreadable_input_and_read_only_output_directory_fail_before_any_work(perm_root):
-    root, bundle = perm_root
+    root, bundle, env = perm_root
     prefix = unprivileged()
     if prefix is None:
         pytest.skip("running as root without setpriv (util-linux) to drop privileges: root reads and writes anything")
-    check_refused(root, bundle, [
+    check_refused(root, bundle, env, [
         ((f"{root}/secret.jsonl", f"{root}/o.jsonl"), 2, f"Usage:Error: Invalid value for 'input': path "
                                                           f"'{root}/secret.jsonl' is not readable."),
         ((f"{root}/good.jsonl", f"{root}/ro/o.jsonl"), 2, f"{root}/ro/o.jsonl: the directory {root}/ro is not writable")],
@@ -548,5 +551,5 @@ def test_unreadable_input_and_read_only_output_directory_fail_before_any_work(pe
             "try:\n    pipeline.score(pipeline.Job(Path(sys.argv[1])), Model(sys.argv[2]), Path(sys.argv[3]))\n"
             "except CarError as err:\n    print(err)\n")
     p = subprocess.run([*prefix, sys.executable, "-c", code, f"{root}/secret.jsonl", bundle, f"{root}/o.jsonl"],
-                       capture_output=True, text=True, cwd=root)
+                       capture_output=True, text=True, cwd=root, env=env)
     assert p.stdout == f"{root}/secret.jsonl: cannot read: Permission denied\n", p.stderr
