@@ -23,6 +23,7 @@ from .readers import FORMATS
 from .selection import N1, N2
 from .clustering import PCA_VARIANCE, SEED
 from .session import DEVICES, machine_threads, resolve
+from .stop import Terminated, sigterm_stops, stopped_message
 from .manifest import PRECISIONS
 from .tokenization import DEFAULT_MAX_TOKENS
 
@@ -139,14 +140,14 @@ def _flag(name: str) -> str:
 
 def _guard(command):
     """Run a command so that a CarError (or any error) becomes one line on stderr and exit code 1 (2 for usage),
-    warnings one line each, and Ctrl-C exit code 130."""
+    warnings one line each, Ctrl-C exit code 130 and SIGTERM 143 (with how to resume)."""
     @functools.wraps(command)
     def run(*args, **kwargs):
         debug = os.environ.get("CAR_ONNX_DEBUG") == "1"
         try:
             caught: list = []
             try:
-                with warnings.catch_warnings(record=True) as caught:
+                with sigterm_stops(), warnings.catch_warnings(record=True) as caught:
                     return command(*args, **kwargs)
             finally:  # after the summary: what the user should know about this run; others as Python shows them
                 for w in caught:
@@ -160,9 +161,15 @@ def _guard(command):
             text = err.render(_flag)
             typer.echo(f"car-onnx: error: {text}", err=True)
             raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
-        except KeyboardInterrupt:
-            typer.echo("car-onnx: interrupted", err=True)
-            raise typer.Exit(130) from None
+        except (KeyboardInterrupt, Terminated) as err:  # faults: say where the finished work is
+            sigterm = isinstance(err, Terminated)
+            text = stopped_message("SIGTERM" if sigterm else "SIGINT", kwargs.get("work_dir"), "work_dir" in kwargs)
+            typer.echo(f"car-onnx: {text}", err=True)
+            raise typer.Exit(143 if sigterm else 130) from None
+        except MemoryError:  # faults: out of memory is one line, like any error (no output was written)
+            typer.echo("car-onnx: error: out of memory; give the job more memory or lower --max-tokens / "
+                       "--chunk-records", err=True)
+            raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as err:
@@ -336,6 +343,15 @@ def pack(
     typer.echo(f"car-onnx: wrote {kit.path}: {len(kit.wheels)} wheels {kit.wheels_mb} MB + bundles {kit.bundles_mb} MB "
                f"for {kit.requirement}, Python {kit.target.python_version}, {kit.target.platform}; sha256 {kit.sha256}")
     typer.echo(f"car-onnx: on the target: tar xf {kit.path.name} && sh car-onnx-kit/install.sh", err=True)
+
+
+@app.command()
+def verify(bundle: Annotated[Optional[Path], typer.Argument(help="Bundle directory [default: the built default bundle]")] = None):
+    """Check the sha256 of every file of the bundle (not only those a run loads); name each wrong one."""
+    from .manifest import verify_bundle  # faults
+
+    root = find_bundle(bundle)
+    typer.echo(f"{root}: all {verify_bundle(root)} files match the manifest's sha256")
 
 
 @app.command()

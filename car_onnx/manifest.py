@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +36,13 @@ class Template:
                 continue
             try:
                 text.format(instruction="", input="", output="")
-            except (KeyError, IndexError, ValueError) as err:
-                raise BundleError(f"template.{name} {text!r} is not a valid template: {err!r}") from None
+                fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+            except (KeyError, IndexError, ValueError, AttributeError) as err:
+                raise BundleError(f"template.{name} {_short(text)} is not a valid template: {err!r}") from None
+            if any(f not in TEMPLATE_FIELDS or spec or conv for f, spec, conv in fields):
+                # a format spec such as {output:>999999999} would make every text a gigabyte
+                raise BundleError(f"template.{name} {_short(text)} may only hold {{instruction}}, {{input}} and "
+                                  "{output}, without conversions or format specs")
 
     def render(self, instruction: str, input: str, output: str) -> str:
         text = self.without_input if (not input and self.without_input is not None) else self.with_input
@@ -67,7 +74,7 @@ class ModelSpec:
     info: dict = field(default_factory=dict)  # free-form provenance (base model, training metrics, ...)
 
     def __post_init__(self):
-        where = f"model '{self.name}'"
+        where = f"model {self.name!r}"
         if not self.roles or any(r not in ROLES for r in self.roles):
             raise BundleError(f"{where}: roles must be a non-empty subset of {ROLES}, got {list(self.roles)}")
         if set(self.outputs) != set(self.roles):
@@ -146,10 +153,70 @@ def sha256_file(path: Path) -> str:
 
 def _inside(root: Path, rel: str) -> Path:
     """Resolve a manifest path, refusing any that leaves the bundle directory."""
-    path = (root / rel).resolve()
-    if Path(rel).is_absolute() or not path.is_relative_to(root.resolve()):
-        raise BundleError(f"{root / 'manifest.json'}: file path {rel!r} leaves the bundle directory")
+    try:
+        path = (root / rel).resolve()
+    except (OSError, ValueError) as err:  # a NUL byte, a name too long, a symlink loop
+        raise BundleError(f"{root / 'manifest.json'}: file path {_short(rel)} is not a usable path ({err})") from None
+    if Path(rel).is_absolute() or not path.is_relative_to(root.resolve()):  # '..', or a symlink leading out
+        raise BundleError(f"{root / 'manifest.json'}: file path {_short(rel)} leaves the bundle directory")
     return path
+
+
+MAX_LENGTH = 1 << 20  # tokens: far above any model's context; larger numbers would overflow the tokenizer
+MODEL_KEYS = ("name", "roles", "tokenizer", "template", "max_length", "pad_id", "inputs", "outputs", "variants")
+
+
+def _short(value) -> str:
+    """A value for a one-line message: its repr (newlines escaped), cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_structure(path: Path, raw: dict) -> None:
+    """Every key the runtime reads, of the type and range it needs: a hostile manifest is one BundleError here,
+    not a TypeError (or a huge allocation) later."""
+    def need(ok: bool, where: str, what: str, value) -> None:
+        if not ok:
+            raise BundleError(f"{path}: {where} must be {what}, got {_short(value)}")
+
+    need(isinstance(raw.get("created_by", ""), str), "'created_by'", "a string", raw.get("created_by"))
+    for rel, entry in raw["files"].items():
+        need(isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+             and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None and _is_int(entry.get("bytes"), 0, 1 << 62),
+             f"files[{_short(rel)}]", "an object with a 64-hex-digit 'sha256' and a byte count 'bytes'", entry)
+    for i, d in enumerate(raw["models"]):
+        where = f"models[{i}]"
+        need(isinstance(d, dict), where, "an object", d)
+        missing = [key for key in MODEL_KEYS if key not in d]
+        need(not missing, where, f"an object with the keys {', '.join(MODEL_KEYS)}", sorted(d))
+        need(isinstance(d["name"], str) and d["name"] != "", f"{where}.name", "a non-empty string", d["name"])
+        need(_strings(d["roles"]), f"{where}.roles", "a list of strings", d["roles"])
+        need(isinstance(d["tokenizer"], str), f"{where}.tokenizer", "a path (string)", d["tokenizer"])
+        t = d["template"]
+        need(isinstance(t, dict) and set(t) <= {"with_input", "without_input"} and isinstance(t.get("with_input"), str)
+             and isinstance(t.get("without_input"), (str, type(None))), f"{where}.template",
+             "an object with a string 'with_input' and an optional string 'without_input'", t)
+        need(_is_int(d["max_length"], 2, MAX_LENGTH), f"{where}.max_length", f"an integer from 2 to {MAX_LENGTH}",
+             d["max_length"])
+        need(_is_int(d["pad_id"], 0, (1 << 31) - 1), f"{where}.pad_id", "a token id (integer >= 0)", d["pad_id"])
+        need(_strings(d["inputs"]), f"{where}.inputs", "a list of strings", d["inputs"])
+        need(isinstance(d["outputs"], dict) and all(isinstance(v, str) for v in d["outputs"].values()),
+             f"{where}.outputs", "an object of output names", d["outputs"])
+        need(isinstance(d["variants"], dict) and all(
+            isinstance(v, dict) and set(v) <= {"graph", "fidelity"} and isinstance(v.get("graph"), str)
+            and isinstance(v.get("fidelity", {}), dict) for v in d["variants"].values()),
+            f"{where}.variants", "an object of {'graph': path, 'fidelity': {...}} per precision", d["variants"])
+        need(d.get("embedding_dim") is None or _is_int(d["embedding_dim"], 1, MAX_LENGTH), f"{where}.embedding_dim",
+             "a positive integer", d.get("embedding_dim"))
+        need(isinstance(d.get("info", {}), dict), f"{where}.info", "an object", d.get("info"))
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -163,12 +230,13 @@ def read_manifest(root: Path) -> Manifest:
         raise BundleError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise BundleError(f"{path}: not a car-onnx bundle manifest (format must be {FORMAT!r})")
-    if raw.get("version") != VERSION:
+    if type(raw.get("version")) is not int or raw["version"] != VERSION:
         raise BundleError(
             f"{path}: unknown manifest version {raw.get('version')!r}; this car-onnx reads version {VERSION}"
         )
     if not isinstance(raw.get("models"), list) or not isinstance(raw.get("files"), dict):
         raise BundleError(f"{path}: 'models' must be a list and 'files' an object")
+    _check_structure(path, raw)
     manifest = Manifest(
         models=tuple(ModelSpec.from_json(m) for m in raw["models"]),
         files=raw["files"],
@@ -179,10 +247,28 @@ def read_manifest(root: Path) -> Manifest:
     for model in manifest.models:
         for rel in model.files():
             if rel not in manifest.files:
-                raise BundleError(f"{path}: model '{model.name}' names {rel!r}, which has no sha256 in 'files'")
+                raise BundleError(f"{path}: model {model.name!r} names {rel!r}, which has no sha256 in 'files'")
     for rel in manifest.files:
         _inside(Path(root), rel)
     return manifest
+
+
+def verify_bundle(root) -> int:
+    """`car-onnx verify`: check every file the manifest lists (not only those a run loads) against its sha256;
+    one BundleError names each missing or changed file. Returns how many files were checked."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    wrong = []
+    for rel, entry in manifest.files.items():
+        path = _inside(root, rel)
+        if not path.is_file():
+            wrong.append(f"{_short(rel)} (missing)")
+        elif sha256_file(path) != entry["sha256"]:
+            wrong.append(f"{_short(rel)} (sha256 mismatch: modified or corrupted)")
+    if wrong:
+        raise BundleError(f"{root}: {len(wrong)} of {len(manifest.files)} file(s) do not match the manifest: "
+                          f"{', '.join(wrong)}; re-export or re-copy the bundle")
+    return len(manifest.files)
 
 
 def verify_files(root: Path, manifest: Manifest, names: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import threading
 import time
 import warnings
@@ -41,7 +42,12 @@ def chunks(records: Iterable[Record], size: int = CHUNK_RECORDS) -> Iterator[lis
 
 def text_key(text: str) -> bytes:
     """What makes two records the same for exact dedup: their text, whitespace-normalised (a 16-byte digest)."""
-    return hashlib.blake2b(" ".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    if len(text) <= 1 << 20:
+        return hashlib.blake2b(" ".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    digest = hashlib.blake2b(digest_size=16)  # a giant text: the same digest, without a list of all its words
+    for n, word in enumerate(re.finditer(r"\S+", text)):
+        digest.update((" " if n else "").encode() + word.group().encode("utf-8", "surrogatepass"))
+    return digest.digest()
 
 
 def duplicates(keys: list[bytes]) -> np.ndarray:

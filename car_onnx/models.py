@@ -12,7 +12,7 @@ from .coverage import Coverage, unknown_id
 from .errors import BundleError
 from .manifest import ModelSpec
 from .session import SessionConfig, create_session, machine_threads
-from .tokenization import DEFAULT_MAX_TOKENS, load_tokenizer, pad_batch, plan_batches, tokenize
+from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch, plan_batches, tokenize
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -26,6 +26,7 @@ class OnnxModel:
         self.graph = Path(root) / spec.variants[self.precision].graph
         self.tokenizer = load_tokenizer(Path(root) / spec.tokenizer, spec.max_length)
         self.unk_id, self.coverage = unknown_id(self.tokenizer), Coverage()  # unknown tokens of every text run
+        self.clip = Clipper(self.tokenizer, spec.max_length)  # a giant field is cut before tokenizing
         self.session, self.workers = create_session(self.graph, config), config.workers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
@@ -50,7 +51,7 @@ class OnnxModel:
         int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
         would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
         names = [self.spec.outputs[r] for r in roles]
-        tokens = tokenize(self.tokenizer, texts)
+        tokens = tokenize(self.tokenizer, [self.clip(text) for text in texts])
         self.coverage.add(tokens.ids, self.unk_id, self.tokenizer.num_special_tokens_to_add(False))
         out: dict[str, np.ndarray] = {}
 
@@ -61,14 +62,18 @@ class OnnxModel:
 
         batches = plan_batches(tokens.lengths, 1 if self.precision == "int8" else max_tokens)
         with ThreadPoolExecutor(self.workers) as pool:  # results come back in batch order, as they finish
-            for batch, results in zip(batches, pool.map(infer, batches)):
-                for role, value in zip(roles, results):
-                    value = np.asarray(value, dtype=np.float32).reshape(len(batch), -1)
-                    if role not in out:
-                        out[role] = np.empty((len(texts), value.shape[1]), dtype=np.float32)
-                    out[role][batch] = value
-                if progress:
-                    progress(len(batch))
+            try:
+                for batch, results in zip(batches, pool.map(infer, batches)):
+                    for role, value in zip(roles, results):
+                        value = np.asarray(value, dtype=np.float32).reshape(len(batch), -1)
+                        if role not in out:
+                            out[role] = np.empty((len(texts), value.shape[1]), dtype=np.float32)
+                        out[role][batch] = value
+                    if progress:
+                        progress(len(batch))
+            except BaseException:  # Ctrl-C, SIGTERM, an error: stop after the running batches, not the queued ones
+                pool.shutdown(cancel_futures=True)
+                raise
         if "score" in out:
             out["score"] = out["score"][:, 0]
         return out

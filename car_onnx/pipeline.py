@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +19,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import lock
 from .clustering import PCA_VARIANCE, SEED, Clusterer
 from .errors import InputError, UsageError
 from .manifest import sha256_file as file_sha256
 from .model import CHUNK_CHARS, CHUNK_RECORDS, Model, chunks, duplicates, text_key
-from .readers import SUFFIXES, check_format, detect_format, iter_records, require_pyarrow
+from .readers import SUFFIXES, check_format, check_input, detect_format, iter_records, require_pyarrow
 from .records import Record
 from .selection import N1, N2, Dedup, Size, car_select
 from .workdir import WorkDir
-from .writers import open_writer, replacing
+from .writers import create_npy, open_writer, remove_stale_temps, replacing
 
 SCORE_FIELD, CLUSTER_FIELD = "score", "cluster"
 ON_ERROR = ("fail", "skip")
@@ -220,6 +222,7 @@ def output_format(output: Path, out_fmt: str | None) -> str:
 def check_output(job: Job, output: Path, fmt: str, rejects_used: bool) -> Path | None:
     """Before any work: the output (and rejects file) may be written: not the input, not an existing file without
     --force, in an existing writable directory. Returns the rejects file's path, if the job may write one."""
+    check_input(job.input)  # faults: an unreadable input fails here, before any model work
     rejects = (job.rejects or Path(f"{output}.rejects.jsonl")) if rejects_used else None
     if job.rejects is not None and not rejects_used:
         raise UsageError("{rejects} goes with {on_error} skip (or, for select, a {dedup} other than none)",
@@ -237,6 +240,8 @@ def check_output(job: Job, output: Path, fmt: str, rejects_used: bool) -> Path |
             raise UsageError(f"{path}: the directory {folder} does not exist")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"{path}: the directory {folder} is not writable")
+        for stale in remove_stale_temps(path):  # faults: left by a run killed while writing `path`
+            warnings.warn(f"{stale}: removed, a temporary file left by an interrupted run")
     if "parquet" in (fmt, job.fmt or detect_format(job.input)):
         require_pyarrow()
     if job.work_dir is not None:
@@ -287,7 +292,7 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
         curation.require()
         curation.check_path(report_path, job.force)
     roles = ("score", "embed")
-    with _rejects_writer(job, rejects_path) as rejects:
+    with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects:
         found = scan(job, model, added, rejects, stages, dedup=dedup.exact)
         ranked = found.records - int((found.duplicate_of >= 0).sum()) if dedup.exact else found.records
         Clusterer(k, pca_variance=pca_variance, seed=seed).check(ranked)
@@ -369,7 +374,7 @@ def score(job: Job, model: Model, output: Path, *, out_fmt=None, score_field=SCO
     fmt = output_format(output, out_fmt)
     rejects_path = check_output(job, output, fmt, job.on_error == "skip")
     added, roles = (score_field,), ("score",)
-    with _rejects_writer(job, rejects_path) as rejects:
+    with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects:
         found = scan(job, model, added, rejects, stages)
         with work_dir(job, identity(job, model, roles, added), stages) as work:
             scores = infer(job, model, roles, found, added, work, stages)["score"]
@@ -388,12 +393,12 @@ def embed(job: Job, model: Model, output: Path, *, stages: Stages | None = None)
         raise UsageError(f"{output}: embeddings are written as .npy; name the output *.npy")
     rejects_path = check_output(job, output, "npy", job.on_error == "skip")
     roles = ("embed",)
-    with _rejects_writer(job, rejects_path) as rejects:
+    with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects:
         found = scan(job, model, (), rejects, stages)
         with work_dir(job, identity(job, model, roles, ()), stages) as work:
             vectors = infer(job, model, roles, found, (), work, stages)["embed"]
             with stages.stage("write"), replacing(output) as tmp:
-                target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=vectors.shape)
+                target = create_npy(tmp, vectors.shape)  # faults: space reserved, a full disk is an error
                 target[:] = vectors
                 target.flush()
                 del target

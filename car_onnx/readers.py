@@ -372,6 +372,17 @@ def _parquet(path, fields, reject) -> Iterator[Record]:
 READERS = {"json": _json, "jsonl": _jsonl, "csv": _csv, "parquet": _parquet}
 
 
+def check_input(path) -> None:
+    """Before any work: the input is a file this process can open for reading."""
+    if not Path(path).is_file():
+        raise InputError(path, None, "no such file" if not Path(path).exists() else "not a file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise InputError(path, None, f"cannot read: {err.strerror or err}") from None
+
+
 def iter_records(path, *, fmt: str | None = None, fields: FieldMap = FieldMap(),
                  reject: Reject | None = None) -> Iterator[Record]:
     """The records of a dataset, streamed and validated one by one; an input with no records is an error.

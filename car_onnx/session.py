@@ -6,7 +6,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
-from .errors import UsageError
+from .errors import BundleError, UsageError
 from .manifest import PRECISIONS
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -116,6 +116,14 @@ def preload_cuda_libraries() -> None:
         ort.preload_dlls()
 
 
+def _ort_errors(ort) -> tuple:
+    """onnxruntime's exception classes (each derives from Exception directly)."""
+    state = ort.capi.onnxruntime_pybind11_state
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+             "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
+
+
 def create_session(path, config: SessionConfig):
     """An InferenceSession with full graph optimisation, single-threaded on CPU (`workers` run side by side);
     warns if CUDA was asked for but CPU is what runs."""
@@ -129,8 +137,12 @@ def create_session(path, config: SessionConfig):
     opts.log_severity_level = 3
     # onnxruntime's CPU SkipLayerNormalization kernel is 2.6-4.8x slower than Add + LayerNormalization (measured
     # in benchmarks/kernels.py), so on CPU the session must not fuse them (exports leave them unfused).
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=config.providers(),
-                                   disabled_optimizers=["SkipLayerNormFusion"] if cpu else None)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=config.providers(),
+                                       disabled_optimizers=["SkipLayerNormFusion"] if cpu else None)
+    except (RuntimeError, *_ort_errors(ort)) as err:  # a file that is not a usable graph
+        reason = " ".join(str(err).split())[:200]
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({reason})") from None
     if config.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         warnings.warn(f"CUDA session for {path} fell back to CPU", RuntimeWarning, stacklevel=2)
     return session

@@ -21,10 +21,42 @@ def load_tokenizer(path, max_length: int):
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception on a malformed file
-        raise BundleError(f"{path}: cannot load tokenizer ({err})") from None
+        raise BundleError(f"{path}: cannot load tokenizer ({' '.join(str(err).split())[:200]})") from None
     tok.no_padding()
     tok.enable_truncation(max_length=max_length)
     return tok
+
+
+class Clipper:
+    """Cuts a long text before it is tokenized, so that a giant field costs no more than `max_length` tokens'
+    worth of work, yet yields the same tokens. A cut is kept only when the tokenizer shows it is safe: the first
+    `max_length` tokens of the cut text all come from words (pre-tokens) before its last two, which a cut further on
+    cannot change (normalizers and pre-tokenizers of WordPiece, byte-level BPE and Metaspace act locally);
+    otherwise the cut moves twice as far out, up to the whole text."""
+
+    MARGIN = 2
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.start = max_length * max(map(len, tokenizer.get_vocab())) * self.MARGIN  # characters
+        self._counter = None
+
+    def __call__(self, text: str) -> str:
+        cut = self.start
+        while cut < len(text):
+            if self._safe(text[:cut]):
+                return text[:cut]
+            cut *= 2
+        return text
+
+    def _safe(self, prefix: str) -> bool:
+        if self._counter is None:  # the same tokenizer, not truncated: to see past max_length
+            from tokenizers import Tokenizer
+
+            self._counter = Tokenizer.from_str(self.tokenizer.to_str())
+            self._counter.no_truncation()
+        words = [w for w in self._counter.encode(prefix).word_ids if w is not None]
+        return bool(words) and sum(w < words[-1] - 1 for w in words) >= self.max_length
 
 
 @dataclass

@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import UsageError
-from .writers import replacing
+from .lock import NAME as LOCK
+from .writers import create_npy, naming, remove_stale_temps, replacing
 
 FORMAT = 1
 NAMES = {"bundle_manifest_sha256": "the bundle", "input_sha256": "the input", "models": "the model precisions",
@@ -47,7 +48,7 @@ class WorkDir:
         root, job_file = Path(root), Path(root) / "job.json"
         if root.exists() and not root.is_dir():
             raise UsageError(f"{root}: {{work_dir}} is not a directory", "work_dir")
-        if root.is_dir() and any(root.iterdir()) and not job_file.is_file():
+        if root.is_dir() and any(p.name != LOCK for p in root.iterdir()) and not job_file.is_file():
             raise UsageError(f"{root}: {{work_dir}} is not empty and holds no job.json (not a car-onnx work "
                              "directory); choose a new or empty directory", "work_dir")
 
@@ -70,6 +71,7 @@ class WorkDir:
                 note(f"work dir {root}: {_changes(old, want)} since the last run; "
                      f"its {finished} finished chunk(s) are discarded")
                 shutil.rmtree(work.chunks, ignore_errors=True)
+        remove_stale_temps(job_file)
         work._write(job_file, json.dumps(want, indent=2).encode())
         work.chunks.mkdir(exist_ok=True)
         for stale in work.chunks.glob(".*.tmp"):  # left by a run killed while writing
@@ -133,8 +135,8 @@ class WorkDir:
                 scores.append(data["score"])
             if "embed" in data:
                 if embed is None:
-                    embed = np.lib.format.open_memmap(self.root / "embeddings.npy", mode="w+", dtype=np.float32,
-                                                      shape=(n, data["embed"].shape[1]))
+                    with naming(self.root / "embeddings.npy"):
+                        embed = create_npy(self.root / "embeddings.npy", (n, data["embed"].shape[1]))
                 embed[start:start + rows] = data["embed"]
             start, c = start + rows, c + 1
         if start != n:
@@ -142,7 +144,8 @@ class WorkDir:
         if "score" in self.roles:
             out["score"] = np.concatenate(scores)
         if embed is not None:
-            embed.flush()
+            with naming(self.root / "embeddings.npy"):
+                embed.flush()
             del embed
             out["embed"] = np.load(self.root / "embeddings.npy", mmap_mode="r")
         return out
