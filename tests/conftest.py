@@ -1,11 +1,12 @@
-"""What the test modules share: the CLI run in a subprocess, output rows read back, and the reference selection
-computed from the tiny bundle's numpy reference."""
+"""What the test modules share: the CLI run in a subprocess, output rows read back, the reference selection
+computed from the tiny bundle's numpy reference, and the scorer head written out in numpy."""
 
 import csv
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from car_onnx import car_select
