@@ -20,7 +20,7 @@ import car_onnx
 from car_onnx.manifest import ModelSpec, Template, Variant
 
 from .heads import PooledHead, ScoringHead
-from .onnx_tools import ExportError, add_to_bundle, build_variants, export_module
+from .onnx_tools import ExportError, add_to_bundle, build_variants, export_module, raise_refused
 
 NAME = "use-m3-car"
 MAX_LENGTH = 4096  # the package truncates nothing; the cost is linear in length (no attention)
@@ -282,8 +282,10 @@ def export_multilingual(output: Path, *, precisions=("fp32", "int8"), force: boo
     export_module(model, probe, example, ["score", "embedding"])
     keep_fp32 = sentence_level_matmuls(probe)
     probe.unlink()
-    spec = build_variants(model, spec, output, example, check_texts(template), reference, precisions=precisions,
-                          num_heads=1, hidden_size=DIM, force=force, int8_exclude=keep_fp32, log=log)
+    spec, refused = build_variants(model, spec, output, example, check_texts(template), reference,
+                                   precisions=precisions, num_heads=1, hidden_size=DIM, force=force,
+                                   int8_exclude=keep_fp32, log=log)
     add_to_bundle(output, spec, f"car-onnx export multilingual {car_onnx.__version__}")
     log(f"multilingual bundle written to {output}")
+    raise_refused(output, spec, refused)
     return spec
