@@ -16,7 +16,7 @@ import numpy as np
 
 from car_onnx.bundle import Bundle, find_bundle
 from car_onnx.coverage import UNKNOWN_SHARE_LIMIT, Coverage
-from car_onnx.io import Record
+from car_onnx.records import Record
 from car_onnx.manifest import read_manifest
 from car_onnx.session import SessionConfig, machine_threads
 from car_onnx.tokenization import load_tokenizer, tokenize
@@ -107,8 +107,8 @@ def length_correlation(bundle_dir: Path, n: int) -> dict:
     would correlate strongly everywhere."""
     from scipy.stats import spearmanr
 
-    bundle = Bundle(bundle_dir, SessionConfig(precision="int8"), ("score",))
-    model = bundle.models["score"]
+    bundle = Bundle(bundle_dir, SessionConfig(precision="int8"))
+    model = bundle.model("score")
     out = {}
     for name in (ZH, *CORPORA):
         rows = corpus(name, n)
