@@ -74,13 +74,13 @@ class ModelSpec:
     info: dict = field(default_factory=dict)  # free-form provenance (base model, training metrics, ...)
 
     def __post_init__(self):
-        where = f"model {self.name!r}"
+        where = f"model {_short(self.name)}"
         if not self.roles or any(r not in ROLES for r in self.roles):
             raise BundleError(f"{where}: roles must be a non-empty subset of {ROLES}, got {list(self.roles)}")
         if set(self.outputs) != set(self.roles):
             raise BundleError(f"{where}: outputs must name one graph output per role {list(self.roles)}")
         if not isinstance(self.max_length, int) or self.max_length < 2:
-            raise BundleError(f"{where}: max_length must be an integer >= 2, got {self.max_length!r}")
+            raise BundleError(f"{where}: max_length must be an integer >= 2, got {_short(self.max_length)}")
         if not self.variants or any(p not in PRECISIONS for p in self.variants):
             raise BundleError(f"{where}: precisions must be a non-empty subset of {PRECISIONS}")
         if "input_ids" not in self.inputs or "attention_mask" not in self.inputs:
@@ -232,7 +232,7 @@ def read_manifest(root: Path) -> Manifest:
         raise BundleError(f"{path}: not a car-onnx bundle manifest (format must be {FORMAT!r})")
     if type(raw.get("version")) is not int or raw["version"] != VERSION:
         raise BundleError(
-            f"{path}: unknown manifest version {raw.get('version')!r}; this car-onnx reads version {VERSION}"
+            f"{path}: unknown manifest version {_short(raw.get('version'))}; this car-onnx reads version {VERSION}"
         )
     if not isinstance(raw.get("models"), list) or not isinstance(raw.get("files"), dict):
         raise BundleError(f"{path}: 'models' must be a list and 'files' an object")
@@ -247,7 +247,7 @@ def read_manifest(root: Path) -> Manifest:
     for model in manifest.models:
         for rel in model.files():
             if rel not in manifest.files:
-                raise BundleError(f"{path}: model {model.name!r} names {rel!r}, which has no sha256 in 'files'")
+                raise BundleError(f"{path}: model {_short(model.name)} names {_short(rel)}, which has no sha256 in 'files'")
     for rel in manifest.files:
         _inside(Path(root), rel)
     return manifest
@@ -276,7 +276,7 @@ def verify_files(root: Path, manifest: Manifest, names: list[str] | None = None)
     for rel in names if names is not None else list(manifest.files):
         path = _inside(Path(root), rel)
         if not path.is_file():
-            raise BundleError(f"{root}: file {rel!r} named in the manifest is missing")
+            raise BundleError(f"{root}: file {_short(rel)} named in the manifest is missing")
         digest = sha256_file(path)
         if digest != manifest.files[rel]["sha256"]:
             raise BundleError(
