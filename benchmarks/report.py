@@ -205,12 +205,29 @@ def rows() -> list[tuple[str, str, str]]:
             out.append((f"select --report, lookup bundle, {int(n):,} records: time the report adds",
                         f"report stage {r['report_stage_s']:.1f} s + write pass {r['write_stage_extra_s']:+.1f} s "
                         f"(whole run {r['without_report']['seconds']:.0f} s -> {r['with_report']['seconds']:.0f} s, "
-                        f"noisy host); page {r['page_mb']} MB", ""))
+                        f"noisy host); page {r['page_mb']} MB; {_cpu(d)}", ""))
         for n, r in d.get("alone", {}).items():
             out.append((f"select --report, {int(n):,} records: the report's own costs (in-process, lookup bundle)",
                         f"page {r['page_s']:.1f} s (k={r['k']}, {r['page_mb']} MB) + write pass "
                         f"{r['write_pass_extra_s']:.1f} s (the pass alone: {r['read_pass_s']:.1f} s); busy 2-core host",
                         ""))
+    if d := _load("ray"):
+        if r := d.get("overhead"):
+            a, b = r["single_process"], r["ray_local_2_actors"]
+            out.append((f"Ray overhead, {r['records']:,} records, default bundle: single process (2 threads) vs "
+                        "`--ray local` (2 actors of 1 CPU)", f"{a['seconds']:.0f} s vs {b['seconds']:.0f} s: "
+                        f"{r['wall_overhead']:+.1%} whole run, {r['inference_overhead']:+.1%} score+embed; output "
+                        f"{'identical' if r['same_output'] else 'DIFFERENT'}; {_cpu(d)}",
+                        _met(r["wall_overhead"], 0.15, higher=False)))
+        if r := d.get("driver_memory_sample_mode"):
+            out.append(("Ray driver peak RSS, `--cluster sample`, lookup bundle: " + " / ".join(
+                f"{int(n):,}" for n in r) + " records", " / ".join(f"{v['driver_peak_rss_mb']:.0f}" for v in
+                                                                  r.values()) + f" MB; {_cpu(d)}",
+                        _met(max(v["driver_peak_rss_mb"] for v in r.values()), 1024, higher=False) + " MB"))
+        if r := d.get("scaling"):
+            out.append((f"Ray scaling, {r['records']:,} records, default bundle: test cluster of 1 / 2 one-CPU nodes",
+                        f"{r['1_node']['seconds']:.0f} s / {r['2_node']['seconds']:.0f} s ({r['speedup']}x); "
+                        f"{_cpu(d)}", ""))
     if d := _load("resume"):
         out.append((f"resume: select on {d['records']} records killed after {d['chunks_finished_when_killed']} of "
                     f"{d['chunks']} chunks, then resumed", f"{d['killed_after_s']} s + {d['resumed_s']} s vs "
@@ -224,7 +241,7 @@ def rows() -> list[tuple[str, str, str]]:
 
 def markdown() -> str:
     machine = (_load("default_bundle") or _load("scaling") or {}).get("machine", {})
-    lines = [f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, flags: "
+    lines = [f"Machine (unless a row names its own CPU: the host changes between sessions): {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, flags: "
              f"{machine.get('cpu_flags', '?')}; onnxruntime {machine.get('onnxruntime', '?')}, torch "
              f"{machine.get('torch', '-')}. Commands and raw figures: `benchmarks/results/*.json`.", "",
              "| measure | value | target |", "| --- | --- | --- |"]

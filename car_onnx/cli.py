@@ -21,7 +21,7 @@ from .errors import CarError, UsageError
 from .model import CHUNK_RECORDS, Model
 from .readers import FORMATS
 from .selection import N1, N2
-from .clustering import PCA_VARIANCE, SEED
+from .clustering import CLUSTER_MODES, EXACT_LIMIT, PCA_VARIANCE, SAMPLE_SIZE, SEED
 from .session import DEVICES, machine_threads, resolve
 from .stop import Terminated, sigterm_stops, stopped_message
 from .manifest import PRECISIONS
@@ -33,9 +33,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 DeviceName = Enum("DeviceName", {d: d for d in DEVICES}, type=str)
 PrecisionName = Enum("PrecisionName", {p: p for p in PRECISIONS}, type=str)
 FormatName = Enum("FormatName", {f: f for f in FORMATS}, type=str)
+ClusterName = Enum("ClusterName", {m: m for m in CLUSTER_MODES}, type=str)
 OnErrorName = Enum("OnErrorName", {e: e for e in pipeline.ON_ERROR}, type=str)
 
-Input = Annotated[Path, typer.Argument(help="Dataset: .json (array), .jsonl, .csv or .parquet.", show_default=False)]
+Input = Annotated[Path, typer.Argument(help="Dataset: .json (array), .jsonl, .csv or .parquet; or a directory (its dataset files, by name) or a quoted glob of them, read as one dataset.", show_default=False)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the result.", show_default=False)]
 BundleDir = Annotated[Optional[Path], typer.Option("--bundle", "-b", help="Bundle directory [default: the built default bundle]")]
 Device = Annotated[DeviceName, typer.Option(help="auto: CUDA when onnxruntime offers it.")]
@@ -232,14 +233,23 @@ def select(
     cluster_field: Annotated[str, typer.Option(help="Name of the field the output adds for the cluster id.")] = pipeline.CLUSTER_FIELD,
     show: Annotated[bool, typer.Option("--show", help="Print the selected records (score, cluster, reason, text).")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Also write a curation report: one offline HTML page of what was kept, dropped and why (needs the [report] extra).")] = None,
+    cluster: Annotated[ClusterName, typer.Option(help=f"exact: PCA and KMeans fitted on every record; sample: fitted on a seeded sample of --sample-size records, then every record assigned (memory bounded by the sample); auto: exact up to {EXACT_LIMIT:,} records.")] = ClusterName.auto,
+    sample_size: Annotated[int, typer.Option(help="Records PCA and KMeans are fitted on with --cluster sample.")] = SAMPLE_SIZE,
+    ray: Annotated[Optional[str], typer.Option(help="Run on a Ray cluster (needs the [ray] extra): local (start one on this machine), auto (RAY_ADDRESS or the running one) or HOST:PORT. INPUT may then be a directory or glob of shards; --threads is the CPUs of each actor [default: 1].", show_default=False)] = None,
 ):
     """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster. Each selected
     record is written with its score, cluster, rank (by score, 1 = best) and reason (top or cluster)."""
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
-    model = _model(bundle, device, threads, precision, field, max_tokens)
-    report = pipeline.select(job, model, output, n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed,
-                             dedup=dedup, write_all=all, out_fmt=_value(output_format), score_field=score_field,
-                             cluster_field=cluster_field, stages=CliStages(quiet), report_path=report)
+    model = _model(bundle, device, None if ray else threads, precision, field, max_tokens)
+    options = dict(n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed, dedup=dedup, write_all=all,
+                   out_fmt=_value(output_format), score_field=score_field, cluster_field=cluster_field,
+                   cluster=cluster.value, sample_size=sample_size, stages=CliStages(quiet), report_path=report)
+    if ray is None:
+        report = pipeline.select(job, model, output, **options)
+    else:
+        from . import ray as on_ray
+
+        report = on_ray.select_job(job, model, output, address=ray, threads=threads, **options)
     if show:
         _show(report.shown, score_field, cluster_field)
     _summary(report, quiet, output)

@@ -16,6 +16,10 @@ MINIBATCH_THRESHOLD = 100_000
 PCA_VARIANCE, SEED = 0.95, 42  # the reference's PCA variance and random_state
 N_INIT = 10  # KMeans initialisations, scikit-learn 0.24's default, which the reference ran
 PLANE_SAMPLE = 20_000  # report: at most this many rows (seeded sample) keep their first two PCA coordinates
+CLUSTER_MODES = ("auto", "exact", "sample")
+EXACT_LIMIT = 1_000_000  # cluster="auto": exact up to this many rows (~1.6 KB each in memory), sample above
+SAMPLE_SIZE = 100_000  # cluster="sample": the rows PCA and KMeans are fitted on (~1.6 KB each)
+BLOCK_ROWS = 65_536  # cluster="sample": rows assigned to clusters at a time
 
 
 def default_k(n: int) -> int:
@@ -27,12 +31,21 @@ class Clusterer:
     """Reduce with PCA keeping `pca_variance` of the variance, then cluster into `k` groups."""
 
     def __init__(self, k: int | None = None, *, pca_variance: float = PCA_VARIANCE, seed: int = SEED,
-                 minibatch_threshold: int = MINIBATCH_THRESHOLD, log: Callable[[str], None] | None = None):
+                 mode: str = "auto", sample_size: int = SAMPLE_SIZE, minibatch_threshold: int = MINIBATCH_THRESHOLD,
+                 log: Callable[[str], None] | None = None):
         self.k = k
         self.pca_variance = pca_variance
         self.seed = seed
+        self.mode = mode
+        self.sample_size = sample_size
         self.minibatch_threshold = minibatch_threshold
         self.log = log
+
+    def sampled(self, n: int) -> bool:
+        """Whether `n` rows are clustered from a sample: mode "sample" (when n exceeds the sample), or "auto" above
+        EXACT_LIMIT rows."""
+        limit = EXACT_LIMIT if self.mode == "auto" else self.sample_size if self.mode == "sample" else n
+        return n > max(limit, self.sample_size)
 
     def check(self, n: int | None = None) -> int | None:
         """Validate the parameters (for `n` rows, if given) before any expensive work; returns the cluster count."""
@@ -40,50 +53,93 @@ class Clusterer:
             raise UsageError(f"{{pca_variance}} must be in (0, 1], got {self.pca_variance}", "pca_variance")
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise UsageError(f"{{k}} must be an integer >= 1, got {self.k!r}", "k")
+        if self.mode not in CLUSTER_MODES:
+            raise UsageError(f"{{cluster}} must be one of {', '.join(CLUSTER_MODES)}, got {self.mode!r}", "cluster")
+        if isinstance(self.sample_size, bool) or not isinstance(self.sample_size, int) or self.sample_size < 2:
+            raise UsageError(f"{{sample_size}} must be an integer >= 2, got {self.sample_size!r}", "sample_size")
         if n is None:
             return None
         k = default_k(n) if self.k is None else self.k
         if not 1 <= k <= n:
             raise UsageError(f"{{k}} must be between 1 and the number of records ({n}), got {k}", "k")
+        if self.sampled(n) and k > self.sample_size:
+            raise UsageError(f"{{k}} = {k} clusters cannot be fitted on a sample of {self.sample_size:,} rows; raise "
+                             "{sample_size}", "k", "sample_size")
         return k
 
-    def fit_predict(self, embeddings: np.ndarray) -> np.ndarray:
-        """Cluster id (int64) per row; sets `k_`, `n_components_`, `variance_kept_` and `minibatch_`."""
-        from sklearn.cluster import MiniBatchKMeans
+    def fit_predict(self, embeddings, rows: np.ndarray | None = None) -> np.ndarray:
+        """Cluster id (int64) of each of `rows` (sorted row numbers; default all) of `embeddings` ([n, dim]: an
+        array, a memory map, or anything with `shape`, rows by sorted index and `blocks()`); sets `k_`,
+        `n_components_`, `variance_kept_`, `minibatch_`, `sampled_` and `plane_`. In sample mode PCA and KMeans
+        are fitted on a seeded uniform sample of `sample_size` rows and every row is then assigned, a block at a
+        time: memory is bounded by the sample, not by n."""
+        n = len(embeddings) if rows is None else len(rows)
+        if len(getattr(embeddings, "shape", ())) != 2 or n == 0:
+            raise UsageError(f"embeddings must be a non-empty 2-D array, got shape {getattr(embeddings, 'shape', None)}")
+        self.k_ = self.check(n)
+        self.sampled_ = self.sampled(n)
+        log = self.log or (lambda message: None)
+        if not self.sampled_:
+            x = np.asarray(embeddings if rows is None else embeddings[rows], dtype=np.float32)
+            pca, x = self._pca(x, log)
+            self.plane_ = _plane(x, self.seed, pca_done=pca is not None)  # report: 2-D map sample
+            return self._fit(x, n, log).labels_.astype(np.int64)
+        picked = np.sort(np.random.default_rng(self.seed).choice(n, self.sample_size, replace=False))
+        log(f"clustering from a seeded sample of {self.sample_size:,} of {n:,} rows")
+        x = np.asarray(embeddings[picked if rows is None else rows[picked]], dtype=np.float32)
+        pca, x = self._pca(x, log)
+        plane_rows, xy = _plane(x, self.seed, pca_done=pca is not None)
+        self.plane_ = picked[plane_rows], xy
+        km, start = self._fit(x, n, log), time.perf_counter()
+        labels = np.empty(len(embeddings), dtype=np.int64) if rows is None else None
+        parts = []
+        for first, block in _blocks(embeddings):
+            block = np.asarray(block, dtype=np.float32)
+            predicted = km.predict(pca.transform(block) if pca is not None else block).astype(np.int64)
+            if rows is None:
+                labels[first:first + len(block)] = predicted
+            else:
+                inside = rows[np.searchsorted(rows, first):np.searchsorted(rows, first + len(block))]
+                parts.append(predicted[inside - first])
+        log(f"assigned {n:,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
+        return labels if rows is None else np.concatenate(parts)
+
+    def _pca(self, x: np.ndarray, log: Callable[[str], None]):
+        """PCA keeping `pca_variance` of the variance, fitted on `x`: (the PCA or None, x reduced); sets
+        `n_components_` and `variance_kept_`."""
         from sklearn.decomposition import PCA
 
-        x = np.asarray(embeddings, dtype=np.float32)
-        if x.ndim != 2 or len(x) == 0:
-            raise UsageError(f"embeddings must be a non-empty 2-D array, got shape {x.shape}")
-        n = len(x)
-        self.k_ = self.check(n)
-        log = self.log or (lambda message: None)
-        self.variance_kept_ = 1.0
-        if self.pca_variance < 1.0 and n > 1:
+        pca, self.variance_kept_ = None, 1.0
+        if self.pca_variance < 1.0 and len(x) > 1:
             start = time.perf_counter()
-            log(f"PCA of {n:,} x {x.shape[1]} embeddings ...")
+            log(f"PCA of {len(x):,} x {x.shape[1]} embeddings ...")
             pca = PCA(n_components=self.pca_variance, random_state=self.seed)
             x = pca.fit_transform(x)
             self.variance_kept_ = float(pca.explained_variance_ratio_.sum())
             log(f"PCA kept {x.shape[1]} components ({self.variance_kept_:.1%} of the variance) in "
                 f"{time.perf_counter() - start:.1f}s")
         self.n_components_ = x.shape[1]
-        self.plane_ = _plane(x, self.seed, pca_done=self.pca_variance < 1.0 and n > 1)  # report: 2-D map sample
+        return pca, x
+
+    def _fit(self, x: np.ndarray, n: int, log: Callable[[str], None]):
+        """KMeans fitted on `x` (MiniBatchKMeans when the `n` rows clustered exceed `minibatch_threshold`); sets
+        `minibatch_`."""
+        from sklearn.cluster import MiniBatchKMeans
+
         self.minibatch_ = n > self.minibatch_threshold
         start = time.perf_counter()
         if self.minibatch_:
-            log(f"MiniBatchKMeans k={self.k_} on {n:,} rows ...")
-            km = MiniBatchKMeans(n_clusters=self.k_, random_state=self.seed, n_init=3, batch_size=4096)
-            labels = km.fit_predict(x).astype(np.int64)
+            log(f"MiniBatchKMeans k={self.k_} on {len(x):,} rows ...")
+            km = MiniBatchKMeans(n_clusters=self.k_, random_state=self.seed, n_init=3, batch_size=4096).fit(x)
         else:
-            labels = self._kmeans(x, log)
+            km = self._kmeans(x, log)
         log(f"{'MiniBatchKMeans' if self.minibatch_ else 'KMeans'} done in {time.perf_counter() - start:.1f}s")
-        return labels
+        return km
 
     def _kmeans(self, x: np.ndarray, log: Callable[[str], None]) -> np.ndarray:
         """KMeans(n_init=10, random_state=seed), one initialisation at a time so that progress can be told: the
-        same RandomState feeds every run in turn and the best is kept by scikit-learn's own rule, so the labels are
-        those of a single KMeans(n_init=10) call (tested against it)."""
+        same RandomState feeds every run in turn and the best is kept by scikit-learn's own rule, so the fit is
+        that of a single KMeans(n_init=10) call (tested against it)."""
         from sklearn.cluster import KMeans
 
         rng, best, start = np.random.RandomState(self.seed), None, time.perf_counter()
@@ -94,7 +150,16 @@ class Clusterer:
             spent = time.perf_counter() - start
             log(f"KMeans k={self.k_} on {len(x):,} rows: run {i}/{N_INIT} of its initialisations, "
                 f"{i / spent:.2f} runs/s, ETA {spent / i * (N_INIT - i):.0f}s")
-        return best.labels_.astype(np.int64)
+        return best
+
+
+def _blocks(embeddings):
+    """(first row, rows) of `embeddings`, BLOCK_ROWS at a time (or as the object's own `blocks()` gives them)."""
+    if hasattr(embeddings, "blocks"):
+        yield from embeddings.blocks()
+        return
+    for first in range(0, len(embeddings), BLOCK_ROWS):
+        yield first, embeddings[first:first + BLOCK_ROWS]
 
 
 def _same_clustering(a: np.ndarray, b: np.ndarray) -> bool:

@@ -9,6 +9,10 @@ class CarError(Exception):
     template: str = ""
     params: tuple = ()
 
+    def __reduce__(self):
+        """Pickled with its attributes (Ray and multiprocessing send errors between processes)."""
+        return _restore, (type(self), self.args, self.__dict__)
+
     def render(self, spell) -> str:
         """The message with each parameter spelled by `spell(name)`."""
         text = self.template or str(self)
@@ -39,3 +43,10 @@ class UsageError(CarError, ValueError):
     def __init__(self, message: str, *params: str):
         self.template, self.params = message, params
         super().__init__(self.render(lambda name: name))
+
+
+def _restore(cls, args, state):
+    err = Exception.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 
 from . import containers
 from .bundle import Bundle, find_bundle
-from .clustering import PCA_VARIANCE, SEED, Clusterer
+from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
 from .coverage import coverage_warnings
 from .errors import UsageError
 from .records import FieldMap, Record
@@ -50,10 +49,14 @@ def text_key(text: str) -> bytes:
     return digest.digest()
 
 
-def duplicates(keys: list[bytes]) -> np.ndarray:
-    """Per record, the first earlier record with the same key, or -1."""
-    first: dict[bytes, int] = {}
-    dup = np.fromiter((first.setdefault(key, i) for i, key in enumerate(keys)), dtype=np.int64, count=len(keys))
+def duplicates(keys) -> np.ndarray:
+    """Per record, the first earlier record with the same key, or -1. `keys`: the 16-byte keys, as a list or
+    joined in one bytes-like object (16 bytes a record in memory, not a dict of them)."""
+    keys = np.frombuffer(b"".join(keys) if isinstance(keys, list) else bytes(keys), dtype=np.uint64).reshape(-1, 2)
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)  # first: a stable sort
+    dup = first[inverse.reshape(-1)].astype(np.int64)
     dup[dup == np.arange(len(keys))] = -1
     return dup
 
@@ -139,19 +142,20 @@ class Model:
         return out["score"], out["embed"]
 
     def select(self, data, *, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
-               seed: int = SEED, dedup="exact") -> Selection:
+               seed: int = SEED, dedup="exact", cluster: str = "auto", sample_size: int = SAMPLE_SIZE) -> Selection:
         """The CaR selection of `data`, as `car-onnx select` makes it: the top `n1` by score (a count or "2%")
         plus the top `n2` of each of `k` clusters [default int(sqrt(n/2))], after dropping duplicates (`dedup`:
-        "none", "exact" or "near:T"). `Selection.take(data)` returns the selected rows in `data`'s container."""
+        "none", "exact" or "near:T"; `cluster`: "exact", "sample" or "auto", see `car_select`). `Selection.take(data)`
+        returns the selected rows in `data`'s container."""
         size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
-        Clusterer(k, pca_variance=pca_variance, seed=seed).check()
+        Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size).check()
         keys: list = []
         start = time.perf_counter()
         out = self._outputs(data, ("score", "embed"), keys if dedup.exact else None)
         exact = duplicates(keys) if dedup.exact else None
         inferred = time.perf_counter()
         sel = car_select(out["score"], out["embed"], n1=size1, n2=size2, k=k, pca_variance=pca_variance,
-                         seed=seed, near=dedup.near, duplicate_of=exact)
+                         seed=seed, near=dedup.near, duplicate_of=exact, cluster=cluster, sample_size=sample_size)
         # for Selection.report(): the data (not copied; None for a one-pass iterable) and the run's facts
         reread = data if containers.kind(data) != "iterable" else None
         seconds = {"score+embed": inferred - start, "cluster+select": time.perf_counter() - inferred}

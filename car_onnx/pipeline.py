@@ -12,21 +12,24 @@ import os
 import tempfile
 import time
 import warnings
+from array import array
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from . import lock
-from .clustering import PCA_VARIANCE, SEED, Clusterer
+from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
 from .errors import InputError, UsageError
 from .manifest import sha256_file as file_sha256
-from .model import CHUNK_CHARS, CHUNK_RECORDS, Model, chunks, duplicates, text_key
-from .readers import SUFFIXES, check_format, check_input, detect_format, iter_records, require_pyarrow
+from .model import CHUNK_CHARS, CHUNK_RECORDS, Model, duplicates, text_key
+from .readers import SUFFIXES, check_format, check_input, detect_format, iter_records, require_pyarrow, shards_of
 from .records import Record
-from .selection import N1, N2, Dedup, Size, car_select
+from .selection import N1, N2, Dedup, Size, car_select, check_clustering
 from .workdir import WorkDir
 from .writers import create_npy, open_writer, remove_stale_temps, replacing
 
@@ -71,7 +74,7 @@ class Report:
 class Job:
     """Options of a file job (the Model holds the bundle, device, precision, fields and token budget)."""
 
-    input: Path
+    input: Path  # a file, a directory of dataset files (its shards, by name) or a glob pattern
     fmt: str | None = None
     force: bool = False  # replace an existing output
     work_dir: Path | None = None  # keep finished chunks here and reuse them (else a temporary directory)
@@ -87,19 +90,44 @@ class Job:
         if self.fmt is not None:
             check_format(self.fmt)
 
+    @cached_property
+    def shards(self) -> tuple[Path, ...]:
+        return shards_of(self.input)
+
+    def where(self, shard: int, where: str) -> str:
+        """A record's place as messages and the rejects file give it: "line 7", or "part-3.jsonl line 7" when
+        the input has several files."""
+        return f"{self.shards[shard].name} {where}" if len(self.shards) > 1 else where
+
+
+@dataclass(frozen=True)
+class ShardScan:
+    """What the scan found in one file of the input."""
+
+    records: int
+    columns: dict  # every key of the accepted rows, in order of first appearance
+    rejected: int
+    stamp: tuple  # the file's size and mtime when the scan began
+    keys: bytes | None  # with exact dedup: each record's 16-byte text key, joined
+    places: np.ndarray  # per record, the number of its location
+    place: str  # "line" or "record"
+    chunks: list  # records per inference chunk (chunks never span two files)
+
 
 @dataclass(frozen=True)
 class Scan:
     records: int
     columns: tuple[str, ...]  # every key of the accepted rows, in order of first appearance
     rejected: int
-    stamp: tuple  # the input's size and mtime when the scan began
+    stamp: tuple  # each file's size and mtime when the scan began
     duplicate_of: np.ndarray | None  # with exact dedup: per record, the earlier record with the same text, or -1
     places: np.ndarray  # per record, the number of its location ("line 7", "record 7"), to name it later
     place: str  # "line" or "record"
+    shard_of: np.ndarray  # per record, the index of its file in job.shards
+    plan: tuple  # the inference chunks: (file index, first record in the file, records), in input order
 
-    def where(self, i: int) -> str:
-        return f"{self.place} {self.places[i]}"
+    def where(self, job: Job, i: int) -> str:
+        return job.where(int(self.shard_of[i]), f"{self.place} {self.places[i]}")
 
 
 def _stamp(path: Path) -> tuple:
@@ -110,60 +138,113 @@ def _stamp(path: Path) -> tuple:
 OPTION_OF = {0: "score_field", 1: "cluster_field"}  # which option names the output's added field at this place
 
 
-def _records(job: Job, model: Model, added: tuple[str, ...], reject=None) -> Iterator[Record]:
-    """The accepted records; a record that already has a field the output adds is refused (or rejected)."""
-    for r in iter_records(job.input, fmt=job.fmt, fields=model.fields, reject=reject):
+def _records(job: Job, shard: int, model: Model, added: tuple[str, ...], reject=None) -> Iterator[Record]:
+    """The accepted records of one file; a record that already has a field the output adds is refused (or
+    rejected)."""
+    path = job.shards[shard]
+    for r in iter_records(path, fmt=job.fmt, fields=model.fields, reject=reject):
         taken = next((i for i, name in enumerate(added) if name in r.row), None)
         if taken is None:
             yield r
             continue
         option = OPTION_OF.get(taken)
         hint = f" (name the added field with {{{option}}})" if option else ""
-        err = InputError(job.input, r.where, f"already has a field '{added[taken]}' that the output would "
+        err = InputError(path, r.where, f"already has a field '{added[taken]}' that the output would "
                          f"overwrite{hint}", field=added[taken], params=(option,) if option else ())
         if reject is None:
             raise err
         reject(err, r.row)
 
 
-def _again(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[Record]:
-    """The accepted records read again (bad ones dropped silently: the scan has reported them)."""
-    if _stamp(job.input) != scan.stamp:
-        raise InputError(job.input, None, "changed while the job was running; run it again")
+def shard_records(job: Job, model: Model, stamp: tuple, added: tuple[str, ...], shard: int) -> Iterator[Record]:
+    """The accepted records of one file read again (bad ones dropped silently: the scan has reported them); the
+    file must still have the size and mtime `stamp` the scan saw."""
+    if _stamp(job.shards[shard]) != stamp:
+        raise InputError(job.shards[shard], None, "changed while the job was running; run it again")
     skip = (lambda err, raw: None) if job.on_error == "skip" else None
-    yield from _records(job, model, added, skip)
+    yield from _records(job, shard, model, added, skip)
+
+
+def _again(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[Record]:
+    """The accepted records of every file, read again in input order."""
+    for shard in range(len(job.shards)):
+        yield from shard_records(job, model, scan.stamp[shard], added, shard)
+
+
+def scan_shard(job: Job, shard: int, model: Model, added: tuple[str, ...], reject=None, dedup: bool = False,
+               advance: Callable[[int], None] = lambda n: None) -> ShardScan:
+    """Validate and count the records of one file; a bad record raises, or goes to `reject(err, row)`."""
+    path = job.shards[shard]
+    stamp, count, rejected, columns, keys, places, place = _stamp(path), 0, 0, {}, bytearray(), array("q"), "line"
+    sizes, size, chars = [], 0, 0
+
+    def rejecting(err: InputError, raw) -> None:
+        nonlocal rejected
+        rejected += 1
+        reject(err, raw)
+
+    try:
+        for r in _records(job, shard, model, added, rejecting if reject is not None else None):
+            if dedup:
+                keys += text_key(model.text(r.instruction, r.input, r.output))
+            count += 1
+            columns.update(dict.fromkeys(r.row))
+            place, number = r.where.split()
+            places.append(int(number))
+            size, chars = size + 1, chars + len(r.instruction) + len(r.input) + len(r.output)
+            if size == job.chunk_records or chars >= CHUNK_CHARS:  # the rule of model.chunks, within this file
+                sizes.append(size)
+                size, chars = 0, 0
+            advance(1)
+    except InputError as err:
+        if not (rejected and err.where is None and err.reason == "no records"):
+            raise
+    return ShardScan(count, columns, rejected, stamp, bytes(keys) if dedup else None, np.asarray(places, dtype=np.int64),
+                     place, sizes + [size] if size else sizes)
+
+
+def merge_scans(job: Job, parts: list[ShardScan], dedup: bool) -> Scan:
+    """The scan of the whole input from those of its files, in order."""
+    count, rejected = sum(p.records for p in parts), sum(p.rejected for p in parts)
+    if count == 0:
+        raise InputError(job.input, None, f"no records left: all {rejected} were rejected")
+    columns: dict = {}
+    plan = []
+    for s, part in enumerate(parts):
+        columns.update(part.columns)
+        starts = np.cumsum([0] + part.chunks[:-1])
+        plan.extend((s, int(a), m) for a, m in zip(starts, part.chunks))
+    keys = b"".join(p.keys for p in parts) if dedup else None
+    return Scan(count, tuple(columns), rejected, tuple(p.stamp for p in parts), duplicates(keys) if dedup else None,
+                np.concatenate([p.places for p in parts]), parts[0].place,
+                np.repeat(np.arange(len(parts), dtype=np.int32), [p.records for p in parts]), tuple(plan))
 
 
 def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages: Stages, dedup: bool = False) -> Scan:
     """Validate and count every record before any work; rejected ones go to the `rejects` writer."""
-    stamp = _stamp(job.input)
-    count, rejected, columns, keys, places, place = 0, 0, {}, [], [], "line"
-
     def reject(err: InputError, raw) -> None:
-        nonlocal rejected
-        rejected += 1
-        rejects.write({"where": err.where, "reason": "invalid", "field": err.field, "error": err.reason,
-                       "record": raw})
+        rejects.write(reject_row(job, shard, err, raw))
 
     with stages.stage("read") as advance:
-        try:
-            for r in _records(job, model, added, reject if job.on_error == "skip" else None):
-                if dedup:
-                    keys.append(text_key(model.text(r.instruction, r.input, r.output)))
-                count += 1
-                columns.update(dict.fromkeys(r.row))
-                place, number = r.where.split()
-                places.append(int(number))
-                advance(1)
-        except InputError as err:
-            if not (rejected and err.where is None and err.reason == "no records"):
-                raise
-    if count == 0:
-        raise InputError(job.input, None, f"no records left: all {rejected} were rejected")
-    if job.on_error == "skip" and rejected:
-        stages.note(f"{rejected} record(s) rejected, written to {rejects.path}")
-    return Scan(count, tuple(columns), rejected, stamp, duplicates(keys) if dedup else None,
-                np.asarray(places, dtype=np.int64), place)
+        parts = []
+        for shard in range(len(job.shards)):
+            parts.append(scan_shard(job, shard, model, added, reject if job.on_error == "skip" else None, dedup,
+                                    advance))
+    return finish_scan(job, parts, dedup, stages, rejects)
+
+
+def reject_row(job: Job, shard: int, err: InputError, raw) -> dict:
+    """The rejects file's row of a bad record."""
+    return {"where": job.where(shard, err.where) if err.where else None, "reason": "invalid", "field": err.field,
+            "error": err.reason, "record": raw}
+
+
+def finish_scan(job: Job, parts: list[ShardScan], dedup: bool, stages: Stages, rejects) -> Scan:
+    """The scan of the whole input (an input with no record left is an error), said in a note if any rejected."""
+    found = merge_scans(job, parts, dedup)
+    if job.on_error == "skip" and found.rejected:
+        stages.note(f"{found.rejected} record(s) rejected, written to {rejects.path}")
+    return found
 
 
 def identity(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, ...]) -> dict:
@@ -172,35 +253,49 @@ def identity(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, .
     fields = model.fields
     return {"bundle_manifest_sha256": file_sha256(model.bundle / "manifest.json"),
             "models": {model.manifest.model_for(r).name: p for r, p in model.precisions(roles).items()},
-            "device": model.config.device, "input_sha256": file_sha256(job.input), "input_format": job.fmt,
-            "fields": [fields.instruction, fields.input, fields.output], "on_error": job.on_error,
-            "refused_fields": sorted(added), "roles": list(roles), "max_tokens": model.max_tokens,
-            "chunk_records": job.chunk_records, "chunk_chars": CHUNK_CHARS}
+            "device": model.config.device, "input_sha256": [file_sha256(f) for f in job.shards],
+            "input_format": job.fmt, "fields": [fields.instruction, fields.input, fields.output],
+            "on_error": job.on_error, "refused_fields": sorted(added), "roles": list(roles),
+            "max_tokens": model.max_tokens, "chunk_records": job.chunk_records, "chunk_chars": CHUNK_CHARS}
 
 
 def infer(job: Job, model: Model, roles: tuple[str, ...], scan_: Scan, added: tuple[str, ...], work: WorkDir,
-          stages: Stages) -> dict[str, np.ndarray]:
-    """Scores ([n]) and/or embeddings ([n, dim], memory-mapped) of the accepted records, chunk by chunk; chunks
-    finished by an earlier run with the same identity are reused."""
+          stages: Stages) -> None:
+    """Scores and/or embeddings of the accepted records, chunk by chunk into `work`; chunks finished by an
+    earlier run with the same identity are reused."""
     passes = len({model.manifest.model_for(r).name for r in roles})  # one pass per distinct model
+    records = _again(job, model, scan_, added)
     with stages.stage("+".join(roles), total=scan_.records * passes) as advance:
-        for c, chunk in enumerate(chunks(_again(job, model, scan_, added), job.chunk_records)):
-            if work.has(c, len(chunk)):
-                advance(len(chunk) * passes)
+        for c, (_, _, size) in enumerate(scan_.plan):
+            chunk = list(islice(records, size))
+            if work.has(c, size):
+                advance(size * passes)
             else:
                 work.save(c, model.run(chunk, roles, advance))
     model.warn_unreadable()
-    return work.assemble(scan_.records)
+
+
+class Local:
+    """Where a job's scan and inference run by default: in this process (see car_onnx.ray for a Ray cluster)."""
+
+    @staticmethod
+    def scan(*args, **kw) -> Scan:
+        return scan(*args, **kw)
+
+    @staticmethod
+    def infer(*args, **kw) -> None:
+        infer(*args, **kw)
 
 
 @contextmanager
-def work_dir(job: Job, ident: dict, stages: Stages):
-    """The job's WorkDir: --work-dir (kept) or a temporary one (deleted)."""
+def work_dir(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, ...], stages: Stages):
+    """The job's WorkDir: --work-dir (kept, for the job's identity) or a temporary one (deleted; nothing to
+    compare, so the input is not hashed)."""
     if job.work_dir is not None:
-        yield WorkDir.open(job.work_dir, ident, stages.note)
+        yield WorkDir.open(job.work_dir, identity(job, model, roles, added), stages.note)
         return
     with tempfile.TemporaryDirectory(prefix="car-onnx-") as tmp:
-        yield WorkDir.open(Path(tmp), ident, stages.note)
+        yield WorkDir.open(Path(tmp), {"roles": list(roles)}, stages.note)
 
 
 def _float(x) -> float:
@@ -222,7 +317,8 @@ def output_format(output: Path, out_fmt: str | None) -> str:
 def check_output(job: Job, output: Path, fmt: str, rejects_used: bool) -> Path | None:
     """Before any work: the output (and rejects file) may be written: not the input, not an existing file without
     --force, in an existing writable directory. Returns the rejects file's path, if the job may write one."""
-    check_input(job.input)  # faults: an unreadable input fails here, before any model work
+    for shard in job.shards:
+        check_input(shard)  # faults: an unreadable input fails here, before any model work
     rejects = (job.rejects or Path(f"{output}.rejects.jsonl")) if rejects_used else None
     if job.rejects is not None and not rejects_used:
         raise UsageError("{rejects} goes with {on_error} skip (or, for select, a {dedup} other than none)",
@@ -231,7 +327,7 @@ def check_output(job: Job, output: Path, fmt: str, rejects_used: bool) -> Path |
         raise UsageError(f"{rejects}: the rejects file and the output must differ")
     for path in (output, rejects) if rejects is not None else (output,):
         path = Path(path)
-        if path.resolve() == Path(job.input).resolve():
+        if any(path.resolve() == shard.resolve() for shard in job.shards):
             raise UsageError(f"{path}: the output would overwrite the input; choose another path")
         if path.exists() and not job.force:
             raise UsageError(f"{path}: already exists; pass {{force=True}} to replace it", "force=True")
@@ -242,7 +338,7 @@ def check_output(job: Job, output: Path, fmt: str, rejects_used: bool) -> Path |
             raise UsageError(f"{path}: the directory {folder} is not writable")
         for stale in remove_stale_temps(path):  # faults: left by a run killed while writing `path`
             warnings.warn(f"{stale}: removed, a temporary file left by an interrupted run")
-    if "parquet" in (fmt, job.fmt or detect_format(job.input)):
+    if "parquet" in (fmt, *(job.fmt or detect_format(shard) for shard in job.shards)):
         require_pyarrow()
     if job.work_dir is not None:
         WorkDir.check(job.work_dir)
@@ -276,16 +372,19 @@ def _check_names(score_field: str, cluster_field: str, extra: tuple[str, ...]) -
 
 def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_variance=PCA_VARIANCE, seed=SEED,
            dedup="exact", write_all=False, out_fmt=None, score_field=SCORE_FIELD, cluster_field=CLUSTER_FIELD,
-           stages: Stages | None = None, report_path: Path | None = None) -> Report:
+           cluster="auto", sample_size=SAMPLE_SIZE, stages: Stages | None = None, report_path: Path | None = None,
+           engine=None) -> Report:
     """`car-onnx select`: the CaR selection of the input, each selected record written with its score, cluster,
-    rank and the reason it was kept ("top" or "cluster"); with `write_all`, every record, `selected` or not."""
+    rank and the reason it was kept ("top" or "cluster"); with `write_all`, every record, `selected` or not.
+    `engine` runs the scan and the inference elsewhere (car_onnx.ray); the selection is the same."""
     stages = stages or Stages()
     size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
     extra = ("rank", "selected", "reason") if write_all else ("rank", "reason")
     added = _check_names(score_field, cluster_field, extra)
     fmt = output_format(output, out_fmt)
     rejects_path = check_output(job, output, fmt, job.on_error == "skip" or dedup.exact)
-    Clusterer(k, pca_variance=pca_variance, seed=seed).check()
+    clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size)
+    clusterer.check()
     if report_path is not None:  # --report (car_onnx/report.py): checked before any work
         from . import report as curation
 
@@ -293,15 +392,16 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
         curation.check_path(report_path, job.force)
     roles = ("score", "embed")
     with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects:
-        found = scan(job, model, added, rejects, stages, dedup=dedup.exact)
+        found = (engine or Local).scan(job, model, added, rejects, stages, dedup=dedup.exact)
         ranked = found.records - int((found.duplicate_of >= 0).sum()) if dedup.exact else found.records
-        Clusterer(k, pca_variance=pca_variance, seed=seed).check(ranked)
-        with work_dir(job, identity(job, model, roles, added), stages) as work:
-            out = infer(job, model, roles, found, added, work, stages)
+        check_clustering(clusterer, ranked, dedup.near)
+        with work_dir(job, model, roles, added, stages) as work:
+            (engine or Local).infer(job, model, roles, found, added, work, stages)
+            out = work.assemble(found.records, in_chunks=clusterer.sampled(ranked))
             with stages.stage("cluster+select"):
                 sel = car_select(out["score"], out["embed"], n1=size1, n2=size2, k=k, pca_variance=pca_variance,
-                                 seed=seed, near=dedup.near, duplicate_of=found.duplicate_of,
-                                 log=stages.note)
+                                 seed=seed, near=dedup.near, duplicate_of=found.duplicate_of, cluster=cluster,
+                                 sample_size=sample_size, log=stages.note)
             del out
         page = None if report_path is None else curation.Run({}, {}, np.zeros(found.records, dtype=np.int64))
         report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page)
@@ -342,7 +442,8 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
             original = int(sel.duplicate_of[i])
             if original >= 0 and rejects is not None:
                 kind = "exact" if exact[i] >= 0 else "near"
-                rejects.write({"where": r.where, "reason": "duplicate_of", "duplicate_of": found.where(original),
+                rejects.write({"where": found.where(job, i), "reason": "duplicate_of",
+                               "duplicate_of": found.where(job, original),
                                "kind": kind, "record": r.row})
             if write_all:
                 writer.write(row(i, r))
@@ -352,7 +453,7 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
                 text = model.text(r.instruction, r.input, r.output)
                 page.lengths[i] = len(text)
                 if i in want:
-                    page.texts[i], page.where[i] = curation.clip(text), r.where
+                    page.texts[i], page.where[i] = curation.clip(text), found.where(job, i)
             advance(1)
         if not write_all:
             for i in sel.indices:
@@ -376,8 +477,9 @@ def score(job: Job, model: Model, output: Path, *, out_fmt=None, score_field=SCO
     added, roles = (score_field,), ("score",)
     with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects:
         found = scan(job, model, added, rejects, stages)
-        with work_dir(job, identity(job, model, roles, added), stages) as work:
-            scores = infer(job, model, roles, found, added, work, stages)["score"]
+        with work_dir(job, model, roles, added, stages) as work:
+            infer(job, model, roles, found, added, work, stages)
+            scores = work.assemble(found.records)["score"]
         with stages.stage("write", total=found.records) as advance, \
                 open_writer(output, fmt, (*found.columns, *added)) as writer:
             for i, r in enumerate(_again(job, model, found, added)):
@@ -395,8 +497,9 @@ def embed(job: Job, model: Model, output: Path, *, stages: Stages | None = None)
     roles = ("embed",)
     with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects:
         found = scan(job, model, (), rejects, stages)
-        with work_dir(job, identity(job, model, roles, ()), stages) as work:
-            vectors = infer(job, model, roles, found, (), work, stages)["embed"]
+        with work_dir(job, model, roles, (), stages) as work:
+            infer(job, model, roles, found, (), work, stages)
+            vectors = work.assemble(found.records)["embed"]
             with stages.stage("write"), replacing(output) as tmp:
                 target = create_npy(tmp, vectors.shape)  # faults: space reserved, a full disk is an error
                 target[:] = vectors

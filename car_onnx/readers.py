@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import glob
 import json
 import math
 import re
@@ -370,6 +371,23 @@ def _parquet(path, fields, reject) -> Iterator[Record]:
 
 
 READERS = {"json": _json, "jsonl": _jsonl, "csv": _csv, "parquet": _parquet}
+
+
+def shards_of(input) -> tuple[Path, ...]:
+    """The files of an input: the file itself; a directory's dataset files, sorted by name; or the files a glob
+    pattern matches, sorted."""
+    path = Path(input)
+    if path.is_dir():
+        found = sorted(f for f in path.iterdir() if f.suffix.lower() in SUFFIXES and f.is_file())
+        if not found:
+            raise InputError(path, None, f"a directory with no dataset files ({', '.join(SUFFIXES)})")
+        return tuple(found)
+    if not path.exists() and any(c in str(input) for c in "*?["):
+        found = sorted(Path(f) for f in glob.glob(str(input)) if Path(f).is_file())
+        if not found:
+            raise InputError(input, None, "no file matches this pattern")
+        return tuple(found)
+    return (path,)
 
 
 def check_input(path) -> None:

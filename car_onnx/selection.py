@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from .clustering import PCA_VARIANCE, SEED, Clusterer
+from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
 from .errors import UsageError
 
 N1, N2 = 1000, 1  # the paper's sizes, the default of every entry point
@@ -100,6 +100,7 @@ class Selection:
     minibatch: bool  # whether the scalable clustering path ran
     duplicate_of: np.ndarray  # per row, the row it duplicates (dropped before ranking), or -1
     pca_variance_kept: float = 1.0  # the share of the variance the kept PCA components explain
+    sampled: bool = False  # whether PCA and KMeans were fitted on a sample (cluster="sample")
     plane: tuple | None = field(default=None, repr=False, compare=False)  # report: (rows of a seeded sample,
     # their first two PCA coordinates [m, 2])
     context: dict | None = field(default=None, repr=False, compare=False)  # report: Model.select's data and facts
@@ -172,13 +173,24 @@ def near_duplicates(scores: np.ndarray, embeddings, labels: np.ndarray, threshol
     return dup
 
 
+def check_clustering(clusterer: Clusterer, n: int, near: float | None) -> None:
+    """Before any work where possible: the clustering of `n` ranked rows can run with these options."""
+    clusterer.check(n)
+    if near is not None and clusterer.sampled(n):
+        raise UsageError("{dedup} near:T compares records within each cluster in memory: it needs {cluster} exact",
+                         "dedup", "cluster")
+
+
 def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
-               seed: int = SEED, near: float | None = None, duplicate_of=None,
-               log: Callable[[str], None] | None = None) -> Selection:
+               seed: int = SEED, near: float | None = None, duplicate_of=None, cluster: str = "auto",
+               sample_size: int = SAMPLE_SIZE, log: Callable[[str], None] | None = None) -> Selection:
     """CaR: cluster the embeddings (PCA + KMeans, k = int(sqrt(n/2)) by default) and select the top `n1`
     overall plus the top `n2` of every cluster. Sizes may be counts or percentages ("2%"; n2 of each cluster).
     `duplicate_of` (per row: the row it repeats, or -1) leaves duplicates out of clustering and ranking; `near`
-    also drops, within each cluster, records whose cosine to a higher-scored kept one is >= near."""
+    also drops, within each cluster, records whose cosine to a higher-scored kept one is >= near. `cluster`:
+    "exact" fits PCA and KMeans on every row; "sample" on a seeded sample of `sample_size` rows, then assigns
+    every row (memory bounded by the sample; `embeddings` may be a memory map or a work directory's rows);
+    "auto" is exact up to clustering.EXACT_LIMIT rows."""
     scores = np.asarray(scores, dtype=np.float32)
     if scores.ndim != 1 or len(scores) != len(embeddings):
         raise UsageError(f"{{scores}} must be 1-D with one value per embedding row, got {scores.shape} for "
@@ -193,9 +205,10 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
     if size1.covers(len(ranked)):
         warnings.warn(f"n1 = {size1} is at or above the {len(ranked)} records to rank: every record is selected",
                       stacklevel=2)
-    clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, log=log)
+    clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size, log=log)
+    check_clustering(clusterer, len(ranked), near)
     labels = np.full(n, -1, dtype=np.int64)
-    labels[ranked] = clusterer.fit_predict(embeddings if len(ranked) == n else embeddings[ranked])
+    labels[ranked] = clusterer.fit_predict(embeddings, None if len(ranked) == n else ranked)
     if near is not None:
         found = near_duplicates(scores, embeddings, labels, near)
         dup[found >= 0] = found[found >= 0]
@@ -205,7 +218,7 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
     indices, n_top = select_ranked(scores, eligible, size1.of(int((eligible >= 0).sum())), size2)
     rows, xy = clusterer.plane_
     return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
-                     dup, clusterer.variance_kept_, plane=(ranked[rows], xy))
+                     dup, clusterer.variance_kept_, clusterer.sampled_, plane=(ranked[rows], xy))
 
 
 def _root(dup: np.ndarray, rows: np.ndarray) -> np.ndarray:

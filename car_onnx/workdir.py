@@ -120,12 +120,13 @@ class WorkDir:
         with replacing(self._path(c)) as tmp, open(tmp, "wb") as f:
             np.savez(f, **{r: np.ascontiguousarray(arrays[r], dtype=np.float32) for r in self.roles})
 
-    def assemble(self, n: int) -> dict[str, np.ndarray]:
-        """All chunks in order: scores in memory, embeddings as a memory-mapped embeddings.npy of [n, dim]."""
+    def assemble(self, n: int, in_chunks: bool = False) -> dict[str, np.ndarray]:
+        """All chunks in order: scores in memory, embeddings as a memory-mapped embeddings.npy of [n, dim] (with
+        `in_chunks`, as ChunkRows that read them from the chunk files as needed)."""
         if self.reused:
             self.note(f"work dir {self.root}: reused {self.reused} finished chunk(s)")
         out: dict[str, np.ndarray] = {}
-        scores, embed, start, c = [], None, 0, 0
+        scores, embed, start, c, sizes = [], None, 0, 0, []
         while start < n:
             data = self._load(c)
             if isinstance(data, str):
@@ -133,7 +134,8 @@ class WorkDir:
             rows = len(next(iter(data.values())))
             if "score" in data:
                 scores.append(data["score"])
-            if "embed" in data:
+            sizes.append(rows)
+            if "embed" in data and not in_chunks:
                 if embed is None:
                     with naming(self.root / "embeddings.npy"):
                         embed = create_npy(self.root / "embeddings.npy", (n, data["embed"].shape[1]))
@@ -143,9 +145,44 @@ class WorkDir:
             raise UsageError(f"work dir {self.root}: the chunks hold {start} rows for {n} records")
         if "score" in self.roles:
             out["score"] = np.concatenate(scores)
+        if in_chunks and "embed" in self.roles:
+            out["embed"] = ChunkRows(self, "embed", sizes)
         if embed is not None:
             with naming(self.root / "embeddings.npy"):
                 embed.flush()
             del embed
             out["embed"] = np.load(self.root / "embeddings.npy", mmap_mode="r")
         return out
+
+
+class ChunkRows:
+    """One role's [n, dim] rows, read from a work directory's chunk files when asked for (cluster="sample": the
+    embeddings are never all in memory, nor assembled into one file)."""
+
+    def __init__(self, work: WorkDir, role: str, sizes: list[int]):
+        self.work, self.role = work, role
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.shape = (int(self.starts[-1]), self._chunk(0).shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _chunk(self, c: int) -> np.ndarray:
+        data = self.work._load(int(c))
+        if isinstance(data, str):
+            raise UsageError(f"work dir {self.work.root}: chunk {c} {data} (changed during the run?)")
+        return data[self.role]
+
+    def blocks(self):
+        """(first row, rows) of each chunk in turn."""
+        for c in range(len(self.starts) - 1):
+            yield int(self.starts[c]), self._chunk(c)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """The rows at the sorted row numbers `rows`, reading only the chunks that hold them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        parts = []
+        for c in np.unique(np.searchsorted(self.starts, rows, side="right") - 1):
+            inside = rows[np.searchsorted(rows, self.starts[c]):np.searchsorted(rows, self.starts[c + 1])]
+            parts.append(self._chunk(c)[inside - self.starts[c]])
+        return np.concatenate(parts) if parts else np.zeros((0, self.shape[1]), dtype=np.float32)

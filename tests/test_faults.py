@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -531,8 +532,11 @@ def check_refused(root, bundle, env, cases, prefix=()):
 
 def test_missing_input_or_output_directory_fail_before_any_work(perm_root):
     root, bundle, env = perm_root
+    empty = tempfile.mkdtemp(prefix="car-onnx-empty-")  # outside root, whose listing must not change
     check_refused(root, bundle, env, [
-        ((root, f"{root}/o.jsonl"), 1, f"{root}: not a file"),
+        ((empty, f"{root}/o.jsonl"), 1,
+         f"{empty}: a directory with no dataset files (.json, .jsonl, .ndjson, .csv, .parquet)"),
+        ((f"{root}/*.none", f"{root}/o.jsonl"), 1, f"{root}/*.none: no file matches this pattern"),
         ((f"{root}/none.jsonl", f"{root}/o.jsonl"), 1, f"{root}/none.jsonl: no such file"),
         ((f"{root}/good.jsonl", f"{root}/no/o.jsonl"), 2, f"{root}/no/o.jsonl: the directory {root}/no does not exist")])
 

@@ -1,0 +1,103 @@
+"""car-onnx on Ray, on this machine (issue 16):
+
+1. overhead: `select` on 20,000 real records with the default bundle, single process (2 threads) against
+   `--ray local` (a cluster started for the job, 2 actors of 1 CPU), same run, outputs compared byte for byte;
+2. driver memory: peak RSS of the driver in `--cluster sample` mode at 200k, 500k and 1M records with the lookup
+   bundle (real tokenizer, no transformer), the cluster started by this process so that only the driver counts;
+3. scaling: the same job on a test cluster of 1 and of 2 one-CPU nodes (ray.cluster_utils.Cluster).
+
+    python -m benchmarks --only ray [--quick]        (RAY_BENCH=overhead,memory,scaling: a subset)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .common import car_onnx, records_file, timed_process
+from .end_to_end import stages
+from .scaling import lookup_bundle
+
+
+def select(data: Path, out: Path, *args) -> dict:
+    result = timed_process([car_onnx(), "select", data, "-o", out, "--n1", "2%", "--force", *args])
+    result["stages_s"] = stages(result.pop("last_line"))
+    return result
+
+
+def overhead(work: Path, n: int) -> dict:
+    data = records_file(work, n, seed=11)
+    local = select(data, work / "ray-local.jsonl", "--threads", 2)
+    on_ray = select(data, work / "ray-ray.jsonl", "--ray", "local")
+    same = (work / "ray-local.jsonl").read_bytes() == (work / "ray-ray.jsonl").read_bytes()
+    infer = "score+embed"
+    return {"records": n, "single_process": local, "ray_local_2_actors": on_ray, "same_output": same,
+            "wall_overhead": round(on_ray["seconds"] / local["seconds"] - 1, 3),
+            "inference_overhead": round(on_ray["stages_s"][infer] / local["stages_s"][infer] - 1, 3)}
+
+
+def memory(work: Path, sizes: list[int]) -> dict:
+    """Peak RSS of the driver alone: the cluster (one node of 2 CPUs) runs in processes this one started."""
+    from ray.cluster_utils import Cluster
+
+    bundle, out = lookup_bundle(work), {}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        for n in sizes:
+            data = records_file(work, n, seed=12)
+            run = select(data, work / "ray-mem.jsonl", "-b", bundle, "--dedup", "none", "--cluster", "sample",
+                         "--ray", cluster.address)
+            out[str(n)] = {"driver_peak_rss_mb": run["peak_rss_mb"], "seconds": run["seconds"],
+                           "stages_s": run["stages_s"]}
+            print(f"ray memory {n:,}: {out[str(n)]}", file=sys.stderr, flush=True)
+    finally:
+        cluster.shutdown()
+    return out
+
+
+SCALING = """
+import sys, time, subprocess
+from ray.cluster_utils import Cluster
+nodes, data, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+for _ in range(nodes - 1):
+    c.add_node(num_cpus=1)
+c.wait_for_nodes()
+start = time.perf_counter()
+p = subprocess.run([sys.argv[4], "select", data, "-o", out, "--n1", "2%", "--force", "--ray", c.address,
+                    "--chunk-records", "500"], capture_output=True, text=True)
+seconds = time.perf_counter() - start
+c.shutdown()
+assert p.returncode == 0, p.stderr
+print(seconds, "|", p.stderr.strip().splitlines()[-1])
+"""
+
+
+def scaling(work: Path, n: int) -> dict:
+    data = records_file(work, n, seed=13)
+    out = {}
+    for nodes in (1, 2):
+        p = subprocess.run([sys.executable, "-c", SCALING, str(nodes), data, work / f"ray-scale-{nodes}.jsonl",
+                            car_onnx()], capture_output=True, text=True, check=True)
+        seconds, last = p.stdout.strip().splitlines()[-1].split(" | ", 1)
+        out[f"{nodes}_node"] = {"seconds": round(float(seconds), 1), "stages_s": stages(last)}
+    out["speedup"] = round(out["1_node"]["seconds"] / out["2_node"]["seconds"], 2)
+    out["records"] = n
+    return out
+
+
+def run(work: Path, quick: bool) -> dict:
+    parts = set((os.environ.get("RAY_BENCH") or "overhead,memory,scaling").split(","))
+    result: dict = {}
+    if "overhead" in parts:
+        result["overhead"] = overhead(work, 1000 if quick else 20_000)
+    if "memory" in parts:
+        result["driver_memory_sample_mode"] = memory(work, [20_000, 50_000] if quick else [200_000, 500_000,
+                                                                                          1_000_000])
+    if "scaling" in parts:
+        result["scaling"] = scaling(work, 500 if quick else 4_000)
+    result["note"] = ("overhead: default bundle, int8, whole processes (Ray's start-up included); memory: the "
+                      "driver's own peak RSS (ru_maxrss) with the cluster started apart from it; scaling: "
+                      "default bundle, 500-record chunks, a test cluster of one-CPU nodes on one 2-core host")
+    return result

@@ -1,0 +1,283 @@
+"""car-onnx on a Ray cluster (the [ray] extra): the same selection, scored by actors across the cluster.
+
+- `select_job(...)` backs `car-onnx select --ray ADDRESS`: each input file is scanned by its own task, every
+  inference chunk (the unit a --work-dir keeps, keyed by file and place, not by Ray's blocks) is run by an actor
+  pool through `Dataset.map_batches`, and the driver keeps the finished chunks, clusters and writes as the local
+  job does: the output is the same, byte for byte.
+- `score_embed(ds)` and `select(ds)` work on a `ray.data.Dataset` for Python users.
+
+Every node needs car-onnx installed and the bundle and the input at the same paths as on the driver (a shared
+filesystem, or the air-gapped kit unpacked at one path everywhere); each actor checks the bundle against the
+driver's manifest and the sha256 of its model files before its first batch. Ray is imported only here."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from . import pipeline
+from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .errors import BundleError, CarError, UsageError
+from .manifest import sha256_file
+from .model import Model, duplicates, text_key
+from .records import FieldMap
+from .selection import N1, N2, Dedup, Size, car_select, check_clustering
+from .tokenization import DEFAULT_MAX_TOKENS
+
+ACTOR_THREADS = 1  # --threads under --ray: the CPUs of each actor (and the batches it runs side by side)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("{ray} needs Ray: pip install 'car-onnx[ray]'", "ray") from None
+    return ray
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at `address`: "local" (start one for this job on this machine), "auto" (RAY_ADDRESS or
+    the running one) or HOST:PORT. Already connected: nothing to do."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    if not address:
+        raise UsageError("{ray} must be local, auto or HOST:PORT", "ray")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
+                 configure_logging=True, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise UsageError(f"{{ray}} {address}: cannot connect to a Ray cluster ({str(err).splitlines()[0]})",
+                         "ray") from None
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The CarError a Ray failure carries (a task's or an actor's, however deeply wrapped), else the failure."""
+    from ray.exceptions import RayError
+
+    seen = err
+    while seen is not None:
+        cause = getattr(seen, "cause", None)
+        if isinstance(cause, CarError) and not isinstance(cause, RayError):
+            return cause
+        if isinstance(seen, CarError) and not isinstance(seen, RayError):
+            return seen
+        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    return err
+
+
+def _actors(threads: int, units: int) -> int:
+    """Actors of `threads` CPUs that the cluster holds (at least one, at most one per unit of work)."""
+    cpus = int(_ray().cluster_resources().get("CPU", 1))
+    return max(1, min(units, cpus // threads))
+
+
+def _model_with(model: Model, threads: int) -> Model:
+    """The Model an actor runs: `model`'s bundle and options, with the actor's CPUs as its threads."""
+    state = dict(model.__getstate__(), threads=threads)
+    return Model(state.pop("bundle"), **state)
+
+
+class _Chunks:
+    """An actor: runs inference chunks of the input files (the job's plan) with one Model created once."""
+
+    def __init__(self, model: Model, job: pipeline.Job, added: tuple, roles: tuple, stamps: tuple, manifest: str):
+        self.model, self.job, self.added, self.roles, self.stamps = model, job, added, roles, stamps
+        found = sha256_file(model.bundle / "manifest.json")
+        if found != manifest:
+            raise BundleError(f"{model.bundle} on {socket.gethostname()}: its manifest.json differs from the "
+                              "driver's bundle; every node needs the same bundle at the same path")
+        model.precisions(roles)  # loads the models, checking the sha256 of their files, before the first batch
+
+    def __call__(self, batch: dict) -> dict:
+        c, shard, start, size = (int(batch[key][0]) for key in ("chunk", "shard", "start", "size"))
+        records = pipeline.shard_records(self.job, self.model, self.stamps[shard], self.added, shard)
+        out = self.model.run(list(islice(records, start, start + size)), self.roles)
+        return {"chunk": np.full(size, c, dtype=np.int64), **out}
+
+
+@dataclasses.dataclass
+class RayEngine:
+    """A file job's scan and inference on the connected Ray cluster (pipeline.select's `engine`)."""
+
+    address: str = "local"
+    threads: int = ACTOR_THREADS  # CPUs per actor
+
+    def scan(self, job, model, added, rejects, stages, dedup=False) -> pipeline.Scan:
+        """Every input file scanned by its own task; the first bad file (in input order) fails the job, as the
+        local scan would. Connects to the cluster first (after every option was checked)."""
+        connect(self.address)
+        ray = _ray()
+        task = ray.remote(num_cpus=1)(_scan_shard)
+        skip = job.on_error == "skip"
+        with stages.stage("read") as advance:
+            futures = [task.remote(job, shard, model, added, skip, dedup) for shard in range(len(job.shards))]
+            parts = []
+            for shard, future in enumerate(futures):
+                try:
+                    part, bad = ray.get(future)
+                except Exception as err:  # noqa: BLE001 - a task's failure: its own error, if it is ours
+                    raise _cause(err) from None
+                for err, raw in bad:
+                    rejects.write(pipeline.reject_row(job, shard, err, raw))
+                parts.append(part)
+                advance(part.records)
+        return pipeline.finish_scan(job, parts, dedup, stages, rejects)
+
+    def infer(self, job, model, roles, found, added, work, stages) -> None:
+        """The chunks not finished yet, run by an actor pool; each is saved in the work dir as it arrives (a
+        driver restarted with the same --work-dir runs only the missing ones)."""
+        ray = _ray()
+        pending = [(c, s, a, m) for c, (s, a, m) in enumerate(found.plan) if not work.has(c, m)]
+        if len(pending) < len(found.plan):
+            stages.note(f"{len(found.plan) - len(pending)} of {len(found.plan)} chunk(s) already finished")
+        if not pending:
+            return
+        actors = _actors(self.threads, len(pending))
+        stages.note(f"Ray: {len(pending)} chunk(s) on {actors} actor(s) of {self.threads} CPU(s)")
+        units = ray.data.from_items([{"chunk": c, "shard": s, "start": a, "size": m} for c, s, a, m in pending],
+                                    override_num_blocks=len(pending))
+        results = units.map_batches(
+            _Chunks, batch_size=1, batch_format="numpy", num_cpus=self.threads,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            fn_constructor_kwargs={"model": _model_with(model, self.threads), "job": job, "added": added,
+                                   "roles": roles, "stamps": found.stamp,
+                                   "manifest": sha256_file(model.bundle / "manifest.json")})  # Ray Data restarts a dead actor and retries its tasks
+        sizes = {c: m for c, _, _, m in pending}
+        parts: dict[int, list] = {}
+        with stages.stage("+".join(roles), total=sum(sizes.values())) as advance:
+            try:
+                for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+                    for c in np.unique(batch["chunk"]):
+                        rows = batch["chunk"] == c
+                        parts.setdefault(int(c), []).append({r: batch[r][rows] for r in roles})
+                        advance(int(rows.sum()))
+                        got = parts[int(c)]
+                        if sum(len(p[roles[0]]) for p in got) == sizes[int(c)]:
+                            work.save(int(c), {r: np.concatenate([p[r] for p in got]) for r in roles})
+                            del parts[int(c)]
+            except Exception as err:  # noqa: BLE001 - an actor's failure: its own error, if it is ours
+                cause = _cause(err)
+                if cause is err:
+                    raise
+                raise cause from None
+        if parts:
+            raise UsageError(f"Ray returned chunk(s) {sorted(parts)} incomplete")
+
+
+def _scan_shard(job, shard, model, added, skip, dedup):
+    """A Ray task: the scan of one input file, with its rejected records (err, row) when skipping."""
+    bad = []
+    part = pipeline.scan_shard(job, shard, model, added, (lambda err, raw: bad.append((err, raw))) if skip else None,
+                               dedup)
+    return part, bad
+
+
+def select_job(job: pipeline.Job, model: Model, output: Path, *, address: str, threads: int | None = None, **options):
+    """`car-onnx select --ray ADDRESS`: pipeline.select with the scan and inference on the cluster."""
+    _ray()  # without the extra: an error before any work
+    return pipeline.select(job, model, output, engine=RayEngine(address, threads or ACTOR_THREADS), **options)
+
+
+# --- Python API over ray.data.Dataset -----------------------------------------------------------------------
+
+class _Rows:
+    """An actor adding `score` and `embedding` columns (and with dedup, a 16-byte `text_key`) to batches of rows."""
+
+    def __init__(self, model: Model, keys: bool):
+        self.model, self.keys = model, keys
+        model.precisions(("score", "embed"))  # checks the bundle's files before the first batch
+
+    def __call__(self, batch: dict) -> dict:
+        columns = {name: list(values) for name, values in batch.items()}
+        from . import containers
+
+        found = list(containers.records(columns, self.model.fields))
+        out = self.model.run(found, ("score", "embed"))
+        batch = dict(batch, score=out["score"], embedding=out["embed"])
+        if self.keys:
+            keys = b"".join(text_key(self.model.text(r.instruction, r.input, r.output)) for r in found)
+            batch["text_key"] = np.frombuffer(keys, dtype=np.uint8).reshape(-1, 16)
+        return batch
+
+
+def score_embed(ds, *, bundle=None, device: str = "cpu", precision: str | None = None,
+                threads: int = ACTOR_THREADS, fields=None, max_tokens: int = DEFAULT_MAX_TOKENS,
+                actors: int | None = None, _keys: bool = False):
+    """`ds` with a `score` (float32) and an `embedding` (float32 [dim]) column, computed by a pool of `actors`
+    actors of `threads` CPUs each [default: as many as the cluster's CPUs hold]."""
+    ray = _ray()
+    model = Model(bundle, device=device, precision=precision, threads=threads, fields=FieldMap.of(fields),
+                  max_tokens=max_tokens)
+    size = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+    return ds.map_batches(_Rows, batch_format="numpy", batch_size=256, num_cpus=threads,
+                          compute=ray.data.ActorPoolStrategy(size=size),
+                          fn_constructor_kwargs={"model": model, "keys": _keys})
+
+
+def select(ds, *, bundle=None, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
+           seed: int = SEED, dedup="exact", cluster: str = "auto", sample_size: int = SAMPLE_SIZE, **model_options):
+    """The CaR selection of a `ray.data.Dataset`, as `Model.select` makes it of a list: a `Selection` whose row
+    numbers are positions in `ds`'s order. Scores and embeddings are computed on the cluster; the driver gathers
+    the scores, the 16-byte text keys and (cluster="exact") the embeddings, ~1.6 KB a record, or (sample) only
+    the sample's. `model_options` go to `score_embed`."""
+    size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
+    clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size)
+    clusterer.check()
+    scored = score_embed(ds, bundle=bundle, _keys=dedup.exact, **model_options)
+    scored.context.execution_options.preserve_order = True  # this dataset's copy: rows keep `ds`'s order
+    scored = scored.materialize()
+    n = scored.count()
+    keep = ["score"] + (["text_key"] if dedup.exact else [])
+    sampled = clusterer.sampled(n)
+    columns = keep if sampled else keep + ["embedding"]
+    parts = {c: [] for c in columns}
+    for batch in scored.select_columns(columns).iter_batches(batch_format="numpy", batch_size=None):
+        for c in columns:
+            parts[c].append(batch[c])
+    got = {c: np.concatenate(v) for c, v in parts.items()}
+    exact = duplicates(got["text_key"].tobytes()) if dedup.exact else None
+    ranked = n if exact is None else int((exact < 0).sum())
+    check_clustering(clusterer, ranked, dedup.near)
+    embeddings = _SampledRows(scored, n) if sampled else got["embedding"]
+    return car_select(got["score"], embeddings, n1=size1, n2=size2, k=k, pca_variance=pca_variance, seed=seed,
+                      near=dedup.near, duplicate_of=exact, cluster=cluster, sample_size=sample_size)
+
+
+class _SampledRows:
+    """A materialised dataset's embeddings as clustering.Clusterer reads them in sample mode: the sample's rows
+    gathered by position, and every row assigned block by block (streamed, never all on the driver)."""
+
+    def __init__(self, ds, n: int):
+        self.ds, self.shape = ds.select_columns(["embedding"]), (n, None)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def blocks(self):
+        first = 0
+        for batch in self.ds.iter_batches(batch_format="numpy", batch_size=65_536):
+            yield first, batch["embedding"]
+            first += len(batch["embedding"])
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows, out = np.asarray(rows), []
+        for first, block in self.blocks():
+            inside = rows[np.searchsorted(rows, first):np.searchsorted(rows, first + len(block))]
+            out.append(block[inside - first])
+        return np.concatenate(out)
+
+
+__all__ = ["connect", "score_embed", "select", "select_job"]

@@ -1,0 +1,186 @@
+"""car-onnx on Ray: a 2-node cluster of 1 CPU each, started on this machine by the tests and stopped after them.
+The --ray output must equal the single-process output byte for byte; a killed worker or driver loses nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="needs the [ray] extra: pip install 'car-onnx[ray]'")
+psutil = pytest.importorskip("psutil", reason="needs psutil (the [dev] extra) to find Ray's worker processes")
+
+from car_onnx import Model  # noqa: E402
+from car_onnx_export import tiny  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    yield c.address
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """2,000 real records (GSM8K from the shared corpora), as JSONL and as 4 Parquet shards, and a tiny bundle."""
+    if not SHARED.is_dir():
+        pytest.skip(f"needs the shared corpora at {SHARED}")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("ray")
+    rows = json.loads((SHARED / "gsm8k_train.json").read_text())[:2000]
+    (root / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "shards").mkdir()
+    for i in range(4):
+        pq.write_table(pa.Table.from_pylist(rows[i * 500:(i + 1) * 500]), root / "shards" / f"part-{i}.parquet")
+    return root, rows, tiny.make_bundle(root / "bundle")
+
+
+def test_exact_mode_equals_the_single_process_output(real, cluster, cli, tmp_path):
+    root, _, bundle = real
+    args = ("-b", bundle, "--n1", "2%", "--n2", "1")
+    code, _, err, _ = cli("select", root / "d.jsonl", "-o", tmp_path / "local.jsonl", *args)
+    assert code == 0, err
+    for source in (root / "d.jsonl", root / "shards"):
+        out = tmp_path / f"ray-{source.name}.jsonl"
+        code, _, err, _ = cli("select", source, "-o", out, *args, "--ray", cluster, "--chunk-records", "250")
+        assert code == 0, err
+        assert "on 2 actor(s) of 1 CPU(s)" in err  # both nodes worked
+        assert out.read_bytes() == (tmp_path / "local.jsonl").read_bytes(), source
+
+
+def test_sample_mode_against_exact(real, cluster, cli, tmp_path, capsys):
+    root, _, bundle = real
+    args = ("-b", bundle, "--n1", "2%", "--n2", "1", "--chunk-records", "250")
+    runs = {}
+    for name, extra in (("exact", ()), ("sample", ("--cluster", "sample", "--sample-size", "500")),
+                        ("sample-ray", ("--cluster", "sample", "--sample-size", "500", "--ray", cluster))):
+        runs[name] = tmp_path / f"{name}.jsonl"
+        code, _, err, _ = cli("select", root / "d.jsonl", "-o", runs[name], *args, *extra)
+        assert code == 0, err
+    assert runs["sample-ray"].read_bytes() == runs["sample"].read_bytes()  # sample mode is deterministic too
+    exact = [json.loads(line) for line in runs["exact"].read_text().splitlines()]
+    sample = [json.loads(line) for line in runs["sample"].read_text().splitlines()]
+    top = [r["rank"] for r in exact if r["reason"] == "top"]
+    assert top == [r["rank"] for r in sample if r["reason"] == "top"]  # the n1 block does not depend on clusters
+    both = {r["rank"] for r in exact} & {r["rank"] for r in sample}
+    picks = {r["rank"] for r in exact if r["reason"] == "cluster"}
+    with capsys.disabled():
+        print(f"\n[ray sample vs exact, 2,000 records, sample 500] selected: exact {len(exact)}, sample {len(sample)}, "
+              f"shared {len(both)} ({len(both) / len(exact):.1%}); cluster picks shared "
+              f"{len(both & picks)} of {len(picks)}")
+    assert len(both) / len(exact) > 0.5
+
+
+def workers():
+    return [p for p in psutil.process_iter(["cmdline"]) if "_Chunks" in " ".join(p.info["cmdline"] or [])]
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "car_onnx", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def chunks_done(work: Path) -> int:
+    return len(list((work / "chunks").glob("*.npz"))) if (work / "chunks").is_dir() else 0
+
+
+@pytest.fixture(scope="module")
+def big(real, tmp_path_factory, cli):
+    """20,000 records (the real ones ten times, numbered) in 40 chunks, and their single-process selection."""
+    root, rows, bundle = real
+    path = tmp_path_factory.mktemp("big") / "big.jsonl"
+    path.write_text("".join(json.dumps({**r, "copy": c}) + "\n" for c in range(10) for r in rows))
+    args = ("-b", bundle, "--n1", "2%", "--dedup", "none", "--chunk-records", "500")
+    code, _, err, _ = cli("select", path, "-o", path.with_name("local.jsonl"), *args)
+    assert code == 0, err
+    return path, args, path.with_name("local.jsonl").read_bytes()
+
+
+def wait_for(condition, process, seconds=300):
+    end = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_run_leaves_the_output_unchanged(big, cluster, tmp_path):
+    path, args, expected = big
+    work, out = tmp_path / "work", tmp_path / "o.jsonl"
+    p = start("select", path, "-o", out, *args, "--ray", cluster, "--work-dir", work)
+    wait_for(lambda: chunks_done(work) >= 2 and workers(), p)
+    victims = workers()
+    os.kill(victims[0].pid, signal.SIGKILL)
+    killed_at = chunks_done(work)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert killed_at < 40, "the job ended before the kill"
+    assert out.read_bytes() == expected
+
+
+def test_a_resumed_run_after_the_driver_was_killed_reruns_only_what_was_missing(big, cluster, tmp_path):
+    path, args, expected = big
+    work, out = tmp_path / "work", tmp_path / "o.jsonl"
+    p = start("select", path, "-o", out, *args, "--ray", cluster, "--work-dir", work)
+    wait_for(lambda: chunks_done(work) >= 5, p)
+    p.kill()
+    p.wait()
+    finished = chunks_done(work)
+    assert 5 <= finished < 40 and not out.exists()
+    p = start("select", path, "-o", out, *args, "--ray", cluster, "--work-dir", work)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert f"{finished} of 40 chunk(s) already finished" in err
+    assert f"Ray: {40 - finished} chunk(s) on" in err
+    assert out.read_bytes() == expected
+
+
+def test_a_bad_record_in_shard_3_is_named_by_shard_and_line(real, cluster, cli, tmp_path):
+    root, rows, bundle = real
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(5):
+        part = [dict(r) for r in rows[i * 100:(i + 1) * 100]]
+        if i == 3:
+            part[41]["output"] = ["not", "a", "string"]
+        (shards / f"part-{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    code, _, err, _ = cli("select", shards, "-o", tmp_path / "o.jsonl", "-b", bundle, "--ray", cluster)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (f"car-onnx: error: {shards / 'part-3.jsonl'}: line 42: field 'output': "
+                                            "expected a string, got array")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_python_api_on_a_ray_dataset_equals_model_select(real, cluster):
+    from car_onnx import ray as car_ray
+
+    root, rows, bundle = real
+    ray.init(address=cluster, logging_level="WARNING", log_to_driver=False)
+    ds = ray.data.from_items(rows[:600], override_num_blocks=6)
+    scored = car_ray.score_embed(ds, bundle=bundle).take_all()
+    model = Model(bundle, threads=1)
+    scores, vectors = model.score_embed(rows[:600])
+    by_text = {(r["instruction"], r["output"]): r for r in scored}
+    got = [by_text[r["instruction"], r["output"]] for r in rows[:600]]
+    assert np.array_equal(np.array([r["score"] for r in got], dtype=np.float32), scores)
+    assert np.array_equal(np.stack([r["embedding"] for r in got]), vectors)
+    sel = car_ray.select(ds, bundle=bundle, n1="2%")
+    want = model.select(rows[:600], n1="2%")
+    assert np.array_equal(sel.indices, want.indices) and np.array_equal(sel.labels, want.labels)

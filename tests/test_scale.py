@@ -1,0 +1,131 @@
+"""Past one file and one machine's memory, without Ray: a directory or glob of shards read as one dataset, and
+clustering from a sample (--cluster sample) with memory bounded by the sample."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+
+from car_onnx import car_select
+from car_onnx.clustering import Clusterer
+from car_onnx.workdir import ChunkRows, WorkDir
+from car_onnx_export import tiny
+
+
+def records(n, seed=0):
+    rng = np.random.default_rng(seed)
+    words = np.array(tiny.WORDS)
+    return [{"instruction": " ".join(rng.choice(words, 4)), "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
+             "output": " ".join(rng.choice(words, int(rng.integers(1, 9))))} for i in range(n)]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny.make_bundle(tmp_path_factory.mktemp("scale") / "bundle")
+
+
+def test_a_directory_or_glob_of_shards_is_one_dataset(bundle, tmp_path, cli):
+    rows = records(300)
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(3):
+        write_jsonl(shards / f"part-{i}.jsonl", rows[i * 100:(i + 1) * 100])
+    (shards / "notes.txt").write_text("not a dataset file: ignored")
+    args = ["-b", bundle, "--n1", "5%", "--all", "--chunk-records", "64"]
+    assert cli("select", tmp_path / "all.jsonl", "-o", tmp_path / "one.jsonl", *args)[0] == 0
+    assert cli("select", shards, "-o", tmp_path / "dir.jsonl", *args)[0] == 0
+    assert cli("select", str(shards / "part-*.jsonl"), "-o", tmp_path / "glob.jsonl", *args)[0] == 0
+    assert (tmp_path / "dir.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert (tmp_path / "glob.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+
+def test_a_bad_record_is_named_by_its_shard_and_line(bundle, tmp_path, cli):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(3):
+        rows = records(20, seed=i)
+        if i == 2:
+            rows[6]["output"] = 7
+        write_jsonl(shards / f"part-{i}.jsonl", rows)
+    code, _, err, _ = cli("select", shards, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "3")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (f"car-onnx: error: {shards / 'part-2.jsonl'}: line 7: field 'output': "
+                                            "expected a string, got number")
+    assert not (tmp_path / "o.jsonl").exists()
+    code, _, err, _ = cli("select", shards, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "3", "--on-error",
+                          "skip")
+    assert code == 0, err
+    rejects = [json.loads(line) for line in (tmp_path / "o.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert [(r["where"], r["reason"]) for r in rejects] == [("part-2.jsonl line 7", "invalid")]
+
+
+def test_sample_mode_fits_on_a_seeded_sample_and_assigns_every_row():
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(3000, 16)) + rng.integers(0, 6, 3000)[:, None] * 2.0).astype(np.float32)
+    c = Clusterer(12, mode="sample", sample_size=800, seed=7)
+    labels = c.fit_predict(x)
+    # the reference: scikit-learn fitted on the same sample, predicting every row
+    picked = np.sort(np.random.default_rng(7).choice(3000, 800, replace=False))
+    pca = PCA(n_components=0.95, random_state=7).fit(x[picked])
+    km = KMeans(n_clusters=12, n_init=10, random_state=7).fit(pca.transform(x[picked]))
+    assert c.sampled_ and c.n_components_ == pca.n_components_
+    assert np.array_equal(labels, km.predict(pca.transform(x)))
+    # a subset of rows (duplicates left out) gets the labels those rows get as their own dataset
+    rows = np.sort(rng.choice(3000, 2000, replace=False))
+    assert np.array_equal(Clusterer(12, mode="sample", sample_size=800, seed=7).fit_predict(x, rows),
+                          Clusterer(12, mode="sample", sample_size=800, seed=7).fit_predict(x[rows]))
+    # below the sample size, and in auto mode below the limit, the exact path runs
+    assert not Clusterer(12, mode="sample", sample_size=5000).sampled(3000)
+    assert not Clusterer(12).sampled(3000)
+
+
+def test_chunk_rows_read_only_what_is_asked(tmp_path):
+    work = WorkDir.open(tmp_path / "w", {"roles": ["score", "embed"]}, print)
+    rng = np.random.default_rng(0)
+    full = rng.normal(size=(1000, 8)).astype(np.float32)
+    for c, start in enumerate(range(0, 1000, 300)):
+        part = full[start:start + 300]
+        work.save(c, {"score": part[:, 0].copy(), "embed": part})
+    out = work.assemble(1000, in_chunks=True)
+    rows = out["embed"]
+    assert isinstance(rows, ChunkRows) and rows.shape == (1000, 8)
+    assert not (tmp_path / "w" / "embeddings.npy").exists()
+    picked = np.sort(rng.choice(1000, 77, replace=False))
+    assert np.array_equal(rows[picked], full[picked])
+    assert np.array_equal(np.concatenate([b for _, b in rows.blocks()]), full)
+    assert np.array_equal(out["score"], full[:, 0])
+
+
+def test_sample_mode_selection_through_the_cli_equals_car_select(bundle, tmp_path, cli, rows_of):
+    rows = records(1200, seed=4)
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    code, _, err, _ = cli("select", tmp_path / "d.jsonl", "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "2%",
+                          "--cluster", "sample", "--sample-size", "400", "--dedup", "none", "--all",
+                          "--chunk-records", "100")
+    assert code == 0, err
+    texts = [tiny.TEMPLATE.render(r["instruction"], r["input"], r["output"]) for r in rows]
+    scores, vectors = tiny.reference(texts)
+    sel = car_select(scores, vectors, n1="2%", cluster="sample", sample_size=400)
+    assert sel.sampled
+    out = rows_of(tmp_path / "o.jsonl", "jsonl")
+    assert [r["cluster"] for r in out] == sel.labels.tolist()
+    assert sorted(i for i, r in enumerate(out) if r["selected"]) == sorted(sel.indices.tolist())
+
+
+def test_sample_mode_options_are_checked_before_any_work(bundle, tmp_path, cli):
+    write_jsonl(tmp_path / "d.jsonl", records(300))
+    base = ("select", tmp_path / "d.jsonl", "-o", tmp_path / "o.jsonl", "-b", bundle)
+    code, _, err, _ = cli(*base, "--cluster", "sample", "--sample-size", "50", "--k", "60")
+    assert code == 2 and err.strip().endswith("--k = 60 clusters cannot be fitted on a sample of 50 rows; raise "
+                                              "--sample-size")
+    code, _, err, _ = cli(*base, "--cluster", "sample", "--sample-size", "50", "--dedup", "near:0.9")
+    assert code == 2 and err.strip().endswith("--dedup near:T compares records within each cluster in memory: it "
+                                              "needs --cluster exact")
+    assert not (tmp_path / "o.jsonl").exists()
