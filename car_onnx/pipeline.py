@@ -31,7 +31,7 @@ from .readers import SUFFIXES, check_format, check_input, detect_format, iter_re
 from .records import Record
 from .selection import N1, N2, Dedup, Size, car_select, check_clustering
 from .workdir import WorkDir
-from .writers import create_npy, open_writer, remove_stale_temps, replacing
+from .writers import create_npy, directory_writers, open_writer, remove_stale_temps, replacing
 
 SCORE_FIELD, CLUSTER_FIELD = "score", "cluster"
 ON_ERROR = ("fail", "skip")
@@ -314,6 +314,18 @@ def output_format(output: Path, out_fmt: str | None) -> str:
     return fmt
 
 
+def output_files(job: Job, output: Path, fmt: str) -> list[str] | None:
+    """The file names of a directory output (one per input file, holding its rows), or None for one file: a
+    directory is written for Parquet output of an input of several files to a path with no suffix."""
+    if fmt != "parquet" or len(job.shards) < 2 or (Path(output).suffix and not Path(output).is_dir()):
+        return None
+    names = [f"{shard.stem}.parquet" for shard in job.shards]
+    if len(set(names)) < len(names):
+        raise UsageError(f"{output}: input files share a name; the output directory would need two files of one "
+                         "name (write one file instead: name the output *.parquet)")
+    return names
+
+
 def check_output(job: Job, output: Path, fmt: str, rejects_used: bool) -> Path | None:
     """Before any work: the output (and rejects file) may be written: not the input, not an existing file without
     --force, in an existing writable directory. Returns the rejects file's path, if the job may write one."""
@@ -327,7 +339,7 @@ def check_output(job: Job, output: Path, fmt: str, rejects_used: bool) -> Path |
         raise UsageError(f"{rejects}: the rejects file and the output must differ")
     for path in (output, rejects) if rejects is not None else (output,):
         path = Path(path)
-        if any(path.resolve() == shard.resolve() for shard in job.shards):
+        if path.resolve() == Path(job.input).resolve() or any(path.resolve() == f.resolve() for f in job.shards):
             raise UsageError(f"{path}: the output would overwrite the input; choose another path")
         if path.exists() and not job.force:
             raise UsageError(f"{path}: already exists; pass {{force=True}} to replace it", "force=True")
@@ -383,6 +395,7 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
     added = _check_names(score_field, cluster_field, extra)
     fmt = output_format(output, out_fmt)
     rejects_path = check_output(job, output, fmt, job.on_error == "skip" or dedup.exact)
+    output_files(job, output, fmt)
     clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size)
     clusterer.check()
     if report_path is not None:  # --report (car_onnx/report.py): checked before any work
@@ -437,7 +450,7 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
         return out
 
     columns = (*found.columns, *added) if write_all else None  # all rows: the header is known, CSV streams
-    with stages.stage("write", total=found.records) as advance, open_writer(output, fmt, columns) as writer:
+    with stages.stage("write", total=found.records) as advance, _writers(job, output, fmt, columns) as writer:
         for i, r in enumerate(_again(job, model, found, added)):
             original = int(sel.duplicate_of[i])
             if original >= 0 and rejects is not None:
@@ -446,7 +459,7 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
                                "duplicate_of": found.where(job, original),
                                "kind": kind, "record": r.row})
             if write_all:
-                writer.write(row(i, r))
+                writer(found.shard_of[i]).write(row(i, r))
             if i in position:
                 shown[i] = (row(i, r), r)
             if page is not None:  # --report: text lengths, and the texts the page shows
@@ -457,13 +470,25 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
             advance(1)
         if not write_all:
             for i in sel.indices:
-                writer.write(shown[int(i)][0])
+                writer(found.shard_of[i]).write(shown[int(i)][0])
     near = int((sel.duplicate_of >= 0).sum()) - int((exact >= 0).sum())
     duplicates = {"exact": int((exact >= 0).sum()), "near": near} if found.duplicate_of is not None else {}
     if duplicates and rejects is not None and sum(duplicates.values()):
         stages.note(f"{sum(duplicates.values())} duplicate(s) dropped before ranking, written to {rejects.path}")
     return Report(found.records, len(sel.indices), sel.n_top, sel.k, found.rejected, duplicates,
                   seconds=stages.seconds, shown=[shown[int(i)] for i in sel.indices])
+
+
+@contextmanager
+def _writers(job: Job, output: Path, fmt: str, columns):
+    """`writer(file index)`: where the output rows of that input file go (one file, or a directory's files)."""
+    names = output_files(job, output, fmt)
+    if names is None:
+        with open_writer(output, fmt, columns) as writer:
+            yield lambda shard: writer
+    else:
+        with directory_writers(output, names, fmt, columns) as writer:
+            yield writer
 
 
 def score(job: Job, model: Model, output: Path, *, out_fmt=None, score_field=SCORE_FIELD,

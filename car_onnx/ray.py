@@ -51,7 +51,7 @@ def connect(address: str) -> None:
         raise UsageError("{ray} must be local, auto or HOST:PORT", "ray")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     try:
-        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
+        ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False,
                  configure_logging=True, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise UsageError(f"{{ray}} {address}: cannot connect to a Ray cluster ({str(err).splitlines()[0]})",
@@ -61,6 +61,9 @@ def connect(address: str) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # Ray Data's notices would bury the job's own lines; its failures reach us as exceptions, and the pool is
+    # sized from the cluster's CPUs (no "not enough CPUs" hang to warn of).
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _cause(err: BaseException) -> BaseException:

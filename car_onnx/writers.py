@@ -9,7 +9,8 @@ import fcntl
 import json
 import os
 import re
-from contextlib import contextmanager
+import shutil
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -251,3 +252,31 @@ def _cell(value) -> str:
 def open_writer(path, fmt: str, columns: tuple[str, ...] | None = None, keep_empty: bool = True) -> RecordWriter:
     """A RecordWriter for `path` in format `fmt`, to use as a context manager."""
     return RecordWriter(path, fmt, columns, keep_empty)
+
+
+@contextmanager
+def directory_writers(output, names: list[str], fmt: str, columns: tuple[str, ...] | None = None):
+    """`writer(i)`: the writer of file `names[i]` in the directory `output`, opened on first use. The files are
+    written in a hidden directory beside `output` that replaces it once every file is complete: the directory
+    appears whole, or not at all (a failed run removes its partial files)."""
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.{os.urandom(6).hex()}.tmpdir")
+    tmp.mkdir()
+    try:
+        with ExitStack() as stack:
+            writers: dict[int, RecordWriter] = {}
+
+            def writer(i: int) -> RecordWriter:
+                if i not in writers:
+                    writers[i] = stack.enter_context(open_writer(tmp / names[i], fmt, columns, keep_empty=False))
+                return writers[i]
+
+            yield writer
+        old = output.with_name(f".{output.name}.{os.urandom(6).hex()}.old") if output.exists() else None
+        if old is not None:
+            os.replace(output, old)
+        os.replace(tmp, output)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -129,3 +129,29 @@ def test_sample_mode_options_are_checked_before_any_work(bundle, tmp_path, cli):
     assert code == 2 and err.strip().endswith("--dedup near:T compares records within each cluster in memory: it "
                                               "needs --cluster exact")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_parquet_output_of_shards_is_a_directory_of_shards(bundle, tmp_path, cli):
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs pyarrow (the [parquet] extra)")
+    rows = [{**r, "id": i} for i, r in enumerate(records(300, seed=9))]
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(3):
+        write_jsonl(shards / f"part-{i}.jsonl", rows[i * 100:(i + 1) * 100])
+    args = ["-b", bundle, "--n1", "5%", "--output-format", "parquet"]
+    assert cli("select", tmp_path / "all.jsonl", "-o", tmp_path / "one.parquet", *args)[0] == 0
+    code, _, err, _ = cli("select", shards, "-o", tmp_path / "out", *args)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-0.parquet", "part-1.parquet",
+                                                                   "part-2.parquet"]
+    whole = pq.read_table(tmp_path / "one.parquet").to_pylist()
+    for i in range(3):
+        want = [r for r in whole if i * 100 <= r["id"] < (i + 1) * 100]  # the shard's rows, in selection order
+        assert pq.read_table(tmp_path / "out" / f"part-{i}.parquet").to_pylist() == want
+    # the directory is replaced only with --force, and whole
+    code, _, err, _ = cli("select", shards, "-o", tmp_path / "out", *args)
+    assert code == 2 and err.strip().endswith(f"{tmp_path / 'out'}: already exists; pass --force to replace it")
+    assert cli("select", shards, "-o", tmp_path / "out", *args, "--force", "--n1", "3")[0] == 0
+    assert sum(pq.read_metadata(p).num_rows for p in (tmp_path / "out").iterdir()) < len(whole)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
