@@ -253,6 +253,50 @@ def test_embeddings_file_larger_than_the_space_left_is_an_error_not_a_crash(data
     assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
 
 
+# --- 8. memory limit ------------------------------------------------------------------------------------------
+
+def limited_select(data, out, limit, tmp):
+    """`select` of the shared job in a subprocess under RLIMIT_AS = limit bytes (None: none), its temporary files
+    in tmp; the process prints its VmPeak (bytes) last on stderr when it ends through Python's exit."""
+    code = ("import atexit, sys\nfrom car_onnx.cli import main\n"
+            "atexit.register(lambda: print(1024 * int(next(l.split()[1] for l in open('/proc/self/status') "
+            "if l.startswith('VmPeak:'))), file=sys.stderr))\n"
+            "sys.argv = ['car-onnx', *sys.argv[1:]]\nmain()\n")
+
+    def rlimit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    tmp.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-c", code, "select", data.path, "-o", out, "-b", data.bundle, *data.args,
+                           "-q"], capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp)},
+                          preexec_fn=rlimit if limit else None)
+
+
+@pytest.mark.slow  # ~35 s: four runs
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmPeak is read from /proc")
+def test_a_memory_limit_above_the_peak_completes_and_one_below_fails_with_one_line(data, tmp_path):
+    """Under `ulimit -v` at 1.5x its measured peak the job writes the same bytes; below what it needs (half its
+    peak; under the limited run's own peak) it fails with one line, exit 1, and leaves no file behind."""
+    free = limited_select(data, tmp_path / "free.jsonl", None, tmp_path / "tmp")
+    assert free.returncode == 0, free.stderr
+    peak = int(free.stderr.split()[-1])
+    limited = limited_select(data, tmp_path / "limited.jsonl", int(1.5 * peak), tmp_path / "tmp")
+    assert limited.returncode == 0, limited.stderr
+    assert (tmp_path / "limited.jsonl").read_bytes() == (tmp_path / "free.jsonl").read_bytes() == \
+        (data.root / "plain.jsonl").read_bytes()
+    needed = int(limited.stderr.split()[-1])  # less: native thread pools keep to one thread under a limit
+    for limit in (peak // 2, needed - (128 << 20)):  # a virtual peak varies by a thread's malloc arena (64 MB)
+        out = tmp_path / f"low-{limit}" / "o.jsonl"
+        out.parent.mkdir()
+        p = limited_select(data, out, limit, tmp_path / "tmp")
+        assert (p.returncode, p.stderr) == (1, f"car-onnx: error: out of memory within the address-space limit of "
+                                               f"{limit / 2**20:,.0f} MB (ulimit -v); give the job more memory or "
+                                               "lower --max-tokens / --chunk-records\n")
+        assert os.listdir(out.parent) == []  # no output, no temporary file beside it
+        assert set(os.listdir(tmp_path / "tmp")) <= {".ses"}  # no work dir left (.ses is onnxruntime's own)
+
+
 # --- 7. hostile bundles ----------------------------------------------------------------------------------------
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
