@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import importlib
 import os
+import resource
 import sys
 import time
 import traceback
@@ -139,16 +142,68 @@ def _flag(name: str) -> str:
     return "--" + name.removesuffix("=True").replace("_", "-")
 
 
+def _memory_limit() -> int | None:
+    """The address-space limit (`ulimit -v`, RLIMIT_AS) this process runs under, in bytes; None without one."""
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+@contextmanager
+def _native_threads(limit: int | None):
+    """Under an address-space limit, native code must not be the first to run out: OpenBLAS, OpenMP, tokenizers'
+    Rust, onnxruntime's and pyarrow's C++ exit, abort or hang where Python raises MemoryError. So they run on the
+    calling thread alone, every library a run loads is loaded now, and each BLAS maps its work buffer now; then
+    what grows with the data is Python's and numpy's, and those raise."""
+    if limit is None:
+        yield
+        return
+    if limit - _vm_size() < 512 * 2**20:  # the libraries below map ~450 MB; pyarrow aborts if it cannot
+        raise MemoryError
+    # read by libraries loaded below (OpenMP, scipy's BLAS) and by each tokenizers call
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    # all a run loads, loaded now (scikit-learn loads scipy, and pandas and pyarrow where they are installed)
+    for name in ("onnxruntime", "tokenizers", "sklearn.cluster", "sklearn.decomposition"):
+        importlib.import_module(name)
+    import numpy as np
+    from scipy.linalg.blas import sgemm  # the BLAS scikit-learn calls (numpy has its own)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        if limit - _vm_size() < 96 * 2**20:  # two 32 MB BLAS buffers, and room for a first chunk
+            raise MemoryError
+        a = np.ones((512, 512), np.float32)
+        a @ a, sgemm(1.0, a, a)
+        yield
+
+
+def _vm_size() -> int:
+    """This process's virtual size in bytes (VmSize in /proc/self/status)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+
+
+def _out_of_memory(err: BaseException, limit: int | None) -> bool:
+    """Whether err is memory running out: a MemoryError or ENOMEM anywhere; under an address-space limit also a
+    shared library that cannot be mapped or a thread that cannot be started."""
+    if isinstance(err, MemoryError) or isinstance(err, OSError) and err.errno == errno.ENOMEM:
+        return True
+    text = str(err)
+    return limit is not None and any(s in text for s in (
+        "failed to map segment", "Cannot allocate memory", "can't start new thread", "bad_alloc", "bad allocation"))
+
+
 def _guard(command):
     """Run a command so that a CarError (or any error) becomes one line on stderr and exit code 1 (2 for usage),
-    warnings one line each, Ctrl-C exit code 130 and SIGTERM 143 (with how to resume)."""
+    warnings one line each, Ctrl-C exit code 130 and SIGTERM 143 (with how to resume), running out of memory one
+    line that names the address-space limit."""
     @functools.wraps(command)
     def run(*args, **kwargs):
         debug = os.environ.get("CAR_ONNX_DEBUG") == "1"
+        limit = _memory_limit()
         try:
             caught: list = []
             try:
-                with sigterm_stops(), warnings.catch_warnings(record=True) as caught:
+                with sigterm_stops(), _native_threads(limit), warnings.catch_warnings(record=True) as caught:
                     return command(*args, **kwargs)
             finally:  # after the summary: what the user should know about this run; others as Python shows them
                 for w in caught:
@@ -167,15 +222,19 @@ def _guard(command):
             text = stopped_message("SIGTERM" if sigterm else "SIGINT", kwargs.get("work_dir"), "work_dir" in kwargs)
             typer.echo(f"car-onnx: {text}", err=True)
             raise typer.Exit(143 if sigterm else 130) from None
-        except MemoryError:  # faults: out of memory is one line, like any error (no output was written)
-            typer.echo("car-onnx: error: out of memory; give the job more memory or lower --max-tokens / "
-                       "--chunk-records", err=True)
-            raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as err:
             if debug:
                 raise
+            if _out_of_memory(err, limit):  # faults: one line, like any error (no output was written)
+                within = f" within the address-space limit of {limit / 2**20:,.0f} MB (ulimit -v)" if limit else ""
+                typer.echo(f"car-onnx: error: out of memory{within}; give the job more memory or lower "
+                           "--max-tokens / --chunk-records", err=True)
+                if limit:  # without memory, native libraries' threads and destructors may crash Python's shutdown
+                    sys.stderr.flush()
+                    os._exit(1)
+                raise typer.Exit(1) from None
             typer.echo(f"car-onnx: internal error: {type(err).__name__}: {err} (set CAR_ONNX_DEBUG=1 for the "
                        "traceback)", err=True)
             raise typer.Exit(1) from None

@@ -76,10 +76,13 @@ class WriteError(CarError):
 
 @contextmanager
 def naming(path) -> Iterator[None]:
-    """Turn an OSError of the block (a write of `path`) into a WriteError naming `path`."""
+    """Turn an OSError of the block (a write of `path`) into a WriteError naming `path`; not ENOMEM (a memory map
+    over the address-space limit), which is memory running out."""
     try:
         yield
     except OSError as err:
+        if err.errno == errno.ENOMEM:
+            raise
         raise WriteError(path, err) from None
 
 

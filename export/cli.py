@@ -13,6 +13,9 @@ from car_onnx.manifest import PRECISIONS
 app = typer.Typer(name="export", rich_markup_mode=None, help="Build ONNX bundles (needs the export extra of car-onnx).", no_args_is_help=True)
 
 Precisions = Annotated[str, typer.Option("--precision", help="Comma-separated variants to build: fp32,int8,fp16.")]
+Force = Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")]
+NewBundle = Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle directory [default: as said above].")]
+IntoBundle = Annotated[Path, typer.Option("--output", "-o", help="Bundle directory (models already there are kept).")]
 # Exit status when the bundle was written with the variants that passed but an asked one missed its gate.
 REFUSED_EXIT = 3
 EPILOG = (f"Exit status {REFUSED_EXIT}: a variant missed its fidelity gate; the bundle was written with the variants "
@@ -59,12 +62,13 @@ def _precisions(text: str) -> tuple[str, ...]:
 
 @app.command(epilog=EPILOG)
 def default(
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle directory [default: where select looks].")] = None,
+    output: NewBundle = None,
     precision: Precisions = "fp32,int8,fp16",
     weights: Annotated[Optional[Path], typer.Option(help="A head from `car-onnx train-scorer` [default: the shipped one].")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
+    force: Force = False,
 ):
-    """Build the default bundle: all-MiniLM-L6-v2 and the project's trained scorer head in one graph."""
+    """Build the default bundle: all-MiniLM-L6-v2 and the project's trained scorer head in one graph, by default
+    where `select` looks for it."""
     _require()
     from car_onnx import default_bundle_dir
 
@@ -76,12 +80,13 @@ def default(
 
 @app.command(epilog=EPILOG)
 def multilingual(
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundle directory [default: the multilingual folder beside the default bundle's].")] = None,
+    output: NewBundle = None,
     precision: Precisions = "fp32,int8",
     weights: Annotated[Optional[Path], typer.Option(help="A head from `car-onnx train-scorer --encoder multilingual` [default: the shipped one].")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
+    force: Force = False,
 ):
-    """Build the multilingual bundle: USE multilingual v3 (16 languages incl. Chinese) and a trained scorer head."""
+    """Build the multilingual bundle: USE multilingual v3 (16 languages incl. Chinese) and a trained scorer head, by
+    default in the multilingual folder beside the default bundle's."""
     _require()
     from .multilingual import WEIGHTS, default_output, export_multilingual
 
@@ -92,10 +97,10 @@ def multilingual(
 @app.command(epilog=EPILOG)
 def scorer(
     checkpoint: Annotated[Path, typer.Option(help="The IQS checkpoint: RUN/checkpoints/X.ckpt, with RUN/hparams.yaml.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory (models already there are kept).")],
+    output: IntoBundle,
     base: Annotated[Optional[Path], typer.Option(help="Folder with the encoder's tokenizer.json and, optionally, config.json [config: inferred from the weights].")] = None,
     precision: Precisions = "fp32,int8",
-    force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
+    force: Force = False,
     unsafe_pickle: Annotated[bool, typer.Option("--unsafe-pickle", help="Load a checkpoint torch's weights-only loader refuses (runs code stored in the file: trusted files only).")] = False,
 ):
     """Export the paper's IQS checkpoint (COMET layout) as the bundle's scorer."""
@@ -109,9 +114,9 @@ def scorer(
 @app.command(epilog=EPILOG)
 def embedder(
     model: Annotated[Path, typer.Option(help="A sentence-transformers model folder (modules.json, pooling config).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory (models already there are kept).")],
+    output: IntoBundle,
     precision: Precisions = "fp32,int8",
-    force: Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")] = False,
+    force: Force = False,
 ):
     """Export a sentence-transformers model as the bundle's embedder (pooling and normalisation in the graph)."""
     _require()

@@ -5,6 +5,8 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -57,6 +59,36 @@ def reference_rows(records, n1, n2, write_all=False, dedup=True):
             row["selected"] = i in reason
         rows.append({**row, "reason": reason.get(i)})
     return rows
+
+
+def job_records(n=6000, seed=0):
+    """n small records over the tiny bundle's words (every fourth with an input), each with its index as id."""
+    rng = np.random.default_rng(seed)
+    words = np.array(tiny.WORDS)
+    return [{"instruction": " ".join(rng.choice(words, 4)), "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
+             "output": " ".join(rng.choice(words, int(rng.integers(1, 9)))), "id": i} for i in range(n)]
+
+
+class Job(NamedTuple):
+    """The select job the fault and reliability tests share: `path` holds 6,000 records, run with `args` in
+    120 chunks of 50 (long enough to be stopped half-way) on the tiny `bundle`; `root / "plain.jsonl"` is the
+    output of an uninterrupted run, the bytes every resumed or constrained run must give."""
+    root: Path
+    bundle: Path
+    path: Path
+    args = ("--n1", "40", "--chunk-records", "50")
+    records = staticmethod(job_records)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """The shared Job (see Job), its input written and its uninterrupted output made once per session."""
+    root = tmp_path_factory.mktemp("job")
+    job = Job(root, tiny.make_bundle(root / "bundle"), root / "data.jsonl")
+    job.path.write_text("".join(json.dumps(r) + "\n" for r in job_records()))
+    rc, _, err, _ = run_cli("select", job.path, "-o", root / "plain.jsonl", "-b", job.bundle, *job.args, "-q")
+    assert rc == 0, err
+    return job
 
 
 @pytest.fixture(scope="session")

@@ -18,28 +18,6 @@ from car_onnx import lock
 from car_onnx.writers import remove_stale_temps
 from car_onnx_export import tiny
 
-N = 6000  # 120 chunks of 50: long enough to be stopped half-way
-ARGS = ("--n1", "40", "--chunk-records", "50")
-
-
-def records(n=N, seed=0):
-    rng = np.random.default_rng(seed)
-    words = np.array(tiny.WORDS)
-    return [{"instruction": " ".join(rng.choice(words, 4)), "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
-             "output": " ".join(rng.choice(words, int(rng.integers(1, 9)))), "id": i} for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, cli):
-    root = tmp_path_factory.mktemp("faults")
-    bundle = tiny.make_bundle(root / "bundle")
-    path = root / "data.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records()))
-    rc, _, err, _ = cli("select", path, "-o", root / "plain.jsonl", "-b", bundle, *ARGS, "-q")
-    assert rc == 0, err
-    return root, bundle, path
-
-
 def command(*args):
     code = "import sys; from car_onnx.cli import main; sys.argv = ['car-onnx', *sys.argv[1:]]; main()"
     return [sys.executable, "-c", code, *map(str, args)]
@@ -64,7 +42,7 @@ def test_signal_stops_cleanly_and_the_job_resumes(data, tmp_path, cli, sig, code
     root, bundle, path = data
     work, out = tmp_path / "work", tmp_path / "out" / "sel.jsonl"
     out.parent.mkdir()
-    proc = subprocess.Popen(command("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work),
+    proc = subprocess.Popen(command("select", path, "-o", out, "-b", bundle, *data.args, "--work-dir", work),
                             stderr=subprocess.PIPE, text=True)
     wait_for_chunks(proc, work, 5)
     sent = time.monotonic()
@@ -79,7 +57,7 @@ def test_signal_stops_cleanly_and_the_job_resumes(data, tmp_path, cli, sig, code
     assert os.listdir(out.parent) == []  # no output, no temporary file beside it
     assert not list((work / "chunks").glob(".*.tmp"))
 
-    rc, _, err, _ = cli("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", out, "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 0 and f"reused {finished} finished chunk(s)" in err, err
     assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
 
@@ -113,11 +91,11 @@ def refusal(work, pid):
 def test_a_second_job_on_a_work_dir_is_refused_at_once_and_a_killed_ones_lock_is_taken_over(data, tmp_path, cli):
     root, bundle, path = data
     work = tmp_path / "work"
-    first = subprocess.Popen(command("select", path, "-o", tmp_path / "a.jsonl", "-b", bundle, *ARGS, "--work-dir",
+    first = subprocess.Popen(command("select", path, "-o", tmp_path / "a.jsonl", "-b", bundle, *data.args, "--work-dir",
                                      work, "-q"), stderr=subprocess.PIPE)
     wait_for_chunks(first, work, 2)
     start = time.monotonic()
-    rc, _, err, _ = cli("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 2 and err == refusal(work, first.pid)
     assert time.monotonic() - start < 15  # refused before reading the input (the time is Python's start-up)
     assert not (tmp_path / "b.jsonl").exists() and first.poll() is None
@@ -125,7 +103,7 @@ def test_a_second_job_on_a_work_dir_is_refused_at_once_and_a_killed_ones_lock_is
     first.send_signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
     assert (work / ".lock").read_text() == f"{first.pid}\n"  # the stale lock file is still there
-    rc, _, err, _ = cli("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 0 and "reused" in err, err
     assert (tmp_path / "b.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
 
@@ -158,7 +136,7 @@ def test_leftover_temporary_outputs_are_removed_and_live_ones_kept(data, tmp_pat
         p.write_text('{"id": -1}\n')
     with open(live) as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # as a running job's writer holds its file
-        rc, _, err, _ = cli("select", path, "-o", out, "-b", bundle, *ARGS)
+        rc, _, err, _ = cli("select", path, "-o", out, "-b", bundle, *data.args)
     assert rc == 0, err
     assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
     for p in stale:
@@ -245,7 +223,7 @@ def test_disk_full_in_the_work_dir(data, tmp_path, small_disk):
     root, bundle, path = data
     disk = small_disk("work", 64 << 10, 64 << 10)
     out, work = tmp_path / "sel.jsonl", disk.where / "job"
-    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *data.args, "--work-dir", work)
     last = err.splitlines()[-1]
     assert rc == 1 and last.startswith(f"car-onnx: error: {work}/"), err
     assert last.endswith(f": cannot write: {disk.error}")
@@ -256,7 +234,7 @@ def test_disk_full_in_the_work_dir(data, tmp_path, small_disk):
         assert name == "embeddings.npy"
     assert sorted(os.listdir(tmp_path)) == ["work"] and not list((work / "chunks").glob(".*"))
     disk.grow()
-    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 0 and "reused" in err, err
     assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
 
@@ -266,14 +244,57 @@ def test_embeddings_file_larger_than_the_space_left_is_an_error_not_a_crash(data
     root, bundle, path = data
     disk = small_disk("work", 560 << 10, 128 << 10)
     out, work = tmp_path / "sel.jsonl", disk.where / "job"
-    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 1 and err.splitlines()[-1] == f"car-onnx: error: {work / 'embeddings.npy'}: cannot write: " \
                                                f"{disk.error}", err
     assert len(list((work / "chunks").glob("*.npz"))) == 120
     disk.grow()
-    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    rc, err = disk.run("select", path, "-o", out, "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 0 and "reused 120 finished chunk(s)" in err, err
     assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
+
+
+# --- 8. memory limit ------------------------------------------------------------------------------------------
+
+def limited_select(data, out, limit, tmp):
+    """`select` of the shared job in a subprocess under RLIMIT_AS = limit bytes (None: none), its temporary files
+    in tmp; the process prints its VmPeak (bytes) last on stderr when it ends through Python's exit."""
+    code = ("import atexit, sys\nfrom car_onnx.cli import main\n"
+            "atexit.register(lambda: print(1024 * int(next(l.split()[1] for l in open('/proc/self/status') "
+            "if l.startswith('VmPeak:'))), file=sys.stderr))\n"
+            "sys.argv = ['car-onnx', *sys.argv[1:]]\nmain()\n")
+
+    def rlimit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    tmp.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-c", code, "select", data.path, "-o", out, "-b", data.bundle, *data.args,
+                           "-q"], capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp)},
+                          preexec_fn=rlimit if limit else None)
+
+
+@pytest.mark.slow  # ~30 s: three runs
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmPeak is read from /proc")
+def test_a_memory_limit_above_the_peak_completes_and_one_below_fails_with_one_line(data, tmp_path):
+    """Under `ulimit -v` at 1.5x its measured peak the job writes the same bytes; below what it needs it fails
+    with one line, exit 1, and leaves no file behind (failures in the middle of a larger job: README)."""
+    free = limited_select(data, tmp_path / "free.jsonl", None, tmp_path / "tmp")
+    assert free.returncode == 0, free.stderr
+    peak = int(free.stderr.split()[-1])
+    limited = limited_select(data, tmp_path / "limited.jsonl", int(1.5 * peak), tmp_path / "tmp")
+    assert limited.returncode == 0, limited.stderr
+    assert (tmp_path / "limited.jsonl").read_bytes() == (tmp_path / "free.jsonl").read_bytes() == \
+        (data.root / "plain.jsonl").read_bytes()
+    limit = peak // 2  # below its needs: a run's virtual peak varies by a thread's malloc arena (64 MB) or more
+    out = tmp_path / "low" / "o.jsonl"
+    out.parent.mkdir()
+    p = limited_select(data, out, limit, tmp_path / "tmp")
+    assert (p.returncode, p.stderr) == (1, f"car-onnx: error: out of memory within the address-space limit of "
+                                           f"{limit / 2**20:,.0f} MB (ulimit -v); give the job more memory or lower "
+                                           "--max-tokens / --chunk-records\n")
+    assert os.listdir(out.parent) == []  # no output, no temporary file beside it
+    assert set(os.listdir(tmp_path / "tmp")) <= {".ses"}  # no work dir left (.ses is onnxruntime's own)
 
 
 # --- 7. hostile bundles ----------------------------------------------------------------------------------------

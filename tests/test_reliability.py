@@ -13,38 +13,17 @@ import pytest
 
 from car_onnx_export import tiny
 
-N = 6000  # large enough for a run to be killed half-way: 120 chunks of 50
-ARGS = ("--n1", "40", "--chunk-records", "50")
-
-
-def records(n=N, seed=0):
-    rng = np.random.default_rng(seed)
-    words = np.array(tiny.WORDS)
-    return [{"instruction": " ".join(rng.choice(words, 4)), "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
-             "output": " ".join(rng.choice(words, int(rng.integers(1, 9)))), "id": i} for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, cli):
-    root = tmp_path_factory.mktemp("rel")
-    bundle = tiny.make_bundle(root / "bundle")
-    path = root / "data.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records()))
-    rc, _, err, _ = cli("select", path, "-o", root / "plain.jsonl", "-b", bundle, *ARGS, "-q")
-    assert rc == 0, err
-    return root, bundle, path
-
-
-def select_cmd(path, bundle, out, *extra):
+def select_cmd(data, out, *extra):
     code = "import sys; from car_onnx.cli import main; sys.argv = ['car-onnx', *sys.argv[1:]]; main()"
-    return [sys.executable, "-c", code, "select", str(path), "-o", str(out), "-b", str(bundle), *ARGS, *extra]
+    return [sys.executable, "-c", code, "select", str(data.path), "-o", str(out), "-b", str(data.bundle), *data.args,
+            *extra]
 
 
 @pytest.mark.parametrize("kill_after", [1, 60, 120])  # chunks finished when killed (120: all, so clustering)
 def test_sigkill_then_resume_gives_the_same_bytes(data, tmp_path, kill_after, cli):
     root, bundle, path = data
     work, out = tmp_path / "work", tmp_path / "out.jsonl"
-    proc = subprocess.Popen(select_cmd(path, bundle, out, "--work-dir", work, "-q"), stderr=subprocess.PIPE)
+    proc = subprocess.Popen(select_cmd(data, out, "--work-dir", work, "-q"), stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while len(list((work / "chunks").glob("*.npz"))) < kill_after and proc.poll() is None:
         assert time.monotonic() < deadline
@@ -54,7 +33,7 @@ def test_sigkill_then_resume_gives_the_same_bytes(data, tmp_path, kill_after, cl
     finished = len(list((work / "chunks").glob("*.npz")))
     assert kill_after <= finished and not out.exists()
 
-    rc, _, err, _ = cli("select", path, "-o", out, "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", out, "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 0, err
     assert f"reused {finished} finished chunk(s)" in err
     assert out.read_bytes() == (root / "plain.jsonl").read_bytes()
@@ -63,23 +42,23 @@ def test_sigkill_then_resume_gives_the_same_bytes(data, tmp_path, kill_after, cl
 def test_a_finished_work_dir_is_reused_whole_and_stale_parts_are_discarded(data, tmp_path, cli):
     root, bundle, path = data
     work = tmp_path / "work"
-    rc, _, err, _ = cli("select", path, "-o", tmp_path / "a.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "a.jsonl", "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 0 and "reused" not in err, err
-    rc, _, err, _ = cli("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "b.jsonl", "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 0 and "reused 120 finished chunk(s)" in err, err
     assert (tmp_path / "b.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
 
     # one damaged chunk is computed again
     chunk = work / "chunks" / "000007.npz"
     chunk.write_bytes(chunk.read_bytes()[:100])
-    rc, _, err, _ = cli("select", path, "-o", tmp_path / "c.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "c.jsonl", "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 0 and f"work dir {work}: chunk 7 unreadable" in err and "reused 119 finished" in err, err
     assert (tmp_path / "c.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
 
     # another input: every chunk is discarded, and the message says why
     changed = tmp_path / "data.jsonl"
     changed.write_text(path.read_text().replace('"id": 3}', '"id": 3, "x": 1}'))
-    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "d.jsonl", "-b", bundle, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "d.jsonl", "-b", bundle, *data.args, "--work-dir", work)
     assert rc == 0 and "reused" not in err, err
     line = next(x for x in err.splitlines() if "since the last run" in x)
     assert line.split("car-onnx: ", 1)[1].startswith(f"work dir {work}: the input changed (sha256 ")
@@ -87,9 +66,9 @@ def test_a_finished_work_dir_is_reused_whole_and_stale_parts_are_discarded(data,
 
     # another bundle (other weights) and another option
     other = tiny.make_bundle(tmp_path / "other", seed=1)
-    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "e.jsonl", "-b", other, *ARGS, "--work-dir", work)
+    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "e.jsonl", "-b", other, *data.args, "--work-dir", work)
     assert rc == 0 and "the bundle changed (sha256 " in err, err
-    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "f.jsonl", "-b", other, *ARGS, "--work-dir", work,
+    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "f.jsonl", "-b", other, *data.args, "--work-dir", work,
                         "--max-tokens", "64")
     assert rc == 0 and "option max_tokens changed (2048 -> 64)" in err, err
 
@@ -123,7 +102,7 @@ def test_int8_output_does_not_depend_on_batch_size(data, tmp_path, cli, rows_of)
     bundle = tiny.make_bundle(tmp_path / "int8", precisions=("int8",))
     outs = []
     for i, options in enumerate([(), ("--max-tokens", "100000"), ("--threads", "1")]):
-        rc, _, err, _ = cli("select", path, "-o", tmp_path / f"{i}.jsonl", "-b", bundle, *ARGS, "-q", *options)
+        rc, _, err, _ = cli("select", path, "-o", tmp_path / f"{i}.jsonl", "-b", bundle, *data.args, "-q", *options)
         assert rc == 0, err
         outs.append(tmp_path / f"{i}.jsonl")
     assert outs[1].read_bytes() == outs[0].read_bytes()
@@ -133,7 +112,7 @@ def test_int8_output_does_not_depend_on_batch_size(data, tmp_path, cli, rows_of)
 
 def test_same_bytes_across_runs(data, tmp_path, cli):
     root, bundle, path = data
-    rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, *ARGS, "-q")
+    rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, *data.args, "-q")
     assert rc == 0, err
     assert (tmp_path / "o.jsonl").read_bytes() == (root / "plain.jsonl").read_bytes()
 
@@ -153,8 +132,8 @@ BAD_LINES = ['{"instruction": "explain water", "output": 3}', "not json", "",
              '{"instruction": "a", "output": "b", "score": 0.5}']
 
 
-def with_bad_lines(tmp_path):
-    good = [json.dumps(r) for r in records(30)]
+def with_bad_lines(tmp_path, data):
+    good = [json.dumps(r) for r in data.records(30)]
     lines = good[:5] + BAD_LINES[:2] + good[5:20] + BAD_LINES[2:] + good[20:]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -163,7 +142,7 @@ def with_bad_lines(tmp_path):
 
 def test_default_fails_fast_with_no_output(data, tmp_path, cli):
     _, bundle, _ = data
-    path, _ = with_bad_lines(tmp_path)
+    path, _ = with_bad_lines(tmp_path, data)
     rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle)
     assert rc == 1 and err.splitlines()[-1] == f"car-onnx: error: {path}: line 6: field 'output': expected a string, got number"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.jsonl"]
@@ -171,7 +150,7 @@ def test_default_fails_fast_with_no_output(data, tmp_path, cli):
 
 def test_skip_writes_rejects_and_counts_them(data, tmp_path, cli, rows_of, expected_selection):
     _, bundle, _ = data
-    path, good = with_bad_lines(tmp_path)
+    path, good = with_bad_lines(tmp_path, data)
     rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "3", "--on-error", "skip")
     assert rc == 0, err
     rejects = tmp_path / "o.jsonl.rejects.jsonl"
@@ -203,7 +182,7 @@ def test_skip_with_nothing_left_fails_and_writes_nothing(data, tmp_path, cli):
 
 def test_skip_refuses_an_existing_rejects_file(data, tmp_path, cli):
     _, bundle, _ = data
-    path, _ = with_bad_lines(tmp_path)
+    path, _ = with_bad_lines(tmp_path, data)
     (tmp_path / "r.jsonl").write_text("old")
     rc, _, err, _ = cli("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip",
                         "--rejects", tmp_path / "r.jsonl")
@@ -219,13 +198,13 @@ def test_input_changed_during_the_job_is_refused(data, tmp_path, monkeypatch):
 
     _, bundle, _ = data
     path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records(50)))
+    path.write_text("".join(json.dumps(r) + "\n" for r in data.records(50)))
     real_scan = pipeline.scan
 
     def scan_then_edit(*args, **kw):
         found = real_scan(*args, **kw)
         with open(path, "a") as f:
-            f.write(json.dumps(records(1)[0]) + "\n")
+            f.write(json.dumps(data.records(1)[0]) + "\n")
         return found
 
     monkeypatch.setattr(pipeline, "scan", scan_then_edit)
