@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from .common import car_onnx, records_file, timed_process
+from .common import RESULTS, car_onnx, machine, records_file, timed_process
 from .end_to_end import stages
 from .scaling import lookup_bundle
 
@@ -88,15 +89,20 @@ def scaling(work: Path, n: int) -> dict:
 
 
 def run(work: Path, quick: bool) -> dict:
-    parts = set((os.environ.get("RAY_BENCH") or "overhead,memory,scaling").split(","))
-    result: dict = {}
-    if "overhead" in parts:
-        result["overhead"] = overhead(work, 1000 if quick else 20_000)
-    if "memory" in parts:
-        result["driver_memory_sample_mode"] = memory(work, [20_000, 50_000] if quick else [200_000, 500_000,
-                                                                                          1_000_000])
-    if "scaling" in parts:
-        result["scaling"] = scaling(work, 500 if quick else 4_000)
+    """The parts named in RAY_BENCH (default all); the figures of parts not run are kept from results/ray.json,
+    each part with the command that made it."""
+    parts = (os.environ.get("RAY_BENCH") or "overhead,memory,scaling").split(",")
+    saved = RESULTS / "ray.json"
+    result = {k: v for k, v in (json.loads(saved.read_text()) if saved.is_file() else {}).items()
+              if k in ("overhead", "driver_memory_sample_mode", "scaling")}
+    jobs = {"overhead": ("overhead", lambda: overhead(work, 1000 if quick else 20_000)),
+            "memory": ("driver_memory_sample_mode",
+                       lambda: memory(work, [20_000, 50_000] if quick else [200_000, 500_000, 1_000_000])),
+            "scaling": ("scaling", lambda: scaling(work, 500 if quick else 4_000))}
+    for part in parts:
+        key, job = jobs[part]
+        result[key] = {**job(), "command": f"RAY_BENCH={part} python -m benchmarks --only ray"
+                                           + (" --quick" if quick else ""), "cpu": machine()["cpu"]}
     result["note"] = ("overhead: default bundle, int8, whole processes (Ray's start-up included); memory: the "
                       "driver's own peak RSS (ru_maxrss) with the cluster started apart from it; scaling: "
                       "default bundle, 500-record chunks, a test cluster of one-CPU nodes on one 2-core host")
