@@ -6,15 +6,18 @@ compared with the PyTorch model on real texts; fp32 must match, reduced precisio
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import external_data_helper
 
 from car_onnx import CarError
 from car_onnx.manifest import ModelSpec, Variant, read_manifest, write_manifest
@@ -33,17 +36,51 @@ FP32_MIN_COSINE = 0.99999
 DEFAULT_GATES = {"spearman": 0.99, "mean_cosine": 0.995}
 
 
-def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Save, with external data beside the graph when the model is too large for one protobuf."""
+def data_bytes(tensor: onnx.TensorProto) -> int:
+    """Size of a tensor, also when its data is still in an external file (loaded with load_external_data=False)."""
+    if not external_data_helper.uses_external_data(tensor):
+        return tensor.ByteSize()
+    length = next((e.value for e in tensor.external_data if e.key == "length"), None)
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return int(length) if length is not None else int(np.prod(tensor.dims)) * itemsize
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, source: Path | None = None) -> None:
+    """Save, with external data beside the graph when the model is too large for one protobuf (the files
+    onnx.save_model writes, byte for byte). Tensors left in external files (onnx.load(..., load_external_data=False))
+    are read from the folder `source` one at a time as they are written, so that the weights are never all in memory."""
     path = Path(path)
     for old in (path, path.with_name(path.name + ".data")):
         old.unlink(missing_ok=True)
-    size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
+    tensors = list(external_data_helper._get_initializer_tensors(model))  # onnx's own order when it saves
+    if sum(data_bytes(t) for t in tensors) <= EXTERNAL_DATA_BYTES:
+        if source is not None:
+            external_data_helper.load_external_data_for_model(model, str(source))
         onnx.save_model(model, str(path))
+        return
+    for tensor in tensors:
+        if external_data_helper.uses_external_data(tensor):
+            external_data_helper.load_external_data_for_tensor(tensor, str(source))
+        if tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= 1024:  # onnx's size_threshold test
+            external_data_helper.set_external_data(tensor, path.name + ".data")
+            external_data_helper.save_external_data(tensor, str(path.parent))
+            tensor.ClearField("raw_data")
+    onnx.save_model(model, str(path))
+
+
+@contextlib.contextmanager
+def working_directory(folder: Path | None):
+    """Runs the block in `folder` (None: where it is): onnx reads a tensor left in its external file relative to the
+    working directory when a transformer fusion asks for its values."""
+    if folder is None:
+        yield
+        return
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def export_module(module, path: Path, example: dict, outputs: list[str]) -> None:
@@ -74,19 +111,27 @@ def in_process(big: bool, fn, *args):
 def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict:
     """onnxruntime's transformer fusions (attention, gelu, embedding layer norm, ...); returns the fused-op counts.
     Skip-layer-norm fusion is left out: its CPU kernel is 2.6-4.8x slower than Add + LayerNormalization (measured in
-    benchmarks/kernels.py); a CUDA session still fuses them at load time."""
+    benchmarks/kernels.py); a CUDA session still fuses them at load time. The weights stay in their external files
+    (if any): the fusions read the few they merge, the symbolic shape inference copies only the graph, and the
+    result is written tensor by tensor (the same bytes as with all weights loaded, at a fraction of the memory)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    model = onnx.load(str(src), load_external_data=False)
+    external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     options = FusionOptions("bert")
     options.enable_skip_layer_norm = False
-    opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
-                         optimization_options=options)
-    stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-    Path(dst).unlink(missing_ok=True)
-    Path(str(dst) + ".data").unlink(missing_ok=True)
-    big = sum(t.ByteSize() for t in opt.model.graph.initializer) > EXTERNAL_DATA_BYTES
-    opt.save_model_to_file(str(dst), use_external_data_format=big, all_tensors_to_one_file=True)  # adds opsets
+    with working_directory(src.parent if external else None):
+        opt = optimize_model(model, model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
+                             optimization_options=options)
+        del model
+        stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        opt.topological_sort()  # what opt.save_model_to_file does before saving, with the opset it adds
+        if any(n.domain == "com.microsoft" for n in opt.model.graph.node) and not any(
+                o.domain == "com.microsoft" for o in opt.model.opset_import):
+            opt.model.opset_import.add(domain="com.microsoft", version=1)
+        save_onnx(opt.model, dst, source=src.parent if external else None)
     return stats
 
 
