@@ -7,6 +7,7 @@ compared with the PyTorch model on real texts; fp32 must match, reduced precisio
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import os
@@ -45,15 +46,21 @@ def data_bytes(tensor: onnx.TensorProto) -> int:
     return int(length) if length is not None else int(np.prod(tensor.dims)) * itemsize
 
 
-def save_onnx(model: onnx.ModelProto, path: Path, source: Path | None = None) -> None:
-    """Save, with external data beside the graph when the model is too large for one protobuf (the files
-    onnx.save_model writes, byte for byte). Tensors left in external files (onnx.load(..., load_external_data=False))
-    are read from the folder `source` one at a time as they are written, so that the weights are never all in memory."""
+def save_onnx(model: onnx.ModelProto, path: Path, source: Path | None = None, *, external: bool | None = None,
+              attributes: bool = False) -> None:
+    """Save, with external data beside the graph when the model is too large for one protobuf (`external`: decided
+    by the caller), in the files onnx.save_model writes, byte for byte (`attributes`: its convert_attribute). Tensors
+    left in external files (onnx.load(..., load_external_data=False)) are read from the folder `source` one at a
+    time as they are written, so that the weights are never all in memory."""
     path = Path(path)
     for old in (path, path.with_name(path.name + ".data")):
         old.unlink(missing_ok=True)
-    tensors = list(external_data_helper._get_initializer_tensors(model))  # onnx's own order when it saves
-    if sum(data_bytes(t) for t in tensors) <= EXTERNAL_DATA_BYTES:
+    # onnx's own order when it saves
+    tensors = list((external_data_helper._get_all_tensors if attributes else
+                    external_data_helper._get_initializer_tensors)(model))
+    if external is None:
+        external = sum(data_bytes(t) for t in tensors) > EXTERNAL_DATA_BYTES
+    if not external:
         if source is not None:
             external_data_helper.load_external_data_for_model(model, str(source))
         onnx.save_model(model, str(path))
@@ -94,6 +101,16 @@ def export_module(module, path: Path, example: dict, outputs: list[str]) -> None
         torch.onnx.export(module.eval(), tuple(example[n] for n in names), str(path), input_names=names,
                           output_names=outputs, dynamic_axes=axes, opset_version=17, do_constant_folding=True,
                           dynamo=False)
+
+
+def return_freed_memory() -> None:
+    """Collect, then hand the free heap back to the system (glibc's malloc_trim): what PyTorch's export and the
+    reference run leave free would otherwise stay in this process while the ONNX steps run beside it."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def in_process(big: bool, fn, *args):
@@ -155,21 +172,56 @@ def word_embedding_bytes(path: Path) -> int:
     return max((4 * int(np.prod(d)) for d in tables if d), default=0)
 
 
+@contextlib.contextmanager
+def shapes_without_weights():
+    """In the block, onnxruntime's dynamic quantizer infers shapes from the graph alone: by default it writes the model
+    with all its weights to a temporary folder and loads it back (shapes inferred on the way), which holds every
+    weight in memory, twice, and cannot follow weights left in their files. Only the graph changes on that trip."""
+    from onnxruntime.quantization import onnx_quantizer
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    def infer(model: onnx.ModelProto) -> onnx.ModelProto:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        add_infer_metadata(inferred)
+        return inferred
+
+    real = onnx_quantizer.save_and_reload_model_with_shape_infer
+    onnx_quantizer.save_and_reload_model_with_shape_infer = infer
+    try:
+        yield
+    finally:
+        onnx_quantizer.save_and_reload_model_with_shape_infer = real
+
+
 def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, embeddings: bool = False) -> None:
     """Dynamic int8 of the MatMuls and the fused attention (QAttention), `exclude` kept fp32 (by default the FFN
     output projections: ffn_output_matmuls): uint8 activations, per-channel signed weights in 7 bits
     (reduce_range), so that AVX2's 16-bit pair sums never saturate and a CPU with VNNI and one without compute the
     same integers (on an AVX2-only CPU, quantising attention with full-range weights fell to Spearman 0.988 on the
     export's check texts). `embeddings`: the embedding tables too, one uint8 scale per table (Gather from a uint8
-    table then DequantizeLinear, or QEmbedLayerNormalization where the embedding layer was fused)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    table then DequantizeLinear, or QEmbedLayerNormalization where the embedding layer was fused).
+    quantize_dynamic's steps, with the weights left in their external files (if any), as in `optimize`: each is
+    read when it is quantised, the rest copied when written (the same bytes as quantize_dynamic writes)."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode, add_infer_metadata, update_opset_version
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     exclude = ffn_output_matmuls(src) if exclude is None else exclude
     ops = ["MatMul", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=ops, nodes_to_exclude=list(exclude),
-                     use_external_data_format=Path(str(src) + ".data").exists(),
-                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
+    external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+    add_infer_metadata(model)
+    model = update_opset_version(model, QuantType.QInt8)
+    with working_directory(src.parent if external else None), shapes_without_weights():
+        quantizer = ONNXQuantizer(model, True, True, QuantizationMode.IntegerOps, False, QuantType.QInt8,
+                                  QuantType.QUInt8, None, [], list(exclude), ops,
+                                  {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        del model
+        quantizer.quantize_model()
+        quantizer.model.topological_sort()  # what its save_model_to_file does first
+        save_onnx(quantizer.model.model, dst, source=src.parent if external else None,
+                  external=Path(str(src) + ".data").exists(), attributes=True)
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -265,7 +317,7 @@ def build_variants(
         del module
         if release is not None:
             release()
-        gc.collect()
+        return_freed_memory()
         big = sum(f.stat().st_size for f in raw.iterdir()) > EXTERNAL_DATA_BYTES
         fp32 = f"{spec.name}/model.fp32.onnx"
         fusions = in_process(big, optimize, raw / "model.onnx", root / fp32, num_heads, hidden_size)

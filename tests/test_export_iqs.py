@@ -472,10 +472,10 @@ def test_steps_in_child_processes_write_the_same_bundle(tmp_path, base, monkeypa
     assert one.files == many.files and one.models[0].variants == many.models[0].variants
 
 
-def test_fusion_leaves_the_weights_in_their_files(tmp_path, base, monkeypatch):
-    """A graph whose tensors are external files (torch's layout above 2 GB) is fused without loading them: the
-    tensors the fusions do not merge are copied one at a time as they are written, into the bytes onnxruntime's own
-    optimize_model + save_model_to_file write with every weight loaded."""
+def test_fusion_and_int8_leave_the_weights_in_their_files(tmp_path, base, monkeypatch):
+    """A graph whose tensors are external files (torch's layout above 2 GB) is fused and quantised without loading
+    them: the tensors a step does not change are copied one at a time as they are written, into the bytes
+    onnxruntime's own optimize_model + save_model_to_file and quantize_dynamic write with every weight loaded."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -508,6 +508,25 @@ def test_fusion_leaves_the_weights_in_their_files(tmp_path, base, monkeypatch):
     (tmp_path / "theirs").mkdir()
     theirs.save_model_to_file(str(tmp_path / "theirs" / "model.fp32.onnx"), use_external_data_format=True)
     for name in ("model.fp32.onnx", "model.fp32.onnx.data"):
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import onnx_quantizer
+
+    real_reload = onnx_quantizer.save_and_reload_model_with_shape_infer
+    loaded.clear()
+    onnx_tools.quantize_int8(tmp_path / "ours" / "model.fp32.onnx", tmp_path / "ours" / "model.int8.onnx",
+                             embeddings=True)
+    assert onnx_quantizer.save_and_reload_model_with_shape_infer is real_reload
+    assert "encoder.embeddings.word_embeddings.weight" not in loaded  # read by the quantiser, not into the graph
+    assert len(loaded) == len(set(loaded)) > 0
+    quantize_dynamic(str(tmp_path / "theirs" / "model.fp32.onnx"), str(tmp_path / "theirs" / "model.int8.onnx"),
+                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                     op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
+                     nodes_to_exclude=onnx_tools.ffn_output_matmuls(tmp_path / "theirs" / "model.fp32.onnx"),
+                     use_external_data_format=True,
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    for name in ("model.int8.onnx", "model.int8.onnx.data"):
         assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
 
 
