@@ -78,7 +78,7 @@ def save_onnx(model: onnx.ModelProto, path: Path, source: Path | None = None, *,
 @contextlib.contextmanager
 def working_directory(folder: Path | None):
     """Runs the block in `folder` (None: where it is): onnx reads a tensor left in its external file relative to the
-    working directory when a transformer fusion asks for its values."""
+    working directory when onnxruntime's fusions or quantiser ask for its values."""
     if folder is None:
         yield
         return
