@@ -106,18 +106,25 @@ def tree_rss_mb(root: int) -> float:
 
 
 class TreePeak:
-    """Samples tree_rss_mb of this process every 0.2 s in a thread; `peak` is the largest sum seen."""
+    """Samples tree_rss_mb of this process every 0.2 s in a thread; `peak` is the largest sum seen, `stage` the
+    largest since the last `next_stage()`."""
 
     def __init__(self):
         import threading
 
-        self.peak = 0.0
+        self.peak = self.stage = 0.0
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self):
         while True:
-            self.peak = max(self.peak, tree_rss_mb(os.getpid()))
+            now = tree_rss_mb(os.getpid())
+            self.peak, self.stage = max(self.peak, now), max(self.stage, now)
             time.sleep(0.2)
+
+    def next_stage(self) -> float:
+        """The stage's peak, and a new stage begins."""
+        stage, self.stage = self.stage, 0.0
+        return stage
 
 
 def rss_mb() -> tuple[float, float]:
@@ -135,7 +142,8 @@ def export(work: Path, events: Path) -> None:
         now, peak = rss_mb()
         with open(events, "a") as f:
             f.write(json.dumps({"t": round(time.perf_counter() - start, 1), "rss_mb": now, "peak_rss_mb": peak,
-                                "tree_peak_rss_mb": tree.peak, "message": message}) + "\n")
+                                "tree_peak_rss_mb": tree.peak, "stage_tree_peak_rss_mb": tree.next_stage(),
+                                "message": message}) + "\n")
         print(f"[{time.perf_counter() - start:7.1f}s rss {now:8.1f} MB peak {peak:8.1f} MB, with child processes "
               f"{tree.peak:8.1f} MB] {message}", flush=True)
 
@@ -167,7 +175,8 @@ def stages(events: list[dict]) -> dict:
     for e in events[1:]:
         label = next((v for k, v in names if k in e["message"]), e["message"][:60])
         out[label] = {"seconds": round(e["t"] - prev, 1), "peak_rss_mb_so_far": e["peak_rss_mb"],
-                      "with_child_processes_peak_mb_so_far": e.get("tree_peak_rss_mb")}
+                      "with_child_processes_peak_mb_so_far": e.get("tree_peak_rss_mb"),
+                      "with_child_processes_peak_mb_in_stage": e.get("stage_tree_peak_rss_mb")}
         prev = e["t"]
     return out
 

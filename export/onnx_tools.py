@@ -6,15 +6,19 @@ compared with the PyTorch model on real texts; fp32 must match, reduced precisio
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import gc
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import external_data_helper
 
 from car_onnx import CarError
 from car_onnx.manifest import ModelSpec, Variant, read_manifest, write_manifest
@@ -33,17 +37,57 @@ FP32_MIN_COSINE = 0.99999
 DEFAULT_GATES = {"spearman": 0.99, "mean_cosine": 0.995}
 
 
-def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Save, with external data beside the graph when the model is too large for one protobuf."""
+def data_bytes(tensor: onnx.TensorProto) -> int:
+    """Size of a tensor, also when its data is still in an external file (loaded with load_external_data=False)."""
+    if not external_data_helper.uses_external_data(tensor):
+        return tensor.ByteSize()
+    length = next((e.value for e in tensor.external_data if e.key == "length"), None)
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return int(length) if length is not None else int(np.prod(tensor.dims)) * itemsize
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, source: Path | None = None, *, external: bool | None = None,
+              attributes: bool = False) -> None:
+    """Save, with external data beside the graph when the model is too large for one protobuf (`external`: decided
+    by the caller), in the files onnx.save_model writes, byte for byte (`attributes`: its convert_attribute). Tensors
+    left in external files (onnx.load(..., load_external_data=False)) are read from the folder `source` one at a
+    time as they are written, so that the weights are never all in memory."""
     path = Path(path)
     for old in (path, path.with_name(path.name + ".data")):
         old.unlink(missing_ok=True)
-    size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
+    # onnx's own order when it saves
+    tensors = list((external_data_helper._get_all_tensors if attributes else
+                    external_data_helper._get_initializer_tensors)(model))
+    if external is None:
+        external = sum(data_bytes(t) for t in tensors) > EXTERNAL_DATA_BYTES
+    if not external:
+        if source is not None:
+            external_data_helper.load_external_data_for_model(model, str(source))
         onnx.save_model(model, str(path))
+        return
+    for tensor in tensors:
+        if external_data_helper.uses_external_data(tensor):
+            external_data_helper.load_external_data_for_tensor(tensor, str(source))
+        if tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= 1024:  # onnx's size_threshold test
+            external_data_helper.set_external_data(tensor, path.name + ".data")
+            external_data_helper.save_external_data(tensor, str(path.parent))
+            tensor.ClearField("raw_data")
+    onnx.save_model(model, str(path))
+
+
+@contextlib.contextmanager
+def working_directory(folder: Path | None):
+    """Runs the block in `folder` (None: where it is): onnx reads a tensor left in its external file relative to the
+    working directory when onnxruntime's fusions or quantiser ask for its values."""
+    if folder is None:
+        yield
+        return
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def export_module(module, path: Path, example: dict, outputs: list[str]) -> None:
@@ -57,6 +101,16 @@ def export_module(module, path: Path, example: dict, outputs: list[str]) -> None
         torch.onnx.export(module.eval(), tuple(example[n] for n in names), str(path), input_names=names,
                           output_names=outputs, dynamic_axes=axes, opset_version=17, do_constant_folding=True,
                           dynamo=False)
+
+
+def return_freed_memory() -> None:
+    """Collect, then hand the free heap back to the system (glibc's malloc_trim): what PyTorch's export and the
+    reference run leave free would otherwise stay in this process while the ONNX steps run beside it."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def in_process(big: bool, fn, *args):
@@ -74,19 +128,27 @@ def in_process(big: bool, fn, *args):
 def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict:
     """onnxruntime's transformer fusions (attention, gelu, embedding layer norm, ...); returns the fused-op counts.
     Skip-layer-norm fusion is left out: its CPU kernel is 2.6-4.8x slower than Add + LayerNormalization (measured in
-    benchmarks/kernels.py); a CUDA session still fuses them at load time."""
+    benchmarks/kernels.py); a CUDA session still fuses them at load time. The weights stay in their external files
+    (if any): the fusions read the few they merge, the symbolic shape inference copies only the graph, and the
+    result is written tensor by tensor (the same bytes as with all weights loaded, at a fraction of the memory)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    model = onnx.load(str(src), load_external_data=False)
+    external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     options = FusionOptions("bert")
     options.enable_skip_layer_norm = False
-    opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
-                         optimization_options=options)
-    stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-    Path(dst).unlink(missing_ok=True)
-    Path(str(dst) + ".data").unlink(missing_ok=True)
-    big = sum(t.ByteSize() for t in opt.model.graph.initializer) > EXTERNAL_DATA_BYTES
-    opt.save_model_to_file(str(dst), use_external_data_format=big, all_tensors_to_one_file=True)  # adds opsets
+    with working_directory(src.parent if external else None):
+        opt = optimize_model(model, model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
+                             optimization_options=options)
+        del model
+        stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        opt.topological_sort()  # what opt.save_model_to_file does before saving, with the opset it adds
+        if any(n.domain == "com.microsoft" for n in opt.model.graph.node) and not any(
+                o.domain == "com.microsoft" for o in opt.model.opset_import):
+            opt.model.opset_import.add(domain="com.microsoft", version=1)
+        save_onnx(opt.model, dst, source=src.parent if external else None)
     return stats
 
 
@@ -110,21 +172,56 @@ def word_embedding_bytes(path: Path) -> int:
     return max((4 * int(np.prod(d)) for d in tables if d), default=0)
 
 
+@contextlib.contextmanager
+def shapes_without_weights():
+    """In the block, onnxruntime's dynamic quantizer infers shapes from the graph alone: by default it writes the model
+    with all its weights to a temporary folder and loads it back (shapes inferred on the way), which holds every
+    weight in memory, twice, and cannot follow weights left in their files. Only the graph changes on that trip."""
+    from onnxruntime.quantization import onnx_quantizer
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    def infer(model: onnx.ModelProto) -> onnx.ModelProto:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        add_infer_metadata(inferred)
+        return inferred
+
+    real = onnx_quantizer.save_and_reload_model_with_shape_infer
+    onnx_quantizer.save_and_reload_model_with_shape_infer = infer
+    try:
+        yield
+    finally:
+        onnx_quantizer.save_and_reload_model_with_shape_infer = real
+
+
 def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, embeddings: bool = False) -> None:
     """Dynamic int8 of the MatMuls and the fused attention (QAttention), `exclude` kept fp32 (by default the FFN
     output projections: ffn_output_matmuls): uint8 activations, per-channel signed weights in 7 bits
     (reduce_range), so that AVX2's 16-bit pair sums never saturate and a CPU with VNNI and one without compute the
     same integers (on an AVX2-only CPU, quantising attention with full-range weights fell to Spearman 0.988 on the
     export's check texts). `embeddings`: the embedding tables too, one uint8 scale per table (Gather from a uint8
-    table then DequantizeLinear, or QEmbedLayerNormalization where the embedding layer was fused)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    table then DequantizeLinear, or QEmbedLayerNormalization where the embedding layer was fused).
+    quantize_dynamic's steps, with the weights left in their external files (if any), as in `optimize`: each is
+    read when it is quantised, the rest copied when written (the same bytes as quantize_dynamic writes)."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode, add_infer_metadata, update_opset_version
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     exclude = ffn_output_matmuls(src) if exclude is None else exclude
     ops = ["MatMul", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=ops, nodes_to_exclude=list(exclude),
-                     use_external_data_format=Path(str(src) + ".data").exists(),
-                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
+    external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+    add_infer_metadata(model)
+    model = update_opset_version(model, QuantType.QInt8)
+    with working_directory(src.parent if external else None), shapes_without_weights():
+        quantizer = ONNXQuantizer(model, True, True, QuantizationMode.IntegerOps, False, QuantType.QInt8,
+                                  QuantType.QUInt8, None, [], list(exclude), ops,
+                                  {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        del model
+        quantizer.quantize_model()
+        quantizer.model.topological_sort()  # what its save_model_to_file does first
+        save_onnx(quantizer.model.model, dst, source=src.parent if external else None,
+                  external=Path(str(src) + ".data").exists(), attributes=True)
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -220,7 +317,7 @@ def build_variants(
         del module
         if release is not None:
             release()
-        gc.collect()
+        return_freed_memory()
         big = sum(f.stat().st_size for f in raw.iterdir()) > EXTERNAL_DATA_BYTES
         fp32 = f"{spec.name}/model.fp32.onnx"
         fusions = in_process(big, optimize, raw / "model.onnx", root / fp32, num_heads, hidden_size)

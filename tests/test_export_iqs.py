@@ -472,6 +472,64 @@ def test_steps_in_child_processes_write_the_same_bundle(tmp_path, base, monkeypa
     assert one.files == many.files and one.models[0].variants == many.models[0].variants
 
 
+def test_fusion_and_int8_leave_the_weights_in_their_files(tmp_path, base, monkeypatch):
+    """A graph whose tensors are external files (torch's layout above 2 GB) is fused and quantised without loading
+    them: the tensors a step does not change are copied one at a time as they are written, into the bytes
+    onnxruntime's own optimize_model + save_model_to_file and quantize_dynamic write with every weight loaded."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from car_onnx_export import onnx_tools
+    from car_onnx_export.iqs import load_scorer
+
+    model, _, config = load_scorer(make_run(tmp_path, base, seed=9), base)
+    example = {n: torch.full((2, 8), 5, dtype=torch.int64) for n in ("input_ids", "attention_mask")}
+    (tmp_path / "raw").mkdir()
+    onnx_tools.export_module(model, tmp_path / "raw" / "model.onnx", example, ["score"])
+    (tmp_path / "split").mkdir()
+    onnx.save_model(onnx.load(str(tmp_path / "raw" / "model.onnx")), str(tmp_path / "split" / "model.onnx"),
+                    save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=1024)
+    assert len(list((tmp_path / "split").iterdir())) > 10
+    monkeypatch.setattr(onnx_tools, "EXTERNAL_DATA_BYTES", 0)
+    loaded = []
+    real_load = onnx_tools.external_data_helper.load_external_data_for_tensor
+    monkeypatch.setattr(onnx_tools.external_data_helper, "load_external_data_for_tensor",
+                        lambda t, d: loaded.append(t.name) or real_load(t, d))
+    (tmp_path / "ours").mkdir()
+    stats = onnx_tools.optimize(tmp_path / "split" / "model.onnx", tmp_path / "ours" / "model.fp32.onnx",
+                                HEADS, HIDDEN)
+    assert stats["Attention"] == LAYERS and len(loaded) == len(set(loaded))  # each read once, when written
+    assert "encoder.embeddings.word_embeddings.weight" in loaded
+
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
+    theirs = optimize_model(str(tmp_path / "raw" / "model.onnx"), model_type="bert", num_heads=HEADS,
+                            hidden_size=HIDDEN, opt_level=0, optimization_options=options)
+    (tmp_path / "theirs").mkdir()
+    theirs.save_model_to_file(str(tmp_path / "theirs" / "model.fp32.onnx"), use_external_data_format=True)
+    for name in ("model.fp32.onnx", "model.fp32.onnx.data"):
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import onnx_quantizer
+
+    real_reload = onnx_quantizer.save_and_reload_model_with_shape_infer
+    loaded.clear()
+    onnx_tools.quantize_int8(tmp_path / "ours" / "model.fp32.onnx", tmp_path / "ours" / "model.int8.onnx",
+                             embeddings=True)
+    assert onnx_quantizer.save_and_reload_model_with_shape_infer is real_reload
+    assert "encoder.embeddings.word_embeddings.weight" not in loaded  # read by the quantiser, not into the graph
+    assert len(loaded) == len(set(loaded)) > 0
+    quantize_dynamic(str(tmp_path / "theirs" / "model.fp32.onnx"), str(tmp_path / "theirs" / "model.int8.onnx"),
+                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                     op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
+                     nodes_to_exclude=onnx_tools.ffn_output_matmuls(tmp_path / "theirs" / "model.fp32.onnx"),
+                     use_external_data_format=True,
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    for name in ("model.int8.onnx", "model.int8.onnx.data"):
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
+
+
 def test_embedding_tables_int8_where_the_gate_allows(tmp_path, base, monkeypatch):
     """Above EMBEDDING_INT8_BYTES the embedding tables are quantised too (uint8 word table in the graph, recorded
     in the manifest); when that misses the gate, int8 is tried again with them fp32 before being refused."""
