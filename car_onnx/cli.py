@@ -21,7 +21,7 @@ import typer
 from . import __version__, pipeline
 from .bundle import find_bundle
 from .errors import CarError, UsageError
-from .model import CHUNK_RECORDS, Model
+from .model import CHUNK_RECORDS, RAY_CHUNK_RECORDS, Model
 from .readers import FORMATS
 from .selection import N1, N2
 from .clustering import CLUSTER_MODES, EXACT_LIMIT, PCA_VARIANCE, SAMPLE_SIZE, SEED
@@ -286,7 +286,8 @@ def select(
     device: Device = DeviceName.auto, threads: Threads = None, precision: Precision = None, format: InFormat = None,
     output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
     force: Force = False, quiet: Quiet = False, work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail,
-    rejects: Rejects = None, chunk_records: ChunkRecords = CHUNK_RECORDS,
+    rejects: Rejects = None,
+    chunk_records: Annotated[Optional[int], typer.Option("--chunk-records", help=f"Records per inference chunk (the unit --work-dir keeps, and the unit of work of a Ray actor) [default: {CHUNK_RECORDS}; with --ray, {RAY_CHUNK_RECORDS}, so that actors finish together].", show_default=False)] = None,
     dedup: Annotated[str, typer.Option(help="Duplicates dropped before ranking: none (the paper's behaviour); exact: later copies of the same text (whitespace-normalised); near:T: exact, and within each cluster records whose embedding cosine to a higher-scored kept record is >= T. Dropped rows go to the rejects file.")] = "exact",
     score_field: ScoreField = pipeline.SCORE_FIELD,
     cluster_field: Annotated[str, typer.Option(help="Name of the field the output adds for the cluster id.")] = pipeline.CLUSTER_FIELD,
@@ -298,6 +299,7 @@ def select(
 ):
     """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster. Each selected
     record is written with its score, cluster, rank (by score, 1 = best) and reason (top or cluster)."""
+    chunk_records = chunk_records or (RAY_CHUNK_RECORDS if ray else CHUNK_RECORDS)
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, None if ray else threads, precision, field, max_tokens)
     options = dict(n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed, dedup=dedup, write_all=all,

@@ -24,6 +24,7 @@ from .tokenization import DEFAULT_MAX_TOKENS
 
 CHUNK_RECORDS = 4096  # records run together: the unit a file job keeps in its work dir
 CHUNK_CHARS = 32 << 20  # and at most this many characters of text per chunk, whatever the records' sizes
+RAY_CHUNK_RECORDS = 512  # under Ray a chunk is an actor's unit of work: small, so that the actors finish together
 
 
 def chunks(records: Iterable[Record], size: int = CHUNK_RECORDS) -> Iterator[list[Record]]:

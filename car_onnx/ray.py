@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import socket
+import warnings
 from itertools import islice
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from . import pipeline
 from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .coverage import Coverage, coverage_warning
 from .errors import BundleError, CarError, UsageError
 from .manifest import sha256_file
 from .model import Model, duplicates, text_key
@@ -107,7 +109,14 @@ class _Chunks:
     def __call__(self, batch: dict) -> dict:
         c, shard, start, size = (int(batch[key][0]) for key in ("chunk", "shard", "start", "size"))
         records = pipeline.shard_records(self.job, self.model, self.stamps[shard], self.added, shard)
+        before = {m.spec.name: (m.coverage.unknown, m.coverage.tokens) for m in self.model._bundle.loaded()}
         out = self.model.run(list(islice(records, start, start + size)), self.roles)
+        for m in self.model._bundle.loaded():  # the chunk's unknown-token counts, in its first row (coverage.py)
+            unknown, tokens = before.get(m.spec.name, (0, 0))
+            for key, value in ((f"unknown:{m.spec.name}", m.coverage.unknown - unknown),
+                               (f"tokens:{m.spec.name}", m.coverage.tokens - tokens)):
+                out[key] = np.zeros(size, dtype=np.int64)
+                out[key][0] = value
         return {"chunk": np.full(size, c, dtype=np.int64), **out}
 
 
@@ -160,9 +169,16 @@ class RayEngine:
                                    "manifest": sha256_file(model.bundle / "manifest.json")})  # Ray Data restarts a dead actor and retries its tasks
         sizes = {c: m for c, _, _, m in pending}
         parts: dict[int, list] = {}
+        coverage: dict[str, Coverage] = {}
         with stages.stage("+".join(roles), total=sum(sizes.values())) as advance:
             try:
                 for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+                    for key in batch:
+                        if key.startswith("unknown:"):
+                            name = key.split(":", 1)[1]
+                            counts = coverage.setdefault(name, Coverage())
+                            counts.unknown += int(batch[key].sum())
+                            counts.tokens += int(batch[f"tokens:{name}"].sum())
                     for c in np.unique(batch["chunk"]):
                         rows = batch["chunk"] == c
                         parts.setdefault(int(c), []).append({r: batch[r][rows] for r in roles})
@@ -178,6 +194,10 @@ class RayEngine:
                 raise cause from None
         if parts:
             raise UsageError(f"Ray returned chunk(s) {sorted(parts)} incomplete")
+        for name, counts in coverage.items():  # as Model.warn_unreadable says it of a local job
+            message = coverage_warning(name, counts)
+            if message:
+                warnings.warn(message, stacklevel=2)
 
 
 def _scan_shard(job, shard, model, added, skip, dedup):
