@@ -232,6 +232,12 @@ def rows() -> list[tuple[str, str, str]]:
             out.append((f"Ray scaling, {r['records']:,} records, default bundle: test cluster of 1 / 2 one-CPU nodes",
                         f"{r['1_node']['seconds']:.0f} s / {r['2_node']['seconds']:.0f} s ({r['speedup']}x); "
                         f"{_cpu(d)}", ""))
+    if d := _load("select_52k"):
+        r = d["select"]
+        st = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())
+        out.append((f"select --n1 2%, {d['records']:,} records (the shared corpora repeated), default bundle, "
+                    f"{d['threads']} threads", f"{r['seconds']:.0f} s [{st}], {r['peak_rss_mb']:.0f} MB peak; "
+                    f"{_cpu(d)}", _met(r["seconds"], 300, higher=False) + " s"))
     if d := _load("resume"):
         out.append((f"resume: select on {d['records']} records killed after {d['chunks_finished_when_killed']} of "
                     f"{d['chunks']} chunks, then resumed", f"{d['killed_after_s']} s + {d['resumed_s']} s vs "
