@@ -1,10 +1,12 @@
-"""The file jobs behind the CLI, on the Python API's Model. Each reads its input in passes, so memory does not grow
-with the dataset:
+"""The file jobs behind the CLI, on the Python API's Model. The input is one file or several (a directory or a glob:
+its shards, read in order as one dataset). Each job reads it in passes, so memory does not grow with the dataset:
 1. check: every option, the output's format, directory and optional dependency, before any record is read;
-2. scan: validate every record (rejecting or failing), count them, note the columns and exact duplicates;
+2. scan: validate every record (rejecting or failing), count them, note the columns and exact duplicates, and
+   plan the inference chunks (never spanning two files);
 3. infer: score/embed chunk by chunk, each finished chunk kept in the work directory (resumable);
-4. cluster + select on the scores and the memory-mapped embeddings;
-5. write: read the input again and write the output rows (and the rejects file)."""
+4. cluster + select on the scores and the embeddings (memory-mapped, or read chunk by chunk with --cluster sample);
+5. write: read the input again and write the output rows (and the rejects file).
+Steps 2 and 3 run in this process (`Local`) or on a Ray cluster (car_onnx.ray.RayEngine), with the same result."""
 
 from __future__ import annotations
 
