@@ -99,8 +99,7 @@ class Clusterer:
             if rows is None:
                 labels[first:first + len(block)] = predicted
             else:
-                inside = rows[np.searchsorted(rows, first):np.searchsorted(rows, first + len(block))]
-                parts.append(predicted[inside - first])
+                parts.append(predicted[rows_in(rows, first, first + len(block)) - first])
         log(f"assigned {n:,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
         return labels if rows is None else np.concatenate(parts)
 
@@ -151,6 +150,11 @@ class Clusterer:
             log(f"KMeans k={self.k_} on {len(x):,} rows: run {i}/{N_INIT} of its initialisations, "
                 f"{i / spent:.2f} runs/s, ETA {spent / i * (N_INIT - i):.0f}s")
         return best
+
+
+def rows_in(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The row numbers of sorted `rows` in [start, stop): those a block starting at row `start` holds."""
+    return rows[np.searchsorted(rows, start):np.searchsorted(rows, stop)]
 
 
 def _blocks(embeddings):

@@ -6,7 +6,7 @@ its shards, read in order as one dataset). Each job reads it in passes, so memor
 3. infer: score/embed chunk by chunk, each finished chunk kept in the work directory (resumable);
 4. cluster + select on the scores and the embeddings (memory-mapped, or read chunk by chunk with --cluster sample);
 5. write: read the input again and write the output rows (and the rejects file).
-Steps 2 and 3 run in this process (`Local`) or on a Ray cluster (car_onnx.ray.RayEngine), with the same result."""
+Steps 2 and 3 run in this process, or on a Ray cluster (car_onnx.ray.RayEngine), with the same result."""
 
 from __future__ import annotations
 
@@ -277,18 +277,6 @@ def infer(job: Job, model: Model, roles: tuple[str, ...], scan_: Scan, added: tu
     model.warn_unreadable()
 
 
-class Local:
-    """Where a job's scan and inference run by default: in this process (see car_onnx.ray for a Ray cluster)."""
-
-    @staticmethod
-    def scan(*args, **kw) -> Scan:
-        return scan(*args, **kw)
-
-    @staticmethod
-    def infer(*args, **kw) -> None:
-        infer(*args, **kw)
-
-
 @contextmanager
 def work_dir(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, ...], stages: Stages):
     """The job's WorkDir: --work-dir (kept, for the job's identity) or a temporary one (deleted; nothing to
@@ -407,11 +395,11 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
         curation.check_path(report_path, job.force)
     roles = ("score", "embed")
     with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects:
-        found = (engine or Local).scan(job, model, added, rejects, stages, dedup=dedup.exact)
+        found = (engine.scan if engine else scan)(job, model, added, rejects, stages, dedup=dedup.exact)
         ranked = found.records - int((found.duplicate_of >= 0).sum()) if dedup.exact else found.records
         check_clustering(clusterer, ranked, dedup.near)
         with work_dir(job, model, roles, added, stages) as work:
-            (engine or Local).infer(job, model, roles, found, added, work, stages)
+            (engine.infer if engine else infer)(job, model, roles, found, added, work, stages)
             out = work.assemble(found.records, in_chunks=clusterer.sampled(ranked))
             with stages.stage("cluster+select"):
                 sel = car_select(out["score"], out["embed"], n1=size1, n2=size2, k=k, pca_variance=pca_variance,

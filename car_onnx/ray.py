@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import pipeline
-from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, rows_in
 from .coverage import Coverage, coverage_warning
 from .errors import BundleError, CarError, UsageError
 from .manifest import sha256_file
@@ -83,10 +83,10 @@ def _cause(err: BaseException) -> BaseException:
     return err
 
 
-def _actors(threads: int, units: int) -> int:
-    """Actors of `threads` CPUs that the cluster holds (at least one, at most one per unit of work)."""
+def _actors(threads: int, units: int | None = None) -> int:
+    """Actors of `threads` CPUs that the cluster holds (at least one; at most one per unit of work, if given)."""
     cpus = int(_ray().cluster_resources().get("CPU", 1))
-    return max(1, min(units, cpus // threads))
+    return max(1, min(units or cpus, cpus // threads))
 
 
 def _model_with(model: Model, threads: int) -> Model:
@@ -244,9 +244,8 @@ def score_embed(ds, *, bundle=None, device: str = "cpu", precision: str | None =
     ray = _ray()
     model = Model(bundle, device=device, precision=precision, threads=threads, fields=FieldMap.of(fields),
                   max_tokens=max_tokens)
-    size = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
     return ds.map_batches(_Rows, batch_format="numpy", batch_size=256, num_cpus=threads,
-                          compute=ray.data.ActorPoolStrategy(size=size),
+                          compute=ray.data.ActorPoolStrategy(size=actors or _actors(threads)),
                           fn_constructor_kwargs={"model": model, "keys": _keys})
 
 
@@ -298,8 +297,7 @@ class _SampledRows:
     def __getitem__(self, rows) -> np.ndarray:
         rows, out = np.asarray(rows), []
         for first, block in self.blocks():
-            inside = rows[np.searchsorted(rows, first):np.searchsorted(rows, first + len(block))]
-            out.append(block[inside - first])
+            out.append(block[rows_in(rows, first, first + len(block)) - first])
         return np.concatenate(out)
 
 

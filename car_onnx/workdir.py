@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from .clustering import rows_in
 from .errors import UsageError
 from .lock import NAME as LOCK
 from .writers import create_npy, naming, remove_stale_temps, replacing
@@ -183,6 +184,5 @@ class ChunkRows:
         rows = np.asarray(rows, dtype=np.int64)
         parts = []
         for c in np.unique(np.searchsorted(self.starts, rows, side="right") - 1):
-            inside = rows[np.searchsorted(rows, self.starts[c]):np.searchsorted(rows, self.starts[c + 1])]
-            parts.append(self._chunk(c)[inside - self.starts[c]])
+            parts.append(self._chunk(c)[rows_in(rows, self.starts[c], self.starts[c + 1]) - self.starts[c]])
         return np.concatenate(parts) if parts else np.zeros((0, self.shape[1]), dtype=np.float32)
