@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -72,7 +73,8 @@ class Clusterer:
         array, a memory map, or anything with `shape`, rows by sorted index and `blocks()`); sets `k_`,
         `n_components_`, `variance_kept_`, `minibatch_`, `sampled_` and `plane_`. In sample mode PCA and KMeans
         are fitted on a seeded uniform sample of `sample_size` rows and every row is then assigned, a block at a
-        time: memory is bounded by the sample, not by n."""
+        time (or by `embeddings.assign(pca, kmeans)`, if it has one: car_onnx.ray runs it on the cluster): memory
+        is bounded by the sample and the labels, not by n embeddings."""
         n = len(embeddings) if rows is None else len(rows)
         if len(getattr(embeddings, "shape", ())) != 2 or n == 0:
             raise UsageError(f"embeddings must be a non-empty 2-D array, got shape {getattr(embeddings, 'shape', None)}")
@@ -91,17 +93,9 @@ class Clusterer:
         plane_rows, xy = _plane(x, self.seed, pca_done=pca is not None)
         self.plane_ = picked[plane_rows], xy
         km, start = self._fit(x, n, log), time.perf_counter()
-        labels = np.empty(len(embeddings), dtype=np.int64) if rows is None else None
-        parts = []
-        for first, block in _blocks(embeddings):
-            block = np.asarray(block, dtype=np.float32)
-            predicted = km.predict(pca.transform(block) if pca is not None else block).astype(np.int64)
-            if rows is None:
-                labels[first:first + len(block)] = predicted
-            else:
-                parts.append(predicted[rows_in(rows, first, first + len(block)) - first])
-        log(f"assigned {n:,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
-        return labels if rows is None else np.concatenate(parts)
+        labels = (embeddings.assign if hasattr(embeddings, "assign") else partial(_assign_blocks, embeddings))(pca, km)
+        log(f"assigned {len(labels):,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
+        return labels if rows is None else labels[rows]
 
     def _pca(self, x: np.ndarray, log: Callable[[str], None]):
         """PCA keeping `pca_variance` of the variance, fitted on `x`: (the PCA or None, x reduced); sets
@@ -150,6 +144,20 @@ class Clusterer:
             log(f"KMeans k={self.k_} on {len(x):,} rows: run {i}/{N_INIT} of its initialisations, "
                 f"{i / spent:.2f} runs/s, ETA {spent / i * (N_INIT - i):.0f}s")
         return best
+
+
+def assign(block, pca, km) -> np.ndarray:
+    """The cluster ids (int64) of one block of embedding rows under a fitted PCA (or None) and KMeans."""
+    block = np.asarray(block, dtype=np.float32)
+    return km.predict(pca.transform(block) if pca is not None else block).astype(np.int64)
+
+
+def _assign_blocks(embeddings, pca, km) -> np.ndarray:
+    """The cluster id of every row of `embeddings`, assigned block by block in this process."""
+    labels = np.empty(len(embeddings), dtype=np.int64)
+    for first, block in _blocks(embeddings):
+        labels[first:first + len(block)] = assign(block, pca, km)
+    return labels
 
 
 def rows_in(rows: np.ndarray, start: int, stop: int) -> np.ndarray:

@@ -4,7 +4,8 @@ its shards, read in order as one dataset). Each job reads it in passes, so memor
 2. scan: validate every record (rejecting or failing), count them, note the columns and exact duplicates, and
    plan the inference chunks (never spanning two files);
 3. infer: score/embed chunk by chunk, each finished chunk kept in the work directory (resumable);
-4. cluster + select on the scores and the embeddings (memory-mapped, or read chunk by chunk with --cluster sample);
+4. cluster + select on the scores and the embeddings (memory-mapped, or read chunk by chunk with --cluster sample,
+   whose assignment of every row runs on the cluster under Ray);
 5. write: read the input again and write the output rows (and the rejects file).
 Steps 2 and 3 run in this process, or on a Ray cluster (car_onnx.ray.RayEngine), with the same result."""
 
@@ -401,11 +402,12 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
         with work_dir(job, model, roles, added, stages) as work:
             (engine.infer if engine else infer)(job, model, roles, found, added, work, stages)
             out = work.assemble(found.records, in_chunks=clusterer.sampled(ranked))
+            embeddings = engine.rows(out["embed"], stages) if engine else out["embed"]
             with stages.stage("cluster+select"):
-                sel = car_select(out["score"], out["embed"], n1=size1, n2=size2, k=k, pca_variance=pca_variance,
+                sel = car_select(out["score"], embeddings, n1=size1, n2=size2, k=k, pca_variance=pca_variance,
                                  seed=seed, near=dedup.near, duplicate_of=found.duplicate_of, cluster=cluster,
                                  sample_size=sample_size, log=stages.note)
-            del out
+            del out, embeddings
         page = None if report_path is None else curation.Run({}, {}, np.zeros(found.records, dtype=np.int64))
         report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page)
     report.rejects_path = rejects_path if rejects is not None and rejects.count else None

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import pipeline
-from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, rows_in
+from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, assign, rows_in
 from .coverage import Coverage, coverage_warning
 from .errors import BundleError, CarError, UsageError
 from .manifest import sha256_file
@@ -31,6 +31,7 @@ from .model import Model, duplicates, text_key
 from .records import FieldMap
 from .selection import N1, N2, Dedup, Size, car_select, check_clustering
 from .tokenization import DEFAULT_MAX_TOKENS
+from .workdir import ChunkRows
 
 ACTOR_THREADS = 1  # --threads under --ray: the CPUs of each actor (and the batches it runs side by side)
 
@@ -200,6 +201,13 @@ class RayEngine:
                 warnings.warn(message, stacklevel=2)
 
 
+    def rows(self, embeddings, stages):
+        """The embeddings car_select clusters: in sample mode (a work dir's ChunkRows) with every row assigned on
+        the cluster."""
+        return _ChunksOnCluster(embeddings, self.threads, stages.note) if isinstance(embeddings, ChunkRows) \
+            else embeddings
+
+
 def _scan_shard(job, shard, model, added, skip, dedup):
     """A Ray task: the scan of one input file, with its rejected records (err, row) when skipping."""
     bad = []
@@ -212,6 +220,88 @@ def select_job(job: pipeline.Job, model: Model, output: Path, *, address: str, t
     """`car-onnx select --ray ADDRESS`: pipeline.select with the scan and inference on the cluster."""
     _ray()  # without the extra: an error before any work
     return pipeline.select(job, model, output, engine=RayEngine(address, threads or ACTOR_THREADS), **options)
+
+
+# --- sample mode: every row assigned to a cluster by an actor pool ------------------------------------------
+
+class _Assign:
+    """An actor: the cluster of each row of `column` under the PCA and KMeans fitted on the driver's sample. Rows
+    of one work-dir chunk (a "chunk" column) are assigned together, as the local job assigns them."""
+
+    def __init__(self, pca, km, column: str):
+        self.pca, self.km, self.column = pca, km, column
+
+    def __call__(self, batch: dict) -> dict:
+        x, out = batch[self.column], {k: v for k, v in batch.items() if k != self.column}
+        if "chunk" not in batch:
+            return dict(out, label=assign(x, self.pca, self.km))
+        out["label"] = np.empty(len(x), dtype=np.int64)
+        for c in np.unique(batch["chunk"]):
+            rows = batch["chunk"] == c
+            out["label"][rows] = assign(x[rows], self.pca, self.km)
+        return out
+
+
+def _assigned(ds, column: str, pca, km, threads: int, batch_size: int | None = None):
+    """`ds` with a `label` column (and without `column`), computed by a pool of actors of `threads` CPUs."""
+    ray = _ray()
+    return ds.map_batches(_Assign, batch_format="numpy", batch_size=batch_size, num_cpus=threads,
+                          compute=ray.data.ActorPoolStrategy(size=_actors(threads)),
+                          fn_constructor_kwargs={"pca": pca, "km": km, "column": column})
+
+
+def _read_chunk(batch: dict) -> dict:
+    """A task on the driver's node: one work-dir chunk's embeddings and their row numbers."""
+    path, first, size = str(batch["path"][0]), int(batch["first"][0]), int(batch["size"][0])
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x = z["embed"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"work dir chunk {path}: unreadable ({err})") from None
+    if len(x) != size:
+        raise UsageError(f"work dir chunk {path}: {len(x)} rows, expected {size} (changed during the run?)")
+    return {"chunk": np.full(size, batch["chunk"][0]), "row": np.arange(first, first + size), "embed": x}
+
+
+class _ChunksOnCluster:
+    """A work dir's embeddings (workdir.ChunkRows) whose assignment to clusters runs on the Ray cluster: each chunk
+    file read by a task pinned to the driver's node (the work dir is the driver's: no shared filesystem needed),
+    its rows assigned by an actor pool through map_batches; only the labels come back."""
+
+    def __init__(self, rows: ChunkRows, threads: int, note):
+        self.rows, self.threads, self.note, self.shape = rows, threads, note, rows.shape
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.rows[rows]
+
+    def assign(self, pca, km) -> np.ndarray:
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        starts = self.rows.starts
+        items = [{"chunk": c, "path": str(self.rows.work._path(c)), "first": int(starts[c]),
+                  "size": int(starts[c + 1] - starts[c])} for c in range(len(starts) - 1)]
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.note(f"Ray: assigning {len(self):,} rows to clusters on {_actors(self.threads)} actor(s)")
+        chunks = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _read_chunk, batch_size=1, batch_format="numpy", num_cpus=0, scheduling_strategy=here)
+        labels, seen = np.empty(len(self), dtype=np.int64), 0
+        try:
+            for batch in _assigned(chunks, "embed", pca, km, self.threads).iter_batches(batch_size=None,
+                                                                                         batch_format="numpy"):
+                labels[batch["row"]] = batch["label"]
+                seen += len(batch["row"])
+        except Exception as err:  # noqa: BLE001 - a task's failure: its own error, if it is ours
+            cause = _cause(err)
+            if cause is err:
+                raise
+            raise cause from None
+        if seen != len(self):
+            raise UsageError(f"Ray assigned {seen} of {len(self)} rows")
+        return labels
 
 
 # --- Python API over ray.data.Dataset -----------------------------------------------------------------------
@@ -273,17 +363,17 @@ def select(ds, *, bundle=None, n1=N1, n2=N2, k: int | None = None, pca_variance:
     exact = duplicates(got["text_key"].tobytes()) if dedup.exact else None
     ranked = n if exact is None else int((exact < 0).sum())
     check_clustering(clusterer, ranked, dedup.near)
-    embeddings = _SampledRows(scored, n) if sampled else got["embedding"]
+    embeddings = _SampledRows(scored, n, model_options.get("threads", ACTOR_THREADS)) if sampled else got["embedding"]
     return car_select(got["score"], embeddings, n1=size1, n2=size2, k=k, pca_variance=pca_variance, seed=seed,
                       near=dedup.near, duplicate_of=exact, cluster=cluster, sample_size=sample_size)
 
 
 class _SampledRows:
     """A materialised dataset's embeddings as clustering.Clusterer reads them in sample mode: the sample's rows
-    gathered by position, and every row assigned block by block (streamed, never all on the driver)."""
+    gathered by position, and every row assigned by an actor pool (only the labels come to the driver)."""
 
-    def __init__(self, ds, n: int):
-        self.ds, self.shape = ds.select_columns(["embedding"]), (n, None)
+    def __init__(self, ds, n: int, threads: int):
+        self.ds, self.shape, self.threads = ds.select_columns(["embedding"]), (n, None), threads
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -299,6 +389,11 @@ class _SampledRows:
         for first, block in self.blocks():
             out.append(block[rows_in(rows, first, first + len(block)) - first])
         return np.concatenate(out)
+
+    def assign(self, pca, km) -> np.ndarray:
+        """Every row's cluster, assigned by an actor pool (rows keep the dataset's order)."""
+        return np.concatenate([b["label"] for b in _assigned(self.ds, "embedding", pca, km, self.threads, BLOCK_ROWS)
+                               .iter_batches(batch_format="numpy", batch_size=None)])
 
 
 __all__ = ["connect", "score_embed", "select", "select_job"]

@@ -15,7 +15,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="needs the [ray] extra: pip install 'car-onnx[ray]'")
 psutil = pytest.importorskip("psutil", reason="needs psutil (the [dev] extra) to find Ray's worker processes")
 
-from car_onnx import Model  # noqa: E402
+from car_onnx import Model, clustering  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
@@ -80,6 +80,7 @@ def test_sample_mode_against_exact(real, cluster, cli, tmp_path, capsys):
         runs[name] = tmp_path / f"{name}.jsonl"
         code, _, err, _ = cli("select", root / "d.jsonl", "-o", runs[name], *args, *extra)
         assert code == 0, err
+    assert "Ray: assigning 2,000 rows to clusters on 2 actor(s)" in err  # not on the driver
     assert runs["sample-ray"].read_bytes() == runs["sample"].read_bytes()  # sample mode is deterministic too
     exact = [json.loads(line) for line in runs["exact"].read_text().splitlines()]
     sample = [json.loads(line) for line in runs["sample"].read_text().splitlines()]
@@ -174,7 +175,7 @@ def test_a_bad_record_in_shard_3_is_named_by_shard_and_line(real, cluster, cli, 
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_python_api_on_a_ray_dataset_equals_model_select(real, cluster):
+def test_python_api_on_a_ray_dataset_equals_model_select(real, cluster, monkeypatch):
     from car_onnx import ray as car_ray
 
     root, rows, bundle = real
@@ -189,4 +190,10 @@ def test_python_api_on_a_ray_dataset_equals_model_select(real, cluster):
     assert np.array_equal(np.stack([r["embedding"] for r in got]), vectors)
     sel = car_ray.select(ds, bundle=bundle, n1="2%")
     want = model.select(rows[:600], n1="2%")
+    assert np.array_equal(sel.indices, want.indices) and np.array_equal(sel.labels, want.labels)
+    monkeypatch.setattr(clustering, "_assign_blocks", None)  # sample mode: every row assigned on the cluster
+    sel = car_ray.select(ds, bundle=bundle, n1="2%", cluster="sample", sample_size=200)
+    monkeypatch.undo()
+    want = model.select(rows[:600], n1="2%", cluster="sample", sample_size=200)
+    assert sel.sampled and want.sampled
     assert np.array_equal(sel.indices, want.indices) and np.array_equal(sel.labels, want.labels)
