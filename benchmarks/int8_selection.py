@@ -112,7 +112,8 @@ def build_recipes(root: Path, spec, folder: Path, calibration: list[str]) -> dic
     build(f"FFN outputs smoothed (alpha {ALPHA}) and int8", lambda g: quantize_int8(smooth, g, []))
     build(f"FFN outputs smoothed (alpha {ALPHA}), static int8 MatMuls, attention fp32, batched",
           lambda g: quantize_static(smooth, g, feeds))
-    build("FFN outputs static int8 (no SmoothQuant), attention fp32, batched", lambda g: quantize_static(fp32, g, feeds))
+    build("FFN outputs static int8 (no SmoothQuant), attention fp32, batched",
+          lambda g: quantize_static(fp32, g, feeds))
     return {name: (graph, name.endswith("batched")) for name, graph in recipes.items()}
 
 
@@ -222,7 +223,7 @@ def run(work: Path, quick: bool) -> dict:
         r = timed_process([car_onnx(), "embed", data, "-o", work / "e.npy", "-b", bundle, "--precision", "int8",
                            "--threads", threads, "--force", "--quiet"])
         recipes[name]["embed_2000"] = {"seconds": r["seconds"], "speedup_vs_st": round(st["seconds"] / r["seconds"], 2)}
-    return {"records": len(texts), "score_valid_pairs": len(valid_texts) // 2, "calibration_texts": len(calibration),
+    return {"records": len(texts), "timed_records": TIMED, "score_valid_pairs": len(valid_texts) // 2, "calibration_texts": len(calibration),
             "threads": config.workers(), "embed_records": n, "sentence_transformers_embed": st,
             "load_average_at_end": round(os.getloadavg()[0], 2),
             "fp32": fp32, "recipes": recipes, "decision": decision}

@@ -93,7 +93,7 @@ class Clusterer:
         plane_rows, xy = _plane(x, self.seed, pca_done=pca is not None)
         self.plane_ = picked[plane_rows], xy
         km, start = self._fit(x, n, log), time.perf_counter()
-        labels = (embeddings.assign if hasattr(embeddings, "assign") else partial(_assign_blocks, embeddings))(pca, km)
+        labels = (getattr(embeddings, "assign", None) or partial(_assign_blocks, embeddings))(pca, km)
         log(f"assigned {len(labels):,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
         return labels if rows is None else labels[rows]
 

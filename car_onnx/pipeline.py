@@ -159,11 +159,16 @@ def _records(job: Job, shard: int, model: Model, added: tuple[str, ...], reject=
         reject(err, r.row)
 
 
+def check_unchanged(job: Job, shard: int, stamp: tuple) -> None:
+    """File `shard` still has the size and mtime `stamp` the scan saw."""
+    if _stamp(job.shards[shard]) != stamp:
+        raise InputError(job.shards[shard], None, "changed while the job was running; run it again")
+
+
 def shard_records(job: Job, model: Model, stamp: tuple, added: tuple[str, ...], shard: int) -> Iterator[Record]:
     """The accepted records of one file read again (bad ones dropped silently: the scan has reported them); the
     file must still have the size and mtime `stamp` the scan saw."""
-    if _stamp(job.shards[shard]) != stamp:
-        raise InputError(job.shards[shard], None, "changed while the job was running; run it again")
+    check_unchanged(job, shard, stamp)
     skip = (lambda err, raw: None) if job.on_error == "skip" else None
     yield from _records(job, shard, model, added, skip)
 

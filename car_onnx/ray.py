@@ -17,6 +17,8 @@ import logging
 import os
 import socket
 import warnings
+from collections import deque
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -84,6 +86,19 @@ def _cause(err: BaseException) -> BaseException:
     return err
 
 
+@contextmanager
+def _ours():
+    """A Ray task's or actor's failure raised as the CarError it carries (a located input error, a bundle
+    mismatch), else as it is."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - re-raised: our own error if it carries one, else itself
+        cause = _cause(err)
+        if cause is err:
+            raise
+        raise cause from None
+
+
 def _actors(threads: int, units: int | None = None) -> int:
     """Actors of `threads` CPUs that the cluster holds (at least one; at most one per unit of work, if given)."""
     cpus = int(_ray().cluster_resources().get("CPU", 1))
@@ -106,12 +121,26 @@ class _Chunks:
             raise BundleError(f"{model.bundle} on {socket.gethostname()}: its manifest.json differs from the "
                               "driver's bundle; every node needs the same bundle at the same path")
         model.precisions(roles)  # loads the models, checking the sha256 of their files, before the first batch
+        self.reader = None  # (file, next record, its open reader) after the last chunk
+
+    def _records(self, shard: int, start: int):
+        """The accepted records of file `shard` from its `start`-th on. The reader of this actor's last chunk goes
+        on when that chunk ended at or before `start` in the same file (chunks reach an actor in order, so each
+        actor reads a file about once), else the file is read again from its beginning."""
+        reader, self.reader = self.reader, None
+        if reader is None or reader[0] != shard or reader[1] > start:
+            reader = (shard, 0, pipeline.shard_records(self.job, self.model, self.stamps[shard], self.added, shard))
+        _, at, records = reader
+        pipeline.check_unchanged(self.job, shard, self.stamps[shard])
+        deque(islice(records, start - at), maxlen=0)
+        return records
 
     def __call__(self, batch: dict) -> dict:
         c, shard, start, size = (int(batch[key][0]) for key in ("chunk", "shard", "start", "size"))
-        records = pipeline.shard_records(self.job, self.model, self.stamps[shard], self.added, shard)
+        records = self._records(shard, start)
         before = {m.spec.name: (m.coverage.unknown, m.coverage.tokens) for m in self.model._bundle.loaded()}
-        out = self.model.run(list(islice(records, start, start + size)), self.roles)
+        out = self.model.run(list(islice(records, size)), self.roles)
+        self.reader = (shard, start + size, records)
         for m in self.model._bundle.loaded():  # the chunk's unknown-token counts, in its first row (coverage.py)
             unknown, tokens = before.get(m.spec.name, (0, 0))
             for key, value in ((f"unknown:{m.spec.name}", m.coverage.unknown - unknown),
@@ -139,10 +168,8 @@ class RayEngine:
             futures = [task.remote(job, shard, model, added, skip, dedup) for shard in range(len(job.shards))]
             parts = []
             for shard, future in enumerate(futures):
-                try:
+                with _ours():
                     part, bad = ray.get(future)
-                except Exception as err:  # noqa: BLE001 - a task's failure: its own error, if it is ours
-                    raise _cause(err) from None
                 for err, raw in bad:
                     rejects.write(pipeline.reject_row(job, shard, err, raw))
                 parts.append(part)
@@ -171,35 +198,28 @@ class RayEngine:
         sizes = {c: m for c, _, _, m in pending}
         parts: dict[int, list] = {}
         coverage: dict[str, Coverage] = {}
-        with stages.stage("+".join(roles), total=sum(sizes.values())) as advance:
-            try:
-                for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
-                    for key in batch:
-                        if key.startswith("unknown:"):
-                            name = key.split(":", 1)[1]
-                            counts = coverage.setdefault(name, Coverage())
-                            counts.unknown += int(batch[key].sum())
-                            counts.tokens += int(batch[f"tokens:{name}"].sum())
-                    for c in np.unique(batch["chunk"]):
-                        rows = batch["chunk"] == c
-                        parts.setdefault(int(c), []).append({r: batch[r][rows] for r in roles})
-                        advance(int(rows.sum()))
-                        got = parts[int(c)]
-                        if sum(len(p[roles[0]]) for p in got) == sizes[int(c)]:
-                            work.save(int(c), {r: np.concatenate([p[r] for p in got]) for r in roles})
-                            del parts[int(c)]
-            except Exception as err:  # noqa: BLE001 - an actor's failure: its own error, if it is ours
-                cause = _cause(err)
-                if cause is err:
-                    raise
-                raise cause from None
+        with stages.stage("+".join(roles), total=sum(sizes.values())) as advance, _ours():
+            for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+                for key in batch:
+                    if key.startswith("unknown:"):
+                        name = key.split(":", 1)[1]
+                        counts = coverage.setdefault(name, Coverage())
+                        counts.unknown += int(batch[key].sum())
+                        counts.tokens += int(batch[f"tokens:{name}"].sum())
+                for c in np.unique(batch["chunk"]):
+                    rows = batch["chunk"] == c
+                    parts.setdefault(int(c), []).append({r: batch[r][rows] for r in roles})
+                    advance(int(rows.sum()))
+                    got = parts[int(c)]
+                    if sum(len(p[roles[0]]) for p in got) == sizes[int(c)]:
+                        work.save(int(c), {r: np.concatenate([p[r] for p in got]) for r in roles})
+                        del parts[int(c)]
         if parts:
             raise UsageError(f"Ray returned chunk(s) {sorted(parts)} incomplete")
         for name, counts in coverage.items():  # as Model.warn_unreadable says it of a local job
             message = coverage_warning(name, counts)
             if message:
                 warnings.warn(message, stacklevel=2)
-
 
     def rows(self, embeddings, stages):
         """The embeddings car_select clusters: in sample mode (a work dir's ChunkRows) with every row assigned on
@@ -289,16 +309,11 @@ class _ChunksOnCluster:
         chunks = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _read_chunk, batch_size=1, batch_format="numpy", num_cpus=0, scheduling_strategy=here)
         labels, seen = np.empty(len(self), dtype=np.int64), 0
-        try:
+        with _ours():
             for batch in _assigned(chunks, "embed", pca, km, self.threads).iter_batches(batch_size=None,
                                                                                          batch_format="numpy"):
                 labels[batch["row"]] = batch["label"]
                 seen += len(batch["row"])
-        except Exception as err:  # noqa: BLE001 - a task's failure: its own error, if it is ours
-            cause = _cause(err)
-            if cause is err:
-                raise
-            raise cause from None
         if seen != len(self):
             raise UsageError(f"Ray assigned {seen} of {len(self)} rows")
         return labels

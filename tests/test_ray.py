@@ -159,6 +159,27 @@ def test_a_resumed_run_after_the_driver_was_killed_reruns_only_what_was_missing(
     assert out.read_bytes() == expected
 
 
+def test_an_actor_reads_a_file_once_while_its_chunks_come_in_order(real, monkeypatch):
+    from car_onnx import pipeline
+    from car_onnx.manifest import sha256_file
+    from car_onnx.ray import _Chunks
+
+    root, _, bundle = real
+    job, model, roles = pipeline.Job(root / "d.jsonl", chunk_records=100), Model(bundle, threads=1), ("score", "embed")
+    found = pipeline.scan(job, model, (), None, pipeline.Stages())
+    records = list(pipeline.shard_records(job, model, found.stamp[0], (), 0))
+    opened, shard_records = [], pipeline.shard_records
+    monkeypatch.setattr(pipeline, "shard_records", lambda *args: opened.append(args[-1]) or shard_records(*args))
+    actor = _Chunks(model, job, (), roles, found.stamp, sha256_file(bundle / "manifest.json"))
+    for c in (0, 2, 5, 6, 19, 3, 4):  # in order, then back to an earlier chunk: the file is read again
+        shard, start, size = found.plan[c]
+        out = actor({"chunk": np.array([c]), "shard": np.array([shard]), "start": np.array([start]),
+                     "size": np.array([size])})
+        want = model.run(records[start:start + size], roles)
+        assert np.array_equal(out["score"], want["score"]) and np.array_equal(out["embed"], want["embed"])
+    assert opened == [0, 0]
+
+
 def test_a_bad_record_in_shard_3_is_named_by_shard_and_line(real, cluster, cli, tmp_path):
     root, rows, bundle = real
     shards = tmp_path / "shards"
