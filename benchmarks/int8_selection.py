@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from car_onnx.bundle import find_bundle
-from car_onnx.manifest import Variant, read_manifest
+from car_onnx.manifest import Variant, read_manifest, sha256_file
 from car_onnx.models import OnnxModel
 from car_onnx.session import SessionConfig, machine_threads
 
@@ -143,11 +144,14 @@ def against(ref, got) -> dict:
 
 
 def recipe_bundle(root: Path, graph: Path, folder: Path) -> Path:
-    """A copy of the default bundle whose int8 variant is `graph`."""
+    """A copy of the default bundle whose int8 variant is `graph` (the manifest's sha256 and size for it set)."""
     if not folder.is_dir():
         shutil.copytree(root, folder)
-    int8 = folder / read_manifest(folder).model_for("embed").variants["int8"].graph
-    shutil.copyfile(graph, int8)
+    rel = read_manifest(folder).model_for("embed").variants["int8"].graph
+    shutil.copyfile(graph, folder / rel)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][rel] = {"sha256": sha256_file(folder / rel), "bytes": (folder / rel).stat().st_size}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
 
 

@@ -36,6 +36,7 @@ from .tokenization import DEFAULT_MAX_TOKENS
 from .workdir import ChunkRows
 
 ACTOR_THREADS = 1  # --threads under --ray: the CPUs of each actor (and the batches it runs side by side)
+READERS = 2  # sample mode: tasks reading work-dir chunks on the driver's node at a time (they take no CPU slot)
 
 
 def _ray():
@@ -299,15 +300,13 @@ class _ChunksOnCluster:
 
     def assign(self, pca, km) -> np.ndarray:
         ray = _ray()
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         starts = self.rows.starts
         items = [{"chunk": c, "path": str(self.rows.work._path(c)), "first": int(starts[c]),
                   "size": int(starts[c + 1] - starts[c])} for c in range(len(starts) - 1)]
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}  # the driver's node (Ray's own label)
         self.note(f"Ray: assigning {len(self):,} rows to clusters on {_actors(self.threads)} actor(s)")
         chunks = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _read_chunk, batch_size=1, batch_format="numpy", num_cpus=0, scheduling_strategy=here)
+            _read_chunk, batch_size=1, batch_format="numpy", num_cpus=0, concurrency=READERS, label_selector=here)
         labels, seen = np.empty(len(self), dtype=np.int64), 0
         with _ours():
             for batch in _assigned(chunks, "embed", pca, km, self.threads).iter_batches(batch_size=None,
