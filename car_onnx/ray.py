@@ -190,12 +190,12 @@ class RayEngine:
         stages.note(f"Ray: {len(pending)} chunk(s) on {actors} actor(s) of {self.threads} CPU(s)")
         units = ray.data.from_items([{"chunk": c, "shard": s, "start": a, "size": m} for c, s, a, m in pending],
                                     override_num_blocks=len(pending))
-        results = units.map_batches(
+        results = units.map_batches(  # Ray Data restarts a dead actor and retries its tasks
             _Chunks, batch_size=1, batch_format="numpy", num_cpus=self.threads,
             compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={"model": _model_with(model, self.threads), "job": job, "added": added,
                                    "roles": roles, "stamps": found.stamp,
-                                   "manifest": sha256_file(model.bundle / "manifest.json")})  # Ray Data restarts a dead actor and retries its tasks
+                                   "manifest": sha256_file(model.bundle / "manifest.json")})
         sizes = {c: m for c, _, _, m in pending}
         parts: dict[int, list] = {}
         coverage: dict[str, Coverage] = {}
@@ -377,7 +377,8 @@ def select(ds, *, bundle=None, n1=N1, n2=N2, k: int | None = None, pca_variance:
     exact = duplicates(got["text_key"].tobytes()) if dedup.exact else None
     ranked = n if exact is None else int((exact < 0).sum())
     check_clustering(clusterer, ranked, dedup.near)
-    embeddings = _SampledRows(scored, n, model_options.get("threads", ACTOR_THREADS)) if sampled else got["embedding"]
+    threads = model_options.get("threads", ACTOR_THREADS)
+    embeddings = _SampledRows(scored, n, threads) if sampled else got["embedding"]
     return car_select(got["score"], embeddings, n1=size1, n2=size2, k=k, pca_variance=pca_variance, seed=seed,
                       near=dedup.near, duplicate_of=exact, cluster=cluster, sample_size=sample_size)
 
@@ -406,8 +407,8 @@ class _SampledRows:
 
     def assign(self, pca, km) -> np.ndarray:
         """Every row's cluster, assigned by an actor pool (rows keep the dataset's order)."""
-        return np.concatenate([b["label"] for b in _assigned(self.ds, "embedding", pca, km, self.threads, BLOCK_ROWS)
-                               .iter_batches(batch_format="numpy", batch_size=None)])
+        labelled = _assigned(self.ds, "embedding", pca, km, self.threads, BLOCK_ROWS)
+        return np.concatenate([b["label"] for b in labelled.iter_batches(batch_format="numpy", batch_size=None)])
 
 
 __all__ = ["connect", "score_embed", "select", "select_job"]
