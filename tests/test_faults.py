@@ -42,8 +42,10 @@ def test_signal_stops_cleanly_and_the_job_resumes(data, tmp_path, cli, sig, code
     root, bundle, path = data
     work, out = tmp_path / "work", tmp_path / "out" / "sel.jsonl"
     out.parent.mkdir()
+    # Ctrl-C's default action, whatever the suite inherited (a shell's background job ignores SIGINT)
     proc = subprocess.Popen(command("select", path, "-o", out, "-b", bundle, *data.args, "--work-dir", work),
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_chunks(proc, work, 5)
     sent = time.monotonic()
     proc.send_signal(sig)
