@@ -271,23 +271,28 @@ def _assigned(ds, column: str, pca, km, threads: int, batch_size: int | None = N
                           fn_constructor_kwargs={"pca": pca, "km": km, "column": column})
 
 
-def _read_chunk(batch: dict) -> dict:
-    """A task on the driver's node: one work-dir chunk's embeddings and their row numbers."""
-    path, first, size = str(batch["path"][0]), int(batch["first"][0]), int(batch["size"][0])
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            x = z["embed"]
-    except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"work dir chunk {path}: unreadable ({err})") from None
-    if len(x) != size:
-        raise UsageError(f"work dir chunk {path}: {len(x)} rows, expected {size} (changed during the run?)")
-    return {"chunk": np.full(size, batch["chunk"][0]), "row": np.arange(first, first + size), "embed": x}
+def _read_chunks(batch: dict) -> dict:
+    """A task on the driver's node: some work-dir chunks' embeddings, with their chunk and row numbers."""
+    parts = {"chunk": [], "row": [], "embed": []}
+    for c, path, first, size in zip(batch["chunk"], batch["path"], batch["first"], batch["size"]):
+        try:
+            with np.load(str(path), allow_pickle=False) as z:
+                x = z["embed"]
+        except (OSError, ValueError, KeyError) as err:
+            raise UsageError(f"work dir chunk {path}: unreadable ({err})") from None
+        if len(x) != size:
+            raise UsageError(f"work dir chunk {path}: {len(x)} rows, expected {size} (changed during the run?)")
+        parts["chunk"].append(np.full(size, c))
+        parts["row"].append(np.arange(first, first + size))
+        parts["embed"].append(x)
+    return {key: np.concatenate(value) for key, value in parts.items()}
 
 
 class _ChunksOnCluster:
-    """A work dir's embeddings (workdir.ChunkRows) whose assignment to clusters runs on the Ray cluster: each chunk
-    file read by a task pinned to the driver's node (the work dir is the driver's: no shared filesystem needed),
-    its rows assigned by an actor pool through map_batches; only the labels come back."""
+    """A work dir's embeddings (workdir.ChunkRows) whose assignment to clusters runs on the Ray cluster: the chunk
+    files read, about BLOCK_ROWS rows at a time, by tasks pinned to the driver's node (the work dir is the
+    driver's: no shared filesystem needed), their rows assigned by an actor pool through map_batches; only the
+    labels come back."""
 
     def __init__(self, rows: ChunkRows, threads: int, note):
         self.rows, self.threads, self.note, self.shape = rows, threads, note, rows.shape
@@ -304,9 +309,12 @@ class _ChunksOnCluster:
         items = [{"chunk": c, "path": str(self.rows.work._path(c)), "first": int(starts[c]),
                   "size": int(starts[c + 1] - starts[c])} for c in range(len(starts) - 1)]
         here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}  # the driver's node (Ray's own label)
-        self.note(f"Ray: assigning {len(self):,} rows to clusters on {_actors(self.threads)} actor(s)")
-        chunks = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _read_chunk, batch_size=1, batch_format="numpy", num_cpus=0, concurrency=READERS, label_selector=here)
+        actors = _actors(self.threads)
+        self.note(f"Ray: assigning {len(self):,} rows to clusters on {actors} actor(s)")
+        blocks = min(len(items), max(actors, -(-len(self) // BLOCK_ROWS)))  # <= BLOCK_ROWS rows each, if they can
+        chunks = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            _read_chunks, batch_size=None, batch_format="numpy", num_cpus=0, concurrency=min(READERS, blocks),
+            label_selector=here)
         labels, seen = np.empty(len(self), dtype=np.int64), 0
         with _ours():
             for batch in _assigned(chunks, "embed", pca, km, self.threads).iter_batches(batch_size=None,
