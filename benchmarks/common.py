@@ -89,8 +89,13 @@ def timed_process(cmd: list[str], env: dict | None = None) -> dict:
     lines = proc.stderr.strip().splitlines() or [""]
     if lines[-1].startswith("{"):
         result.update(json.loads(lines[-1]))
-    else:
-        result["last_line"] = lines[-1]
+    else:  # car-onnx's summary, even when a library printed something after it
+        result["last_line"] = next((line for line in reversed(lines) if line.startswith("car-onnx: ")
+                                    and line.endswith("]")), lines[-1])
+        after = lines[lines.index(result["last_line"]) + 1:]
+        if after:
+            print(f"{cmd[1] if len(cmd) > 1 else cmd[0]}: printed after its summary:", *after[-5:], sep="\n  ",
+                  file=sys.stderr)
     return result
 
 
