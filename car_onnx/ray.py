@@ -33,7 +33,7 @@ from .model import Model, duplicates, text_key
 from .records import FieldMap
 from .selection import N1, N2, Dedup, Size, car_select, check_clustering
 from .tokenization import DEFAULT_MAX_TOKENS
-from .workdir import ChunkRows
+from .workdir import ChunkRows, WorkDir
 
 ACTOR_THREADS = 1  # --threads under --ray: the CPUs of each actor (and the batches it runs side by side)
 READERS = 2  # sample mode: tasks reading work-dir chunks on the driver's node at a time (they take no CPU slot)
@@ -271,20 +271,14 @@ def _assigned(ds, column: str, pca, km, threads: int, batch_size: int | None = N
                           fn_constructor_kwargs={"pca": pca, "km": km, "column": column})
 
 
-def _read_chunks(batch: dict) -> dict:
-    """A task on the driver's node: some work-dir chunks' embeddings, with their chunk and row numbers."""
-    parts = {"chunk": [], "row": [], "embed": []}
-    for c, path, first, size in zip(batch["chunk"], batch["path"], batch["first"], batch["size"]):
-        try:
-            with np.load(str(path), allow_pickle=False) as z:
-                x = z["embed"]
-        except (OSError, ValueError, KeyError) as err:
-            raise UsageError(f"work dir chunk {path}: unreadable ({err})") from None
-        if len(x) != size:
-            raise UsageError(f"work dir chunk {path}: {len(x)} rows, expected {size} (changed during the run?)")
+def _read_chunks(batch: dict, root: str, roles: tuple) -> dict:
+    """A task on the driver's node: some work-dir chunks' embeddings, with their chunk and row numbers (each chunk
+    checked as the local job checks it)."""
+    work, parts = WorkDir(Path(root), roles, note=None), {"chunk": [], "row": [], "embed": []}
+    for c, first, size in zip(batch["chunk"], batch["first"], batch["size"]):
         parts["chunk"].append(np.full(size, c))
         parts["row"].append(np.arange(first, first + size))
-        parts["embed"].append(x)
+        parts["embed"].append(work.load(int(c), int(size))["embed"])
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
@@ -306,15 +300,15 @@ class _ChunksOnCluster:
     def assign(self, pca, km) -> np.ndarray:
         ray = _ray()
         starts = self.rows.starts
-        items = [{"chunk": c, "path": str(self.rows.work._path(c)), "first": int(starts[c]),
-                  "size": int(starts[c + 1] - starts[c])} for c in range(len(starts) - 1)]
+        items = [{"chunk": c, "first": int(starts[c]), "size": int(starts[c + 1] - starts[c])}
+                 for c in range(len(starts) - 1)]
         here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}  # the driver's node (Ray's own label)
         actors = _actors(self.threads)
         self.note(f"Ray: assigning {len(self):,} rows to clusters on {actors} actor(s)")
         blocks = min(len(items), max(actors, -(-len(self) // BLOCK_ROWS)))  # <= BLOCK_ROWS rows each, if they can
         chunks = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             _read_chunks, batch_size=None, batch_format="numpy", num_cpus=0, concurrency=min(READERS, blocks),
-            label_selector=here)
+            label_selector=here, fn_kwargs={"root": str(self.rows.work.root), "roles": self.rows.work.roles})
         labels, seen = np.empty(len(self), dtype=np.int64), 0
         with _ours():
             for batch in _assigned(chunks, "embed", pca, km, self.threads).iter_batches(batch_size=None,

@@ -105,6 +105,13 @@ class WorkDir:
             return f"has {n} rows, the chunk has {rows} records"
         return data
 
+    def load(self, c: int, rows: int | None = None) -> dict[str, np.ndarray]:
+        """The chunk's arrays; a chunk that cannot be used here (changed during the run?) is an error."""
+        data = self._load(c, rows)
+        if isinstance(data, str):
+            raise UsageError(f"work dir {self.root}: chunk {c} {data} (changed during the run?)")
+        return data
+
     def has(self, c: int, rows: int) -> bool:
         """Whether chunk `c` of `rows` records is finished; a damaged chunk file is removed (and said)."""
         if not self._path(c).is_file():
@@ -129,9 +136,7 @@ class WorkDir:
         out: dict[str, np.ndarray] = {}
         scores, embed, start, c, sizes = [], None, 0, 0, []
         while start < n:
-            data = self._load(c)
-            if isinstance(data, str):
-                raise UsageError(f"work dir {self.root}: chunk {c} {data} (changed during the run?)")
+            data = self.load(c)
             rows = len(next(iter(data.values())))
             if "score" in data:
                 scores.append(data["score"])
@@ -169,10 +174,7 @@ class ChunkRows:
         return self.shape[0]
 
     def _chunk(self, c: int) -> np.ndarray:
-        data = self.work._load(int(c))
-        if isinstance(data, str):
-            raise UsageError(f"work dir {self.work.root}: chunk {c} {data} (changed during the run?)")
-        return data[self.role]
+        return self.work.load(int(c))[self.role]
 
     def blocks(self):
         """(first row, rows) of each chunk in turn."""
