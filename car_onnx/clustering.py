@@ -73,11 +73,9 @@ class Clusterer:
         array, a memory map, or anything with `shape`, rows by sorted index and `blocks()`); sets `k_`,
         `n_components_`, `variance_kept_`, `minibatch_`, `sampled_` and `plane_`. In sample mode PCA and KMeans
         are fitted on a seeded uniform sample of `sample_size` rows and every row is then assigned, a block at a
-        time (or by `embeddings.assign(pca, kmeans)`, if it has one: car_onnx.ray runs it on the cluster): memory
-        is bounded by the sample and the labels, not by n embeddings."""
-        n = len(embeddings) if rows is None else len(rows)
-        if len(getattr(embeddings, "shape", ())) != 2 or n == 0:
-            raise UsageError(f"embeddings must be a non-empty 2-D array, got shape {getattr(embeddings, 'shape', None)}")
+        time (or by `embeddings.assign(pca, kmeans, out)`, if it has one: car_onnx.ray runs it on the cluster):
+        memory is bounded by the sample and the labels, not by n embeddings."""
+        n = _count(embeddings, rows)
         self.k_ = self.check(n)
         self.sampled_ = self.sampled(n)
         log = self.log or (lambda message: None)
@@ -86,6 +84,16 @@ class Clusterer:
             pca, x = self._pca(x, log)
             self.plane_ = _plane(x, self.seed, pca_done=pca is not None)  # report: 2-D map sample
             return self._fit(x, n, log).labels_.astype(np.int64)
+        labels = self.fit_assign(embeddings, rows, np.empty(len(embeddings), dtype=np.int64))
+        return labels if rows is None else labels[rows]
+
+    def fit_assign(self, embeddings, rows: np.ndarray | None, out):
+        """Sample mode's fit: PCA and KMeans fitted on a seeded sample of `rows` (sorted; default all), then every
+        row of `embeddings` (in `rows` or not) assigned, its cluster id written into `out` (an array-like of
+        len(embeddings) rows: in memory, or on disk) a block at a time. Returns `out`; sets what fit_predict
+        sets."""
+        n = _count(embeddings, rows)
+        self.k_, self.sampled_, log = self.check(n), True, self.log or (lambda message: None)
         picked = np.sort(np.random.default_rng(self.seed).choice(n, self.sample_size, replace=False))
         log(f"clustering from a seeded sample of {self.sample_size:,} of {n:,} rows")
         x = np.asarray(embeddings[picked if rows is None else rows[picked]], dtype=np.float32)
@@ -93,9 +101,9 @@ class Clusterer:
         plane_rows, xy = _plane(x, self.seed, pca_done=pca is not None)
         self.plane_ = picked[plane_rows], xy
         km, start = self._fit(x, n, log), time.perf_counter()
-        labels = (getattr(embeddings, "assign", None) or partial(_assign_blocks, embeddings))(pca, km)
-        log(f"assigned {len(labels):,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
-        return labels if rows is None else labels[rows]
+        (getattr(embeddings, "assign", None) or partial(_assign_blocks, embeddings))(pca, km, out)
+        log(f"assigned {len(embeddings):,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
+        return out
 
     def _pca(self, x: np.ndarray, log: Callable[[str], None]):
         """PCA keeping `pca_variance` of the variance, fitted on `x`: (the PCA or None, x reduced); sets
@@ -146,18 +154,24 @@ class Clusterer:
         return best
 
 
+def _count(embeddings, rows: np.ndarray | None) -> int:
+    """How many rows are clustered: all of `embeddings` (2-D, not empty), or `rows`."""
+    n = len(embeddings) if rows is None else len(rows)
+    if len(getattr(embeddings, "shape", ())) != 2 or n == 0:
+        raise UsageError(f"embeddings must be a non-empty 2-D array, got shape {getattr(embeddings, 'shape', None)}")
+    return n
+
+
 def assign(block, pca, km) -> np.ndarray:
     """The cluster ids (int64) of one block of embedding rows under a fitted PCA (or None) and KMeans."""
     block = np.asarray(block, dtype=np.float32)
     return km.predict(pca.transform(block) if pca is not None else block).astype(np.int64)
 
 
-def _assign_blocks(embeddings, pca, km) -> np.ndarray:
-    """The cluster id of every row of `embeddings`, assigned block by block in this process."""
-    labels = np.empty(len(embeddings), dtype=np.int64)
+def _assign_blocks(embeddings, pca, km, out) -> None:
+    """The cluster id of every row of `embeddings` into `out`, assigned block by block in this process."""
     for first, block in _blocks(embeddings):
-        labels[first:first + len(block)] = assign(block, pca, km)
-    return labels
+        out[first:first + len(block)] = assign(block, pca, km)
 
 
 def rows_in(rows: np.ndarray, start: int, stop: int) -> np.ndarray:

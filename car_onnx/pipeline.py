@@ -11,6 +11,7 @@ Steps 2 and 3 run in this process, or on a Ray cluster (car_onnx.ray.RayEngine),
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -406,15 +407,20 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
         check_clustering(clusterer, ranked, dedup.near)
         with work_dir(job, model, roles, added, stages) as work:
             (engine.infer if engine else infer)(job, model, roles, found, added, work, stages)
-            out = work.assemble(found.records, in_chunks=clusterer.sampled(ranked))
+            sampled = clusterer.sampled(ranked)  # scores and labels stay on disk, in the work dir
+            out = work.assemble(found.records, in_chunks=sampled)
             embeddings = engine.rows(out["embed"], stages) if engine else out["embed"]
             with stages.stage("cluster+select"):
                 sel = car_select(out["score"], embeddings, n1=size1, n2=size2, k=k, pca_variance=pca_variance,
                                  seed=seed, near=dedup.near, duplicate_of=found.duplicate_of, cluster=cluster,
-                                 sample_size=sample_size, log=stages.note)
+                                 sample_size=sample_size, log=stages.note,
+                                 labels=work.column("labels", found.records, "int64") if sampled else None)
             del out, embeddings
-        page = None if report_path is None else curation.Run({}, {}, np.zeros(found.records, dtype=np.int64))
-        report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page)
+            page = None
+            if report_path is not None:  # the report reads every row's score and cluster: in memory
+                sel = dataclasses.replace(sel, scores=np.asarray(sel.scores[:]), labels=np.asarray(sel.labels[:]))
+                page = curation.Run({}, {}, np.zeros(found.records, dtype=np.int64))
+            report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page)
     report.rejects_path = rejects_path if rejects is not None and rejects.count else None
     if page is not None:  # --report: the page, from what the write pass collected
         with stages.stage("report"):
@@ -429,9 +435,14 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
 def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages,
                      page=None) -> Report:
     score_field, cluster_field = added[:2]
-    ranks, position = sel.ranks, {int(i): p for p, i in enumerate(sel.indices)}
-    reasons = sel.reasons
-    exact = found.duplicate_of if found.duplicate_of is not None else np.full(found.records, -1)
+    position, reasons = {int(i): p for p, i in enumerate(sel.indices)}, sel.reasons
+    if write_all:  # every row's rank, score and cluster
+        ranks, scores, labels = sel.ranks, np.asarray(sel.scores[:]), np.asarray(sel.labels[:])
+    else:  # the selected rows' only (sample mode keeps the others on disk)
+        chosen = np.sort(sel.indices)
+        ranks, scores, labels = (dict(zip(chosen.tolist(), values)) for values in
+                                 (sel.ranks_of(chosen), sel.scores[chosen], sel.labels[chosen]))
+    exact = found.duplicate_of
     shown: dict[int, tuple] = {}
     if page is not None:
         from . import report as curation
@@ -439,8 +450,7 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
         want = curation.wanted(sel)
 
     def row(i: int, r: Record) -> dict:
-        out = {**r.row, score_field: _float(sel.scores[i]), cluster_field: int(sel.labels[i]),
-               "rank": int(ranks[i]) or None}
+        out = {**r.row, score_field: _float(scores[i]), cluster_field: int(labels[i]), "rank": int(ranks[i]) or None}
         if write_all:
             out["selected"] = i in position
         out["reason"] = str(reasons[position[i]]) if i in position else None
@@ -451,7 +461,7 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
         for i, r in enumerate(_again(job, model, found, added)):
             original = int(sel.duplicate_of[i])
             if original >= 0 and rejects is not None:
-                kind = "exact" if exact[i] >= 0 else "near"
+                kind = "exact" if exact is not None and exact[i] >= 0 else "near"
                 rejects.write({"where": found.where(job, i), "reason": "duplicate_of",
                                "duplicate_of": found.where(job, original),
                                "kind": kind, "record": r.row})
@@ -468,8 +478,9 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
         if not write_all:
             for i in sel.indices:
                 writer(found.shard_of[i]).write(shown[int(i)][0])
-    near = int((sel.duplicate_of >= 0).sum()) - int((exact >= 0).sum())
-    duplicates = {"exact": int((exact >= 0).sum()), "near": near} if found.duplicate_of is not None else {}
+    duplicates = {}
+    if exact is not None:
+        duplicates = {"exact": int((exact >= 0).sum()), "near": int((sel.duplicate_of >= 0).sum() - (exact >= 0).sum())}
     if duplicates and rejects is not None and sum(duplicates.values()):
         stages.note(f"{sum(duplicates.values())} duplicate(s) dropped before ranking, written to {rejects.path}")
     return Report(found.records, len(sel.indices), sel.n_top, sel.k, found.rejected, duplicates,

@@ -297,7 +297,7 @@ class _ChunksOnCluster:
     def __getitem__(self, rows) -> np.ndarray:
         return self.rows[rows]
 
-    def assign(self, pca, km) -> np.ndarray:
+    def assign(self, pca, km, out) -> None:
         ray = _ray()
         starts = self.rows.starts
         items = [{"chunk": c, "first": int(starts[c]), "size": int(starts[c + 1] - starts[c])}
@@ -309,15 +309,14 @@ class _ChunksOnCluster:
         chunks = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             _read_chunks, batch_size=None, batch_format="numpy", num_cpus=0, concurrency=min(READERS, blocks),
             label_selector=here, fn_kwargs={"root": str(self.rows.work.root), "roles": self.rows.work.roles})
-        labels, seen = np.empty(len(self), dtype=np.int64), 0
+        seen = 0
         with _ours():
             for batch in _assigned(chunks, "embed", pca, km, self.threads).iter_batches(batch_size=None,
                                                                                          batch_format="numpy"):
-                labels[batch["row"]] = batch["label"]
+                out[batch["row"]] = batch["label"]
                 seen += len(batch["row"])
         if seen != len(self):
             raise UsageError(f"Ray assigned {seen} of {len(self)} rows")
-        return labels
 
 
 # --- Python API over ray.data.Dataset -----------------------------------------------------------------------
@@ -407,10 +406,13 @@ class _SampledRows:
             out.append(block[rows_in(rows, first, first + len(block)) - first])
         return np.concatenate(out)
 
-    def assign(self, pca, km) -> np.ndarray:
-        """Every row's cluster, assigned by an actor pool (rows keep the dataset's order)."""
+    def assign(self, pca, km, out) -> None:
+        """Every row's cluster into `out`, assigned by an actor pool (rows keep the dataset's order)."""
         labelled = _assigned(self.ds, "embedding", pca, km, self.threads, BLOCK_ROWS)
-        return np.concatenate([b["label"] for b in labelled.iter_batches(batch_format="numpy", batch_size=None)])
+        first = 0
+        for batch in labelled.iter_batches(batch_format="numpy", batch_size=None):
+            out[first:first + len(batch["label"])] = batch["label"]
+            first += len(batch["label"])
 
 
 __all__ = ["connect", "score_embed", "select", "select_job"]

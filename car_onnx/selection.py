@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
 from .errors import UsageError
 
 N1, N2 = 1000, 1  # the paper's sizes, the default of every entry point
@@ -121,6 +121,20 @@ class Selection:
         ranks[order] = np.arange(1, len(order) + 1)
         return ranks
 
+    def ranks_of(self, rows) -> np.ndarray:
+        """`ranks` of the given rows only, counted a block at a time: memory bounded by `rows`, not by n."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros(len(rows), dtype=np.int64)
+        kept = self.duplicate_of[rows] < 0
+
+        def blocks():
+            for first in range(0, len(self.duplicate_of), BLOCK_ROWS):
+                part = self.duplicate_of[first:first + BLOCK_ROWS]
+                yield first, self.scores[first:first + len(part)], np.where(part < 0, 0, -1)
+
+        out[kept] = ranks_streamed(blocks, rows[kept], self.scores[rows[kept]])
+        return out
+
     @property
     def reasons(self) -> np.ndarray:
         """Per selected row, why it was kept: "top" (the n1 block) or "cluster" (a per-cluster pick)."""
@@ -148,6 +162,83 @@ def select_ranked(scores: np.ndarray, labels: np.ndarray, n1: int, n2: Size) -> 
         members = order[ranked_labels == cluster]
         picks.extend(int(i) for i in members[:n2.of(len(members), at_least=1)] if not taken[i])
     return np.concatenate([top, np.asarray(picks, dtype=np.int64)]).astype(np.int64), len(top)
+
+
+class _Best:
+    """The best rows seen so far by (score descending, row ascending), at most `limit[g]` of each group g, fed
+    blocks of rows in row order: a buffer pruned to the limits when it doubles, so memory is that of the limits
+    and a block, whatever the rows fed."""
+
+    def __init__(self, limit: np.ndarray):
+        self.limit = np.asarray(limit, dtype=np.int64)
+        self.cap = max(2 * int(self.limit.sum()), BLOCK_ROWS)
+        self.bar = np.where(self.limit > 0, np.inf, -np.inf)  # a later row enters its group if -score < bar
+        self.parts: list[tuple] = []
+        self.held = 0
+
+    def feed(self, rows: np.ndarray, neg: np.ndarray, group: np.ndarray) -> None:
+        """Rows (all after any fed before) with their negated scores (float64) and groups."""
+        keep = neg < self.bar[group]  # a tie with the group's worst kept row loses: it comes later
+        self.parts.append((rows[keep], neg[keep], group[keep]))
+        self.held += int(keep.sum())
+        if self.held > self.cap:
+            self._prune()
+
+    def _prune(self) -> None:
+        rows, neg, group = (np.concatenate(a) for a in zip(*self.parts)) if self.parts else (np.zeros(0),) * 3
+        order = np.lexsort((rows, neg, group))
+        rows, neg, group = rows[order].astype(np.int64), neg[order], group[order].astype(np.int64)
+        keep = np.arange(len(rows)) - np.searchsorted(group, group) < self.limit[group]  # place within its group
+        rows, neg, group = rows[keep], neg[keep], group[keep]
+        full = np.flatnonzero(np.bincount(group, minlength=len(self.limit)) == self.limit)
+        last = np.searchsorted(group, full, side="right") - 1
+        self.bar[full[self.limit[full] > 0]] = neg[last[self.limit[full] > 0]]
+        self.parts, self.held = [(rows, neg, group)], len(rows)
+
+    def rows(self) -> np.ndarray:
+        """The rows kept, by group, then by score descending and row."""
+        self._prune()
+        return self.parts[0][0]
+
+
+def select_streamed(blocks: Callable, n1: int, n2: Size, k: int) -> tuple[np.ndarray, int]:
+    """select_ranked with the rows given a block at a time: `blocks()` yields (first row, scores, labels) in row
+    order (labels -1: no part) and is called twice, for the clusters' sizes and then for the candidates (the
+    n1 block by a running top-k, each cluster's best n2 by a running top-k per cluster). Memory: a block, the n1
+    block and the clusters' picks, never n rows; the result is select_ranked's (tested)."""
+    sizes = np.zeros(k, dtype=np.int64)
+    for _, _, labels in blocks():
+        sizes += np.bincount(labels[labels >= 0], minlength=k)
+    top = _Best(np.array([n1]))
+    best = _Best(np.array([n2.of(int(s), at_least=1) if s else 0 for s in sizes], dtype=np.int64))
+    for first, scores, labels in blocks():
+        rows = np.flatnonzero(labels >= 0)
+        neg, group = -np.asarray(scores, dtype=np.float64)[rows], labels[rows]
+        top.feed(rows + first, neg, np.zeros(len(rows), dtype=np.int64))
+        best.feed(rows + first, neg, group)
+    chosen, picks = top.rows(), best.rows()
+    return np.concatenate([chosen, picks[~np.isin(picks, chosen)]]).astype(np.int64), len(chosen)
+
+
+def ranks_streamed(blocks: Callable, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The place by score (1 = best; ties by row) of each of `rows`, whose scores are `scores`, among the rows
+    `blocks()` gives labelled >= 0 (as in select_streamed), counted a block at a time."""
+    rows, neg = np.asarray(rows, dtype=np.int64), -np.asarray(scores, dtype=np.float64)
+    ranks = np.ones(len(rows), dtype=np.int64)
+    for first, block, labels in blocks():
+        mine = np.flatnonzero(labels >= 0)
+        if not len(mine):
+            continue
+        theirs = -np.asarray(block, dtype=np.float64)[mine]
+        order = np.lexsort((mine, theirs))
+        values, run = np.unique(theirs[order], return_inverse=True)
+        # (score, row) as one sortable integer: the score's place among the block's values, then the row
+        span = max(int(rows.max(initial=0)), first + len(block)) + 1
+        key = run.reshape(-1) * span + mine[order] + first
+        at = np.searchsorted(values, neg)
+        tie = (at < len(values)) & (values[np.minimum(at, len(values) - 1)] == neg)
+        ranks += np.searchsorted(key, at * span + np.where(tie, rows, 0))
+    return ranks
 
 
 def near_duplicates(scores: np.ndarray, embeddings, labels: np.ndarray, threshold: float) -> np.ndarray:
@@ -183,22 +274,25 @@ def check_clustering(clusterer: Clusterer, n: int, near: float | None) -> None:
 
 def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
                seed: int = SEED, near: float | None = None, duplicate_of=None, cluster: str = "auto",
-               sample_size: int = SAMPLE_SIZE, log: Callable[[str], None] | None = None) -> Selection:
+               sample_size: int = SAMPLE_SIZE, log: Callable[[str], None] | None = None, labels=None) -> Selection:
     """CaR: cluster the embeddings (PCA + KMeans, k = int(sqrt(n/2)) by default) and select the top `n1`
     overall plus the top `n2` of every cluster. Sizes may be counts or percentages ("2%"; n2 of each cluster).
     `duplicate_of` (per row: the row it repeats, or -1) leaves duplicates out of clustering and ranking; `near`
     also drops, within each cluster, records whose cosine to a higher-scored kept one is >= near. `cluster`:
     "exact" fits PCA and KMeans on every row; "sample" on a seeded sample of `sample_size` rows, then assigns
     every row (memory bounded by the sample; `embeddings` may be a memory map or a work directory's rows);
-    "auto" is exact up to clustering.EXACT_LIMIT rows."""
-    scores = np.asarray(scores, dtype=np.float32)
-    if scores.ndim != 1 or len(scores) != len(embeddings):
+    "auto" is exact up to clustering.EXACT_LIMIT rows. In sample mode `scores` may be an array-like on disk (read a
+    block at a time) and the labels are written into `labels`, if given (e.g. a workdir.Column)."""
+    scores = scores if hasattr(scores, "shape") else np.asarray(scores, dtype=np.float32)
+    if len(scores.shape) != 1 or len(scores) != len(embeddings):
         raise UsageError(f"{{scores}} must be 1-D with one value per embedding row, got {scores.shape} for "
                          f"{len(embeddings)}", "scores")
-    if not np.isfinite(scores).all():
-        bad = int(np.flatnonzero(~np.isfinite(scores))[0])
-        raise UsageError(f"score of row {bad} is {scores[bad]}: {{scores}} must be finite", "scores")
     n = len(scores)
+    for first in range(0, n, BLOCK_ROWS):
+        block = np.asarray(scores[first:first + BLOCK_ROWS], dtype=np.float32)
+        if not np.isfinite(block).all():
+            bad = int(np.flatnonzero(~np.isfinite(block))[0])
+            raise UsageError(f"score of row {first + bad} is {block[bad]}: {{scores}} must be finite", "scores")
     size1, size2 = Size.parse(n1, "n1"), Size.parse(n2, "n2")
     dup = np.full(n, -1, dtype=np.int64) if duplicate_of is None else np.asarray(duplicate_of, dtype=np.int64).copy()
     ranked = np.flatnonzero(dup < 0)
@@ -207,6 +301,9 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
                       stacklevel=2)
     clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size, log=log)
     check_clustering(clusterer, len(ranked), near)
+    if clusterer.sampled(len(ranked)):
+        return _select_sampled(scores, embeddings, dup, ranked, size1, size2, clusterer, labels)
+    scores = np.asarray(scores, dtype=np.float32)
     labels = np.full(n, -1, dtype=np.int64)
     labels[ranked] = clusterer.fit_predict(embeddings, None if len(ranked) == n else ranked)
     if near is not None:
@@ -219,6 +316,29 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
     rows, xy = clusterer.plane_
     return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
                      dup, clusterer.variance_kept_, clusterer.sampled_, plane=(ranked[rows], xy))
+
+
+def _select_sampled(scores, embeddings, dup: np.ndarray, ranked: np.ndarray, size1: Size, size2: Size,
+                    clusterer: Clusterer, labels) -> Selection:
+    """car_select in sample mode, with the scores (and the `labels` it fills) in memory or on disk (an array-like
+    read and written a block at a time): memory is bounded by the sample, the selection and `dup`, not by the
+    embeddings nor the labels."""
+    n = len(scores)
+    labels = np.empty(n, dtype=np.int64) if labels is None else labels
+    clusterer.fit_assign(embeddings, None if len(ranked) == n else ranked, labels)
+    repeated = np.flatnonzero(dup >= 0)
+    if len(repeated):  # a duplicate has the cluster of the record it repeats
+        labels[repeated] = labels[_root(dup, repeated)]
+
+    def blocks():
+        for first in range(0, n, BLOCK_ROWS):
+            part = dup[first:first + BLOCK_ROWS]
+            yield first, scores[first:first + BLOCK_ROWS], np.where(part < 0, labels[first:first + len(part)], -1)
+
+    indices, n_top = select_streamed(blocks, size1.of(len(ranked)), size2, clusterer.k_)
+    rows, xy = clusterer.plane_
+    return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
+                     dup, clusterer.variance_kept_, True, plane=(ranked[rows], xy))
 
 
 def _root(dup: np.ndarray, rows: np.ndarray) -> np.ndarray:

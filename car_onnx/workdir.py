@@ -130,15 +130,20 @@ class WorkDir:
 
     def assemble(self, n: int, in_chunks: bool = False) -> dict[str, np.ndarray]:
         """All chunks in order: scores in memory, embeddings as a memory-mapped embeddings.npy of [n, dim] (with
-        `in_chunks`, as ChunkRows that read them from the chunk files as needed)."""
+        `in_chunks`, scores as a Column scores.npy and embeddings as ChunkRows that read them from the chunk files
+        as needed: nothing of n rows in memory)."""
         if self.reused:
             self.note(f"work dir {self.root}: reused {self.reused} finished chunk(s)")
         out: dict[str, np.ndarray] = {}
         scores, embed, start, c, sizes = [], None, 0, 0, []
+        if in_chunks and "score" in self.roles:
+            scores = self.column("scores", n, "float32")
         while start < n:
             data = self.load(c)
             rows = len(next(iter(data.values())))
-            if "score" in data:
+            if isinstance(scores, Column):
+                scores[start:min(start + rows, n)] = data["score"][:n - start]  # too many rows: said below
+            elif "score" in data:
                 scores.append(data["score"])
             sizes.append(rows)
             if "embed" in data and not in_chunks:
@@ -150,7 +155,7 @@ class WorkDir:
         if start != n:
             raise UsageError(f"work dir {self.root}: the chunks hold {start} rows for {n} records")
         if "score" in self.roles:
-            out["score"] = np.concatenate(scores)
+            out["score"] = scores if isinstance(scores, Column) else np.concatenate(scores)
         if in_chunks and "embed" in self.roles:
             out["embed"] = ChunkRows(self, "embed", sizes)
         if embed is not None:
@@ -159,6 +164,36 @@ class WorkDir:
             del embed
             out["embed"] = np.load(self.root / "embeddings.npy", mmap_mode="r")
         return out
+
+
+    def column(self, name: str, n: int, dtype) -> Column:
+        """A new per-record array of `n` rows on disk, NAME.npy (replacing that of an earlier run)."""
+        path = self.root / f"{name}.npy"
+        with naming(path):
+            create_npy(path, (n,), dtype)
+        return Column(path)
+
+
+class Column:
+    """A 1-D array in a .npy file, mapped only while a slice of it is read or written, so that its pages never pile
+    up in the process's memory: sample mode's per-record arrays (scores, labels) of any number of rows."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        head = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = head.shape, head.dtype, 1
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.array(np.load(self.path, mmap_mode="r")[index])
+
+    def __setitem__(self, index, values) -> None:
+        with naming(self.path):
+            mapped = np.load(self.path, mmap_mode="r+")
+            mapped[index] = values
+            mapped.flush()
 
 
 class ChunkRows:

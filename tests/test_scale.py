@@ -86,6 +86,30 @@ def test_sample_mode_fits_on_a_seeded_sample_and_assigns_every_row():
     assert not Clusterer(12).sampled(3000)
 
 
+def test_sample_mode_reads_scores_and_writes_labels_on_disk_a_block_at_a_time(tmp_path, monkeypatch):
+    """The file job's sample mode: scores and labels in .npy files (workdir.Column), never whole in memory; the
+    selection equals that of the same data in memory."""
+    from car_onnx import clustering, selection
+
+    for module in (clustering, selection):
+        monkeypatch.setattr(module, "BLOCK_ROWS", 256)
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(3000, 16)) + rng.integers(0, 6, 3000)[:, None] * 2.0).astype(np.float32)
+    scores = rng.random(3000).astype(np.float32)
+    dup = np.full(3000, -1)
+    dup[rng.choice(np.arange(1, 3000), 200, replace=False)] = 0  # duplicates of row 0
+    work = WorkDir.open(tmp_path / "w", {"roles": ["score"]}, print)
+    on_disk, labels = work.column("scores", 3000, "float32"), work.column("labels", 3000, "int64")
+    on_disk[:] = scores
+    options = dict(n1="3%", n2="10%", k=12, cluster="sample", sample_size=800, duplicate_of=dup)
+    got, want = car_select(on_disk, x, labels=labels, **options), car_select(scores, x, **options)
+    assert got.labels is labels and np.array_equal(labels[:], want.labels)
+    assert np.array_equal(got.indices, want.indices) and got.n_top == want.n_top
+    chosen = np.sort(want.indices)
+    assert np.array_equal(got.ranks_of(chosen), want.ranks[chosen])
+    assert labels[dup >= 0].tolist() == [int(labels[0])] * 200  # a duplicate has its original's cluster
+
+
 def test_chunk_rows_read_only_what_is_asked(tmp_path):
     work = WorkDir.open(tmp_path / "w", {"roles": ["score", "embed"]}, print)
     rng = np.random.default_rng(0)

@@ -9,7 +9,8 @@ from sklearn.decomposition import PCA
 
 from car_onnx import UsageError, car_select
 from car_onnx.clustering import Clusterer
-from car_onnx.selection import Size, select_ranked
+from car_onnx import selection
+from car_onnx.selection import Size, ranks_streamed, select_ranked, select_streamed
 
 
 def reference_select(scores, labels, n1, n2, n2_percent=None):
@@ -193,3 +194,29 @@ def test_dedup_parse_rejects(text):
 
     with pytest.raises(UsageError, match=rf"^dedup must be none, exact or near:T with 0 < T <= 1, got '{text}'$"):
         Dedup.parse(text)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_streamed_selection_and_ranks_equal_the_whole_array_rule(seed, monkeypatch):
+    """Sample mode selects a block at a time (a running top-k and a top-k per cluster): the same rows, in the same
+    order, as select_ranked on the whole arrays, with ties, excluded rows, percentages and pruned buffers."""
+    monkeypatch.setattr(selection, "BLOCK_ROWS", 3)  # buffers pruned all along
+    rng = np.random.default_rng(seed)
+    n, k = 4000, int(rng.integers(1, 60))
+    scores = (rng.integers(0, 40, n) / 7).astype(np.float32) if seed % 2 else rng.random(n).astype(np.float32)
+    labels = rng.integers(0, k, n)
+    labels[rng.random(n) < 0.1] = -1  # duplicates: no part
+    block = int(rng.integers(1, 700))
+
+    def blocks():
+        return ((a, scores[a:a + block], labels[a:a + block]) for a in range(0, n, block))
+
+    ranked = np.flatnonzero(labels >= 0)
+    for n1, n2 in ((0, "1"), (40, "1"), (40, "3"), (40, "10%"), (int(ranked.size), "2"), (7, "0")):
+        want = select_ranked(scores, labels, n1, Size.parse(n2, "n2"))
+        got = select_streamed(blocks, n1, Size.parse(n2, "n2"), k)
+        assert np.array_equal(got[0], want[0]) and got[1] == want[1], (n1, n2)
+    rank = np.zeros(n, dtype=np.int64)  # place by score, ties by row
+    rank[sorted(ranked, key=lambda i: (-float(scores[i]), i))] = np.arange(1, ranked.size + 1)
+    rows = rng.choice(ranked, 300, replace=False)
+    assert np.array_equal(ranks_streamed(blocks, rows, scores[rows]), rank[rows])
