@@ -108,12 +108,14 @@ def car_onnx() -> str:
     return str(Path(sys.executable).with_name("car-onnx"))
 
 
-def records_file(folder: Path, n: int, seed: int) -> Path:
-    """n real records as a JSON array (records repeated, in order, when n exceeds the ~19k available)."""
-    rows = real_records(None, seed)
-    rows = (rows * (n // len(rows) + 1))[:n]
-    path = Path(folder) / f"records-{n}-{seed}.json"
+def records_file(folder: Path, n: int, seed: int, unique: bool = False) -> Path:
+    """n real records as a JSON array (records repeated, in order, when n exceeds the ~19k available; with `unique`
+    the k-th repeat's instructions end with " #k", so that exact dedup keeps every copy)."""
+    path = Path(folder) / f"records-{n}-{seed}{'-unique' if unique else ''}.json"
     if not path.exists():
+        rows = real_records(None, seed)
+        rows = [dict(r, instruction=f"{r['instruction']} #{k}") if unique and k else r
+                for k in range(n // len(rows) + 1) for r in rows][:n]
         path.write_text(json.dumps(rows))
     return path
 

@@ -2,8 +2,10 @@
 
 1. overhead: `select` on 20,000 real records with the default bundle, single process (2 threads) against
    `--ray local` (a cluster started for the job, 2 actors of 1 CPU), same run, outputs compared byte for byte;
-2. driver memory: peak RSS of the driver in `--cluster sample` mode at 200k, 500k and 1M records with the lookup
+2. driver memory: peak RSS of the driver in `--cluster sample` mode (default options otherwise: exact dedup,
+   n1 = 2%) at 200k, 500k, 1M and 2M records (the real ones repeated, each repeat made unique) with the lookup
    bundle (real tokenizer, no transformer), the cluster started by this process so that only the driver counts;
+   and the same job without Ray (`--threads 2`);
 3. scaling: the same job on a test cluster of 1 and of 2 one-CPU nodes (ray.cluster_utils.Cluster).
 
     python -m benchmarks --only ray [--quick]        (RAY_BENCH=overhead,memory,scaling: a subset)"""
@@ -39,18 +41,22 @@ def overhead(work: Path, n: int) -> dict:
 
 
 def memory(work: Path, sizes: list[int]) -> dict:
-    """Peak RSS of the driver alone: the cluster (one node of 2 CPUs) runs in processes this one started."""
+    """Peak RSS of the driver alone: the cluster (one node of 2 CPUs) runs in processes this one started; and of
+    the same job in one process."""
     from ray.cluster_utils import Cluster
 
     bundle, out = lookup_bundle(work), {}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
         for n in sizes:
-            data = records_file(work, n, seed=12)
-            run = select(data, work / "ray-mem.jsonl", "-b", bundle, "--dedup", "none", "--cluster", "sample",
-                         "--ray", cluster.address)
-            out[str(n)] = {"driver_peak_rss_mb": run["peak_rss_mb"], "seconds": run["seconds"],
-                           "stages_s": run["stages_s"]}
+            data = records_file(work, n, seed=12, unique=True)
+            args = ("-b", bundle, "--cluster", "sample")
+            ray = select(data, work / "ray-mem.jsonl", *args, "--ray", cluster.address)
+            local = select(data, work / "local-mem.jsonl", *args, "--threads", 2)
+            same = (work / "ray-mem.jsonl").read_bytes() == (work / "local-mem.jsonl").read_bytes()
+            out[str(n)] = {"driver_peak_rss_mb": ray["peak_rss_mb"], "seconds": ray["seconds"],
+                           "stages_s": ray["stages_s"], "without_ray": {k: local[k] for k in ("peak_rss_mb", "seconds")},
+                           "same_output": same}
             print(f"ray memory {n:,}: {out[str(n)]}", file=sys.stderr, flush=True)
     finally:
         cluster.shutdown()
@@ -97,7 +103,7 @@ def run(work: Path, quick: bool) -> dict:
               if k in ("overhead", "driver_memory_sample_mode", "scaling")}
     jobs = {"overhead": ("overhead", lambda: overhead(work, 1000 if quick else 20_000)),
             "memory": ("driver_memory_sample_mode",
-                       lambda: memory(work, [20_000, 50_000] if quick else [200_000, 500_000, 1_000_000])),
+                       lambda: memory(work, [20_000, 50_000] if quick else [200_000, 500_000, 1_000_000, 2_000_000])),
             "scaling": ("scaling", lambda: scaling(work, 500 if quick else 4_000))}
     for part in parts:
         key, job = jobs[part]

@@ -23,6 +23,7 @@ from .bundle import find_bundle
 from .errors import CarError, UsageError
 from .model import CHUNK_RECORDS, RAY_CHUNK_RECORDS, Model
 from .readers import FORMATS
+from .scanning import ON_ERROR
 from .selection import N1, N2
 from .clustering import CLUSTER_MODES, EXACT_LIMIT, PCA_VARIANCE, SAMPLE_SIZE, SEED
 from .session import DEVICES, machine_threads, resolve
@@ -37,7 +38,7 @@ DeviceName = Enum("DeviceName", {d: d for d in DEVICES}, type=str)
 PrecisionName = Enum("PrecisionName", {p: p for p in PRECISIONS}, type=str)
 FormatName = Enum("FormatName", {f: f for f in FORMATS}, type=str)
 ClusterName = Enum("ClusterName", {m: m for m in CLUSTER_MODES}, type=str)
-OnErrorName = Enum("OnErrorName", {e: e for e in pipeline.ON_ERROR}, type=str)
+OnErrorName = Enum("OnErrorName", {e: e for e in ON_ERROR}, type=str)
 
 Input = Annotated[Path, typer.Argument(help="Dataset: .json (array), .jsonl, .csv or .parquet; or a directory (its dataset files, by name) or a quoted glob of them, read as one dataset.", show_default=False)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the result.", show_default=False)]

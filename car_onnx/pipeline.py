@@ -1,11 +1,12 @@
 """The file jobs behind the CLI, on the Python API's Model. The input is one file or several (a directory or a glob:
 its shards, read in order as one dataset). Each job reads it in passes, so memory does not grow with the dataset:
 1. check: every option, the output's format, directory and optional dependency, before any record is read;
-2. scan: validate every record (rejecting or failing), count them, note the columns and exact duplicates, and
-   plan the inference chunks (never spanning two files);
+2. scan (scanning.py): validate every record (rejecting or failing), count them, note the columns, each record's
+   place and the exact duplicates (on disk), and plan the inference chunks (never spanning two files);
 3. infer: score/embed chunk by chunk, each finished chunk kept in the work directory (resumable);
-4. cluster + select on the scores and the embeddings (memory-mapped, or read chunk by chunk with --cluster sample,
-   whose assignment of every row runs on the cluster under Ray);
+4. cluster + select on the scores and the embeddings (memory-mapped; with --cluster sample read a block at a
+   time from the work directory, the labels written there, the assignment of every row on the cluster under Ray:
+   nothing of n rows in memory);
 5. write: read the input again and write the output rows (and the rejects file).
 Steps 2 and 3 run in this process, or on a Ray cluster (car_onnx.ray.RayEngine), with the same result."""
 
@@ -16,29 +17,28 @@ import os
 import tempfile
 import time
 import warnings
-from array import array
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from . import lock
-from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
-from .errors import InputError, UsageError
+from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .columns import Index
+from .errors import UsageError
 from .manifest import sha256_file as file_sha256
-from .model import CHUNK_CHARS, CHUNK_RECORDS, Model, duplicates, text_key
-from .readers import SUFFIXES, check_format, check_input, detect_format, iter_records, require_pyarrow, shards_of
+from .model import CHUNK_CHARS, Model
+from .readers import SUFFIXES, check_format, check_input, detect_format, require_pyarrow
 from .records import Record
+from .scanning import Job, Scan, scan, shard_records
 from .selection import N1, N2, Dedup, Size, car_select, check_clustering
 from .workdir import WorkDir
 from .writers import create_npy, directory_writers, open_writer, remove_stale_temps, replacing
 
 SCORE_FIELD, CLUSTER_FIELD = "score", "cluster"
-ON_ERROR = ("fail", "skip")
 
 
 class Stages:
@@ -74,186 +74,10 @@ class Report:
     shown: list = field(default_factory=list)  # select: (row, record) of each selected row, in selection order
 
 
-@dataclass(frozen=True)
-class Job:
-    """Options of a file job (the Model holds the bundle, device, precision, fields and token budget)."""
-
-    input: Path  # a file, a directory of dataset files (its shards, by name) or a glob pattern
-    fmt: str | None = None
-    force: bool = False  # replace an existing output
-    work_dir: Path | None = None  # keep finished chunks here and reuse them (else a temporary directory)
-    on_error: str = "fail"  # or "skip": bad records go to the rejects file
-    rejects: Path | None = None  # the rejects file [default: OUTPUT.rejects.jsonl]
-    chunk_records: int = CHUNK_RECORDS
-
-    def __post_init__(self):
-        if self.on_error not in ON_ERROR:
-            raise UsageError(f"{{on_error}} must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}", "on_error")
-        if self.chunk_records < 1:
-            raise UsageError(f"{{chunk_records}} must be >= 1, got {self.chunk_records}", "chunk_records")
-        if self.fmt is not None:
-            check_format(self.fmt)
-
-    @cached_property
-    def shards(self) -> tuple[Path, ...]:
-        return shards_of(self.input)
-
-    def where(self, shard: int, where: str) -> str:
-        """A record's place as messages and the rejects file give it: "line 7", or "part-3.jsonl line 7" when
-        the input has several files."""
-        return f"{self.shards[shard].name} {where}" if len(self.shards) > 1 else where
-
-
-@dataclass(frozen=True)
-class ShardScan:
-    """What the scan found in one file of the input."""
-
-    records: int
-    columns: dict  # every key of the accepted rows, in order of first appearance
-    rejected: int
-    stamp: tuple  # the file's size and mtime when the scan began
-    keys: bytes | None  # with exact dedup: each record's 16-byte text key, joined
-    places: np.ndarray  # per record, the number of its location
-    place: str  # "line" or "record"
-    chunks: list  # records per inference chunk (chunks never span two files)
-
-
-@dataclass(frozen=True)
-class Scan:
-    records: int
-    columns: tuple[str, ...]  # every key of the accepted rows, in order of first appearance
-    rejected: int
-    stamp: tuple  # each file's size and mtime when the scan began
-    duplicate_of: np.ndarray | None  # with exact dedup: per record, the earlier record with the same text, or -1
-    places: np.ndarray  # per record, the number of its location ("line 7", "record 7"), to name it later
-    place: str  # "line" or "record"
-    shard_of: np.ndarray  # per record, the index of its file in job.shards
-    plan: tuple  # the inference chunks: (file index, first record in the file, records), in input order
-
-    def where(self, job: Job, i: int) -> str:
-        return job.where(int(self.shard_of[i]), f"{self.place} {self.places[i]}")
-
-
-def _stamp(path: Path) -> tuple:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
-OPTION_OF = {0: "score_field", 1: "cluster_field"}  # which option names the output's added field at this place
-
-
-def _records(job: Job, shard: int, model: Model, added: tuple[str, ...], reject=None) -> Iterator[Record]:
-    """The accepted records of one file; a record that already has a field the output adds is refused (or
-    rejected)."""
-    path = job.shards[shard]
-    for r in iter_records(path, fmt=job.fmt, fields=model.fields, reject=reject):
-        taken = next((i for i, name in enumerate(added) if name in r.row), None)
-        if taken is None:
-            yield r
-            continue
-        option = OPTION_OF.get(taken)
-        hint = f" (name the added field with {{{option}}})" if option else ""
-        err = InputError(path, r.where, f"already has a field '{added[taken]}' that the output would "
-                         f"overwrite{hint}", field=added[taken], params=(option,) if option else ())
-        if reject is None:
-            raise err
-        reject(err, r.row)
-
-
-def check_unchanged(job: Job, shard: int, stamp: tuple) -> None:
-    """File `shard` still has the size and mtime `stamp` the scan saw."""
-    if _stamp(job.shards[shard]) != stamp:
-        raise InputError(job.shards[shard], None, "changed while the job was running; run it again")
-
-
-def shard_records(job: Job, model: Model, stamp: tuple, added: tuple[str, ...], shard: int) -> Iterator[Record]:
-    """The accepted records of one file read again (bad ones dropped silently: the scan has reported them); the
-    file must still have the size and mtime `stamp` the scan saw."""
-    check_unchanged(job, shard, stamp)
-    skip = (lambda err, raw: None) if job.on_error == "skip" else None
-    yield from _records(job, shard, model, added, skip)
-
-
 def _again(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[Record]:
     """The accepted records of every file, read again in input order."""
     for shard in range(len(job.shards)):
         yield from shard_records(job, model, scan.stamp[shard], added, shard)
-
-
-def scan_shard(job: Job, shard: int, model: Model, added: tuple[str, ...], reject=None, dedup: bool = False,
-               advance: Callable[[int], None] = lambda n: None) -> ShardScan:
-    """Validate and count the records of one file; a bad record raises, or goes to `reject(err, row)`."""
-    path = job.shards[shard]
-    stamp, count, rejected, columns, keys, places, place = _stamp(path), 0, 0, {}, bytearray(), array("q"), "line"
-    sizes, size, chars = [], 0, 0
-
-    def rejecting(err: InputError, raw) -> None:
-        nonlocal rejected
-        rejected += 1
-        reject(err, raw)
-
-    try:
-        for r in _records(job, shard, model, added, rejecting if reject is not None else None):
-            if dedup:
-                keys += text_key(model.text(r.instruction, r.input, r.output))
-            count += 1
-            columns.update(dict.fromkeys(r.row))
-            place, number = r.where.split()
-            places.append(int(number))
-            size, chars = size + 1, chars + len(r.instruction) + len(r.input) + len(r.output)
-            if size == job.chunk_records or chars >= CHUNK_CHARS:  # the rule of model.chunks, within this file
-                sizes.append(size)
-                size, chars = 0, 0
-            advance(1)
-    except InputError as err:
-        if not (rejected and err.where is None and err.reason == "no records"):
-            raise
-    return ShardScan(count, columns, rejected, stamp, bytes(keys) if dedup else None, np.asarray(places, dtype=np.int64),
-                     place, sizes + [size] if size else sizes)
-
-
-def merge_scans(job: Job, parts: list[ShardScan], dedup: bool) -> Scan:
-    """The scan of the whole input from those of its files, in order."""
-    count, rejected = sum(p.records for p in parts), sum(p.rejected for p in parts)
-    if count == 0:
-        raise InputError(job.input, None, f"no records left: all {rejected} were rejected")
-    columns: dict = {}
-    plan = []
-    for s, part in enumerate(parts):
-        columns.update(part.columns)
-        starts = np.cumsum([0] + part.chunks[:-1])
-        plan.extend((s, int(a), m) for a, m in zip(starts, part.chunks))
-    keys = b"".join(p.keys for p in parts) if dedup else None
-    return Scan(count, tuple(columns), rejected, tuple(p.stamp for p in parts), duplicates(keys) if dedup else None,
-                np.concatenate([p.places for p in parts]), parts[0].place,
-                np.repeat(np.arange(len(parts), dtype=np.int32), [p.records for p in parts]), tuple(plan))
-
-
-def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages: Stages, dedup: bool = False) -> Scan:
-    """Validate and count every record before any work; rejected ones go to the `rejects` writer."""
-    def reject(err: InputError, raw) -> None:
-        rejects.write(reject_row(job, shard, err, raw))
-
-    with stages.stage("read") as advance:
-        parts = []
-        for shard in range(len(job.shards)):
-            parts.append(scan_shard(job, shard, model, added, reject if job.on_error == "skip" else None, dedup,
-                                    advance))
-    return finish_scan(job, parts, dedup, stages, rejects)
-
-
-def reject_row(job: Job, shard: int, err: InputError, raw) -> dict:
-    """The rejects file's row of a bad record."""
-    return {"where": job.where(shard, err.where) if err.where else None, "reason": "invalid", "field": err.field,
-            "error": err.reason, "record": raw}
-
-
-def finish_scan(job: Job, parts: list[ShardScan], dedup: bool, stages: Stages, rejects) -> Scan:
-    """The scan of the whole input (an input with no record left is an error), said in a note if any rejected."""
-    found = merge_scans(job, parts, dedup)
-    if job.on_error == "skip" and found.rejected:
-        stages.note(f"{found.rejected} record(s) rejected, written to {rejects.path}")
-    return found
 
 
 def identity(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, ...]) -> dict:
@@ -401,9 +225,10 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
         curation.require()
         curation.check_path(report_path, job.force)
     roles = ("score", "embed")
-    with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects:
-        found = (engine.scan if engine else scan)(job, model, added, rejects, stages, dedup=dedup.exact)
-        ranked = found.records - int((found.duplicate_of >= 0).sum()) if dedup.exact else found.records
+    with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects, \
+            tempfile.TemporaryDirectory(prefix="car-onnx-index-") as index:  # the scan's per-record facts
+        found = (engine.scan if engine else scan)(job, model, added, rejects, stages, Index(Path(index), dedup.exact))
+        ranked = found.records - (found.duplicates or 0)
         check_clustering(clusterer, ranked, dedup.near)
         with work_dir(job, model, roles, added, stages) as work:
             (engine.infer if engine else infer)(job, model, roles, found, added, work, stages)
@@ -417,8 +242,9 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
                                  labels=work.column("labels", found.records, "int64") if sampled else None)
             del out, embeddings
             page = None
-            if report_path is not None:  # the report reads every row's score and cluster: in memory
-                sel = dataclasses.replace(sel, scores=np.asarray(sel.scores[:]), labels=np.asarray(sel.labels[:]))
+            if report_path is not None:  # the report reads every row's score, cluster and duplicate: in memory
+                sel = dataclasses.replace(sel, scores=np.asarray(sel.scores[:]), labels=np.asarray(sel.labels[:]),
+                                          duplicate_of=np.asarray(sel.duplicate_of[:]))
                 page = curation.Run({}, {}, np.zeros(found.records, dtype=np.int64))
             report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page)
     report.rejects_path = rejects_path if rejects is not None and rejects.count else None
@@ -434,15 +260,16 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
 
 def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages,
                      page=None) -> Report:
+    """The write pass: the input read again, the output rows written (and each dropped duplicate to the rejects
+    file); per-record facts are read a block of rows at a time (in sample mode they are on disk)."""
     score_field, cluster_field = added[:2]
     position, reasons = {int(i): p for p, i in enumerate(sel.indices)}, sel.reasons
     if write_all:  # every row's rank, score and cluster
         ranks, scores, labels = sel.ranks, np.asarray(sel.scores[:]), np.asarray(sel.labels[:])
-    else:  # the selected rows' only (sample mode keeps the others on disk)
+    else:  # the selected rows' only
         chosen = np.sort(sel.indices)
         ranks, scores, labels = (dict(zip(chosen.tolist(), values)) for values in
                                  (sel.ranks_of(chosen), sel.scores[chosen], sel.labels[chosen]))
-    exact = found.duplicate_of
     shown: dict[int, tuple] = {}
     if page is not None:
         from . import report as curation
@@ -457,34 +284,40 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
         return out
 
     columns = (*found.columns, *added) if write_all else None  # all rows: the header is known, CSV streams
+    repeats, i = 0, 0
     with stages.stage("write", total=found.records) as advance, _writers(job, output, fmt, columns) as writer:
-        for i, r in enumerate(_again(job, model, found, added)):
-            original = int(sel.duplicate_of[i])
-            if original >= 0 and rejects is not None:
-                kind = "exact" if exact is not None and exact[i] >= 0 else "near"
-                rejects.write({"where": found.where(job, i), "reason": "duplicate_of",
-                               "duplicate_of": found.where(job, original),
-                               "kind": kind, "record": r.row})
-            if write_all:
-                writer(found.shard_of[i]).write(row(i, r))
-            if i in position:
-                shown[i] = (row(i, r), r)
-            if page is not None:  # --report: text lengths, and the texts the page shows
-                text = model.text(r.instruction, r.input, r.output)
-                page.lengths[i] = len(text)
-                if i in want:
-                    page.texts[i], page.where[i] = curation.clip(text), found.where(job, i)
-            advance(1)
+        for shard in range(len(job.shards)):
+            for r in shard_records(job, model, found.stamp[shard], added, shard):
+                if i % BLOCK_ROWS == 0:  # the next block's duplicates, and where the records they repeat are
+                    dup = np.asarray(sel.duplicate_of[i:i + BLOCK_ROWS])
+                    originals = np.unique(dup[dup >= 0]) if rejects is not None else ()
+                    named = dict(zip(np.asarray(originals).tolist(), found.wheres(job, originals)))
+                    exact = found.duplicate_of[i:i + BLOCK_ROWS]
+                    repeats += int((dup >= 0).sum())
+                original = int(dup[i % BLOCK_ROWS])
+                if original >= 0 and rejects is not None:
+                    rejects.write({"where": job.where(shard, r.where), "reason": "duplicate_of",
+                                   "duplicate_of": named[original],
+                                   "kind": "exact" if exact[i % BLOCK_ROWS] >= 0 else "near", "record": r.row})
+                if write_all:
+                    writer(shard).write(row(i, r))
+                if i in position:
+                    shown[i] = (row(i, r), r, shard)
+                if page is not None:  # --report: text lengths, and the texts the page shows
+                    text = model.text(r.instruction, r.input, r.output)
+                    page.lengths[i] = len(text)
+                    if i in want:
+                        page.texts[i], page.where[i] = curation.clip(text), job.where(shard, r.where)
+                advance(1)
+                i += 1
         if not write_all:
             for i in sel.indices:
-                writer(found.shard_of[i]).write(shown[int(i)][0])
-    duplicates = {}
-    if exact is not None:
-        duplicates = {"exact": int((exact >= 0).sum()), "near": int((sel.duplicate_of >= 0).sum() - (exact >= 0).sum())}
-    if duplicates and rejects is not None and sum(duplicates.values()):
-        stages.note(f"{sum(duplicates.values())} duplicate(s) dropped before ranking, written to {rejects.path}")
+                writer(shown[int(i)][2]).write(shown[int(i)][0])
+    duplicates = {"exact": found.duplicates, "near": repeats - found.duplicates} if found.duplicates is not None else {}
+    if duplicates and rejects is not None and repeats:
+        stages.note(f"{repeats} duplicate(s) dropped before ranking, written to {rejects.path}")
     return Report(found.records, len(sel.indices), sel.n_top, sel.k, found.rejected, duplicates,
-                  seconds=stages.seconds, shown=[shown[int(i)] for i in sel.indices])
+                  seconds=stages.seconds, shown=[shown[int(i)][:2] for i in sel.indices])
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import pipeline
+from . import pipeline, scanning
 from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, assign, rows_in
 from .coverage import Coverage, coverage_warning
 from .errors import BundleError, CarError, UsageError
@@ -115,7 +115,7 @@ def _model_with(model: Model, threads: int) -> Model:
 class _Chunks:
     """An actor: runs inference chunks of the input files (the job's plan) with one Model created once."""
 
-    def __init__(self, model: Model, job: pipeline.Job, added: tuple, roles: tuple, stamps: tuple, manifest: str):
+    def __init__(self, model: Model, job: scanning.Job, added: tuple, roles: tuple, stamps: tuple, manifest: str):
         self.model, self.job, self.added, self.roles, self.stamps = model, job, added, roles, stamps
         found = sha256_file(model.bundle / "manifest.json")
         if found != manifest:
@@ -130,9 +130,9 @@ class _Chunks:
         actor reads a file about once), else the file is read again from its beginning."""
         reader, self.reader = self.reader, None
         if reader is None or reader[0] != shard or reader[1] > start:
-            reader = (shard, 0, pipeline.shard_records(self.job, self.model, self.stamps[shard], self.added, shard))
+            reader = (shard, 0, scanning.shard_records(self.job, self.model, self.stamps[shard], self.added, shard))
         _, at, records = reader
-        pipeline.check_unchanged(self.job, shard, self.stamps[shard])
+        scanning.check_unchanged(self.job, shard, self.stamps[shard])
         deque(islice(records, start - at), maxlen=0)
         return records
 
@@ -158,24 +158,26 @@ class RayEngine:
     address: str = "local"
     threads: int = ACTOR_THREADS  # CPUs per actor
 
-    def scan(self, job, model, added, rejects, stages, dedup=False) -> pipeline.Scan:
+    def scan(self, job, model, added, rejects, stages, index) -> scanning.Scan:
         """Every input file scanned by its own task; the first bad file (in input order) fails the job, as the
-        local scan would. Connects to the cluster first (after every option was checked)."""
+        local scan would; each file's places and keys go to the driver's `index` (on disk) as they arrive.
+        Connects to the cluster first (after every option was checked)."""
         connect(self.address)
         ray = _ray()
         task = ray.remote(num_cpus=1)(_scan_shard)
         skip = job.on_error == "skip"
         with stages.stage("read") as advance:
-            futures = [task.remote(job, shard, model, added, skip, dedup) for shard in range(len(job.shards))]
+            futures = [task.remote(job, shard, model, added, skip, index.dedup) for shard in range(len(job.shards))]
             parts = []
             for shard, future in enumerate(futures):
                 with _ours():
                     part, bad = ray.get(future)
                 for err, raw in bad:
-                    rejects.write(pipeline.reject_row(job, shard, err, raw))
-                parts.append(part)
+                    rejects.write(scanning.reject_row(job, shard, err, raw))
+                index.add(part.places, part.keys)
+                parts.append(dataclasses.replace(part, places=None, keys=None))
                 advance(part.records)
-        return pipeline.finish_scan(job, parts, dedup, stages, rejects)
+        return scanning.finish_scan(job, parts, stages, rejects, index)
 
     def infer(self, job, model, roles, found, added, work, stages) -> None:
         """The chunks not finished yet, run by an actor pool; each is saved in the work dir as it arrives (a
@@ -232,12 +234,12 @@ class RayEngine:
 def _scan_shard(job, shard, model, added, skip, dedup):
     """A Ray task: the scan of one input file, with its rejected records (err, row) when skipping."""
     bad = []
-    part = pipeline.scan_shard(job, shard, model, added, (lambda err, raw: bad.append((err, raw))) if skip else None,
+    part = scanning.scan_shard(job, shard, model, added, (lambda err, raw: bad.append((err, raw))) if skip else None,
                                dedup)
     return part, bad
 
 
-def select_job(job: pipeline.Job, model: Model, output: Path, *, address: str, threads: int | None = None, **options):
+def select_job(job: scanning.Job, model: Model, output: Path, *, address: str, threads: int | None = None, **options):
     """`car-onnx select --ray ADDRESS`: pipeline.select with the scan and inference on the cluster."""
     _ray()  # without the extra: an error before any work
     return pipeline.select(job, model, output, engine=RayEngine(address, threads or ACTOR_THREADS), **options)

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .columns import Kept, count_kept
 from .errors import UsageError
 
 N1, N2 = 1000, 1  # the paper's sizes, the default of every entry point
@@ -115,8 +116,8 @@ class Selection:
     @property
     def ranks(self) -> np.ndarray:
         """Per row, its place by score among the ranked rows (1 = best; 0 for a dropped duplicate)."""
-        ranked = np.flatnonzero(self.duplicate_of < 0)
-        order = ranked[np.argsort(-self.scores[ranked].astype(np.float64), kind="stable")]
+        ranked = np.flatnonzero(np.asarray(self.duplicate_of[:]) < 0)
+        order = ranked[np.argsort(-np.asarray(self.scores[:])[ranked].astype(np.float64), kind="stable")]
         ranks = np.zeros(len(self.scores), dtype=np.int64)
         ranks[order] = np.arange(1, len(order) + 1)
         return ranks
@@ -294,16 +295,18 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
             bad = int(np.flatnonzero(~np.isfinite(block))[0])
             raise UsageError(f"score of row {first + bad} is {block[bad]}: {{scores}} must be finite", "scores")
     size1, size2 = Size.parse(n1, "n1"), Size.parse(n2, "n2")
-    dup = np.full(n, -1, dtype=np.int64) if duplicate_of is None else np.asarray(duplicate_of, dtype=np.int64).copy()
-    ranked = np.flatnonzero(dup < 0)
-    if size1.covers(len(ranked)):
-        warnings.warn(f"n1 = {size1} is at or above the {len(ranked)} records to rank: every record is selected",
+    dup = np.full(n, -1, dtype=np.int64) if duplicate_of is None else duplicate_of \
+        if hasattr(duplicate_of, "shape") else np.asarray(duplicate_of, dtype=np.int64)
+    kept = count_kept(dup)
+    if size1.covers(kept):
+        warnings.warn(f"n1 = {size1} is at or above the {kept} records to rank: every record is selected",
                       stacklevel=2)
     clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size, log=log)
-    check_clustering(clusterer, len(ranked), near)
-    if clusterer.sampled(len(ranked)):
-        return _select_sampled(scores, embeddings, dup, ranked, size1, size2, clusterer, labels)
-    scores = np.asarray(scores, dtype=np.float32)
+    check_clustering(clusterer, kept, near)
+    if clusterer.sampled(kept):
+        return _select_sampled(scores, embeddings, dup, kept, size1, size2, clusterer, labels)
+    scores, dup = np.asarray(scores[:], dtype=np.float32), np.array(dup[:], dtype=np.int64)
+    ranked = np.flatnonzero(dup < 0)
     labels = np.full(n, -1, dtype=np.int64)
     labels[ranked] = clusterer.fit_predict(embeddings, None if len(ranked) == n else ranked)
     if near is not None:
@@ -318,27 +321,29 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
                      dup, clusterer.variance_kept_, clusterer.sampled_, plane=(ranked[rows], xy))
 
 
-def _select_sampled(scores, embeddings, dup: np.ndarray, ranked: np.ndarray, size1: Size, size2: Size,
-                    clusterer: Clusterer, labels) -> Selection:
-    """car_select in sample mode, with the scores (and the `labels` it fills) in memory or on disk (an array-like
-    read and written a block at a time): memory is bounded by the sample, the selection and `dup`, not by the
-    embeddings nor the labels."""
+def _select_sampled(scores, embeddings, dup, kept: int, size1: Size, size2: Size, clusterer: Clusterer,
+                    labels) -> Selection:
+    """car_select in sample mode, with the scores, the duplicates and the `labels` it fills in memory or on disk
+    (array-likes read and written a block at a time, e.g. columns.Column): memory is bounded by the sample and the
+    selection, not by n."""
     n = len(scores)
     labels = np.empty(n, dtype=np.int64) if labels is None else labels
-    clusterer.fit_assign(embeddings, None if len(ranked) == n else ranked, labels)
-    repeated = np.flatnonzero(dup >= 0)
-    if len(repeated):  # a duplicate has the cluster of the record it repeats
-        labels[repeated] = labels[_root(dup, repeated)]
+    ranked = Kept(dup, kept)
+    clusterer.fit_assign(embeddings, None if kept == n else ranked, labels)
+    for first in range(0, n, BLOCK_ROWS) if kept < n else ():  # a duplicate has the cluster of the one it repeats
+        repeated = np.flatnonzero(dup[first:first + BLOCK_ROWS] >= 0) + first
+        if len(repeated):
+            labels[repeated] = labels[_root(dup, repeated)]
 
     def blocks():
         for first in range(0, n, BLOCK_ROWS):
             part = dup[first:first + BLOCK_ROWS]
             yield first, scores[first:first + BLOCK_ROWS], np.where(part < 0, labels[first:first + len(part)], -1)
 
-    indices, n_top = select_streamed(blocks, size1.of(len(ranked)), size2, clusterer.k_)
+    indices, n_top = select_streamed(blocks, size1.of(kept), size2, clusterer.k_)
     rows, xy = clusterer.plane_
     return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
-                     dup, clusterer.variance_kept_, True, plane=(ranked[rows], xy))
+                     dup, clusterer.variance_kept_, True, plane=(rows if kept == n else ranked[rows], xy))
 
 
 def _root(dup: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .clustering import rows_in
+from .columns import Column
 from .errors import UsageError
 from .lock import NAME as LOCK
 from .writers import create_npy, naming, remove_stale_temps, replacing
@@ -130,8 +131,8 @@ class WorkDir:
 
     def assemble(self, n: int, in_chunks: bool = False) -> dict[str, np.ndarray]:
         """All chunks in order: scores in memory, embeddings as a memory-mapped embeddings.npy of [n, dim] (with
-        `in_chunks`, scores as a Column scores.npy and embeddings as ChunkRows that read them from the chunk files
-        as needed: nothing of n rows in memory)."""
+        `in_chunks`, scores as a Column, the file "scores", and embeddings as ChunkRows that read them from the
+        chunk files as needed: nothing of n rows in memory)."""
         if self.reused:
             self.note(f"work dir {self.root}: reused {self.reused} finished chunk(s)")
         out: dict[str, np.ndarray] = {}
@@ -167,33 +168,8 @@ class WorkDir:
 
 
     def column(self, name: str, n: int, dtype) -> Column:
-        """A new per-record array of `n` rows on disk, NAME.npy (replacing that of an earlier run)."""
-        path = self.root / f"{name}.npy"
-        with naming(path):
-            create_npy(path, (n,), dtype)
-        return Column(path)
-
-
-class Column:
-    """A 1-D array in a .npy file, mapped only while a slice of it is read or written, so that its pages never pile
-    up in the process's memory: sample mode's per-record arrays (scores, labels) of any number of rows."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        head = np.load(self.path, mmap_mode="r")
-        self.shape, self.dtype, self.ndim = head.shape, head.dtype, 1
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index) -> np.ndarray:
-        return np.array(np.load(self.path, mmap_mode="r")[index])
-
-    def __setitem__(self, index, values) -> None:
-        with naming(self.path):
-            mapped = np.load(self.path, mmap_mode="r+")
-            mapped[index] = values
-            mapped.flush()
+        """A new per-record array of `n` rows on disk, in the file NAME (replacing that of an earlier run)."""
+        return Column.create(self.root / name, dtype, n)
 
 
 class ChunkRows:

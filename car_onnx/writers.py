@@ -94,13 +94,20 @@ def create_npy(path, shape: tuple[int, ...], dtype="float32"):
     array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
     fd = os.open(path, os.O_RDWR)
     try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    except OSError as err:
-        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot reserve: go on
-            raise
+        reserve(fd)
     finally:
         os.close(fd)
     return array
+
+
+def reserve(fd: int) -> None:
+    """Reserve the disk space of the open file `fd`'s size, so that writing its mapped pages cannot find the disk
+    full (a filesystem that cannot reserve: nothing done)."""
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 @contextmanager

@@ -1,13 +1,10 @@
 """The `car-onnx` command end to end on a tiny bundle: outputs byte for byte, errors by message, no torch."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from car_onnx import car_select
 from car_onnx.writers import open_writer
 from car_onnx_export import tiny
 

@@ -4,7 +4,7 @@ limit, from the counting function up to the CLI's summary."""
 import json
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models
 
 from car_onnx.bundle import Bundle
 from car_onnx.coverage import UNKNOWN_SHARE_LIMIT, Coverage, coverage_warning, unknown_id

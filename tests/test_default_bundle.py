@@ -1,7 +1,6 @@
 """The default bundle's single-pass graph: a head trained for a few steps on pairs written here, exported with
 all-MiniLM-L6-v2, gives sentence-transformers' embedding and the PyTorch head's score."""
 
-import csv
 import json
 from pathlib import Path
 

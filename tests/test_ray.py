@@ -160,7 +160,7 @@ def test_a_resumed_run_after_the_driver_was_killed_reruns_only_what_was_missing(
 
 
 def test_an_actor_reads_a_file_once_while_its_chunks_come_in_order(real, monkeypatch):
-    from car_onnx import pipeline
+    from car_onnx import pipeline, scanning
     from car_onnx.manifest import sha256_file
     from car_onnx.ray import _Chunks
 
@@ -168,8 +168,8 @@ def test_an_actor_reads_a_file_once_while_its_chunks_come_in_order(real, monkeyp
     job, model, roles = pipeline.Job(root / "d.jsonl", chunk_records=100), Model(bundle, threads=1), ("score", "embed")
     found = pipeline.scan(job, model, (), None, pipeline.Stages())
     records = list(pipeline.shard_records(job, model, found.stamp[0], (), 0))
-    opened, shard_records = [], pipeline.shard_records
-    monkeypatch.setattr(pipeline, "shard_records", lambda *args: opened.append(args[-1]) or shard_records(*args))
+    opened, shard_records = [], scanning.shard_records
+    monkeypatch.setattr(scanning, "shard_records", lambda *args: opened.append(args[-1]) or shard_records(*args))
     actor = _Chunks(model, job, (), roles, found.stamp, sha256_file(bundle / "manifest.json"))
     for c in (0, 2, 5, 6, 19, 3, 4):  # in order, then back to an earlier chunk: the file is read again
         shard, start, size = found.plan[c]

@@ -110,6 +110,54 @@ def test_sample_mode_reads_scores_and_writes_labels_on_disk_a_block_at_a_time(tm
     assert labels[dup >= 0].tolist() == [int(labels[0])] * 200  # a duplicate has its original's cluster
 
 
+def test_the_index_finds_each_records_first_copy_bucket_by_bucket(tmp_path, monkeypatch):
+    from car_onnx import columns
+
+    monkeypatch.setattr(columns, "BUCKETS", 5)
+    rng = np.random.default_rng(2)
+    pool = [rng.bytes(16) for _ in range(300)]
+    keys = [pool[i] for i in rng.integers(0, 300, 2000)]
+    index = columns.Index(tmp_path, dedup=True)
+    for a, b in ((0, 1), (1, 700), (700, 700), (700, 2000)):  # added in pieces, in order
+        index.add(np.arange(a, b) * 3 + 1, b"".join(keys[a:b]))
+    places, duplicate_of, repeated = index.finish()
+    first, want = {}, []
+    for i, key in enumerate(keys):
+        want.append(first[key] if key in first else -1)
+        first.setdefault(key, i)
+    assert duplicate_of[:].tolist() == want and repeated == sum(w >= 0 for w in want)
+    assert places[:].tolist() == list(range(1, 6000, 3)) and places[[5, 1999]].tolist() == [16, 5998]
+
+
+def test_scan_and_write_pass_read_their_per_record_facts_a_block_at_a_time(bundle, tmp_path, monkeypatch):
+    """Places and duplicates are on disk (columns.Index) and read back a block at a time: with blocks of 7 rows
+    and 3 key buckets, sample mode's output and rejects file are byte for byte those of one block."""
+    from car_onnx import Model, clustering, columns, pipeline, scanning, selection
+
+    rows = records(400, seed=8)
+    rows += [dict(rows[i], output=rows[i]["output"] + "  ") for i in (3, 150, 399, 3)]  # copies, one twice
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i, part in enumerate((rows[:150], rows[150:151], rows[151:])):
+        write_jsonl(shards / f"part-{i}.jsonl", part)
+
+    def run(name):
+        pipeline.select(pipeline.Job(shards), Model(bundle), tmp_path / name, n1="4%", n2="2", cluster="sample",
+                        sample_size=100, write_all=True)
+        return (tmp_path / name).read_bytes(), (tmp_path / f"{name}.rejects.jsonl").read_bytes()
+
+    whole = run("one.jsonl")
+    for module in (clustering, columns, pipeline, scanning, selection):
+        monkeypatch.setattr(module, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(columns, "BUCKETS", 3)
+    assert run("blocks.jsonl") == whole
+    rejects = [json.loads(line) for line in whole[1].decode().splitlines()]
+    assert [(r["where"], r["duplicate_of"]) for r in rejects] == [("part-2.jsonl line 250", "part-0.jsonl line 4"),
+                                                                 ("part-2.jsonl line 251", "part-1.jsonl line 1"),
+                                                                 ("part-2.jsonl line 252", "part-2.jsonl line 249"),
+                                                                 ("part-2.jsonl line 253", "part-0.jsonl line 4")]
+
+
 def test_chunk_rows_read_only_what_is_asked(tmp_path):
     work = WorkDir.open(tmp_path / "w", {"roles": ["score", "embed"]}, print)
     rng = np.random.default_rng(0)
