@@ -282,8 +282,9 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
     also drops, within each cluster, records whose cosine to a higher-scored kept one is >= near. `cluster`:
     "exact" fits PCA and KMeans on every row; "sample" on a seeded sample of `sample_size` rows, then assigns
     every row (memory bounded by the sample; `embeddings` may be a memory map or a work directory's rows);
-    "auto" is exact up to clustering.EXACT_LIMIT rows. In sample mode `scores` may be an array-like on disk (read a
-    block at a time) and the labels are written into `labels`, if given (e.g. a workdir.Column)."""
+    "auto" is exact up to clustering.EXACT_LIMIT rows. In sample mode `scores` and `duplicate_of` may be
+    array-likes on disk, read a block at a time, and the labels are written into `labels`, if given (e.g. a
+    columns.Column): the Selection then holds them as they are."""
     scores = scores if hasattr(scores, "shape") else np.asarray(scores, dtype=np.float32)
     if len(scores.shape) != 1 or len(scores) != len(embeddings):
         raise UsageError(f"{{scores}} must be 1-D with one value per embedding row, got {scores.shape} for "
