@@ -114,9 +114,14 @@ def records_file(folder: Path, n: int, seed: int, unique: bool = False) -> Path:
     path = Path(folder) / f"records-{n}-{seed}{'-unique' if unique else ''}.json"
     if not path.exists():
         rows = real_records(None, seed)
-        rows = [dict(r, instruction=f"{r['instruction']} #{k}") if unique and k else r
-                for k in range(n // len(rows) + 1) for r in rows][:n]
-        path.write_text(json.dumps(rows))
+        with open(f"{path}.part", "w") as f:  # written a record at a time: 10M records are ~6 GB
+            f.write("[")
+            for i in range(n):
+                k, r = divmod(i, len(rows))
+                row = dict(rows[r], instruction=f"{rows[r]['instruction']} #{k}") if unique and k else rows[r]
+                f.write((", " if i else "") + json.dumps(row))
+            f.write("]")
+        os.replace(f"{path}.part", path)
     return path
 
 

@@ -223,9 +223,13 @@ def rows() -> list[tuple[str, str, str]]:
                         "<= +15%: " + ("met" if r["wall_overhead"] <= 0.15 else "MISSED")))
         if r := d.get("driver_memory_sample_mode"):
             sizes = {int(n): v for n, v in r.items() if n.isdigit()}
+            alone = [v["without_ray"]["peak_rss_mb"] for v in sizes.values() if "without_ray" in v]
             out.append(("Ray driver peak RSS, `--cluster sample`, lookup bundle: " + " / ".join(
                 f"{n:,}" for n in sizes) + " records", " / ".join(f"{v['driver_peak_rss_mb']:.0f}" for v in
-                                                                  sizes.values()) + f" MB; {_cpu(d)}",
+                                                                  sizes.values()) + " MB" + (
+                            f" (without Ray: {' / '.join(f'{m:.0f}' for m in alone)} MB; outputs "
+                            f"{'identical' if all(v['same_output'] for v in sizes.values()) else 'DIFFERENT'})"
+                            if alone else "") + f"; {_cpu(d)}",
                         "<= 1024 MB: " + ("met" if max(v["driver_peak_rss_mb"] for v in sizes.values()) <= 1024
                                           else "MISSED")))
         if r := d.get("scaling"):
@@ -238,6 +242,12 @@ def rows() -> list[tuple[str, str, str]]:
         out.append((f"select --n1 2%, {d['records']:,} records (the shared corpora repeated), default bundle, "
                     f"{d['threads']} threads", f"{r['seconds']:.0f} s [{st}], {r['peak_rss_mb']:.0f} MB peak; "
                     f"{_cpu(d)}", "<= 300 s: " + ("met" if r["seconds"] <= 300 else "MISSED")))
+    if d := _load("sample_10m"):
+        r = d["select"]
+        st = ", ".join(f"{k} {v:.0f}" for k, v in r["stages_s"].items())
+        out.append((f"select --cluster sample on one machine, {d['records']:,} records ({d['input_gb']} GB), lookup "
+                    "bundle, 2 threads", f"{r['seconds']:.0f} s [{st}], {r['peak_rss_mb']:.0f} MB peak, work dir "
+                    f"{d['work_dir_gb']} GB; {_cpu(d)}", ""))
     if d := _load("resume"):
         out.append((f"resume: select on {d['records']} records killed after {d['chunks_finished_when_killed']} of "
                     f"{d['chunks']} chunks, then resumed", f"{d['killed_after_s']} s + {d['resumed_s']} s vs "

@@ -305,7 +305,8 @@ def select(
     model = _model(bundle, device, None if ray else threads, precision, field, max_tokens)
     options = dict(n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed, dedup=dedup, write_all=all,
                    out_fmt=_value(output_format), score_field=score_field, cluster_field=cluster_field,
-                   cluster=cluster.value, sample_size=sample_size, stages=CliStages(quiet), report_path=report)
+                   cluster=cluster.value, sample_size=sample_size, stages=CliStages(quiet), report_path=report,
+                   show=show)
     if ray is None:
         report = pipeline.select(job, model, output, **options)
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import tempfile
 import time
 import warnings
@@ -71,7 +72,7 @@ class Report:
     duplicates: dict = field(default_factory=dict)  # "exact" / "near" -> rows dropped before ranking
     rejects_path: Path | None = None
     seconds: dict = field(default_factory=dict)
-    shown: list = field(default_factory=list)  # select: (row, record) of each selected row, in selection order
+    shown: list = field(default_factory=list)  # select(show=True): (row, record) of each selected row, in order
 
 
 def _again(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[Record]:
@@ -206,10 +207,11 @@ def _check_names(score_field: str, cluster_field: str, extra: tuple[str, ...]) -
 def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_variance=PCA_VARIANCE, seed=SEED,
            dedup="exact", write_all=False, out_fmt=None, score_field=SCORE_FIELD, cluster_field=CLUSTER_FIELD,
            cluster="auto", sample_size=SAMPLE_SIZE, stages: Stages | None = None, report_path: Path | None = None,
-           engine=None) -> Report:
+           engine=None, show=False) -> Report:
     """`car-onnx select`: the CaR selection of the input, each selected record written with its score, cluster,
     rank and the reason it was kept ("top" or "cluster"); with `write_all`, every record, `selected` or not.
-    `engine` runs the scan and the inference elsewhere (car_onnx.ray); the selection is the same."""
+    `engine` runs the scan and the inference elsewhere (car_onnx.ray); the selection is the same. With `show`, the
+    Report's `shown` holds each selected (row, record), for the CLI's --show."""
     stages = stages or Stages()
     size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
     extra = ("rank", "selected", "reason") if write_all else ("rank", "reason")
@@ -246,7 +248,8 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
                 sel = dataclasses.replace(sel, scores=np.asarray(sel.scores[:]), labels=np.asarray(sel.labels[:]),
                                           duplicate_of=np.asarray(sel.duplicate_of[:]))
                 page = curation.Run({}, {}, np.zeros(found.records, dtype=np.int64))
-            report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page)
+            report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page,
+                                      show)
     report.rejects_path = rejects_path if rejects is not None and rejects.count else None
     if page is not None:  # --report: the page, from what the write pass collected
         with stages.stage("report"):
@@ -258,34 +261,36 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
     return report
 
 
-def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages,
-                     page=None) -> Report:
+def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages, page=None,
+                     show=False) -> Report:
     """The write pass: the input read again, the output rows written (and each dropped duplicate to the rejects
-    file); per-record facts are read a block of rows at a time (in sample mode they are on disk)."""
+    file). Per-record facts are read a block of rows at a time (in sample mode they are on disk), and the selected
+    rows wait in a temporary file to be written in selection order: memory holds neither n rows nor the selected
+    records."""
     score_field, cluster_field = added[:2]
-    position, reasons = {int(i): p for p, i in enumerate(sel.indices)}, sel.reasons
-    if write_all:  # every row's rank, score and cluster
+    order = np.argsort(sel.indices, kind="stable")  # the selection in input order: chosen[j] is at place order[j]
+    chosen = np.asarray(sel.indices)[order]
+    if write_all:  # every row's rank, score and cluster, by row
         ranks, scores, labels = sel.ranks, np.asarray(sel.scores[:]), np.asarray(sel.labels[:])
-    else:  # the selected rows' only
-        chosen = np.sort(sel.indices)
-        ranks, scores, labels = (dict(zip(chosen.tolist(), values)) for values in
-                                 (sel.ranks_of(chosen), sel.scores[chosen], sel.labels[chosen]))
-    shown: dict[int, tuple] = {}
+    else:  # the selected rows', by place in `chosen`
+        ranks, scores, labels = sel.ranks_of(chosen), sel.scores[chosen], sel.labels[chosen]
     if page is not None:
         from . import report as curation
 
         want = curation.wanted(sel)
 
-    def row(i: int, r: Record) -> dict:
-        out = {**r.row, score_field: _float(scores[i]), cluster_field: int(labels[i]), "rank": int(ranks[i]) or None}
+    def row(i: int, r: Record, j: int | None) -> dict:
+        at = i if write_all else j
+        out = {**r.row, score_field: _float(scores[at]), cluster_field: int(labels[at]), "rank": int(ranks[at]) or None}
         if write_all:
-            out["selected"] = i in position
-        out["reason"] = str(reasons[position[i]]) if i in position else None
+            out["selected"] = j is not None
+        out["reason"] = None if j is None else "top" if order[j] < sel.n_top else "cluster"
         return out
 
     columns = (*found.columns, *added) if write_all else None  # all rows: the header is known, CSV streams
-    repeats, i = 0, 0
-    with stages.stage("write", total=found.records) as advance, _writers(job, output, fmt, columns) as writer:
+    offsets, repeats, i, j = np.zeros(len(chosen), dtype=np.int64), 0, 0, 0
+    with stages.stage("write", total=found.records) as advance, _writers(job, output, fmt, columns) as writer, \
+            tempfile.TemporaryFile() as held:
         for shard in range(len(job.shards)):
             for r in shard_records(job, model, found.stamp[shard], added, shard):
                 if i % BLOCK_ROWS == 0:  # the next block's duplicates, and where the records they repeat are
@@ -299,10 +304,12 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
                     rejects.write({"where": job.where(shard, r.where), "reason": "duplicate_of",
                                    "duplicate_of": named[original],
                                    "kind": "exact" if exact[i % BLOCK_ROWS] >= 0 else "near", "record": r.row})
+                picked = j if j < len(chosen) and chosen[j] == i else None
                 if write_all:
-                    writer(shard).write(row(i, r))
-                if i in position:
-                    shown[i] = (row(i, r), r, shard)
+                    writer(shard).write(row(i, r, picked))
+                if picked is not None:
+                    offsets[order[j]], j = held.tell(), j + 1
+                    pickle.dump((row(i, r, picked), r, shard), held)
                 if page is not None:  # --report: text lengths, and the texts the page shows
                     text = model.text(r.instruction, r.input, r.output)
                     page.lengths[i] = len(text)
@@ -310,14 +317,19 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
                         page.texts[i], page.where[i] = curation.clip(text), job.where(shard, r.where)
                 advance(1)
                 i += 1
-        if not write_all:
-            for i in sel.indices:
-                writer(shown[int(i)][2]).write(shown[int(i)][0])
+        shown = []
+        for offset in offsets if show or not write_all else ():  # in selection order
+            held.seek(offset)
+            out, r, shard = pickle.load(held)
+            if not write_all:
+                writer(shard).write(out)
+            if show:
+                shown.append((out, r))
     duplicates = {"exact": found.duplicates, "near": repeats - found.duplicates} if found.duplicates is not None else {}
     if duplicates and rejects is not None and repeats:
         stages.note(f"{repeats} duplicate(s) dropped before ranking, written to {rejects.path}")
     return Report(found.records, len(sel.indices), sel.n_top, sel.k, found.rejected, duplicates,
-                  seconds=stages.seconds, shown=[shown[int(i)][:2] for i in sel.indices])
+                  seconds=stages.seconds, shown=shown)
 
 
 @contextmanager
