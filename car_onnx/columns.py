@@ -47,9 +47,7 @@ class Column:
 
     def __setitem__(self, index, values) -> None:
         with naming(self.path):
-            mapped = self._map("r+")
-            mapped[index] = values
-            mapped.flush()
+            self._map("r+")[index] = values  # unmapped at once; the page cache keeps what was written
 
 
 def count_kept(duplicate_of) -> int:
