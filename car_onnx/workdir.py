@@ -166,7 +166,6 @@ class WorkDir:
             out["embed"] = np.load(self.root / "embeddings.npy", mmap_mode="r")
         return out
 
-
     def column(self, name: str, n: int, dtype) -> Column:
         """A new per-record array of `n` rows on disk, in the file NAME (replacing that of an earlier run)."""
         return Column.create(self.root / name, dtype, n)

@@ -86,12 +86,12 @@ def naming(path) -> Iterator[None]:
         raise WriteError(path, err) from None
 
 
-def create_npy(path, shape: tuple[int, ...], dtype="float32"):
-    """A .npy of `shape` (float32 by default), memory-mapped for writing, its space reserved up front: a full disk
-    is an OSError here, not a SIGBUS when the mapped pages are written."""
+def create_npy(path, shape: tuple[int, ...]):
+    """A float32 .npy of `shape`, memory-mapped for writing, its space reserved up front: a full disk is an
+    OSError here, not a SIGBUS when the mapped pages are written."""
     import numpy as np
 
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
     fd = os.open(path, os.O_RDWR)
     try:
         reserve(fd)
