@@ -196,6 +196,25 @@ def test_a_bad_record_in_shard_3_is_named_by_shard_and_line(real, cluster, cli, 
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_past_max_blocks_chunks_share_ray_blocks_and_the_output_is_unchanged(real, cluster, tmp_path, monkeypatch):
+    """Past MAX_BLOCKS chunks, consecutive chunks share a Ray block (each still its own batch, saved as it comes
+    back): the output is the single-process one, byte for byte."""
+    from car_onnx import pipeline, ray as car_ray
+
+    root, _, bundle = real
+    monkeypatch.setattr(car_ray, "MAX_BLOCKS", 3)
+    stages, notes = pipeline.Stages(), []
+    stages.note = notes.append
+    job = pipeline.Job(root / "d.jsonl", chunk_records=100)
+    try:  # this process is the driver
+        car_ray.select_job(job, Model(bundle), tmp_path / "ray.jsonl", address=cluster, n1="2%", stages=stages)
+    finally:
+        ray.shutdown()
+    pipeline.select(job, Model(bundle, threads=1), tmp_path / "local.jsonl", n1="2%")
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert "Ray: 20 chunk(s) on 2 actor(s) of 1 CPU(s), 3 Ray blocks of consecutive chunks" in notes
+
+
 def test_python_api_on_a_ray_dataset_equals_model_select(real, cluster, monkeypatch):
     from car_onnx import ray as car_ray
 
