@@ -170,7 +170,7 @@ def assign(block, pca, km) -> np.ndarray:
 
 def _assign_blocks(embeddings, pca, km, out) -> None:
     """The cluster id of every row of `embeddings` into `out`, assigned block by block in this process."""
-    for first, block in _blocks(embeddings):
+    for first, block in blocks(embeddings):
         out[first:first + len(block)] = assign(block, pca, km)
 
 
@@ -179,13 +179,14 @@ def rows_in(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
     return rows[np.searchsorted(rows, start):np.searchsorted(rows, stop)]
 
 
-def _blocks(embeddings):
-    """(first row, rows) of `embeddings`, BLOCK_ROWS at a time (or as the object's own `blocks()` gives them)."""
-    if hasattr(embeddings, "blocks"):
-        yield from embeddings.blocks()
+def blocks(rows):
+    """(first row, its block) of an array or an array-like on disk, BLOCK_ROWS rows at a time (or as the object's
+    own `blocks()` gives them)."""
+    if hasattr(rows, "blocks"):
+        yield from rows.blocks()
         return
-    for first in range(0, len(embeddings), BLOCK_ROWS):
-        yield first, embeddings[first:first + BLOCK_ROWS]
+    for first in range(0, len(rows), BLOCK_ROWS):
+        yield first, rows[first:first + BLOCK_ROWS]
 
 
 def _same_clustering(a: np.ndarray, b: np.ndarray) -> bool:

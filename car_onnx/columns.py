@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .clustering import BLOCK_ROWS
+from .clustering import BLOCK_ROWS, blocks
 from .writers import naming, reserve
 
 BUCKETS = 256  # exact dedup: text keys spread over this many files by their first byte, deduplicated one at a time
@@ -52,7 +52,7 @@ class Column:
 
 def count_kept(duplicate_of) -> int:
     """The rows of `duplicate_of` (an array or a Column) that repeat no other (-1), counted a block at a time."""
-    return sum(int((duplicate_of[a:a + BLOCK_ROWS] < 0).sum()) for a in range(0, len(duplicate_of), BLOCK_ROWS))
+    return sum(int((part < 0).sum()) for _, part in blocks(duplicate_of))
 
 
 class Kept:
@@ -68,12 +68,24 @@ class Kept:
 
     def __getitem__(self, positions) -> np.ndarray:
         positions, out, seen = np.asarray(positions, dtype=np.int64), [], 0
-        for first in range(0, len(self.duplicate_of), BLOCK_ROWS):
-            rows = np.flatnonzero(self.duplicate_of[first:first + BLOCK_ROWS] < 0)
+        for first, part in blocks(self.duplicate_of):
+            rows = np.flatnonzero(part < 0)
             mine = positions[np.searchsorted(positions, seen):np.searchsorted(positions, seen + len(rows))]
             out.append(rows[mine - seen] + first)
             seen += len(rows)
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def duplicates(keys) -> np.ndarray:
+    """Per record, the first earlier record with the same key, or -1. `keys`: the 16-byte keys, as a list or
+    joined in one bytes-like object (16 bytes a record in memory, not a dict of them)."""
+    keys = np.frombuffer(b"".join(keys) if isinstance(keys, list) else bytes(keys), dtype=np.uint64).reshape(-1, 2)
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)  # first: a stable sort
+    dup = first[inverse.reshape(-1)].astype(np.int64)
+    dup[dup == np.arange(len(keys))] = -1
+    return dup
 
 
 class Index:
@@ -110,10 +122,9 @@ class Index:
         duplicate_of, repeated = Column.create(self.root / "duplicate_of", np.int64, self.n, fill=-1), 0
         for b in range(len(self.buckets)):
             keyed = np.fromfile(self.root / f"keys-{b:02x}", dtype=KEYED)  # rows ascending: input order
-            _, first, inverse = np.unique(keyed["key"], return_index=True, return_inverse=True)
-            original = keyed["row"][first[inverse.reshape(-1)]]
-            mine = original != keyed["row"]
+            first = duplicates(keyed["key"].tobytes())
+            mine = first >= 0
             if mine.any():
-                duplicate_of[keyed["row"][mine]] = original[mine]
+                duplicate_of[keyed["row"][mine]] = keyed["row"][first[mine]]
                 repeated += int(mine.sum())
         return places, duplicate_of, repeated if self.dedup else None

@@ -15,6 +15,7 @@ import numpy as np
 from . import containers
 from .bundle import Bundle, find_bundle
 from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .columns import duplicates
 from .coverage import coverage_warnings
 from .errors import UsageError
 from .records import FieldMap, Record
@@ -48,18 +49,6 @@ def text_key(text: str) -> bytes:
     for n, word in enumerate(re.finditer(r"\S+", text)):
         digest.update((" " if n else "").encode() + word.group().encode("utf-8", "surrogatepass"))
     return digest.digest()
-
-
-def duplicates(keys) -> np.ndarray:
-    """Per record, the first earlier record with the same key, or -1. `keys`: the 16-byte keys, as a list or
-    joined in one bytes-like object (16 bytes a record in memory, not a dict of them)."""
-    keys = np.frombuffer(b"".join(keys) if isinstance(keys, list) else bytes(keys), dtype=np.uint64).reshape(-1, 2)
-    if len(keys) == 0:
-        return np.zeros(0, dtype=np.int64)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)  # first: a stable sort
-    dup = first[inverse.reshape(-1)].astype(np.int64)
-    dup[dup == np.arange(len(keys))] = -1
-    return dup
 
 
 class Model:

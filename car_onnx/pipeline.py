@@ -297,7 +297,7 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
                     dup = np.asarray(sel.duplicate_of[i:i + BLOCK_ROWS])
                     originals = np.unique(dup[dup >= 0]) if rejects is not None else ()
                     named = dict(zip(np.asarray(originals).tolist(), found.wheres(job, originals)))
-                    exact = found.duplicate_of[i:i + BLOCK_ROWS]
+                    exact = dup if sel.duplicate_of is found.duplicate_of else found.duplicate_of[i:i + BLOCK_ROWS]
                     repeats += int((dup >= 0).sum())
                 original = int(dup[i % BLOCK_ROWS])
                 if original >= 0 and rejects is not None:

@@ -26,10 +26,11 @@ import numpy as np
 
 from . import pipeline, scanning
 from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, assign, rows_in
+from .columns import duplicates
 from .coverage import Coverage, coverage_warning
 from .errors import BundleError, CarError, UsageError
 from .manifest import sha256_file
-from .model import Model, duplicates, text_key
+from .model import Model, text_key
 from .records import FieldMap
 from .selection import N1, N2, Dedup, Size, car_select, check_clustering
 from .tokenization import DEFAULT_MAX_TOKENS
@@ -162,23 +163,27 @@ class RayEngine:
 
     def scan(self, job, model, added, rejects, stages, index) -> scanning.Scan:
         """Every input file scanned by its own task; the first bad file (in input order) fails the job, as the
-        local scan would; each file's places and keys go to the driver's `index` (on disk) as they arrive.
-        Connects to the cluster first (after every option was checked)."""
+        local scan would; each file's places and keys stream to the driver's `index` (on disk) a block of records
+        at a time. Connects to the cluster first (after every option was checked)."""
         connect(self.address)
         ray = _ray()
-        task = ray.remote(num_cpus=1)(_scan_shard)
+        task = ray.remote(num_cpus=1, num_returns="streaming")(_scan_shard)  # files read side by side; what a
+        # file's task yields waits in the object store (spilled to disk when full) until the driver takes it
         skip = job.on_error == "skip"
         with stages.stage("read") as advance:
-            futures = [task.remote(job, shard, model, added, skip, index.dedup) for shard in range(len(job.shards))]
+            streams = [task.remote(job, shard, model, added, skip, index.dedup) for shard in range(len(job.shards))]
             parts = []
-            for shard, future in enumerate(futures):
-                with _ours():
-                    part, bad = ray.get(future)
-                for err, raw in bad:
-                    rejects.write(scanning.reject_row(job, shard, err, raw))
-                index.add(part.places, part.keys)
-                parts.append(dataclasses.replace(part, places=None, keys=None))
-                advance(part.records)
+            for shard, stream in enumerate(streams):
+                for ref in stream:
+                    with _ours():
+                        got, bad = ray.get(ref)
+                    for err, raw in bad:
+                        rejects.write(scanning.reject_row(job, shard, err, raw))
+                    if isinstance(got, scanning.ShardScan):
+                        parts.append(got)
+                    else:
+                        index.add(*got)
+                        advance(len(got[0]))
         return scanning.finish_scan(job, parts, stages, rejects, index)
 
     def infer(self, job, model, roles, found, added, work, stages) -> None:
@@ -235,11 +240,13 @@ class RayEngine:
 
 
 def _scan_shard(job, shard, model, added, skip, dedup):
-    """A Ray task: the scan of one input file, with its rejected records (err, row) when skipping."""
+    """A Ray streaming task: the scan of one input file as scanning.scan_shard yields it (blocks of places and
+    keys, then the ShardScan), each item with the rejected records (err, row) found since the last one."""
     bad = []
-    part = scanning.scan_shard(job, shard, model, added, (lambda err, raw: bad.append((err, raw))) if skip else None,
-                               dedup)
-    return part, bad
+    for got in scanning.scan_shard(job, shard, model, added, (lambda err, raw: bad.append((err, raw))) if skip
+                                   else None, dedup):
+        yield got, bad[:]
+        bad.clear()
 
 
 def select_job(job: scanning.Job, model: Model, output: Path, *, address: str, threads: int | None = None, **options):

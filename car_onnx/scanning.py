@@ -62,8 +62,6 @@ class ShardScan:
     columns: dict  # every key of the accepted rows, in order of first appearance
     rejected: int
     stamp: tuple  # the file's size and mtime when the scan began
-    places: np.ndarray | None  # per record, the number of its location (None: given to the scan's index)
-    keys: bytes | None  # with exact dedup: each record's 16-byte text key, joined (None: given to the index)
     place: str  # "line" or "record"
     chunks: list  # records per inference chunk (chunks never span two files)
 
@@ -129,9 +127,10 @@ def shard_records(job: Job, model: Model, stamp: tuple, added: tuple[str, ...], 
 
 
 def scan_shard(job: Job, shard: int, model: Model, added: tuple[str, ...], reject=None, dedup: bool = False,
-               advance: Callable[[int], None] = lambda n: None, sink=None) -> ShardScan:
-    """Validate and count the records of one file; a bad record raises, or goes to `reject(err, row)`. The places
-    and keys go to `sink(places, keys)` a block of records at a time, if given (else they are returned)."""
+               advance: Callable[[int], None] = lambda n: None) -> Iterator[tuple | ShardScan]:
+    """Validate and count the records of one file; a bad record raises, or goes to `reject(err, row)`. Yields
+    (places, keys) of each BLOCK_ROWS records (keys: their 16-byte text keys joined, with `dedup`; else None) as
+    they are read, and last the ShardScan."""
     path = job.shards[shard]
     stamp, count, rejected, columns, keys, places, place = _stamp(path), 0, 0, {}, bytearray(), array("q"), "line"
     sizes, size, chars = [], 0, 0
@@ -141,11 +140,6 @@ def scan_shard(job: Job, shard: int, model: Model, added: tuple[str, ...], rejec
         rejected += 1
         reject(err, raw)
 
-    def spill() -> None:
-        nonlocal keys, places
-        sink(np.frombuffer(places, dtype=np.int64), bytes(keys) if dedup else None)
-        keys, places = bytearray(), array("q")
-
     try:
         for r in _records(job, shard, model, added, rejecting if reject is not None else None):
             if dedup:
@@ -154,8 +148,9 @@ def scan_shard(job: Job, shard: int, model: Model, added: tuple[str, ...], rejec
             columns.update(dict.fromkeys(r.row))
             place, number = r.where.split()
             places.append(int(number))
-            if sink is not None and len(places) == BLOCK_ROWS:
-                spill()
+            if len(places) == BLOCK_ROWS:
+                yield np.frombuffer(places, dtype=np.int64), bytes(keys) if dedup else None
+                keys, places = bytearray(), array("q")
             size, chars = size + 1, chars + len(r.instruction) + len(r.input) + len(r.output)
             if size == job.chunk_records or chars >= CHUNK_CHARS:  # the rule of model.chunks, within this file
                 sizes.append(size)
@@ -164,16 +159,14 @@ def scan_shard(job: Job, shard: int, model: Model, added: tuple[str, ...], rejec
     except InputError as err:
         if not (rejected and err.where is None and err.reason == "no records"):
             raise
-    if sink is not None:
-        spill()
-        return ShardScan(count, columns, rejected, stamp, None, None, place, sizes + [size] if size else sizes)
-    return ShardScan(count, columns, rejected, stamp, np.asarray(places, dtype=np.int64),
-                     bytes(keys) if dedup else None, place, sizes + [size] if size else sizes)
+    if places:
+        yield np.frombuffer(places, dtype=np.int64), bytes(keys) if dedup else None
+    yield ShardScan(count, columns, rejected, stamp, place, sizes + [size] if size else sizes)
 
 
 def merge_scans(job: Job, parts: list[ShardScan], index: Index | None) -> Scan:
-    """The scan of the whole input from those of its files, in order; the places and keys a part holds go to
-    `index`, which then finds the duplicates (with dedup)."""
+    """The scan of the whole input from those of its files, in order; with the `index` the records' places and
+    keys went to, the duplicates found there (with its dedup)."""
     count, rejected = sum(p.records for p in parts), sum(p.rejected for p in parts)
     if count == 0:
         raise InputError(job.input, None, f"no records left: all {rejected} were rejected")
@@ -183,8 +176,6 @@ def merge_scans(job: Job, parts: list[ShardScan], index: Index | None) -> Scan:
         columns.update(part.columns)
         starts = np.cumsum([0] + part.chunks[:-1])
         plan.extend((s, int(a), m) for a, m in zip(starts, part.chunks))
-        if index is not None and part.places is not None:
-            index.add(part.places, part.keys)
     found = Scan(count, tuple(columns), rejected, tuple(p.stamp for p in parts), tuple(p.records for p in parts),
                  tuple(plan), parts[0].place)
     return found if index is None else dataclasses.replace(found, **dict(zip(
@@ -197,12 +188,15 @@ def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages, index:
     def reject(err: InputError, raw) -> None:
         rejects.write(reject_row(job, shard, err, raw))
 
-    sink = index.add if index is not None else lambda places, keys: None
     with stages.stage("read") as advance:
         parts = []
         for shard in range(len(job.shards)):
-            parts.append(scan_shard(job, shard, model, added, reject if job.on_error == "skip" else None,
-                                    index is not None and index.dedup, advance, sink))
+            for got in scan_shard(job, shard, model, added, reject if job.on_error == "skip" else None,
+                                  index is not None and index.dedup, advance):
+                if isinstance(got, ShardScan):
+                    parts.append(got)
+                elif index is not None:
+                    index.add(*got)
     return finish_scan(job, parts, stages, rejects, index)
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, blocks
 from .columns import Kept, count_kept
 from .errors import UsageError
 
@@ -128,12 +128,11 @@ class Selection:
         out = np.zeros(len(rows), dtype=np.int64)
         kept = self.duplicate_of[rows] < 0
 
-        def blocks():
-            for first in range(0, len(self.duplicate_of), BLOCK_ROWS):
-                part = self.duplicate_of[first:first + BLOCK_ROWS]
+        def ranked():
+            for first, part in blocks(self.duplicate_of):
                 yield first, self.scores[first:first + len(part)], np.where(part < 0, 0, -1)
 
-        out[kept] = ranks_streamed(blocks, rows[kept], self.scores[rows[kept]])
+        out[kept] = ranks_streamed(ranked, rows[kept], self.scores[rows[kept]])
         return out
 
     @property
@@ -290,8 +289,8 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
         raise UsageError(f"{{scores}} must be 1-D with one value per embedding row, got {scores.shape} for "
                          f"{len(embeddings)}", "scores")
     n = len(scores)
-    for first in range(0, n, BLOCK_ROWS):
-        block = np.asarray(scores[first:first + BLOCK_ROWS], dtype=np.float32)
+    for first, block in blocks(scores):
+        block = np.asarray(block, dtype=np.float32)
         if not np.isfinite(block).all():
             bad = int(np.flatnonzero(~np.isfinite(block))[0])
             raise UsageError(f"score of row {first + bad} is {block[bad]}: {{scores}} must be finite", "scores")
@@ -331,17 +330,16 @@ def _select_sampled(scores, embeddings, dup, kept: int, size1: Size, size2: Size
     labels = np.empty(n, dtype=np.int64) if labels is None else labels
     ranked = Kept(dup, kept)
     clusterer.fit_assign(embeddings, None if kept == n else ranked, labels)
-    for first in range(0, n, BLOCK_ROWS) if kept < n else ():  # a duplicate has the cluster of the one it repeats
-        repeated = np.flatnonzero(dup[first:first + BLOCK_ROWS] >= 0) + first
+    for first, part in blocks(dup) if kept < n else ():  # a duplicate has the cluster of the one it repeats
+        repeated = np.flatnonzero(part >= 0) + first
         if len(repeated):
             labels[repeated] = labels[_root(dup, repeated)]
 
-    def blocks():
-        for first in range(0, n, BLOCK_ROWS):
-            part = dup[first:first + BLOCK_ROWS]
-            yield first, scores[first:first + BLOCK_ROWS], np.where(part < 0, labels[first:first + len(part)], -1)
+    def labelled():
+        for first, part in blocks(dup):
+            yield first, scores[first:first + len(part)], np.where(part < 0, labels[first:first + len(part)], -1)
 
-    indices, n_top = select_streamed(blocks, size1.of(kept), size2, clusterer.k_)
+    indices, n_top = select_streamed(labelled, size1.of(kept), size2, clusterer.k_)
     rows, xy = clusterer.plane_
     return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
                      dup, clusterer.variance_kept_, True, plane=(rows if kept == n else ranked[rows], xy))

@@ -180,6 +180,30 @@ def test_an_actor_reads_a_file_once_while_its_chunks_come_in_order(real, monkeyp
     assert opened == [0, 0]
 
 
+def test_a_files_scan_task_streams_its_places_keys_and_rejects_a_block_at_a_time(real, tmp_path, monkeypatch):
+    """The --ray scan task of one file yields each block of records' places and text keys, with the records
+    rejected since the block before, so the driver never holds a whole file's scan."""
+    from car_onnx import pipeline, scanning
+    from car_onnx.model import text_key
+    from car_onnx.ray import _scan_shard
+
+    root, rows, bundle = real
+    monkeypatch.setattr(scanning, "BLOCK_ROWS", 7)
+    part = [dict(r) for r in rows[:30]]
+    for line in (5, 18):
+        part[line - 1]["output"] = 3
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    model = Model(bundle)
+    got = list(_scan_shard(pipeline.Job(tmp_path / "d.jsonl"), 0, model, (), True, True))
+    assert [[err.where for err, _ in bad] for _, bad in got] == [["line 5"], [], ["line 18"], [], []]
+    blocks, (last, _) = [item for item, _ in got[:-1]], got[-1]
+    lines = [n for n in range(1, 31) if n not in (5, 18)]
+    assert [b[0].tolist() for b in blocks] == [lines[:7], lines[7:14], lines[14:21], lines[21:]]
+    assert b"".join(b[1] for b in blocks) == b"".join(
+        text_key(model.text(r["instruction"], r.get("input", ""), r["output"])) for r in part if r["output"] != 3)
+    assert (last.records, last.rejected) == (28, 2)
+
+
 def test_a_bad_record_in_shard_3_is_named_by_shard_and_line(real, cluster, cli, tmp_path):
     root, rows, bundle = real
     shards = tmp_path / "shards"
