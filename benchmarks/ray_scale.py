@@ -106,7 +106,7 @@ def run(work: Path, quick: bool) -> dict:
               if k in ("overhead", "driver_memory_sample_mode", "scaling")}
     jobs = {"overhead": ("overhead", lambda: overhead(work, 1000 if quick else 20_000)),
             "memory": ("driver_memory_sample_mode",
-                       lambda: memory(work, [20_000, 50_000] if quick else [200_000, 500_000, 1_000_000])),
+                       lambda: memory(work, [20_000, 50_000] if quick else [200_000, 500_000, 1_000_000, 2_000_000])),
             "scaling": ("scaling", lambda: scaling(work, 500 if quick else 4_000))}
     for part in parts:
         key, job = jobs[part]

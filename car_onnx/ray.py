@@ -298,10 +298,10 @@ class _ChunksOnCluster:
     """A work dir's embeddings (workdir.ChunkRows) whose assignment to clusters runs on the Ray cluster: the chunk
     files read, about BLOCK_ROWS rows at a time, by tasks pinned to the driver's node (the work dir is the
     driver's: no shared filesystem needed), their rows assigned by an actor pool through map_batches; only the
-    labels come back."""
+    labels come back. The selection's per-block work runs in Ray tasks too (`map`)."""
 
     def __init__(self, rows: ChunkRows, threads: int, note):
-        self.rows, self.threads, self.note, self.shape = rows, threads, note, rows.shape
+        self.rows, self.threads, self.note, self.shape, self.mapped = rows, threads, note, rows.shape, False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -329,6 +329,28 @@ class _ChunksOnCluster:
                 seen += len(batch["row"])
         if seen != len(self):
             raise UsageError(f"Ray assigned {seen} of {len(self)} rows")
+
+    def map(self, fn, items):
+        """`fn` over `items` by Ray tasks (on any node), the results in order, a few at a time in flight: the
+        selection's per-block work (selection.select_streamed), so that the n1 block is a distributed top-k and
+        the n2 picks a group-by on cluster, merged on the driver."""
+        ray = _ray()
+        task, running, most = ray.remote(num_cpus=1)(_apply), deque(), 2 * _actors(1)
+        if not self.mapped:
+            self.note("Ray: choosing the n1 block and each cluster's picks a block of rows at a time, in tasks")
+            self.mapped = True
+        with _ours():
+            for item in items:
+                running.append(task.remote(fn, item))
+                if len(running) > most:
+                    yield ray.get(running.popleft())
+            while running:
+                yield ray.get(running.popleft())
+
+
+def _apply(fn, item):
+    """A Ray task: fn(item)."""
+    return fn(item)
 
 
 # --- Python API over ray.data.Dataset -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -166,19 +167,19 @@ def select_ranked(scores: np.ndarray, labels: np.ndarray, n1: int, n2: Size) -> 
 
 class _Best:
     """The best rows seen so far by (score descending, row ascending), at most `limit[g]` of each group g, fed
-    blocks of rows in row order: a buffer pruned to the limits when it doubles, so memory is that of the limits
+    blocks of rows in any order: a buffer pruned to the limits when it doubles, so memory is that of the limits
     and a block, whatever the rows fed."""
 
     def __init__(self, limit: np.ndarray):
         self.limit = np.asarray(limit, dtype=np.int64)
         self.cap = max(2 * int(self.limit.sum()), BLOCK_ROWS)
-        self.bar = np.where(self.limit > 0, np.inf, -np.inf)  # a later row enters its group if -score < bar
+        self.bar = np.where(self.limit > 0, np.inf, -np.inf)  # a row can enter its group if -score <= bar
         self.parts: list[tuple] = []
         self.held = 0
 
     def feed(self, rows: np.ndarray, neg: np.ndarray, group: np.ndarray) -> None:
-        """Rows (all after any fed before) with their negated scores (float64) and groups."""
-        keep = neg < self.bar[group]  # a tie with the group's worst kept row loses: it comes later
+        """Rows with their negated scores (float64) and groups."""
+        keep = neg <= self.bar[group]  # a tie with the group's worst kept row is settled by row at the next prune
         self.parts.append((rows[keep], neg[keep], group[keep]))
         self.held += int(keep.sum())
         if self.held > self.cap:
@@ -201,21 +202,39 @@ class _Best:
         return self.parts[0][0]
 
 
-def select_streamed(blocks: Callable, n1: int, n2: Size, k: int) -> tuple[np.ndarray, int]:
+def _sizes(block: tuple, k: int) -> np.ndarray:
+    """How many rows of one block (first row, scores, labels) each of `k` clusters has (labels -1: none)."""
+    labels = block[2]
+    return np.bincount(labels[labels >= 0], minlength=k)
+
+
+def _candidates(block: tuple, n1: int, limit: np.ndarray) -> tuple:
+    """The rows of one block (first row, scores, labels) that can be selected: its best `n1` overall and its best
+    `limit[c]` of each cluster c, with their negated scores and clusters; the rows of the selection are among
+    the blocks' candidates."""
+    first, scores, labels = block
+    rows = np.flatnonzero(labels >= 0)
+    neg, group = -np.asarray(scores, dtype=np.float64)[rows], labels[rows]
+    top, best = _Best(np.array([n1])), _Best(limit)
+    top.feed(rows, neg, np.zeros(len(rows), dtype=np.int64))
+    best.feed(rows, neg, group)
+    keep = np.union1d(top.rows(), best.rows()).astype(np.int64)
+    return keep + first, -np.asarray(scores, dtype=np.float64)[keep], labels[keep]
+
+
+def select_streamed(blocks: Callable, n1: int, n2: Size, k: int, over=map) -> tuple[np.ndarray, int]:
     """select_ranked with the rows given a block at a time: `blocks()` yields (first row, scores, labels) in row
-    order (labels -1: no part) and is called twice, for the clusters' sizes and then for the candidates (the
-    n1 block by a running top-k, each cluster's best n2 by a running top-k per cluster). Memory: a block, the n1
-    block and the clusters' picks, never n rows; the result is select_ranked's (tested)."""
-    sizes = np.zeros(k, dtype=np.int64)
-    for _, _, labels in blocks():
-        sizes += np.bincount(labels[labels >= 0], minlength=k)
-    top = _Best(np.array([n1]))
-    best = _Best(np.array([n2.of(int(s), at_least=1) if s else 0 for s in sizes], dtype=np.int64))
-    for first, scores, labels in blocks():
-        rows = np.flatnonzero(labels >= 0)
-        neg, group = -np.asarray(scores, dtype=np.float64)[rows], labels[rows]
-        top.feed(rows + first, neg, np.zeros(len(rows), dtype=np.int64))
-        best.feed(rows + first, neg, group)
+    order (labels -1: no part) and is called twice. The per-block work is mapped by `over(fn, blocks)` (here, or
+    by car_onnx.ray on the cluster): each block's rows per cluster (a group-by count: the clusters' sizes, for a
+    percentage n2), then each block's candidates (its top n1, its top n2 of each cluster), merged here by a
+    running top-k and a running top-k per cluster. Memory: a few blocks, the n1 block and the clusters' picks,
+    never n rows; the result is select_ranked's (tested)."""
+    sizes = sum(over(partial(_sizes, k=k), blocks()), np.zeros(k, dtype=np.int64))
+    limit = np.array([n2.of(int(s), at_least=1) if s else 0 for s in sizes], dtype=np.int64)
+    top, best = _Best(np.array([n1])), _Best(limit)
+    for rows, neg, group in over(partial(_candidates, n1=n1, limit=limit), blocks()):
+        top.feed(rows, neg, np.zeros(len(rows), dtype=np.int64))
+        best.feed(rows, neg, group)
     chosen, picks = top.rows(), best.rows()
     return np.concatenate([chosen, picks[~np.isin(picks, chosen)]]).astype(np.int64), len(chosen)
 
@@ -339,7 +358,8 @@ def _select_sampled(scores, embeddings, dup, kept: int, size1: Size, size2: Size
         for first, part in blocks(dup):
             yield first, scores[first:first + len(part)], np.where(part < 0, labels[first:first + len(part)], -1)
 
-    indices, n_top = select_streamed(labelled, size1.of(kept), size2, clusterer.k_)
+    indices, n_top = select_streamed(labelled, size1.of(kept), size2, clusterer.k_,
+                                     getattr(embeddings, "map", map))  # car_onnx.ray: on the cluster
     rows, xy = clusterer.plane_
     return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
                      dup, clusterer.variance_kept_, True, plane=(rows if kept == n else ranked[rows], xy))

@@ -81,6 +81,7 @@ def test_sample_mode_against_exact(real, cluster, cli, tmp_path, capsys):
         code, _, err, _ = cli("select", root / "d.jsonl", "-o", runs[name], *args, *extra)
         assert code == 0, err
     assert "Ray: assigning 2,000 rows to clusters on 2 actor(s)" in err  # not on the driver
+    assert "Ray: choosing the n1 block and each cluster's picks a block of rows at a time, in tasks" in err
     assert runs["sample-ray"].read_bytes() == runs["sample"].read_bytes()  # sample mode is deterministic too
     exact = [json.loads(line) for line in runs["exact"].read_text().splitlines()]
     sample = [json.loads(line) for line in runs["sample"].read_text().splitlines()]
