@@ -331,21 +331,26 @@ class _ChunksOnCluster:
             raise UsageError(f"Ray assigned {seen} of {len(self)} rows")
 
     def map(self, fn, items):
-        """`fn` over `items` by Ray tasks (on any node), the results in order, a few at a time in flight: the
-        selection's per-block work (selection.select_streamed), so that the n1 block is a distributed top-k and
-        the n2 picks a group-by on cluster, merged on the driver."""
-        ray = _ray()
-        task, running, most = ray.remote(num_cpus=1)(_apply), deque(), 2 * _actors(1)
+        """The selection's per-block work, in Ray tasks (see _tasks)."""
         if not self.mapped:
             self.note("Ray: choosing the n1 block and each cluster's picks a block of rows at a time, in tasks")
             self.mapped = True
-        with _ours():
-            for item in items:
-                running.append(task.remote(fn, item))
-                if len(running) > most:
-                    yield ray.get(running.popleft())
-            while running:
+        return _tasks(fn, items)
+
+
+def _tasks(fn, items):
+    """`fn` over `items` by Ray tasks (on any node), the results in order, a few at a time in flight: in sample
+    mode, the selection's per-block work (selection.select_streamed), so that the n1 block is a distributed top-k
+    and the n2 picks a group-by on cluster, merged on the driver."""
+    ray = _ray()
+    task, running, most = ray.remote(num_cpus=1)(_apply), deque(), 2 * _actors(1)
+    with _ours():
+        for item in items:
+            running.append(task.remote(fn, item))
+            if len(running) > most:
                 yield ray.get(running.popleft())
+        while running:
+            yield ray.get(running.popleft())
 
 
 def _apply(fn, item):
@@ -420,7 +425,8 @@ def select(ds, *, bundle=None, n1=N1, n2=N2, k: int | None = None, pca_variance:
 
 class _SampledRows:
     """A materialised dataset's embeddings as clustering.Clusterer reads them in sample mode: the sample's rows
-    gathered by position, and every row assigned by an actor pool (only the labels come to the driver)."""
+    gathered by position, and every row assigned by an actor pool (only the labels come to the driver); the
+    selection's per-block work in Ray tasks."""
 
     def __init__(self, ds, n: int, threads: int):
         self.ds, self.shape, self.threads = ds.select_columns(["embedding"]), (n, None), threads
@@ -439,6 +445,10 @@ class _SampledRows:
         for first, block in self.blocks():
             out.append(block[rows_in(rows, first, first + len(block)) - first])
         return np.concatenate(out)
+
+    def map(self, fn, items):
+        """The selection's per-block work, in Ray tasks (see _tasks)."""
+        return _tasks(fn, items)
 
     def assign(self, pca, km, out) -> None:
         """Every row's cluster into `out`, assigned by an actor pool (rows keep the dataset's order)."""

@@ -257,8 +257,11 @@ def test_python_api_on_a_ray_dataset_equals_model_select(real, cluster, monkeypa
     want = model.select(rows[:600], n1="2%")
     assert np.array_equal(sel.indices, want.indices) and np.array_equal(sel.labels, want.labels)
     monkeypatch.setattr(clustering, "_assign_blocks", None)  # sample mode: every row assigned on the cluster
+    mapped, tasks = [], car_ray._tasks  # and the selection's per-block work done in Ray tasks
+    monkeypatch.setattr(car_ray, "_tasks", lambda fn, items: mapped.append(fn.func.__name__) or tasks(fn, items))
     sel = car_ray.select(ds, bundle=bundle, n1="2%", cluster="sample", sample_size=200)
     monkeypatch.undo()
+    assert mapped == ["_sizes", "_candidates"]
     want = model.select(rows[:600], n1="2%", cluster="sample", sample_size=200)
     assert sel.sampled and want.sampled
     assert np.array_equal(sel.indices, want.indices) and np.array_equal(sel.labels, want.labels)
