@@ -222,29 +222,29 @@ def _candidates(block: tuple, n1: int, limit: np.ndarray) -> tuple:
     return keep + first, -np.asarray(scores, dtype=np.float64)[keep], labels[keep]
 
 
-def select_streamed(blocks: Callable, n1: int, n2: Size, k: int, over=map) -> tuple[np.ndarray, int]:
-    """select_ranked with the rows given a block at a time: `blocks()` yields (first row, scores, labels) in row
-    order (labels -1: no part) and is called twice. The per-block work is mapped by `over(fn, blocks)` (here, or
+def select_streamed(labelled: Callable, n1: int, n2: Size, k: int, over=map) -> tuple[np.ndarray, int]:
+    """select_ranked with the rows given a block at a time: `labelled()` yields (first row, scores, labels) in row
+    order (labels -1: no part) and is called twice. The per-block work is mapped by `over(fn, items)` (here, or
     by car_onnx.ray on the cluster): each block's rows per cluster (a group-by count: the clusters' sizes, for a
     percentage n2), then each block's candidates (its top n1, its top n2 of each cluster), merged here by a
     running top-k and a running top-k per cluster. Memory: a few blocks, the n1 block and the clusters' picks,
     never n rows; the result is select_ranked's (tested)."""
-    sizes = sum(over(partial(_sizes, k=k), blocks()), np.zeros(k, dtype=np.int64))
+    sizes = sum(over(partial(_sizes, k=k), labelled()), np.zeros(k, dtype=np.int64))
     limit = np.array([n2.of(int(s), at_least=1) if s else 0 for s in sizes], dtype=np.int64)
     top, best = _Best(np.array([n1])), _Best(limit)
-    for rows, neg, group in over(partial(_candidates, n1=n1, limit=limit), blocks()):
+    for rows, neg, group in over(partial(_candidates, n1=n1, limit=limit), labelled()):
         top.feed(rows, neg, np.zeros(len(rows), dtype=np.int64))
         best.feed(rows, neg, group)
     chosen, picks = top.rows(), best.rows()
     return np.concatenate([chosen, picks[~np.isin(picks, chosen)]]).astype(np.int64), len(chosen)
 
 
-def ranks_streamed(blocks: Callable, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def ranks_streamed(labelled: Callable, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """The place by score (1 = best; ties by row) of each of `rows`, whose scores are `scores`, among the rows
-    `blocks()` gives labelled >= 0 (as in select_streamed), counted a block at a time."""
+    `labelled()` gives with a label >= 0 (as in select_streamed), counted a block at a time."""
     rows, neg = np.asarray(rows, dtype=np.int64), -np.asarray(scores, dtype=np.float64)
     ranks = np.ones(len(rows), dtype=np.int64)
-    for first, block, labels in blocks():
+    for first, block, labels in labelled():
         mine = np.flatnonzero(labels >= 0)
         if not len(mine):
             continue
