@@ -75,10 +75,11 @@ class Report:
     shown: list = field(default_factory=list)  # select(show=True): (row, record) of each selected row, in order
 
 
-def _again(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[Record]:
-    """The accepted records of every file, read again in input order."""
+def _again(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[tuple[int, Record]]:
+    """The accepted records of every file, read again in input order, each with the index of its file."""
     for shard in range(len(job.shards)):
-        yield from shard_records(job, model, scan.stamp[shard], added, shard)
+        for r in shard_records(job, model, scan.stamp[shard], added, shard):
+            yield shard, r
 
 
 def identity(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, ...]) -> dict:
@@ -98,7 +99,7 @@ def infer(job: Job, model: Model, roles: tuple[str, ...], scan_: Scan, added: tu
     """Scores and/or embeddings of the accepted records, chunk by chunk into `work`; chunks finished by an
     earlier run with the same identity are reused."""
     passes = len({model.manifest.model_for(r).name for r in roles})  # one pass per distinct model
-    records = _again(job, model, scan_, added)
+    records = (r for _, r in _again(job, model, scan_, added))
     with stages.stage("+".join(roles), total=scan_.records * passes) as advance:
         for c, (_, _, size) in enumerate(scan_.plan):
             chunk = list(islice(records, size))
@@ -288,35 +289,33 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
         return out
 
     columns = (*found.columns, *added) if write_all else None  # all rows: the header is known, CSV streams
-    offsets, repeats, i, j = np.zeros(len(chosen), dtype=np.int64), 0, 0, 0
+    offsets, repeats, j = np.zeros(len(chosen), dtype=np.int64), 0, 0
     with stages.stage("write", total=found.records) as advance, _writers(job, output, fmt, columns) as writer, \
             tempfile.TemporaryFile() as held:
-        for shard in range(len(job.shards)):
-            for r in shard_records(job, model, found.stamp[shard], added, shard):
-                if i % BLOCK_ROWS == 0:  # the next block's duplicates, and where the records they repeat are
-                    dup = np.asarray(sel.duplicate_of[i:i + BLOCK_ROWS])
-                    originals = np.unique(dup[dup >= 0]) if rejects is not None else ()
-                    named = dict(zip(np.asarray(originals).tolist(), found.wheres(job, originals)))
-                    exact = dup if sel.duplicate_of is found.duplicate_of else found.duplicate_of[i:i + BLOCK_ROWS]
-                    repeats += int((dup >= 0).sum())
-                original = int(dup[i % BLOCK_ROWS])
-                if original >= 0 and rejects is not None:
-                    rejects.write({"where": job.where(shard, r.where), "reason": "duplicate_of",
-                                   "duplicate_of": named[original],
-                                   "kind": "exact" if exact[i % BLOCK_ROWS] >= 0 else "near", "record": r.row})
-                picked = j if j < len(chosen) and chosen[j] == i else None
-                if write_all:
-                    writer(shard).write(row(i, r, picked))
-                if picked is not None:
-                    offsets[order[j]], j = held.tell(), j + 1
-                    pickle.dump((row(i, r, picked), r, shard), held)
-                if page is not None:  # --report: text lengths, and the texts the page shows
-                    text = model.text(r.instruction, r.input, r.output)
-                    page.lengths[i] = len(text)
-                    if i in want:
-                        page.texts[i], page.where[i] = curation.clip(text), job.where(shard, r.where)
-                advance(1)
-                i += 1
+        for i, (shard, r) in enumerate(_again(job, model, found, added)):
+            if i % BLOCK_ROWS == 0:  # the next block's duplicates, and where the records they repeat are
+                dup = np.asarray(sel.duplicate_of[i:i + BLOCK_ROWS])
+                originals = np.unique(dup[dup >= 0]) if rejects is not None else ()
+                named = dict(zip(np.asarray(originals).tolist(), found.wheres(job, originals)))
+                exact = dup if sel.duplicate_of is found.duplicate_of else found.duplicate_of[i:i + BLOCK_ROWS]
+                repeats += int((dup >= 0).sum())
+            original = int(dup[i % BLOCK_ROWS])
+            if original >= 0 and rejects is not None:
+                rejects.write({"where": job.where(shard, r.where), "reason": "duplicate_of",
+                               "duplicate_of": named[original],
+                               "kind": "exact" if exact[i % BLOCK_ROWS] >= 0 else "near", "record": r.row})
+            picked = j if j < len(chosen) and chosen[j] == i else None
+            if write_all:
+                writer(shard).write(row(i, r, picked))
+            if picked is not None:
+                offsets[order[j]], j = held.tell(), j + 1
+                pickle.dump((row(i, r, picked), r, shard), held)
+            if page is not None:  # --report: text lengths, and the texts the page shows
+                text = model.text(r.instruction, r.input, r.output)
+                page.lengths[i] = len(text)
+                if i in want:
+                    page.texts[i], page.where[i] = curation.clip(text), job.where(shard, r.where)
+            advance(1)
         shown = []
         for offset in offsets if show or not write_all else ():  # in selection order
             held.seek(offset)
@@ -360,7 +359,7 @@ def score(job: Job, model: Model, output: Path, *, out_fmt=None, score_field=SCO
             scores = work.assemble(found.records)["score"]
         with stages.stage("write", total=found.records) as advance, \
                 open_writer(output, fmt, (*found.columns, *added)) as writer:
-            for i, r in enumerate(_again(job, model, found, added)):
+            for i, (_, r) in enumerate(_again(job, model, found, added)):
                 writer.write({**r.row, score_field: _float(scores[i])})
                 advance(1)
     return Report(found.records, rejected=found.rejected, seconds=stages.seconds)
