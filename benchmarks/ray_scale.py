@@ -3,7 +3,7 @@
 1. overhead: `select` on 20,000 real records with the default bundle, single process (2 threads) against
    `--ray local` (a cluster started for the job, 2 actors of 1 CPU), same run, outputs compared byte for byte;
 2. driver memory: peak RSS of the driver in `--cluster sample` mode (default options otherwise: exact dedup,
-   n1 = 2%) at 200k, 500k and 1M records (the real ones repeated, each repeat made unique) with the lookup
+   n1 = 2%) at 200k, 500k, 1M and 2M records (the real ones repeated, each repeat made unique) with the lookup
    bundle (real tokenizer, no transformer), the cluster started by this process so that only the driver counts;
    and the same job without Ray (`--threads 2`, the chunks of --ray: 512 records), outputs compared byte for byte;
 3. scaling: the same job on a test cluster of 1 and of 2 one-CPU nodes (ray.cluster_utils.Cluster).

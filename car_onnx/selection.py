@@ -213,13 +213,12 @@ def _candidates(block: tuple, n1: int, limit: np.ndarray) -> tuple:
     `limit[c]` of each cluster c, with their negated scores and clusters; the rows of the selection are among
     the blocks' candidates."""
     first, scores, labels = block
-    rows = np.flatnonzero(labels >= 0)
-    neg, group = -np.asarray(scores, dtype=np.float64)[rows], labels[rows]
+    rows, neg = np.flatnonzero(labels >= 0), -np.asarray(scores, dtype=np.float64)
     top, best = _Best(np.array([n1])), _Best(limit)
-    top.feed(rows, neg, np.zeros(len(rows), dtype=np.int64))
-    best.feed(rows, neg, group)
+    top.feed(rows, neg[rows], np.zeros(len(rows), dtype=np.int64))
+    best.feed(rows, neg[rows], labels[rows])
     keep = np.union1d(top.rows(), best.rows()).astype(np.int64)
-    return keep + first, -np.asarray(scores, dtype=np.float64)[keep], labels[keep]
+    return keep + first, neg[keep], labels[keep]
 
 
 def select_streamed(labelled: Callable, n1: int, n2: Size, k: int, over=map) -> tuple[np.ndarray, int]:
