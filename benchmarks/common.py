@@ -1,4 +1,7 @@
-"""Shared helpers: real records from ../shared/data, machine description, timing a whole process."""
+"""Helpers of every section: real records from ../shared/data, machine description, timing a whole process.
+
+The benchmarks measure on real data that is not part of the repository: the read-only folder ../shared/data beside
+it (corpora/ and expert_revised/). Without it, a section stops at once with one line naming the missing file."""
 
 from __future__ import annotations
 
@@ -19,16 +22,24 @@ WORK = Path(tempfile.gettempdir()) / "car-onnx-bench"  # records files, bundles 
 CORPORA = ("gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "car_selected_iqs.json")
 
 
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/data (the real data the benchmarks run on, outside the repository), or a one-line exit
+    naming what is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.is_file():
+        raise SystemExit(f"benchmarks need the shared data beside the repository: {path} is missing "
+                         f"(real records and expert pairs, not part of the repository; see docs/benchmarks.md)")
+    return path
+
+
 def real_records(n: int | None = None, seed: int = 0) -> list[dict]:
     """Alpaca-form records from the shared corpora (instruction/input/output only), shuffled with `seed`;
     the first `n` (all ~19k when None)."""
     import random
 
-    if not SHARED.is_dir():
-        raise SystemExit(f"benchmarks need the shared data at {SHARED}")
     rows = []
     for name in CORPORA:
-        for r in json.loads((SHARED / "corpora" / name).read_text()):
+        for r in json.loads(shared_file("corpora", name).read_text()):
             rows.append({"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]})
     random.Random(seed).shuffle(rows)
     return rows if n is None else rows[:n]

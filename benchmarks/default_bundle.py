@@ -16,10 +16,10 @@ import numpy as np
 from car_onnx.bundle import Bundle, find_bundle
 from car_onnx.session import SessionConfig, machine_threads
 
-from .common import SHARED, car_onnx, real_records, records_file, section_main, timed_process, worker
+from .common import car_onnx, real_records, records_file, section_main, shared_file, timed_process, worker
 
 def agreement(bundle_dir: Path, precision: str) -> dict:
-    rows = list(csv.DictReader(open(SHARED / "expert_revised" / "score_valid.csv", newline="")))
+    rows = list(csv.DictReader(open(shared_file("expert_revised", "score_valid.csv"), newline="")))
     model = Bundle(bundle_dir, SessionConfig(precision=precision)).model("score")
     scores = model.run([r["src"] for r in rows], ("score",))["score"]
     labels = np.array([float(r["score"]) for r in rows])

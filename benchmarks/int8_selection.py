@@ -32,7 +32,8 @@ from car_onnx.manifest import Variant, read_manifest, sha256_file
 from car_onnx.models import OnnxModel
 from car_onnx.session import SessionConfig, machine_threads
 
-from .common import SHARED, car_onnx, one_text_feeds, real_records, records_file, section_main, timed_process, worker
+from .common import (car_onnx, one_text_feeds, real_records, records_file, section_main, shared_file, timed_process,
+                     worker)
 from .int8_recipes import ALPHA, ffn_input_amax, rewrite_ffn_outputs
 
 AGREEMENT_MARGIN = 0.005
@@ -40,7 +41,7 @@ TIMED = 1000  # records each recipe is timed on
 
 
 def expert_pairs(name: str) -> tuple[list[str], np.ndarray]:
-    rows = list(csv.DictReader(open(SHARED / "expert_revised" / name, newline="")))
+    rows = list(csv.DictReader(open(shared_file("expert_revised", name), newline="")))
     return [r["src"] for r in rows], np.array([float(r["score"]) for r in rows])
 
 

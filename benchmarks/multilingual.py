@@ -21,7 +21,7 @@ from car_onnx.manifest import read_manifest
 from car_onnx.session import SessionConfig, machine_threads
 from car_onnx.tokenization import load_tokenizer, tokenize
 
-from .common import CORPORA, SHARED, car_onnx, records_file, section_main, timed_process, worker
+from .common import CORPORA, car_onnx, records_file, section_main, shared_file, timed_process, worker
 from .default_bundle import agreement
 
 ZH = "alpaca_zh_2000.json"
@@ -40,7 +40,7 @@ def multilingual_bundle(work: Path) -> tuple[Path, float | None]:
 
 
 def corpus(name: str, n: int) -> list[dict]:
-    rows = json.loads((SHARED / "corpora" / name).read_text())[:n]
+    rows = json.loads(shared_file("corpora", name).read_text())[:n]
     return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in rows]
 
 

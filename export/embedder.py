@@ -15,6 +15,7 @@ import car_onnx
 from car_onnx import CarError
 from car_onnx.manifest import ModelSpec, Template, Variant, sha256_file
 
+from .check_texts import RECORDS
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
 
 NAME = "embedder"
@@ -25,42 +26,14 @@ LEGACY_POOL_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": 
                     "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 # Encoders whose position ids start after the pad id (RoBERTa's offset): they hold pad_id + 1 fewer positions.
 PAD_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "mpnet")
-SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "corpora"
-
-# Used when the shared corpora are absent: short and long texts in the selection template (written here).
-BUILTIN_TEXTS = [
-    ("Give three tips for staying healthy.", "",
-     "Eat a balanced diet, exercise regularly and get enough sleep."),
-    ("Translate the sentence into French.", "The weather is nice today.", "Il fait beau aujourd'hui."),
-    ("What is 17 times 23?", "", "17 times 23 is 391."),
-    ("Classify the sentiment of the review.", "The battery died after two days and support never answered.",
-     "Negative."),
-    ("Write a haiku about autumn.", "", "Red leaves drift and fall / the river carries them south / "
-     "cold wind, empty nests"),
-    ("Explain how a bicycle stays upright.", "",
-     "A moving bicycle stays upright mostly because the rider steers into the direction of a fall, which moves "
-     "the wheels back under the centre of mass. The geometry of the front fork (trail) makes the front wheel "
-     "turn into a lean by itself, and the spinning wheels add a small gyroscopic effect. At walking pace these "
-     "effects are weak, which is why slow riding needs more effort to balance."),
-    ("Summarise the paragraph.", "Photosynthesis is the process by which green plants use sunlight, water and "
-     "carbon dioxide to make glucose and oxygen. It takes place mainly in the leaves, inside chloroplasts, "
-     "which contain the pigment chlorophyll.", "Plants turn light, water and CO2 into sugar and oxygen."),
-    ("Hi", "", "Hello! How can I help you today?"),
-]
 
 
-def verification_texts(limit: int = 64) -> list[str]:
-    """Real texts for an export's self-check: the first `limit` records of a long-answer and a short-answer
-    corpus from ../shared/data when present, a built-in list of short and medium ones, and two texts past any
-    token limit."""
-    records: list[tuple[str, str, str]] = list(BUILTIN_TEXTS)
-    for name in ("gpteacher_roleplay.json", "gsm8k_train.json"):
-        path = SHARED_CORPORA / name
-        if path.is_file():
-            rows = json.loads(path.read_text(encoding="utf-8"))[:limit]
-            records += [(r["instruction"], r.get("input") or "", r["output"]) for r in rows]
-    texts = [TEMPLATE.render(*r) for r in records]
-    long = " ".join(r[2] for r in records)
+def verification_texts() -> list[str]:
+    """Real texts for an export's self-check: the committed check records (check_texts.py: short to past 512
+    tokens) in the selection template, and two texts past any token limit. The same texts wherever the export
+    runs, so a bundle's recorded fidelity and int8 decision depend on nothing outside the package."""
+    texts = [TEMPLATE.render(*r) for r in RECORDS]
+    long = " ".join(r[2] for r in RECORDS)
     while len(long.split()) < 1200:
         long = long + " " + long
     return texts + [TEMPLATE.render("Summarise the following.", long, "A summary."), long]

