@@ -25,6 +25,7 @@ from .model import CHUNK_RECORDS, RAY_CHUNK_RECORDS, Model
 from .readers import FORMATS
 from .scanning import ON_ERROR
 from .selection import N1, N2
+from .progress import Pace, Step
 from .clustering import CLUSTER_MODES, EXACT_LIMIT, PCA_VARIANCE, SAMPLE_SIZE, SEED
 from .session import DEVICES, machine_threads, resolve
 from .stop import Terminated, sigterm_stops, stopped_message
@@ -66,11 +67,11 @@ def _value(choice):
 class CliStages(pipeline.Stages):
     """Stages shown on stderr: progress bars with rate and ETA on a terminal; plain timestamped lines (every 10%,
     at most one a second, or every 30 s) when stderr is a file or a pipe, so that a batch job's log shows where it
-    is."""
+    is. Either appears only once a stage has run progress.DELAY seconds: a stage that ends sooner shows nothing."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, *, clock=None):
         super().__init__()
-        self.quiet, self.tty = quiet, sys.stderr.isatty()
+        self.quiet, self.tty, self.clock = quiet, sys.stderr.isatty(), clock or time.monotonic
 
     @contextmanager
     def progress(self, name, total):
@@ -89,10 +90,22 @@ class CliStages(pipeline.Stages):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
+        pace = Pace(clock=self.clock)
+
+        class Paced(Progress):
+            def get_renderables(self):  # drawn by rich's refresh thread, from the moment the stage is due
+                return super().get_renderables() if pace.due else ()
+
+            def stop(self):
+                if pace.due:
+                    return super().stop()
+                self.live.transient = True  # a stage never drawn leaves no (empty) line behind
+                self.live.stop()
+
         rate = TextColumn("{task.fields[rate]}")
         columns = [TextColumn(f"{name:<14}"), BarColumn(), MofNCompleteColumn(), rate, TimeElapsedColumn(),
                    TextColumn("ETA"), TimeRemainingColumn()]
-        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        with Paced(*columns, console=Console(stderr=True), transient=False) as bar:
             task = bar.add_task(name, total=total, rate="")
 
             def advance(n):
@@ -105,25 +118,29 @@ class CliStages(pipeline.Stages):
 
     @contextmanager
     def _lines(self, name, total):
-        start, done, last = time.monotonic(), 0, [time.monotonic(), 0]
+        start, done = self.clock(), 0
+        last = [start, 0]
 
         def line(text):
-            typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} car-onnx: {name}: {text}", err=True)
+            return f"{time.strftime('%Y-%m-%d %H:%M:%S')} car-onnx: {name}: {text}"
+
+        # the opening keeps the time the stage began, though it is written only once the stage is due
+        step = Step(lambda text: typer.echo(text, err=True), line(f"started ({total:,} records)" if total else
+                                                                 "started"), clock=self.clock)
 
         def advance(n):
             nonlocal done
             done += n
-            now = time.monotonic()
+            now = self.clock()
             tenth = total and done * 10 // total > last[1] * 10 // total and now - last[0] >= 1
-            if tenth or now - last[0] >= 30:
+            if (tenth or now - last[0] >= 30) and step.pace.due:
                 rate = done / max(now - start, 1e-9)
                 eta = f", ETA {_duration((total - done) / rate)}" if total and rate else ""
                 share = f"/{total:,} ({100 * done / total:.0f}%)" if total else ""
-                line(f"{done:,}{share}, {rate:,.1f}/s{eta}")
+                step.line(line(f"{done:,}{share}, {rate:,.1f}/s{eta}"))
                 last[:] = [now, done]
-        line(f"started ({total:,} records)" if total else "started")
         yield advance
-        line(f"done in {_duration(time.monotonic() - start)}")
+        step.close(line(f"done in {_duration(self.clock() - start)}"))
 
     def note(self, message):
         if self.quiet:

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import UsageError
+from .progress import Step
 
 # Above this many rows KMeans (n_init=10, full passes) becomes the slowest stage by far; MiniBatchKMeans
 # keeps it near-linear. Below it, results match the reference exactly.
@@ -29,7 +30,8 @@ def default_k(n: int) -> int:
 
 
 class Clusterer:
-    """Reduce with PCA keeping `pca_variance` of the variance, then cluster into `k` groups."""
+    """Reduce with PCA keeping `pca_variance` of the variance, then cluster into `k` groups. `log` is told the
+    steps (PCA, each KMeans initialisation, the assignment) that run past progress.DELAY seconds."""
 
     def __init__(self, k: int | None = None, *, pca_variance: float = PCA_VARIANCE, seed: int = SEED,
                  mode: str = "auto", sample_size: int = SAMPLE_SIZE, minibatch_threshold: int = MINIBATCH_THRESHOLD,
@@ -78,12 +80,11 @@ class Clusterer:
         n = _count(embeddings, rows)
         self.k_ = self.check(n)
         self.sampled_ = self.sampled(n)
-        log = self.log or (lambda message: None)
         if not self.sampled_:
             x = np.asarray(embeddings if rows is None else embeddings[rows], dtype=np.float32)
-            pca, x = self._pca(x, log)
+            pca, x = self._pca(x, self.log)
             self.plane_ = _plane(x, self.seed, pca_done=pca is not None)  # report: 2-D map sample
-            return self._fit(x, n, log).labels_.astype(np.int64)
+            return self._fit(x, n, self.log).labels_.astype(np.int64)
         labels = self.fit_assign(embeddings, rows, np.empty(len(embeddings), dtype=np.int64))
         return labels if rows is None else labels[rows]
 
@@ -93,48 +94,49 @@ class Clusterer:
         len(embeddings) rows: in memory, or on disk) a block at a time. Returns `out`; sets what fit_predict
         sets."""
         n = _count(embeddings, rows)
-        self.k_, self.sampled_, log = self.check(n), True, self.log or (lambda message: None)
+        self.k_, self.sampled_ = self.check(n), True
+        step = Step(self.log, f"clustering from a seeded sample of {self.sample_size:,} of {n:,} rows")
         picked = np.sort(np.random.default_rng(self.seed).choice(n, self.sample_size, replace=False))
-        log(f"clustering from a seeded sample of {self.sample_size:,} of {n:,} rows")
         x = np.asarray(embeddings[picked if rows is None else rows[picked]], dtype=np.float32)
-        pca, x = self._pca(x, log)
+        pca, x = self._pca(x, step.line)
         plane_rows, xy = _plane(x, self.seed, pca_done=pca is not None)
         self.plane_ = picked[plane_rows], xy
-        km, start = self._fit(x, n, log), time.perf_counter()
+        km, start = self._fit(x, n, step.line), time.perf_counter()
         (getattr(embeddings, "assign", None) or partial(_assign_blocks, embeddings))(pca, km, out)
-        log(f"assigned {len(embeddings):,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
+        step.close(f"assigned {len(embeddings):,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
         return out
 
-    def _pca(self, x: np.ndarray, log: Callable[[str], None]):
+    def _pca(self, x: np.ndarray, log: Callable[[str], None] | None):
         """PCA keeping `pca_variance` of the variance, fitted on `x`: (the PCA or None, x reduced); sets
-        `n_components_` and `variance_kept_`."""
+        `n_components_` and `variance_kept_`. Told to `log` if it runs past the progress delay."""
         from sklearn.decomposition import PCA
 
         pca, self.variance_kept_ = None, 1.0
         if self.pca_variance < 1.0 and len(x) > 1:
             start = time.perf_counter()
-            log(f"PCA of {len(x):,} x {x.shape[1]} embeddings ...")
+            step = Step(log, f"PCA of {len(x):,} x {x.shape[1]} embeddings ...")
             pca = PCA(n_components=self.pca_variance, random_state=self.seed)
             x = pca.fit_transform(x)
             self.variance_kept_ = float(pca.explained_variance_ratio_.sum())
-            log(f"PCA kept {x.shape[1]} components ({self.variance_kept_:.1%} of the variance) in "
-                f"{time.perf_counter() - start:.1f}s")
+            step.close(f"PCA kept {x.shape[1]} components ({self.variance_kept_:.1%} of the variance) in "
+                       f"{time.perf_counter() - start:.1f}s")
         self.n_components_ = x.shape[1]
         return pca, x
 
-    def _fit(self, x: np.ndarray, n: int, log: Callable[[str], None]):
+    def _fit(self, x: np.ndarray, n: int, log: Callable[[str], None] | None):
         """KMeans fitted on `x` (MiniBatchKMeans when the `n` rows clustered exceed `minibatch_threshold`); sets
-        `minibatch_`."""
+        `minibatch_`. Told to `log` if it runs past the progress delay."""
         from sklearn.cluster import MiniBatchKMeans
 
         self.minibatch_ = n > self.minibatch_threshold
         start = time.perf_counter()
         if self.minibatch_:
-            log(f"MiniBatchKMeans k={self.k_} on {len(x):,} rows ...")
+            step = Step(log, f"MiniBatchKMeans k={self.k_} on {len(x):,} rows ...")
             km = MiniBatchKMeans(n_clusters=self.k_, random_state=self.seed, n_init=3, batch_size=4096).fit(x)
         else:
-            km = self._kmeans(x, log)
-        log(f"{'MiniBatchKMeans' if self.minibatch_ else 'KMeans'} done in {time.perf_counter() - start:.1f}s")
+            step = Step(log)
+            km = self._kmeans(x, step.line)
+        step.close(f"{'MiniBatchKMeans' if self.minibatch_ else 'KMeans'} done in {time.perf_counter() - start:.1f}s")
         return km
 
     def _kmeans(self, x: np.ndarray, log: Callable[[str], None]) -> np.ndarray:

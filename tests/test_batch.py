@@ -123,41 +123,115 @@ def test_score_and_cluster_field_names(setup, cli, rows_of):
     assert all(r["score"] == 0.5 and isinstance(r["car_score"], float) and "car_cluster" in r for r in rows)
 
 
-def test_progress_lines_reach_a_log_file(setup, cli):
+def select_with_delay(delay: float, *args) -> tuple[int, str]:
+    """`car-onnx select ARGS` in a subprocess whose progress delay is `delay` seconds: (exit code, stderr)."""
+    code = (f"import sys, car_onnx.progress\ncar_onnx.progress.DELAY = {delay!r}\nfrom car_onnx.cli import main\n"
+            "sys.argv = ['car-onnx', 'select', *sys.argv[1:]]\nmain()\n")
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    return p.returncode, p.stderr
+
+
+def test_progress_lines_reach_a_log_file(setup):
+    """Each stage and clustering step that runs past the delay is told in a log file (here every step: delay 0)."""
     tmp, bundle, data = setup
-    rc, _, err, _ = cli("select", data, "-b", bundle, "-o", tmp / "o.jsonl", "--chunk-records", "6")
+    rc, err = select_with_delay(0, data, "-b", bundle, "-o", tmp / "o.jsonl", "--chunk-records", "6")
     assert rc == 0, err
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d car-onnx: "
-    for stage in ("read", "score\\+embed", "write"):
+    for stage in ("read", "score\\+embed", "cluster\\+select", "write"):
         assert re.search(rf"^{stamp}{stage}: started", err, re.M), err
         assert re.search(rf"^{stamp}{stage}: done in \d+s$", err, re.M), err
     assert re.search(rf"^{stamp}score\+embed: started \(60 records\)$", err, re.M), err
-    assert re.search(rf"^{stamp}PCA kept \d+ components \([\d.]+% of the variance\)", err, re.M), err
+    assert re.search(rf"^{stamp}PCA of 60 x 8 embeddings \.\.\.\n{stamp}PCA kept \d+ components \([\d.]+% of the "
+                     r"variance\)", err, re.M), err
     assert re.search(rf"^{stamp}KMeans k=5 on 60 rows: run 10/10 of its initialisations, [\d.]+ runs/s, ETA 0s$", err,
                      re.M), err
     assert re.search(rf"^{stamp}KMeans done in [\d.]+s$", err, re.M), err
 
 
-def test_log_lines_every_tenth_or_thirty_seconds(monkeypatch, capsys):
+def test_short_steps_say_nothing(setup):
+    """Steps that end within the delay (here: a delay none can reach, so that the test does not hang on the
+    machine's speed) say nothing: stderr holds the summary alone (the issue: ten KMeans lines for a 0.1 s step)."""
+    tmp, bundle, data = setup
+    for i, extra in enumerate(([], ["--cluster", "sample", "--sample-size", "30"])):
+        rc, err = select_with_delay(1e9, data, "-b", bundle, "-o", tmp / f"{i}.jsonl", "--n1", "5", *extra)
+        assert rc == 0 and len(err.splitlines()) == 1 and err.startswith("car-onnx: 60 records; "), err
+
+
+def test_log_lines_every_tenth_or_thirty_seconds(capsys):
     """A stage's lines in a log: one per 10% (at most one a second), else one every 30 s, with rate and ETA."""
     from car_onnx import cli
 
-    clock = iter(range(0, 10_000, 2))  # each reading of the clock is 2 s later
-    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
-    stages = cli.CliStages(quiet=False)
+    now = [0.0]
+    stages = cli.CliStages(quiet=False, clock=lambda: now[0])
     stages.tty = False
     with stages.stage("score+embed", total=1000) as advance:
         for _ in range(20):
+            now[0] += 3
             advance(50)
     lines = [line.split("car-onnx: ", 1)[1] for line in capsys.readouterr().err.splitlines()]
-    assert lines[0] == "score+embed: started (1,000 records)" and lines[-1].startswith("score+embed: done in ")
+    assert lines[0] == "score+embed: started (1,000 records)" and lines[-1] == "score+embed: done in 1m00s"
     assert lines[1] == "score+embed: 100/1,000 (10%), 16.7/s, ETA 54s"  # 100 records in 6 s
     assert [line.split(" ")[1] for line in lines[1:-1]] == [f"{100 * i:,}/1,000" for i in range(1, 11)]
     with stages.stage("write", total=None) as advance:  # no total: a line every 30 s
         for _ in range(40):
+            now[0] += 2
             advance(1)
     lines = [line.split("car-onnx: ", 1)[1] for line in capsys.readouterr().err.splitlines()]
     assert [line.split(",")[0] for line in lines[1:-1]] == ["write: 15", "write: 30"]
+
+
+def test_a_stage_is_told_only_once_it_has_run_the_delay(capsys):
+    """A stage that ends within progress.DELAY writes nothing, as a bar or as lines; one that runs past it writes
+    what it wrote before pacing (a bar, or its opening, progress and closing lines). The clock is injected."""
+    from car_onnx import cli
+    from car_onnx.progress import DELAY
+
+    now = [0.0]
+    for tty in (False, True):
+        stages = cli.CliStages(quiet=False, clock=lambda: now[0])
+        stages.tty = tty
+        with stages.stage("score+embed", total=1000) as advance:
+            for _ in range(10):
+                now[0] += DELAY / 20
+                advance(100)
+        assert capsys.readouterr().err == ""
+        with stages.stage("score+embed", total=1000) as advance:
+            for _ in range(10):
+                now[0] += DELAY / 4
+                advance(100)
+        err = capsys.readouterr().err
+        if tty:  # rich draws the bar (a plain final frame when stderr is not a terminal)
+            assert re.search(r"score\+embed .* 1000/1000", err), err
+        else:
+            said = [line.split("car-onnx: ", 1)[1] for line in err.splitlines()]
+            assert said[0] == "score+embed: started (1,000 records)" and said[-1] == "score+embed: done in 5s"
+            # due at 2 s (400 records), then a line per 10% at most one a second
+            assert [line.split(" ")[1] for line in said[1:-1]] == ["400/1,000", "600/1,000", "800/1,000",
+                                                                   "1,000/1,000"]
+
+
+def test_a_step_holds_its_opening_and_drops_early_lines():
+    from car_onnx.progress import Step
+
+    now, said = [0.0], []
+    step = Step(said.append, "PCA of 60 x 8 embeddings ...", delay=2, clock=lambda: now[0])
+    step.line("early")
+    now[0] = 1.9
+    assert step.close("PCA kept 5 components") is False and said == []  # ended within the delay: nothing
+
+    step = Step(said.append, "KMeans ...", delay=2, clock=lambda: now[0])
+    for t, text in ((1, "run 1/10"), (2.5, "run 2/10"), (4, "run 3/10")):
+        now[0] += t
+        step.line(text)
+    assert step.close("KMeans done") is True
+    assert said == ["KMeans ...", "run 2/10", "run 3/10", "KMeans done"]  # the opening once due, then each line
+
+    said.clear()
+    step = Step(said.append, "PCA ...", delay=2, clock=lambda: now[0])
+    now[0] += 30
+    step.close("PCA kept 5 components in 30.0s")  # a long step with no lines between: opening and closing
+    assert said == ["PCA ...", "PCA kept 5 components in 30.0s"]
+    assert Step(None, "x", delay=0).close("y") is False
 
 
 def test_show_prints_conversation_texts(setup, cli):
