@@ -1,10 +1,12 @@
 # Quickstart: `make select` (set up, build the default bundle if missing, select from the sample) and `make test`.
+# `make docs`: the docs site, built offline and strictly into site/.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DOCS_STAMP := $(VENV)/.docs-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup select test bench clean
+.PHONY: setup select test docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,8 +25,15 @@ select: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[docs]'
+	rm -f $(VENV)/.docs-* && touch $@
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) selected.json
+	rm -rf $(VENV) selected.json site
