@@ -141,7 +141,7 @@ def save(name: str, result: dict) -> Path:
     stem = Path(sys.argv[0]).stem
     module = "benchmarks" if stem == "__main__" and Path(sys.argv[0]).parent.name == "benchmarks" else f"benchmarks.{stem}"
     command = " ".join([Path(sys.executable).name, "-m", module, *sys.argv[1:]])
-    result = {"command": command, "machine": machine(), **result}
+    result = {"command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), **result}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path

@@ -176,15 +176,19 @@ def test_import_loads_no_heavy_package():
 
 
 def test_readme_python_snippets_run(bundle, tmp_path):
-    """Each ```python block of the README's Python section runs as written (on a tiny bundle as the default)."""
+    """Each ```python block of the README's Python section and of the docs' Python page runs as written (on a
+    tiny bundle as the default)."""
     import os
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
     section = readme.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
     snippets = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(snippets) >= 4
+    page = re.findall(r"```python\n(.*?)```", (root / "docs" / "python.md").read_text(), re.S)
+    assert len(snippets) >= 1 and len(page) >= 4
+    snippets += page
     env = {**os.environ, "CAR_ONNX_BUNDLE": str(bundle)}
     for i, code in enumerate(snippets):
         (tmp_path / f"snippet{i}.py").write_text(code)

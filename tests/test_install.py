@@ -60,8 +60,9 @@ def test_fresh_venv_without_extras(tmp_path):
 def test_gpu_install_resolves_to_the_gpu_build_alone(tmp_path):
     """`GPU_INSTALL` (the command the README and the --device cuda message give) after the runtime install: its
     uninstall really runs, its install is resolved by pip (--dry-run --report): onnxruntime-gpu and never the
-    CPU onnxruntime, whose module it would overwrite. The README gives the same command."""
+    CPU onnxruntime, whose module it would overwrite. The README and the docs' GPU page give the same command."""
     assert GPU_INSTALL in (ROOT / "README.md").read_text().splitlines()
+    assert GPU_INSTALL in (ROOT / "docs" / "gpu.md").read_text().splitlines()
     uninstall, install = (part.strip().split() for part in GPU_INSTALL.split("&&"))
     assert uninstall[:3] == ["pip", "uninstall", "-y"] and install[:2] == ["pip", "install"]
     venv = tmp_path / "venv"
