@@ -1,5 +1,6 @@
-"""`python -m benchmarks [--quick]` (or `make bench`): every benchmark, results in benchmarks/results/ and the
-table in README.md. --quick runs small sizes in a few minutes (and skips the full-size IQS if not yet built)."""
+"""`python -m benchmarks [--quick]` (or `make bench`): every benchmark, results in benchmarks/results/, the tables
+in docs/benchmarks.md and the headline table in README.md. --quick runs small sizes in a few minutes (and skips the
+full-size IQS if not yet built). The sections read real data from ../shared/data, beside the repository."""
 
 import argparse
 import sys
