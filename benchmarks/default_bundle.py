@@ -19,16 +19,17 @@ from car_onnx.session import SessionConfig, machine_threads
 from .common import car_onnx, real_records, records_file, section_main, shared_file, timed_process, worker
 
 def agreement(bundle_dir: Path, precision: str) -> dict:
-    rows = list(csv.DictReader(open(shared_file("expert_revised", "score_valid.csv"), newline="")))
-    model = Bundle(bundle_dir, SessionConfig(precision=precision)).model("score")
-    scores = model.run([r["src"] for r in rows], ("score",))["score"]
+    import car_onnx
+    from car_onnx.evaluate import agreement as pair_agreement
+
+    path = shared_file("expert_revised", "score_valid.csv")
+    rows = list(csv.DictReader(open(path, newline="")))
     labels = np.array([float(r["score"]) for r in rows])
-    a, b = scores[0::2], scores[1::2]
     better_is_b = labels[1::2] > labels[0::2]
-    wins = np.where(better_is_b, b > a, a > b)
+    measured = pair_agreement(car_onnx.load(bundle_dir, precision=precision), path)
     lengths = np.array([len(r["src"]) for r in rows])
     longer = np.where(better_is_b, lengths[1::2] > lengths[0::2], lengths[0::2] > lengths[1::2])
-    return {"pairs": int(len(wins)), "agreement": round(float(wins.mean()), 4),
+    return {"pairs": measured["pairs"], "agreement": round(measured["agreement"], 4),
             "longer_text_wins_chars": round(float(longer.mean()), 4)}
 
 

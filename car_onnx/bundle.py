@@ -77,8 +77,13 @@ class Bundle:
         for model in dict.fromkeys(models.values()):
             model_roles = tuple(r for r in roles if models[r] is model)
             texts = [model.text(r.instruction, r.input, r.output) for r in records]
+            if model.reads_response:  # the same text split elsewhere is another input
+                texts = [(text, model.response_start(r.instruction, r.input)) for text, r in zip(texts, records)]
             unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
-            results = model.run(list(unique), model_roles, max_tokens, progress)
+            if model.reads_response:
+                results = model.run([t for t, _ in unique], model_roles, max_tokens, progress, [s for _, s in unique])
+            else:
+                results = model.run(list(unique), model_roles, max_tokens, progress)
             if len(unique) < len(texts):
                 where = np.fromiter((unique[t] for t in texts), dtype=np.int64, count=len(texts))
                 results = {role: value[where] for role, value in results.items()}

@@ -377,6 +377,55 @@ def embed(
     _summary(pipeline.embed(job, model, output, stages=CliStages(quiet)), quiet, output)
 
 
+@app.command("eval")
+def evaluate(
+    bundle: Annotated[Optional[Path], typer.Argument(help="Bundle directory [default: the built default bundle]")] = None,
+    pairs: Annotated[Optional[Path], typer.Option(help="Pairs CSV (src,score in consecutive rows, or src,pos,neg), texts in the bundle's template: the share in which the better text scores higher.")] = None,
+    records: Annotated[Optional[Path], typer.Option(help="A dataset of real records: for each kind of defect, the share whose real answer outscores a corrupted copy.")] = None,
+    foreign: Annotated[Optional[Path], typer.Option(help="A dataset whose answers are in another language than --records' (lends the 'foreign' kind).")] = None,
+    limit: Annotated[int, typer.Option(help="Use at most this many records of --records (and of --foreign).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the corruptions.")] = 0,
+    device: Device = DeviceName.auto, threads: Threads = None, precision: Precision = None, field: Fields = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
+):
+    """How a bundle's scorer ranks on your own data: expert agreement on pairs, and its defect table on records
+    (answers to other questions, echoes, cut-offs, loops, empty and boilerplate answers)."""
+    import json
+    from itertools import islice
+
+    from . import evaluate as ev
+    from .readers import iter_records
+
+    if pairs is None and records is None:
+        raise UsageError("give {pairs} and/or {records}", "pairs", "records")
+    if limit < 1:
+        raise UsageError(f"{{limit}} must be >= 1, got {limit}", "limit")
+    model = _model(bundle, device, threads, precision, field, DEFAULT_MAX_TOKENS)
+    result: dict = {"bundle": str(model.bundle), "precision": model.precisions(("score",))["score"]}
+    if pairs is not None:
+        result["pairs"] = {"file": str(pairs), **ev.agreement(model, pairs)}
+    if records is not None:
+        found = list(islice(iter_records(records, fields=model.fields), limit))
+        lent = [r.output for r in islice(iter_records(foreign), limit)] if foreign is not None else None
+        result["defects"] = {"file": str(records), "table": ev.defect_table(model, found, seed=seed, foreign=lent)}
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"bundle {result['bundle']} ({result['precision']})")
+    if "pairs" in result:
+        typer.echo(f"expert agreement: {result['pairs']['agreement']:.4f} on {result['pairs']['pairs']:,} pairs "
+                   f"of {pairs}")
+    if "defects" in result:
+        table = result["defects"]["table"]
+        typer.echo(f"defects on {len(found):,} records of {records}: share of records whose real answer scores "
+                   "above the corrupted one")
+        typer.echo(f"  {'kind':<16}{'records':>8}  preferred")
+        for kind, row in table.items():
+            typer.echo(f"  {kind:<16}{row['records']:>8}  {row['preferred']:.3f}")
+        if "foreign" not in table:
+            typer.echo("  (foreign: not measured; pass --foreign with answers in another language)")
+
+
 @app.command()
 def info(bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Threads = None):
     """Show the bundle, its models and precisions, the execution providers, threads and hardware."""

@@ -45,8 +45,19 @@ class Template:
                                   "{output}, without conversions or format specs")
 
     def render(self, instruction: str, input: str, output: str) -> str:
-        text = self.without_input if (not input and self.without_input is not None) else self.with_input
-        return text.format(instruction=instruction, input=input, output=output)
+        return self._pick(input).format(instruction=instruction, input=input, output=output)
+
+    def response_start(self, instruction: str, input: str) -> int:
+        """Where the output begins in the rendered text (in characters): the model's response span starts there.
+        Needs `{output}` once in each template (checked for models that read a response mask)."""
+        return len(self._pick(input).split("{output}")[0].format(instruction=instruction, input=input))
+
+    def splits_output(self) -> bool:
+        """Whether each template holds `{output}` exactly once, so that `response_start` is defined."""
+        return all(t.count("{output}") == 1 for t in (self.with_input, self.without_input) if t is not None)
+
+    def _pick(self, input: str) -> str:
+        return self.without_input if (not input and self.without_input is not None) else self.with_input
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,8 @@ class ModelSpec:
             raise BundleError(f"{where}: precisions must be a non-empty subset of {PRECISIONS}")
         if "input_ids" not in self.inputs or "attention_mask" not in self.inputs:
             raise BundleError(f"{where}: inputs must include input_ids and attention_mask, got {list(self.inputs)}")
+        if "response_mask" in self.inputs and not self.template.splits_output():
+            raise BundleError(f"{where}: a model reading response_mask needs {{output}} exactly once in its template")
 
     def to_json(self) -> dict:
         return {

@@ -12,9 +12,11 @@ from .coverage import Coverage, unknown_id
 from .errors import BundleError
 from .manifest import ModelSpec
 from .session import SessionConfig, create_session, machine_threads
-from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch, plan_batches, tokenize
+from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch, pad_rows, plan_batches, tokenize
 
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# response_mask: 1 for the tokens of the record's output (see Template.response_start), for scorers that read the
+# instruction and the response apart within one forward pass.
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask")
 
 
 class OnnxModel:
@@ -32,6 +34,8 @@ class OnnxModel:
         unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
         if unknown:
             raise BundleError(f"{self.graph}: graph input(s) {unknown} are not among {list(KNOWN_INPUTS)}")
+        if "response_mask" in self.input_names and "response_mask" not in spec.inputs:
+            raise BundleError(f"{self.graph}: the graph reads response_mask, which the manifest's inputs do not list")
         have = {o.name for o in self.session.get_outputs()}
         missing = [name for name in spec.outputs.values() if name not in have]
         if missing:
@@ -40,24 +44,38 @@ class OnnxModel:
     def text(self, instruction: str, input: str, output: str) -> str:
         return self.spec.template.render(instruction, input, output)
 
+    @property
+    def reads_response(self) -> bool:
+        """Whether the graph reads the response apart from the prompt (then `run` needs each text's start)."""
+        return "response_mask" in self.input_names
+
+    def response_start(self, instruction: str, input: str) -> int:
+        return self.spec.template.response_start(instruction, input)
+
     def run(
         self,
         texts: list[str],
         roles: tuple[str, ...],
         max_tokens: int = DEFAULT_MAX_TOKENS,
         progress: Callable[[int], None] | None = None,
+        starts: list[int] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`.
+        """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`; `starts`: where each
+        text's response begins (characters), for a graph that reads the response apart.
         int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
         would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
+        if self.reads_response and starts is None:
+            raise BundleError(f"{self.graph}: the graph reads a response mask: run() needs each text's response start")
         names = [self.spec.outputs[r] for r in roles]
-        tokens = tokenize(self.tokenizer, [self.clip(text) for text in texts])
+        tokens = tokenize(self.tokenizer, [self.clip(text) for text in texts], starts if self.reads_response else None)
         self.coverage.add(tokens.ids, self.unk_id, self.tokenizer.num_special_tokens_to_add(False))
         out: dict[str, np.ndarray] = {}
 
         def infer(batch: list[int]) -> list:
             ids, mask = pad_batch([tokens.ids[i] for i in batch], self.spec.pad_id)
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            if tokens.response is not None:
+                feed["response_mask"] = pad_rows([tokens.response[i] for i in batch], 0)
             return self.session.run(names, {n: feed[n] for n in self.input_names})
 
         batches = plan_batches(tokens.lengths, 1 if self.precision == "int8" else max_tokens)

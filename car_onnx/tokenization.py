@@ -61,18 +61,29 @@ class Clipper:
 
 @dataclass
 class Tokens:
-    """Unpadded token ids of a list of texts, in the texts' order."""
+    """Unpadded token ids of a list of texts, in the texts' order; with response starts, also each text's response
+    mask (1 for a token of the response, 0 for the prompt and the special tokens)."""
 
     ids: list[np.ndarray]
+    response: list[np.ndarray] | None = None
 
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
 
-def tokenize(tokenizer, texts: list[str]) -> Tokens:
+def tokenize(tokenizer, texts: list[str], starts: list[int] | None = None) -> Tokens:
+    """Token ids of `texts`; with `starts` (where each text's response begins, in characters) the response masks:
+    a token is the response's when its first character is at or after the start."""
     encodings = tokenizer.encode_batch(texts)
-    return Tokens([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+    ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+    if starts is None:
+        return Tokens(ids)
+    response = []
+    for e, start in zip(encodings, starts):
+        first = np.fromiter((a for a, _ in e.offsets), dtype=np.int64, count=len(e.ids))
+        response.append(((first >= start) & (np.asarray(e.special_tokens_mask) == 0)).astype(np.int64))
+    return Tokens(ids, response)
 
 
 def plan_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 256) -> list[np.ndarray]:
@@ -91,10 +102,16 @@ def plan_batches(lengths: np.ndarray, max_tokens: int, max_batch: int = 256) -> 
 
 def pad_batch(ids: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad to the longest row: (input_ids, attention_mask), both int64."""
-    width = max(len(x) for x in ids)
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
+    input_ids = pad_rows(ids, pad_id)
+    mask = np.zeros_like(input_ids)
     for row, x in enumerate(ids):
-        input_ids[row, : len(x)] = x
         mask[row, : len(x)] = 1
     return input_ids, mask
+
+
+def pad_rows(rows: list[np.ndarray], value: int) -> np.ndarray:
+    """Rows of int64 right-padded with `value` to the longest."""
+    out = np.full((len(rows), max(len(x) for x in rows)), value, dtype=np.int64)
+    for row, x in enumerate(rows):
+        out[row, : len(x)] = x
+    return out

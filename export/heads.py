@@ -150,3 +150,65 @@ class PooledHead(nn.Module):
         w = self.head.layerwise_attention.weights()
         mixed = self.head.layerwise_attention.gamma * (w[None, :, None] * pooled).sum(1)
         return self.head.estimator(mixed).squeeze(-1)
+
+
+# ---------------------------------------------------------------- the defect-aware scorer
+
+def span_mean(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """[B, T, H] averaged over the positions where weight ([B, T], 0/1) is 1; zeros for an empty span."""
+    w = weight.unsqueeze(-1)
+    return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+def trigram_rates(input_ids: torch.Tensor, response: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """[B, 2]: the share of the response's token trigrams seen earlier in the response (loops) and the share seen
+    in the prompt (echoes). Exact token matches: T x T comparisons, small beside the encoder."""
+    a, b, c = input_ids[:, :-2], input_ids[:, 1:-1], input_ids[:, 2:]
+    rt = response[:, :-2] * response[:, 1:-1] * response[:, 2:]  # trigrams wholly in the response
+    pt = prompt[:, :-2] * prompt[:, 1:-1] * prompt[:, 2:]
+    same = ((a.unsqueeze(2) == a.unsqueeze(1)) & (b.unsqueeze(2) == b.unsqueeze(1))
+            & (c.unsqueeze(2) == c.unsqueeze(1))).to(response.dtype)  # [B, i, j]
+    pos = torch.arange(a.shape[1], device=a.device)
+    earlier = (pos.unsqueeze(1) > pos.unsqueeze(0)).to(response.dtype)  # j < i
+    loop = (same * earlier * rt.unsqueeze(1)).sum(-1).clamp(max=1.0) * rt
+    echo = (same * pt.unsqueeze(1)).sum(-1).clamp(max=1.0) * rt
+    n = rt.sum(1).clamp(min=1.0)
+    return torch.stack([loop.sum(1) / n, echo.sum(1) / n], 1)
+
+
+def span_cosines(pool, input_ids, attention_mask, response_mask, max_length: int) -> torch.Tensor:
+    """[B, L + 6]: what the defect part of the score reads. `pool(weight)` gives [B, L, H] vectors of the text
+    restricted to a span (weight [B, T], 0/1): the cosine of the prompt's and the response's vector at each of the L
+    levels, then the loop and echo trigram rates, the log lengths of response and prompt, whether the text hit the
+    token limit and whether the response is empty."""
+    mask = attention_mask.to(torch.float32)
+    response = response_mask.to(torch.float32) * mask
+    prompt = mask - response
+    cos = nn.functional.cosine_similarity(pool(prompt), pool(response), dim=2, eps=1e-6)
+    rates = trigram_rates(input_ids, response, prompt)
+    n_resp, n_prompt = response.sum(1), prompt.sum(1)
+    counts = torch.stack([rates[:, 0], rates[:, 1], torch.log1p(n_resp) / 5, torch.log1p(n_prompt) / 5,
+                          (mask.sum(1) >= max_length).to(mask.dtype), (n_resp == 0).to(mask.dtype)], 1)
+    return torch.cat([cos, counts], 1)
+
+
+class DefectPart(nn.Module):
+    """The score's defect term: a penalty of up to `scale` as the probability P that the record is defective, from
+    a small ReLU network on `span_cosines` (a few numbers per text), goes from 1/2 to 1. It reads how the response
+    relates to the instruction (off-topic, echoed), loops, cut-offs and empty answers, which the quality head,
+    trained on polished pairs only, never saw. A record more likely real than not gets no penalty, so the quality
+    head's order among real records holds."""
+
+    def __init__(self, features: int, hidden: int = 64, scale: float = 2.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def logit(self, features: torch.Tensor) -> torch.Tensor:
+        """The log-odds that the record is defective."""
+        return self.net(features * 4 - 2).squeeze(-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """-scale * max(0, 2 P - 1): nothing at all for a record more likely real than not."""
+        return -self.scale * torch.relu(torch.tanh(self.logit(features) / 2))

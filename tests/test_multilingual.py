@@ -78,33 +78,50 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
 
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     (model,) = manifest["models"]
-    assert model["roles"] == ["score", "embed"] and model["inputs"] == ["input_ids", "attention_mask"]
+    assert model["roles"] == ["score", "embed"]
+    assert model["inputs"] == ["input_ids", "attention_mask", "response_mask"]  # the defect term reads it
     assert set(model["variants"]) == {"fp32", "int8"} and model["embedding_dim"] == 512
     assert model["variants"]["int8"]["fidelity"]["mean_cosine"] >= 0.995
 
     batch = texts() + real_chinese(60)
-    records = [type("R", (), {"instruction": t, "input": "", "output": ""})() for t in batch]
+    # each text answered by the next one (every other record) or left unanswered
+    answers = [batch[(i + 1) % len(batch)] if i % 2 else "" for i in range(len(batch))]
+    records = [type("R", (), {"instruction": t, "input": "", "output": a})() for t, a in zip(batch, answers)]
     out = Bundle(bundle_dir, SessionConfig(precision="fp32")).run(records, ("score", "embed"), max_tokens=2048)
-    rendered = [model["template"]["without_input"].format(instruction=t, output="") for t in batch]
+    form = model["template"]["without_input"]
+    rendered = [form.format(instruction=t, output=a) for t, a in zip(batch, answers)]
+    starts = [len(form.split("{output}")[0].format(instruction=t)) for t in batch]
     ref = use.encode(rendered)
     cos = (ref * out["embed"]).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out["embed"], axis=1)
     assert cos.min() >= 0.9999
 
-    # the score: the head written out in numpy (conftest.head_score) on the encoder's sentence-level
-    # vectors, whose last one is checked against the package just above
-    _, npz = package_resources()
+    # the score: the quality head written out in numpy (conftest.head_score) on the encoder's sentence-level
+    # vectors, whose last one is checked against the package just above, plus the defect term of the PyTorch
+    # model, each text alone (no padding)
+    from car_onnx.tokenization import load_tokenizer, tokenize
+    from car_onnx_export.default import load_defects, load_head
+    from car_onnx_export.multilingual import JointModel, scripts_of
+
+    sp_model, npz = package_resources()
     encoder = USEEncoder(npz).eval()
-    tok = Tokenizer.from_file(str(bundle_dir / model["tokenizer"]))
+    head, meta = load_head(WEIGHTS)
+    joint = JointModel(encoder, head, load_defects(WEIGHTS, meta), scripts_of(sp_model)).eval()
+    tokens = tokenize(load_tokenizer(bundle_dir / model["tokenizer"], model["max_length"]), rendered, starts)
     weights = load_file(str(WEIGHTS))
-    scores = []
+    scores, penalties = [], []
     with torch.no_grad():
-        for ids in (e.ids for e in tok.encode_batch(rendered)):
-            layers = encoder(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.int64))
+        for ids, response in zip(tokens.ids, tokens.response):
+            ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
+            mask = torch.ones_like(ids)
+            layers = encoder(ids, mask)
             np.testing.assert_allclose(layers[-1][0].numpy(), use.encode(rendered[len(scores)]), atol=1e-5)
             hidden = [h.numpy().astype(np.float64)[:, None, :] for h in layers]  # one "position" per text
-            scores.append(head_reference(weights, hidden, np.ones((1, 1)))[0])
+            penalty = float(joint.defects(joint.defect_features(encoder.tokens(ids, mask), ids, mask, response))[0])
+            scores.append(head_reference(weights, hidden, np.ones((1, 1)))[0] + penalty)
+            penalties.append(penalty)
     np.testing.assert_allclose(out["score"], scores, atol=1e-4)
     assert np.std(scores) > 1e-2
+    assert min(penalties) < -0.5 and max(penalties) == 0.0  # the defect term acts on some texts, not on all
 
     int8 = Bundle(bundle_dir, SessionConfig(precision="int8")).run(records, ("score", "embed"))
     assert ((int8["embed"] * out["embed"]).sum(1)).mean() >= 0.99

@@ -1,0 +1,149 @@
+"""What the scorer sees: per kind of defect, the share of held-apart records whose real answer outscores a corrupted
+copy (car_onnx.defects, measuring phrases), for the default bundle before this scorer (the head of commit BEFORE)
+and now, and the multilingual bundle, fp32 and int8; a `--n1 5%` selection from real records with 9% corrupted
+copies of others; expert agreement on score_valid.csv; score+embed cost per record, now against before.
+
+Held-apart records: the revised answers of pairs_valid.csv (never trained on, never chosen on) and 50 records of
+each English corpus; wrong-language answers lent by the second half of alpaca_zh_2000.json (the first half lends
+them to training).
+
+    python -m benchmarks.defects [--quick] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+import car_onnx
+from car_onnx.defects import corrupt
+from car_onnx.evaluate import Text, agreement, defect_table
+
+from .common import CORPORA, ROOT, section_main, shared_file
+
+BEFORE = "41e7d9e"  # main before the defect-aware scorer: its head is exported as the "before" bundle
+
+
+def held_apart(n_corpus: int) -> list[Text]:
+    rows = []
+    for r in csv.DictReader(open(shared_file("expert_revised", "pairs_valid.csv"), newline="", encoding="utf-8")):
+        instruction, sep, input = r["src"].removeprefix("Instruction: ").rstrip(" ").partition(" Input: ")
+        rows.append(Text(instruction, input if sep else "", r["pos"].removeprefix("Response: ")))
+    rng = np.random.default_rng(5)
+    for name in CORPORA:
+        data = json.loads(shared_file("corpora", name).read_text())
+        rows += [Text(data[i]["instruction"], data[i].get("input") or "", data[i]["output"])
+                 for i in rng.permutation(len(data))[:n_corpus]]
+    return rows
+
+
+def foreign() -> list[str]:
+    return [r["output"] for r in json.loads(shared_file("corpora", "alpaca_zh_2000.json").read_text())[1000:]]
+
+
+def bundles(work: Path) -> dict[str, Path]:
+    """The default bundle now, the default bundle with the head of BEFORE, and the multilingual bundle (fp32, int8)."""
+    from car_onnx_export.default import export_default
+    from car_onnx_export.multilingual import export_multilingual
+
+    out = {"default (before)": work / "default-before", "default": work / "default-now",
+           "multilingual": work / "multilingual-now"}
+    if not (out["default (before)"] / "manifest.json").is_file():
+        weights = work / "before" / "minilm_head.safetensors"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            blob = subprocess.run(["git", "show", f"{BEFORE}:export/weights/minilm_head{suffix}"], cwd=ROOT,
+                                  capture_output=True, check=True).stdout
+            weights.with_suffix(suffix).write_bytes(blob)
+        export_default(out["default (before)"], precisions=("fp32", "int8"), weights=weights, log=lambda m: None)
+    if not (out["default"] / "manifest.json").is_file():
+        export_default(out["default"], precisions=("fp32", "int8"), log=lambda m: None)
+    if not (out["multilingual"] / "manifest.json").is_file():
+        export_multilingual(out["multilingual"], log=lambda m: None)
+    return out
+
+
+def selection(model, records: list[Text], seed: int = 0) -> dict:
+    """4,000 real records plus 400 corrupted copies of 400 others (the four kinds the issue measured): the share of
+    corrupted records among those `select --n1 5%` keeps, against the input's."""
+    real, donors = records[:4000], records[4000:4400]
+    kinds = ("other_random", "echo", "cut_quarter", "loop_whole")
+    copies = []
+    for k, kind in enumerate(kinds):
+        part = donors[k * 100:(k + 1) * 100]
+        copies += [(Text(part[c.index].instruction, part[c.index].input, c.output), kind)
+                   for c in corrupt(part, (kind,), seed=seed)]
+    data = [dict(instruction=r.instruction, input=r.input, output=r.output, defect=None) for r in real]
+    data += [dict(instruction=r.instruction, input=r.input, output=r.output, defect=kind) for r, kind in copies]
+    data = [data[i] for i in np.random.default_rng(seed).permutation(len(data))]
+    kept = model.select(data, n1="5%", dedup="none").take(data)
+    bad = [r["defect"] for r in kept if r["defect"]]
+    return {"records": len(data), "corrupted_in": round(len(copies) / len(data), 4), "selected": len(kept),
+            "corrupted_selected": len(bad), "corrupted_share": round(len(bad) / len(kept), 4),
+            "by_kind": {k: bad.count(k) for k in kinds if k in bad}}
+
+
+def cost(paths: dict[str, Path], records: list[Text], rounds: int) -> dict:
+    """Seconds of score+embed per record (int8 and fp32, this machine's threads), now against before, alternated."""
+    data = [r.__dict__ for r in records]
+    out = {}
+    for precision in ("int8", "fp32"):
+        models = {name: car_onnx.load(paths[name], precision=precision) for name in ("default (before)", "default")}
+        for m in models.values():
+            m.score_embed(data[:20])  # sessions made, caches warm
+        times = {name: [] for name in models}
+        for _ in range(rounds):
+            for name, m in models.items():
+                t = time.perf_counter()
+                m.score_embed(data)
+                times[name].append(time.perf_counter() - t)
+        best = {name: min(v) for name, v in times.items()}
+        out[precision] = {"records": len(data), "ms_per_record": {k: round(v / len(data) * 1000, 3) for k, v in
+                                                                  best.items()},
+                          "ratio": round(best["default"] / best["default (before)"], 3)}
+    return out
+
+
+def embeddings_unchanged(paths: dict[str, Path], records: list[Text]) -> dict:
+    data = [r.__dict__ for r in records]
+    out = {}
+    for precision in ("fp32", "int8"):
+        a = car_onnx.load(paths["default (before)"], precision=precision).embed(data)
+        b = car_onnx.load(paths["default"], precision=precision).embed(data)
+        out[precision] = {"records": len(data), "identical": bool(np.array_equal(a, b)),
+                          "max_abs_difference": float(np.abs(a - b).max())}
+    return out
+
+
+def run(work: Path, quick: bool) -> dict:
+    paths = bundles(work)
+    records = held_apart(20 if quick else 50)
+    lent = foreign()
+    tables, agreements = {}, {}
+    valid = shared_file("expert_revised", "score_valid.csv")
+    for name, path in paths.items():
+        for precision in ("fp32", "int8"):
+            model = car_onnx.load(path, precision=precision)
+            tables[f"{name} {precision}"] = defect_table(model, records, foreign=lent)
+            agreements[f"{name} {precision}"] = round(agreement(model, valid)["agreement"], 4)
+            print(f"{name} {precision}: {agreements[f'{name} {precision}']} {tables[f'{name} {precision}']}", flush=True)
+    from .common import real_records
+
+    pool = [Text(r["instruction"], r["input"], r["output"]) for r in real_records(seed=11)]
+    chosen = {}
+    for name in ("default (before)", "default", "multilingual"):
+        for precision in ("int8", "fp32"):
+            chosen[f"{name} {precision}"] = selection(car_onnx.load(paths[name], precision=precision), pool)
+            print(f"selection {name} {precision}: {chosen[f'{name} {precision}']}", flush=True)
+    return {"held_apart_records": len(records), "defects": tables, "agreement_score_valid": agreements,
+            "selection_n1_5pct": chosen, "cost": cost(paths, pool[:200 if quick else 500], 1 if quick else 3),
+            "embeddings_unchanged": embeddings_unchanged(paths, pool[:200 if quick else 500])}
+
+
+if __name__ == "__main__":
+    section_main("defects", run, __doc__)

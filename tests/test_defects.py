@@ -1,0 +1,219 @@
+"""Defects: the corruptions (car_onnx.defects), the response mask that lets a scorer read the answer apart from the
+instruction, and `car-onnx eval` (car_onnx.evaluate), on tiny bundles built here."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from car_onnx import BundleError, load
+from car_onnx.defects import BOILERPLATE, KINDS, RESTATE, corrupt, nearest_other
+from car_onnx.evaluate import Text, defect_table, parse_text, read_pairs
+from car_onnx.manifest import ModelSpec, Template, Variant
+from car_onnx.tokenization import load_tokenizer, tokenize
+from car_onnx_export import tiny
+
+SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"
+EXPERT = Template("Instruction: {instruction} Input: {input} Response: {output}",
+                  "Instruction: {instruction} Response: {output}")
+
+
+def sample():
+    return [Text(r["instruction"], r["input"], r["output"]) for r in json.loads(SAMPLE.read_text())]
+
+
+def test_each_kind_of_corruption_is_what_its_name_says():
+    records = sample()
+    found = corrupt(records, foreign=["这是另一种语言的回答。"])
+    by_kind = {k: [c for c in found if c.kind == k] for k in KINDS}
+    assert all(by_kind[k] for k in KINDS), {k: len(v) for k, v in by_kind.items()}
+    for c in found:
+        real = records[c.index].output
+        assert c.output.strip() != real.strip()
+        words = real.split()
+        if c.kind == "echo":
+            assert c.output == records[c.index].instruction
+        elif c.kind == "restate":
+            assert records[c.index].instruction[1:] in c.output
+        elif c.kind == "loop_whole":
+            assert c.output == "\n\n".join([real] * 3)
+        elif c.kind.startswith("cut_"):
+            assert real.startswith(c.output) and len(c.output.split()) < len(words) and len(words) >= 12
+            if c.kind == "cut_quarter":
+                assert len(c.output.split()) == max(1, len(words) // 4)
+        elif c.kind == "loop_paragraph":
+            assert len(c.output) > len(real) and set(c.output.split()) == set(words)
+        elif c.kind == "loop_ngram":
+            out = c.output.split()  # the answer's first words, then a 2- to 5-gram repeated at least 4 times
+            assert any(len(out) >= 4 * n and all(out[-k] == out[-k - n] for k in range(1, 3 * n + 1)) for n in range(2, 6))
+            assert " ".join(words).startswith(" ".join(out[: len(words) * 3 // 10]))
+        elif c.kind in ("other_random", "other_near"):
+            assert c.output in [r.output for r in records]
+        elif c.kind == "foreign":
+            assert c.output == "这是另一种语言的回答。"
+        elif c.kind == "empty":
+            assert c.output == ""
+        elif c.kind == "boilerplate":
+            assert c.output in BOILERPLATE["eval"]
+    assert corrupt(records, seed=3) == corrupt(records, seed=3) != corrupt(records, seed=4)
+    assert "foreign" not in {c.kind for c in corrupt(records)}  # nothing to lend: the kind is left out
+
+
+def test_training_and_measuring_phrases_are_disjoint():
+    for table in (BOILERPLATE, RESTATE):
+        assert not set(table["train"]) & set(table["eval"])
+    train = {c.output for c in corrupt(sample(), ("boilerplate",), phrases="train")}
+    assert train and train <= set(BOILERPLATE["train"])
+
+
+def test_the_near_answer_is_the_nearest_other_instructions_by_tfidf():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    instructions = ["bake a chocolate cake", "bake a lemon cake", "fix a flat bike tyre", "fix a bike chain",
+                    "bake a lemon cake"]
+    outputs = ["A", "B", "C", "D", "B"]
+    near = nearest_other(instructions, outputs)
+    x = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(instructions).toarray()
+    for i, j in enumerate(near):
+        allowed = [k for k in range(5) if outputs[k] != outputs[i]]
+        assert j == max(allowed, key=lambda k: (x[i] @ x[k], -k))
+    assert list(near) == [1, 0, 3, 2, 0]  # the lemon cake's twin (same answer) is never its own "other"
+
+
+def test_template_gives_where_the_response_starts():
+    for instruction, input in (("Say hi", ""), ("Translate", "chat")):
+        text = EXPERT.render(instruction, input, "OUT")
+        assert text[EXPERT.response_start(instruction, input):] == "OUT"
+    assert not Template("{instruction} {output} {output}").splits_output()
+    spec = dict(name="m", roles=("score",), tokenizer="t.json", max_length=8, pad_id=0, outputs={"score": "s"},
+                variants={"fp32": Variant("m.onnx")}, inputs=("input_ids", "attention_mask", "response_mask"))
+    with pytest.raises(BundleError, match="a model reading response_mask needs {output} exactly once in its template"):
+        ModelSpec(template=Template("{instruction}"), **spec)
+    ModelSpec(template=EXPERT, **spec)
+
+
+def test_response_mask_marks_the_answers_tokens(tmp_path):
+    tiny.make_tokenizer(tmp_path / "tok.json")
+    tok = load_tokenizer(tmp_path / "tok.json", 12)
+    t = tiny.TEMPLATE
+    records = [("explain it", "", "the answer is long"), ("give a word", "water", ""), ("list", "", "one two " * 9)]
+    texts = [t.render(*r) for r in records]
+    tokens = tokenize(tok, texts, [t.response_start(a, b) for a, b, _ in records])
+    # [CLS] instruction: <instruction words> input: <input words> response: <output words> [SEP], cut at 12 tokens
+    for (instruction, input, output), ids, response in zip(records, tokens.ids, tokens.response):
+        before = 1 + 1 + len(instruction.split()) + 1 + len(input.split()) + 1
+        n_out = min(len(output.split()), 12 - 1 - before)
+        assert list(response) == [0] * before + [1] * n_out + [0] * (len(ids) - before - n_out)
+
+
+def test_a_scorer_reading_the_response_gets_its_mask_in_any_batch(tmp_path):
+    bundle = tiny.make_bundle(tmp_path / "b", response=True)
+    records = [{"instruction": "explain it", "input": "", "output": "the answer is long"},
+               {"instruction": "give a word", "input": "water", "output": ""},
+               {"instruction": "list", "input": "", "output": "one two " * 9},
+               {"instruction": "the answer", "input": "", "output": "the answer"},  # prompt words again
+               {"instruction": "explain it", "input": "the answer is long", "output": "it"}]
+    ref = tiny.response_reference([(r["instruction"], r["input"], r["output"]) for r in records])
+    assert np.std(ref) > 0.01 and ref[1] == 0.0
+    for max_tokens in (12, 64):
+        got = load(bundle, precision="fp32", max_tokens=max_tokens).score(records)
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    # the same text split at another place is another input, not a duplicate run once
+    same_text = [{"instruction": "a b", "input": "", "output": "c"}, {"instruction": "a", "input": "", "output": "b c"}]
+    got = load(bundle, precision="fp32").score(same_text)
+    np.testing.assert_allclose(got, tiny.response_reference([("a b", "", "c"), ("a", "", "b c")]), atol=1e-5)
+
+
+def write_pairs(path: Path, rows: list[tuple[str, str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["src", "score"])
+        for better, worse in rows:
+            w.writerows([[worse, 0], [better, 1]])
+
+
+def test_pairs_are_read_back_into_records_of_the_template(tmp_path):
+    rows = [(EXPERT.render("Say hi", "", "Hello there."), EXPERT.render("Say hi", "", "hi")),
+            (EXPERT.render("Sum", "2 and 2", "4"), EXPERT.render("Sum", "2 and 2", "5 Response: no"))]
+    write_pairs(tmp_path / "p.csv", rows)
+    better, worse = read_pairs(tmp_path / "p.csv", EXPERT)
+    assert better == [Text("Say hi", "", "Hello there."), Text("Sum", "2 and 2", "4")]
+    assert worse == [Text("Say hi", "", "hi"), Text("Sum", "2 and 2", "5 Response: no")]
+    assert parse_text(EXPERT, "Question: what?") is None
+    write_pairs(tmp_path / "bad.csv", rows + [("Question: what?", EXPERT.render("a", "", "b"))])
+    from car_onnx import InputError
+
+    with pytest.raises(InputError, match=r"bad.csv: line 7: field 'src': the text does not follow the bundle's template"):
+        read_pairs(tmp_path / "bad.csv", EXPERT)
+
+
+def test_eval_prints_agreement_and_the_defect_table_against_a_numpy_reference(tmp_path, cli):
+    bundle = tiny.make_bundle(tmp_path / "b", response=True)
+    records = [("explain it", "", "the answer is long and you can see it in the water"),
+               ("give a word", "", "water is one word that you can use"),
+               ("list", "", "one two " * 8), ("make a look", "", "look at the way the people write it")]
+    pairs = [(tiny.TEMPLATE.render(a, b, c), tiny.TEMPLATE.render(a, b, c.split()[0])) for a, b, c in records]
+    write_pairs(tmp_path / "pairs.csv", pairs)
+    (tmp_path / "recs.json").write_text(json.dumps([dict(zip(("instruction", "input", "output"), r)) for r in records]))
+    rc, out, err, heavy = cli("eval", bundle, "--pairs", tmp_path / "pairs.csv", "--records", tmp_path / "recs.json",
+                              "--precision", "fp32", "--json")
+    assert rc == 0, err
+    assert heavy == []
+    result = json.loads(out)
+    ref = tiny.response_reference(records)
+    short = tiny.response_reference([(a, b, c.split()[0]) for a, b, c in records])
+    assert result["pairs"] == {"file": str(tmp_path / "pairs.csv"), "pairs": 4, "agreement": float((ref > short).mean())}
+    broken = corrupt([Text(*r) for r in records], phrases="eval")
+    bad = tiny.response_reference([records[c.index][:2] + (c.output,) for c in broken])
+    for kind, row in result["defects"]["table"].items():
+        mine = [(ref[c.index] > b) for c, b in zip(broken, bad) if c.kind == kind]
+        assert row == {"records": len(mine), "preferred": pytest.approx(float(np.mean(mine)))}, kind
+    assert set(result["defects"]["table"]) == {c.kind for c in broken}
+
+    rc, out, err, _ = cli("eval", bundle, "--records", tmp_path / "recs.json", "--precision", "fp32")
+    assert rc == 0, err
+    assert "  kind             records  preferred" in out and "(foreign: not measured" in out
+
+    rc, _, err, _ = cli("eval", bundle)
+    assert (rc, err) == (2, "car-onnx: error: give --pairs and/or --records")
+
+
+def test_defect_table_counts_a_tie_as_a_miss(tmp_path):
+    bundle = tiny.make_bundle(tmp_path / "b", response=True)
+    model = load(bundle, precision="fp32")
+    # every word unknown to the tiny vocabulary: the real answer and its copies score alike where the response
+    # is all [UNK]; an echo of an [UNK] instruction ties with it
+    table = defect_table(model, [Text("zzz qqq", "", "yyy xxx www vvv uuu ttt sss rrr ppp ooo nnn mmm")], kinds=("echo",))
+    assert table == {"echo": {"records": 1, "preferred": 0.0}}
+
+
+def test_loop_and_echo_rates_of_the_graph_match_a_plain_count():
+    torch = pytest.importorskip("torch")
+    from car_onnx_export.heads import trigram_rates
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 4, size=(6, 30))  # a small vocabulary: many repeated trigrams
+    response = np.zeros((6, 30))
+    prompt = np.zeros((6, 30))
+    for row, (p, r) in enumerate([(5, 20), (10, 10), (3, 0), (0, 25), (12, 2), (8, 22)]):
+        prompt[row, :p], response[row, p:p + r] = 1, 1
+    got = trigram_rates(torch.from_numpy(ids), torch.from_numpy(response).float(), torch.from_numpy(prompt).float())
+    for row in range(6):
+        resp = [tuple(ids[row, i:i + 3]) for i in range(28) if response[row, i:i + 3].all()]
+        prom = {tuple(ids[row, i:i + 3]) for i in range(28) if prompt[row, i:i + 3].all()}
+        loops = sum(t in resp[:k] for k, t in enumerate(resp))
+        echoes = sum(t in prom for t in resp)
+        n = max(len(resp), 1)
+        np.testing.assert_allclose(got[row].numpy(), [loops / n, echoes / n], atol=1e-6)
+    assert got[:, 0].max() > 0 and got[:, 1].max() > 0
+
+
+def test_a_graph_reading_the_response_mask_must_say_so_in_the_manifest(tmp_path):
+    bundle = tiny.make_bundle(tmp_path / "b", response=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["models"][0]["inputs"] = ["input_ids", "attention_mask"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="the graph reads response_mask, which the manifest's inputs do not list"):
+        load(bundle, precision="fp32").score([{"instruction": "a", "output": "b"}])
