@@ -1,8 +1,10 @@
-"""`car-onnx train-scorer`: train the COMET-style head on a frozen encoder (all-MiniLM-L6-v2, or the multilingual
-USE of export/multilingual.py), on expert-revised pairs.
+"""`car-onnx train-scorer`: train the COMET-style quality head on a frozen encoder (all-MiniLM-L6-v2, or the
+multilingual USE of export/multilingual.py), on expert-revised pairs, then the defect term (heads.DefectPart) on
+corrupted copies of the same records.
 
 The encoder is frozen and the head mixes layers linearly before average pooling, so pooling commutes with the
-mix: each text is encoded once into per-layer pooled vectors and the head trains on those in seconds.
+mix: each text is encoded once into per-layer pooled vectors and the defect features, and both terms train on
+those in seconds.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def agreement(scores: np.ndarray, data: PairData) -> float:
 
 def fit(train_x: np.ndarray, train: PairData, valid_x: np.ndarray, valid: PairData, *, seed: int, epochs: int,
         log=print) -> tuple[ScoringHead, dict]:
-    """Seeded, deterministic training; keeps the epoch with the best validation agreement."""
+    """Seeded, deterministic training; keeps the epoch with the best agreement on `valid` (train_head passes the
+    held-apart split of the training pairs)."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     r = RECIPE
@@ -84,7 +87,7 @@ def fit(train_x: np.ndarray, train: PairData, valid_x: np.ndarray, valid: PairDa
     head.eval()
     with torch.no_grad():
         train_acc = agreement(model(x).numpy(), train)
-    log(f"best epoch {best_epoch}: valid agreement {best:.4f}, train {train_acc:.4f}")
+    log(f"quality head: best epoch {best_epoch}: held-apart agreement {best:.4f}, train {train_acc:.4f}")
     return head, {"valid_agreement": round(best, 4), "train_agreement": round(train_acc, 4), "epoch": best_epoch,
                   "seed": seed, "history": [round(h, 4) for h in history]}
 
