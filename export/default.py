@@ -66,7 +66,11 @@ class JointModel(nn.Module):
         response = response_mask.to(torch.float32) * attention_mask.to(torch.float32)
         same = (response.unsqueeze(2) == response.unsqueeze(1)) & attention_mask.bool().unsqueeze(1)
         blocked = (~same).to(hidden[-1].dtype).unsqueeze(1) * -10000.0  # [B, 1, T, T], added to the logits
-        branch = self.branch(hidden[-2], attention_mask=blocked)[0]
+        # the branch reads the layer before the last through a mask product (zero at pad positions, where nothing is
+        # read): fed the tensor itself, onnxruntime's optimiser no longer fused the last layer's attention, and the
+        # embedding moved in its last bits
+        entry = hidden[-2] * attention_mask.unsqueeze(-1).to(hidden[-2].dtype)
+        branch = self.branch(entry, attention_mask=blocked)[0]
         levels = [*hidden, branch]
 
         def pool(weight):

@@ -131,3 +131,12 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     st = SentenceTransformer(str(minilm_dir()), device="cpu").encode(texts, convert_to_numpy=True)
     cos = (st * out["embed"]).sum(1) / np.linalg.norm(st, axis=1) / np.linalg.norm(out["embed"], axis=1)
     assert cos.min() >= 0.99999
+
+    # the same head without its defect term: a graph without the branch gives the very same embedding bits
+    import shutil
+
+    shutil.copy(tmp_path / "head.safetensors", tmp_path / "plain.safetensors")
+    (tmp_path / "plain.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "defects"}))
+    export_default(tmp_path / "plain", precisions=("fp32",), weights=tmp_path / "plain.safetensors", log=lambda s: None)
+    plain = Bundle(tmp_path / "plain", SessionConfig(precision="fp32")).run(recs, ("embed",), max_tokens=2048)
+    np.testing.assert_array_equal(plain["embed"], out["embed"])
