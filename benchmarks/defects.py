@@ -12,7 +12,6 @@ them to training).
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import time
@@ -22,7 +21,8 @@ import numpy as np
 
 import car_onnx
 from car_onnx.defects import corrupt
-from car_onnx.evaluate import Text, agreement, defect_table
+from car_onnx.evaluate import Text, agreement, defect_table, read_pairs
+from car_onnx.manifest import Template
 
 from .common import CORPORA, ROOT, section_main, shared_file
 
@@ -30,10 +30,9 @@ BEFORE = "41e7d9e"  # main before the defect-aware scorer: its head is exported 
 
 
 def held_apart(n_corpus: int) -> list[Text]:
-    rows = []
-    for r in csv.DictReader(open(shared_file("expert_revised", "pairs_valid.csv"), newline="", encoding="utf-8")):
-        instruction, sep, input = r["src"].removeprefix("Instruction: ").rstrip(" ").partition(" Input: ")
-        rows.append(Text(instruction, input if sep else "", r["pos"].removeprefix("Response: ")))
+    from car_onnx_export.train import TEMPLATE
+
+    rows = read_pairs(shared_file("expert_revised", "pairs_valid.csv"), Template(**TEMPLATE))[0]  # the revisions
     rng = np.random.default_rng(5)
     for name in CORPORA:
         data = json.loads(shared_file("corpora", name).read_text())

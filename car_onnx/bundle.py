@@ -76,14 +76,13 @@ class Bundle:
         models = {role: self.model(role) for role in roles}
         for model in dict.fromkeys(models.values()):
             model_roles = tuple(r for r in roles if models[r] is model)
-            texts = [model.text(r.instruction, r.input, r.output) for r in records]
-            if model.reads_response:  # the same text split elsewhere is another input
-                texts = [(text, model.response_start(r.instruction, r.input)) for text, r in zip(texts, records)]
+            # a text with where its response starts (for a graph that reads it): the same text split elsewhere is
+            # another input
+            texts = [(model.text(r.instruction, r.input, r.output),
+                      model.response_start(r.instruction, r.input) if model.reads_response else None) for r in records]
             unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
-            if model.reads_response:
-                results = model.run([t for t, _ in unique], model_roles, max_tokens, progress, [s for _, s in unique])
-            else:
-                results = model.run(list(unique), model_roles, max_tokens, progress)
+            starts = [s for _, s in unique] if model.reads_response else None
+            results = model.run([t for t, _ in unique], model_roles, max_tokens, progress, starts)
             if len(unique) < len(texts):
                 where = np.fromiter((unique[t] for t in texts), dtype=np.int64, count=len(texts))
                 results = {role: value[where] for role, value in results.items()}

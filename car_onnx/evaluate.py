@@ -105,12 +105,12 @@ def defect_table(model, records, *, seed: int = 0, foreign: list[str] | None = N
     broken = corrupt(records, kinds, seed=seed, phrases="eval", foreign=foreign)
     copies = [Text(records[c.index].instruction, records[c.index].input, c.output) for c in broken]
     scores = model.run(records + copies, ("score",))["score"]
-    real, bad = scores[: len(records)], scores[len(records):]
     index = np.array([c.index for c in broken], dtype=np.int64)
-    kind = np.array([c.kind for c in broken])
-    table = {}
-    for name in kinds:
-        here = kind == name
-        if here.any():
-            table[name] = {"records": int(here.sum()), "preferred": float((real[index[here]] > bad[here]).mean())}
-    return table
+    found = preferred_by_kind(scores[index], scores[len(records):], np.array([c.kind for c in broken]))
+    return {kind: {"records": n, "preferred": share} for kind, (n, share) in found.items()}
+
+
+def preferred_by_kind(real: np.ndarray, bad: np.ndarray, kinds: np.ndarray) -> dict[str, tuple[int, float]]:
+    """For each kind in KINDS order that `kinds` holds: (pairs, share of pairs with real > bad); a tie is a miss."""
+    return {k: (int((kinds == k).sum()), float((real[kinds == k] > bad[kinds == k]).mean())) for k in KINDS
+            if (kinds == k).any()}

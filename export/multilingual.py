@@ -280,9 +280,11 @@ def check_texts(template: Template) -> list[tuple[str, int]]:
     as long."""
     from .default import check_texts as english
 
-    records = [(i, "", o) for i, o in SAMPLES] + [("重复", "", "".join(o for _, o in SAMPLES[:4]) * 20)]
-    return [(template.render(*r), template.response_start(r[0], r[1])) for r in records[:-1]] + english(template) + \
-        [(template.render(*records[-1]), template.response_start(*records[-1][:2]))]
+    def split(instruction: str, output: str) -> tuple[str, int]:
+        return template.render(instruction, "", output), template.response_start(instruction, "")
+
+    long = "".join(o for _, o in SAMPLES[:4]) * 20
+    return [split(i, o) for i, o in SAMPLES] + english(template) + [split("重复", long)]
 
 
 def scripts_of(sp_model: Path) -> np.ndarray:

@@ -54,37 +54,20 @@ def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0, tables=None, r
     `response` the graph reads a response mask and the score is tanh(mean of the response's tokens) @ w (0 for an
     empty response)."""
     emb, w = weights(seed) if tables is None else tables
-    scored = "r_mean" if response else "embedding"
-    nodes = [
-        helper.make_node("Gather", ["E", "input_ids"], ["tok"]),
-        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["maskf", "axis2"], ["mask3"]),
-        helper.make_node("Mul", ["tok", "mask3"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),
-        helper.make_node("ReduceSum", ["mask3", "axis1"], ["count"], keepdims=0),
-        helper.make_node("Div", ["summed", "count"], ["embedding"]),
-    ]
-    tail = [
-        helper.make_node("Tanh", [scored], ["t"]),
+    names = ("input_ids", "attention_mask") + (("response_mask",) if response else ())
+    nodes = [helper.make_node("Gather", ["E", "input_ids"], ["tok"]), *_masked_mean("attention_mask", "embedding")]
+    if response:
+        nodes += _masked_mean("response_mask", "r_mean", at_least_one=True)
+    nodes += [
+        helper.make_node("Tanh", ["r_mean" if response else "embedding"], ["t"]),
         helper.make_node("MatMul", ["t", "W"], ["s2"]),
         helper.make_node("Squeeze", ["s2", "axis1"], ["score"]),
     ]
     inits = [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "W"),
              numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
              numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
-    names = ("input_ids", "attention_mask") + (("response_mask",) if response else ())
     if response:
-        nodes += [
-            helper.make_node("Cast", ["response_mask"], ["r_f"], to=TensorProto.FLOAT),
-            helper.make_node("Unsqueeze", ["r_f", "axis2"], ["r3"]),
-            helper.make_node("Mul", ["tok", "r3"], ["r_masked"]),
-            helper.make_node("ReduceSum", ["r_masked", "axis1"], ["r_sum"], keepdims=0),
-            helper.make_node("ReduceSum", ["r3", "axis1"], ["r_count"], keepdims=0),
-            helper.make_node("Max", ["r_count", "one"], ["r_den"]),
-            helper.make_node("Div", ["r_sum", "r_den"], ["r_mean"]),
-        ]
         inits.append(numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"))
-    nodes += tail
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in names]
     outs = {"score": helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
             "embed": helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", emb.shape[1]])}
@@ -93,6 +76,20 @@ def make_graph(path: Path, roles: tuple[str, ...], seed: int = 0, tables=None, r
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def _masked_mean(mask: str, out: str, at_least_one: bool = False) -> list:
+    """Nodes giving `out` = the mean of the token vectors `tok` where `mask` is 1 (with `at_least_one`, the count
+    is taken as at least 1, so an empty mask gives zeros)."""
+    p = mask + "_"
+    count = [helper.make_node("ReduceSum", [p + "3", "axis1"], [p + "count"], keepdims=0)]
+    if at_least_one:
+        count.append(helper.make_node("Max", [p + "count", "one"], [p + "count1"]))
+    return [helper.make_node("Cast", [mask], [p + "f"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", [p + "f", "axis2"], [p + "3"]),
+            helper.make_node("Mul", ["tok", p + "3"], [p + "masked"]),
+            helper.make_node("ReduceSum", [p + "masked", "axis1"], [p + "sum"], keepdims=0),
+            *count, helper.make_node("Div", [p + "sum", count[-1].output[0]], [out])]
 
 
 def make_bundle(root: Path, *, split: bool = False, precisions=("fp32",), seed: int = 0, response: bool = False) -> Path:

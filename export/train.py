@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from car_onnx.defects import KINDS, corrupt
-from car_onnx.evaluate import Text
+from car_onnx.evaluate import Text, preferred_by_kind
 from car_onnx.evaluate import read_pairs as read_records
 from car_onnx.manifest import Template
 
@@ -41,7 +41,6 @@ CHOOSE = 0.15  # share of the training pairs held apart to choose epochs on
 
 @dataclasses.dataclass
 class PairData:
-    texts: list[str]
     better: np.ndarray  # index of the revised text of each pair
     worse: np.ndarray  # index of the original text of each pair
 
@@ -167,14 +166,9 @@ def sample_defects(records: list[Text], *, seed: int, per_record: int, foreign: 
     return out
 
 
-def _pairs(n: int, better: np.ndarray, worse: np.ndarray) -> PairData:
-    return PairData([""] * n, better, worse)
-
-
 def defect_table(scores: np.ndarray, real: np.ndarray, bad: np.ndarray, kinds: np.ndarray) -> dict:
     """Per kind: the share of pairs whose real answer scores above its corrupted copy."""
-    return {k: round(float((scores[real[kinds == k]] > scores[bad[kinds == k]]).mean()), 4)
-            for k in KINDS if (kinds == k).any()}
+    return {k: round(share, 4) for k, (_, share) in preferred_by_kind(scores[real], scores[bad], kinds).items()}
 
 
 def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *, seed: int, log=print):
@@ -192,7 +186,7 @@ def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *,
     fb, fw = (torch.from_numpy(expert["fit"][k]) for k in ("better", "worse"))
     fr, fn = (torch.from_numpy(defect["fit"][k]) for k in ("real", "bad"))
     c = expert["choose"]
-    base = agreement(q, _pairs(len(q), c["better"], c["worse"]))
+    base = agreement(q, PairData(c["better"], c["worse"]))
     best, best_state, history = None, None, []
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     for epoch in range(r["epochs"]):
@@ -213,7 +207,7 @@ def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *,
         part.eval()
         with torch.no_grad():
             scores = (qt + part(ft)).numpy()
-        agree = agreement(scores, _pairs(len(q), c["better"], c["worse"]))
+        agree = agreement(scores, PairData(c["better"], c["worse"]))
         d = defect["choose"]
         table = defect_table(scores, d["real"], d["bad"], d["kind"])
         worst = min(table.values()) if table else 1.0
@@ -266,8 +260,8 @@ def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs:
     log(f"encoded {len(records)} texts in {encoded - start:.0f}s")
     b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))
     vw = vb + len(valid_b)
-    fit_pairs = PairData([""] * len(fit_), np.arange(len(fit_)), np.arange(len(fit_), 2 * len(fit_)))
-    choose_pairs = PairData([""] * len(choose), np.arange(len(choose)), np.arange(len(choose), 2 * len(choose)))
+    fit_pairs = PairData(np.arange(len(fit_)), np.arange(len(fit_), 2 * len(fit_)))
+    choose_pairs = PairData(np.arange(len(choose)), np.arange(len(choose), 2 * len(choose)))
     head, metrics = fit(pooled[np.concatenate([b[fit_], w[fit_]])], fit_pairs,
                         pooled[np.concatenate([b[choose], w[choose]])], choose_pairs, seed=seed,
                         epochs=epochs or RECIPE["epochs"], log=log)
@@ -282,20 +276,17 @@ def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs:
         bad = 2 * n + 2 * len(valid_b) + np.arange(len(broken))
         kinds = np.array([c.kind for c in broken])
         in_fit = np.isin(owner, fit_)
-
-        def split(rows, keep):
-            return {"better": b[rows], "worse": w[rows]} if keep is None else \
-                {"real": b[owner[keep]], "bad": bad[keep], "kind": kinds[keep]}
-
-        part, dmetrics = fit_defects(q, feats, {"fit": split(fit_, None), "choose": split(choose, None)},
-                                     {"fit": split(None, in_fit), "choose": split(None, ~in_fit)}, seed=seed, log=log)
+        expert = {name: {"better": b[rows], "worse": w[rows]} for name, rows in (("fit", fit_), ("choose", choose))}
+        defect = {name: {"real": b[owner[keep]], "bad": bad[keep], "kind": kinds[keep]}
+                  for name, keep in (("fit", in_fit), ("choose", ~in_fit))}
+        part, dmetrics = fit_defects(q, feats, expert, defect, seed=seed, log=log)
         with torch.no_grad():
             scores = q + part(torch.from_numpy(feats)).numpy()
         state |= {f"defects.{k}": v.contiguous() for k, v in part.state_dict().items()}
         meta_defects = {"features": int(feats.shape[1]), "hidden": DEFECTS["hidden"], "scale": DEFECTS["scale"]}
         metrics["defects"] = dmetrics
-    valid_agreement = agreement(scores, _pairs(len(scores), vb, vw))
-    metrics["valid_agreement_quality_only"] = round(agreement(q, _pairs(len(q), vb, vw)), 4)
+    valid_agreement = agreement(scores, PairData(vb, vw))
+    metrics["valid_agreement_quality_only"] = round(agreement(q, PairData(vb, vw)), 4)
     log(f"agreement on {Path(valid).name} (measured, not chosen on): {valid_agreement:.4f}")
     metrics |= {"valid_agreement": round(valid_agreement, 4), "choose_pairs": len(choose), "fit_pairs": len(fit_),
                 "encode_seconds": round(encoded - start, 1),
