@@ -1,14 +1,16 @@
-"""GPU check, for the day a CUDA machine is at hand: fp16 and fp32 on CUDA against CPU fp32 (scores and
-embeddings, the export's gates), and records/s at several batch budgets, for the default bundle and the
-full-size IQS (XLM-R-large shape, random weights).
+"""GPU check: fp16 and fp32 on CUDA against CPU fp32 (scores and embeddings, the export's gates), records/s at
+several batch budgets and peak GPU memory, for the default bundle and the full-size IQS (XLM-R-large shape, random
+weights); and fp16 records/s with each of onnxruntime's attention kernels.
 
-    python -m benchmarks --only gpu          (or python -m benchmarks.gpu [--quick] [--work DIR])
+    python -m benchmarks --only gpu     (or python -m benchmarks.gpu [--quick] [--work DIR] [--default BUNDLE]
+                                         [--iqs BUNDLE] [--records FILE])
 
-Without CUDA it says why and exits 0, writing nothing. Unattended, under 8 minutes on 2 cores: the full-size IQS
-bundle (fp32 + fp16) is exported once under --work with a short export check (the check that matters here is CUDA
-against CPU fp32 on many texts); the default bundle is the installed one, or exported under --work when it has no
-fp16 variant. `--rehearse-on-cpu` runs the same code with CPU standing in for CUDA (a smoke test of this file on a
-machine without a GPU; its figures say nothing about a GPU and are not saved).
+On a bare machine without network it runs from a kit: benchmarks/gpu_kit.py packs one, benchmarks/gpu_device.sh
+unpacks it there and runs this. Without CUDA it says why and exits 0, writing nothing. A bundle without fp16 gets
+it here with the export's own conversion; without --iqs the full-size IQS is exported once under --work (needs the
+export extra); without --default the installed default bundle serves. `--rehearse-on-cpu` runs the same code with
+CPU standing in for CUDA (a smoke test of this file on a machine without a GPU; its figures say nothing about a
+GPU and are not saved).
 """
 
 from __future__ import annotations
@@ -20,23 +22,30 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from car_onnx.bundle import find_bundle
 from car_onnx.manifest import read_manifest
 from car_onnx.models import OnnxModel
-from car_onnx.session import SessionConfig, cuda_problem, machine_threads, preload_cuda_libraries
+from car_onnx.session import (CUDA_ATTENTION_KERNELS, SessionConfig, cuda_problem, machine_threads,
+                              preload_cuda_libraries)
 
 from .common import ROOT, WORK, real_records, save
 
-BUDGETS = (2048, 8192, 32768)  # --max-tokens: rows x longest row per batch
+BUDGETS = (2048, 8192, 32768, 131072)  # --max-tokens: rows x longest row per batch
 IQS_DIR = "gpu-iqs-full"
 
 
-def texts_for(spec, n: int) -> list[str]:
-    return [spec.template.render(r["instruction"], r["input"], r["output"]) for r in real_records(n, seed=4)]
+def read_records(path: Path | None, n: int) -> list[dict]:
+    """The first `n` records of a JSON-lines file (the kit's: the GPU machine has no ../shared), else real ones."""
+    if path is None:
+        return real_records(n, seed=4)
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line, _ in zip(f, range(n))]
 
 
 def build_iqs(out: Path) -> None:
-    """(Child process.) The full-size IQS checkpoint and its bundle with fp32 and fp16, checked on 16 texts."""
+    """(Child process.) The full-size IQS checkpoint and its fp32 bundle, checked on 16 texts."""
     from car_onnx_export.iqs import export_scorer
 
     from .export_iqs_full import build
@@ -45,58 +54,142 @@ def build_iqs(out: Path) -> None:
     texts = [f"Instruction: {r['instruction']} Input: {r['input']} Response: {r['output']}"
              for r in real_records(16, seed=5)]
     export_scorer(out / "run" / "checkpoints" / "epoch=0.ckpt", out / "bundle", base=out / "base",
-                  precisions=("fp32", "fp16"), texts=texts)
+                  precisions=("fp32",), texts=texts)
     (out / "run" / "checkpoints" / "epoch=0.ckpt").unlink()  # 2.2 GB, not needed any more
 
 
-def default_bundle(work: Path) -> Path:
-    """The installed default bundle if it has fp16, else one exported under `work` (about a minute)."""
-    root = find_bundle(None)
-    if "fp16" in read_manifest(root).models[0].variants:
-        return root
-    root = work / "gpu-default"
-    if not (root / "manifest.json").is_file():
-        from car_onnx_export.default import export_default
+def with_fp16(root: Path) -> Path:
+    """`root` with an fp16 variant of each model: made from fp32 with the export's own conversion where missing
+    (no torch needed; the fidelity against CPU fp32 is what check_model measures)."""
+    import dataclasses
 
-        export_default(root, precisions=("fp32", "fp16"), log=lambda m: None)
+    from car_onnx.manifest import Variant, write_manifest
+    from car_onnx_export.onnx_tools import convert_fp16
+
+    manifest = read_manifest(root)
+    if all("fp16" in m.variants for m in manifest.models):
+        return root
+    models = []
+    for m in manifest.models:
+        if "fp16" not in m.variants:
+            rel = f"{m.name}/model.fp16.onnx"
+            convert_fp16(root / m.variants["fp32"].graph, root / rel)
+            m = dataclasses.replace(m, variants={**m.variants, "fp16": Variant(rel)})
+        models.append(m)
+    write_manifest(root, models, manifest.created_by + " + fp16 by benchmarks.gpu")
     return root
 
 
-def check_model(root: Path, n: int, device: str, budgets) -> dict:
-    """CPU fp32 reference, then fp32 and fp16 on `device` at each budget: fidelity against the reference
-    (gates as at export) and records/s (session creation excluded, after a warm-up batch)."""
+class GpuMemory:
+    """Peak device memory in use while inside (MiB above what was in use on entry), polled through NVML every
+    10 ms; None where NVML is missing (no GPU)."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak_mib = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception:  # no NVML: no GPU, or nvidia-ml-py not installed
+            return self
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        used = lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used  # noqa: E731
+        self._base, self._peak, self._stop = used(), 0, threading.Event()
+
+        def poll():
+            while not self._stop.is_set():
+                self._peak = max(self._peak, used())
+                self._stop.wait(0.01)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            self.peak_mib = round(max(0, self._peak - self._base) / 2**20)
+
+
+def check_model(root: Path, records: list[dict], n_ref: int, device: str, budgets) -> dict:
+    """CPU fp32 reference on the first `n_ref` records, then fp32 and fp16 on `device` at each budget over all
+    records: fidelity against the reference (gates as at export) and records/s (session creation excluded,
+    after a warm-up batch), with the peak device memory of each precision (session, arena and all budgets)."""
     from car_onnx_export.onnx_tools import DEFAULT_GATES, check_gate, compare
 
     (spec,) = [m for m in read_manifest(root).models if "score" in m.roles]
     roles = tuple(spec.roles)
-    texts = texts_for(spec, n)
+    texts = [spec.template.render(r["instruction"], r["input"], r["output"]) for r in records]
+    starts = [spec.template.response_start(r["instruction"], r["input"]) for r in records]
+    n = len(texts)
     start = time.perf_counter()
     cpu = OnnxModel(spec, root, "fp32", SessionConfig(device="cpu", threads=machine_threads()))
-    ref = cpu.run(texts, roles)
+
+    def first(model, k: int):  # the first k texts, with their response starts for a graph that reads them
+        return texts[:k], (starts[:k] if model.reads_response else None)
+
+    some, some_starts = first(cpu, n_ref)
+    ref = cpu.run(some, roles, starts=some_starts)
     del cpu
-    out = {"model": spec.name, "records": n, "cpu_fp32_reference_s": round(time.perf_counter() - start, 1),
-           "runs": {}}
+    out = {"model": spec.name, "records": n, "reference_records": n_ref,
+           "cpu_fp32_reference_s": round(time.perf_counter() - start, 1), "runs": {}}
     for precision in ("fp32", "fp16"):
-        start = time.perf_counter()
-        model = OnnxModel(spec, root, precision, SessionConfig(device=device))
-        load_s = time.perf_counter() - start
-        if device == "cuda" and model.session.get_providers()[0] != "CUDAExecutionProvider":
-            raise RuntimeError(f"the CUDA session for {model.graph} fell back to {model.session.get_providers()}")
-        model.run(texts[:8], roles)  # warm-up: CUDA kernels, memory arena
-        for budget in budgets:
+        with GpuMemory() as memory:
             start = time.perf_counter()
-            got = model.run(texts, roles, max_tokens=budget)
-            seconds = time.perf_counter() - start
-            metrics = compare(ref, got)
-            failed = check_gate(precision, metrics, DEFAULT_GATES)
-            out["runs"][f"{precision}, --max-tokens {budget}"] = {
-                "records_per_s": round(n / seconds, 1), "seconds": round(seconds, 2), "load_s": round(load_s, 2),
-                **metrics, "gate": "passed" if not failed else "; ".join(failed)}
-        del model
+            model = OnnxModel(spec, root, precision, SessionConfig(device=device))
+            load_s = time.perf_counter() - start
+            if device == "cuda" and model.session.get_providers()[0] != "CUDAExecutionProvider":
+                raise RuntimeError(f"the CUDA session for {model.graph} fell back to {model.session.get_providers()}")
+            some, some_starts = first(model, 8)
+            model.run(some, roles, starts=some_starts)  # warm-up: CUDA kernels, memory arena
+            runs = {}
+            for budget in budgets:
+                all_texts, all_starts = first(model, n)
+                start = time.perf_counter()
+                got = model.run(all_texts, roles, max_tokens=budget, starts=all_starts)
+                seconds = time.perf_counter() - start
+                metrics = compare(ref, {k: v[:n_ref] for k, v in got.items()})
+                failed = check_gate(precision, metrics, DEFAULT_GATES)
+                runs[f"{precision}, --max-tokens {budget}"] = {
+                    "records_per_s": round(n / seconds, 1), "seconds": round(seconds, 2), "load_s": round(load_s, 2),
+                    **metrics, "gate": "passed" if not failed else "; ".join(failed)}
+            del model
+        for run in runs.values():
+            run["peak_gpu_memory_mib"] = memory.peak_mib
+        out["runs"].update(runs)
     return out
 
 
-def run(work: Path, quick: bool, device: str = "cuda", iqs_bundle: Path | None = None) -> dict:
+ATTENTION_KERNELS = {"onnxruntime's choice": 0, "cuDNN": 8, "flash": 1, "memory-efficient": 2,
+                     "TensorRT fused": 4, "unfused": 16, "car-onnx's (all but cuDNN)": CUDA_ATTENTION_KERNELS}
+
+
+def attention_kernels(root: Path, records: list[dict], device: str, budget: int = 2048) -> dict:
+    """fp16 records/s with each of onnxruntime's attention kernels allowed alone (its `sdpa_kernel` mask), at one
+    budget (many batch shapes), and the largest score difference from car-onnx's setting."""
+    (spec,) = [m for m in read_manifest(root).models if "score" in m.roles]
+    texts = [spec.template.render(r["instruction"], r["input"], r["output"]) for r in records]
+    starts = [spec.template.response_start(r["instruction"], r["input"]) for r in records]
+    out, scores = {}, {}
+    for name, mask in ATTENTION_KERNELS.items():
+        model = OnnxModel(spec, root, "fp16", SessionConfig(device=device, attention_kernels=mask))
+        reads = model.reads_response
+        model.run(texts[:8], ("score",), starts=starts[:8] if reads else None)
+        start = time.perf_counter()
+        scores[name] = model.run(texts, ("score",), max_tokens=budget, starts=starts if reads else None)["score"]
+        out[name] = {"sdpa_kernel": mask, "records_per_s": round(len(texts) / (time.perf_counter() - start), 1)}
+        del model
+    ours = scores["car-onnx's (all but cuDNN)"]
+    for name in out:
+        out[name]["max_abs_score_difference"] = float(np.abs(scores[name] - ours).max())
+    return {"model": spec.name, "records": len(texts), "max_tokens": budget, "kernels": out}
+
+
+def run(work: Path, quick: bool, device: str = "cuda", iqs_bundle: Path | None = None,
+        default: Path | None = None, records_file: Path | None = None) -> dict:
     if device == "cuda":
         if problem := cuda_problem():
             return {"skipped": f"no CUDA here: {problem}"}
@@ -107,24 +200,30 @@ def run(work: Path, quick: bool, device: str = "cuda", iqs_bundle: Path | None =
         if not (iqs / "bundle" / "manifest.json").is_file():
             subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--build-iqs", str(iqs)], cwd=ROOT, check=True)
         iqs_bundle = iqs / "bundle"
-    built_s = round(time.perf_counter() - start, 1)
+    default = with_fp16(find_bundle(default))
+    with_fp16(iqs_bundle)
+    prepared_s = round(time.perf_counter() - start, 1)
     budgets = BUDGETS[:2] if quick else BUDGETS
+    n = 200 if quick else 4000
+    records = read_records(records_file, n)
     try:
-        result = {
-            "device": device,
-            "default_bundle": check_model(default_bundle(work), 200 if quick else 2000, device, budgets),
-            "iqs_full": check_model(iqs_bundle, 16 if quick else 128, device, budgets),
-        }
+        result = {"device": device}
+        for key, root, some, n_ref in (("default_bundle", default, records, len(records)),
+                                       ("iqs_full", iqs_bundle, records[:64 if quick else 1024], 16 if quick else 128)):
+            result[key] = check_model(root, some, n_ref, device, budgets)
+            print(json.dumps({key: result[key]}), flush=True)  # in the log, should the next one break
+        result["attention_kernels"] = [attention_kernels(default, records[:2000], device),
+                                       attention_kernels(iqs_bundle, records[:512 if not quick else 32], device)]
     except RuntimeError as err:
         if "fell back" not in str(err):
             raise
         return {"skipped": f"CUDA provider present but not usable (CUDA/cuDNN libraries?): {err}"}
     import onnxruntime as ort
 
-    result.update(iqs_bundle_built_s=built_s, seconds=round(time.perf_counter() - start, 1),
-                  onnxruntime_build=ort.get_device())
+    result.update(bundles_prepared_s=prepared_s, seconds=round(time.perf_counter() - start, 1),
+                  onnxruntime=f"{ort.__version__} ({ort.get_device()})")
     if device == "cuda":
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True)
         result["gpu"] = smi.stdout.strip() if smi.returncode == 0 else "unknown (nvidia-smi failed)"
     return result
@@ -135,16 +234,17 @@ def main(argv=None) -> None:
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rehearse-on-cpu", action="store_true", help="CPU stands in for CUDA; nothing is saved")
-    ap.add_argument("--iqs", type=Path, help="a bundle to use instead of the full-size IQS (for --rehearse-on-cpu)")
-    ap.add_argument("--build-iqs", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--iqs", type=Path, help="a full-size IQS bundle (else built under --work with the export)")
+    ap.add_argument("--default", type=Path, help="the default bundle (else the installed one)")
+    ap.add_argument("--records", type=Path, help="records as JSON lines (else real ones from ../shared)")
+    ap.add_argument("--build-iqs", type=Path, help="only build the full-size IQS bundle in DIR/bundle (export extra)")
     args = ap.parse_args(argv)
     if args.build_iqs:
         build_iqs(args.build_iqs)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.iqs and not args.rehearse_on_cpu:
-        ap.error("--iqs goes with --rehearse-on-cpu: the saved figures are the full-size IQS's")
-    result = run(args.work, args.quick, "cpu" if args.rehearse_on_cpu else "cuda", args.iqs)
+    result = run(args.work, args.quick, "cpu" if args.rehearse_on_cpu else "cuda", args.iqs, args.default,
+                 args.records)
     print(json.dumps(result, indent=2))
     if "skipped" in result:
         print(f"gpu: {result['skipped']}", file=sys.stderr)

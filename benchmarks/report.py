@@ -103,12 +103,23 @@ def _export_iqs_full(d: dict) -> list[tuple[str, str, str]]:
 
 def _gpu(d: dict) -> list[tuple[str, str, str]]:
     out = []
-    for key, label in (("default_bundle", "default bundle"), ("iqs_full", "IQS full size")):
+    for key, label in (("default_bundle", "default bundle"), ("iqs_full", "IQS full size, random weights")):
         m = d[key]
-        for name, r in m["runs"].items():
-            vs = f"Spearman {r['spearman']}" + (f", mean cosine {r['mean_cosine']}" if "mean_cosine" in r else "")
-            out.append((f"GPU {d['gpu']}, {label}, {m['records']} real records, CUDA {name}: records/s; vs CPU "
-                        "fp32", f"{r['records_per_s']}; {vs}", f"gate: {r['gate']}"))
+        for precision in ("fp32", "fp16"):
+            runs = {name.split("--max-tokens ")[1]: r for name, r in m["runs"].items() if name.startswith(precision)}
+            r = next(iter(runs.values()))
+            vs = f"Spearman {min(v['spearman'] for v in runs.values())}" + (
+                f", mean cosine {min(v['mean_cosine'] for v in runs.values())}" if "mean_cosine" in r else "")
+            speed = ", ".join(f"{v['records_per_s']:,.0f} at {int(b):,}" for b, v in runs.items())
+            out.append((f"{d['gpu'].split(',')[0]}, {label}, CUDA {precision}, {m['records']:,} real records: records/s "
+                        f"by --max-tokens; vs CPU fp32 ({m['reference_records']:,}); peak GPU memory",
+                        f"{speed}; {vs}; {r['peak_gpu_memory_mib']:,} MiB",
+                        "gates: " + ", ".join(sorted({v["gate"] for v in runs.values()}))))
+    for a in d.get("attention_kernels", []):
+        speed = ", ".join(f"{name} {k['records_per_s']:,.0f}" for name, k in a["kernels"].items())
+        out.append((f"{d['gpu'].split(',')[0]}, {a['model']}, CUDA fp16, {a['records']:,} records at --max-tokens "
+                    f"{a['max_tokens']:,}: records/s by attention kernel (onnxruntime's sdpa_kernel)", speed,
+                    "car-onnx leaves cuDNN out"))
     return out
 
 

@@ -30,7 +30,6 @@ from .clustering import CLUSTER_MODES, EXACT_LIMIT, PCA_VARIANCE, SAMPLE_SIZE, S
 from .session import DEVICES, machine_threads, resolve
 from .stop import Terminated, sigterm_stops, stopped_message
 from .manifest import PRECISIONS
-from .tokenization import DEFAULT_MAX_TOKENS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                   help="CaR instruction-data selection on onnxruntime.")
@@ -50,7 +49,7 @@ Precision = Annotated[Optional[PrecisionName], typer.Option(help="[default: int8
 InFormat = Annotated[Optional[FormatName], typer.Option("--format", help="Input format [default: by suffix]")]
 OutFormat = Annotated[Optional[FormatName], typer.Option("--output-format", help="Output format [default: by the output's suffix]")]
 Fields = Annotated[Optional[list[str]], typer.Option("--field", help="Map a field: instruction=question, output=answer, input=context.")]
-MaxTokens = Annotated[int, typer.Option(help="Token budget of one batch (rows x longest row); int8 runs one text per batch.")]
+MaxTokens = Annotated[Optional[int], typer.Option(help="Token budget of one batch (rows x longest row); int8 runs one text per batch [default: 2048 on CPU, 32768 on CUDA].", show_default=False)]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, messages or summary.")]
 WorkDirOpt = Annotated[Optional[Path], typer.Option("--work-dir", help="Keep finished chunks here; a run started again with the same arguments resumes [default: a temporary directory].")]
@@ -302,7 +301,7 @@ def select(
     seed: Annotated[int, typer.Option(help="Seed of PCA and KMeans.")] = SEED,
     all: Annotated[bool, typer.Option("--all", help="Write every record (input order) with score, cluster, rank, selected (true/false) and reason.")] = False,
     device: Device = DeviceName.auto, threads: Threads = None, precision: Precision = None, format: InFormat = None,
-    output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
+    output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = None,
     force: Force = False, quiet: Quiet = False, work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail,
     rejects: Rejects = None,
     chunk_records: Annotated[Optional[int], typer.Option("--chunk-records", help=f"Records per inference chunk (the unit --work-dir keeps, and the unit of work of a Ray actor) [default: {CHUNK_RECORDS}; with --ray, {RAY_CHUNK_RECORDS}, so that actors finish together].", show_default=False)] = None,
@@ -352,7 +351,7 @@ def _show(shown: list, score_field: str, cluster_field: str) -> None:
 def score(
     input: Input, output: Output, bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Threads = None,
     precision: Precision = None, format: InFormat = None, output_format: OutFormat = None, field: Fields = None,
-    max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False, quiet: Quiet = False,
+    max_tokens: MaxTokens = None, force: Force = False, quiet: Quiet = False,
     work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail, rejects: Rejects = None,
     chunk_records: ChunkRecords = CHUNK_RECORDS, score_field: ScoreField = pipeline.SCORE_FIELD,
 ):
@@ -367,7 +366,7 @@ def score(
 def embed(
     input: Input, output: Output, bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Threads = None,
     precision: Precision = None, format: InFormat = None, field: Fields = None,
-    max_tokens: MaxTokens = DEFAULT_MAX_TOKENS, force: Force = False, quiet: Quiet = False,
+    max_tokens: MaxTokens = None, force: Force = False, quiet: Quiet = False,
     work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail, rejects: Rejects = None,
     chunk_records: ChunkRecords = CHUNK_RECORDS,
 ):
@@ -400,7 +399,7 @@ def evaluate(
         raise UsageError("give {pairs} and/or {records}", "pairs", "records")
     if limit < 1:
         raise UsageError(f"{{limit}} must be >= 1, got {limit}", "limit")
-    model = _model(bundle, device, threads, precision, field, DEFAULT_MAX_TOKENS)
+    model = _model(bundle, device, threads, precision, field, None)
     result: dict = {"bundle": str(model.bundle), "precision": model.precisions(("score",))["score"]}
     if pairs is not None:
         result["pairs"] = {"file": str(pairs), **ev.agreement(model, pairs)}

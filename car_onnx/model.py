@@ -21,7 +21,7 @@ from .errors import UsageError
 from .records import FieldMap, Record
 from .selection import N1, N2, Dedup, Selection, Size, car_select
 from .session import resolve
-from .tokenization import DEFAULT_MAX_TOKENS
+from .tokenization import default_max_tokens
 
 CHUNK_RECORDS = 4096  # records run together: the unit a file job keeps in its work dir
 CHUNK_CHARS = 32 << 20  # and at most this many characters of text per chunk, whatever the records' sizes
@@ -60,14 +60,15 @@ class Model:
     onnxruntime runs them concurrently; results do not depend on what else runs."""
 
     def __init__(self, bundle=None, *, device: str = "auto", precision: str | None = None,
-                 threads: int | None = None, fields=None, max_tokens: int = DEFAULT_MAX_TOKENS):
+                 threads: int | None = None, fields=None, max_tokens: int | None = None):
         self.bundle = find_bundle(bundle)
         self.device, self.precision, self.threads = device, precision, threads
         self.fields = FieldMap.of(fields)
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
             raise UsageError(f"{{max_tokens}} must be an integer >= 1, got {max_tokens!r}", "max_tokens")
-        self.max_tokens = max_tokens
         self.config = resolve(device, threads, precision)
+        self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(self.config.device)
         self._bundle = Bundle(self.bundle, self.config)  # reads and checks the manifest; sessions come later
 
     def __getstate__(self) -> dict:
@@ -155,11 +156,11 @@ class Model:
 
 
 def load(bundle: str | Path | None = None, *, device: str = "auto", precision: str | None = None,
-         threads: int | None = None, fields=None, max_tokens: int = DEFAULT_MAX_TOKENS) -> Model:
+         threads: int | None = None, fields=None, max_tokens: int | None = None) -> Model:
     """A Model of `bundle` (a directory; default: the default bundle, as the CLI finds it).
 
     device: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it). precision: "fp32", "int8" or "fp16"
     [default: int8 on CPU, fp16 on CUDA, else what the bundle has]. threads: batches run side by side on CPU
     [default: the usable cores]. fields: where records keep their texts, e.g. {"instruction": "question",
-    "output": "answer"} (or "KEY=NAME" strings, as --field). max_tokens: token budget of one batch."""
+    "output": "answer"} (or "KEY=NAME" strings, as --field). max_tokens: token budget of one batch (rows x longest row) [default: 2048 on CPU, 32768 on CUDA]."""
     return Model(bundle, device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens)

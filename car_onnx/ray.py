@@ -33,7 +33,6 @@ from .manifest import sha256_file
 from .model import Model, text_key
 from .records import FieldMap
 from .selection import N1, N2, Dedup, Size, car_select, check_clustering
-from .tokenization import DEFAULT_MAX_TOKENS
 from .workdir import ChunkRows, WorkDir
 
 ACTOR_THREADS = 1  # --threads under --ray: the CPUs of each actor (and the batches it runs side by side)
@@ -381,7 +380,7 @@ class _Rows:
 
 
 def score_embed(ds, *, bundle=None, device: str = "cpu", precision: str | None = None,
-                threads: int = ACTOR_THREADS, fields=None, max_tokens: int = DEFAULT_MAX_TOKENS,
+                threads: int = ACTOR_THREADS, fields=None, max_tokens: int | None = None,
                 actors: int | None = None, _keys: bool = False):
     """`ds` with a `score` (float32) and an `embedding` (float32 [dim]) column, computed by a pool of `actors`
     actors of `threads` CPUs each [default: as many as the cluster's CPUs hold]."""

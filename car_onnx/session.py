@@ -12,6 +12,11 @@ from .manifest import PRECISIONS
 DEVICES = ("cpu", "cuda", "auto")
 # Preferred precision per device, best first: int8 (VNNI) on CPU, fp16 on CUDA.
 PREFERENCE = {"cpu": ("int8", "fp32", "fp16"), "cuda": ("fp16", "fp32", "int8")}
+# onnxruntime's attention kernels allowed on CUDA (its `sdpa_kernel` bit mask): flash 1, memory-efficient 2,
+# TensorRT fused 4 and unfused 16; not cuDNN's (8). onnxruntime 1.31 prefers cuDNN for fp16 on Hopper, where it
+# ran the default bundle 14x and the full-size IQS 9.7x slower than these (H200, --max-tokens 2048: many batch
+# shapes, and cuDNN plans for each): benchmarks/results/gpu.json.
+CUDA_ATTENTION_KERNELS = 1 | 2 | 4 | 16
 
 
 def machine_threads() -> int:
@@ -24,7 +29,8 @@ def machine_threads() -> int:
 
 # The one command that leaves exactly the GPU build installed, from any state (CPU build, both builds, none):
 # both distributions install the same `onnxruntime` module, so pip cannot hold them side by side.
-GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.18'"
+# 1.19 is the first with the `sdpa_kernel` CUDA option (CUDA_ATTENTION_KERNELS).
+GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.19'"
 
 
 def available_providers() -> list[str]:
@@ -67,10 +73,11 @@ class SessionConfig:
     device: str = "cpu"
     threads: int | None = None
     precision: str | None = None  # None: the device's preferred precision that the bundle has
+    attention_kernels: int = CUDA_ATTENTION_KERNELS  # CUDA only; 0: onnxruntime's own choice
 
-    def providers(self) -> list[str]:
+    def providers(self) -> list:
         if self.device == "cuda":
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            return [("CUDAExecutionProvider", {"sdpa_kernel": str(self.attention_kernels)}), "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
     def workers(self) -> int:

@@ -185,7 +185,7 @@ def test_device_resolution():
         resolve("cuda")
     assert str(info.value) == (
         "device cuda: onnxruntime has no CUDAExecutionProvider here (installed: onnxruntime); replace it with the "
-        "GPU build: `pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.18'`; or use "
+        "GPU build: `pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.19'`; or use "
         "device cpu")
     with pytest.raises(UsageError, match=r"^device must be one of cpu, cuda, auto, got 'tpu'"):
         resolve("tpu")
@@ -219,3 +219,21 @@ def test_default_bundle_location(tmp_path, monkeypatch):
     assert find_bundle(None) == tmp_path / "car-onnx" / "default"
     monkeypatch.setenv("CAR_ONNX_BUNDLE", str(tmp_path / "b"))
     assert find_bundle(None) == tmp_path / "b"
+
+
+def test_cuda_settings(bundle_dir, monkeypatch):
+    """On CUDA: onnxruntime's cuDNN attention stays off (it ran 9.7-14x slower on an H200 with our varied batch
+    shapes) while its other kernels stay on, and batches default to a larger token budget; CPU keeps its own."""
+    from car_onnx import load, session
+    from car_onnx.tokenization import CUDA_MAX_TOKENS, DEFAULT_MAX_TOKENS
+
+    (cuda, options), cpu = SessionConfig(device="cuda").providers()
+    kernels = int(options["sdpa_kernel"])
+    assert (cuda, cpu) == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert kernels & 8 == 0 and kernels & (1 | 2 | 4 | 16) == 1 | 2 | 4 | 16
+    assert SessionConfig(device="cpu").providers() == ["CPUExecutionProvider"]
+    assert load(bundle_dir, device="cpu").max_tokens == DEFAULT_MAX_TOKENS == 2048
+    monkeypatch.setattr(session, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(session, "preload_cuda_libraries", lambda: None)
+    assert load(bundle_dir, device="cuda").max_tokens == CUDA_MAX_TOKENS == 32768
+    assert load(bundle_dir, device="cuda", max_tokens=64).max_tokens == 64
