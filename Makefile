@@ -1,12 +1,13 @@
 # Quickstart: `make select` (set up, build the default bundle if missing, select from the sample) and `make test`.
-# `make docs`: the docs site, built offline and strictly into site/.
+# `make lint`: ruff's lint and format checks (pyproject.toml). `make docs`: the docs site, built offline and strictly
+# into site/.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DOCS_STAMP := $(VENV)/.docs-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup select test docs bench clean
+.PHONY: setup select test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +25,10 @@ select: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 $(DOCS_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[docs]'

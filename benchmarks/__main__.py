@@ -7,15 +7,49 @@ import sys
 import time
 from pathlib import Path
 
-from . import (api, default_bundle, end_to_end, footprint, gpu, int8_recipes, int8_selection, iqs_speed, kernels, kit,
-               multilingual, peers, ray_scale, report, report_speed, resume, sample_10m, scaling, select_52k)
+from . import (
+    api,
+    default_bundle,
+    end_to_end,
+    footprint,
+    gpu,
+    int8_recipes,
+    int8_selection,
+    iqs_speed,
+    kernels,
+    kit,
+    multilingual,
+    peers,
+    ray_scale,
+    report,
+    report_speed,
+    resume,
+    sample_10m,
+    scaling,
+    select_52k,
+)
 from .common import WORK, save
 
-SECTIONS = {"kernels": kernels, "default_bundle": default_bundle, "peers": peers, "int8_recipes": int8_recipes,
-            "int8_selection": int8_selection, "iqs_speed": iqs_speed, "end_to_end": end_to_end, "footprint": footprint,
-            "scaling": scaling, "resume": resume, "api": api, "kit": kit, "gpu": gpu, "multilingual": multilingual,
-            "report_speed": report_speed, "ray": ray_scale, "select_52k": select_52k,
-            "sample_10m": sample_10m}
+SECTIONS = {
+    "kernels": kernels,
+    "default_bundle": default_bundle,
+    "peers": peers,
+    "int8_recipes": int8_recipes,
+    "int8_selection": int8_selection,
+    "iqs_speed": iqs_speed,
+    "end_to_end": end_to_end,
+    "footprint": footprint,
+    "scaling": scaling,
+    "resume": resume,
+    "api": api,
+    "kit": kit,
+    "gpu": gpu,
+    "multilingual": multilingual,
+    "report_speed": report_speed,
+    "ray": ray_scale,
+    "select_52k": select_52k,
+    "sample_10m": sample_10m,
+}
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--quick", action="store_true")

@@ -24,10 +24,14 @@ def run(work: Path, quick: bool) -> dict:
     api = timed_process(worker("api_embed", data, work / "api.npy", threads))
     a, b = np.load(work / "api.npy"), np.load(work / "api-st.npy")
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    return {"records": n, "threads": threads, "sentence-transformers encode (PyTorch fp32)": st,
-            "car_onnx Model.embed (default bundle, int8)": api,
-            "in_process_speedup": round(st["infer_s"] / api["infer_s"], 2),
-            "mean_cosine_vs_st": round(float(cos.mean()), 6)}
+    return {
+        "records": n,
+        "threads": threads,
+        "sentence-transformers encode (PyTorch fp32)": st,
+        "car_onnx Model.embed (default bundle, int8)": api,
+        "in_process_speedup": round(st["infer_s"] / api["infer_s"], 2),
+        "mean_cosine_vs_st": round(float(cos.mean()), 6),
+    }
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ def shared_file(*parts: str) -> Path:
     naming what is missing."""
     path = SHARED.joinpath(*parts)
     if not path.is_file():
-        raise SystemExit(f"benchmarks need the shared data beside the repository: {path} is missing "
-                         f"(real records and expert pairs, not part of the repository; see docs/benchmarks.md)")
+        raise SystemExit(
+            f"benchmarks need the shared data beside the repository: {path} is missing "
+            f"(real records and expert pairs, not part of the repository; see docs/benchmarks.md)"
+        )
     return path
 
 
@@ -64,13 +66,19 @@ def machine() -> dict:
 
     flags = ""
     try:
-        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split(":")[1].split()
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split()
         flags = " ".join(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f)
-        model = next(l for l in open("/proc/cpuinfo") if l.startswith("model name")).split(":")[1].strip()
+        model = next(line for line in open("/proc/cpuinfo") if line.startswith("model name")).split(":")[1].strip()
     except (OSError, StopIteration):
         model = platform.processor()
-    info = {"cpu": model, "cores": len(os.sched_getaffinity(0)), "cpu_flags": flags, "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
+    info = {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu_flags": flags,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
     for name in ("torch", "transformers", "sentence_transformers", "sklearn"):
         try:
             info[name] = __import__(name).__version__
@@ -80,10 +88,12 @@ def machine() -> dict:
 
 
 # Runs one command and prints its peak RSS (KiB): a fresh wrapper per command, so the peak is that command's own.
-WRAPPER = ("import resource, subprocess, sys\n"
-           "r = subprocess.run(sys.argv[1:], stdout=sys.stderr)\n"
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-           "sys.exit(r.returncode)\n")
+WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "r = subprocess.run(sys.argv[1:], stdout=sys.stderr)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(r.returncode)\n"
+)
 
 
 def timed_process(cmd: list[str], env: dict | None = None) -> dict:
@@ -91,8 +101,13 @@ def timed_process(cmd: list[str], env: dict | None = None) -> dict:
     the process as its last line of output (benchmarks.workers do) is merged in, and the last stderr line is
     kept as `last_line`."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, *map(str, cmd)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, *map(str, cmd)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        cwd=ROOT,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-2000:]}")
@@ -101,12 +116,17 @@ def timed_process(cmd: list[str], env: dict | None = None) -> dict:
     if lines[-1].startswith("{"):
         result.update(json.loads(lines[-1]))
     else:  # car-onnx's summary, even when a library printed something after it
-        result["last_line"] = next((line for line in reversed(lines) if line.startswith("car-onnx: ")
-                                    and line.endswith("]")), lines[-1])
-        after = lines[lines.index(result["last_line"]) + 1:]
+        result["last_line"] = next(
+            (line for line in reversed(lines) if line.startswith("car-onnx: ") and line.endswith("]")), lines[-1]
+        )
+        after = lines[lines.index(result["last_line"]) + 1 :]
         if after:
-            print(f"{cmd[1] if len(cmd) > 1 else cmd[0]}: printed after its summary:", *after[-5:], sep="\n  ",
-                  file=sys.stderr)
+            print(
+                f"{cmd[1] if len(cmd) > 1 else cmd[0]}: printed after its summary:",
+                *after[-5:],
+                sep="\n  ",
+                file=sys.stderr,
+            )
     return result
 
 
@@ -139,7 +159,9 @@ def records_file(folder: Path, n: int, seed: int, unique: bool = False) -> Path:
 def save(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = Path(sys.argv[0]).stem
-    module = "benchmarks" if stem == "__main__" and Path(sys.argv[0]).parent.name == "benchmarks" else f"benchmarks.{stem}"
+    module = (
+        "benchmarks" if stem == "__main__" and Path(sys.argv[0]).parent.name == "benchmarks" else f"benchmarks.{stem}"
+    )
     command = " ".join([Path(sys.executable).name, "-m", module, *sys.argv[1:]])
     result = {"command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), **result}
     path = RESULTS / f"{name}.json"

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.bundle import Bundle, find_bundle
-from car_onnx.session import SessionConfig, machine_threads
+from car_onnx.bundle import find_bundle
+from car_onnx.session import machine_threads
 
 from .common import car_onnx, real_records, records_file, section_main, shared_file, timed_process, worker
+
 
 def agreement(bundle_dir: Path, precision: str) -> dict:
     import car_onnx
@@ -29,20 +30,24 @@ def agreement(bundle_dir: Path, precision: str) -> dict:
     measured = pair_agreement(car_onnx.load(bundle_dir, precision=precision), path)
     lengths = np.array([len(r["src"]) for r in rows])
     longer = np.where(better_is_b, lengths[1::2] > lengths[0::2], lengths[0::2] > lengths[1::2])
-    return {"pairs": measured["pairs"], "agreement": round(measured["agreement"], 4),
-            "longer_text_wins_chars": round(float(longer.mean()), 4)}
+    return {
+        "pairs": measured["pairs"],
+        "agreement": round(measured["agreement"], 4),
+        "longer_text_wins_chars": round(float(longer.mean()), 4),
+    }
 
 
 def fidelity(bundle_dir: Path, n: int) -> dict:
     """int8 against fp32 on n real records: scores, embeddings, and the CaR selection they lead to (n1 = 5%)."""
-    from car_onnx_export.onnx_tools import compare
-
     import car_onnx
     from car_onnx import car_select
+    from car_onnx_export.onnx_tools import compare
 
     recs = real_records(n, seed=1)
-    fp32, int8 = (dict(zip(("score", "embed"), car_onnx.load(bundle_dir, device="cpu", precision=p).score_embed(recs)))
-                  for p in ("fp32", "int8"))
+    fp32, int8 = (
+        dict(zip(("score", "embed"), car_onnx.load(bundle_dir, device="cpu", precision=p).score_embed(recs)))
+        for p in ("fp32", "int8")
+    )
     a, b = (set(car_select(o["score"], o["embed"], n1="5%").indices.tolist()) for o in (fp32, int8))
     return {**compare(fp32, int8), "selection_jaccard": round(len(a & b) / len(a | b), 4), "selected": len(a)}
 
@@ -51,8 +56,8 @@ def embedder_bundle(work: Path) -> Path:
     """all-MiniLM-L6-v2 exported by `car-onnx export embedder` (fp32 + int8), built once under `work`."""
     out = work / "embedder-bundle"
     if not (out / "manifest.json").is_file():
-        from car_onnx_export.embedder import export_embedder
         from car_onnx_export.default import minilm_dir
+        from car_onnx_export.embedder import export_embedder
 
         export_embedder(minilm_dir(), out, precisions=("fp32", "int8"), log=lambda m: None)
     return out
@@ -73,8 +78,22 @@ def embed_speed(bundle_dir: Path, work: Path, n: int, threads: int) -> dict:
     for label, bundle, template in (("default bundle", bundle_dir, "default"), ("embedder bundle", embedder, "paper")):
         for precision in ("int8", "fp32"):
             name = f"car-onnx embed, {label} {precision}"
-            runs[name] = timed_process([car_onnx(), "embed", data, "-o", work / "e.npy", "-b", bundle, "--precision",
-                                        precision, "--threads", threads, "--force"])
+            runs[name] = timed_process(
+                [
+                    car_onnx(),
+                    "embed",
+                    data,
+                    "-o",
+                    work / "e.npy",
+                    "-b",
+                    bundle,
+                    "--precision",
+                    precision,
+                    "--threads",
+                    threads,
+                    "--force",
+                ]
+            )
             st_name = f"sentence-transformers, {template} template"
             e, st = np.load(work / "e.npy"), vectors[st_name]
             runs[name]["mean_cosine_vs_st"] = round(float((e * st).sum(1).mean()), 6)

@@ -36,8 +36,10 @@ def held_apart(n_corpus: int) -> list[Text]:
     rng = np.random.default_rng(5)
     for name in CORPORA:
         data = json.loads(shared_file("corpora", name).read_text())
-        rows += [Text(data[i]["instruction"], data[i].get("input") or "", data[i]["output"])
-                 for i in rng.permutation(len(data))[:n_corpus]]
+        rows += [
+            Text(data[i]["instruction"], data[i].get("input") or "", data[i]["output"])
+            for i in rng.permutation(len(data))[:n_corpus]
+        ]
     return rows
 
 
@@ -50,14 +52,21 @@ def bundles(work: Path) -> dict[str, Path]:
     from car_onnx_export.default import export_default
     from car_onnx_export.multilingual import export_multilingual
 
-    out = {"default (before)": work / "default-before", "default": work / "default-now",
-           "multilingual": work / "multilingual-now"}
+    out = {
+        "default (before)": work / "default-before",
+        "default": work / "default-now",
+        "multilingual": work / "multilingual-now",
+    }
     if not (out["default (before)"] / "manifest.json").is_file():
         weights = work / "before" / "minilm_head.safetensors"
         weights.parent.mkdir(parents=True, exist_ok=True)
         for suffix in (".safetensors", ".json"):
-            blob = subprocess.run(["git", "show", f"{BEFORE}:export/weights/minilm_head{suffix}"], cwd=ROOT,
-                                  capture_output=True, check=True).stdout
+            blob = subprocess.run(
+                ["git", "show", f"{BEFORE}:export/weights/minilm_head{suffix}"],
+                cwd=ROOT,
+                capture_output=True,
+                check=True,
+            ).stdout
             weights.with_suffix(suffix).write_bytes(blob)
         export_default(out["default (before)"], precisions=("fp32", "int8"), weights=weights, log=lambda m: None)
     if not (out["default"] / "manifest.json").is_file():
@@ -74,17 +83,24 @@ def selection(model, records: list[Text], seed: int = 0) -> dict:
     kinds = ("other_random", "echo", "cut_quarter", "loop_whole")
     copies = []
     for k, kind in enumerate(kinds):
-        part = donors[k * 100:(k + 1) * 100]
-        copies += [(Text(part[c.index].instruction, part[c.index].input, c.output), kind)
-                   for c in corrupt(part, (kind,), seed=seed)]
+        part = donors[k * 100 : (k + 1) * 100]
+        copies += [
+            (Text(part[c.index].instruction, part[c.index].input, c.output), kind)
+            for c in corrupt(part, (kind,), seed=seed)
+        ]
     data = [dict(instruction=r.instruction, input=r.input, output=r.output, defect=None) for r in real]
     data += [dict(instruction=r.instruction, input=r.input, output=r.output, defect=kind) for r, kind in copies]
     data = [data[i] for i in np.random.default_rng(seed).permutation(len(data))]
     kept = model.select(data, n1="5%", dedup="none").take(data)
     bad = [r["defect"] for r in kept if r["defect"]]
-    return {"records": len(data), "corrupted_in": round(len(copies) / len(data), 4), "selected": len(kept),
-            "corrupted_selected": len(bad), "corrupted_share": round(len(bad) / len(kept), 4),
-            "by_kind": {k: bad.count(k) for k in kinds if k in bad}}
+    return {
+        "records": len(data),
+        "corrupted_in": round(len(copies) / len(data), 4),
+        "selected": len(kept),
+        "corrupted_selected": len(bad),
+        "corrupted_share": round(len(bad) / len(kept), 4),
+        "by_kind": {k: bad.count(k) for k in kinds if k in bad},
+    }
 
 
 def cost(paths: dict[str, Path], records: list[Text], rounds: int) -> dict:
@@ -102,9 +118,11 @@ def cost(paths: dict[str, Path], records: list[Text], rounds: int) -> dict:
                 m.score_embed(data)
                 times[name].append(time.perf_counter() - t)
         best = {name: min(v) for name, v in times.items()}
-        out[precision] = {"records": len(data), "ms_per_record": {k: round(v / len(data) * 1000, 3) for k, v in
-                                                                  best.items()},
-                          "ratio": round(best["default"] / best["default (before)"], 3)}
+        out[precision] = {
+            "records": len(data),
+            "ms_per_record": {k: round(v / len(data) * 1000, 3) for k, v in best.items()},
+            "ratio": round(best["default"] / best["default (before)"], 3),
+        }
     return out
 
 
@@ -114,8 +132,11 @@ def embeddings_unchanged(paths: dict[str, Path], records: list[Text]) -> dict:
     for precision in ("fp32", "int8"):
         a = car_onnx.load(paths["default (before)"], precision=precision).embed(data)
         b = car_onnx.load(paths["default"], precision=precision).embed(data)
-        out[precision] = {"records": len(data), "identical": bool(np.array_equal(a, b)),
-                          "max_abs_difference": float(np.abs(a - b).max())}
+        out[precision] = {
+            "records": len(data),
+            "identical": bool(np.array_equal(a, b)),
+            "max_abs_difference": float(np.abs(a - b).max()),
+        }
     return out
 
 
@@ -130,7 +151,9 @@ def run(work: Path, quick: bool) -> dict:
             model = car_onnx.load(path, precision=precision)
             tables[f"{name} {precision}"] = defect_table(model, records, foreign=lent)
             agreements[f"{name} {precision}"] = round(agreement(model, valid)["agreement"], 4)
-            print(f"{name} {precision}: {agreements[f'{name} {precision}']} {tables[f'{name} {precision}']}", flush=True)
+            print(
+                f"{name} {precision}: {agreements[f'{name} {precision}']} {tables[f'{name} {precision}']}", flush=True
+            )
     from .common import real_records
 
     pool = [Text(r["instruction"], r["input"], r["output"]) for r in real_records(seed=11)]
@@ -139,9 +162,14 @@ def run(work: Path, quick: bool) -> dict:
         for precision in ("int8", "fp32"):
             chosen[f"{name} {precision}"] = selection(car_onnx.load(paths[name], precision=precision), pool)
             print(f"selection {name} {precision}: {chosen[f'{name} {precision}']}", flush=True)
-    return {"held_apart_records": len(records), "defects": tables, "agreement_score_valid": agreements,
-            "selection_n1_5pct": chosen, "cost": cost(paths, pool[:200 if quick else 500], 1 if quick else 3),
-            "embeddings_unchanged": embeddings_unchanged(paths, pool[:200 if quick else 500])}
+    return {
+        "held_apart_records": len(records),
+        "defects": tables,
+        "agreement_score_valid": agreements,
+        "selection_n1_5pct": chosen,
+        "cost": cost(paths, pool[: 200 if quick else 500], 1 if quick else 3),
+        "embeddings_unchanged": embeddings_unchanged(paths, pool[: 200 if quick else 500]),
+    }
 
 
 if __name__ == "__main__":

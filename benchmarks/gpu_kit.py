@@ -60,8 +60,15 @@ def skeleton(src: Path, dst: Path, small: int = SMALL) -> None:
         array = numpy_helper.to_array(tensor)
         if array.size <= small or array.dtype.kind != "f":
             continue
-        recipe.append({"name": tensor.name, "dtype": str(array.dtype), "shape": list(array.shape),
-                       "mean": float(array.mean(dtype=np.float64)), "std": float(array.std(dtype=np.float64))})
+        recipe.append(
+            {
+                "name": tensor.name,
+                "dtype": str(array.dtype),
+                "shape": list(array.shape),
+                "mean": float(array.mean(dtype=np.float64)),
+                "std": float(array.std(dtype=np.float64)),
+            }
+        )
         tensor.ClearField("raw_data")
     dst.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(dst / "model.onnx"))
@@ -148,7 +155,7 @@ def pack(wheel: Path, default: Path, iqs: Path, out: Path, part_mib: float, reco
     parts = []
     for i in range(0, len(data), size):
         parts.append(out / f"part.{len(parts) + 1:02d}")
-        parts[-1].write_bytes(data[i:i + size])
+        parts[-1].write_bytes(data[i : i + size])
     (out / "SHA256SUMS").write_text("".join(f"{sha256(p)}  {p.name}\n" for p in parts))
     return parts
 

@@ -42,7 +42,9 @@ def ffn_input_amax(graph: Path, feeds: list[dict]) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     amax = 0
     for feed in feeds:
-        amax = np.maximum(amax, np.stack([np.abs(v).reshape(-1, v.shape[-1]).max(0) for v in session.run(inputs, feed)]))
+        amax = np.maximum(
+            amax, np.stack([np.abs(v).reshape(-1, v.shape[-1]).max(0) for v in session.run(inputs, feed)])
+        )
     return amax
 
 
@@ -67,11 +69,13 @@ def rewrite_ffn_outputs(src: Path, dst: Path, how: str, amax: np.ndarray | None 
         (x, w), (y,) = node.input, node.output
         if how == "first-token":
             model.graph.node.remove(node)
-            new = [helper.make_node("Slice", [x, "split/zero", "split/one", "split/one"], [f"{name}/x0"]),
-                   helper.make_node("Slice", [x, "split/one", "split/end", "split/one"], [f"{name}/x1"]),
-                   helper.make_node("MatMul", [f"{name}/x0", w], [f"{name}/y0"], name=f"{name}/first"),
-                   helper.make_node("MatMul", [f"{name}/x1", w], [f"{name}/y1"], name=f"{name}/rest"),
-                   helper.make_node("Concat", [f"{name}/y0", f"{name}/y1"], [y], axis=1)]
+            new = [
+                helper.make_node("Slice", [x, "split/zero", "split/one", "split/one"], [f"{name}/x0"]),
+                helper.make_node("Slice", [x, "split/one", "split/end", "split/one"], [f"{name}/x1"]),
+                helper.make_node("MatMul", [f"{name}/x0", w], [f"{name}/y0"], name=f"{name}/first"),
+                helper.make_node("MatMul", [f"{name}/x1", w], [f"{name}/y1"], name=f"{name}/rest"),
+                helper.make_node("Concat", [f"{name}/y0", f"{name}/y1"], [y], axis=1),
+            ]
             for k, n in enumerate(new):
                 model.graph.node.insert(at + k, n)
             keep.append(f"{name}/first")
@@ -107,8 +111,7 @@ def run(work: Path, quick: bool) -> dict:
 
     def outputs(graph: Path) -> tuple[dict, dict, float]:
         precision = "fp32" if graph == fp32 else "int8"  # an absolute graph path replaces the bundle's
-        model = OnnxModel(dataclasses.replace(spec, variants={precision: Variant(str(graph))}), root, precision,
-                          config)
+        model = OnnxModel(dataclasses.replace(spec, variants={precision: Variant(str(graph))}), root, precision, config)
         model.run(records[:20], spec.roles)
         start = time.perf_counter()
         out = model.run(records, spec.roles)
@@ -132,11 +135,21 @@ def run(work: Path, quick: bool) -> dict:
         out, gate, seconds = outputs(graph)
         shipped_s = shipped_s or seconds
         on_gate = compare(ref_gate, gate)
-        results[name] = {"records": compare(ref, out), "check_texts": on_gate,
-                         "export_gate": "passed" if not check_gate("int8", on_gate, DEFAULT_GATES) else "refused",
-                         "seconds": round(seconds, 2), "speed_vs_shipped": round(shipped_s / seconds, 3)}
-    return {"records": n, "calibration_records": len(calibration), "check_texts": len(gate_texts),
-            "threads": config.workers(), "fp32_seconds": round(fp32_s, 2), "recipes": results}
+        results[name] = {
+            "records": compare(ref, out),
+            "check_texts": on_gate,
+            "export_gate": "passed" if not check_gate("int8", on_gate, DEFAULT_GATES) else "refused",
+            "seconds": round(seconds, 2),
+            "speed_vs_shipped": round(shipped_s / seconds, 3),
+        }
+    return {
+        "records": n,
+        "calibration_records": len(calibration),
+        "check_texts": len(gate_texts),
+        "threads": config.workers(),
+        "fp32_seconds": round(fp32_s, 2),
+        "recipes": results,
+    }
 
 
 if __name__ == "__main__":

@@ -32,8 +32,16 @@ from car_onnx.manifest import Variant, read_manifest, sha256_file
 from car_onnx.models import OnnxModel
 from car_onnx.session import SessionConfig, machine_threads
 
-from .common import (car_onnx, one_text_feeds, real_records, records_file, section_main, shared_file, timed_process,
-                     worker)
+from .common import (
+    car_onnx,
+    one_text_feeds,
+    real_records,
+    records_file,
+    section_main,
+    shared_file,
+    timed_process,
+    worker,
+)
 from .int8_recipes import ALPHA, ffn_input_amax, rewrite_ffn_outputs
 
 AGREEMENT_MARGIN = 0.005
@@ -76,14 +84,26 @@ def quantize_static(src: Path, dst: Path, feeds: list[dict]) -> None:
     typed = {v.name for v in model.graph.value_info}
     for node in model.graph.node:
         if node.op_type == "MatMul":
-            model.graph.value_info.extend(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)
-                                          for x in (node.input[0], node.output[0]) if x not in typed)
+            model.graph.value_info.extend(
+                helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)
+                for x in (node.input[0], node.output[0])
+                if x not in typed
+            )
     typed_src = dst.with_name(dst.stem + ".typed.onnx")
     save_onnx(model, typed_src)
-    ort_quantize_static(str(typed_src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+    ort_quantize_static(
+        str(typed_src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": ["MatMul"]},
+    )
     typed_src.unlink()
 
 
@@ -106,16 +126,21 @@ def build_recipes(root: Path, spec, folder: Path, calibration: list[str]) -> dic
     build("FFN outputs fp32 (shipped)", lambda g: quantize_int8(fp32, g, ffn))
     build("FFN outputs int8", lambda g: quantize_int8(fp32, g, []))
     first = folder / "first-token.fp32.onnx"
-    build("FFN outputs int8, first token's row fp32",
-          lambda g: quantize_int8(first, g, rewrite_ffn_outputs(fp32, first, "first-token")))
+    build(
+        "FFN outputs int8, first token's row fp32",
+        lambda g: quantize_int8(first, g, rewrite_ffn_outputs(fp32, first, "first-token")),
+    )
     smooth = folder / "smooth.fp32.onnx"
     if not smooth.is_file():
         rewrite_ffn_outputs(fp32, smooth, "smooth", ffn_input_amax(fp32, feeds))
     build(f"FFN outputs smoothed (alpha {ALPHA}) and int8", lambda g: quantize_int8(smooth, g, []))
-    build(f"FFN outputs smoothed (alpha {ALPHA}), static int8 MatMuls, attention fp32, batched",
-          lambda g: quantize_static(smooth, g, feeds))
-    build("FFN outputs static int8 (no SmoothQuant), attention fp32, batched",
-          lambda g: quantize_static(fp32, g, feeds))
+    build(
+        f"FFN outputs smoothed (alpha {ALPHA}), static int8 MatMuls, attention fp32, batched",
+        lambda g: quantize_static(smooth, g, feeds),
+    )
+    build(
+        "FFN outputs static int8 (no SmoothQuant), attention fp32, batched", lambda g: quantize_static(fp32, g, feeds)
+    )
     return {name: (graph, name.endswith("batched")) for name, graph in recipes.items()}
 
 
@@ -140,8 +165,10 @@ def against(ref, got) -> dict:
     from sklearn.metrics import adjusted_rand_score
 
     a, b = set(ref.indices.tolist()), set(got.indices.tolist())
-    return {"selection_jaccard": round(len(a & b) / len(a | b), 4),
-            "cluster_ari": round(float(adjusted_rand_score(ref.labels, got.labels)), 4)}
+    return {
+        "selection_jaccard": round(len(a & b) / len(a | b), 4),
+        "cluster_ari": round(float(adjusted_rand_score(ref.labels, got.labels)), 4),
+    }
 
 
 def recipe_bundle(root: Path, graph: Path, folder: Path) -> Path:
@@ -196,8 +223,10 @@ def run(work: Path, quick: bool) -> dict:
             np.savez(cache, **out)
         valid, _ = outputs(root, spec, graph, batched, valid_texts, config)
         _, seconds = outputs(root, spec, graph, batched, texts[:TIMED], config)
-        return out, {"agreement": agreement(valid["score"], valid_labels),
-                     "ms_per_record": round(1000 * seconds / TIMED, 2)}
+        return out, {
+            "agreement": agreement(valid["score"], valid_labels),
+            "ms_per_record": round(1000 * seconds / TIMED, 2),
+        }
 
     folder.mkdir(parents=True, exist_ok=True)
     fp32_out, fp32 = measure(root / spec.variants["fp32"].graph, True, folder / "fp32.outputs.npz")
@@ -225,13 +254,37 @@ def run(work: Path, quick: bool) -> dict:
         if k and name != decision["adopt"] or batched:  # the shipped recipe and the adopted one (the runtime runs
             continue  # every int8 variant one text per batch: a batched one has no whole-process row yet)
         bundle = recipe_bundle(root, graph, work / f"int8-selection-bundle{k}")
-        r = timed_process([car_onnx(), "embed", data, "-o", work / "e.npy", "-b", bundle, "--precision", "int8",
-                           "--threads", threads, "--force", "--quiet"])
+        r = timed_process(
+            [
+                car_onnx(),
+                "embed",
+                data,
+                "-o",
+                work / "e.npy",
+                "-b",
+                bundle,
+                "--precision",
+                "int8",
+                "--threads",
+                threads,
+                "--force",
+                "--quiet",
+            ]
+        )
         recipes[name]["embed_2000"] = {"seconds": r["seconds"], "speedup_vs_st": round(st["seconds"] / r["seconds"], 2)}
-    return {"records": len(texts), "timed_records": TIMED, "score_valid_pairs": len(valid_texts) // 2, "calibration_texts": len(calibration),
-            "threads": config.workers(), "embed_records": n, "sentence_transformers_embed": st,
-            "load_average_at_end": round(os.getloadavg()[0], 2),
-            "fp32": fp32, "recipes": recipes, "decision": decision}
+    return {
+        "records": len(texts),
+        "timed_records": TIMED,
+        "score_valid_pairs": len(valid_texts) // 2,
+        "calibration_texts": len(calibration),
+        "threads": config.workers(),
+        "embed_records": n,
+        "sentence_transformers_embed": st,
+        "load_average_at_end": round(os.getloadavg()[0], 2),
+        "fp32": fp32,
+        "recipes": recipes,
+        "decision": decision,
+    }
 
 
 if __name__ == "__main__":

@@ -29,16 +29,21 @@ def run(work: Path, quick: bool) -> dict:
         if quick:
             return {"skipped": f"no full-size IQS bundle in {IQS}; run without --quick once to build it"}
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "benchmarks.export_iqs_full", "--work", str(IQS), "--keep"],
-                       cwd=ROOT, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.export_iqs_full", "--work", str(IQS), "--keep"], cwd=ROOT, check=True
+        )
         built_s = round(time.perf_counter() - start)
     n, threads = (32 if quick else 256), machine_threads()
     data = records_file(work, n, seed=3)
-    runs = {"PyTorch fp32 (COMET forward, length-sorted batches of 8)": timed_process(
-        worker("iqs_torch", IQS, data, work / "iqs-torch.npy", threads))}
+    runs = {
+        "PyTorch fp32 (COMET forward, length-sorted batches of 8)": timed_process(
+            worker("iqs_torch", IQS, data, work / "iqs-torch.npy", threads)
+        )
+    }
     for p in ("fp32", "int8"):
         runs[f"car-onnx {p}"] = timed_process(
-            worker("onnx_run", IQS / "bundle", data, work / f"iqs-{p}.npy", threads, p, "score", "paper"))
+            worker("onnx_run", IQS / "bundle", data, work / f"iqs-{p}.npy", threads, p, "score", "paper")
+        )
     base = next(iter(runs.values()))
     for r in runs.values():
         r["texts_per_s"] = round(n / r["infer_s"], 2)
@@ -48,9 +53,15 @@ def run(work: Path, quick: bool) -> dict:
     from car_onnx_export.onnx_tools import compare
 
     fidelity = {p: compare({"score": ref}, {"score": np.load(work / f"iqs-{p}.npy")}) for p in ("fp32", "int8")}
-    return {"texts": n, "threads": threads, "runs": runs, "vs_pytorch_fp32": fidelity, "bundle_built_s": built_s,
-            "note": "random weights (std 0.02): speed and memory are those of the real model; the int8 fidelity "
-                    "figures say little about the trained IQS"}
+    return {
+        "texts": n,
+        "threads": threads,
+        "runs": runs,
+        "vs_pytorch_fp32": fidelity,
+        "bundle_built_s": built_s,
+        "note": "random weights (std 0.02): speed and memory are those of the real model; the int8 fidelity "
+        "figures say little about the trained IQS",
+    }
 
 
 if __name__ == "__main__":

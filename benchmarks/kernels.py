@@ -20,8 +20,12 @@ from car_onnx.session import machine_threads
 
 from .common import one_text_feeds, real_records, section_main
 
-SHAPES = {"MiniLM attention projection": (128, 384, 384), "MiniLM FFN in": (128, 384, 1536),
-          "MiniLM FFN out": (128, 1536, 384), "XLM-R large FFN in": (128, 1024, 4096)}
+SHAPES = {
+    "MiniLM attention projection": (128, 384, 384),
+    "MiniLM FFN in": (128, 384, 1536),
+    "MiniLM FFN out": (128, 1536, 384),
+    "XLM-R large FFN in": (128, 1024, 4096),
+}
 
 
 def graph(kind: str, k: int, n: int) -> bytes:
@@ -30,19 +34,32 @@ def graph(kind: str, k: int, n: int) -> bytes:
     w = np.random.default_rng(0).integers(-127, 128, size=(k, n))
     if kind == "fp32":
         nodes = [helper.make_node("MatMul", ["x", "W"], ["y"])]
-        inits, x_type, y_type = [numpy_helper.from_array(w.astype(np.float32), "W")], TensorProto.FLOAT, TensorProto.FLOAT
+        inits, x_type, y_type = (
+            [numpy_helper.from_array(w.astype(np.float32), "W")],
+            TensorProto.FLOAT,
+            TensorProto.FLOAT,
+        )
     elif kind == "dynamic":
-        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
-                 helper.make_node("MatMulInteger", ["xq", "W", "xz", "wz"], ["y32"]),
-                 helper.make_node("Cast", ["y32"], ["yf"], to=TensorProto.FLOAT),
-                 helper.make_node("Mul", ["yf", "xs"], ["y"])]
+        nodes = [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+            helper.make_node("MatMulInteger", ["xq", "W", "xz", "wz"], ["y32"]),
+            helper.make_node("Cast", ["y32"], ["yf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["yf", "xs"], ["y"]),
+        ]
         inits = [numpy_helper.from_array(w.astype(np.int8), "W"), numpy_helper.from_array(np.array(0, np.int8), "wz")]
         x_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
     else:  # "integer": activations already uint8, int32 out
         nodes = [helper.make_node("MatMulInteger", ["x", "W"], ["y"])]
         inits, x_type, y_type = [numpy_helper.from_array(w.astype(np.int8), "W")], TensorProto.UINT8, TensorProto.INT32
-    return serialized(helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", x_type, ["M", k])],
-                                        [helper.make_tensor_value_info("y", y_type, ["M", n])], inits))
+    return serialized(
+        helper.make_graph(
+            nodes,
+            kind,
+            [helper.make_tensor_value_info("x", x_type, ["M", k])],
+            [helper.make_tensor_value_info("y", y_type, ["M", n])],
+            inits,
+        )
+    )
 
 
 def serialized(graph) -> bytes:
@@ -69,14 +86,26 @@ def rate(fn, seconds: float) -> float:
 def layer_norm_graph(fused: bool, hidden: int) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
-    inits = [numpy_helper.from_array(np.full(hidden, v, np.float32), name) for name, v in
-             (("gamma", 1.0), ("beta", 0.0), ("bias", 0.1))]
+    inits = [
+        numpy_helper.from_array(np.full(hidden, v, np.float32), name)
+        for name, v in (("gamma", 1.0), ("beta", 0.0), ("bias", 0.1))
+    ]
     if fused:
-        nodes = [helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"], ["y"],
-                                  domain="com.microsoft", epsilon=1e-12)]
+        nodes = [
+            helper.make_node(
+                "SkipLayerNormalization",
+                ["x", "skip", "gamma", "beta", "bias"],
+                ["y"],
+                domain="com.microsoft",
+                epsilon=1e-12,
+            )
+        ]
     else:
-        nodes = [helper.make_node("Add", ["x", "bias"], ["a"]), helper.make_node("Add", ["a", "skip"], ["s"]),
-                 helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12)]
+        nodes = [
+            helper.make_node("Add", ["x", "bias"], ["a"]),
+            helper.make_node("Add", ["a", "skip"], ["s"]),
+            helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12),
+        ]
     value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "S", hidden]) for n in ("x", "skip", "y")]
     return serialized(helper.make_graph(nodes, "ln", value[:2], value[2:], inits))
 
@@ -100,12 +129,18 @@ def side_by_side(threads: int, n: int) -> dict:
         if precision == "fp16":
             continue
         row = {}
-        for label, intra, workers in (("one session, all threads", threads, 1),
-                                      ("single-threaded runs side by side", 1, threads)):
+        for label, intra, workers in (
+            ("one session, all threads", threads, 1),
+            ("single-threaded runs side by side", 1, threads),
+        ):
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = intra, 1
-            session = ort.InferenceSession(str(root / variant.graph), opts, providers=["CPUExecutionProvider"],
-                                           disabled_optimizers=["SkipLayerNormFusion"])
+            session = ort.InferenceSession(
+                str(root / variant.graph),
+                opts,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=["SkipLayerNormFusion"],
+            )
             best = float("inf")
             for _ in range(2):
                 start = time.perf_counter()
@@ -145,15 +180,23 @@ def run(work: Path, quick: bool) -> dict:
         x = rng.normal(size=(1, 128, hidden)).astype(np.float32)
         row = {}
         for label, fused in (("SkipLayerNormalization", True), ("Add + LayerNormalization", False)):
-            session = ort.InferenceSession(layer_norm_graph(fused, hidden), opts, providers=["CPUExecutionProvider"],
-                                           disabled_optimizers=["SkipLayerNormFusion"])
+            session = ort.InferenceSession(
+                layer_norm_graph(fused, hidden),
+                opts,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=["SkipLayerNormFusion"],
+            )
             row[label] = round(1e3 / rate(lambda: session.run(None, {"x": x, "skip": x}), seconds), 4)
         row["fused / unfused"] = round(row["SkipLayerNormalization"] / row["Add + LayerNormalization"], 2)
         layer_norm[f"128 x {hidden}"] = row
-    return {"threads": threads, "products": products, "layer_norm_ms_per_call": layer_norm,
-            "threads_side_by_side": side_by_side(threads, 60 if quick else 400),
-            "note": "integer / fp32 bounds what int8 can gain over fp32 in the matrix products; the rest of a "
-                    "transformer (attention, layer norms, GELU, quantising activations) gains nothing"}
+    return {
+        "threads": threads,
+        "products": products,
+        "layer_norm_ms_per_call": layer_norm,
+        "threads_side_by_side": side_by_side(threads, 60 if quick else 400),
+        "note": "integer / fp32 bounds what int8 can gain over fp32 in the matrix products; the rest of a "
+        "transformer (attention, layer norms, GELU, quantising activations) gains nothing",
+    }
 
 
 if __name__ == "__main__":

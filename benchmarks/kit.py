@@ -49,9 +49,14 @@ def run(work: Path, quick: bool = False) -> dict:
     # No network for install.sh: a new network namespace where this machine allows one, and pip's index off.
     probe = subprocess.run(["unshare", "--net", "true"], capture_output=True)
     offline = ["unshare", "--net"] if probe.returncode == 0 else []
-    env = {**{k: v for k, v in os.environ.items() if k not in ("CAR_ONNX_BUNDLE", "PYTHONPATH")},
-           "HOME": str(far), "XDG_DATA_HOME": str(far / "data"), "PIP_NO_INDEX": "1",
-           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("CAR_ONNX_BUNDLE", "PYTHONPATH")},
+        "HOME": str(far),
+        "XDG_DATA_HOME": str(far / "data"),
+        "PIP_NO_INDEX": "1",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+    }
     install_s = _timed([*offline, "sh", str(far / "car-onnx-kit" / "install.sh")], env)
     venv_mb = _mb(far / "data" / "car-onnx" / "venv")
 
@@ -59,20 +64,30 @@ def run(work: Path, quick: bool = False) -> dict:
     shutil.rmtree(online, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(online)], check=True)
-    subprocess.run([str(online / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    str(ROOT)], check=True)
+    subprocess.run(
+        [str(online / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)],
+        check=True,
+    )
     shutil.copytree(bundle, online / "bundle")
     online_s = round(time.perf_counter() - start, 1)
     shutil.rmtree(online)
     shutil.rmtree(far)
     return {
-        "kit": {"wheels": sum(rel.startswith("wheels/") for rel in info["files"]), "wheels_mb": info["wheels_mb"],
-                "bundle_mb": info["bundles_mb"], "archive_mb": round(kit.stat().st_size / 2**20, 1),
-                "requirement": info["requirement"], "target": f"Python {info['target']['python_version']}, "
-                                                              f"{info['target']['platform']}"},
-        "seconds": {"car-onnx pack (pip cache warm)": pack_s, "install.sh, no network": install_s,
-                    "online: venv + pip install . from the index + copy the bundle": online_s},
-        "installed_venv_mb": venv_mb, "install_sh_network": "none (unshare --net)" if offline else "proxy 127.0.0.1:9",
+        "kit": {
+            "wheels": sum(rel.startswith("wheels/") for rel in info["files"]),
+            "wheels_mb": info["wheels_mb"],
+            "bundle_mb": info["bundles_mb"],
+            "archive_mb": round(kit.stat().st_size / 2**20, 1),
+            "requirement": info["requirement"],
+            "target": f"Python {info['target']['python_version']}, {info['target']['platform']}",
+        },
+        "seconds": {
+            "car-onnx pack (pip cache warm)": pack_s,
+            "install.sh, no network": install_s,
+            "online: venv + pip install . from the index + copy the bundle": online_s,
+        },
+        "installed_venv_mb": venv_mb,
+        "install_sh_network": "none (unshare --net)" if offline else "proxy 127.0.0.1:9",
     }
 
 

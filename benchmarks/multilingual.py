@@ -16,8 +16,8 @@ import numpy as np
 
 from car_onnx.bundle import Bundle, find_bundle
 from car_onnx.coverage import UNKNOWN_SHARE_LIMIT, Coverage
-from car_onnx.records import Record
 from car_onnx.manifest import read_manifest
+from car_onnx.records import Record
 from car_onnx.session import SessionConfig, machine_threads
 from car_onnx.tokenization import load_tokenizer, tokenize
 
@@ -67,18 +67,35 @@ def embed_speed(bundles: dict[str, Path], work: Path, n: int, threads: int) -> d
     for label, bundle in bundles.items():
         for precision in ("int8", "fp32"):
             name = f"car-onnx embed, {label} bundle {precision}"
-            runs[name] = timed_process([car_onnx(), "embed", data, "-o", work / "e.npy", "-b", bundle, "--precision",
-                                        precision, "--threads", threads, "--force"])
+            runs[name] = timed_process(
+                [
+                    car_onnx(),
+                    "embed",
+                    data,
+                    "-o",
+                    work / "e.npy",
+                    "-b",
+                    bundle,
+                    "--precision",
+                    precision,
+                    "--threads",
+                    threads,
+                    "--force",
+                ]
+            )
             if label == "multilingual":
                 e = np.load(work / "e.npy")
                 cos = (e * ref).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(ref, axis=1)
-                runs[name] |= {"mean_cosine_vs_package": round(float(cos.mean()), 6),
-                               "min_cosine_vs_package": round(float(cos.min()), 6),
-                               "speedup_vs_package": round(runs[package]["seconds"] / runs[name]["seconds"], 2)}
+                runs[name] |= {
+                    "mean_cosine_vs_package": round(float(cos.mean()), 6),
+                    "min_cosine_vs_package": round(float(cos.min()), 6),
+                    "speedup_vs_package": round(runs[package]["seconds"] / runs[name]["seconds"], 2),
+                }
     for precision in ("int8", "fp32"):
         m = runs[f"car-onnx embed, multilingual bundle {precision}"]
-        m["speedup_vs_default_bundle"] = round(runs[f"car-onnx embed, default bundle {precision}"]["seconds"] /
-                                               m["seconds"], 2)
+        m["speedup_vs_default_bundle"] = round(
+            runs[f"car-onnx embed, default bundle {precision}"]["seconds"] / m["seconds"], 2
+        )
     for run in runs.values():
         run["texts_per_s"] = round(n / run["seconds"], 1)
     return {"records": n, "threads": threads, "runs": runs}
@@ -91,14 +108,32 @@ def chinese(bundles: dict[str, Path], work: Path, n: int, threads: int) -> dict:
     data.write_text(json.dumps(rows, ensure_ascii=False))
     out = {"records": n}
     for label, bundle in bundles.items():
-        result = timed_process([car_onnx(), "select", data, "-o", work / f"zh-{label}.json", "-b", bundle, "--all",
-                                "--threads", threads, "--force"])
+        result = timed_process(
+            [
+                car_onnx(),
+                "select",
+                data,
+                "-o",
+                work / f"zh-{label}.json",
+                "-b",
+                bundle,
+                "--all",
+                "--threads",
+                threads,
+                "--force",
+            ]
+        )
         selected = json.loads((work / f"zh-{label}.json").read_text())
         sizes = np.bincount([r["cluster"] for r in selected])
-        out[label] = {**unknown_share(bundle, rows), "warned": result["last_line"].startswith("car-onnx: warning:"),
-                      "summary_last_line": result["last_line"], "seconds": result["seconds"],
-                      "clusters": len(sizes), "cluster_sizes_desc": sorted(sizes.tolist(), reverse=True),
-                      "largest_cluster_share": round(float(sizes.max() / n), 4)}
+        out[label] = {
+            **unknown_share(bundle, rows),
+            "warned": result["last_line"].startswith("car-onnx: warning:"),
+            "summary_last_line": result["last_line"],
+            "seconds": result["seconds"],
+            "clusters": len(sizes),
+            "cluster_sizes_desc": sorted(sizes.tolist(), reverse=True),
+            "largest_cluster_share": round(float(sizes.max() / n), 4),
+        }
     return out
 
 
@@ -116,7 +151,11 @@ def length_correlation(bundle_dir: Path, n: int) -> dict:
         scores = bundle.run(recs, ("score",))["score"]
         lengths = tokenize(model.tokenizer, [model.text(r.instruction, r.input, r.output) for r in recs]).lengths
         rho = float(spearmanr(scores, lengths).statistic)
-        out[name] = {"records": len(rows), "spearman_score_tokens": round(rho, 4), "median_tokens": int(np.median(lengths))}
+        out[name] = {
+            "records": len(rows),
+            "spearman_score_tokens": round(rho, 4),
+            "median_tokens": int(np.median(lengths)),
+        }
     return out
 
 
@@ -131,8 +170,9 @@ def run(work: Path, quick: bool) -> dict:
         "fidelity_at_export": read_manifest(multi).models[0].to_json()["variants"],
         "agreement_score_valid": {p: agreement(multi, p) for p in ("fp32", "int8")},
         "embed_speed": embed_speed(bundles, work, n, threads),
-        "unknown_share_english": {label: {name: unknown_share(b, corpus(name, n)) for name in CORPORA}
-                                  for label, b in bundles.items()},
+        "unknown_share_english": {
+            label: {name: unknown_share(b, corpus(name, n)) for name in CORPORA} for label, b in bundles.items()
+        },
         "unknown_share_limit": UNKNOWN_SHARE_LIMIT,
         "chinese": chinese(bundles, work, n, threads),
         "length_correlation": length_correlation(multi, n),

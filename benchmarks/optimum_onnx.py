@@ -15,8 +15,14 @@ import numpy as np
 
 from .common import section_main
 
-FUSED = ("Attention", "MultiHeadAttention", "BiasGelu", "SkipLayerNormalization", "EmbedLayerNormalization",
-         "LayerNormalization")
+FUSED = (
+    "Attention",
+    "MultiHeadAttention",
+    "BiasGelu",
+    "SkipLayerNormalization",
+    "EmbedLayerNormalization",
+    "LayerNormalization",
+)
 
 
 def mean_min_cosine(a: np.ndarray, b: np.ndarray) -> dict:
@@ -58,30 +64,44 @@ def run(work: Path, quick: bool) -> dict:
     st = SentenceTransformer(str(folder), device="cpu").encode(texts, batch_size=16, convert_to_numpy=True)
 
     start = time.perf_counter()
-    main_export(str(folder), output=str(out / "optimum"), task="feature-extraction",
-                library_name="sentence_transformers", local_files_only=True, device="cpu")
+    main_export(
+        str(folder),
+        output=str(out / "optimum"),
+        task="feature-extraction",
+        library_name="sentence_transformers",
+        local_files_only=True,
+        device="cpu",
+    )
     export_s = time.perf_counter() - start
     graph = onnx.load(str(out / "optimum" / "model.onnx"))
     ops = [n.op_type for n in graph.graph.node]
     start = time.perf_counter()
     quantizer = ORTQuantizer.from_pretrained(str(out / "optimum"), file_name="model.onnx")
-    quantizer.quantize(save_dir=str(out / "optimum-int8"),
-                       quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True))
+    quantizer.quantize(
+        save_dir=str(out / "optimum-int8"),
+        quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True),
+    )
     quantize_s = time.perf_counter() - start
     optimum = {
-        "export_s (with its own validation)": round(export_s, 1), "int8_quantize_s": round(quantize_s, 1),
-        "inputs": [i.name for i in graph.graph.input], "outputs": [o.name for o in graph.graph.output],
+        "export_s (with its own validation)": round(export_s, 1),
+        "int8_quantize_s": round(quantize_s, 1),
+        "inputs": [i.name for i in graph.graph.input],
+        "outputs": [o.name for o in graph.graph.output],
         "fused_ops": {k: ops.count(k) for k in FUSED if k in ops},
         "fp32_vs_sentence_transformers": mean_min_cosine(
-            sentence_embeddings(out / "optimum" / "model.onnx", folder / "tokenizer.json", texts), st),
+            sentence_embeddings(out / "optimum" / "model.onnx", folder / "tokenizer.json", texts), st
+        ),
         "int8_avx512_vnni_dynamic_vs_sentence_transformers": mean_min_cosine(
-            sentence_embeddings(next((out / "optimum-int8").glob("*.onnx")), folder / "tokenizer.json", texts), st),
+            sentence_embeddings(next((out / "optimum-int8").glob("*.onnx")), folder / "tokenizer.json", texts), st
+        ),
     }
     start = time.perf_counter()
     spec = export_embedder(folder, out / "ours", precisions=("fp32", "int8"), log=lambda m: None)
-    ours = {"export_s (fp32 + int8, both checked on the texts)": round(time.perf_counter() - start, 1),
-            "fp32": spec.variants["fp32"].fidelity,
-            "int8": {k: v for k, v in spec.variants["int8"].fidelity.items() if k != "gate"}}
+    ours = {
+        "export_s (fp32 + int8, both checked on the texts)": round(time.perf_counter() - start, 1),
+        "fp32": spec.variants["fp32"].fidelity,
+        "int8": {k: v for k, v in spec.variants["int8"].fidelity.items() if k != "gate"},
+    }
     return {"texts": len(texts), "optimum_onnx": optimum, "car_onnx_export_embedder": ours}
 
 

@@ -24,7 +24,7 @@ from .common import car_onnx, records_file, section_main, timed_process, worker
 
 def quantization_config() -> str:
     """sentence-transformers' dynamic int8 config for this CPU: avx512_vnni, avx512 or avx2."""
-    flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
     return "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
 
 
@@ -60,42 +60,88 @@ def run(work: Path, quick: bool) -> dict:
     timed_process([sys.executable, "-c", "import torch, sentence_transformers, onnxruntime, car_onnx"])  # page cache
 
     embed, vectors = {}, {}
-    for name, extra in (("sentence-transformers, PyTorch fp32", ()),
-                        ("sentence-transformers, ONNX backend fp32", (st_dir, "onnx/model.onnx")),
-                        (f"sentence-transformers, ONNX backend dynamic int8 ({config})",
-                         (st_dir, f"onnx/model_qint8_{config}.onnx"))):
+    for name, extra in (
+        ("sentence-transformers, PyTorch fp32", ()),
+        ("sentence-transformers, ONNX backend fp32", (st_dir, "onnx/model.onnx")),
+        (f"sentence-transformers, ONNX backend dynamic int8 ({config})", (st_dir, f"onnx/model_qint8_{config}.onnx")),
+    ):
         embed[name] = timed_process(worker("st_embed", data, work / "peer.npy", threads, "default", *extra))
         vectors[name] = np.load(work / "peer.npy")
     for precision in ("int8", "fp32"):
         name = f"car-onnx embed, default bundle {precision}"
-        embed[name] = timed_process([car_onnx(), "embed", data, "-o", work / "peer.npy", "-b", bundle, "--precision",
-                                     precision, "--threads", threads, "--force", "--quiet"])
+        embed[name] = timed_process(
+            [
+                car_onnx(),
+                "embed",
+                data,
+                "-o",
+                work / "peer.npy",
+                "-b",
+                bundle,
+                "--precision",
+                precision,
+                "--threads",
+                threads,
+                "--force",
+                "--quiet",
+            ]
+        )
         vectors[name] = np.load(work / "peer.npy")
     ref = next(iter(embed))
     for name, r in embed.items():
         r.pop("last_line", None)
-        r.update(cosines(vectors[ref], vectors[name]), texts_per_s=round(n / r["seconds"], 1),
-                 speedup_vs_pytorch=round(embed[ref]["seconds"] / r["seconds"], 2))
+        r.update(
+            cosines(vectors[ref], vectors[name]),
+            texts_per_s=round(n / r["seconds"], 1),
+            speedup_vs_pytorch=round(embed[ref]["seconds"] / r["seconds"], 2),
+        )
 
     score, scores = {}, {}
     for precision in ("fp32", "int8"):
-        name = f"default scorer in PyTorch {precision}" + (" (torch dynamic quantisation)" if precision == "int8" else "")
+        name = f"default scorer in PyTorch {precision}" + (
+            " (torch dynamic quantisation)" if precision == "int8" else ""
+        )
         score[name] = timed_process(worker("torch_score", data, work / "peer.npy", threads, precision))
         scores[name] = np.load(work / "peer.npy")
     for precision in ("int8", "fp32"):
         name = f"car-onnx score, default bundle {precision}"
-        score[name] = timed_process([car_onnx(), "score", data, "-o", work / "peer-scores.json", "-b", bundle,
-                                     "--precision", precision, "--threads", threads, "--force", "--quiet"])
+        score[name] = timed_process(
+            [
+                car_onnx(),
+                "score",
+                data,
+                "-o",
+                work / "peer-scores.json",
+                "-b",
+                bundle,
+                "--precision",
+                precision,
+                "--threads",
+                threads,
+                "--force",
+                "--quiet",
+            ]
+        )
         scores[name] = np.array([r["score"] for r in json.loads((work / "peer-scores.json").read_text())])
     ref = next(iter(score))
     for name, r in score.items():
         r.pop("last_line", None)
         f = compare({"score": scores[ref]}, {"score": scores[name]})
-        r.update(spearman_vs_pytorch=f["spearman"], top5pct_overlap_vs_pytorch=f["top5pct_overlap"],
-                 max_abs_score_error_vs_pytorch=f["max_abs_score_error"], texts_per_s=round(n / r["seconds"], 1),
-                 speedup_vs_pytorch=round(score[ref]["seconds"] / r["seconds"], 2))
-    return {"records": n, "threads": threads, "st_quantization_config": config,
-            "host": "shared with other jobs: compare rows within this run only", "embed": embed, "score": score}
+        r.update(
+            spearman_vs_pytorch=f["spearman"],
+            top5pct_overlap_vs_pytorch=f["top5pct_overlap"],
+            max_abs_score_error_vs_pytorch=f["max_abs_score_error"],
+            texts_per_s=round(n / r["seconds"], 1),
+            speedup_vs_pytorch=round(score[ref]["seconds"] / r["seconds"], 2),
+        )
+    return {
+        "records": n,
+        "threads": threads,
+        "st_quantization_config": config,
+        "host": "shared with other jobs: compare rows within this run only",
+        "embed": embed,
+        "score": score,
+    }
 
 
 if __name__ == "__main__":

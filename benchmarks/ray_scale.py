@@ -37,9 +37,14 @@ def overhead(work: Path, n: int) -> dict:
     on_ray = select(data, work / "ray-ray.jsonl", "--ray", "local")
     same = (work / "ray-local.jsonl").read_bytes() == (work / "ray-ray.jsonl").read_bytes()
     infer = "score+embed"
-    return {"records": n, "single_process": local, "ray_local_2_actors": on_ray, "same_output": same,
-            "wall_overhead": round(on_ray["seconds"] / local["seconds"] - 1, 3),
-            "inference_overhead": round(on_ray["stages_s"][infer] / local["stages_s"][infer] - 1, 3)}
+    return {
+        "records": n,
+        "single_process": local,
+        "ray_local_2_actors": on_ray,
+        "same_output": same,
+        "wall_overhead": round(on_ray["seconds"] / local["seconds"] - 1, 3),
+        "inference_overhead": round(on_ray["stages_s"][infer] / local["stages_s"][infer] - 1, 3),
+    }
 
 
 def memory(work: Path, sizes: list[int]) -> dict:
@@ -54,12 +59,15 @@ def memory(work: Path, sizes: list[int]) -> dict:
             data = records_file(work, n, seed=12, unique=True)
             args = ("-b", bundle, "--cluster", "sample")
             ray = select(data, work / "ray-mem.jsonl", *args, "--ray", cluster.address)
-            local = select(data, work / "local-mem.jsonl", *args, "--threads", 2,
-                           "--chunk-records", RAY_CHUNK_RECORDS)
+            local = select(data, work / "local-mem.jsonl", *args, "--threads", 2, "--chunk-records", RAY_CHUNK_RECORDS)
             same = (work / "ray-mem.jsonl").read_bytes() == (work / "local-mem.jsonl").read_bytes()
-            out[str(n)] = {"driver_peak_rss_mb": ray["peak_rss_mb"], "seconds": ray["seconds"],
-                           "stages_s": ray["stages_s"], "without_ray": {k: local[k] for k in ("peak_rss_mb", "seconds")},
-                           "same_output": same}
+            out[str(n)] = {
+                "driver_peak_rss_mb": ray["peak_rss_mb"],
+                "seconds": ray["seconds"],
+                "stages_s": ray["stages_s"],
+                "without_ray": {k: local[k] for k in ("peak_rss_mb", "seconds")},
+                "same_output": same,
+            }
             print(f"ray memory {n:,}: {out[str(n)]}", file=sys.stderr, flush=True)
     finally:
         cluster.shutdown()
@@ -88,8 +96,12 @@ def scaling(work: Path, n: int) -> dict:
     data = records_file(work, n, seed=13)
     out = {}
     for nodes in (1, 2):
-        p = subprocess.run([sys.executable, "-c", SCALING, str(nodes), data, work / f"ray-scale-{nodes}.jsonl",
-                            car_onnx()], capture_output=True, text=True, check=True)
+        p = subprocess.run(
+            [sys.executable, "-c", SCALING, str(nodes), data, work / f"ray-scale-{nodes}.jsonl", car_onnx()],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         seconds, last = p.stdout.strip().splitlines()[-1].split(" | ", 1)
         out[f"{nodes}_node"] = {"seconds": round(float(seconds), 1), "stages_s": stages(last)}
     out["speedup"] = round(out["1_node"]["seconds"] / out["2_node"]["seconds"], 2)
@@ -102,17 +114,29 @@ def run(work: Path, quick: bool) -> dict:
     each part with the command that made it."""
     parts = (os.environ.get("RAY_BENCH") or "overhead,memory,scaling").split(",")
     saved = RESULTS / "ray.json"
-    result = {k: v for k, v in (json.loads(saved.read_text()) if saved.is_file() else {}).items()
-              if k in ("overhead", "driver_memory_sample_mode", "scaling")}
-    jobs = {"overhead": ("overhead", lambda: overhead(work, 1000 if quick else 20_000)),
-            "memory": ("driver_memory_sample_mode",
-                       lambda: memory(work, [20_000, 50_000] if quick else [200_000, 500_000, 1_000_000, 2_000_000])),
-            "scaling": ("scaling", lambda: scaling(work, 500 if quick else 4_000))}
+    result = {
+        k: v
+        for k, v in (json.loads(saved.read_text()) if saved.is_file() else {}).items()
+        if k in ("overhead", "driver_memory_sample_mode", "scaling")
+    }
+    jobs = {
+        "overhead": ("overhead", lambda: overhead(work, 1000 if quick else 20_000)),
+        "memory": (
+            "driver_memory_sample_mode",
+            lambda: memory(work, [20_000, 50_000] if quick else [200_000, 500_000, 1_000_000, 2_000_000]),
+        ),
+        "scaling": ("scaling", lambda: scaling(work, 500 if quick else 4_000)),
+    }
     for part in parts:
         key, job = jobs[part]
-        result[key] = {**job(), "command": f"RAY_BENCH={part} python -m benchmarks --only ray"
-                                           + (" --quick" if quick else ""), "cpu": machine()["cpu"]}
-    result["note"] = ("overhead: default bundle, int8, whole processes (Ray's start-up included); memory: the "
-                      "driver's own peak RSS (ru_maxrss) with the cluster started apart from it; scaling: "
-                      "default bundle, 500-record chunks, a test cluster of one-CPU nodes on one 2-core host")
+        result[key] = {
+            **job(),
+            "command": f"RAY_BENCH={part} python -m benchmarks --only ray" + (" --quick" if quick else ""),
+            "cpu": machine()["cpu"],
+        }
+    result["note"] = (
+        "overhead: default bundle, int8, whole processes (Ray's start-up included); memory: the "
+        "driver's own peak RSS (ru_maxrss) with the cluster started apart from it; scaling: "
+        "default bundle, 500-record chunks, a test cluster of one-CPU nodes on one 2-core host"
+    )
     return result

@@ -47,8 +47,18 @@ def stage_alone(work: Path, n: int) -> dict:
     labels = rng.integers(0, k, n).astype(np.int64)
     indices, n_top = select_ranked(scores, labels, n // 50, Size(1))
     rows = np.sort(rng.choice(n, min(n, PLANE_SAMPLE), replace=False))
-    sel = Selection(indices, labels, scores, n_top, k, 150, False, np.full(n, -1), 0.95,
-                    plane=(rows, rng.normal(size=(len(rows), 2)).astype(np.float32)))
+    sel = Selection(
+        indices,
+        labels,
+        scores,
+        n_top,
+        k,
+        150,
+        False,
+        np.full(n, -1),
+        0.95,
+        plane=(rows, rng.normal(size=(len(rows), 2)).astype(np.float32)),
+    )
     start = time.perf_counter()
     for r in iter_records(data, fields=model.fields):  # the write pass's read alone
         pass
@@ -64,8 +74,14 @@ def stage_alone(work: Path, n: int) -> dict:
     page.bundle = report.bundle_info(model)
     target = work / f"report-alone-{n}.html"
     seconds = report.write(target, sel, page)
-    return {"write_pass_extra_s": round(collect, 2), "read_pass_s": round(read, 2), "page_s": round(seconds, 2),
-            "page_mb": round(target.stat().st_size / 2**20, 2), "k": k, "selected": len(indices)}
+    return {
+        "write_pass_extra_s": round(collect, 2),
+        "read_pass_s": round(read, 2),
+        "page_s": round(seconds, 2),
+        "page_mb": round(target.stat().st_size / 2**20, 2),
+        "k": k,
+        "selected": len(indices),
+    }
 
 
 def run(work: Path, quick: bool) -> dict:
@@ -79,19 +95,23 @@ def run(work: Path, quick: bool) -> dict:
         plain = select(data, work / "report-speed-out.json", bundle, threads, None)
         with_report = select(data, work / "report-speed-out.json", bundle, threads, page)
         out["sizes"][n] = {
-            "without_report": plain, "with_report": with_report,
+            "without_report": plain,
+            "with_report": with_report,
             "report_stage_s": with_report["stages_s"]["report"],
             "write_stage_extra_s": round(with_report["stages_s"]["write"] - plain["stages_s"]["write"], 2),
             "wall_extra_s": round(with_report["seconds"] - plain["seconds"], 2),
             "peak_rss_extra_mb": round(with_report["peak_rss_mb"] - plain["peak_rss_mb"], 1),
-            "page_mb": round(page.stat().st_size / 2**20, 2)}
+            "page_mb": round(page.stat().st_size / 2**20, 2),
+        }
         print(n, out["sizes"][n], flush=True)
     out["alone"] = {n: stage_alone(work, n) for n in ([5000] if quick else [20000, 100000])}
     print(out["alone"], flush=True)
-    out["note"] = ("lookup bundle (no transformer); records repeated past the ~19k shared ones; whole runs: each "
-                   "size once without and once with --report; alone: the report's own costs in-process on a "
-                   "synthetic Selection of a real run's sizes; the host is shared by several agents (2 cores, "
-                   "heavily loaded during this run): times are noisy and high")
+    out["note"] = (
+        "lookup bundle (no transformer); records repeated past the ~19k shared ones; whole runs: each "
+        "size once without and once with --report; alone: the report's own costs in-process on a "
+        "synthetic Selection of a real run's sizes; the host is shared by several agents (2 cores, "
+        "heavily loaded during this run): times are noisy and high"
+    )
     return out
 
 

@@ -21,8 +21,7 @@ from .common import car_onnx, records_file, section_main
 
 def select(data: Path, out: Path, *extra) -> float:
     start = time.perf_counter()
-    subprocess.run([car_onnx(), "select", data, "-o", out, "--n1", "2%", "--force", "-q", *map(str, extra)],
-                   check=True)
+    subprocess.run([car_onnx(), "select", data, "-o", out, "--n1", "2%", "--force", "-q", *map(str, extra)], check=True)
     return time.perf_counter() - start
 
 
@@ -40,8 +39,21 @@ def run(work: Path, quick: bool) -> dict:
 
     wd = work / "resume-workdir"
     subprocess.run(["rm", "-rf", str(wd)], check=True)
-    cmd = [car_onnx(), "select", data, "-o", work / "resumed.json", "--n1", "2%", "--force", "-q",
-           "--chunk-records", chunk, "--work-dir", wd]
+    cmd = [
+        car_onnx(),
+        "select",
+        data,
+        "-o",
+        work / "resumed.json",
+        "--n1",
+        "2%",
+        "--force",
+        "-q",
+        "--chunk-records",
+        chunk,
+        "--work-dir",
+        wd,
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(list(map(str, cmd)))
     while len(list((wd / "chunks").glob("*.npz"))) < 10 and proc.poll() is None:
@@ -64,11 +76,21 @@ def run(work: Path, quick: bool) -> dict:
             ref = ref or got
             a, b = {i for i, _ in ref}, {i for i, _ in got}
             variants[f"{precision}, {threads} threads, --max-tokens {budget}"] = {
-                "same_selection_as_first": got == ref, "jaccard_with_first": round(len(a & b) / len(a | b), 4)}
-    return {"records": n, "chunks": 20, "uninterrupted_s": round(plain, 1), "killed_after_s": round(killed_after, 1),
-            "chunks_finished_when_killed": finished, "resumed_s": round(resumed, 1),
-            "resume_overhead_s": round(killed_after + resumed - plain, 1),
-            "resumed_output_identical": same, "default_run_selected": len(base), "determinism": variants}
+                "same_selection_as_first": got == ref,
+                "jaccard_with_first": round(len(a & b) / len(a | b), 4),
+            }
+    return {
+        "records": n,
+        "chunks": 20,
+        "uninterrupted_s": round(plain, 1),
+        "killed_after_s": round(killed_after, 1),
+        "chunks_finished_when_killed": finished,
+        "resumed_s": round(resumed, 1),
+        "resume_overhead_s": round(killed_after + resumed - plain, 1),
+        "resumed_output_identical": same,
+        "default_run_selected": len(base),
+        "determinism": variants,
+    }
 
 
 if __name__ == "__main__":

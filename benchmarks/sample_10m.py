@@ -21,10 +21,30 @@ def run(work: Path, quick: bool) -> dict:
     n = 1_000_000 if quick else N
     data = records_file(work, n, seed=12, unique=True)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        result = timed_process([car_onnx(), "select", data, "-o", work / "sample-10m.jsonl", "-b", lookup_bundle(work),
-                                "--cluster", "sample", "--threads", 2, "--force", "--work-dir", Path(tmp) / "job"])
+        result = timed_process(
+            [
+                car_onnx(),
+                "select",
+                data,
+                "-o",
+                work / "sample-10m.jsonl",
+                "-b",
+                lookup_bundle(work),
+                "--cluster",
+                "sample",
+                "--threads",
+                2,
+                "--force",
+                "--work-dir",
+                Path(tmp) / "job",
+            ]
+        )
         disk = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
     result["stages_s"] = stages(result.pop("last_line"))
-    return {"records": n, "input_gb": round(data.stat().st_size / 2**30, 2), "select": result,
-            "work_dir_gb": round(disk / 2**30, 2),
-            "note": "the scan's places and dedup keys (in TMPDIR) are on disk too, ~40 bytes a record, not counted"}
+    return {
+        "records": n,
+        "input_gb": round(data.stat().st_size / 2**30, 2),
+        "select": result,
+        "work_dir_gb": round(disk / 2**30, 2),
+        "note": "the scan's places and dedup keys (in TMPDIR) are on disk too, ~40 bytes a record, not counted",
+    }

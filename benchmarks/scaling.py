@@ -49,10 +49,12 @@ def run(work: Path, quick: bool) -> dict:
         print(n, out["lookup_bundle"][n], flush=True)
     per_record = [r["stages_s"]["score+embed"] / n for n, r in out["default_bundle"].items()]
     out["model_s_per_record"] = round(float(np.mean(per_record)), 5)
-    out["note"] = ("records repeated past the ~19k shared ones; lookup bundle = real tokenizer + synthetic "
-                   "384-dim embeddings (no transformer): its stage times are the pipeline's own costs; add "
-                   "model_s_per_record x n for the default bundle's inference. Clustering switches to "
-                   "MiniBatchKMeans above 100,000 records.")
+    out["note"] = (
+        "records repeated past the ~19k shared ones; lookup bundle = real tokenizer + synthetic "
+        "384-dim embeddings (no transformer): its stage times are the pipeline's own costs; add "
+        "model_s_per_record x n for the default bundle's inference. Clustering switches to "
+        "MiniBatchKMeans above 100,000 records."
+    )
     return out
 
 

@@ -19,9 +19,14 @@ N = 52_000
 def run(work: Path, quick: bool) -> dict:
     n, threads = (5_000 if quick else N), machine_threads()
     data = records_file(work, n, seed=0)
-    result = timed_process([car_onnx(), "select", data, "-o", work / "select-52k.jsonl", "--n1", "2%", "--threads",
-                            threads, "--force"])
+    result = timed_process(
+        [car_onnx(), "select", data, "-o", work / "select-52k.jsonl", "--n1", "2%", "--threads", threads, "--force"]
+    )
     result["stages_s"] = stages(result.pop("last_line"))
-    return {"records": n, "threads": threads, "select": result,
-            "note": "the shared corpora repeated in order to reach the size; target (issue 19): within 5 minutes "
-                    "on 2 AVX-512 VNNI cores"}
+    return {
+        "records": n,
+        "threads": threads,
+        "select": result,
+        "note": "the shared corpora repeated in order to reach the size; target (issue 19): within 5 minutes "
+        "on 2 AVX-512 VNNI cores",
+    }

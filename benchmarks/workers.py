@@ -19,8 +19,12 @@ PAPER = "Instruction: {0} Input: {1} Response: {2}"
 def texts_of(path: str, template: str) -> list[str]:
     rows = json.loads(Path(path).read_text())
     if template == "default":  # the default bundle's training template: no " Input: " when the input is empty
-        return [(PAPER if r["input"] else "Instruction: {0} Response: {2}").format(r["instruction"], r["input"],
-                                                                                   r["output"]) for r in rows]
+        return [
+            (PAPER if r["input"] else "Instruction: {0} Response: {2}").format(
+                r["instruction"], r["input"], r["output"]
+            )
+            for r in rows
+        ]
     return [PAPER.format(r["instruction"], r["input"], r["output"]) for r in rows]
 
 
@@ -28,7 +32,9 @@ def report(**values) -> None:
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()}), flush=True)
 
 
-def st_embed(data: str, out: str, threads: str, template: str = "paper", model_dir: str = "", onnx_file: str = "") -> None:
+def st_embed(
+    data: str, out: str, threads: str, template: str = "paper", model_dir: str = "", onnx_file: str = ""
+) -> None:
     """sentence-transformers encoding all-MiniLM-L6-v2: PyTorch fp32 as the reference does, or, given a model
     folder it exported itself and the graph's file name, its ONNX backend (onnxruntime's own thread defaults)."""
     start = time.perf_counter()
@@ -90,7 +96,7 @@ def iqs_torch(work: str, data: str, out: str, threads: str, batch: str = "8") ->
     scores = np.empty(len(ids), dtype=np.float32)
     with torch.inference_mode():
         for i in range(0, len(order), int(batch)):
-            rows = order[i:i + int(batch)]
+            rows = order[i : i + int(batch)]
             x, m = pad_batch([ids[j] for j in rows], config.pad_token_id)
             scores[rows] = model(torch.from_numpy(x), torch.from_numpy(m)).numpy()
     np.save(out, scores)
@@ -131,9 +137,8 @@ def torch_scorer(int8: bool = False):
         scores = np.empty(len(texts), dtype=np.float32)
         with torch.inference_mode():
             for i in range(0, len(order), 32):
-                rows = order[i:i + 32]
-                enc = tok([texts[j] for j in rows], padding=True, truncation=True, max_length=256,
-                          return_tensors="pt")
+                rows = order[i : i + 32]
+                enc = tok([texts[j] for j in rows], padding=True, truncation=True, max_length=256, return_tensors="pt")
                 hidden = encoder(**enc, output_hidden_states=True).hidden_states
                 scores[rows] = head(hidden, enc["input_ids"], enc["attention_mask"]).numpy()
         return scores
@@ -179,12 +184,13 @@ def reference_select(data: str, out: str, threads: str, n1: str) -> None:
     t3 = time.perf_counter()
     k = int(math.sqrt(len(rows) / 2))
     labels = KMeans(n_clusters=k, n_init=10, random_state=42).fit_predict(
-        PCA(n_components=0.95, random_state=42).fit_transform(emb))
+        PCA(n_components=0.95, random_state=42).fit_transform(emb)
+    )
     top = np.argsort(-scores.astype(np.float64), kind="stable")
-    chosen = list(top[:int(n1)])
+    chosen = list(top[: int(n1)])
     for c in range(k):
         best = next(i for i in top if labels[i] == c)
-        if best not in chosen[:int(n1)]:
+        if best not in chosen[: int(n1)]:
             chosen.append(best)
     t4 = time.perf_counter()
     Path(out).write_text(json.dumps([int(i) for i in chosen]))

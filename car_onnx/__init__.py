@@ -15,5 +15,19 @@ from .errors import BundleError, CarError, InputError, UsageError  # noqa: E402
 from .model import Model, load  # noqa: E402
 from .selection import Selection, Size, car_select  # noqa: E402
 
-__all__ = ["load", "Model", "Selection", "Size", "car_select", "default_bundle_dir", "CarError", "InputError",
-           "BundleError", "UsageError", "__version__", "manifest", "models", "tokenization"]
+__all__ = [
+    "load",
+    "Model",
+    "Selection",
+    "Size",
+    "car_select",
+    "default_bundle_dir",
+    "CarError",
+    "InputError",
+    "BundleError",
+    "UsageError",
+    "__version__",
+    "manifest",
+    "models",
+    "tokenization",
+]

@@ -67,8 +67,13 @@ class Bundle:
         with self._lock:
             return list(self._loaded.values())
 
-    def run(self, records, roles: tuple[str, ...], max_tokens: int = DEFAULT_MAX_TOKENS,
-            progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        records,
+        roles: tuple[str, ...],
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Scores and/or embeddings of `records` (objects with instruction/input/output), one pass per model:
         a model serving both roles computes both in the same forward pass; a text repeated in `records` is run
         once."""
@@ -78,8 +83,13 @@ class Bundle:
             model_roles = tuple(r for r in roles if models[r] is model)
             # a text with where its response starts (for a graph that reads it): the same text split elsewhere is
             # another input
-            texts = [(model.text(r.instruction, r.input, r.output),
-                      model.response_start(r.instruction, r.input) if model.reads_response else None) for r in records]
+            texts = [
+                (
+                    model.text(r.instruction, r.input, r.output),
+                    model.response_start(r.instruction, r.input) if model.reads_response else None,
+                )
+                for r in records
+            ]
             unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
             starts = [s for _, s in unique] if model.reads_response else None
             results = model.run([t for t, _ in unique], model_roles, max_tokens, progress, starts)

@@ -20,19 +20,23 @@ import typer
 
 from . import __version__, pipeline
 from .bundle import find_bundle
+from .clustering import CLUSTER_MODES, EXACT_LIMIT, PCA_VARIANCE, SAMPLE_SIZE, SEED
 from .errors import CarError, UsageError
+from .manifest import PRECISIONS
 from .model import CHUNK_RECORDS, RAY_CHUNK_RECORDS, Model
+from .progress import Pace, Step
 from .readers import FORMATS
 from .scanning import ON_ERROR
 from .selection import N1, N2
-from .progress import Pace, Step
-from .clustering import CLUSTER_MODES, EXACT_LIMIT, PCA_VARIANCE, SAMPLE_SIZE, SEED
 from .session import DEVICES, machine_threads, resolve
 from .stop import Terminated, sigterm_stops, stopped_message
-from .manifest import PRECISIONS
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                  help="CaR instruction-data selection on onnxruntime.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="CaR instruction-data selection on onnxruntime.",
+)
 
 DeviceName = Enum("DeviceName", {d: d for d in DEVICES}, type=str)
 PrecisionName = Enum("PrecisionName", {p: p for p in PRECISIONS}, type=str)
@@ -40,23 +44,65 @@ FormatName = Enum("FormatName", {f: f for f in FORMATS}, type=str)
 ClusterName = Enum("ClusterName", {m: m for m in CLUSTER_MODES}, type=str)
 OnErrorName = Enum("OnErrorName", {e: e for e in ON_ERROR}, type=str)
 
-Input = Annotated[Path, typer.Argument(help="Dataset: .json (array), .jsonl, .csv or .parquet; or a directory (its dataset files, by name) or a quoted glob of them, read as one dataset.", show_default=False)]
+Input = Annotated[
+    Path,
+    typer.Argument(
+        help="Dataset: .json (array), .jsonl, .csv or .parquet; or a directory (its dataset files, by name) or a quoted glob of them, read as one dataset.",
+        show_default=False,
+    ),
+]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the result.", show_default=False)]
-BundleDir = Annotated[Optional[Path], typer.Option("--bundle", "-b", help="Bundle directory [default: the built default bundle]")]
+BundleDir = Annotated[
+    Optional[Path], typer.Option("--bundle", "-b", help="Bundle directory [default: the built default bundle]")
+]
 Device = Annotated[DeviceName, typer.Option(help="auto: CUDA when onnxruntime offers it.")]
-Threads = Annotated[Optional[int], typer.Option(help="Batches run side by side on CPU [default: the cores this process may use]")]
+Threads = Annotated[
+    Optional[int], typer.Option(help="Batches run side by side on CPU [default: the cores this process may use]")
+]
 Precision = Annotated[Optional[PrecisionName], typer.Option(help="[default: int8 on CPU, fp16 on CUDA]")]
 InFormat = Annotated[Optional[FormatName], typer.Option("--format", help="Input format [default: by suffix]")]
-OutFormat = Annotated[Optional[FormatName], typer.Option("--output-format", help="Output format [default: by the output's suffix]")]
-Fields = Annotated[Optional[list[str]], typer.Option("--field", help="Map a field: instruction=question, output=answer, input=context.")]
-MaxTokens = Annotated[Optional[int], typer.Option(help="Token budget of one batch (rows x longest row); int8 runs one text per batch [default: 2048 on CPU, 32768 on CUDA].", show_default=False)]
+OutFormat = Annotated[
+    Optional[FormatName], typer.Option("--output-format", help="Output format [default: by the output's suffix]")
+]
+Fields = Annotated[
+    Optional[list[str]],
+    typer.Option("--field", help="Map a field: instruction=question, output=answer, input=context."),
+]
+MaxTokens = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Token budget of one batch (rows x longest row); int8 runs one text per batch [default: 2048 on CPU, 32768 on CUDA].",
+        show_default=False,
+    ),
+]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, messages or summary.")]
-WorkDirOpt = Annotated[Optional[Path], typer.Option("--work-dir", help="Keep finished chunks here; a run started again with the same arguments resumes [default: a temporary directory].")]
-OnError = Annotated[OnErrorName, typer.Option("--on-error", help="fail: stop at the first bad record; skip: write bad records to the rejects file and go on.")]
-Rejects = Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file (JSONL) of skipped bad records and dropped duplicates, written when there are any [default: OUTPUT.rejects.jsonl].")]
-ScoreField = Annotated[str, typer.Option(help="Name of the field the output adds for the score (for records that have a 'score' already).")]
-ChunkRecords = Annotated[int, typer.Option("--chunk-records", help="Records per inference chunk (the unit --work-dir keeps).")]
+WorkDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--work-dir",
+        help="Keep finished chunks here; a run started again with the same arguments resumes [default: a temporary directory].",
+    ),
+]
+OnError = Annotated[
+    OnErrorName,
+    typer.Option(
+        "--on-error", help="fail: stop at the first bad record; skip: write bad records to the rejects file and go on."
+    ),
+]
+Rejects = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--rejects",
+        help="Rejects file (JSONL) of skipped bad records and dropped duplicates, written when there are any [default: OUTPUT.rejects.jsonl].",
+    ),
+]
+ScoreField = Annotated[
+    str, typer.Option(help="Name of the field the output adds for the score (for records that have a 'score' already).")
+]
+ChunkRecords = Annotated[
+    int, typer.Option("--chunk-records", help="Records per inference chunk (the unit --work-dir keeps).")
+]
 
 
 def _value(choice):
@@ -86,8 +132,14 @@ class CliStages(pipeline.Stages):
     @contextmanager
     def _bar(self, name, total):
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         pace = Pace(clock=self.clock)
 
@@ -102,8 +154,15 @@ class CliStages(pipeline.Stages):
                 self.live.stop()
 
         rate = TextColumn("{task.fields[rate]}")
-        columns = [TextColumn(f"{name:<14}"), BarColumn(), MofNCompleteColumn(), rate, TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn()]
+        columns = [
+            TextColumn(f"{name:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            rate,
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        ]
         with Paced(*columns, console=Console(stderr=True), transient=False) as bar:
             task = bar.add_task(name, total=total, rate="")
 
@@ -111,6 +170,7 @@ class CliStages(pipeline.Stages):
                 bar.advance(task, n)
                 speed = bar.tasks[0].speed
                 bar.update(task, rate=f"{speed:,.1f}/s" if speed else "")
+
             yield advance
             if total is not None:
                 bar.update(task, completed=total)
@@ -124,8 +184,11 @@ class CliStages(pipeline.Stages):
             return f"{time.strftime('%Y-%m-%d %H:%M:%S')} car-onnx: {name}: {text}"
 
         # the opening keeps the time the stage began, though it is written only once the stage is due
-        step = Step(lambda text: typer.echo(text, err=True), line(f"started ({total:,} records)" if total else
-                                                                 "started"), clock=self.clock)
+        step = Step(
+            lambda text: typer.echo(text, err=True),
+            line(f"started ({total:,} records)" if total else "started"),
+            clock=self.clock,
+        )
 
         def advance(n):
             nonlocal done
@@ -138,6 +201,7 @@ class CliStages(pipeline.Stages):
                 share = f"/{total:,} ({100 * done / total:.0f}%)" if total else ""
                 step.line(line(f"{done:,}{share}, {rate:,.1f}/s{eta}"))
                 last[:] = [now, done]
+
         yield advance
         step.close(line(f"done in {_duration(self.clock() - start)}"))
 
@@ -150,8 +214,13 @@ class CliStages(pipeline.Stages):
 
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+        if seconds >= 60
+        else f"{seconds}s"
+    )
 
 
 def _flag(name: str) -> str:
@@ -205,14 +274,23 @@ def _out_of_memory(err: BaseException, limit: int | None) -> bool:
     if isinstance(err, MemoryError) or isinstance(err, OSError) and err.errno == errno.ENOMEM:
         return True
     text = str(err)
-    return limit is not None and any(s in text for s in (
-        "failed to map segment", "Cannot allocate memory", "can't start new thread", "bad_alloc", "bad allocation"))
+    return limit is not None and any(
+        s in text
+        for s in (
+            "failed to map segment",
+            "Cannot allocate memory",
+            "can't start new thread",
+            "bad_alloc",
+            "bad allocation",
+        )
+    )
 
 
 def _guard(command):
     """Run a command so that a CarError (or any error) becomes one line on stderr and exit code 1 (2 for usage),
     warnings one line each, Ctrl-C exit code 130 and SIGTERM 143 (with how to resume), running out of memory one
     line that names the address-space limit."""
+
     @functools.wraps(command)
     def run(*args, **kwargs):
         debug = os.environ.get("CAR_ONNX_DEBUG") == "1"
@@ -246,15 +324,21 @@ def _guard(command):
                 raise
             if _out_of_memory(err, limit):  # faults: one line, like any error (no output was written)
                 within = f" within the address-space limit of {limit / 2**20:,.0f} MB (ulimit -v)" if limit else ""
-                typer.echo(f"car-onnx: error: out of memory{within}; give the job more memory or lower "
-                           "--max-tokens / --chunk-records", err=True)
+                typer.echo(
+                    f"car-onnx: error: out of memory{within}; give the job more memory or lower "
+                    "--max-tokens / --chunk-records",
+                    err=True,
+                )
                 if limit:  # without memory, native libraries' threads and destructors may crash Python's shutdown
                     sys.stderr.flush()
                     os._exit(1)
                 raise typer.Exit(1) from None
-            typer.echo(f"car-onnx: internal error: {type(err).__name__}: {err} (set CAR_ONNX_DEBUG=1 for the "
-                       "traceback)", err=True)
+            typer.echo(
+                f"car-onnx: internal error: {type(err).__name__}: {err} (set CAR_ONNX_DEBUG=1 for the traceback)",
+                err=True,
+            )
             raise typer.Exit(1) from None
+
     return run
 
 
@@ -270,8 +354,14 @@ def _job(input, fmt, force, work_dir, on_error, rejects, chunk_records) -> pipel
 
 
 def _model(bundle, device, threads, precision, field, max_tokens) -> Model:
-    return Model(bundle, device=device.value, threads=threads, precision=_value(precision), fields=field or [],
-                 max_tokens=max_tokens)
+    return Model(
+        bundle,
+        device=device.value,
+        threads=threads,
+        precision=_value(precision),
+        fields=field or [],
+        max_tokens=max_tokens,
+    )
 
 
 def _summary(report: pipeline.Report, quiet: bool, output: Path) -> None:
@@ -284,45 +374,120 @@ def _summary(report: pipeline.Report, quiet: bool, output: Path) -> None:
         exact, near = report.duplicates["exact"], report.duplicates["near"]
         parts.append(f"{exact + near:,} duplicates dropped" + (f" ({exact:,} exact, {near:,} near)" if near else ""))
     if report.selected:
-        parts.append(f"{report.selected:,} selected ({100 * report.selected / report.records:.2f}%) = "
-                     f"{report.top:,} top + {report.selected - report.top:,} cluster picks of {report.clusters:,} "
-                     "clusters")
+        parts.append(
+            f"{report.selected:,} selected ({100 * report.selected / report.records:.2f}%) = "
+            f"{report.top:,} top + {report.selected - report.top:,} cluster picks of {report.clusters:,} "
+            "clusters"
+        )
     times = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     typer.echo(f"car-onnx: {'; '.join(parts)}; wrote {output} [{times}]", err=True)
 
 
 @app.command()
 def select(
-    input: Input, output: Output, bundle: BundleDir = None,
-    n1: Annotated[str, typer.Option(help="Top records overall: a count or a percentage of the records (2%). At or above the number of records, every record is selected (a warning says so).")] = str(N1),
-    n2: Annotated[str, typer.Option(help="Top records of each cluster: a count, or a percentage of each cluster's size (5%: at least 1 per cluster).")] = str(N2),
+    input: Input,
+    output: Output,
+    bundle: BundleDir = None,
+    n1: Annotated[
+        str,
+        typer.Option(
+            help="Top records overall: a count or a percentage of the records (2%). At or above the number of records, every record is selected (a warning says so)."
+        ),
+    ] = str(N1),
+    n2: Annotated[
+        str,
+        typer.Option(
+            help="Top records of each cluster: a count, or a percentage of each cluster's size (5%: at least 1 per cluster)."
+        ),
+    ] = str(N2),
     k: Annotated[Optional[int], typer.Option(help="Clusters [default: int(sqrt(n/2))].")] = None,
     pca_variance: Annotated[float, typer.Option(help="Variance PCA keeps before clustering.")] = PCA_VARIANCE,
     seed: Annotated[int, typer.Option(help="Seed of PCA and KMeans.")] = SEED,
-    all: Annotated[bool, typer.Option("--all", help="Write every record (input order) with score, cluster, rank, selected (true/false) and reason.")] = False,
-    device: Device = DeviceName.auto, threads: Threads = None, precision: Precision = None, format: InFormat = None,
-    output_format: OutFormat = None, field: Fields = None, max_tokens: MaxTokens = None,
-    force: Force = False, quiet: Quiet = False, work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail,
+    all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Write every record (input order) with score, cluster, rank, selected (true/false) and reason.",
+        ),
+    ] = False,
+    device: Device = DeviceName.auto,
+    threads: Threads = None,
+    precision: Precision = None,
+    format: InFormat = None,
+    output_format: OutFormat = None,
+    field: Fields = None,
+    max_tokens: MaxTokens = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    work_dir: WorkDirOpt = None,
+    on_error: OnError = OnErrorName.fail,
     rejects: Rejects = None,
-    chunk_records: Annotated[Optional[int], typer.Option("--chunk-records", help=f"Records per inference chunk (the unit --work-dir keeps, and the unit of work of a Ray actor) [default: {CHUNK_RECORDS}; with --ray, {RAY_CHUNK_RECORDS}, so that actors finish together].", show_default=False)] = None,
-    dedup: Annotated[str, typer.Option(help="Duplicates dropped before ranking: none (the paper's behaviour); exact: later copies of the same text (whitespace-normalised); near:T: exact, and within each cluster records whose embedding cosine to a higher-scored kept record is >= T. Dropped rows go to the rejects file.")] = "exact",
+    chunk_records: Annotated[
+        Optional[int],
+        typer.Option(
+            "--chunk-records",
+            help=f"Records per inference chunk (the unit --work-dir keeps, and the unit of work of a Ray actor) [default: {CHUNK_RECORDS}; with --ray, {RAY_CHUNK_RECORDS}, so that actors finish together].",
+            show_default=False,
+        ),
+    ] = None,
+    dedup: Annotated[
+        str,
+        typer.Option(
+            help="Duplicates dropped before ranking: none (the paper's behaviour); exact: later copies of the same text (whitespace-normalised); near:T: exact, and within each cluster records whose embedding cosine to a higher-scored kept record is >= T. Dropped rows go to the rejects file."
+        ),
+    ] = "exact",
     score_field: ScoreField = pipeline.SCORE_FIELD,
-    cluster_field: Annotated[str, typer.Option(help="Name of the field the output adds for the cluster id.")] = pipeline.CLUSTER_FIELD,
-    show: Annotated[bool, typer.Option("--show", help="Print the selected records (score, cluster, reason, text).")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Also write a curation report: one offline HTML page of what was kept, dropped and why (needs the [report] extra).")] = None,
-    cluster: Annotated[ClusterName, typer.Option(help=f"exact: PCA and KMeans fitted on every record; sample: fitted on a seeded sample of --sample-size records, then every record assigned (memory bounded by the sample); auto: exact up to {EXACT_LIMIT:,} records.")] = ClusterName.auto,
-    sample_size: Annotated[int, typer.Option(help="Records PCA and KMeans are fitted on with --cluster sample.")] = SAMPLE_SIZE,
-    ray: Annotated[Optional[str], typer.Option(help="Run on a Ray cluster (needs the [ray] extra): local (start one on this machine), auto (RAY_ADDRESS or the running one) or HOST:PORT. INPUT may then be a directory or glob of shards; --threads is the CPUs of each actor [default: 1].", show_default=False)] = None,
+    cluster_field: Annotated[
+        str, typer.Option(help="Name of the field the output adds for the cluster id.")
+    ] = pipeline.CLUSTER_FIELD,
+    show: Annotated[
+        bool, typer.Option("--show", help="Print the selected records (score, cluster, reason, text).")
+    ] = False,
+    report: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Also write a curation report: one offline HTML page of what was kept, dropped and why (needs the [report] extra)."
+        ),
+    ] = None,
+    cluster: Annotated[
+        ClusterName,
+        typer.Option(
+            help=f"exact: PCA and KMeans fitted on every record; sample: fitted on a seeded sample of --sample-size records, then every record assigned (memory bounded by the sample); auto: exact up to {EXACT_LIMIT:,} records."
+        ),
+    ] = ClusterName.auto,
+    sample_size: Annotated[
+        int, typer.Option(help="Records PCA and KMeans are fitted on with --cluster sample.")
+    ] = SAMPLE_SIZE,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Run on a Ray cluster (needs the [ray] extra): local (start one on this machine), auto (RAY_ADDRESS or the running one) or HOST:PORT. INPUT may then be a directory or glob of shards; --threads is the CPUs of each actor [default: 1].",
+            show_default=False,
+        ),
+    ] = None,
 ):
     """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster. Each selected
     record is written with its score, cluster, rank (by score, 1 = best) and reason (top or cluster)."""
     chunk_records = chunk_records or (RAY_CHUNK_RECORDS if ray else CHUNK_RECORDS)
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, None if ray else threads, precision, field, max_tokens)
-    options = dict(n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed, dedup=dedup, write_all=all,
-                   out_fmt=_value(output_format), score_field=score_field, cluster_field=cluster_field,
-                   cluster=cluster.value, sample_size=sample_size, stages=CliStages(quiet), report_path=report,
-                   show=show)
+    options = dict(
+        n1=n1,
+        n2=n2,
+        k=k,
+        pca_variance=pca_variance,
+        seed=seed,
+        dedup=dedup,
+        write_all=all,
+        out_fmt=_value(output_format),
+        score_field=score_field,
+        cluster_field=cluster_field,
+        cluster=cluster.value,
+        sample_size=sample_size,
+        stages=CliStages(quiet),
+        report_path=report,
+        show=show,
+    )
     if ray is None:
         report = pipeline.select(job, model, output, **options)
     else:
@@ -337,37 +502,67 @@ def select(
 def _show(shown: list, score_field: str, cluster_field: str) -> None:
     """One line per selected record: its place, score, cluster, reason, instruction and the start of its answer
     (the texts the model read: for conversations, the user turn and the reply)."""
+
     def clip(value, width):
         text = " ".join(str(value).split())
         return text if len(text) <= width else text[: width - 1] + "…"
 
     typer.echo(f"{'#':>4}  {'score':>8}  {'cluster':>7}  {'reason':<7}  instruction -> output")
     for place, (row, record) in enumerate(shown, 1):
-        typer.echo(f"{place:>4}  {row[score_field]:>8.4f}  {row[cluster_field]:>7}  {row['reason']:<7}  "
-                   f"{clip(record.instruction, 60)} -> {clip(record.output, 50)}")
+        typer.echo(
+            f"{place:>4}  {row[score_field]:>8.4f}  {row[cluster_field]:>7}  {row['reason']:<7}  "
+            f"{clip(record.instruction, 60)} -> {clip(record.output, 50)}"
+        )
 
 
 @app.command()
 def score(
-    input: Input, output: Output, bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Threads = None,
-    precision: Precision = None, format: InFormat = None, output_format: OutFormat = None, field: Fields = None,
-    max_tokens: MaxTokens = None, force: Force = False, quiet: Quiet = False,
-    work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail, rejects: Rejects = None,
-    chunk_records: ChunkRecords = CHUNK_RECORDS, score_field: ScoreField = pipeline.SCORE_FIELD,
+    input: Input,
+    output: Output,
+    bundle: BundleDir = None,
+    device: Device = DeviceName.auto,
+    threads: Threads = None,
+    precision: Precision = None,
+    format: InFormat = None,
+    output_format: OutFormat = None,
+    field: Fields = None,
+    max_tokens: MaxTokens = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    work_dir: WorkDirOpt = None,
+    on_error: OnError = OnErrorName.fail,
+    rejects: Rejects = None,
+    chunk_records: ChunkRecords = CHUNK_RECORDS,
+    score_field: ScoreField = pipeline.SCORE_FIELD,
 ):
     """Write every record with its quality score."""
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, threads, precision, field, max_tokens)
-    _summary(pipeline.score(job, model, output, out_fmt=_value(output_format), score_field=score_field,
-                            stages=CliStages(quiet)), quiet, output)
+    _summary(
+        pipeline.score(
+            job, model, output, out_fmt=_value(output_format), score_field=score_field, stages=CliStages(quiet)
+        ),
+        quiet,
+        output,
+    )
 
 
 @app.command()
 def embed(
-    input: Input, output: Output, bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Threads = None,
-    precision: Precision = None, format: InFormat = None, field: Fields = None,
-    max_tokens: MaxTokens = None, force: Force = False, quiet: Quiet = False,
-    work_dir: WorkDirOpt = None, on_error: OnError = OnErrorName.fail, rejects: Rejects = None,
+    input: Input,
+    output: Output,
+    bundle: BundleDir = None,
+    device: Device = DeviceName.auto,
+    threads: Threads = None,
+    precision: Precision = None,
+    format: InFormat = None,
+    field: Fields = None,
+    max_tokens: MaxTokens = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    work_dir: WorkDirOpt = None,
+    on_error: OnError = OnErrorName.fail,
+    rejects: Rejects = None,
     chunk_records: ChunkRecords = CHUNK_RECORDS,
 ):
     """Write sentence embeddings as a float32 .npy, one row per record in input order."""
@@ -378,13 +573,33 @@ def embed(
 
 @app.command("eval")
 def evaluate(
-    bundle: Annotated[Optional[Path], typer.Argument(help="Bundle directory [default: the built default bundle]")] = None,
-    pairs: Annotated[Optional[Path], typer.Option(help="Pairs CSV (src,score in consecutive rows, or src,pos,neg), texts in the bundle's template: the share in which the better text scores higher.")] = None,
-    records: Annotated[Optional[Path], typer.Option(help="A dataset of real records: for each kind of defect, the share whose real answer outscores a corrupted copy.")] = None,
-    foreign: Annotated[Optional[Path], typer.Option(help="A dataset whose answers are in another language than --records' (lends the 'foreign' kind).")] = None,
+    bundle: Annotated[
+        Optional[Path], typer.Argument(help="Bundle directory [default: the built default bundle]")
+    ] = None,
+    pairs: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Pairs CSV (src,score in consecutive rows, or src,pos,neg), texts in the bundle's template: the share in which the better text scores higher."
+        ),
+    ] = None,
+    records: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A dataset of real records: for each kind of defect, the share whose real answer outscores a corrupted copy."
+        ),
+    ] = None,
+    foreign: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A dataset whose answers are in another language than --records' (lends the 'foreign' kind)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Use at most this many records of --records (and of --foreign).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the corruptions.")] = 0,
-    device: Device = DeviceName.auto, threads: Threads = None, precision: Precision = None, field: Fields = None,
+    device: Device = DeviceName.auto,
+    threads: Threads = None,
+    precision: Precision = None,
+    field: Fields = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
 ):
     """How a bundle's scorer ranks on your own data: expert agreement on pairs, and its defect table on records
@@ -412,12 +627,15 @@ def evaluate(
         return
     typer.echo(f"bundle {result['bundle']} ({result['precision']})")
     if "pairs" in result:
-        typer.echo(f"expert agreement: {result['pairs']['agreement']:.4f} on {result['pairs']['pairs']:,} pairs "
-                   f"of {pairs}")
+        typer.echo(
+            f"expert agreement: {result['pairs']['agreement']:.4f} on {result['pairs']['pairs']:,} pairs of {pairs}"
+        )
     if "defects" in result:
         table = result["defects"]["table"]
-        typer.echo(f"defects on {len(found):,} records of {records}: share of records whose real answer scores "
-                   "above the corrupted one")
+        typer.echo(
+            f"defects on {len(found):,} records of {records}: share of records whose real answer scores "
+            "above the corrupted one"
+        )
         typer.echo(f"  {'kind':<16}{'records':>8}  preferred")
         for kind, row in table.items():
             typer.echo(f"  {kind:<16}{row['records']:>8}  {row['preferred']:.3f}")
@@ -437,14 +655,18 @@ def info(bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Th
     config = resolve(device.value, threads)
     typer.echo(f"car-onnx {__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}")
     typer.echo(f"machine: {platform.machine()}, {machine_threads()} usable cores, {_cpu_flags()}")
-    typer.echo(f"providers: {', '.join(ort.get_available_providers())}; device {config.device}, "
-               f"threads {config.threads or machine_threads()}")
+    typer.echo(
+        f"providers: {', '.join(ort.get_available_providers())}; device {config.device}, "
+        f"threads {config.threads or machine_threads()}"
+    )
     root = find_bundle(bundle)
     manifest = read_manifest(root)
     typer.echo(f"bundle: {root} ({manifest.created_by})")
     for m in manifest.models:
-        typer.echo(f"  model {m.name}: roles {', '.join(m.roles)}; max_length {m.max_length}; "
-                   f"precisions {', '.join(m.variants)} (default here: {config.pick_precision(list(m.variants), m.name)})")
+        typer.echo(
+            f"  model {m.name}: roles {', '.join(m.roles)}; max_length {m.max_length}; "
+            f"precisions {', '.join(m.variants)} (default here: {config.pick_precision(list(m.variants), m.name)})"
+        )
         for p, v in m.variants.items():
             size = manifest.files[v.graph]["bytes"] + manifest.files.get(v.graph + ".data", {}).get("bytes", 0)
             extra = "; ".join(f"{k} {val}" for k, val in v.fidelity.items())
@@ -453,7 +675,7 @@ def info(bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Th
 
 def _cpu_flags() -> str:
     try:
-        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
     except (OSError, StopIteration):
         return "CPU flags unknown"
     wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"]
@@ -463,28 +685,43 @@ def _cpu_flags() -> str:
 @app.command()
 def pack(
     output: Output,
-    bundle: Annotated[Optional[list[Path]], typer.Option(
-        "--bundle", "-b", help="Bundle to carry, repeatable; the first becomes the default bundle on the target "
-                               "[default: the built default bundle]")] = None,
+    bundle: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--bundle",
+            "-b",
+            help="Bundle to carry, repeatable; the first becomes the default bundle on the target "
+            "[default: the built default bundle]",
+        ),
+    ] = None,
     extras: Annotated[str, typer.Option(help="Extras to carry, comma-separated (e.g. parquet).")] = "",
     python_version: Annotated[Optional[str], typer.Option(help="Target CPython, e.g. 3.11 [default: this one]")] = None,
-    platform: Annotated[Optional[str], typer.Option(
-        help="Target wheel platform, e.g. manylinux_2_28_x86_64 [default: this machine's newest]")] = None,
+    platform: Annotated[
+        Optional[str],
+        typer.Option(help="Target wheel platform, e.g. manylinux_2_28_x86_64 [default: this machine's newest]"),
+    ] = None,
     force: Force = False,
 ):
     """Build an offline install kit: the wheels car-onnx needs on the target, the bundle(s), kit.json, install.sh."""
     from .kit import pack as pack_kit
 
     typer.echo("car-onnx: building car-onnx's wheel and downloading the wheels it needs with pip ...", err=True)
-    kit = pack_kit(output, bundle or [find_bundle(None)], [e for e in extras.split(",") if e], python_version,
-                   platform, force)
-    typer.echo(f"car-onnx: wrote {kit.path}: {len(kit.wheels)} wheels {kit.wheels_mb} MB + bundles {kit.bundles_mb} MB "
-               f"for {kit.requirement}, Python {kit.target.python_version}, {kit.target.platform}; sha256 {kit.sha256}")
+    kit = pack_kit(
+        output, bundle or [find_bundle(None)], [e for e in extras.split(",") if e], python_version, platform, force
+    )
+    typer.echo(
+        f"car-onnx: wrote {kit.path}: {len(kit.wheels)} wheels {kit.wheels_mb} MB + bundles {kit.bundles_mb} MB "
+        f"for {kit.requirement}, Python {kit.target.python_version}, {kit.target.platform}; sha256 {kit.sha256}"
+    )
     typer.echo(f"car-onnx: on the target: tar xf {kit.path.name} && sh car-onnx-kit/install.sh", err=True)
 
 
 @app.command()
-def verify(bundle: Annotated[Optional[Path], typer.Argument(help="Bundle directory [default: the built default bundle]")] = None):
+def verify(
+    bundle: Annotated[
+        Optional[Path], typer.Argument(help="Bundle directory [default: the built default bundle]")
+    ] = None,
+):
     """Check the sha256 of every file of the bundle (not only those a run loads); name each wrong one."""
     from .manifest import verify_bundle  # faults
 
@@ -506,8 +743,9 @@ def _print_version(asked: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ):
     """CaR instruction-data selection on onnxruntime."""
 

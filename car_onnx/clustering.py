@@ -33,9 +33,17 @@ class Clusterer:
     """Reduce with PCA keeping `pca_variance` of the variance, then cluster into `k` groups. `log` is told the
     steps (PCA, each KMeans initialisation, the assignment) that run past progress.DELAY seconds."""
 
-    def __init__(self, k: int | None = None, *, pca_variance: float = PCA_VARIANCE, seed: int = SEED,
-                 mode: str = "auto", sample_size: int = SAMPLE_SIZE, minibatch_threshold: int = MINIBATCH_THRESHOLD,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        k: int | None = None,
+        *,
+        pca_variance: float = PCA_VARIANCE,
+        seed: int = SEED,
+        mode: str = "auto",
+        sample_size: int = SAMPLE_SIZE,
+        minibatch_threshold: int = MINIBATCH_THRESHOLD,
+        log: Callable[[str], None] | None = None,
+    ):
         self.k = k
         self.pca_variance = pca_variance
         self.seed = seed
@@ -66,8 +74,12 @@ class Clusterer:
         if not 1 <= k <= n:
             raise UsageError(f"{{k}} must be between 1 and the number of records ({n}), got {k}", "k")
         if self.sampled(n) and k > self.sample_size:
-            raise UsageError(f"{{k}} = {k} clusters cannot be fitted on a sample of {self.sample_size:,} rows; raise "
-                             "{sample_size}", "k", "sample_size")
+            raise UsageError(
+                f"{{k}} = {k} clusters cannot be fitted on a sample of {self.sample_size:,} rows; raise "
+                "{sample_size}",
+                "k",
+                "sample_size",
+            )
         return k
 
     def fit_predict(self, embeddings, rows: np.ndarray | None = None) -> np.ndarray:
@@ -118,8 +130,10 @@ class Clusterer:
             pca = PCA(n_components=self.pca_variance, random_state=self.seed)
             x = pca.fit_transform(x)
             self.variance_kept_ = float(pca.explained_variance_ratio_.sum())
-            step.close(f"PCA kept {x.shape[1]} components ({self.variance_kept_:.1%} of the variance) in "
-                       f"{time.perf_counter() - start:.1f}s")
+            step.close(
+                f"PCA kept {x.shape[1]} components ({self.variance_kept_:.1%} of the variance) in "
+                f"{time.perf_counter() - start:.1f}s"
+            )
         self.n_components_ = x.shape[1]
         return pca, x
 
@@ -151,8 +165,10 @@ class Clusterer:
             if best is None or (km.inertia_ < best.inertia_ and not _same_clustering(km.labels_, best.labels_)):
                 best = km
             spent = time.perf_counter() - start
-            log(f"KMeans k={self.k_} on {len(x):,} rows: run {i}/{N_INIT} of its initialisations, "
-                f"{i / spent:.2f} runs/s, ETA {spent / i * (N_INIT - i):.0f}s")
+            log(
+                f"KMeans k={self.k_} on {len(x):,} rows: run {i}/{N_INIT} of its initialisations, "
+                f"{i / spent:.2f} runs/s, ETA {spent / i * (N_INIT - i):.0f}s"
+            )
         return best
 
 
@@ -173,12 +189,12 @@ def assign(block, pca, km) -> np.ndarray:
 def _assign_blocks(embeddings, pca, km, out) -> None:
     """The cluster id of every row of `embeddings` into `out`, assigned block by block in this process."""
     for first, block in blocks(embeddings):
-        out[first:first + len(block)] = assign(block, pca, km)
+        out[first : first + len(block)] = assign(block, pca, km)
 
 
 def rows_in(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
     """The row numbers of sorted `rows` in [start, stop): those a block starting at row `start` holds."""
-    return rows[np.searchsorted(rows, start):np.searchsorted(rows, stop)]
+    return rows[np.searchsorted(rows, start) : np.searchsorted(rows, stop)]
 
 
 def blocks(rows):
@@ -188,7 +204,7 @@ def blocks(rows):
         yield from rows.blocks()
         return
     for first in range(0, len(rows), BLOCK_ROWS):
-        yield first, rows[first:first + BLOCK_ROWS]
+        yield first, rows[first : first + BLOCK_ROWS]
 
 
 def _same_clustering(a: np.ndarray, b: np.ndarray) -> bool:

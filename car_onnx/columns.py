@@ -33,7 +33,7 @@ class Column:
             reserve(f.fileno())
         column = cls(path, dtype, n)
         for first in range(0, n, BLOCK_ROWS) if fill is not None else ():
-            column[first:first + BLOCK_ROWS] = fill
+            column[first : first + BLOCK_ROWS] = fill
         return column
 
     def __len__(self) -> int:
@@ -70,7 +70,7 @@ class Kept:
         positions, out, seen = np.asarray(positions, dtype=np.int64), [], 0
         for first, part in blocks(self.duplicate_of):
             rows = np.flatnonzero(part < 0)
-            mine = positions[np.searchsorted(positions, seen):np.searchsorted(positions, seen + len(rows))]
+            mine = positions[np.searchsorted(positions, seen) : np.searchsorted(positions, seen + len(rows))]
             out.append(rows[mine - seen] + first)
             seen += len(rows)
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
@@ -110,7 +110,7 @@ class Index:
                 order = np.argsort(bucket, kind="stable")
                 bounds = np.searchsorted(bucket[order], np.arange(BUCKETS + 1))
                 for b in np.flatnonzero(np.diff(bounds)):
-                    self.buckets[b].write(keyed[order[bounds[b]:bounds[b + 1]]].tobytes())
+                    self.buckets[b].write(keyed[order[bounds[b] : bounds[b + 1]]].tobytes())
         self.n += len(places)
 
     def finish(self) -> tuple[Column, Column, int | None]:

@@ -15,7 +15,7 @@ BATCH = 4096  # rows converted at a time from a DataFrame or a Dataset
 
 
 def kind(data) -> str:
-    """"DataFrame", "Dataset", "columns" (a mapping of equal-length columns), "list" (any sequence of rows) or
+    """ "DataFrame", "Dataset", "columns" (a mapping of equal-length columns), "list" (any sequence of rows) or
     "iterable" (read once, streamed)."""
     package = type(data).__module__.split(".")[0]
     if package == "pandas" and hasattr(data, "iloc"):
@@ -25,8 +25,11 @@ def kind(data) -> str:
     if isinstance(data, Mapping):
         return "columns"
     if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
-        raise UsageError(f"{{data}} must be records (a list or iterable of dicts, a DataFrame, a Dataset or a dict "
-                         f"of columns), got {type(data).__name__}", "data")
+        raise UsageError(
+            f"{{data}} must be records (a list or iterable of dicts, a DataFrame, a Dataset or a dict "
+            f"of columns), got {type(data).__name__}",
+            "data",
+        )
     return "list" if isinstance(data, Sequence) else "iterable"
 
 
@@ -34,8 +37,10 @@ def _columns(batch: Mapping) -> Iterator[dict]:
     names = list(batch)
     columns = [batch[name] for name in names]
     if any(isinstance(c, (str, bytes)) or not isinstance(c, Sequence) for c in columns):
-        raise UsageError("{data} is a mapping but not of columns (each value a list of the same length); pass a "
-                         "list of records", "data")
+        raise UsageError(
+            "{data} is a mapping but not of columns (each value a list of the same length); pass a list of records",
+            "data",
+        )
     lengths = {len(c) for c in columns}
     if len(lengths) > 1:
         raise UsageError(f"{{data}}: columns of different lengths {sorted(lengths)}", "data")
@@ -53,7 +58,7 @@ def rows(data) -> Iterator[Mapping]:
     what = kind(data)
     if what == "DataFrame":
         for start in range(0, len(data), BATCH):
-            for row in data.iloc[start:start + BATCH].to_dict("records"):
+            for row in data.iloc[start : start + BATCH].to_dict("records"):
                 yield {str(k): (None if _missing(v) else v) for k, v in row.items()}
     elif what == "Dataset":
         for batch in data.iter(batch_size=BATCH):
@@ -83,8 +88,7 @@ def take(data, indices) -> object:
         return {name: [column[i] for i in positions] for name, column in data.items()}
     if what == "list":
         return [data[i] for i in positions]
-    raise UsageError("take: {data} was a one-pass iterable, its rows are gone; select from a list to take them",
-                     "data")
+    raise UsageError("take: {data} was a one-pass iterable, its rows are gone; select from a list to take them", "data")
 
 
 def no_records() -> InputError:

@@ -47,9 +47,11 @@ def coverage_warning(model: str, coverage: Coverage, limit: float = UNKNOWN_SHAR
     """The warning for a model whose tokenizer could not read more than `limit` of the job's tokens."""
     if coverage.share <= limit:
         return None
-    return (f"model '{model}' maps {100 * coverage.share:.1f}% of this job's {coverage.tokens} tokens to its unknown "
-            f"token: it cannot read this data's language (for Chinese and 15 other languages build the multilingual "
-            f"bundle with `car-onnx export multilingual` and pass it with --bundle)")
+    return (
+        f"model '{model}' maps {100 * coverage.share:.1f}% of this job's {coverage.tokens} tokens to its unknown "
+        f"token: it cannot read this data's language (for Chinese and 15 other languages build the multilingual "
+        f"bundle with `car-onnx export multilingual` and pass it with --bundle)"
+    )
 
 
 def coverage_warnings(models) -> list[str]:

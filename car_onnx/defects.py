@@ -14,25 +14,75 @@ from dataclasses import dataclass
 import numpy as np
 
 # Kinds in the order tables show them. `foreign` needs texts in another language (see `corrupt`).
-KINDS = ("other_random", "other_near", "echo", "restate", "cut_quarter", "cut_half", "cut_sentence", "loop_whole",
-         "loop_paragraph", "loop_ngram", "foreign", "empty", "boilerplate")
+KINDS = (
+    "other_random",
+    "other_near",
+    "echo",
+    "restate",
+    "cut_quarter",
+    "cut_half",
+    "cut_sentence",
+    "loop_whole",
+    "loop_paragraph",
+    "loop_ngram",
+    "foreign",
+    "empty",
+    "boilerplate",
+)
 MIN_WORDS = 12  # cuts and loops need an answer of at least this many words (a short one has nothing to cut)
 
 # Two disjoint sets of phrases: training sees one, measuring the other, so a measure is not a memory of a phrase.
 BOILERPLATE = {
-    "train": ("I'm sorry, but I can't help with that.", "As an AI language model, I cannot complete this request.",
-              "N/A", "Sure! Here is the answer:", "I don't know.", "<noinput>", "Response:", "Output:",
-              "Thank you for your question.", "This is a great question!", "Lorem ipsum dolor sit amet.",
-              "Please provide more information.", "TODO", "undefined", "I cannot answer that.", "Answer"),
-    "eval": ("I apologize, but I am unable to assist with this request.", "As an AI, I don't have an answer.",
-             "None", "Here you go:", "Not sure.", "<nooutput>", "Result:", "null", "Good question.",
-             "I need more details to answer.", "Error: request failed.", "See above.", "..."),
+    "train": (
+        "I'm sorry, but I can't help with that.",
+        "As an AI language model, I cannot complete this request.",
+        "N/A",
+        "Sure! Here is the answer:",
+        "I don't know.",
+        "<noinput>",
+        "Response:",
+        "Output:",
+        "Thank you for your question.",
+        "This is a great question!",
+        "Lorem ipsum dolor sit amet.",
+        "Please provide more information.",
+        "TODO",
+        "undefined",
+        "I cannot answer that.",
+        "Answer",
+    ),
+    "eval": (
+        "I apologize, but I am unable to assist with this request.",
+        "As an AI, I don't have an answer.",
+        "None",
+        "Here you go:",
+        "Not sure.",
+        "<nooutput>",
+        "Result:",
+        "null",
+        "Good question.",
+        "I need more details to answer.",
+        "Error: request failed.",
+        "See above.",
+        "...",
+    ),
 }
 RESTATE = {
-    "train": ("You want me to {t}", "The task is: {t}", "Here is my answer to \"{t}\"", "{t} Let me think.",
-              "Question: {t}", "In this task, {t}"),
-    "eval": ("You asked: {t}", "I will now {t}", "Task received: {t}", "{t} That is the request.",
-             "Restating the instruction: {t}"),
+    "train": (
+        "You want me to {t}",
+        "The task is: {t}",
+        'Here is my answer to "{t}"',
+        "{t} Let me think.",
+        "Question: {t}",
+        "In this task, {t}",
+    ),
+    "eval": (
+        "You asked: {t}",
+        "I will now {t}",
+        "Task received: {t}",
+        "{t} That is the request.",
+        "Restating the instruction: {t}",
+    ),
 }
 
 
@@ -89,8 +139,14 @@ def nearest_other(instructions: list[str], outputs: list[str]) -> np.ndarray:
     return near
 
 
-def corrupt(records, kinds=KINDS, *, seed: int = 0, phrases: str = "eval", foreign: list[str] | None = None,
-            ) -> list[Corrupted]:
+def corrupt(
+    records,
+    kinds=KINDS,
+    *,
+    seed: int = 0,
+    phrases: str = "eval",
+    foreign: list[str] | None = None,
+) -> list[Corrupted]:
     """Corrupted copies of `records` (objects or tuples with instruction, input, output): for each kind, one copy
     of every record the kind applies to. `phrases` picks the boilerplate and restating set ("train" or "eval");
     `foreign` lends answers in another language (kind `foreign` is left out without it). Deterministic in `seed`."""
@@ -123,8 +179,11 @@ def _one(kind, i, instruction, input, output, rows, near, rng, phrases, foreign)
         return instruction
     if kind == "restate":
         pattern = RESTATE[phrases][rng.integers(len(RESTATE[phrases]))]
-        task = instruction[:1].lower() + instruction[1:] if pattern.startswith(("You want", "I will", "In this")) \
+        task = (
+            instruction[:1].lower() + instruction[1:]
+            if pattern.startswith(("You want", "I will", "In this"))
             else instruction
+        )
         return pattern.format(t=task)
     if kind == "cut_quarter":
         return _cut_words(output, 0.25) if long else None
@@ -144,13 +203,13 @@ def _one(kind, i, instruction, input, output, rows, near, rng, phrases, foreign)
             return None
         at = int(rng.integers(len(sentences)))
         part = sentences[at] if sentences[at][-1:].isspace() else sentences[at] + " "
-        return "".join(sentences[:at] + [part] * 4 + sentences[at + 1:]).rstrip()
+        return "".join(sentences[:at] + [part] * 4 + sentences[at + 1 :]).rstrip()
     if kind == "loop_ngram":
         if not long:
             return None
         keep = int(len(words) * rng.uniform(0.3, 0.7))
         n = int(rng.integers(2, 6))
-        gram = words[max(0, keep - n):keep]
+        gram = words[max(0, keep - n) : keep]
         repeats = max(4, (len(words) - keep) // len(gram) + 2)
         return " ".join(words[:keep] + gram * repeats)
     if kind == "foreign":

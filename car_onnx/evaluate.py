@@ -83,8 +83,12 @@ def read_pairs(path, template: Template) -> tuple[list[Text], list[Text]]:
         for side, line, text in ((better, line_b, text_b), (worse, line_w, text_w)):
             record = parse_text(template, text)
             if record is None:
-                raise InputError(path, f"line {line}", f"the text does not follow the bundle's template "
-                                 f"{template.with_input!r}", "src")
+                raise InputError(
+                    path,
+                    f"line {line}",
+                    f"the text does not follow the bundle's template {template.with_input!r}",
+                    "src",
+                )
             side.append(record)
     return better, worse
 
@@ -106,11 +110,14 @@ def defect_table(model, records, *, seed: int = 0, foreign: list[str] | None = N
     copies = [Text(records[c.index].instruction, records[c.index].input, c.output) for c in broken]
     scores = model.run(records + copies, ("score",))["score"]
     index = np.array([c.index for c in broken], dtype=np.int64)
-    found = preferred_by_kind(scores[index], scores[len(records):], np.array([c.kind for c in broken]))
+    found = preferred_by_kind(scores[index], scores[len(records) :], np.array([c.kind for c in broken]))
     return {kind: {"records": n, "preferred": share} for kind, (n, share) in found.items()}
 
 
 def preferred_by_kind(real: np.ndarray, bad: np.ndarray, kinds: np.ndarray) -> dict[str, tuple[int, float]]:
     """For each kind in KINDS order that `kinds` holds: (pairs, share of pairs with real > bad); a tie is a miss."""
-    return {k: (int((kinds == k).sum()), float((real[kinds == k] > bad[kinds == k]).mean())) for k in KINDS
-            if (kinds == k).any()}
+    return {
+        k: (int((kinds == k).sum()), float((real[kinds == k] > bad[kinds == k]).mean()))
+        for k in KINDS
+        if (kinds == k).any()
+    }

@@ -46,8 +46,10 @@ class Target:
 
     def __post_init__(self):
         if not re.fullmatch(r"3\.\d+", self.python_version):
-            raise UsageError(f"{{python_version}} must be a CPython 3 version such as 3.11, got "
-                             f"{self.python_version!r}", "python_version")
+            raise UsageError(
+                f"{{python_version}} must be a CPython 3 version such as 3.11, got {self.python_version!r}",
+                "python_version",
+            )
         self.platforms  # validates the platform tag
 
     @property
@@ -60,17 +62,23 @@ class Target:
         name = self.platform
         for legacy, minor in LEGACY_MANYLINUX.items():
             if name.startswith(legacy + "_"):
-                name = f"manylinux_2_{minor}_{name[len(legacy) + 1:]}"
+                name = f"manylinux_2_{minor}_{name[len(legacy) + 1 :]}"
         m = PLATFORM_TAG.match(name)
         if m is None or m["major"] != {"manylinux": "2", "musllinux": "1"}[m["kind"]]:
-            raise UsageError(f"{{platform}} must be a Linux wheel platform tag such as manylinux2014_x86_64, "
-                             f"manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got {self.platform!r}", "platform")
+            raise UsageError(
+                f"{{platform}} must be a Linux wheel platform tag such as manylinux2014_x86_64, "
+                f"manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got {self.platform!r}",
+                "platform",
+            )
         kind, major, arch = m["kind"], int(m["major"]), m["arch"]
         lowest = 0 if kind == "musllinux" else (5 if arch in ("x86_64", "i686") else 17)
         tags = [f"{kind}_{major}_{minor}_{arch}" for minor in range(int(m["minor"]), lowest - 1, -1)]
         if kind == "manylinux":
-            tags += [f"{legacy}_{arch}" for legacy, minor in LEGACY_MANYLINUX.items()
-                     if minor <= int(m["minor"]) and (legacy == "manylinux2014" or arch in ("x86_64", "i686"))]
+            tags += [
+                f"{legacy}_{arch}"
+                for legacy, minor in LEGACY_MANYLINUX.items()
+                if minor <= int(m["minor"]) and (legacy == "manylinux2014" or arch in ("x86_64", "i686"))
+            ]
         return tags
 
     @property
@@ -79,15 +87,31 @@ class Target:
 
     def markers(self, extra: str = "") -> dict:
         """PEP 508 marker environment of the target (its patch release is unknown: taken as .0)."""
-        return {"implementation_name": "cpython", "implementation_version": self.python_version + ".0",
-                "os_name": "posix", "platform_machine": self.arch, "platform_python_implementation": "CPython",
-                "platform_release": "", "platform_system": "Linux", "platform_version": "",
-                "python_full_version": self.python_version + ".0", "python_version": self.python_version,
-                "sys_platform": "linux", "extra": extra}
+        return {
+            "implementation_name": "cpython",
+            "implementation_version": self.python_version + ".0",
+            "os_name": "posix",
+            "platform_machine": self.arch,
+            "platform_python_implementation": "CPython",
+            "platform_release": "",
+            "platform_system": "Linux",
+            "platform_version": "",
+            "python_full_version": self.python_version + ".0",
+            "python_version": self.python_version,
+            "sys_platform": "linux",
+            "extra": extra,
+        }
 
     def pip_options(self) -> list[str]:
-        out = ["--only-binary=:all:", "--implementation", "cp", "--python-version", self.python_version,
-               "--abi", self.abi]
+        out = [
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            self.python_version,
+            "--abi",
+            self.abi,
+        ]
         for tag in self.platforms:
             out += ["--platform", tag]
         return out
@@ -101,8 +125,9 @@ class Target:
         version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
         platform = platform or next((t.platform for t in sys_tags() if PLATFORM_TAG.match(t.platform)), None)
         if platform is None:
-            raise UsageError("{platform}: this machine runs no manylinux or musllinux wheels; give the target's",
-                             "platform")
+            raise UsageError(
+                "{platform}: this machine runs no manylinux or musllinux wheels; give the target's", "platform"
+            )
         return cls(version, platform)
 
 
@@ -144,14 +169,17 @@ def source_tree() -> Path:
     for root in candidates:
         if (root / "pyproject.toml").is_file() and (root / "car_onnx" / "__init__.py").is_file():
             return root
-    raise KitError("car-onnx pack builds car-onnx's own wheel from its source tree, but this car-onnx was not "
-                   "installed from one: pip install -e DIR (a clone of car-onnx), then run pack again")
+    raise KitError(
+        "car-onnx pack builds car-onnx's own wheel from its source tree, but this car-onnx was not "
+        "installed from one: pip install -e DIR (a clone of car-onnx), then run pack again"
+    )
 
 
 def _pip(args: list[str], what: str) -> None:
     """Run pip in this interpreter; a failure becomes one KitError line with pip's own error lines."""
-    proc = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--disable-pip-version-check"], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")] or lines[-3:]
@@ -189,8 +217,9 @@ def missing_requirements(wheels: list[Path], roots: list, target: Target) -> lis
         if key in seen:
             continue
         seen.add(key)
-        fits = [requires for version, requires in found.get(key[0], [])
-                if req.specifier.contains(version, prereleases=True)]
+        fits = [
+            requires for version, requires in found.get(key[0], []) if req.specifier.contains(version, prereleases=True)
+        ]
         if not fits:
             missing.append(req)
             continue
@@ -218,8 +247,9 @@ def download_wheels(folder: Path, extras: list[str], target: Target) -> str:
         if not missing:
             return f"{spec}=={version}"
         _pip(["download", *target.pip_options(), "--dest", str(folder), *map(str, missing)], "download")
-    raise KitError(f"the wheels still miss {', '.join(map(str, missing))} for Python {target.python_version} on "
-                   f"{target.platform}")
+    raise KitError(
+        f"the wheels still miss {', '.join(map(str, missing))} for Python {target.python_version} on {target.platform}"
+    )
 
 
 def bundle_names(bundles: list[Path]) -> list[str]:
@@ -230,8 +260,11 @@ def bundle_names(bundles: list[Path]) -> list[str]:
         raise UsageError("{bundle}: a kit needs at least one bundle", "bundle")
     for name in names:
         if not BUNDLE_NAME.match(name) or names.count(name) > 1 or name in ("default", "venv") and name != names[0]:
-            raise UsageError(f"{{bundle}}: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only the "
-                             f"first may be called 'default' or 'venv'; got {', '.join(names)}", "bundle")
+            raise UsageError(
+                f"{{bundle}}: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only the "
+                f"first may be called 'default' or 'venv'; got {', '.join(names)}",
+                "bundle",
+            )
     return names
 
 
@@ -249,17 +282,31 @@ def write_kit(output: Path, folder: Path, bundles: list[Path], requirement: str,
             files[f"bundles/{name}/{rel}"] = Path(root) / rel
     sums = {rel: {"sha256": sha256_file(path), "bytes": path.stat().st_size} for rel, path in files.items()}
     template = resources.files("car_onnx").joinpath("data/install.sh").read_text()
-    script = (template.replace("@REQUIREMENT@", requirement).replace("@PYTHON_VERSION@", target.python_version)
-              .replace("@BUNDLES@", " ".join(names))
-              .replace("@SHA256@", "\n".join(f"{s['sha256']}  {rel}" for rel, s in sums.items())))
+    script = (
+        template.replace("@REQUIREMENT@", requirement)
+        .replace("@PYTHON_VERSION@", target.python_version)
+        .replace("@BUNDLES@", " ".join(names))
+        .replace("@SHA256@", "\n".join(f"{s['sha256']}  {rel}" for rel, s in sums.items()))
+    )
     mb = lambda prefix: round(sum(s["bytes"] for rel, s in sums.items() if rel.startswith(prefix)) / 2**20, 1)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "install.sh").write_text(script)
         sums["install.sh"] = {"sha256": sha256_file(Path(tmp) / "install.sh"), "bytes": len(script.encode())}
-        info = {"format": "car-onnx-kit", "version": 1, "requirement": requirement,
-                "target": {"python_version": target.python_version, "platform": target.platform,
-                           "abi": target.abi, "platforms": target.platforms},
-                "bundles": names, "wheels_mb": mb("wheels/"), "bundles_mb": mb("bundles/"), "files": sums}
+        info = {
+            "format": "car-onnx-kit",
+            "version": 1,
+            "requirement": requirement,
+            "target": {
+                "python_version": target.python_version,
+                "platform": target.platform,
+                "abi": target.abi,
+                "platforms": target.platforms,
+            },
+            "bundles": names,
+            "wheels_mb": mb("wheels/"),
+            "bundles_mb": mb("bundles/"),
+            "files": sums,
+        }
         (Path(tmp) / "kit.json").write_text(json.dumps(info, indent=2) + "\n")
         files = {"install.sh": Path(tmp) / "install.sh", "kit.json": Path(tmp) / "kit.json", **files}
         partial = output.with_name(f".{output.name}.partial")
@@ -268,18 +315,36 @@ def write_kit(output: Path, folder: Path, bundles: list[Path], requirement: str,
                 for rel, path in files.items():
                     entry = tar.gettarinfo(path, f"{TOP}/{rel}")
                     entry.mode, entry.uid, entry.gid, entry.uname, entry.gname = (
-                        0o755 if rel == "install.sh" else 0o644), 0, 0, "", ""
+                        (0o755 if rel == "install.sh" else 0o644),
+                        0,
+                        0,
+                        "",
+                        "",
+                    )
                     with open(path, "rb") as f:
                         tar.addfile(entry, f)
             os.replace(partial, output)
         finally:
             partial.unlink(missing_ok=True)
-    return Kit(output, sha256_file(output), requirement, target, [p.name for p in sorted(folder.glob("*.whl"))],
-               info["wheels_mb"], info["bundles_mb"])
+    return Kit(
+        output,
+        sha256_file(output),
+        requirement,
+        target,
+        [p.name for p in sorted(folder.glob("*.whl"))],
+        info["wheels_mb"],
+        info["bundles_mb"],
+    )
 
 
-def pack(output: Path, bundles: list[Path], extras: list[str] = (), python_version: str | None = None,
-         platform: str | None = None, force: bool = False) -> Kit:
+def pack(
+    output: Path,
+    bundles: list[Path],
+    extras: list[str] = (),
+    python_version: str | None = None,
+    platform: str | None = None,
+    force: bool = False,
+) -> Kit:
     """Build an offline install kit at `output` for `python_version` on `platform` (default: this machine's)."""
     output = Path(output)
     if output.exists() and not force:

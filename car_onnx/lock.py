@@ -23,8 +23,11 @@ def _held(root: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            raise UsageError(f"{root}: {{work_dir}} is in use by another car-onnx job (pid {owner}); wait for it "
-                             "to finish or choose another directory", "work_dir") from None
+            raise UsageError(
+                f"{root}: {{work_dir}} is in use by another car-onnx job (pid {owner}); wait for it "
+                "to finish or choose another directory",
+                "work_dir",
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -41,8 +41,10 @@ class Template:
                 raise BundleError(f"template.{name} {_short(text)} is not a valid template: {err!r}") from None
             if any(f not in TEMPLATE_FIELDS or spec or conv for f, spec, conv in fields):
                 # a format spec such as {output:>999999999} would make every text a gigabyte
-                raise BundleError(f"template.{name} {_short(text)} may only hold {{instruction}}, {{input}} and "
-                                  "{output}, without conversions or format specs")
+                raise BundleError(
+                    f"template.{name} {_short(text)} may only hold {{instruction}}, {{input}} and "
+                    "{output}, without conversions or format specs"
+                )
 
     def render(self, instruction: str, input: str, output: str) -> str:
         return self._pick(input).format(instruction=instruction, input=input, output=output)
@@ -196,15 +198,22 @@ def _strings(value) -> bool:
 def _check_structure(path: Path, raw: dict) -> None:
     """Every key the runtime reads, of the type and range it needs: a hostile manifest is one BundleError here,
     not a TypeError (or a huge allocation) later."""
+
     def need(ok: bool, where: str, what: str, value) -> None:
         if not ok:
             raise BundleError(f"{path}: {where} must be {what}, got {_short(value)}")
 
     need(isinstance(raw.get("created_by", ""), str), "'created_by'", "a string", raw.get("created_by"))
     for rel, entry in raw["files"].items():
-        need(isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-             and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None and _is_int(entry.get("bytes"), 0, 1 << 62),
-             f"files[{_short(rel)}]", "an object with a 64-hex-digit 'sha256' and a byte count 'bytes'", entry)
+        need(
+            isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None
+            and _is_int(entry.get("bytes"), 0, 1 << 62),
+            f"files[{_short(rel)}]",
+            "an object with a 64-hex-digit 'sha256' and a byte count 'bytes'",
+            entry,
+        )
     for i, d in enumerate(raw["models"]):
         where = f"models[{i}]"
         need(isinstance(d, dict), where, "an object", d)
@@ -214,21 +223,48 @@ def _check_structure(path: Path, raw: dict) -> None:
         need(_strings(d["roles"]), f"{where}.roles", "a list of strings", d["roles"])
         need(isinstance(d["tokenizer"], str), f"{where}.tokenizer", "a path (string)", d["tokenizer"])
         t = d["template"]
-        need(isinstance(t, dict) and set(t) <= {"with_input", "without_input"} and isinstance(t.get("with_input"), str)
-             and isinstance(t.get("without_input"), (str, type(None))), f"{where}.template",
-             "an object with a string 'with_input' and an optional string 'without_input'", t)
-        need(_is_int(d["max_length"], 2, MAX_LENGTH), f"{where}.max_length", f"an integer from 2 to {MAX_LENGTH}",
-             d["max_length"])
+        need(
+            isinstance(t, dict)
+            and set(t) <= {"with_input", "without_input"}
+            and isinstance(t.get("with_input"), str)
+            and isinstance(t.get("without_input"), (str, type(None))),
+            f"{where}.template",
+            "an object with a string 'with_input' and an optional string 'without_input'",
+            t,
+        )
+        need(
+            _is_int(d["max_length"], 2, MAX_LENGTH),
+            f"{where}.max_length",
+            f"an integer from 2 to {MAX_LENGTH}",
+            d["max_length"],
+        )
         need(_is_int(d["pad_id"], 0, (1 << 31) - 1), f"{where}.pad_id", "a token id (integer >= 0)", d["pad_id"])
         need(_strings(d["inputs"]), f"{where}.inputs", "a list of strings", d["inputs"])
-        need(isinstance(d["outputs"], dict) and all(isinstance(v, str) for v in d["outputs"].values()),
-             f"{where}.outputs", "an object of output names", d["outputs"])
-        need(isinstance(d["variants"], dict) and all(
-            isinstance(v, dict) and set(v) <= {"graph", "fidelity"} and isinstance(v.get("graph"), str)
-            and isinstance(v.get("fidelity", {}), dict) for v in d["variants"].values()),
-            f"{where}.variants", "an object of {'graph': path, 'fidelity': {...}} per precision", d["variants"])
-        need(d.get("embedding_dim") is None or _is_int(d["embedding_dim"], 1, MAX_LENGTH), f"{where}.embedding_dim",
-             "a positive integer", d.get("embedding_dim"))
+        need(
+            isinstance(d["outputs"], dict) and all(isinstance(v, str) for v in d["outputs"].values()),
+            f"{where}.outputs",
+            "an object of output names",
+            d["outputs"],
+        )
+        need(
+            isinstance(d["variants"], dict)
+            and all(
+                isinstance(v, dict)
+                and set(v) <= {"graph", "fidelity"}
+                and isinstance(v.get("graph"), str)
+                and isinstance(v.get("fidelity", {}), dict)
+                for v in d["variants"].values()
+            ),
+            f"{where}.variants",
+            "an object of {'graph': path, 'fidelity': {...}} per precision",
+            d["variants"],
+        )
+        need(
+            d.get("embedding_dim") is None or _is_int(d["embedding_dim"], 1, MAX_LENGTH),
+            f"{where}.embedding_dim",
+            "a positive integer",
+            d.get("embedding_dim"),
+        )
         need(isinstance(d.get("info", {}), dict), f"{where}.info", "an object", d.get("info"))
 
 
@@ -260,7 +296,9 @@ def read_manifest(root: Path) -> Manifest:
     for model in manifest.models:
         for rel in model.files():
             if rel not in manifest.files:
-                raise BundleError(f"{path}: model {_short(model.name)} names {_short(rel)}, which has no sha256 in 'files'")
+                raise BundleError(
+                    f"{path}: model {_short(model.name)} names {_short(rel)}, which has no sha256 in 'files'"
+                )
     for rel in manifest.files:
         _inside(Path(root), rel)
     return manifest
@@ -279,8 +317,10 @@ def verify_bundle(root) -> int:
         elif sha256_file(path) != entry["sha256"]:
             wrong.append(f"{_short(rel)} (sha256 mismatch: modified or corrupted)")
     if wrong:
-        raise BundleError(f"{root}: {len(wrong)} of {len(manifest.files)} file(s) do not match the manifest: "
-                          f"{', '.join(wrong)}; re-export or re-copy the bundle")
+        raise BundleError(
+            f"{root}: {len(wrong)} of {len(manifest.files)} file(s) do not match the manifest: "
+            f"{', '.join(wrong)}; re-export or re-copy the bundle"
+        )
     return len(manifest.files)
 
 

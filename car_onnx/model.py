@@ -59,28 +59,45 @@ class Model:
     and Ray. One Model may be called from several threads at once: its sessions are created under a lock and
     onnxruntime runs them concurrently; results do not depend on what else runs."""
 
-    def __init__(self, bundle=None, *, device: str = "auto", precision: str | None = None,
-                 threads: int | None = None, fields=None, max_tokens: int | None = None):
+    def __init__(
+        self,
+        bundle=None,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        fields=None,
+        max_tokens: int | None = None,
+    ):
         self.bundle = find_bundle(bundle)
         self.device, self.precision, self.threads = device, precision, threads
         self.fields = FieldMap.of(fields)
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                       or max_tokens < 1):
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
             raise UsageError(f"{{max_tokens}} must be an integer >= 1, got {max_tokens!r}", "max_tokens")
         self.config = resolve(device, threads, precision)
         self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(self.config.device)
         self._bundle = Bundle(self.bundle, self.config)  # reads and checks the manifest; sessions come later
 
     def __getstate__(self) -> dict:
-        return {"bundle": str(self.bundle), "device": self.device, "precision": self.precision,
-                "threads": self.threads, "fields": self.fields, "max_tokens": self.max_tokens}
+        return {
+            "bundle": str(self.bundle),
+            "device": self.device,
+            "precision": self.precision,
+            "threads": self.threads,
+            "fields": self.fields,
+            "max_tokens": self.max_tokens,
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state.pop("bundle"), **state)
 
     def __repr__(self) -> str:
-        return (f"car_onnx.Model({str(self.bundle)!r}, device={self.config.device!r}, "
-                f"precision={self.precision!r}, threads={self.threads!r})")
+        return (
+            f"car_onnx.Model({str(self.bundle)!r}, device={self.config.device!r}, "
+            f"precision={self.precision!r}, threads={self.threads!r})"
+        )
 
     @property
     def manifest(self):
@@ -99,8 +116,9 @@ class Model:
         """The precision that runs each role here (loads the models)."""
         return {role: self._bundle.model(role).precision for role in roles}
 
-    def run(self, records: Iterable[Record], roles: tuple[str, ...],
-            progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, records: Iterable[Record], roles: tuple[str, ...], progress: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
         """Scores ([n]) and/or embeddings ([n, dim]) of validated records, run chunk by chunk as file jobs run them."""
         return self._bundle.run(list(records), roles, self.max_tokens, progress)
 
@@ -132,8 +150,19 @@ class Model:
         out = self._outputs(data, ("score", "embed"))
         return out["score"], out["embed"]
 
-    def select(self, data, *, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
-               seed: int = SEED, dedup="exact", cluster: str = "auto", sample_size: int = SAMPLE_SIZE) -> Selection:
+    def select(
+        self,
+        data,
+        *,
+        n1=N1,
+        n2=N2,
+        k: int | None = None,
+        pca_variance: float = PCA_VARIANCE,
+        seed: int = SEED,
+        dedup="exact",
+        cluster: str = "auto",
+        sample_size: int = SAMPLE_SIZE,
+    ) -> Selection:
         """The CaR selection of `data`, as `car-onnx select` makes it: the top `n1` by score (a count or "2%")
         plus the top `n2` of each of `k` clusters [default int(sqrt(n/2))], after dropping duplicates (`dedup`:
         "none", "exact" or "near:T"; `cluster`: "exact", "sample" or "auto", see `car_select`). `Selection.take(data)`
@@ -145,18 +174,45 @@ class Model:
         out = self._outputs(data, ("score", "embed"), keys if dedup.exact else None)
         exact = duplicates(keys) if dedup.exact else None
         inferred = time.perf_counter()
-        sel = car_select(out["score"], out["embed"], n1=size1, n2=size2, k=k, pca_variance=pca_variance,
-                         seed=seed, near=dedup.near, duplicate_of=exact, cluster=cluster, sample_size=sample_size)
+        sel = car_select(
+            out["score"],
+            out["embed"],
+            n1=size1,
+            n2=size2,
+            k=k,
+            pca_variance=pca_variance,
+            seed=seed,
+            near=dedup.near,
+            duplicate_of=exact,
+            cluster=cluster,
+            sample_size=sample_size,
+        )
         # for Selection.report(): the data (not copied; None for a one-pass iterable) and the run's facts
         reread = data if containers.kind(data) != "iterable" else None
         seconds = {"score+embed": inferred - start, "cluster+select": time.perf_counter() - inferred}
-        return dataclasses.replace(sel, context={
-            "model": self, "data": reread, "n1": str(size1), "n2": str(size2), "dedup": str(dedup),
-            "exact": 0 if exact is None else int((exact >= 0).sum()), "seconds": seconds})
+        return dataclasses.replace(
+            sel,
+            context={
+                "model": self,
+                "data": reread,
+                "n1": str(size1),
+                "n2": str(size2),
+                "dedup": str(dedup),
+                "exact": 0 if exact is None else int((exact >= 0).sum()),
+                "seconds": seconds,
+            },
+        )
 
 
-def load(bundle: str | Path | None = None, *, device: str = "auto", precision: str | None = None,
-         threads: int | None = None, fields=None, max_tokens: int | None = None) -> Model:
+def load(
+    bundle: str | Path | None = None,
+    *,
+    device: str = "auto",
+    precision: str | None = None,
+    threads: int | None = None,
+    fields=None,
+    max_tokens: int | None = None,
+) -> Model:
     """A Model of `bundle` (a directory; default: the default bundle, as the CLI finds it).
 
     device: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it). precision: "fp32", "int8" or "fp16"

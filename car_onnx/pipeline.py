@@ -86,16 +86,25 @@ def identity(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, .
     """Everything a chunk's results depend on (thread counts change only the last float bits: left out; so are
     the selection's parameters, which only re-cluster)."""
     fields = model.fields
-    return {"bundle_manifest_sha256": file_sha256(model.bundle / "manifest.json"),
-            "models": {model.manifest.model_for(r).name: p for r, p in model.precisions(roles).items()},
-            "device": model.config.device, "input_sha256": [file_sha256(f) for f in job.shards],
-            "input_format": job.fmt, "fields": [fields.instruction, fields.input, fields.output],
-            "on_error": job.on_error, "refused_fields": sorted(added), "roles": list(roles),
-            "max_tokens": model.max_tokens, "chunk_records": job.chunk_records, "chunk_chars": CHUNK_CHARS}
+    return {
+        "bundle_manifest_sha256": file_sha256(model.bundle / "manifest.json"),
+        "models": {model.manifest.model_for(r).name: p for r, p in model.precisions(roles).items()},
+        "device": model.config.device,
+        "input_sha256": [file_sha256(f) for f in job.shards],
+        "input_format": job.fmt,
+        "fields": [fields.instruction, fields.input, fields.output],
+        "on_error": job.on_error,
+        "refused_fields": sorted(added),
+        "roles": list(roles),
+        "max_tokens": model.max_tokens,
+        "chunk_records": job.chunk_records,
+        "chunk_chars": CHUNK_CHARS,
+    }
 
 
-def infer(job: Job, model: Model, roles: tuple[str, ...], scan_: Scan, added: tuple[str, ...], work: WorkDir,
-          stages: Stages) -> None:
+def infer(
+    job: Job, model: Model, roles: tuple[str, ...], scan_: Scan, added: tuple[str, ...], work: WorkDir, stages: Stages
+) -> None:
     """Scores and/or embeddings of the accepted records, chunk by chunk into `work`; chunks finished by an
     earlier run with the same identity are reused."""
     passes = len({model.manifest.model_for(r).name for r in roles})  # one pass per distinct model
@@ -132,8 +141,11 @@ def output_format(output: Path, out_fmt: str | None) -> str:
         return check_format(out_fmt)
     fmt = SUFFIXES.get(Path(output).suffix.lower())
     if fmt is None:
-        raise UsageError(f"{output}: cannot tell the output format from the suffix (accepted: {', '.join(SUFFIXES)}); "
-                         "name the output so or pass {output_format}", "output_format")
+        raise UsageError(
+            f"{output}: cannot tell the output format from the suffix (accepted: {', '.join(SUFFIXES)}); "
+            "name the output so or pass {output_format}",
+            "output_format",
+        )
     return fmt
 
 
@@ -144,8 +156,10 @@ def output_files(job: Job, output: Path, fmt: str) -> list[str] | None:
         return None
     names = [f"{shard.stem}.parquet" for shard in job.shards]
     if len(set(names)) < len(names):
-        raise UsageError(f"{output}: input files share a name; the output directory would need two files of one "
-                         "name (write one file instead: name the output *.parquet)")
+        raise UsageError(
+            f"{output}: input files share a name; the output directory would need two files of one "
+            "name (write one file instead: name the output *.parquet)"
+        )
     return names
 
 
@@ -156,8 +170,12 @@ def check_output(job: Job, output: Path, fmt: str, rejects_used: bool) -> Path |
         check_input(shard)  # faults: an unreadable input fails here, before any model work
     rejects = (job.rejects or Path(f"{output}.rejects.jsonl")) if rejects_used else None
     if job.rejects is not None and not rejects_used:
-        raise UsageError("{rejects} goes with {on_error} skip (or, for select, a {dedup} other than none)",
-                         "rejects", "on_error", "dedup")
+        raise UsageError(
+            "{rejects} goes with {on_error} skip (or, for select, a {dedup} other than none)",
+            "rejects",
+            "on_error",
+            "dedup",
+        )
     if rejects is not None and Path(rejects).resolve() == Path(output).resolve():
         raise UsageError(f"{rejects}: the rejects file and the output must differ")
     for path in (output, rejects) if rejects is not None else (output,):
@@ -205,10 +223,28 @@ def _check_names(score_field: str, cluster_field: str, extra: tuple[str, ...]) -
     return (score_field, cluster_field, *extra)
 
 
-def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_variance=PCA_VARIANCE, seed=SEED,
-           dedup="exact", write_all=False, out_fmt=None, score_field=SCORE_FIELD, cluster_field=CLUSTER_FIELD,
-           cluster="auto", sample_size=SAMPLE_SIZE, stages: Stages | None = None, report_path: Path | None = None,
-           engine=None, show=False) -> Report:
+def select(
+    job: Job,
+    model: Model,
+    output: Path,
+    *,
+    n1=N1,
+    n2=N2,
+    k=None,
+    pca_variance=PCA_VARIANCE,
+    seed=SEED,
+    dedup="exact",
+    write_all=False,
+    out_fmt=None,
+    score_field=SCORE_FIELD,
+    cluster_field=CLUSTER_FIELD,
+    cluster="auto",
+    sample_size=SAMPLE_SIZE,
+    stages: Stages | None = None,
+    report_path: Path | None = None,
+    engine=None,
+    show=False,
+) -> Report:
     """`car-onnx select`: the CaR selection of the input, each selected record written with its score, cluster,
     rank and the reason it was kept ("top" or "cluster"); with `write_all`, every record, `selected` or not.
     `engine` runs the scan and the inference elsewhere (car_onnx.ray); the selection is the same. With `show`, the
@@ -228,8 +264,11 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
         curation.require()
         curation.check_path(report_path, job.force)
     roles = ("score", "embed")
-    with lock.held(job.work_dir), _rejects_writer(job, rejects_path) as rejects, \
-            tempfile.TemporaryDirectory(prefix="car-onnx-index-") as index:  # the scan's per-record facts
+    with (
+        lock.held(job.work_dir),
+        _rejects_writer(job, rejects_path) as rejects,
+        tempfile.TemporaryDirectory(prefix="car-onnx-index-") as index,
+    ):  # the scan's per-record facts
         found = (engine.scan if engine else scan)(job, model, added, rejects, stages, Index(Path(index), dedup.exact))
         ranked = found.records - (found.duplicates or 0)
         check_clustering(clusterer, ranked, dedup.near)
@@ -239,31 +278,52 @@ def select(job: Job, model: Model, output: Path, *, n1=N1, n2=N2, k=None, pca_va
             out = work.assemble(found.records, in_chunks=sampled)
             embeddings = engine.rows(out["embed"], stages) if engine else out["embed"]
             with stages.stage("cluster+select"):
-                sel = car_select(out["score"], embeddings, n1=size1, n2=size2, k=k, pca_variance=pca_variance,
-                                 seed=seed, near=dedup.near, duplicate_of=found.duplicate_of, cluster=cluster,
-                                 sample_size=sample_size, log=stages.note,
-                                 labels=work.column("labels", found.records, "int64") if sampled else None)
+                sel = car_select(
+                    out["score"],
+                    embeddings,
+                    n1=size1,
+                    n2=size2,
+                    k=k,
+                    pca_variance=pca_variance,
+                    seed=seed,
+                    near=dedup.near,
+                    duplicate_of=found.duplicate_of,
+                    cluster=cluster,
+                    sample_size=sample_size,
+                    log=stages.note,
+                    labels=work.column("labels", found.records, "int64") if sampled else None,
+                )
             del out, embeddings
             page = None
             if report_path is not None:  # the report reads every row's score, cluster and duplicate: in memory
-                sel = dataclasses.replace(sel, scores=np.asarray(sel.scores[:]), labels=np.asarray(sel.labels[:]),
-                                          duplicate_of=np.asarray(sel.duplicate_of[:]))
+                sel = dataclasses.replace(
+                    sel,
+                    scores=np.asarray(sel.scores[:]),
+                    labels=np.asarray(sel.labels[:]),
+                    duplicate_of=np.asarray(sel.duplicate_of[:]),
+                )
                 page = curation.Run({}, {}, np.zeros(found.records, dtype=np.int64))
-            report = _write_selection(job, model, output, fmt, found, sel, added, write_all, rejects, stages, page,
-                                      show)
+            report = _write_selection(
+                job, model, output, fmt, found, sel, added, write_all, rejects, stages, page, show
+            )
     report.rejects_path = rejects_path if rejects is not None and rejects.count else None
     if page is not None:  # --report: the page, from what the write pass collected
         with stages.stage("report"):
-            page.input, page.records, page.rejected, page.duplicates = str(job.input), found.records, \
-                found.rejected, report.duplicates or {"exact": 0, "near": 0}
+            page.input, page.records, page.rejected, page.duplicates = (
+                str(job.input),
+                found.records,
+                found.rejected,
+                report.duplicates or {"exact": 0, "near": 0},
+            )
             page.n1, page.n2, page.dedup, page.seconds = str(size1), str(size2), str(dedup), dict(stages.seconds)
             page.bundle = curation.bundle_info(model)
             curation.write(report_path, sel, page)
     return report
 
 
-def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages, page=None,
-                     show=False) -> Report:
+def _write_selection(
+    job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages, page=None, show=False
+) -> Report:
     """The write pass: the input read again, the output rows written (and each dropped duplicate to the rejects
     file). Per-record facts are read a block of rows at a time (in sample mode they are on disk), and the selected
     rows wait in a temporary file to be written in selection order: memory holds neither n rows nor the selected
@@ -290,20 +350,29 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
 
     columns = (*found.columns, *added) if write_all else None  # all rows: the header is known, CSV streams
     offsets, repeats, j = np.zeros(len(chosen), dtype=np.int64), 0, 0
-    with stages.stage("write", total=found.records) as advance, _writers(job, output, fmt, columns) as writer, \
-            tempfile.TemporaryFile() as held:
+    with (
+        stages.stage("write", total=found.records) as advance,
+        _writers(job, output, fmt, columns) as writer,
+        tempfile.TemporaryFile() as held,
+    ):
         for i, (shard, r) in enumerate(_again(job, model, found, added)):
             if i % BLOCK_ROWS == 0:  # the next block's duplicates, and where the records they repeat are
-                dup = np.asarray(sel.duplicate_of[i:i + BLOCK_ROWS])
+                dup = np.asarray(sel.duplicate_of[i : i + BLOCK_ROWS])
                 originals = np.unique(dup[dup >= 0]) if rejects is not None else ()
                 named = dict(zip(np.asarray(originals).tolist(), found.wheres(job, originals)))
-                exact = dup if sel.duplicate_of is found.duplicate_of else found.duplicate_of[i:i + BLOCK_ROWS]
+                exact = dup if sel.duplicate_of is found.duplicate_of else found.duplicate_of[i : i + BLOCK_ROWS]
                 repeats += int((dup >= 0).sum())
             original = int(dup[i % BLOCK_ROWS])
             if original >= 0 and rejects is not None:
-                rejects.write({"where": job.where(shard, r.where), "reason": "duplicate_of",
-                               "duplicate_of": named[original],
-                               "kind": "exact" if exact[i % BLOCK_ROWS] >= 0 else "near", "record": r.row})
+                rejects.write(
+                    {
+                        "where": job.where(shard, r.where),
+                        "reason": "duplicate_of",
+                        "duplicate_of": named[original],
+                        "kind": "exact" if exact[i % BLOCK_ROWS] >= 0 else "near",
+                        "record": r.row,
+                    }
+                )
             picked = j if j < len(chosen) and chosen[j] == i else None
             if write_all:
                 writer(shard).write(row(i, r, picked))
@@ -327,8 +396,16 @@ def _write_selection(job, model, output, fmt, found: Scan, sel, added, write_all
     duplicates = {"exact": found.duplicates, "near": repeats - found.duplicates} if found.duplicates is not None else {}
     if duplicates and rejects is not None and repeats:
         stages.note(f"{repeats} duplicate(s) dropped before ranking, written to {rejects.path}")
-    return Report(found.records, len(sel.indices), sel.n_top, sel.k, found.rejected, duplicates,
-                  seconds=stages.seconds, shown=shown)
+    return Report(
+        found.records,
+        len(sel.indices),
+        sel.n_top,
+        sel.k,
+        found.rejected,
+        duplicates,
+        seconds=stages.seconds,
+        shown=shown,
+    )
 
 
 @contextmanager
@@ -343,8 +420,9 @@ def _writers(job: Job, output: Path, fmt: str, columns):
             yield writer
 
 
-def score(job: Job, model: Model, output: Path, *, out_fmt=None, score_field=SCORE_FIELD,
-          stages: Stages | None = None) -> Report:
+def score(
+    job: Job, model: Model, output: Path, *, out_fmt=None, score_field=SCORE_FIELD, stages: Stages | None = None
+) -> Report:
     """`car-onnx score`: every record with its quality score, in input order."""
     stages = stages or Stages()
     if not isinstance(score_field, str) or not score_field:
@@ -357,8 +435,10 @@ def score(job: Job, model: Model, output: Path, *, out_fmt=None, score_field=SCO
         with work_dir(job, model, roles, added, stages) as work:
             infer(job, model, roles, found, added, work, stages)
             scores = work.assemble(found.records)["score"]
-        with stages.stage("write", total=found.records) as advance, \
-                open_writer(output, fmt, (*found.columns, *added)) as writer:
+        with (
+            stages.stage("write", total=found.records) as advance,
+            open_writer(output, fmt, (*found.columns, *added)) as writer,
+        ):
             for i, (_, r) in enumerate(_again(job, model, found, added)):
                 writer.write({**r.row, score_field: _float(scores[i])})
                 advance(1)

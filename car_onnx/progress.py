@@ -28,8 +28,14 @@ class Step:
     opening first), and `close` says the closing line if the step is due by then (the opening too if nothing was
     said yet): a step that ends within the delay says nothing at all. `say` None: nothing is ever said."""
 
-    def __init__(self, say: Callable[[str], None] | None, opening: str | None = None, *, delay: float | None = None,
-                 clock: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        say: Callable[[str], None] | None,
+        opening: str | None = None,
+        *,
+        delay: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ):
         self.say, self.opening, self.pace = say, opening, Pace(delay=delay, clock=clock)
 
     def line(self, text: str) -> None:

@@ -59,11 +59,17 @@ def connect(address: str) -> None:
         raise UsageError("{ray} must be local, auto or HOST:PORT", "ray")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     try:
-        ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False,
-                 configure_logging=True, log_to_driver=False)
+        ray.init(
+            address=address,
+            logging_level=logging.ERROR,
+            include_dashboard=False,
+            configure_logging=True,
+            log_to_driver=False,
+        )
     except (ConnectionError, ValueError, RuntimeError) as err:
-        raise UsageError(f"{{ray}} {address}: cannot connect to a Ray cluster ({str(err).splitlines()[0]})",
-                         "ray") from None
+        raise UsageError(
+            f"{{ray}} {address}: cannot connect to a Ray cluster ({str(err).splitlines()[0]})", "ray"
+        ) from None
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -121,8 +127,10 @@ class _Chunks:
         self.model, self.job, self.added, self.roles, self.stamps = model, job, added, roles, stamps
         found = sha256_file(model.bundle / "manifest.json")
         if found != manifest:
-            raise BundleError(f"{model.bundle} on {socket.gethostname()}: its manifest.json differs from the "
-                              "driver's bundle; every node needs the same bundle at the same path")
+            raise BundleError(
+                f"{model.bundle} on {socket.gethostname()}: its manifest.json differs from the "
+                "driver's bundle; every node needs the same bundle at the same path"
+            )
         model.precisions(roles)  # loads the models, checking the sha256 of their files, before the first batch
         self.reader = None  # (file, next record, its open reader) after the last chunk
 
@@ -146,8 +154,10 @@ class _Chunks:
         self.reader = (shard, start + size, records)
         for m in self.model._bundle.loaded():  # the chunk's unknown-token counts, in its first row (coverage.py)
             unknown, tokens = before.get(m.spec.name, (0, 0))
-            for key, value in ((f"unknown:{m.spec.name}", m.coverage.unknown - unknown),
-                               (f"tokens:{m.spec.name}", m.coverage.tokens - tokens)):
+            for key, value in (
+                (f"unknown:{m.spec.name}", m.coverage.unknown - unknown),
+                (f"tokens:{m.spec.name}", m.coverage.tokens - tokens),
+            ):
                 out[key] = np.zeros(size, dtype=np.int64)
                 out[key][0] = value
         return {"chunk": np.full(size, c, dtype=np.int64), **out}
@@ -195,16 +205,28 @@ class RayEngine:
         if not pending:
             return
         actors, blocks = _actors(self.threads, len(pending)), min(len(pending), MAX_BLOCKS)
-        stages.note(f"Ray: {len(pending)} chunk(s) on {actors} actor(s) of {self.threads} CPU(s)"
-                    + (f", {blocks} Ray blocks of consecutive chunks" if blocks < len(pending) else ""))
-        units = ray.data.from_items([{"chunk": c, "shard": s, "start": a, "size": m} for c, s, a, m in pending],
-                                    override_num_blocks=blocks)
+        stages.note(
+            f"Ray: {len(pending)} chunk(s) on {actors} actor(s) of {self.threads} CPU(s)"
+            + (f", {blocks} Ray blocks of consecutive chunks" if blocks < len(pending) else "")
+        )
+        units = ray.data.from_items(
+            [{"chunk": c, "shard": s, "start": a, "size": m} for c, s, a, m in pending], override_num_blocks=blocks
+        )
         results = units.map_batches(  # Ray Data restarts a dead actor and retries its tasks
-            _Chunks, batch_size=1, batch_format="numpy", num_cpus=self.threads,
+            _Chunks,
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=self.threads,
             compute=ray.data.ActorPoolStrategy(size=actors),
-            fn_constructor_kwargs={"model": _model_with(model, self.threads), "job": job, "added": added,
-                                   "roles": roles, "stamps": found.stamp,
-                                   "manifest": sha256_file(model.bundle / "manifest.json")})
+            fn_constructor_kwargs={
+                "model": _model_with(model, self.threads),
+                "job": job,
+                "added": added,
+                "roles": roles,
+                "stamps": found.stamp,
+                "manifest": sha256_file(model.bundle / "manifest.json"),
+            },
+        )
         sizes = {c: m for c, _, _, m in pending}
         parts: dict[int, list] = {}
         coverage: dict[str, Coverage] = {}
@@ -234,16 +256,18 @@ class RayEngine:
     def rows(self, embeddings, stages):
         """The embeddings car_select clusters: in sample mode (a work dir's ChunkRows) with every row assigned on
         the cluster."""
-        return _ChunksOnCluster(embeddings, self.threads, stages.note) if isinstance(embeddings, ChunkRows) \
-            else embeddings
+        return (
+            _ChunksOnCluster(embeddings, self.threads, stages.note) if isinstance(embeddings, ChunkRows) else embeddings
+        )
 
 
 def _scan_shard(job, shard, model, added, skip, dedup):
     """A Ray streaming task: the scan of one input file as scanning.scan_shard yields it (blocks of places and
     keys, then the ShardScan), each item with the rejected records (err, row) found since the last one."""
     bad = []
-    for got in scanning.scan_shard(job, shard, model, added, (lambda err, raw: bad.append((err, raw))) if skip
-                                   else None, dedup):
+    for got in scanning.scan_shard(
+        job, shard, model, added, (lambda err, raw: bad.append((err, raw))) if skip else None, dedup
+    ):
         yield got, bad[:]
         bad.clear()
 
@@ -255,6 +279,7 @@ def select_job(job: scanning.Job, model: Model, output: Path, *, address: str, t
 
 
 # --- sample mode: every row assigned to a cluster by an actor pool ------------------------------------------
+
 
 class _Assign:
     """An actor: the cluster of each row of `column` under the PCA and KMeans fitted on the driver's sample. Rows
@@ -277,9 +302,14 @@ class _Assign:
 def _assigned(ds, column: str, pca, km, threads: int, batch_size: int | None = None):
     """`ds` with a `label` column (and without `column`), computed by a pool of actors of `threads` CPUs."""
     ray = _ray()
-    return ds.map_batches(_Assign, batch_format="numpy", batch_size=batch_size, num_cpus=threads,
-                          compute=ray.data.ActorPoolStrategy(size=_actors(threads)),
-                          fn_constructor_kwargs={"pca": pca, "km": km, "column": column})
+    return ds.map_batches(
+        _Assign,
+        batch_format="numpy",
+        batch_size=batch_size,
+        num_cpus=threads,
+        compute=ray.data.ActorPoolStrategy(size=_actors(threads)),
+        fn_constructor_kwargs={"pca": pca, "km": km, "column": column},
+    )
 
 
 def _read_chunks(batch: dict, root: str, roles: tuple) -> dict:
@@ -311,19 +341,28 @@ class _ChunksOnCluster:
     def assign(self, pca, km, out) -> None:
         ray = _ray()
         starts = self.rows.starts
-        items = [{"chunk": c, "first": int(starts[c]), "size": int(starts[c + 1] - starts[c])}
-                 for c in range(len(starts) - 1)]
+        items = [
+            {"chunk": c, "first": int(starts[c]), "size": int(starts[c + 1] - starts[c])}
+            for c in range(len(starts) - 1)
+        ]
         here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}  # the driver's node (Ray's own label)
         actors = _actors(self.threads)
         self.note(f"Ray: assigning {len(self):,} rows to clusters on {actors} actor(s)")
         blocks = min(len(items), max(actors, -(-len(self) // BLOCK_ROWS)))  # <= BLOCK_ROWS rows each, if they can
         chunks = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            _read_chunks, batch_size=None, batch_format="numpy", num_cpus=0, concurrency=min(READERS, blocks),
-            label_selector=here, fn_kwargs={"root": str(self.rows.work.root), "roles": self.rows.work.roles})
+            _read_chunks,
+            batch_size=None,
+            batch_format="numpy",
+            num_cpus=0,
+            concurrency=min(READERS, blocks),
+            label_selector=here,
+            fn_kwargs={"root": str(self.rows.work.root), "roles": self.rows.work.roles},
+        )
         seen = 0
         with _ours():
-            for batch in _assigned(chunks, "embed", pca, km, self.threads).iter_batches(batch_size=None,
-                                                                                         batch_format="numpy"):
+            for batch in _assigned(chunks, "embed", pca, km, self.threads).iter_batches(
+                batch_size=None, batch_format="numpy"
+            ):
                 out[batch["row"]] = batch["label"]
                 seen += len(batch["row"])
         if seen != len(self):
@@ -359,6 +398,7 @@ def _apply(fn, item):
 
 # --- Python API over ray.data.Dataset -----------------------------------------------------------------------
 
+
 class _Rows:
     """An actor adding `score` and `embedding` columns (and with dedup, a 16-byte `text_key`) to batches of rows."""
 
@@ -379,21 +419,48 @@ class _Rows:
         return batch
 
 
-def score_embed(ds, *, bundle=None, device: str = "cpu", precision: str | None = None,
-                threads: int = ACTOR_THREADS, fields=None, max_tokens: int | None = None,
-                actors: int | None = None, _keys: bool = False):
+def score_embed(
+    ds,
+    *,
+    bundle=None,
+    device: str = "cpu",
+    precision: str | None = None,
+    threads: int = ACTOR_THREADS,
+    fields=None,
+    max_tokens: int | None = None,
+    actors: int | None = None,
+    _keys: bool = False,
+):
     """`ds` with a `score` (float32) and an `embedding` (float32 [dim]) column, computed by a pool of `actors`
     actors of `threads` CPUs each [default: as many as the cluster's CPUs hold]."""
     ray = _ray()
-    model = Model(bundle, device=device, precision=precision, threads=threads, fields=FieldMap.of(fields),
-                  max_tokens=max_tokens)
-    return ds.map_batches(_Rows, batch_format="numpy", batch_size=256, num_cpus=threads,
-                          compute=ray.data.ActorPoolStrategy(size=actors or _actors(threads)),
-                          fn_constructor_kwargs={"model": model, "keys": _keys})
+    model = Model(
+        bundle, device=device, precision=precision, threads=threads, fields=FieldMap.of(fields), max_tokens=max_tokens
+    )
+    return ds.map_batches(
+        _Rows,
+        batch_format="numpy",
+        batch_size=256,
+        num_cpus=threads,
+        compute=ray.data.ActorPoolStrategy(size=actors or _actors(threads)),
+        fn_constructor_kwargs={"model": model, "keys": _keys},
+    )
 
 
-def select(ds, *, bundle=None, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
-           seed: int = SEED, dedup="exact", cluster: str = "auto", sample_size: int = SAMPLE_SIZE, **model_options):
+def select(
+    ds,
+    *,
+    bundle=None,
+    n1=N1,
+    n2=N2,
+    k: int | None = None,
+    pca_variance: float = PCA_VARIANCE,
+    seed: int = SEED,
+    dedup="exact",
+    cluster: str = "auto",
+    sample_size: int = SAMPLE_SIZE,
+    **model_options,
+):
     """The CaR selection of a `ray.data.Dataset`, as `Model.select` makes it of a list: a `Selection` whose row
     numbers are positions in `ds`'s order. Scores and embeddings are computed on the cluster; the driver gathers
     the scores, the 16-byte text keys and (cluster="exact") the embeddings, ~1.6 KB a record, or (sample) only
@@ -418,8 +485,19 @@ def select(ds, *, bundle=None, n1=N1, n2=N2, k: int | None = None, pca_variance:
     check_clustering(clusterer, ranked, dedup.near)
     threads = model_options.get("threads", ACTOR_THREADS)
     embeddings = _SampledRows(scored, n, threads) if sampled else got["embedding"]
-    return car_select(got["score"], embeddings, n1=size1, n2=size2, k=k, pca_variance=pca_variance, seed=seed,
-                      near=dedup.near, duplicate_of=exact, cluster=cluster, sample_size=sample_size)
+    return car_select(
+        got["score"],
+        embeddings,
+        n1=size1,
+        n2=size2,
+        k=k,
+        pca_variance=pca_variance,
+        seed=seed,
+        near=dedup.near,
+        duplicate_of=exact,
+        cluster=cluster,
+        sample_size=sample_size,
+    )
 
 
 class _SampledRows:
@@ -454,7 +532,7 @@ class _SampledRows:
         labelled = _assigned(self.ds, "embedding", pca, km, self.threads, BLOCK_ROWS)
         first = 0
         for batch in labelled.iter_batches(batch_format="numpy", batch_size=None):
-            out[first:first + len(batch["label"])] = batch["label"]
+            out[first : first + len(batch["label"])] = batch["label"]
             first += len(batch["label"])
 
 

@@ -25,8 +25,10 @@ def detect_format(path) -> str:
     """The format named by the file's suffix (case-insensitive)."""
     fmt = SUFFIXES.get(Path(path).suffix.lower())
     if fmt is None:
-        raise UsageError(f"{path}: cannot tell the format from the suffix (accepted: {', '.join(SUFFIXES)}); "
-                         "pass {format}=NAME", "format")
+        raise UsageError(
+            f"{path}: cannot tell the format from the suffix (accepted: {', '.join(SUFFIXES)}); pass {{format}}=NAME",
+            "format",
+        )
     return fmt
 
 
@@ -37,6 +39,7 @@ def check_format(fmt: str) -> str:
 
 
 # --- JSON parsing that never alters a value silently -------------------------------------------------------
+
 
 class _Bad:
     """Stands in for a JSON value Python would reject or alter (NaN, 1e999, duplicate keys, a 5000-digit
@@ -72,8 +75,12 @@ def _decoder() -> tuple[json.JSONDecoder, list]:
         seen: set = set()
         return bad(f"duplicate key '{_name(next(k for k, _ in pairs if k in seen or seen.add(k)))}'")
 
-    decoder = json.JSONDecoder(parse_constant=lambda name: bad(f"invalid JSON: {name} is not allowed"),
-                               parse_float=number, parse_int=integer, object_pairs_hook=obj)
+    decoder = json.JSONDecoder(
+        parse_constant=lambda name: bad(f"invalid JSON: {name} is not allowed"),
+        parse_float=number,
+        parse_int=integer,
+        object_pairs_hook=obj,
+    )
     return decoder, made
 
 
@@ -152,8 +159,9 @@ def _blocks(path, file) -> Iterator[str]:
         except UnicodeDecodeError as err:  # err.object includes bytes held over from the last block
             valid = err.object[: err.start]
             text = valid.decode("utf-8")
-            fault = InputError(path, f"line {line + valid.count(NEWLINE)}",
-                               f"invalid UTF-8 (byte 0x{err.object[err.start]:02x})")
+            fault = InputError(
+                path, f"line {line + valid.count(NEWLINE)}", f"invalid UTF-8 (byte 0x{err.object[err.start]:02x})"
+            )
         line += data.count(b"\n")
         if first and text:
             text, first = text.removeprefix("\ufeff"), False
@@ -186,8 +194,11 @@ def _json_document(path, text: str):
         raise InputError(path, f"line {err.lineno}, column {err.colno}", f"invalid JSON: {err.msg}") from None
     except RecursionError:
         raise InputError(path, None, "invalid JSON: nested too deeply") from None
-    raise InputError(path, None, value.message if isinstance(value, _Bad) else
-                     f"expected a JSON array of records, got {_type(value)}")
+    raise InputError(
+        path,
+        None,
+        value.message if isinstance(value, _Bad) else f"expected a JSON array of records, got {_type(value)}",
+    )
 
 
 LOOKAHEAD = 16  # characters past a JSON error's position that can still change it (-Infinity, a \\uXXXX escape)
@@ -334,7 +345,9 @@ def _csv(path, fields, reject) -> Iterator[Record]:
                     if name not in header:
                         raise InputError(path, "line 1", f"the header has no column '{name}'")
             elif len(cells) != len(header):
-                err = InputError(path, f"line {start}", f"expected {len(header)} cells like the header, got {len(cells)}")
+                err = InputError(
+                    path, f"line {start}", f"expected {len(header)} cells like the header, got {len(cells)}"
+                )
                 if reject is None:
                     raise err
                 reject(err, cells)
@@ -401,8 +414,9 @@ def check_input(path) -> None:
         raise InputError(path, None, f"cannot read: {err.strerror or err}") from None
 
 
-def iter_records(path, *, fmt: str | None = None, fields: FieldMap = FieldMap(),
-                 reject: Reject | None = None) -> Iterator[Record]:
+def iter_records(
+    path, *, fmt: str | None = None, fields: FieldMap = FieldMap(), reject: Reject | None = None
+) -> Iterator[Record]:
     """The records of a dataset, streamed and validated one by one; an input with no records is an error.
     Duplicates are kept as separate records; empty strings are valid values; nothing is coerced.
     By default the first bad record raises its InputError; with `reject`, a bad record (one that can be told
@@ -419,5 +433,3 @@ def iter_records(path, *, fmt: str | None = None, fields: FieldMap = FieldMap(),
         raise InputError(path, None, f"cannot read: {err.strerror or err}") from None
     if count == 0:
         raise InputError(path, None, "no records")
-
-

@@ -4,16 +4,29 @@ Python dict) becomes a Record, conversations included. Every bad row is an Input
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields as dc_fields
+from dataclasses import dataclass
+from dataclasses import fields as dc_fields
 
 from .errors import InputError, UsageError
 
-TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-              type(None): "null"}
+TYPE_NAMES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    type(None): "null",
+}
 # Per conversation field: the role and text keys of its turns, and role name -> role.
-STYLES = {"messages": ("role", "content", {"system": "system", "user": "user", "assistant": "assistant"}),
-          "conversations": ("from", "value", {"system": "system", "human": "user", "user": "user",
-                                              "gpt": "assistant", "assistant": "assistant"})}
+STYLES = {
+    "messages": ("role", "content", {"system": "system", "user": "user", "assistant": "assistant"}),
+    "conversations": (
+        "from",
+        "value",
+        {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"},
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -31,8 +44,13 @@ class FieldMap:
         if fields is None or isinstance(fields, FieldMap):
             return fields or cls()
         names = [f.name for f in dc_fields(cls)]
-        specs = [f"{k}={v}" for k, v in fields.items()] if isinstance(fields, Mapping) else \
-            [fields] if isinstance(fields, str) else list(fields)
+        specs = (
+            [f"{k}={v}" for k, v in fields.items()]
+            if isinstance(fields, Mapping)
+            else [fields]
+            if isinstance(fields, str)
+            else list(fields)
+        )
         mapping = {}
         for spec in specs:
             key, sep, value = str(spec).partition("=")
@@ -85,8 +103,12 @@ def _conversation(path, where, row) -> tuple[str, str, str]:
                 raise InputError(path, where, f"turn {n}: '{k}': expected a string, got {_type(turn[k])}", key)
         role, text = roles.get(turn[role_key]), turn[text_key]
         if role is None:
-            raise InputError(path, where, f"turn {n}: unknown {role_key} '{_name(turn[role_key])}' "
-                                          f"(accepted: {', '.join(roles)})", key)
+            raise InputError(
+                path,
+                where,
+                f"turn {n}: unknown {role_key} '{_name(turn[role_key])}' (accepted: {', '.join(roles)})",
+                key,
+            )
         if instruction is None and role == "system" and system is None:
             system = text
         elif instruction is None and role == "user":

@@ -92,10 +92,20 @@ def bundle_info(model) -> dict:
         precision = precisions[roles[0]]
         fidelity = m.get("variants", {}).get(precision, {}).get("fidelity", {})
         keep = ("spearman", "top5pct_overlap", "mean_cosine", "min_cosine", "max_abs_score_error", "texts")
-        models.append({"name": m["name"], "roles": roles, "precision": precision,
-                       "fidelity": {k: fidelity[k] for k in keep if k in fidelity}})
-    return {"path": str(model.bundle), "models": models, "device": model.config.device,
-            "threads": model.config.threads or _threads()}
+        models.append(
+            {
+                "name": m["name"],
+                "roles": roles,
+                "precision": precision,
+                "fidelity": {k: fidelity[k] for k in keep if k in fidelity},
+            }
+        )
+    return {
+        "path": str(model.bundle),
+        "models": models,
+        "device": model.config.device,
+        "threads": model.config.threads or _threads(),
+    }
 
 
 def _threads() -> int:
@@ -110,28 +120,52 @@ def numbers(sel, run: Run) -> dict:
     picked = np.zeros(len(sel.scores), dtype=bool)
     picked[sel.indices] = True
     top = np.zeros(len(sel.scores), dtype=bool)
-    top[sel.indices[:sel.n_top]] = True
+    top[sel.indices[: sel.n_top]] = True
     clusters = []
     for c in range(sel.k):
         members = ranked & (sel.labels == c)
         scores = sel.scores[members].astype(np.float64)
-        clusters.append({"cluster": c, "size": int(members.sum()), "kept": int((picked & members).sum()),
-                         "top": int((top & members).sum()), "cluster_picks": int((picked & ~top & members).sum()),
-                         "duplicates": int((~ranked & (sel.labels == c)).sum()),
-                         "mean_score": round(float(scores.mean()), 6) if len(scores) else None})
+        clusters.append(
+            {
+                "cluster": c,
+                "size": int(members.sum()),
+                "kept": int((picked & members).sum()),
+                "top": int((top & members).sum()),
+                "cluster_picks": int((picked & ~top & members).sum()),
+                "duplicates": int((~ranked & (sel.labels == c)).sum()),
+                "mean_score": round(float(scores.mean()), 6) if len(scores) else None,
+            }
+        )
     cut = float(sel.scores[sel.indices[sel.n_top - 1]]) if sel.n_top else None
     lengths = run.lengths[ranked].astype(np.float64)
-    return {"input": run.input, "records": run.records, "rejected": run.rejected,
-            "duplicates": run.duplicates, "ranked": int(ranked.sum()), "selected": len(sel.indices),
-            "top": sel.n_top, "cluster_picks": len(sel.indices) - sel.n_top, "n1": sel.n_top,
-            "n1_requested": run.n1, "n2": run.n2, "dedup": run.dedup, "k": sel.k,
-            "pca_components": sel.n_components, "pca_variance_kept": round(sel.pca_variance_kept, 6),
-            "minibatch_kmeans": bool(sel.minibatch), "n1_cut_score": cut,
-            "length_score_spearman": _spearman(lengths, sel.scores[ranked]),
-            "median_length": {"all": float(np.median(lengths)), "selected": float(np.median(run.lengths[sel.indices]))
-                              if len(sel.indices) else None},
-            "bundle": run.bundle, "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
-            "version": _version(), "clusters": clusters}
+    return {
+        "input": run.input,
+        "records": run.records,
+        "rejected": run.rejected,
+        "duplicates": run.duplicates,
+        "ranked": int(ranked.sum()),
+        "selected": len(sel.indices),
+        "top": sel.n_top,
+        "cluster_picks": len(sel.indices) - sel.n_top,
+        "n1": sel.n_top,
+        "n1_requested": run.n1,
+        "n2": run.n2,
+        "dedup": run.dedup,
+        "k": sel.k,
+        "pca_components": sel.n_components,
+        "pca_variance_kept": round(sel.pca_variance_kept, 6),
+        "minibatch_kmeans": bool(sel.minibatch),
+        "n1_cut_score": cut,
+        "length_score_spearman": _spearman(lengths, sel.scores[ranked]),
+        "median_length": {
+            "all": float(np.median(lengths)),
+            "selected": float(np.median(run.lengths[sel.indices])) if len(sel.indices) else None,
+        },
+        "bundle": run.bundle,
+        "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
+        "version": _version(),
+        "clusters": clusters,
+    }
 
 
 def _version() -> str:
@@ -160,6 +194,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 
 # ----- figures -----
 
+
 def _map_xy(xy: np.ndarray) -> np.ndarray:
     """Two coordinates per point: the first two PCA components (projected here when clustering ran no PCA)."""
     if xy.shape[1] > 2 and len(xy) > 2:
@@ -177,7 +212,7 @@ def _svg(fig) -> str:
 
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # no XML declaration or DOCTYPE (which names an external DTD)
+    return text[text.index("<svg") :]  # no XML declaration or DOCTYPE (which names an external DTD)
 
 
 def _figures(sel, run: Run, data: dict) -> dict[str, str]:
@@ -189,14 +224,16 @@ def _figures(sel, run: Run, data: dict) -> dict[str, str]:
     plt.rcParams.update({"svg.fonttype": "path", "font.size": 9, "svg.hashsalt": "car-onnx"})
     ranked = np.flatnonzero(sel.duplicate_of < 0)
     scores = sel.scores.astype(np.float64)
-    chosen, top = sel.indices, sel.indices[:sel.n_top]
+    chosen, top = sel.indices, sel.indices[: sel.n_top]
     figs = {}
 
     fig, ax = plt.subplots(figsize=(8, 3.2))
     bins = np.histogram_bin_edges(scores[ranked], bins=60)
     ax.hist(scores[ranked], bins=bins, color="#c9d3e0", label=f"all ranked records ({len(ranked):,})")
     ax.hist(scores[top], bins=bins, color="#1f5fa8", label=f"top n1 ({len(top):,})")
-    ax.hist(scores[chosen[sel.n_top:]], bins=bins, color="#e08a1e", label=f"cluster picks ({len(chosen) - sel.n_top:,})")
+    ax.hist(
+        scores[chosen[sel.n_top :]], bins=bins, color="#e08a1e", label=f"cluster picks ({len(chosen) - sel.n_top:,})"
+    )
     if data["n1_cut_score"] is not None:
         ax.axvline(data["n1_cut_score"], color="#b22", lw=1.2, ls="--", label=f"n1 cut ({data['n1_cut_score']:.3f})")
     ax.set_yscale("log")
@@ -212,8 +249,14 @@ def _figures(sel, run: Run, data: dict) -> dict[str, str]:
     ax.set_yscale("log")
     ax.set_ylabel("size (log)")
     ax1.bar(x, [c["top"] for c in clusters], color="#1f5fa8", width=0.9, label="kept: in the top n1")
-    ax1.bar(x, [c["cluster_picks"] for c in clusters], bottom=[c["top"] for c in clusters], color="#e08a1e",
-            width=0.9, label="kept: the cluster's own picks")
+    ax1.bar(
+        x,
+        [c["cluster_picks"] for c in clusters],
+        bottom=[c["top"] for c in clusters],
+        color="#e08a1e",
+        width=0.9,
+        label="kept: the cluster's own picks",
+    )
     ax1.set_ylabel("kept")
     ax1.legend(frameon=False, fontsize=8)
     ax2.bar(x, [c["mean_score"] or 0 for c in clusters], color="#6b8e23", width=0.9)
@@ -225,24 +268,60 @@ def _figures(sel, run: Run, data: dict) -> dict[str, str]:
     rows, xy = sel.plane[0], _map_xy(sel.plane[1])
     fig, ax = plt.subplots(figsize=(7, 5.5))
     dot = float(np.clip(6000 / max(len(rows), 1), 3, 30))  # small points when many
-    ax.scatter(xy[:, 0], xy[:, 1], c=sel.labels[rows] % 20, cmap="tab20", vmin=0, vmax=19, s=dot, lw=0, alpha=0.7,
-               rasterized=True)
+    ax.scatter(
+        xy[:, 0],
+        xy[:, 1],
+        c=sel.labels[rows] % 20,
+        cmap="tab20",
+        vmin=0,
+        vmax=19,
+        s=dot,
+        lw=0,
+        alpha=0.7,
+        rasterized=True,
+    )
     keep = np.isin(rows, chosen)
-    ax.scatter(xy[keep, 0], xy[keep, 1], s=3 * dot + 10, facecolors="none", edgecolors="black", lw=0.7,
-               label=f"selected ({int(keep.sum()):,} of the {len(rows):,} shown)", rasterized=True)
+    ax.scatter(
+        xy[keep, 0],
+        xy[keep, 1],
+        s=3 * dot + 10,
+        facecolors="none",
+        edgecolors="black",
+        lw=0.7,
+        label=f"selected ({int(keep.sum()):,} of the {len(rows):,} shown)",
+        rasterized=True,
+    )
     ax.set_xlabel("PCA component 1")
     ax.set_ylabel("PCA component 2")
     ax.legend(frameon=False, fontsize=8, loc="upper right")
     figs["map"] = _svg(fig)
 
-    sample = ranked if len(ranked) <= PLOT_SAMPLE else np.sort(
-        np.random.default_rng(0).choice(ranked, PLOT_SAMPLE, replace=False))
+    sample = (
+        ranked
+        if len(ranked) <= PLOT_SAMPLE
+        else np.sort(np.random.default_rng(0).choice(ranked, PLOT_SAMPLE, replace=False))
+    )
     picked = np.isin(sample, chosen)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.scatter(run.lengths[sample], scores[sample], s=3, lw=0, color="#8899aa", alpha=0.5, rasterized=True,
-               label="not selected")
-    ax.scatter(run.lengths[sample[picked]], scores[sample[picked]], s=6, lw=0, color="#e08a1e", rasterized=True,
-               label="selected")
+    ax.scatter(
+        run.lengths[sample],
+        scores[sample],
+        s=3,
+        lw=0,
+        color="#8899aa",
+        alpha=0.5,
+        rasterized=True,
+        label="not selected",
+    )
+    ax.scatter(
+        run.lengths[sample[picked]],
+        scores[sample[picked]],
+        s=6,
+        lw=0,
+        color="#e08a1e",
+        rasterized=True,
+        label="selected",
+    )
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xlabel("text length (characters, log)")
     ax.set_ylabel("quality score")
@@ -282,8 +361,18 @@ def _kv(pairs: list[tuple[str, object]]) -> str:
 
 
 def _record_rows(sel, run: Run, rows, ranks, reason) -> list[list]:
-    return [[int(ranks[i]), f"{sel.scores[i]:.4f}", int(sel.labels[i]), reason.get(int(i), "not kept"),
-             run.where.get(int(i), ""), int(run.lengths[i]), run.texts.get(int(i), "")] for i in rows]
+    return [
+        [
+            int(ranks[i]),
+            f"{sel.scores[i]:.4f}",
+            int(sel.labels[i]),
+            reason.get(int(i), "not kept"),
+            run.where.get(int(i), ""),
+            int(run.lengths[i]),
+            run.texts.get(int(i), ""),
+        ]
+        for i in rows
+    ]
 
 
 def page(sel, run: Run) -> str:
@@ -298,79 +387,128 @@ def page(sel, run: Run) -> str:
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in data["seconds"].items())
     models = "; ".join(
         f"{m['name']} ({'+'.join(m['roles'])}, {m['precision']}"
-        + (f": export fidelity spearman {m['fidelity']['spearman']}, mean cosine {m['fidelity']['mean_cosine']}"
-           if {"spearman", "mean_cosine"} <= m["fidelity"].keys() else ": no fidelity recorded") + ")"
-        for m in data["bundle"].get("models", []))
+        + (
+            f": export fidelity spearman {m['fidelity']['spearman']}, mean cosine {m['fidelity']['mean_cosine']}"
+            if {"spearman", "mean_cosine"} <= m["fidelity"].keys()
+            else ": no fidelity recorded"
+        )
+        + ")"
+        for m in data["bundle"].get("models", [])
+    )
     pct = 100 * data["selected"] / max(data["records"], 1)
-    summary = _kv([
-        ("input", data["input"]),
-        ("records read", f"{data['records']:,}"),
-        ("rejected (invalid)", f"{data['rejected']:,}"),
-        ("duplicates dropped before ranking", f"{sum(dup.values()):,} (exact {dup.get('exact', 0):,}, near "
-                                              f"{dup.get('near', 0):,}; dedup {data['dedup']})"),
-        ("ranked", f"{data['ranked']:,}"),
-        ("n1 (top overall)", f"{data['n1']:,} (asked: {data['n1_requested']})"),
-        ("n2 (per cluster)", data["n2"]),
-        ("k (clusters)", f"{data['k']:,}" + (" (MiniBatchKMeans)" if data["minibatch_kmeans"] else "")),
-        ("PCA", f"{data['pca_components']} components, {data['pca_variance_kept']:.1%} of the variance kept"),
-        ("selected", f"{data['selected']:,} ({pct:.2f}% of the records read) = {data['top']:,} top + "
-                     f"{data['cluster_picks']:,} cluster picks"),
-        ("bundle", data["bundle"].get("path", "")),
-        ("models", models),
-        ("device, threads", f"{data['bundle'].get('device')}, {data['bundle'].get('threads')}"),
-        ("time per stage", stages),
-        ("car-onnx", data["version"]),
-    ])
+    summary = _kv(
+        [
+            ("input", data["input"]),
+            ("records read", f"{data['records']:,}"),
+            ("rejected (invalid)", f"{data['rejected']:,}"),
+            (
+                "duplicates dropped before ranking",
+                f"{sum(dup.values()):,} (exact {dup.get('exact', 0):,}, near "
+                f"{dup.get('near', 0):,}; dedup {data['dedup']})",
+            ),
+            ("ranked", f"{data['ranked']:,}"),
+            ("n1 (top overall)", f"{data['n1']:,} (asked: {data['n1_requested']})"),
+            ("n2 (per cluster)", data["n2"]),
+            ("k (clusters)", f"{data['k']:,}" + (" (MiniBatchKMeans)" if data["minibatch_kmeans"] else "")),
+            ("PCA", f"{data['pca_components']} components, {data['pca_variance_kept']:.1%} of the variance kept"),
+            (
+                "selected",
+                f"{data['selected']:,} ({pct:.2f}% of the records read) = {data['top']:,} top + "
+                f"{data['cluster_picks']:,} cluster picks",
+            ),
+            ("bundle", data["bundle"].get("path", "")),
+            ("models", models),
+            ("device, threads", f"{data['bundle'].get('device')}, {data['bundle'].get('threads')}"),
+            ("time per stage", stages),
+            ("car-onnx", data["version"]),
+        ]
+    )
     by_size = sorted(data["clusters"], key=lambda c: -c["size"])
     cluster_rows = []
     for c in by_size:
         members = order[sel.labels[order] == c["cluster"]]
         best, worst = (int(members[0]), int(members[-1])) if len(members) else (None, None)
-        cluster_rows.append([c["cluster"], c["size"], c["kept"], c["top"], c["cluster_picks"],
-                             "" if c["mean_score"] is None else f"{c['mean_score']:.4f}",
-                             "" if best is None else f"{sel.scores[best]:.4f}", run.texts.get(best, ""),
-                             "" if worst is None else f"{sel.scores[worst]:.4f}", run.texts.get(worst, "")])
+        cluster_rows.append(
+            [
+                c["cluster"],
+                c["size"],
+                c["kept"],
+                c["top"],
+                c["cluster_picks"],
+                "" if c["mean_score"] is None else f"{c['mean_score']:.4f}",
+                "" if best is None else f"{sel.scores[best]:.4f}",
+                run.texts.get(best, ""),
+                "" if worst is None else f"{sel.scores[worst]:.4f}",
+                run.texts.get(worst, ""),
+            ]
+        )
     record_head = ["rank", "score", "cluster", "kept as", "where", "length", "text"]
     dropped = np.flatnonzero(sel.duplicate_of >= 0)
-    dup_rows = [[run.where.get(int(i), ""), run.where.get(int(sel.duplicate_of[i]), ""), int(sel.labels[i]),
-                 run.texts.get(int(i), "")] for i in dropped[:DUPLICATES]]
-    dup_note = (f"{len(dropped):,} record{'s were' if len(dropped) != 1 else ' was'} dropped before ranking as "
-                f"duplicates of a kept one"
-                + (f"; the first {len(dup_rows)}:" if dup_rows else "."))
+    dup_rows = [
+        [
+            run.where.get(int(i), ""),
+            run.where.get(int(sel.duplicate_of[i]), ""),
+            int(sel.labels[i]),
+            run.texts.get(int(i), ""),
+        ]
+        for i in dropped[:DUPLICATES]
+    ]
+    dup_note = (
+        f"{len(dropped):,} record{'s were' if len(dropped) != 1 else ' was'} dropped before ranking as "
+        f"duplicates of a kept one" + (f"; the first {len(dup_rows)}:" if dup_rows else ".")
+    )
     rho = data["length_score_spearman"]
     med = data["median_length"]
-    payload = json.dumps(data, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e") \
-        .replace("&", "\\u0026")
+    payload = (
+        json.dumps(data, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>car-onnx curation report: {_e(Path(data['input']).name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>car-onnx curation report: {_e(Path(data["input"]).name)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{CSS}</style></head><body>
 <h1>car-onnx curation report</h1>
-<p class="note">{data['selected']:,} of {data['records']:,} records selected ({pct:.2f}%): the {data['top']:,} best by
-quality score (n1) plus the best {_e(data['n2'])} of each of the {data['k']:,} embedding clusters not already taken
-({data['cluster_picks']:,} cluster picks). Duplicates and rejected records took no part in ranking.</p>
+<p class="note">{data["selected"]:,} of {data["records"]:,} records selected ({pct:.2f}%): the {data["top"]:,} best by
+quality score (n1) plus the best {_e(data["n2"])} of each of the {data["k"]:,} embedding clusters not already taken
+({data["cluster_picks"]:,} cluster picks). Duplicates and rejected records took no part in ranking.</p>
 <h2>1. Run</h2>
 {summary}
 <h2>2. Scores</h2>
 <p class="note">Every ranked record's score (grey, log scale); the records kept as top n1 (blue) and as cluster picks
 (orange) drawn over it. The dashed line is the n1 cut: every record to its right was kept; records to its left were
 kept only as the best of their cluster.</p>
-{figs['histogram']}
+{figs["histogram"]}
 <h2>3. Clusters</h2>
 <p class="note">One column per cluster, largest first: its size (grey, log scale), what it gave to the selection
 (blue: records in the top n1; orange: its own picks), and its mean score. A large cluster with a low mean gives only its
 n2 picks; one with a high mean gives many records through n1.</p>
-{figs['clusters']}
+{figs["clusters"]}
 <h2>4. Map of the clusters</h2>
 <p class="note">The first two PCA components of the embeddings (a seeded sample of at most 20,000 records), coloured by
-cluster (colours repeat after 20); circled points were selected. Only two of the {data['pca_components']} components
+cluster (colours repeat after 20); circled points were selected. Only two of the {data["pca_components"]} components
 clustering used: clusters that overlap here may be apart in the others.</p>
-{figs['map']}
+{figs["map"]}
 <h2>5. Each cluster</h2>
 <p class="note">Largest first. Best and worst: the highest- and lowest-scored ranked record of the cluster (text
 clipped to {CLIP} characters).</p>
-{_table(["cluster", "size", "kept", "of which top n1", "cluster picks", "mean score", "best score", "best record",
-         "worst score", "worst record"], cluster_rows, {0, 1, 2, 3, 4, 5, 6, 8}, {7, 9})}
+{
+        _table(
+            [
+                "cluster",
+                "size",
+                "kept",
+                "of which top n1",
+                "cluster picks",
+                "mean score",
+                "best score",
+                "best record",
+                "worst score",
+                "worst record",
+            ],
+            cluster_rows,
+            {0, 1, 2, 3, 4, 5, 6, 8},
+            {7, 9},
+        )
+    }
 <h2>6. Duplicates dropped</h2>
 <p class="note">{dup_note} Exact: the same text up to whitespace; near (with --dedup near:T): embedding cosine to a
 higher-scored record of the same cluster at least T. The rejects file lists every one with its kind.</p>
@@ -384,10 +522,10 @@ input).</p>
 {_table(record_head, _record_rows(sel, run, order[-EXAMPLES:], ranks, reason), {0, 1, 2, 5}, {6})}
 <h2>8. Score versus text length</h2>
 <p class="note">Is the scorer just rewarding length? Spearman correlation of length and score over the ranked records:
-<b>{'n/a' if rho is None else f'{rho:+.3f}'}</b> (0: none; near +1: longer always scores higher). Median length: all
-{med['all']:,.0f} characters, selected {'n/a' if med['selected'] is None else f"{med['selected']:,.0f}"}.
-{'' if len(ranked) <= PLOT_SAMPLE else f'A seeded sample of {PLOT_SAMPLE:,} records is drawn.'}</p>
-{figs['length']}
+<b>{"n/a" if rho is None else f"{rho:+.3f}"}</b> (0: none; near +1: longer always scores higher). Median length: all
+{med["all"]:,.0f} characters, selected {"n/a" if med["selected"] is None else f"{med['selected']:,.0f}"}.
+{"" if len(ranked) <= PLOT_SAMPLE else f"A seeded sample of {PLOT_SAMPLE:,} records is drawn."}</p>
+{figs["length"]}
 <script type="application/json" id="car-onnx-report">{payload}</script>
 </body></html>
 """
@@ -409,8 +547,10 @@ def write_selection_report(sel, path) -> None:
     require()
     ctx = sel.context
     if ctx is None or ctx.get("data") is None:
-        raise UsageError("this Selection keeps no records to show: report() works on a Selection from "
-                         "Model.select over a list, DataFrame, Dataset or dict of columns (not a one-pass iterable)")
+        raise UsageError(
+            "this Selection keeps no records to show: report() works on a Selection from "
+            "Model.select over a list, DataFrame, Dataset or dict of columns (not a one-pass iterable)"
+        )
     from . import containers
 
     model, want = ctx["model"], wanted(sel)
@@ -421,7 +561,17 @@ def write_selection_report(sel, path) -> None:
         if i in want:
             texts[i], where[i] = clip(text), f"row {i}"
     dup = sel.duplicate_of
-    run = Run(texts, where, lengths, input=f"Python data ({type(ctx['data']).__name__})", records=len(sel.scores),
-              duplicates={"exact": ctx["exact"], "near": int((dup >= 0).sum()) - ctx["exact"]}, n1=ctx["n1"], n2=ctx["n2"],
-              dedup=ctx["dedup"], bundle=bundle_info(model), seconds=ctx.get("seconds", {}))
+    run = Run(
+        texts,
+        where,
+        lengths,
+        input=f"Python data ({type(ctx['data']).__name__})",
+        records=len(sel.scores),
+        duplicates={"exact": ctx["exact"], "near": int((dup >= 0).sum()) - ctx["exact"]},
+        n1=ctx["n1"],
+        n2=ctx["n2"],
+        dedup=ctx["dedup"],
+        bundle=bundle_info(model),
+        seconds=ctx.get("seconds", {}),
+    )
     write(Path(path), sel, run)

@@ -105,8 +105,13 @@ def _records(job: Job, shard: int, model: Model, added: tuple[str, ...], reject=
             continue
         option = OPTION_OF.get(taken)
         hint = f" (name the added field with {{{option}}})" if option else ""
-        err = InputError(path, r.where, f"already has a field '{added[taken]}' that the output would "
-                         f"overwrite{hint}", field=added[taken], params=(option,) if option else ())
+        err = InputError(
+            path,
+            r.where,
+            f"already has a field '{added[taken]}' that the output would overwrite{hint}",
+            field=added[taken],
+            params=(option,) if option else (),
+        )
         if reject is None:
             raise err
         reject(err, r.row)
@@ -126,8 +131,15 @@ def shard_records(job: Job, model: Model, stamp: tuple, added: tuple[str, ...], 
     yield from _records(job, shard, model, added, skip)
 
 
-def scan_shard(job: Job, shard: int, model: Model, added: tuple[str, ...], reject=None, dedup: bool = False,
-               advance: Callable[[int], None] = lambda n: None) -> Iterator[tuple | ShardScan]:
+def scan_shard(
+    job: Job,
+    shard: int,
+    model: Model,
+    added: tuple[str, ...],
+    reject=None,
+    dedup: bool = False,
+    advance: Callable[[int], None] = lambda n: None,
+) -> Iterator[tuple | ShardScan]:
     """Validate and count the records of one file; a bad record raises, or goes to `reject(err, row)`. Yields
     (places, keys) of each BLOCK_ROWS records (keys: their 16-byte text keys joined, with `dedup`; else None) as
     they are read, and last the ShardScan."""
@@ -176,23 +188,41 @@ def merge_scans(job: Job, parts: list[ShardScan], index: Index | None) -> Scan:
         columns.update(part.columns)
         starts = np.cumsum([0] + part.chunks[:-1])
         plan.extend((s, int(a), m) for a, m in zip(starts, part.chunks))
-    found = Scan(count, tuple(columns), rejected, tuple(p.stamp for p in parts), tuple(p.records for p in parts),
-                 tuple(plan), parts[0].place)
-    return found if index is None else dataclasses.replace(found, **dict(zip(
-        ("places", "duplicate_of", "duplicates"), index.finish())))
+    found = Scan(
+        count,
+        tuple(columns),
+        rejected,
+        tuple(p.stamp for p in parts),
+        tuple(p.records for p in parts),
+        tuple(plan),
+        parts[0].place,
+    )
+    return (
+        found
+        if index is None
+        else dataclasses.replace(found, **dict(zip(("places", "duplicate_of", "duplicates"), index.finish())))
+    )
 
 
 def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages, index: Index | None = None) -> Scan:
     """Validate and count every record before any work; rejected ones go to the `rejects` writer. With an
     `index`, each record's place (and with its dedup, its text key) is kept there, on disk."""
+
     def reject(err: InputError, raw) -> None:
         rejects.write(reject_row(job, shard, err, raw))
 
     with stages.stage("read") as advance:
         parts = []
         for shard in range(len(job.shards)):
-            for got in scan_shard(job, shard, model, added, reject if job.on_error == "skip" else None,
-                                  index is not None and index.dedup, advance):
+            for got in scan_shard(
+                job,
+                shard,
+                model,
+                added,
+                reject if job.on_error == "skip" else None,
+                index is not None and index.dedup,
+                advance,
+            ):
                 if isinstance(got, ShardScan):
                     parts.append(got)
                 elif index is not None:
@@ -202,8 +232,13 @@ def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages, index:
 
 def reject_row(job: Job, shard: int, err: InputError, raw) -> dict:
     """The rejects file's row of a bad record."""
-    return {"where": job.where(shard, err.where) if err.where else None, "reason": "invalid", "field": err.field,
-            "error": err.reason, "record": raw}
+    return {
+        "where": job.where(shard, err.where) if err.where else None,
+        "reason": "invalid",
+        "field": err.field,
+        "error": err.reason,
+        "record": raw,
+    }
 
 
 def finish_scan(job: Job, parts: list[ShardScan], stages, rejects, index: Index | None = None) -> Scan:

@@ -88,7 +88,6 @@ class Dedup:
         return f"near:{self.near:g}" if self.near is not None else "exact" if self.exact else "none"
 
 
-
 @dataclass(frozen=True)
 class Selection:
     """The result of a CaR selection over n rows."""
@@ -131,7 +130,7 @@ class Selection:
 
         def ranked():
             for first, part in blocks(self.duplicate_of):
-                yield first, self.scores[first:first + len(part)], np.where(part < 0, 0, -1)
+                yield first, self.scores[first : first + len(part)], np.where(part < 0, 0, -1)
 
         out[kept] = ranks_streamed(ranked, rows[kept], self.scores[rows[kept]])
         return out
@@ -161,7 +160,7 @@ def select_ranked(scores: np.ndarray, labels: np.ndarray, n1: int, n2: Size) -> 
     picks = []
     for cluster in np.unique(ranked_labels):
         members = order[ranked_labels == cluster]
-        picks.extend(int(i) for i in members[:n2.of(len(members), at_least=1)] if not taken[i])
+        picks.extend(int(i) for i in members[: n2.of(len(members), at_least=1)] if not taken[i])
     return np.concatenate([top, np.asarray(picks, dtype=np.int64)]).astype(np.int64), len(top)
 
 
@@ -286,13 +285,29 @@ def check_clustering(clusterer: Clusterer, n: int, near: float | None) -> None:
     """Before any work where possible: the clustering of `n` ranked rows can run with these options."""
     clusterer.check(n)
     if near is not None and clusterer.sampled(n):
-        raise UsageError("{dedup} near:T compares records within each cluster in memory: it needs {cluster} exact",
-                         "dedup", "cluster")
+        raise UsageError(
+            "{dedup} near:T compares records within each cluster in memory: it needs {cluster} exact",
+            "dedup",
+            "cluster",
+        )
 
 
-def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_variance: float = PCA_VARIANCE,
-               seed: int = SEED, near: float | None = None, duplicate_of=None, cluster: str = "auto",
-               sample_size: int = SAMPLE_SIZE, log: Callable[[str], None] | None = None, labels=None) -> Selection:
+def car_select(
+    scores,
+    embeddings,
+    *,
+    n1=N1,
+    n2=N2,
+    k: int | None = None,
+    pca_variance: float = PCA_VARIANCE,
+    seed: int = SEED,
+    near: float | None = None,
+    duplicate_of=None,
+    cluster: str = "auto",
+    sample_size: int = SAMPLE_SIZE,
+    log: Callable[[str], None] | None = None,
+    labels=None,
+) -> Selection:
     """CaR: cluster the embeddings (PCA + KMeans, k = int(sqrt(n/2)) by default) and select the top `n1`
     overall plus the top `n2` of every cluster. Sizes may be counts or percentages ("2%"; n2 of each cluster).
     `duplicate_of` (per row: the row it repeats, or -1) leaves duplicates out of clustering and ranking; `near`
@@ -304,8 +319,10 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
     columns.Column): the Selection then holds them as they are."""
     scores = scores if hasattr(scores, "shape") else np.asarray(scores, dtype=np.float32)
     if len(scores.shape) != 1 or len(scores) != len(embeddings):
-        raise UsageError(f"{{scores}} must be 1-D with one value per embedding row, got {scores.shape} for "
-                         f"{len(embeddings)}", "scores")
+        raise UsageError(
+            f"{{scores}} must be 1-D with one value per embedding row, got {scores.shape} for {len(embeddings)}",
+            "scores",
+        )
     n = len(scores)
     for first, block in blocks(scores):
         block = np.asarray(block, dtype=np.float32)
@@ -313,12 +330,16 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
             bad = int(np.flatnonzero(~np.isfinite(block))[0])
             raise UsageError(f"score of row {first + bad} is {block[bad]}: {{scores}} must be finite", "scores")
     size1, size2 = Size.parse(n1, "n1"), Size.parse(n2, "n2")
-    dup = np.full(n, -1, dtype=np.int64) if duplicate_of is None else duplicate_of \
-        if hasattr(duplicate_of, "shape") else np.asarray(duplicate_of, dtype=np.int64)
+    dup = (
+        np.full(n, -1, dtype=np.int64)
+        if duplicate_of is None
+        else duplicate_of
+        if hasattr(duplicate_of, "shape")
+        else np.asarray(duplicate_of, dtype=np.int64)
+    )
     kept = count_kept(dup)
     if size1.covers(kept):
-        warnings.warn(f"n1 = {size1} is at or above the {kept} records to rank: every record is selected",
-                      stacklevel=2)
+        warnings.warn(f"n1 = {size1} is at or above the {kept} records to rank: every record is selected", stacklevel=2)
     clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size, log=log)
     check_clustering(clusterer, kept, near)
     if clusterer.sampled(kept):
@@ -335,12 +356,24 @@ def car_select(scores, embeddings, *, n1=N1, n2=N2, k: int | None = None, pca_va
     labels[repeated] = labels[_root(dup, repeated)]
     indices, n_top = select_ranked(scores, eligible, size1.of(int((eligible >= 0).sum())), size2)
     rows, xy = clusterer.plane_
-    return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
-                     dup, clusterer.variance_kept_, clusterer.sampled_, plane=(ranked[rows], xy))
+    return Selection(
+        indices,
+        labels,
+        scores,
+        n_top,
+        clusterer.k_,
+        clusterer.n_components_,
+        clusterer.minibatch_,
+        dup,
+        clusterer.variance_kept_,
+        clusterer.sampled_,
+        plane=(ranked[rows], xy),
+    )
 
 
-def _select_sampled(scores, embeddings, dup, kept: int, size1: Size, size2: Size, clusterer: Clusterer,
-                    labels) -> Selection:
+def _select_sampled(
+    scores, embeddings, dup, kept: int, size1: Size, size2: Size, clusterer: Clusterer, labels
+) -> Selection:
     """car_select in sample mode, with the scores, the duplicates and the `labels` it fills in memory or on disk
     (array-likes read and written a block at a time, e.g. columns.Column): memory is bounded by the sample and the
     selection, not by n."""
@@ -355,13 +388,25 @@ def _select_sampled(scores, embeddings, dup, kept: int, size1: Size, size2: Size
 
     def labelled():
         for first, part in blocks(dup):
-            yield first, scores[first:first + len(part)], np.where(part < 0, labels[first:first + len(part)], -1)
+            yield first, scores[first : first + len(part)], np.where(part < 0, labels[first : first + len(part)], -1)
 
-    indices, n_top = select_streamed(labelled, size1.of(kept), size2, clusterer.k_,
-                                     getattr(embeddings, "map", map))  # car_onnx.ray: on the cluster
+    indices, n_top = select_streamed(
+        labelled, size1.of(kept), size2, clusterer.k_, getattr(embeddings, "map", map)
+    )  # car_onnx.ray: on the cluster
     rows, xy = clusterer.plane_
-    return Selection(indices, labels, scores, n_top, clusterer.k_, clusterer.n_components_, clusterer.minibatch_,
-                     dup, clusterer.variance_kept_, True, plane=(rows if kept == n else ranked[rows], xy))
+    return Selection(
+        indices,
+        labels,
+        scores,
+        n_top,
+        clusterer.k_,
+        clusterer.n_components_,
+        clusterer.minibatch_,
+        dup,
+        clusterer.variance_kept_,
+        True,
+        plane=(rows if kept == n else ranked[rows], xy),
+    )
 
 
 def _root(dup: np.ndarray, rows: np.ndarray) -> np.ndarray:

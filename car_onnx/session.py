@@ -59,11 +59,15 @@ def cuda_problem() -> str | None:
         return None
     builds = onnxruntime_builds()
     if len(builds) > 1:
-        return (f"onnxruntime has no CUDAExecutionProvider here: {' and '.join(builds)} are both installed and "
-                f"overwrite each other's `onnxruntime` module; keep only the GPU build: `{GPU_INSTALL}`")
+        return (
+            f"onnxruntime has no CUDAExecutionProvider here: {' and '.join(builds)} are both installed and "
+            f"overwrite each other's `onnxruntime` module; keep only the GPU build: `{GPU_INSTALL}`"
+        )
     installed = ", ".join(builds) or "neither onnxruntime nor onnxruntime-gpu"
-    return (f"onnxruntime has no CUDAExecutionProvider here (installed: {installed}); replace it with the GPU "
-            f"build: `{GPU_INSTALL}`")
+    return (
+        f"onnxruntime has no CUDAExecutionProvider here (installed: {installed}); replace it with the GPU "
+        f"build: `{GPU_INSTALL}`"
+    )
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,10 @@ class SessionConfig:
     def pick_precision(self, have: list[str], model: str) -> str:
         if self.precision is not None:
             if self.precision not in have:
-                raise UsageError(f"{{precision}} {self.precision}: model '{model}' has no such variant (it has: "
-                                 f"{', '.join(have)})", "precision")
+                raise UsageError(
+                    f"{{precision}} {self.precision}: model '{model}' has no such variant (it has: {', '.join(have)})",
+                    "precision",
+                )
             return self.precision
         return next(p for p in PREFERENCE[self.device] if p in have)
 
@@ -126,8 +132,19 @@ def preload_cuda_libraries() -> None:
 def _ort_errors(ort) -> tuple:
     """onnxruntime's exception classes (each derives from Exception directly)."""
     state = ort.capi.onnxruntime_pybind11_state
-    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
-             "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    names = (
+        "Fail",
+        "InvalidArgument",
+        "NoSuchFile",
+        "NoModel",
+        "EngineError",
+        "RuntimeException",
+        "InvalidProtobuf",
+        "ModelLoaded",
+        "NotImplemented",
+        "InvalidGraph",
+        "EPFail",
+    )
     return tuple(getattr(state, n) for n in names if hasattr(state, n))
 
 
@@ -145,8 +162,12 @@ def create_session(path, config: SessionConfig):
     # onnxruntime's CPU SkipLayerNormalization kernel is 2.6-4.8x slower than Add + LayerNormalization (measured
     # in benchmarks/kernels.py), so on CPU the session must not fuse them (exports leave them unfused).
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=config.providers(),
-                                       disabled_optimizers=["SkipLayerNormFusion"] if cpu else None)
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=opts,
+            providers=config.providers(),
+            disabled_optimizers=["SkipLayerNormFusion"] if cpu else None,
+        )
     except (RuntimeError, *_ort_errors(ort)) as err:  # a file that is not a usable graph
         reason = " ".join(str(err).split())[:200]
         raise BundleError(f"{path}: onnxruntime cannot load this graph ({reason})") from None

@@ -39,5 +39,7 @@ def stopped_message(signame: str, work_dir, has_work_dir: bool) -> str:
         return text
     if work_dir is not None:
         return f"{text}; finished chunks are kept in {work_dir}: run the same command again to resume"
-    return (f"{text}; the work was discarded (it was in a temporary work dir): pass --work-dir DIR to keep "
-            "finished chunks and resume")
+    return (
+        f"{text}; the work was discarded (it was in a temporary work dir): pass --work-dir DIR to keep "
+        "finished chunks and resume"
+    )

@@ -18,8 +18,12 @@ from .lock import NAME as LOCK
 from .writers import create_npy, naming, remove_stale_temps, replacing
 
 FORMAT = 1
-NAMES = {"bundle_manifest_sha256": "the bundle", "input_sha256": "the input", "models": "the model precisions",
-         "device": "the device"}
+NAMES = {
+    "bundle_manifest_sha256": "the bundle",
+    "input_sha256": "the input",
+    "models": "the model precisions",
+    "device": "the device",
+}
 
 
 def _changes(old: dict | None, new: dict) -> str:
@@ -51,8 +55,11 @@ class WorkDir:
         if root.exists() and not root.is_dir():
             raise UsageError(f"{root}: {{work_dir}} is not a directory", "work_dir")
         if root.is_dir() and any(p.name != LOCK for p in root.iterdir()) and not job_file.is_file():
-            raise UsageError(f"{root}: {{work_dir}} is not empty and holds no job.json (not a car-onnx work "
-                             "directory); choose a new or empty directory", "work_dir")
+            raise UsageError(
+                f"{root}: {{work_dir}} is not empty and holds no job.json (not a car-onnx work "
+                "directory); choose a new or empty directory",
+                "work_dir",
+            )
 
     @classmethod
     def open(cls, root: Path, ident: dict, note: Callable[[str], None]) -> WorkDir:
@@ -70,8 +77,10 @@ class WorkDir:
                 old = None
             if old != want:
                 finished = len(list(work.chunks.glob("*.npz")))
-                note(f"work dir {root}: {_changes(old, want)} since the last run; "
-                     f"its {finished} finished chunk(s) are discarded")
+                note(
+                    f"work dir {root}: {_changes(old, want)} since the last run; "
+                    f"its {finished} finished chunk(s) are discarded"
+                )
                 shutil.rmtree(work.chunks, ignore_errors=True)
         remove_stale_temps(job_file)
         work._write(job_file, json.dumps(want, indent=2).encode())
@@ -143,7 +152,7 @@ class WorkDir:
             data = self.load(c)
             rows = len(next(iter(data.values())))
             if isinstance(scores, Column):
-                scores[start:min(start + rows, n)] = data["score"][:n - start]  # too many rows: said below
+                scores[start : min(start + rows, n)] = data["score"][: n - start]  # too many rows: said below
             elif "score" in data:
                 scores.append(data["score"])
             sizes.append(rows)
@@ -151,7 +160,7 @@ class WorkDir:
                 if embed is None:
                     with naming(self.root / "embeddings.npy"):
                         embed = create_npy(self.root / "embeddings.npy", (n, data["embed"].shape[1]))
-                embed[start:start + rows] = data["embed"]
+                embed[start : start + rows] = data["embed"]
             start, c = start + rows, c + 1
         if start != n:
             raise UsageError(f"work dir {self.root}: the chunks hold {start} rows for {n} records")

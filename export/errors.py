@@ -30,6 +30,8 @@ class VariantsRefused(ExportError):
 
     def __init__(self, root: Path, name: str, kept: list[str], refused: list[Refusal]):
         self.root, self.name, self.kept, self.refused = Path(root), name, kept, refused
-        super().__init__(f"{root}: model '{name}' written with {', '.join(kept)}; refused: "
-                         f"{'; '.join(str(r) for r in refused)}; pass --force to keep "
-                         f"{'them' if len(refused) > 1 else 'it'} anyway")
+        super().__init__(
+            f"{root}: model '{name}' written with {', '.join(kept)}; refused: "
+            f"{'; '.join(str(r) for r in refused)}; pass --force to keep "
+            f"{'them' if len(refused) > 1 else 'it'} anyway"
+        )

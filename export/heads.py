@@ -90,8 +90,9 @@ class LayerwiseAttention(nn.Module):
         return self.gamma * sum(w[i] * h for i, h in enumerate(hidden_states))
 
 
-def pool(kind: str, mixed: torch.Tensor, last: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
-         pad_id: int) -> torch.Tensor:
+def pool(
+    kind: str, mixed: torch.Tensor, last: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, pad_id: int
+) -> torch.Tensor:
     """COMET's pooling: pad positions are those whose token id is the pad id."""
     if kind == "cls":
         return mixed[:, 0]
@@ -154,6 +155,7 @@ class PooledHead(nn.Module):
 
 # ---------------------------------------------------------------- the defect-aware scorer
 
+
 def span_mean(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """[B, T, H] averaged over the positions where weight ([B, T], 0/1) is 1; zeros for an empty span."""
     w = weight.unsqueeze(-1)
@@ -166,8 +168,9 @@ def trigram_rates(input_ids: torch.Tensor, response: torch.Tensor, prompt: torch
     a, b, c = input_ids[:, :-2], input_ids[:, 1:-1], input_ids[:, 2:]
     rt = response[:, :-2] * response[:, 1:-1] * response[:, 2:]  # trigrams wholly in the response
     pt = prompt[:, :-2] * prompt[:, 1:-1] * prompt[:, 2:]
-    same = ((a.unsqueeze(2) == a.unsqueeze(1)) & (b.unsqueeze(2) == b.unsqueeze(1))
-            & (c.unsqueeze(2) == c.unsqueeze(1))).to(response.dtype)  # [B, i, j]
+    same = (
+        (a.unsqueeze(2) == a.unsqueeze(1)) & (b.unsqueeze(2) == b.unsqueeze(1)) & (c.unsqueeze(2) == c.unsqueeze(1))
+    ).to(response.dtype)  # [B, i, j]
     pos = torch.arange(a.shape[1], device=a.device)
     earlier = (pos.unsqueeze(1) > pos.unsqueeze(0)).to(response.dtype)  # j < i
     loop = (same * earlier * rt.unsqueeze(1)).sum(-1).clamp(max=1.0) * rt
@@ -187,8 +190,17 @@ def span_cosines(pool, input_ids, attention_mask, response_mask, max_length: int
     cos = nn.functional.cosine_similarity(pool(prompt), pool(response), dim=2, eps=1e-6)
     rates = trigram_rates(input_ids, response, prompt)
     n_resp, n_prompt = response.sum(1), prompt.sum(1)
-    counts = torch.stack([rates[:, 0], rates[:, 1], torch.log1p(n_resp) / 5, torch.log1p(n_prompt) / 5,
-                          (mask.sum(1) >= max_length).to(mask.dtype), (n_resp == 0).to(mask.dtype)], 1)
+    counts = torch.stack(
+        [
+            rates[:, 0],
+            rates[:, 1],
+            torch.log1p(n_resp) / 5,
+            torch.log1p(n_prompt) / 5,
+            (mask.sum(1) >= max_length).to(mask.dtype),
+            (n_resp == 0).to(mask.dtype),
+        ],
+        1,
+    )
     return torch.cat([cos, counts], 1)
 
 
@@ -201,8 +213,9 @@ class DefectPart(nn.Module):
 
     def __init__(self, features: int, hidden: int = 64, scale: float = 2.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     def logit(self, features: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,11 @@ from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_ref
 NAME = "iqs"
 TEMPLATE = Template("Instruction: {instruction} Input: {input} Response: {output}", None)
 ENCODER = "encoder.model."
-IGNORED = ("layerwise_attention.dropout_mask", "layerwise_attention.dropout_fill",  # training-time buffers
-           ENCODER + "embeddings.position_ids")  # old transformers saved it; recomputed from the ids
+IGNORED = (
+    "layerwise_attention.dropout_mask",
+    "layerwise_attention.dropout_fill",  # training-time buffers
+    ENCODER + "embeddings.position_ids",
+)  # old transformers saved it; recomputed from the ids
 REQUIRED_HPARAMS = ("layer", "layer_transformation", "layer_norm", "pool", "hidden_sizes", "activations")
 REFERENCE_BATCH = 8
 
@@ -34,8 +37,10 @@ def find_hparams(checkpoint: Path) -> Path:
     for path in (checkpoint.parent.parent / "hparams.yaml", checkpoint.parent / "hparams.yaml"):
         if path.is_file():
             return path
-    raise CarError(f"{checkpoint}: no hparams.yaml at {checkpoint.parent.parent / 'hparams.yaml'} (the run "
-                   "folder of RUN/checkpoints/X.ckpt); it says how the head is built")
+    raise CarError(
+        f"{checkpoint}: no hparams.yaml at {checkpoint.parent.parent / 'hparams.yaml'} (the run "
+        "folder of RUN/checkpoints/X.ckpt); it says how the head is built"
+    )
 
 
 def read_hparams(path: Path) -> dict:
@@ -55,6 +60,7 @@ def read_hparams(path: Path) -> dict:
 
 def head_config(hparams: dict, path: Path, hidden: int, num_layers: int) -> HeadConfig:
     """The head as hparams.yaml describes it; a value outside what COMET accepts names the key."""
+
     def bad(key, allowed):
         return CarError(f"{path}: key '{key}' = {hparams.get(key)!r}, expected {allowed}")
 
@@ -84,10 +90,18 @@ def head_config(hparams: dict, path: Path, hidden: int, num_layers: int) -> Head
     if not isinstance(layer_norm, bool):
         raise bad("layer_norm", "true or false")
     try:
-        return HeadConfig(hidden=hidden, num_layers=num_layers, layer=layer, mix=hparams["layer_transformation"],
-                          layer_norm=layer_norm, pool=hparams["pool"], hidden_sizes=sizes,
-                          activation=activation("activations"), final_activation=activation("final_activation"),
-                          dropout=float(hparams.get("dropout") or 0.0))
+        return HeadConfig(
+            hidden=hidden,
+            num_layers=num_layers,
+            layer=layer,
+            mix=hparams["layer_transformation"],
+            layer_norm=layer_norm,
+            pool=hparams["pool"],
+            hidden_sizes=sizes,
+            activation=activation("activations"),
+            final_activation=activation("final_activation"),
+            dropout=float(hparams.get("dropout") or 0.0),
+        )
     except ValueError as err:  # its message starts with the key's name
         raise CarError(f"{path}: {err}") from None
 
@@ -117,10 +131,14 @@ def load_state_dict(checkpoint: Path, unsafe_pickle: bool = False) -> dict[str, 
     except pickle.UnpicklingError as err:
         if unsafe_pickle:
             raise CarError(f"{checkpoint}: cannot unpickle ({str(err).splitlines()[0]})") from None
-        reason = next((line for line in str(err).splitlines() if "Unsupported" in line or "GLOBAL" in line),
-                      str(err).splitlines()[0])
-        raise CarError(f"{checkpoint}: torch's weights-only loader refuses this file ({reason.strip()}); if you "
-                       "trust the file, pass --unsafe-pickle (unpickling can run code stored in it)") from None
+        reason = next(
+            (line for line in str(err).splitlines() if "Unsupported" in line or "GLOBAL" in line),
+            str(err).splitlines()[0],
+        )
+        raise CarError(
+            f"{checkpoint}: torch's weights-only loader refuses this file ({reason.strip()}); if you "
+            "trust the file, pass --unsafe-pickle (unpickling can run code stored in it)"
+        ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise CarError(f"{checkpoint}: not a readable PyTorch checkpoint ({err})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
@@ -136,14 +154,15 @@ def split_state(state: dict, checkpoint: Path, mix: bool) -> tuple[dict, dict]:
         if key in IGNORED or key.startswith(ENCODER + "pooler."):  # COMET builds XLM-R without its pooler
             continue
         if key.startswith(ENCODER):
-            encoder[key[len(ENCODER):]] = value
+            encoder[key[len(ENCODER) :]] = value
         elif key.startswith("estimator.ff.") or key.startswith("layerwise_attention."):
             if key.startswith("layerwise_attention.") and not mix:
                 continue  # an integer `layer` does not use the mix
             head[key] = value
         else:
-            raise CarError(f"{checkpoint}: unexpected key '{key}' in the state dict (not an IQS/COMET "
-                           "regression checkpoint?)")
+            raise CarError(
+                f"{checkpoint}: unexpected key '{key}' in the state dict (not an IQS/COMET regression checkpoint?)"
+            )
     if not encoder:
         raise CarError(f"{checkpoint}: no '{ENCODER}*' keys in the state dict")
     return encoder, head
@@ -162,6 +181,7 @@ def encoder_config(encoder: dict, base: Path | None, checkpoint: Path):
             raise CarError(f"{base / 'config.json'}: not valid JSON ({err})") from None
         config = XLMRobertaConfig(**{k: v for k, v in d.items() if k not in ("model_type", "architectures")})
     else:
+
         def shape(key):
             if key not in encoder:
                 raise CarError(f"{checkpoint}: key '{ENCODER}{key}' missing from the state dict")
@@ -170,14 +190,23 @@ def encoder_config(encoder: dict, base: Path | None, checkpoint: Path):
         vocab, hidden = shape("embeddings.word_embeddings.weight")
         layers = len({k.split(".")[2] for k in encoder if k.startswith("encoder.layer.")})
         if hidden % 64:
-            raise CarError(f"{checkpoint}: hidden size {hidden} is not a multiple of 64, so the number of attention "
-                           "heads cannot be inferred; pass --base DIR holding the encoder's config.json")
+            raise CarError(
+                f"{checkpoint}: hidden size {hidden} is not a multiple of 64, so the number of attention "
+                "heads cannot be inferred; pass --base DIR holding the encoder's config.json"
+            )
         config = XLMRobertaConfig(
-            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=hidden // 64,
             intermediate_size=shape("encoder.layer.0.intermediate.dense.weight")[0],
             max_position_embeddings=shape("embeddings.position_embeddings.weight")[0],
             type_vocab_size=shape("embeddings.token_type_embeddings.weight")[0],
-            pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            layer_norm_eps=1e-5,
+        )
     config._attn_implementation = "eager"  # the attention pattern onnxruntime's fusions recognise
     return config
 
@@ -189,8 +218,10 @@ def check_keys(expected: dict, state: dict, checkpoint: Path, prefix: str) -> No
         if key not in state:
             raise CarError(f"{checkpoint}: key '{prefix}{key}' missing from the state dict")
         if tuple(state[key].shape) != shape:
-            raise CarError(f"{checkpoint}: key '{prefix}{key}' has shape {list(state[key].shape)}, the model "
-                           f"built from the config expects {list(shape)}")
+            raise CarError(
+                f"{checkpoint}: key '{prefix}{key}' has shape {list(state[key].shape)}, the model "
+                f"built from the config expects {list(shape)}"
+            )
     extra = sorted(set(state) - set(expected))
     if extra:
         raise CarError(f"{checkpoint}: unexpected key '{prefix}{extra[0]}' in the state dict")
@@ -225,13 +256,18 @@ def load_scorer(checkpoint: Path, base: Path | None = None, unsafe_pickle: bool 
     if mix:
         n_scalars = len([k for k in head_state if k.startswith("layerwise_attention.scalar_parameters.")])
         if n_scalars != cfg.num_layers:
-            raise CarError(f"{checkpoint}: {n_scalars} layerwise_attention.scalar_parameters for an encoder with "
-                           f"{cfg.num_layers} hidden states (embeddings + {config.num_hidden_layers} layers)")
+            raise CarError(
+                f"{checkpoint}: {n_scalars} layerwise_attention.scalar_parameters for an encoder with "
+                f"{cfg.num_layers} hidden states (embeddings + {config.num_hidden_layers} layers)"
+            )
     with no_init_weights():  # the weights come from the checkpoint: skip the random initialisation
         encoder = XLMRobertaModel(config, add_pooling_layer=False)
     head = ScoringHead(cfg, pad_id=config.pad_token_id)
-    head_expected = head.state_dict() if mix else {
-        k: v for k, v in head.state_dict().items() if not k.startswith("layerwise_attention.")}
+    head_expected = (
+        head.state_dict()
+        if mix
+        else {k: v for k, v in head.state_dict().items() if not k.startswith("layerwise_attention.")}
+    )
     check_keys(encoder.state_dict(), enc_state, checkpoint, ENCODER)
     check_keys(head_expected, head_state, checkpoint, "")
     # assign=True keeps the (memory-mapped) checkpoint tensors instead of copying them into fresh ones.
@@ -243,8 +279,10 @@ def load_scorer(checkpoint: Path, base: Path | None = None, unsafe_pickle: bool 
 
 def tokenizer_path(base: Path | None) -> Path:
     """--base DIR/tokenizer.json: the bundle carries the encoder's own tokenizer, so there is no export without it."""
-    hint = ("--base DIR must hold the encoder's tokenizer.json (e.g. a local copy of the xlm-roberta-large "
-            "folder named by pretrained_model in hparams.yaml): the bundle carries its own tokenizer")
+    hint = (
+        "--base DIR must hold the encoder's tokenizer.json (e.g. a local copy of the xlm-roberta-large "
+        "folder named by pretrained_model in hparams.yaml): the bundle carries its own tokenizer"
+    )
     if base is None:
         raise CarError(f"no tokenizer: {hint}")
     path = Path(base) / "tokenizer.json"
@@ -262,22 +300,34 @@ def check_tokenizer(path: Path, config) -> None:
     except Exception as err:  # tokenizers raises a bare Exception on a malformed file
         raise CarError(f"{path}: cannot load tokenizer ({err})") from None
     if tok.get_vocab_size() > config.vocab_size:
-        raise CarError(f"{path}: {tok.get_vocab_size()} tokens, more than the encoder's vocabulary of "
-                       f"{config.vocab_size}: not this encoder's tokenizer")
+        raise CarError(
+            f"{path}: {tok.get_vocab_size()} tokens, more than the encoder's vocabulary of "
+            f"{config.vocab_size}: not this encoder's tokenizer"
+        )
     tok.no_padding()
     tok.no_truncation()
     ids = tok.encode("Hello world").ids
     if not ids or ids[0] != config.bos_token_id or ids[-1] != config.eos_token_id:
-        raise CarError(f"{path}: does not wrap texts in <s> ... </s> (ids {config.bos_token_id} ... "
-                       f"{config.eos_token_id}) as XLM-R's tokenizer does; got {ids[:3]}...{ids[-1:]}")
+        raise CarError(
+            f"{path}: does not wrap texts in <s> ... </s> (ids {config.bos_token_id} ... "
+            f"{config.eos_token_id}) as XLM-R's tokenizer does; got {ids[:3]}...{ids[-1:]}"
+        )
     pad = tok.token_to_id("<pad>")
     if pad is not None and pad != config.pad_token_id:
         raise CarError(f"{path}: <pad> is id {pad}, the encoder's pad id is {config.pad_token_id}")
 
 
-def export_scorer(checkpoint: Path, output: Path, *, base: Path | None = None, precisions=("fp32", "int8"),
-                  force: bool = False, unsafe_pickle: bool = False, texts: list[str] | None = None,
-                  log=print) -> ModelSpec:
+def export_scorer(
+    checkpoint: Path,
+    output: Path,
+    *,
+    base: Path | None = None,
+    precisions=("fp32", "int8"),
+    force: bool = False,
+    unsafe_pickle: bool = False,
+    texts: list[str] | None = None,
+    log=print,
+) -> ModelSpec:
     """Export an IQS checkpoint (RUN/checkpoints/X.ckpt with RUN/hparams.yaml) as the scorer of the bundle in
     `output` (merged with the models already there). `base` holds the encoder's tokenizer.json and, optionally,
     its config.json."""
@@ -296,16 +346,35 @@ def export_scorer(checkpoint: Path, output: Path, *, base: Path | None = None, p
     held = {"model": model}  # dropped by build_variants once exported: a 550M model's memory goes to the ONNX steps
     del model
     spec = ModelSpec(
-        name=NAME, roles=("score",), tokenizer=tokenizer, template=TEMPLATE, max_length=max_length,
-        pad_id=int(config.pad_token_id), inputs=("input_ids", "attention_mask"), outputs={"score": "score"},
+        name=NAME,
+        roles=("score",),
+        tokenizer=tokenizer,
+        template=TEMPLATE,
+        max_length=max_length,
+        pad_id=int(config.pad_token_id),
+        inputs=("input_ids", "attention_mask"),
+        outputs={"score": "score"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
-        info={"source": "IQS checkpoint (COMET-style regression metric)", "run": checkpoint.parent.parent.name,
-              "checkpoint": checkpoint.name, "checkpoint_sha256": digest, "hparams": used,
-              "encoder": {k: getattr(config, k) for k in (
-                  "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "max_position_embeddings")} | {"config_from": "base" if base and (base / "config.json").is_file()
-                                                 else "inferred from the weights"},
-              "layer_weights": [round(float(w), 6) for w in weights] if hparams["layer"] == "mix" else None},
+        info={
+            "source": "IQS checkpoint (COMET-style regression metric)",
+            "run": checkpoint.parent.parent.name,
+            "checkpoint": checkpoint.name,
+            "checkpoint_sha256": digest,
+            "hparams": used,
+            "encoder": {
+                k: getattr(config, k)
+                for k in (
+                    "vocab_size",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "max_position_embeddings",
+                )
+            }
+            | {"config_from": "base" if base and (base / "config.json").is_file() else "inferred from the weights"},
+            "layer_weights": [round(float(w), 6) for w in weights] if hparams["layer"] == "mix" else None,
+        },
     )
 
     def reference(texts: list[str]) -> dict[str, np.ndarray]:
@@ -315,14 +384,25 @@ def export_scorer(checkpoint: Path, output: Path, *, base: Path | None = None, p
         scores = []
         with torch.inference_mode():
             for i in range(0, len(ids), REFERENCE_BATCH):
-                batch, mask = pad_batch(ids[i:i + REFERENCE_BATCH], spec.pad_id)
+                batch, mask = pad_batch(ids[i : i + REFERENCE_BATCH], spec.pad_id)
                 scores.append(held["model"](torch.from_numpy(batch), torch.from_numpy(mask)).numpy())
         return {"score": np.concatenate(scores).astype(np.float32)}
 
     example = {n: torch.full((2, 8), 5, dtype=torch.int64) for n in spec.inputs}
-    spec, refused = build_variants(held["model"], spec, output, example, texts or verification_texts(), reference,
-                                   precisions=precisions, num_heads=config.num_attention_heads,
-                                   hidden_size=config.hidden_size, force=force, release=held.clear, log=log)
+    spec, refused = build_variants(
+        held["model"],
+        spec,
+        output,
+        example,
+        texts or verification_texts(),
+        reference,
+        precisions=precisions,
+        num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        force=force,
+        release=held.clear,
+        log=log,
+    )
     add_to_bundle(output, spec, f"car-onnx export scorer {car_onnx.__version__}")
     log(f"IQS scorer written to {output}")
     raise_refused(output, spec, refused)

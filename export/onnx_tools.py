@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from car_onnx import CarError
 from car_onnx.manifest import ModelSpec, Variant, read_manifest, write_manifest
 from car_onnx.models import OnnxModel
 
@@ -46,8 +45,14 @@ def data_bytes(tensor: onnx.TensorProto) -> int:
     return int(length) if length is not None else int(np.prod(tensor.dims)) * itemsize
 
 
-def save_onnx(model: onnx.ModelProto, path: Path, source: Path | None = None, *, external: bool | None = None,
-              attributes: bool = False) -> None:
+def save_onnx(
+    model: onnx.ModelProto,
+    path: Path,
+    source: Path | None = None,
+    *,
+    external: bool | None = None,
+    attributes: bool = False,
+) -> None:
     """Save, with external data beside the graph when the model is too large for one protobuf (`external`: decided
     by the caller), in the files onnx.save_model writes, byte for byte (`attributes`: its convert_attribute). Tensors
     left in external files (onnx.load(..., load_external_data=False)) are read from the folder `source` one at a
@@ -56,8 +61,9 @@ def save_onnx(model: onnx.ModelProto, path: Path, source: Path | None = None, *,
     for old in (path, path.with_name(path.name + ".data")):
         old.unlink(missing_ok=True)
     # onnx's own order when it saves
-    tensors = list((external_data_helper._get_all_tensors if attributes else
-                    external_data_helper._get_initializer_tensors)(model))
+    tensors = list(
+        (external_data_helper._get_all_tensors if attributes else external_data_helper._get_initializer_tensors)(model)
+    )
     if external is None:
         external = sum(data_bytes(t) for t in tensors) > EXTERNAL_DATA_BYTES
     if not external:
@@ -98,9 +104,17 @@ def export_module(module, path: Path, example: dict, outputs: list[str]) -> None
     names = list(example)
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {o: {0: "batch"} for o in outputs}
     with torch.no_grad():
-        torch.onnx.export(module.eval(), tuple(example[n] for n in names), str(path), input_names=names,
-                          output_names=outputs, dynamic_axes=axes, opset_version=17, do_constant_folding=True,
-                          dynamo=False)
+        torch.onnx.export(
+            module.eval(),
+            tuple(example[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
 def return_freed_memory() -> None:
@@ -140,13 +154,20 @@ def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict:
     options = FusionOptions("bert")
     options.enable_skip_layer_norm = False
     with working_directory(src.parent if external else None):
-        opt = optimize_model(model, model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
-                             optimization_options=options)
+        opt = optimize_model(
+            model,
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            opt_level=0,
+            optimization_options=options,
+        )
         del model
         stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
         opt.topological_sort()  # what opt.save_model_to_file does before saving, with the opset it adds
         if any(n.domain == "com.microsoft" for n in opt.model.graph.node) and not any(
-                o.domain == "com.microsoft" for o in opt.model.opset_import):
+            o.domain == "com.microsoft" for o in opt.model.opset_import
+        ):
             opt.model.opset_import.add(domain="com.microsoft", version=1)
         save_onnx(opt.model, dst, source=src.parent if external else None)
     return stats
@@ -214,14 +235,30 @@ def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, embedd
     add_infer_metadata(model)
     model = update_opset_version(model, QuantType.QInt8)
     with working_directory(src.parent if external else None), shapes_without_weights():
-        quantizer = ONNXQuantizer(model, True, True, QuantizationMode.IntegerOps, False, QuantType.QInt8,
-                                  QuantType.QUInt8, None, [], list(exclude), ops,
-                                  {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantizer = ONNXQuantizer(
+            model,
+            True,
+            True,
+            QuantizationMode.IntegerOps,
+            False,
+            QuantType.QInt8,
+            QuantType.QUInt8,
+            None,
+            [],
+            list(exclude),
+            ops,
+            {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
         del model
         quantizer.quantize_model()
         quantizer.model.topological_sort()  # what its save_model_to_file does first
-        save_onnx(quantizer.model.model, dst, source=src.parent if external else None,
-                  external=Path(str(src) + ".data").exists(), attributes=True)
+        save_onnx(
+            quantizer.model.model,
+            dst,
+            source=src.parent if external else None,
+            external=Path(str(src) + ".data").exists(),
+            attributes=True,
+        )
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -267,8 +304,10 @@ def run_variant(spec: ModelSpec, root: Path, precision: str, texts: list[str]) -
 
 def check_fp32(metrics: dict) -> None:
     if metrics.get("max_abs_score_error", 0.0) > FP32_MAX_SCORE_ERROR:
-        raise ExportError(f"fp32 export check failed: score error {metrics['max_abs_score_error']} > "
-                          f"{FP32_MAX_SCORE_ERROR} against PyTorch")
+        raise ExportError(
+            f"fp32 export check failed: score error {metrics['max_abs_score_error']} > "
+            f"{FP32_MAX_SCORE_ERROR} against PyTorch"
+        )
     if metrics.get("min_cosine", 1.0) < FP32_MIN_COSINE:
         raise ExportError(f"fp32 export check failed: embedding cosine {metrics['min_cosine']} < {FP32_MIN_COSINE}")
 
@@ -344,8 +383,9 @@ def build_variants(
             recipes = [{"embeddings": "int8"}, {"embeddings": "fp32"}]
         for recipe in recipes:
             if precision == "int8":
-                in_process(big, quantize_int8, root / fp32, root / rel, int8_exclude,
-                           recipe.get("embeddings") == "int8")
+                in_process(
+                    big, quantize_int8, root / fp32, root / rel, int8_exclude, recipe.get("embeddings") == "int8"
+                )
             else:
                 in_process(big, convert_fp16, root / fp32, root / rel)
             spec = dataclasses.replace(spec, variants={**variants, precision: Variant(rel)})
@@ -381,8 +421,7 @@ def add_to_bundle(root: Path, spec: ModelSpec, created_by: str) -> None:
     root = Path(root)
     models = []
     if (root / "manifest.json").is_file():
-        models = [m for m in read_manifest(root).models
-                  if m.name != spec.name and not set(m.roles) & set(spec.roles)]
+        models = [m for m in read_manifest(root).models if m.name != spec.name and not set(m.roles) & set(spec.roles)]
     write_manifest(root, models + [spec], created_by)
 
 

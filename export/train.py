@@ -25,17 +25,30 @@ from car_onnx.manifest import Template
 
 from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead
 
-TEMPLATE = {"with_input": "Instruction: {instruction} Input: {input} Response: {output}",
-            "without_input": "Instruction: {instruction} Response: {output}"}  # as the expert-revised data is written
+TEMPLATE = {
+    "with_input": "Instruction: {instruction} Input: {input} Response: {output}",
+    "without_input": "Instruction: {instruction} Response: {output}",
+}  # as the expert-revised data is written
 MAX_LENGTH = 256
 # The quality head's recipe (chosen on score_valid.csv by an earlier version; the epoch is now chosen on a split of
 # the training pairs, CHOOSE).
-RECIPE = dict(hidden_sizes=(256,), mix="sparsemax", epochs=40, lr=1e-3, weight_decay=1e-4, batch=64, dropout=0.1,
-              pair_weight=1.0)
+RECIPE = dict(
+    hidden_sizes=(256,), mix="sparsemax", epochs=40, lr=1e-3, weight_decay=1e-4, batch=64, dropout=0.1, pair_weight=1.0
+)
 # The defect term's recipe (chosen on the CHOOSE split of the expert training pairs and their corrupted copies):
 # each record lends up to `per_record` corrupted copies of random kinds; real must beat corrupted by `margin`.
-DEFECTS = dict(hidden=64, scale=2.0, epochs=40, lr=3e-3, weight_decay=1e-4, batch=64, per_record=4, margin=0.5,
-               weight=1.0, agreement_slack=0.01)
+DEFECTS = dict(
+    hidden=64,
+    scale=2.0,
+    epochs=40,
+    lr=3e-3,
+    weight_decay=1e-4,
+    batch=64,
+    per_record=4,
+    margin=0.5,
+    weight=1.0,
+    agreement_slack=0.01,
+)
 CHOOSE = 0.15  # share of the training pairs held apart to choose epochs on
 
 
@@ -49,15 +62,22 @@ def agreement(scores: np.ndarray, data: PairData) -> float:
     return float((scores[data.better] > scores[data.worse]).mean())
 
 
-def fit(train_x: np.ndarray, train: PairData, valid_x: np.ndarray, valid: PairData, *, seed: int, epochs: int,
-        log=print) -> tuple[ScoringHead, dict]:
+def fit(
+    train_x: np.ndarray, train: PairData, valid_x: np.ndarray, valid: PairData, *, seed: int, epochs: int, log=print
+) -> tuple[ScoringHead, dict]:
     """Seeded, deterministic training; keeps the epoch with the best agreement on `valid` (train_head passes the
     held-apart split of the training pairs)."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     r = RECIPE
-    cfg = HeadConfig(hidden=train_x.shape[2], num_layers=train_x.shape[1], mix=r["mix"], pool="avg",
-                     hidden_sizes=tuple(r["hidden_sizes"]), dropout=r["dropout"])
+    cfg = HeadConfig(
+        hidden=train_x.shape[2],
+        num_layers=train_x.shape[1],
+        mix=r["mix"],
+        pool="avg",
+        hidden_sizes=tuple(r["hidden_sizes"]),
+        dropout=r["dropout"],
+    )
     head = ScoringHead(cfg, pad_id=0)
     model = PooledHead(head)
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
@@ -87,8 +107,13 @@ def fit(train_x: np.ndarray, train: PairData, valid_x: np.ndarray, valid: PairDa
     with torch.no_grad():
         train_acc = agreement(model(x).numpy(), train)
     log(f"quality head: best epoch {best_epoch}: held-apart agreement {best:.4f}, train {train_acc:.4f}")
-    return head, {"valid_agreement": round(best, 4), "train_agreement": round(train_acc, 4), "epoch": best_epoch,
-                  "seed": seed, "history": [round(h, 4) for h in history]}
+    return head, {
+        "valid_agreement": round(best, 4),
+        "train_agreement": round(train_acc, 4),
+        "epoch": best_epoch,
+        "seed": seed,
+        "history": [round(h, 4) for h in history],
+    }
 
 
 ENCODERS = ("minilm", "multilingual")
@@ -113,8 +138,9 @@ def encode_minilm(records: list[Text], template: Template, batch_tokens: int = 8
             ids, mask = pad_batch([tokens.ids[i] for i in batch], 0)
             response = torch.from_numpy(pad_rows([tokens.response[i] for i in batch], 0))
             ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-            hidden = model.encoder(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
-                                   output_hidden_states=True).hidden_states
+            hidden = model.encoder(
+                input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), output_hidden_states=True
+            ).hidden_states
             pooled[batch] = torch.stack([span_mean(h, mask.float()) for h in hidden], 1).numpy()
             f = model.defect_features(hidden, ids, mask, response).numpy()
             if feats is None:
@@ -131,8 +157,12 @@ def encode_multilingual(records: list[Text], template: Template, batch_tokens: i
     from . import multilingual as ml
 
     sp_model, weights = ml.package_resources()
-    model = ml.JointModel(ml.USEEncoder(weights).eval(), ScoringHead(HeadConfig(hidden=512, num_layers=4), 0), None,
-                          ml.scripts_of(sp_model)).eval()
+    model = ml.JointModel(
+        ml.USEEncoder(weights).eval(),
+        ScoringHead(HeadConfig(hidden=512, num_layers=4), 0),
+        None,
+        ml.scripts_of(sp_model),
+    ).eval()
     tok = ml.build_tokenizer(sp_model)
     tok.enable_truncation(max_length=ml.MAX_LENGTH)
     texts = [template.render(r.instruction, r.input, r.output) for r in records]
@@ -218,15 +248,33 @@ def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *,
             best_state = {k: v.clone() for k, v in part.state_dict().items()}
     part.load_state_dict(best_state)
     part.eval()
-    log(f"defects: epoch {best[1]}: choose-split agreement {best[3]:.4f} (quality head alone {base:.4f}), "
-        f"worst kind {min(best[2].values()) if best[2] else 1.0:.4f}")
-    return part, {"epoch": best[1], "choose_agreement": round(best[3], 4), "choose_agreement_quality_only":
-                  round(base, 4), "choose_defects": best[2], "history": history, "recipe": DEFECTS}
+    log(
+        f"defects: epoch {best[1]}: choose-split agreement {best[3]:.4f} (quality head alone {base:.4f}), "
+        f"worst kind {min(best[2].values()) if best[2] else 1.0:.4f}"
+    )
+    return part, {
+        "epoch": best[1],
+        "choose_agreement": round(best[3], 4),
+        "choose_agreement_quality_only": round(base, 4),
+        "choose_defects": best[2],
+        "history": history,
+        "recipe": DEFECTS,
+    }
 
 
-def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs: int | None = None,
-               limit: int | None = None, encoder: str = "minilm", defects: bool = True,
-               foreign: list[str] | None = None, log=print) -> dict:
+def train_head(
+    train: Path,
+    valid: Path,
+    output: Path,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    limit: int | None = None,
+    encoder: str = "minilm",
+    defects: bool = True,
+    foreign: list[str] | None = None,
+    log=print,
+) -> dict:
     """Train on `train`, write `output` (.safetensors) and its metadata (.json) beside it. Epochs are chosen on a
     split of `train` held apart (CHOOSE); `valid` is only measured, never chosen on. With `defects` (default: on),
     the score also learns to put corrupted copies of the training records (car_onnx.defects, training phrases;
@@ -246,8 +294,13 @@ def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs:
     n_choose = max(1, int(round(CHOOSE * n))) if n > 1 else 0
     choose, fit_ = np.sort(order[:n_choose]), np.sort(order[n_choose:])
     broken = sample_defects(better, seed=seed, per_record=DEFECTS["per_record"], foreign=foreign) if defects else []
-    records = better + worse + valid_b + valid_w + [Text(better[c.index].instruction, better[c.index].input, c.output)
-                                                    for c in broken]
+    records = (
+        better
+        + worse
+        + valid_b
+        + valid_w
+        + [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
+    )
     log(f"encoding {len(records)} texts ({n} pairs, {len(valid_b)} valid pairs, {len(broken)} corrupted copies)")
     if encoder == "minilm":
         pooled, feats = encode_minilm(records, template)
@@ -262,9 +315,15 @@ def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs:
     vw = vb + len(valid_b)
     fit_pairs = PairData(np.arange(len(fit_)), np.arange(len(fit_), 2 * len(fit_)))
     choose_pairs = PairData(np.arange(len(choose)), np.arange(len(choose), 2 * len(choose)))
-    head, metrics = fit(pooled[np.concatenate([b[fit_], w[fit_]])], fit_pairs,
-                        pooled[np.concatenate([b[choose], w[choose]])], choose_pairs, seed=seed,
-                        epochs=epochs or RECIPE["epochs"], log=log)
+    head, metrics = fit(
+        pooled[np.concatenate([b[fit_], w[fit_]])],
+        fit_pairs,
+        pooled[np.concatenate([b[choose], w[choose]])],
+        choose_pairs,
+        seed=seed,
+        epochs=epochs or RECIPE["epochs"],
+        log=log,
+    )
     metrics["choose_agreement"] = metrics.pop("valid_agreement")
     with torch.no_grad():
         q = PooledHead(head)(torch.from_numpy(pooled)).numpy()
@@ -277,8 +336,10 @@ def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs:
         kinds = np.array([c.kind for c in broken])
         in_fit = np.isin(owner, fit_)
         expert = {name: {"better": b[rows], "worse": w[rows]} for name, rows in (("fit", fit_), ("choose", choose))}
-        defect = {name: {"real": b[owner[keep]], "bad": bad[keep], "kind": kinds[keep]}
-                  for name, keep in (("fit", in_fit), ("choose", ~in_fit))}
+        defect = {
+            name: {"real": b[owner[keep]], "bad": bad[keep], "kind": kinds[keep]}
+            for name, keep in (("fit", in_fit), ("choose", ~in_fit))
+        }
         part, dmetrics = fit_defects(q, feats, expert, defect, seed=seed, log=log)
         with torch.no_grad():
             scores = q + part(torch.from_numpy(feats)).numpy()
@@ -288,16 +349,31 @@ def train_head(train: Path, valid: Path, output: Path, *, seed: int = 0, epochs:
     valid_agreement = agreement(scores, PairData(vb, vw))
     metrics["valid_agreement_quality_only"] = round(agreement(q, PairData(vb, vw)), 4)
     log(f"agreement on {Path(valid).name} (measured, not chosen on): {valid_agreement:.4f}")
-    metrics |= {"valid_agreement": round(valid_agreement, 4), "choose_pairs": len(choose), "fit_pairs": len(fit_),
-                "encode_seconds": round(encoded - start, 1),
-                "train_seconds": round(time.perf_counter() - encoded, 1),
-                "train_file": Path(train).name, "train_sha256": _sha256(train), "valid_file": Path(valid).name,
-                "valid_sha256": _sha256(valid), "train_pairs": n, "valid_pairs": len(valid_b), "recipe": RECIPE}
+    metrics |= {
+        "valid_agreement": round(valid_agreement, 4),
+        "choose_pairs": len(choose),
+        "fit_pairs": len(fit_),
+        "encode_seconds": round(encoded - start, 1),
+        "train_seconds": round(time.perf_counter() - encoded, 1),
+        "train_file": Path(train).name,
+        "train_sha256": _sha256(train),
+        "valid_file": Path(valid).name,
+        "valid_sha256": _sha256(valid),
+        "train_pairs": n,
+        "valid_pairs": len(valid_b),
+        "recipe": RECIPE,
+    }
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(output))
-    meta = {"head": dataclasses.asdict(head.cfg), "pad_id": 0, "max_length": max_length, "template": TEMPLATE,
-            "encoder": encoder, "training": metrics}
+    meta = {
+        "head": dataclasses.asdict(head.cfg),
+        "pad_id": 0,
+        "max_length": max_length,
+        "template": TEMPLATE,
+        "encoder": encoder,
+        "training": metrics,
+    }
     if meta_defects:
         meta["defects"] = meta_defects
     output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -14,15 +14,23 @@ import pytest
 from car_onnx import car_select
 from car_onnx_export import tiny
 
-HEAVY = ("torch", "transformers", "optimum", "sentence_transformers", "datasets")  # scikit-learn imports pandas where it is installed
+HEAVY = (
+    "torch",
+    "transformers",
+    "optimum",
+    "sentence_transformers",
+    "datasets",
+)  # scikit-learn imports pandas where it is installed
 
 
 def run_cli(*args, cwd=None, env=None):
     """Run `car-onnx ARGS` in a subprocess; returns (exit code, stdout, stderr, heavy modules imported)."""
-    code = ("import json, sys\nfrom car_onnx.cli import main\nsys.argv = ['car-onnx', *sys.argv[1:]]\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code or 0\nelse:\n    rc = 0\n"
-            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})), file=sys.stderr)\n"
-            "sys.exit(rc)\n")
+    code = (
+        "import json, sys\nfrom car_onnx.cli import main\nsys.argv = ['car-onnx', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code or 0\nelse:\n    rc = 0\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})), file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env)
     *err, modules = p.stderr.rstrip("\n").split("\n")
     return p.returncode, p.stdout, "\n".join(err), json.loads(modules)
@@ -34,8 +42,13 @@ def read_rows(path, fmt):
     if fmt == "jsonl":
         return [json.loads(line) for line in path.read_text().splitlines()]
     import csv
-    typed = {"cluster": int, "rank": lambda v: int(v) if v else None, "reason": lambda v: v or None,
-             "selected": lambda v: {"True": True, "False": False}[v]}
+
+    typed = {
+        "cluster": int,
+        "rank": lambda v: int(v) if v else None,
+        "reason": lambda v: v or None,
+        "selected": lambda v: {"True": True, "False": False}[v],
+    }
     return [{k: typed[k](v) if k in typed else v for k, v in r.items()} for r in csv.DictReader(path.open(newline=""))]
 
 
@@ -65,14 +78,22 @@ def job_records(n=6000, seed=0):
     """n small records over the tiny bundle's words (every fourth with an input), each with its index as id."""
     rng = np.random.default_rng(seed)
     words = np.array(tiny.WORDS)
-    return [{"instruction": " ".join(rng.choice(words, 4)), "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
-             "output": " ".join(rng.choice(words, int(rng.integers(1, 9)))), "id": i} for i in range(n)]
+    return [
+        {
+            "instruction": " ".join(rng.choice(words, 4)),
+            "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
+            "output": " ".join(rng.choice(words, int(rng.integers(1, 9)))),
+            "id": i,
+        }
+        for i in range(n)
+    ]
 
 
 class Job(NamedTuple):
     """The select job the fault and reliability tests share: `path` holds 6,000 records, run with `args` in
     120 chunks of 50 (long enough to be stopped half-way) on the tiny `bundle`; `root / "plain.jsonl"` is the
     output of an uninterrupted run, the bytes every resumed or constrained run must give."""
+
     root: Path
     bundle: Path
     path: Path
@@ -110,6 +131,7 @@ def expected_selection():
 
 
 # --- the trained scorer head written out in numpy (an independent reference), and its training pairs ----------
+
 
 def write_pairs(path, records):
     """The sample holds a good then a poor answer per instruction: written as src,score pairs (revision = 1)."""

@@ -14,11 +14,26 @@ import pytest
 import car_onnx
 from car_onnx_export import tiny
 
-RECORDS = [{"instruction": f"explain the {w} of water", "input": "" if i % 3 else f"what {w} is",
-            "output": f"the {w} is {v} and {w}", "id": i}
-           for i, (w, v) in enumerate(zip(tiny.WORDS[:40], reversed(tiny.WORDS[40:80])))]
-CHATS = [{"messages": [{"role": "system", "content": r["input"]}, {"role": "user", "content": r["instruction"]},
-                       {"role": "assistant", "content": r["output"]}], "id": r["id"]} for r in RECORDS]
+RECORDS = [
+    {
+        "instruction": f"explain the {w} of water",
+        "input": "" if i % 3 else f"what {w} is",
+        "output": f"the {w} is {v} and {w}",
+        "id": i,
+    }
+    for i, (w, v) in enumerate(zip(tiny.WORDS[:40], reversed(tiny.WORDS[40:80])))
+]
+CHATS = [
+    {
+        "messages": [
+            {"role": "system", "content": r["input"]},
+            {"role": "user", "content": r["instruction"]},
+            {"role": "assistant", "content": r["output"]},
+        ],
+        "id": r["id"],
+    }
+    for r in RECORDS
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +49,20 @@ def cli_outputs(bundle, tmp_path_factory, cli):
     for name, rows in (("records", RECORDS), ("chats", CHATS)):
         data = tmp / f"{name}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for command, target in (("score", f"{name}.s.jsonl"), ("embed", f"{name}.npy"),
-                                ("select", f"{name}.sel.jsonl")):
+        for command, target in (
+            ("score", f"{name}.s.jsonl"),
+            ("embed", f"{name}.npy"),
+            ("select", f"{name}.sel.jsonl"),
+        ):
             extra = ("--n1", "5") if command == "select" else ()
             rc, _, err, _ = cli(command, data, "-o", tmp / target, "-b", bundle, "-q", *extra)
             assert rc == 0, err
         read = lambda p: [json.loads(line) for line in (tmp / p).read_text().splitlines()]  # noqa: E731
-        out[name] = {"score": np.array([r["score"] for r in read(f"{name}.s.jsonl")], dtype=np.float32),
-                     "embed": np.load(tmp / f"{name}.npy"),
-                     "selected": [(r["id"], r["cluster"]) for r in read(f"{name}.sel.jsonl")]}
+        out[name] = {
+            "score": np.array([r["score"] for r in read(f"{name}.s.jsonl")], dtype=np.float32),
+            "embed": np.load(tmp / f"{name}.npy"),
+            "selected": [(r["id"], r["cluster"]) for r in read(f"{name}.sel.jsonl")],
+        }
     return out
 
 
@@ -50,9 +70,13 @@ def containers():
     import pandas as pd
     from datasets import Dataset
 
-    return {"list": lambda: list(RECORDS), "generator": lambda: (r for r in RECORDS),
-            "DataFrame": lambda: pd.DataFrame(RECORDS), "Dataset": lambda: Dataset.from_list(RECORDS),
-            "columns": lambda: {k: [r[k] for r in RECORDS] for k in RECORDS[0]}}
+    return {
+        "list": lambda: list(RECORDS),
+        "generator": lambda: (r for r in RECORDS),
+        "DataFrame": lambda: pd.DataFrame(RECORDS),
+        "Dataset": lambda: Dataset.from_list(RECORDS),
+        "columns": lambda: {k: [r[k] for r in RECORDS] for k in RECORDS[0]},
+    }
 
 
 @pytest.mark.parametrize("kind", ["list", "generator", "DataFrame", "Dataset", "columns", "messages"])
@@ -116,11 +140,13 @@ def test_bad_row_is_named_before_any_model_runs(bundle, monkeypatch):
 def test_pandas_missing_input_is_empty(bundle):
     pd = pytest.importorskip("pandas")
     model = car_onnx.load(bundle)
-    frame = pd.DataFrame([{"instruction": "explain water", "output": "it is"}, {"instruction": "a", "input": "b",
-                                                                              "output": "c"}])
+    frame = pd.DataFrame(
+        [{"instruction": "explain water", "output": "it is"}, {"instruction": "a", "input": "b", "output": "c"}]
+    )
     assert frame["input"].isna().tolist() == [True, False]
-    want = model.score([{"instruction": "explain water", "output": "it is"},
-                        {"instruction": "a", "input": "b", "output": "c"}])
+    want = model.score(
+        [{"instruction": "explain water", "output": "it is"}, {"instruction": "a", "input": "b", "output": "c"}]
+    )
     np.testing.assert_array_equal(model.score(frame), want)
 
 
@@ -136,8 +162,10 @@ def test_parameters_are_checked_at_load_by_name(bundle):
     with pytest.raises(car_onnx.BundleError, match=r"not a bundle \(no manifest\.json\)"):
         car_onnx.load(bundle.parent)
     renamed = [{"q": r["instruction"], "a": r["output"], "input": r["input"]} for r in RECORDS]
-    np.testing.assert_array_equal(car_onnx.load(bundle, fields={"instruction": "q", "output": "a"}).score(renamed),
-                                  car_onnx.load(bundle).score(RECORDS))
+    np.testing.assert_array_equal(
+        car_onnx.load(bundle, fields={"instruction": "q", "output": "a"}).score(renamed),
+        car_onnx.load(bundle).score(RECORDS),
+    )
 
 
 def test_pickle_spawn_pool_and_threads_give_the_same_numbers(bundle):
@@ -156,7 +184,7 @@ def test_pickle_spawn_pool_and_threads_give_the_same_numbers(bundle):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(fresh.score, [RECORDS[i::4] for i in range(4)] * 3))
     for i, got in enumerate(results):
-        np.testing.assert_array_equal(got, want[i % 4::4])
+        np.testing.assert_array_equal(got, want[i % 4 :: 4])
 
 
 def test_datasets_map_with_two_processes(bundle):
@@ -168,9 +196,11 @@ def test_datasets_map_with_two_processes(bundle):
 
 
 def test_import_loads_no_heavy_package():
-    probe = ("import sys, car_onnx; car_onnx.load; "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('torch', 'transformers', 'optimum', 'pandas', 'datasets', 'pyarrow', 'onnxruntime', 'sklearn')))")
+    probe = (
+        "import sys, car_onnx; car_onnx.load; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'transformers', 'optimum', 'pandas', 'datasets', 'pyarrow', 'onnxruntime', 'sklearn')))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -192,6 +222,7 @@ def test_readme_python_snippets_run(bundle, tmp_path):
     env = {**os.environ, "CAR_ONNX_BUNDLE": str(bundle)}
     for i, code in enumerate(snippets):
         (tmp_path / f"snippet{i}.py").write_text(code)
-        run = subprocess.run([sys.executable, f"snippet{i}.py"], capture_output=True, text=True, cwd=tmp_path,
-                             env=env, timeout=600)
+        run = subprocess.run(
+            [sys.executable, f"snippet{i}.py"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+        )
         assert run.returncode == 0, f"snippet {i}:\n{code}\n{run.stderr}"

@@ -17,8 +17,15 @@ from car_onnx_export import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = tiny.WORDS
-RECORDS = [{"instruction": f"explain the {WORDS[i % 60]} of water", "input": "",
-            "output": f"the {WORDS[i % 60]} is {WORDS[-1 - i % 37]} and {WORDS[i % 11]}", "id": i} for i in range(60)]
+RECORDS = [
+    {
+        "instruction": f"explain the {WORDS[i % 60]} of water",
+        "input": "",
+        "output": f"the {WORDS[i % 60]} is {WORDS[-1 - i % 37]} and {WORDS[i % 11]}",
+        "id": i,
+    }
+    for i in range(60)
+]
 
 
 @pytest.fixture
@@ -42,19 +49,39 @@ def test_every_option_is_checked_before_any_model_runs(setup, cli):
     tmp, bundle, data = setup
     tamper(bundle)
     cases = [
-        (["-o", tmp / "o.xml"], 2, f"car-onnx: error: {tmp / 'o.xml'}: cannot tell the output format from the suffix "
-                                   "(accepted: .json, .jsonl, .ndjson, .csv, .parquet); name the output so or pass "
-                                   "--output-format"),
-        (["-o", tmp / "missing" / "o.json"], 2, f"car-onnx: error: {tmp / 'missing' / 'o.json'}: the directory "
-                                                f"{tmp / 'missing'} does not exist"),
-        (["-o", tmp / "o.json", "--n2", "x"], 2, "car-onnx: error: --n2 must be a count >= 0 or a percentage like "
-                                                  "2%, got 'x'"),
-        (["-o", tmp / "o.json", "--dedup", "near:2"], 2, "car-onnx: error: --dedup must be none, exact or near:T "
-                                                          "with 0 < T <= 1, got 'near:2'"),
+        (
+            ["-o", tmp / "o.xml"],
+            2,
+            f"car-onnx: error: {tmp / 'o.xml'}: cannot tell the output format from the suffix "
+            "(accepted: .json, .jsonl, .ndjson, .csv, .parquet); name the output so or pass "
+            "--output-format",
+        ),
+        (
+            ["-o", tmp / "missing" / "o.json"],
+            2,
+            f"car-onnx: error: {tmp / 'missing' / 'o.json'}: the directory {tmp / 'missing'} does not exist",
+        ),
+        (
+            ["-o", tmp / "o.json", "--n2", "x"],
+            2,
+            "car-onnx: error: --n2 must be a count >= 0 or a percentage like 2%, got 'x'",
+        ),
+        (
+            ["-o", tmp / "o.json", "--dedup", "near:2"],
+            2,
+            "car-onnx: error: --dedup must be none, exact or near:T with 0 < T <= 1, got 'near:2'",
+        ),
         (["-o", tmp / "o.json", "--k", "0"], 2, "car-onnx: error: --k must be an integer >= 1, got 0"),
-        (["-o", tmp / "o.json", "--pca-variance", "2"], 2, "car-onnx: error: --pca-variance must be in (0, 1], got 2.0"),
-        (["-o", tmp / "o.json", "--score-field", "rank"], 2, "car-onnx: error: --score-field 'rank' is a field the "
-                                                              "output adds itself; choose another name"),
+        (
+            ["-o", tmp / "o.json", "--pca-variance", "2"],
+            2,
+            "car-onnx: error: --pca-variance must be in (0, 1], got 2.0",
+        ),
+        (
+            ["-o", tmp / "o.json", "--score-field", "rank"],
+            2,
+            "car-onnx: error: --score-field 'rank' is a field the output adds itself; choose another name",
+        ),
     ]
     for args, code, message in cases:
         rc, _, err, _ = cli("select", data, "-b", bundle, *args)
@@ -70,12 +97,19 @@ def test_every_option_is_checked_before_any_model_runs(setup, cli):
 def test_parquet_without_pyarrow_fails_before_the_model(setup):
     tmp, bundle, data = setup
     tamper(bundle)
-    code = ("import sys; sys.modules['pyarrow'] = None\nfrom car_onnx.cli import main\n"
-            "sys.argv = ['car-onnx', *sys.argv[1:]]\nmain()\n")
-    run = subprocess.run([sys.executable, "-c", code, "select", str(data), "-b", str(bundle), "-o",
-                          str(tmp / "o.parquet")], capture_output=True, text=True)
-    assert (run.returncode, run.stderr.strip()) == (2, "car-onnx: error: Parquet needs pyarrow: pip install "
-                                                       "'car-onnx[parquet]'")
+    code = (
+        "import sys; sys.modules['pyarrow'] = None\nfrom car_onnx.cli import main\n"
+        "sys.argv = ['car-onnx', *sys.argv[1:]]\nmain()\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, "select", str(data), "-b", str(bundle), "-o", str(tmp / "o.parquet")],
+        capture_output=True,
+        text=True,
+    )
+    assert (run.returncode, run.stderr.strip()) == (
+        2,
+        "car-onnx: error: Parquet needs pyarrow: pip install 'car-onnx[parquet]'",
+    )
 
 
 def test_output_format_follows_the_suffix(setup, cli, rows_of):
@@ -84,7 +118,9 @@ def test_output_format_follows_the_suffix(setup, cli, rows_of):
     assert rc == 0, err
     rows = rows_of(tmp / "all.csv", "csv")
     assert [r["id"] for r in rows] == [str(r["id"]) for r in RECORDS]
-    assert (tmp / "all.csv").read_text().splitlines()[0] == "instruction,input,output,id,score,cluster,rank,selected,reason"
+    assert (tmp / "all.csv").read_text().splitlines()[
+        0
+    ] == "instruction,input,output,id,score,cluster,rank,selected,reason"
     rc, _, err, _ = cli("select", data, "-b", bundle, "-o", tmp / "sel.txt", "--output-format", "jsonl", "-q")
     assert rc == 0, err
     assert all(json.loads(line)["reason"] in ("top", "cluster") for line in (tmp / "sel.txt").read_text().splitlines())
@@ -99,11 +135,15 @@ def test_summary_splits_the_count_and_warns_about_sizes(setup, cli, rows_of):
     picks = [r for r in rows if r["reason"] == "cluster"]
     assert [r["rank"] for r in top] == [1, 2, 3, 4, 5] and rows == top + picks and picks
     summary = err.splitlines()[-1]
-    assert re.fullmatch(rf"car-onnx: 60 records; {len(rows)} selected \(\d+\.\d\d%\) = 5 top \+ {len(picks)} cluster "
-                        r"picks of 5 clusters; wrote .*", summary), summary
+    assert re.fullmatch(
+        rf"car-onnx: 60 records; {len(rows)} selected \(\d+\.\d\d%\) = 5 top \+ {len(picks)} cluster "
+        r"picks of 5 clusters; wrote .*",
+        summary,
+    ), summary
     rc, _, err, _ = cli("select", data, "-b", bundle, "-o", tmp / "p.jsonl", "--n1", "1000")
-    assert rc == 0 and err.splitlines()[-1] == ("car-onnx: warning: n1 = 1000 is at or above the 60 records to "
-                                                "rank: every record is selected")
+    assert rc == 0 and err.splitlines()[-1] == (
+        "car-onnx: warning: n1 = 1000 is at or above the 60 records to rank: every record is selected"
+    )
     assert len(rows_of(tmp / "p.jsonl", "jsonl")) == 60
     help_text = " ".join(cli("select", "--help")[1].split())
     assert "percentage of each cluster's size" in help_text and "At or above the number of records" in help_text
@@ -114,10 +154,25 @@ def test_score_and_cluster_field_names(setup, cli, rows_of):
     scored = tmp / "scored.jsonl"  # like the paper's published selection: every record has a score already
     scored.write_text("".join(json.dumps({**r, "score": 0.5}) + "\n" for r in RECORDS))
     rc, _, err, _ = cli("select", scored, "-b", bundle, "-o", tmp / "o.jsonl", "-q")
-    assert rc == 1 and err == (f"car-onnx: error: {scored}: line 1: field 'score': already has a field 'score' that "
-                               "the output would overwrite (name the added field with --score-field)")
-    rc, _, err, _ = cli("select", scored, "-b", bundle, "-o", tmp / "o.jsonl", "--score-field", "car_score",
-                        "--cluster-field", "car_cluster", "--n1", "3", "-q")
+    assert rc == 1 and err == (
+        f"car-onnx: error: {scored}: line 1: field 'score': already has a field 'score' that "
+        "the output would overwrite (name the added field with --score-field)"
+    )
+    rc, _, err, _ = cli(
+        "select",
+        scored,
+        "-b",
+        bundle,
+        "-o",
+        tmp / "o.jsonl",
+        "--score-field",
+        "car_score",
+        "--cluster-field",
+        "car_cluster",
+        "--n1",
+        "3",
+        "-q",
+    )
     assert rc == 0, err
     rows = rows_of(tmp / "o.jsonl", "jsonl")
     assert all(r["score"] == 0.5 and isinstance(r["car_score"], float) and "car_cluster" in r for r in rows)
@@ -125,8 +180,10 @@ def test_score_and_cluster_field_names(setup, cli, rows_of):
 
 def select_with_delay(delay: float, *args) -> tuple[int, str]:
     """`car-onnx select ARGS` in a subprocess whose progress delay is `delay` seconds: (exit code, stderr)."""
-    code = (f"import sys, car_onnx.progress\ncar_onnx.progress.DELAY = {delay!r}\nfrom car_onnx.cli import main\n"
-            "sys.argv = ['car-onnx', 'select', *sys.argv[1:]]\nmain()\n")
+    code = (
+        f"import sys, car_onnx.progress\ncar_onnx.progress.DELAY = {delay!r}\nfrom car_onnx.cli import main\n"
+        "sys.argv = ['car-onnx', 'select', *sys.argv[1:]]\nmain()\n"
+    )
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
     return p.returncode, p.stderr
 
@@ -141,10 +198,15 @@ def test_progress_lines_reach_a_log_file(setup):
         assert re.search(rf"^{stamp}{stage}: started", err, re.M), err
         assert re.search(rf"^{stamp}{stage}: done in \d+s$", err, re.M), err
     assert re.search(rf"^{stamp}score\+embed: started \(60 records\)$", err, re.M), err
-    assert re.search(rf"^{stamp}PCA of 60 x 8 embeddings \.\.\.\n{stamp}PCA kept \d+ components \([\d.]+% of the "
-                     r"variance\)", err, re.M), err
-    assert re.search(rf"^{stamp}KMeans k=5 on 60 rows: run 10/10 of its initialisations, [\d.]+ runs/s, ETA 0s$", err,
-                     re.M), err
+    assert re.search(
+        rf"^{stamp}PCA of 60 x 8 embeddings \.\.\.\n{stamp}PCA kept \d+ components \([\d.]+% of the "
+        r"variance\)",
+        err,
+        re.M,
+    ), err
+    assert re.search(
+        rf"^{stamp}KMeans k=5 on 60 rows: run 10/10 of its initialisations, [\d.]+ runs/s, ETA 0s$", err, re.M
+    ), err
     assert re.search(rf"^{stamp}KMeans done in [\d.]+s$", err, re.M), err
 
 
@@ -206,8 +268,7 @@ def test_a_stage_is_told_only_once_it_has_run_the_delay(capsys):
             said = [line.split("car-onnx: ", 1)[1] for line in err.splitlines()]
             assert said[0] == "score+embed: started (1,000 records)" and said[-1] == "score+embed: done in 5s"
             # due at 2 s (400 records), then a line per 10% at most one a second
-            assert [line.split(" ")[1] for line in said[1:-1]] == ["400/1,000", "600/1,000", "800/1,000",
-                                                                   "1,000/1,000"]
+            assert [line.split(" ")[1] for line in said[1:-1]] == ["400/1,000", "600/1,000", "800/1,000", "1,000/1,000"]
 
 
 def test_a_step_holds_its_opening_and_drops_early_lines():
@@ -237,14 +298,27 @@ def test_a_step_holds_its_opening_and_drops_early_lines():
 def test_show_prints_conversation_texts(setup, cli):
     tmp, bundle, _ = setup
     chats = tmp / "chats.jsonl"
-    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["instruction"]},
-                                                      {"role": "assistant", "content": r["output"]}]}) + "\n"
-                             for r in RECORDS[:10]))
+    chats.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": r["instruction"]},
+                        {"role": "assistant", "content": r["output"]},
+                    ]
+                }
+            )
+            + "\n"
+            for r in RECORDS[:10]
+        )
+    )
     rc, out, err, _ = cli("select", chats, "-b", bundle, "-o", tmp / "o.jsonl", "--n1", "2", "--show", "-q")
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["#", "score", "cluster", "reason", "instruction", "->", "output"]
-    assert re.fullmatch(r"\s+1\s+-?\d\.\d{4}\s+\d+\s+top\s+explain the \w+ of water -> the \w+ is \w+ and \w+", lines[1])
+    assert re.fullmatch(
+        r"\s+1\s+-?\d\.\d{4}\s+\d+\s+top\s+explain the \w+ of water -> the \w+ is \w+ and \w+", lines[1]
+    )
 
 
 def test_version_option(cli):
@@ -254,8 +328,10 @@ def test_version_option(cli):
 
 def test_exact_duplicates_are_dropped_and_rejected_with_their_original(setup, cli, rows_of, expected_selection):
     tmp, bundle, _ = setup
-    rows = RECORDS[:30] + [{**RECORDS[4], "id": 100}, {**RECORDS[7], "output": "  " + RECORDS[7]["output"].replace(
-        " ", "\n "), "id": 101}]
+    rows = RECORDS[:30] + [
+        {**RECORDS[4], "id": 100},
+        {**RECORDS[7], "output": "  " + RECORDS[7]["output"].replace(" ", "\n "), "id": 101},
+    ]
     data = tmp / "dups.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rc, _, err, _ = cli("select", data, "-b", bundle, "-o", tmp / "o.jsonl", "--n1", "40", "--n2", "1")
@@ -265,10 +341,10 @@ def test_exact_duplicates_are_dropped_and_rejected_with_their_original(setup, cl
     assert [{**r, "score": 0} for r in got] == [{**r, "score": 0} for r in want]
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=1e-6)
     rejects = [json.loads(line) for line in (tmp / "o.jsonl.rejects.jsonl").read_text().splitlines()]
-    assert rejects == [{"where": "line 31", "reason": "duplicate_of", "duplicate_of": "line 5", "kind": "exact",
-                        "record": rows[30]},
-                       {"where": "line 32", "reason": "duplicate_of", "duplicate_of": "line 8", "kind": "exact",
-                        "record": rows[31]}]
+    assert rejects == [
+        {"where": "line 31", "reason": "duplicate_of", "duplicate_of": "line 5", "kind": "exact", "record": rows[30]},
+        {"where": "line 32", "reason": "duplicate_of", "duplicate_of": "line 8", "kind": "exact", "record": rows[31]},
+    ]
     assert "; 2 duplicates dropped; " in err.splitlines()[-2]
     rc, _, err, _ = cli("select", data, "-b", bundle, "-o", tmp / "n.jsonl", "--n1", "40", "--dedup", "none", "-q")
     assert rc == 0 and len(rows_of(tmp / "n.jsonl", "jsonl")) == 32  # the paper's behaviour keeps both
@@ -305,19 +381,23 @@ def test_parquet_output_streams_by_row_group(tmp_path, monkeypatch):
     assert meta.num_row_groups == 3 and meta.num_rows == 11
     table = pq.read_table(str(tmp_path / "o.parquet"))
     assert table.column_names == ["instruction", "output", "n", "extra"]
-    assert table.to_pylist() == [{**{"extra": None}, **r} | {"n": None if r["n"] is None else float(r["n"])}
-                                 for r in rows]
+    assert table.to_pylist() == [
+        {**{"extra": None}, **r} | {"n": None if r["n"] is None else float(r["n"])} for r in rows
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet"]  # no part files left
 
 
 def test_reselecting_from_a_work_dir_reuses_every_chunk(setup, cli, rows_of):
     tmp, bundle, data = setup
     work = tmp / "work"
-    rc, _, err, _ = cli("select", data, "-b", bundle, "-o", tmp / "a.jsonl", "--work-dir", work, "--chunk-records", "10")
+    rc, _, err, _ = cli(
+        "select", data, "-b", bundle, "-o", tmp / "a.jsonl", "--work-dir", work, "--chunk-records", "10"
+    )
     assert rc == 0 and "reused" not in err, err
     options = ["--n1", "3", "--n2", "2", "--k", "4", "--dedup", "none"]
-    rc, _, err, _ = cli("select", data, "-b", bundle, "-o", tmp / "b.jsonl", "--work-dir", work,
-                        "--chunk-records", "10", *options)
+    rc, _, err, _ = cli(
+        "select", data, "-b", bundle, "-o", tmp / "b.jsonl", "--work-dir", work, "--chunk-records", "10", *options
+    )
     assert rc == 0 and "reused 6 finished chunk(s)" in err, err
     rc, _, err, _ = cli("select", data, "-b", bundle, "-o", tmp / "c.jsonl", "--chunk-records", "10", *options, "-q")
     assert rc == 0, err
@@ -326,7 +406,10 @@ def test_reselecting_from_a_work_dir_reuses_every_chunk(setup, cli, rows_of):
 
 @pytest.mark.slow
 def test_package_builds_without_warnings(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                          str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "BuildBackendWarning" not in run.stderr and "deprecated" not in run.stderr, run.stderr

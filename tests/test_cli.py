@@ -9,8 +9,12 @@ from car_onnx.writers import open_writer
 from car_onnx_export import tiny
 
 RECORDS = [
-    {"instruction": f"explain the {w} of water", "input": "" if i % 3 else f"what {w} is", "output": f"the {w} is {v}",
-     "id": i}
+    {
+        "instruction": f"explain the {w} of water",
+        "input": "" if i % 3 else f"what {w} is",
+        "output": f"the {w} is {v}",
+        "id": i,
+    }
     for i, (w, v) in enumerate(zip(tiny.WORDS[:30], reversed(tiny.WORDS[30:60])))
 ]
 
@@ -19,8 +23,9 @@ def same_file(got_path, want_rows, fmt, scratch, rows_of):
     """The output holds the expected rows (scores to float32 precision) and is byte for byte what the writer makes
     of them: scores in the expected rows are taken from the output once they are checked to be close."""
     got = rows_of(got_path, fmt)
-    assert [{k: v for k, v in r.items() if k != "score"} for r in got] == \
-        [{k: v for k, v in r.items() if k != "score"} for r in want_rows]
+    assert [{k: v for k, v in r.items() if k != "score"} for r in got] == [
+        {k: v for k, v in r.items() if k != "score"} for r in want_rows
+    ]
     np.testing.assert_allclose([float(r["score"]) for r in got], [r["score"] for r in want_rows], atol=1e-6)
     exact = [{**w, "score": g["score"] if fmt != "csv" else float(g["score"])} for w, g in zip(want_rows, got)]
     assert got_path.read_bytes() == expected_bytes(scratch, fmt, exact)
@@ -63,14 +68,38 @@ def test_csv_with_field_mapping_and_summary(setup, cli, expected_selection, rows
     data = tmp / "data.csv"
     rows = [{"question": r["instruction"], "context": r["input"], "answer": r["output"]} for r in RECORDS]
     expected_bytes(data, "csv", rows)
-    rc, _, err, _ = cli("select", data, "-o", tmp / "sel.csv", "-b", bundle, "--n1", "2", "--field",
-                        "instruction=question", "--field", "input=context", "--field", "output=answer")
+    rc, _, err, _ = cli(
+        "select",
+        data,
+        "-o",
+        tmp / "sel.csv",
+        "-b",
+        bundle,
+        "--n1",
+        "2",
+        "--field",
+        "instruction=question",
+        "--field",
+        "input=context",
+        "--field",
+        "output=answer",
+    )
     assert rc == 0, err
     assert err.splitlines()[-1].startswith("car-onnx: 30 records; ")
     renamed = [{"instruction": r["question"], "input": r["context"], "output": r["answer"]} for r in rows]
     ref = expected_selection(renamed, 2, 1)
-    want = [{"question": r["instruction"], "context": r["input"], "answer": r["output"], "score": r["score"],
-             "cluster": r["cluster"], "rank": r["rank"], "reason": r["reason"]} for r in ref]
+    want = [
+        {
+            "question": r["instruction"],
+            "context": r["input"],
+            "answer": r["output"],
+            "score": r["score"],
+            "cluster": r["cluster"],
+            "rank": r["rank"],
+            "reason": r["reason"],
+        }
+        for r in ref
+    ]
     same_file(tmp / "sel.csv", want, "csv", tmp / "e.csv", rows_of)
 
 
@@ -91,23 +120,46 @@ def test_score_and_embed(setup, cli):
 
 
 BAD = [
-    ("bad.json", b'[{"instruction": "a", "output": "b"},\n {"instruction": "a", "output": 3}]',
-     "bad.json: record 2: field 'output': expected a string, got number"),
-    ("bad.json", b'[{"instruction": "a", "output": "b"},\n {"instruction": "a"', "bad.json: line 2, column 21: invalid JSON: Expecting ',' delimiter"),
+    (
+        "bad.json",
+        b'[{"instruction": "a", "output": "b"},\n {"instruction": "a", "output": 3}]',
+        "bad.json: record 2: field 'output': expected a string, got number",
+    ),
+    (
+        "bad.json",
+        b'[{"instruction": "a", "output": "b"},\n {"instruction": "a"',
+        "bad.json: line 2, column 21: invalid JSON: Expecting ',' delimiter",
+    ),
     ("bad.json", b'[["a"]]', "bad.json: record 1: expected a JSON object, got array"),
-    ("bad.jsonl", b'{"instruction": "a", "output": "b"}\n{"output": "b"}\n',
-     "bad.jsonl: line 2: field 'instruction': missing field"),
-    ("bad.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": null, "output": "b"}\n',
-     "bad.jsonl: line 2: field 'instruction': expected a string, got null"),
-    ("bad.jsonl", b'{"instruction": "a", "output": "b"}\n\n{"instruction": "a", "output": "b"}\n', "bad.jsonl: line 2: empty line"),
-    ("bad.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": "\xff"}\n',
-     "bad.jsonl: line 2: invalid UTF-8 (byte 0xff)"),
+    (
+        "bad.jsonl",
+        b'{"instruction": "a", "output": "b"}\n{"output": "b"}\n',
+        "bad.jsonl: line 2: field 'instruction': missing field",
+    ),
+    (
+        "bad.jsonl",
+        b'{"instruction": "a", "output": "b"}\n{"instruction": null, "output": "b"}\n',
+        "bad.jsonl: line 2: field 'instruction': expected a string, got null",
+    ),
+    (
+        "bad.jsonl",
+        b'{"instruction": "a", "output": "b"}\n\n{"instruction": "a", "output": "b"}\n',
+        "bad.jsonl: line 2: empty line",
+    ),
+    (
+        "bad.jsonl",
+        b'{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": "\xff"}\n',
+        "bad.jsonl: line 2: invalid UTF-8 (byte 0xff)",
+    ),
     ("bad.jsonl", b"", "bad.jsonl: no records"),
     ("bad.json", b"[]", "bad.json: no records"),
     ("bad.csv", b"instruction,output\na,b\nc\n", "bad.csv: line 3: expected 2 cells like the header, got 1"),
     ("bad.csv", b"instruction,answer\na,b\n", "bad.csv: line 1: the header has no column 'output'"),
-    ("bad.jsonl", b'{"instruction": "a", "output": "b", "score": 1}\n',
-     "bad.jsonl: line 1: field 'score': already has a field 'score' that the output would overwrite (name the added field with --score-field)"),
+    (
+        "bad.jsonl",
+        b'{"instruction": "a", "output": "b", "score": 1}\n',
+        "bad.jsonl: line 1: field 'score': already has a field 'score' that the output would overwrite (name the added field with --score-field)",
+    ),
 ]
 
 
@@ -137,12 +189,15 @@ def test_output_safety(setup, cli):
 def test_missing_default_bundle_says_how_to_build_it(setup, cli):
     tmp, _, data = setup
     import os
+
     env = {k: v for k, v in os.environ.items() if k != "CAR_ONNX_BUNDLE"} | {"XDG_DATA_HOME": str(tmp / "xdg")}
     rc, _, err, _ = cli("select", data, "-o", tmp / "o.json", env=env)
     assert rc == 1
-    assert err == (f"car-onnx: error: no bundle given and no default bundle at {tmp}/xdg/car-onnx/default; build it "
-                   "with `car-onnx export default` (needs `pip install 'car-onnx[export]'`), or pass --bundle DIR / "
-                   "set CAR_ONNX_BUNDLE")
+    assert err == (
+        f"car-onnx: error: no bundle given and no default bundle at {tmp}/xdg/car-onnx/default; build it "
+        "with `car-onnx export default` (needs `pip install 'car-onnx[export]'`), or pass --bundle DIR / "
+        "set CAR_ONNX_BUNDLE"
+    )
 
 
 def test_usage_errors(setup, cli):

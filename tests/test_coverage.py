@@ -19,8 +19,9 @@ FOREIGN = "水 是 生命 之 源"  # five words the tiny vocabulary lacks
 def test_unknown_id_of_word_and_unigram_tokenizers(tmp_path):
     tiny.make_tokenizer(tmp_path / "t.json")
     assert unknown_id(Tokenizer.from_file(str(tmp_path / "t.json"))) == tiny.vocab()["[UNK]"] == 1
-    unigram = Tokenizer(models.Unigram([("<s>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("a", -1.0)], unk_id=2,
-                                       byte_fallback=False))
+    unigram = Tokenizer(
+        models.Unigram([("<s>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("a", -1.0)], unk_id=2, byte_fallback=False)
+    )
     assert unknown_id(unigram) == 2
     assert unknown_id(Tokenizer(models.WordLevel({"a": 0}))) is None
 
@@ -45,7 +46,8 @@ def test_warning_above_the_limit_only():
     assert coverage_warning("m", Coverage(unknown=351, tokens=1000)) == (
         "model 'm' maps 35.1% of this job's 1000 tokens to its unknown token: it cannot read this data's language "
         "(for Chinese and 15 other languages build the multilingual bundle with `car-onnx export multilingual` and "
-        "pass it with --bundle)")
+        "pass it with --bundle)"
+    )
 
 
 def test_model_counts_every_text_it_runs(tmp_path):
@@ -66,8 +68,10 @@ def test_cli_summary_warns_when_the_bundle_cannot_read_the_data(tmp_path, words,
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("car-onnx: warning:")]
     if warned:  # per record, truncated to 12 - 2 text tokens: instruction: + 5 unknown + input: response: + 2 unknown
-        assert lines == ["car-onnx: warning: model 'joint' maps 70.0% of this job's 80 tokens to "
-                         "its unknown token: it cannot read this data's language (for Chinese and 15 other languages "
-                         "build the multilingual bundle with `car-onnx export multilingual` and pass it with --bundle)"]
+        assert lines == [
+            "car-onnx: warning: model 'joint' maps 70.0% of this job's 80 tokens to "
+            "its unknown token: it cannot read this data's language (for Chinese and 15 other languages "
+            "build the multilingual bundle with `car-onnx export multilingual` and pass it with --bundle)"
+        ]
     else:
         assert lines == []

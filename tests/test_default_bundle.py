@@ -30,8 +30,15 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path, head_reference, pairs
     records = json.loads(SAMPLE.read_text())
     pairs_writer(tmp_path / "train.csv", records[:30])
     pairs_writer(tmp_path / "valid.csv", records[30:])
-    metrics = train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "head.safetensors", seed=1,
-                         epochs=3, defects=False, log=lambda s: None)
+    metrics = train_head(
+        tmp_path / "train.csv",
+        tmp_path / "valid.csv",
+        tmp_path / "head.safetensors",
+        seed=1,
+        epochs=3,
+        defects=False,
+        log=lambda s: None,
+    )
     assert metrics["train_pairs"] == 15 and metrics["valid_pairs"] == 5 and len(metrics["history"]) == 3
     assert (metrics["fit_pairs"], metrics["choose_pairs"]) == (13, 2)  # epochs chosen on pairs held apart
     meta = json.loads((tmp_path / "head.json").read_text())
@@ -47,8 +54,12 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path, head_reference, pairs
     recs = list(iter_records(SAMPLE))
     recs.append(recs[0].__class__(40, "x", {}, "Summarise: " + " ".join(r.output for r in recs), "", "A long one."))
     out = Bundle(bundle_dir, SessionConfig(precision="fp32")).run(recs, ("score", "embed"), max_tokens=2048)
-    texts = [("Instruction: {0} Input: {1} Response: {2}" if r.input else "Instruction: {0} Response: {2}")
-             .format(r.instruction, r.input, r.output) for r in recs]
+    texts = [
+        ("Instruction: {0} Input: {1} Response: {2}" if r.input else "Instruction: {0} Response: {2}").format(
+            r.instruction, r.input, r.output
+        )
+        for r in recs
+    ]
 
     st = SentenceTransformer(str(minilm_dir()), device="cpu").encode(texts, convert_to_numpy=True)
     cos = (st * out["embed"]).sum(1) / np.linalg.norm(st, axis=1) / np.linalg.norm(out["embed"], axis=1)
@@ -71,7 +82,10 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path, head_reference, pairs
     assert model["variants"]["fp16"]["fidelity"]["mean_cosine"] >= 0.999
     half = Bundle(bundle_dir, SessionConfig(precision="fp16")).run(recs, ("score", "embed"), max_tokens=2048)
     assert np.abs(half["score"] - ref).max() < 0.01
-    assert ((st * half["embed"]).sum(1) / np.linalg.norm(st, axis=1) / np.linalg.norm(half["embed"], axis=1)).min() >= 0.999
+    assert (
+        (st * half["embed"]).sum(1) / np.linalg.norm(st, axis=1) / np.linalg.norm(half["embed"], axis=1)
+    ).min() >= 0.999
+
 
 @pytest.mark.slow
 def test_export_default_command_prints_its_progress_and_no_library_warnings(tmp_path, cli):
@@ -97,8 +111,14 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     records = json.loads(SAMPLE.read_text())
     pairs_writer(tmp_path / "train.csv", records[:30])
     pairs_writer(tmp_path / "valid.csv", records[30:])
-    metrics = train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "head.safetensors", seed=1,
-                         epochs=2, log=lambda s: None)
+    metrics = train_head(
+        tmp_path / "train.csv",
+        tmp_path / "valid.csv",
+        tmp_path / "head.safetensors",
+        seed=1,
+        epochs=2,
+        log=lambda s: None,
+    )
     meta = json.loads((tmp_path / "head.json").read_text())
     assert meta["defects"] == {"features": 14, "hidden": 64, "scale": 2.0}
     assert metrics["defects"]["choose_defects"] and set(metrics["defects"]["choose_defects"]) <= set(KINDS)

@@ -16,8 +16,9 @@ from car_onnx.tokenization import load_tokenizer, tokenize
 from car_onnx_export import tiny
 
 SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"
-EXPERT = Template("Instruction: {instruction} Input: {input} Response: {output}",
-                  "Instruction: {instruction} Response: {output}")
+EXPERT = Template(
+    "Instruction: {instruction} Input: {input} Response: {output}", "Instruction: {instruction} Response: {output}"
+)
 
 
 def sample():
@@ -47,7 +48,9 @@ def test_each_kind_of_corruption_is_what_its_name_says():
             assert len(c.output) > len(real) and set(c.output.split()) == set(words)
         elif c.kind == "loop_ngram":
             out = c.output.split()  # the answer's first words, then a 2- to 5-gram repeated at least 4 times
-            assert any(len(out) >= 4 * n and all(out[-k] == out[-k - n] for k in range(1, 3 * n + 1)) for n in range(2, 6))
+            assert any(
+                len(out) >= 4 * n and all(out[-k] == out[-k - n] for k in range(1, 3 * n + 1)) for n in range(2, 6)
+            )
             assert " ".join(words).startswith(" ".join(out[: len(words) * 3 // 10]))
         elif c.kind in ("other_random", "other_near"):
             assert c.output in [r.output for r in records]
@@ -71,8 +74,13 @@ def test_training_and_measuring_phrases_are_disjoint():
 def test_the_near_answer_is_the_nearest_other_instructions_by_tfidf():
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    instructions = ["bake a chocolate cake", "bake a lemon cake", "fix a flat bike tyre", "fix a bike chain",
-                    "bake a lemon cake"]
+    instructions = [
+        "bake a chocolate cake",
+        "bake a lemon cake",
+        "fix a flat bike tyre",
+        "fix a bike chain",
+        "bake a lemon cake",
+    ]
     outputs = ["A", "B", "C", "D", "B"]
     near = nearest_other(instructions, outputs)
     x = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(instructions).toarray()
@@ -85,10 +93,18 @@ def test_the_near_answer_is_the_nearest_other_instructions_by_tfidf():
 def test_template_gives_where_the_response_starts():
     for instruction, input in (("Say hi", ""), ("Translate", "chat")):
         text = EXPERT.render(instruction, input, "OUT")
-        assert text[EXPERT.response_start(instruction, input):] == "OUT"
+        assert text[EXPERT.response_start(instruction, input) :] == "OUT"
     assert not Template("{instruction} {output} {output}").splits_output()
-    spec = dict(name="m", roles=("score",), tokenizer="t.json", max_length=8, pad_id=0, outputs={"score": "s"},
-                variants={"fp32": Variant("m.onnx")}, inputs=("input_ids", "attention_mask", "response_mask"))
+    spec = dict(
+        name="m",
+        roles=("score",),
+        tokenizer="t.json",
+        max_length=8,
+        pad_id=0,
+        outputs={"score": "s"},
+        variants={"fp32": Variant("m.onnx")},
+        inputs=("input_ids", "attention_mask", "response_mask"),
+    )
     with pytest.raises(BundleError, match="a model reading response_mask needs {output} exactly once in its template"):
         ModelSpec(template=Template("{instruction}"), **spec)
     ModelSpec(template=EXPERT, **spec)
@@ -110,11 +126,13 @@ def test_response_mask_marks_the_answers_tokens(tmp_path):
 
 def test_a_scorer_reading_the_response_gets_its_mask_in_any_batch(tmp_path):
     bundle = tiny.make_bundle(tmp_path / "b", response=True)
-    records = [{"instruction": "explain it", "input": "", "output": "the answer is long"},
-               {"instruction": "give a word", "input": "water", "output": ""},
-               {"instruction": "list", "input": "", "output": "one two " * 9},
-               {"instruction": "the answer", "input": "", "output": "the answer"},  # prompt words again
-               {"instruction": "explain it", "input": "the answer is long", "output": "it"}]
+    records = [
+        {"instruction": "explain it", "input": "", "output": "the answer is long"},
+        {"instruction": "give a word", "input": "water", "output": ""},
+        {"instruction": "list", "input": "", "output": "one two " * 9},
+        {"instruction": "the answer", "input": "", "output": "the answer"},  # prompt words again
+        {"instruction": "explain it", "input": "the answer is long", "output": "it"},
+    ]
     ref = tiny.response_reference([(r["instruction"], r["input"], r["output"]) for r in records])
     assert np.std(ref) > 0.01 and ref[1] == 0.0
     for max_tokens in (12, 64):
@@ -135,8 +153,10 @@ def write_pairs(path: Path, rows: list[tuple[str, str]]) -> None:
 
 
 def test_pairs_are_read_back_into_records_of_the_template(tmp_path):
-    rows = [(EXPERT.render("Say hi", "", "Hello there."), EXPERT.render("Say hi", "", "hi")),
-            (EXPERT.render("Sum", "2 and 2", "4"), EXPERT.render("Sum", "2 and 2", "5 Response: no"))]
+    rows = [
+        (EXPERT.render("Say hi", "", "Hello there."), EXPERT.render("Say hi", "", "hi")),
+        (EXPERT.render("Sum", "2 and 2", "4"), EXPERT.render("Sum", "2 and 2", "5 Response: no")),
+    ]
     write_pairs(tmp_path / "p.csv", rows)
     better, worse = read_pairs(tmp_path / "p.csv", EXPERT)
     assert better == [Text("Say hi", "", "Hello there."), Text("Sum", "2 and 2", "4")]
@@ -145,26 +165,44 @@ def test_pairs_are_read_back_into_records_of_the_template(tmp_path):
     write_pairs(tmp_path / "bad.csv", rows + [("Question: what?", EXPERT.render("a", "", "b"))])
     from car_onnx import InputError
 
-    with pytest.raises(InputError, match=r"bad.csv: line 7: field 'src': the text does not follow the bundle's template"):
+    with pytest.raises(
+        InputError, match=r"bad.csv: line 7: field 'src': the text does not follow the bundle's template"
+    ):
         read_pairs(tmp_path / "bad.csv", EXPERT)
 
 
 def test_eval_prints_agreement_and_the_defect_table_against_a_numpy_reference(tmp_path, cli):
     bundle = tiny.make_bundle(tmp_path / "b", response=True)
-    records = [("explain it", "", "the answer is long and you can see it in the water"),
-               ("give a word", "", "water is one word that you can use"),
-               ("list", "", "one two " * 8), ("make a look", "", "look at the way the people write it")]
+    records = [
+        ("explain it", "", "the answer is long and you can see it in the water"),
+        ("give a word", "", "water is one word that you can use"),
+        ("list", "", "one two " * 8),
+        ("make a look", "", "look at the way the people write it"),
+    ]
     pairs = [(tiny.TEMPLATE.render(a, b, c), tiny.TEMPLATE.render(a, b, c.split()[0])) for a, b, c in records]
     write_pairs(tmp_path / "pairs.csv", pairs)
     (tmp_path / "recs.json").write_text(json.dumps([dict(zip(("instruction", "input", "output"), r)) for r in records]))
-    rc, out, err, heavy = cli("eval", bundle, "--pairs", tmp_path / "pairs.csv", "--records", tmp_path / "recs.json",
-                              "--precision", "fp32", "--json")
+    rc, out, err, heavy = cli(
+        "eval",
+        bundle,
+        "--pairs",
+        tmp_path / "pairs.csv",
+        "--records",
+        tmp_path / "recs.json",
+        "--precision",
+        "fp32",
+        "--json",
+    )
     assert rc == 0, err
     assert heavy == []
     result = json.loads(out)
     ref = tiny.response_reference(records)
     short = tiny.response_reference([(a, b, c.split()[0]) for a, b, c in records])
-    assert result["pairs"] == {"file": str(tmp_path / "pairs.csv"), "pairs": 4, "agreement": float((ref > short).mean())}
+    assert result["pairs"] == {
+        "file": str(tmp_path / "pairs.csv"),
+        "pairs": 4,
+        "agreement": float((ref > short).mean()),
+    }
     broken = corrupt([Text(*r) for r in records], phrases="eval")
     bad = tiny.response_reference([records[c.index][:2] + (c.output,) for c in broken])
     for kind, row in result["defects"]["table"].items():
@@ -185,7 +223,9 @@ def test_defect_table_counts_a_tie_as_a_miss(tmp_path):
     model = load(bundle, precision="fp32")
     # every word unknown to the tiny vocabulary: the real answer and its copies score alike where the response
     # is all [UNK]; an echo of an [UNK] instruction ties with it
-    table = defect_table(model, [Text("zzz qqq", "", "yyy xxx www vvv uuu ttt sss rrr ppp ooo nnn mmm")], kinds=("echo",))
+    table = defect_table(
+        model, [Text("zzz qqq", "", "yyy xxx www vvv uuu ttt sss rrr ppp ooo nnn mmm")], kinds=("echo",)
+    )
     assert table == {"echo": {"records": 1, "preferred": 0.0}}
 
 
@@ -198,11 +238,11 @@ def test_loop_and_echo_rates_of_the_graph_match_a_plain_count():
     response = np.zeros((6, 30))
     prompt = np.zeros((6, 30))
     for row, (p, r) in enumerate([(5, 20), (10, 10), (3, 0), (0, 25), (12, 2), (8, 22)]):
-        prompt[row, :p], response[row, p:p + r] = 1, 1
+        prompt[row, :p], response[row, p : p + r] = 1, 1
     got = trigram_rates(torch.from_numpy(ids), torch.from_numpy(response).float(), torch.from_numpy(prompt).float())
     for row in range(6):
-        resp = [tuple(ids[row, i:i + 3]) for i in range(28) if response[row, i:i + 3].all()]
-        prom = {tuple(ids[row, i:i + 3]) for i in range(28) if prompt[row, i:i + 3].all()}
+        resp = [tuple(ids[row, i : i + 3]) for i in range(28) if response[row, i : i + 3].all()]
+        prom = {tuple(ids[row, i : i + 3]) for i in range(28) if prompt[row, i : i + 3].all()}
         loops = sum(t in resp[:k] for k, t in enumerate(resp))
         echoes = sum(t in prom for t in resp)
         n = max(len(resp), 1)

@@ -16,8 +16,8 @@ from car_onnx.errors import CarError  # noqa: E402
 from car_onnx.manifest import read_manifest, sha256_file  # noqa: E402
 from car_onnx.models import OnnxModel  # noqa: E402
 from car_onnx.session import SessionConfig  # noqa: E402
-from car_onnx_export.embedder import export_embedder, verification_texts  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
+from car_onnx_export.embedder import export_embedder, verification_texts  # noqa: E402
 from car_onnx_export.tiny import make_st_folder  # noqa: E402
 
 WORDS = tiny.ST_WORDS
@@ -28,7 +28,7 @@ QUIET = {"log": lambda s: None}
 def texts_mixed() -> list[str]:
     """Short texts and texts past the tiny models' 24-token limit."""
     short = ["how many apples does tom buy", "the king", "a", "what is the total cost of it?"]
-    long = [" ".join(WORDS[i:i + 40]) for i in range(0, 60, 7)]
+    long = [" ".join(WORDS[i : i + 40]) for i in range(0, 60, 7)]
     return short + long + ["Instruction: tell a story Input:  Response: the dragon was the king of all."]
 
 
@@ -64,8 +64,7 @@ def test_tiny_folder_matches_sentence_transformers(tmp_path, pooling, normalize)
 
 def test_manifest_and_files(tmp_path):
     folder = make_st_folder(tmp_path / "st")
-    export_embedder(folder, tmp_path / "bundle", precisions=("fp32", "int8"), force=True, texts=texts_mixed(),
-                    **QUIET)
+    export_embedder(folder, tmp_path / "bundle", precisions=("fp32", "int8"), force=True, texts=texts_mixed(), **QUIET)
     manifest = read_manifest(tmp_path / "bundle")
     (spec,) = manifest.models
     assert spec.name == "embedder" and spec.outputs == {"embed": "embedding"}
@@ -96,8 +95,11 @@ def test_lowercasing_is_put_into_the_tokenizer(tmp_path):
 def test_unsupported_folders_are_refused(tmp_path):
     folder = make_st_folder(tmp_path / "st")
     modules = json.loads((folder / "modules.json").read_text())
-    (folder / "modules.json").write_text(json.dumps(
-        modules[:2] + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            modules[:2] + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]
+        )
+    )
     with pytest.raises(CarError, match=r"modules.json: module sequence .*Dense.* is not supported"):
         export_embedder(folder, tmp_path / "b", **QUIET)
     (folder / "modules.json").write_text(json.dumps(modules))
@@ -136,7 +138,7 @@ def test_verification_texts_are_committed_and_mix_short_and_long():
 
     texts = verification_texts()
     assert len(texts) == len(RECORDS) + 2 >= 100 and texts == verification_texts()
-    assert texts[:len(RECORDS)] == [tiny.TEMPLATE.render(*r) for r in RECORDS]
+    assert texts[: len(RECORDS)] == [tiny.TEMPLATE.render(*r) for r in RECORDS]
     tok = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
     tok.no_truncation()
     tok.no_padding()

@@ -33,10 +33,21 @@ HIDDEN, LAYERS, HEADS, POSITIONS = 32, 2, 4, 42  # 40 positions + XLM-R's pad of
 MAX_LENGTH = POSITIONS - 4
 WORDS = tiny.WORDS + ["how", "many", "apples", "does", "tom", "buy", "cost", "total", "story", "dragon", "king"]
 QUIET = {"log": lambda s: None}
-HPARAMS = {"pretrained_model": "xlm-roberta-large", "class_identifier": "instruction_metric", "batch_size": 4,
-           "layer": "mix", "layer_transformation": "sparsemax", "layer_norm": False, "pool": "avg",
-           "hidden_sizes": "24,16", "activations": "Tanh", "final_activation": None, "dropout": 0.1,
-           "learning_rate": 3e-5, "encoder_model": "XLM-RoBERTa"}
+HPARAMS = {
+    "pretrained_model": "xlm-roberta-large",
+    "class_identifier": "instruction_metric",
+    "batch_size": 4,
+    "layer": "mix",
+    "layer_transformation": "sparsemax",
+    "layer_norm": False,
+    "pool": "avg",
+    "hidden_sizes": "24,16",
+    "activations": "Tanh",
+    "final_activation": None,
+    "dropout": 0.1,
+    "learning_rate": 3e-5,
+    "encoder_model": "XLM-RoBERTa",
+}
 
 
 def xlmr_tokenizer(path: Path) -> int:
@@ -56,9 +67,20 @@ def xlmr_tokenizer(path: Path) -> int:
 
 
 def tiny_config(vocab: int) -> dict:
-    return {"vocab_size": vocab, "hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-            "intermediate_size": 64, "max_position_embeddings": POSITIONS, "type_vocab_size": 1, "pad_token_id": 1,
-            "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5, "model_type": "xlm-roberta"}
+    return {
+        "vocab_size": vocab,
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": 64,
+        "max_position_embeddings": POSITIONS,
+        "type_vocab_size": 1,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "layer_norm_eps": 1e-5,
+        "model_type": "xlm-roberta",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +92,29 @@ def base(tmp_path_factory) -> Path:
     return root
 
 
-def make_run(root: Path, base: Path, *, seed: int = 0, position_ids: bool = False, hidden: int = HIDDEN,
-             heads: int = HEADS, checkpoint_extra: dict | None = None, **hparams) -> Path:
+def make_run(
+    root: Path,
+    base: Path,
+    *,
+    seed: int = 0,
+    position_ids: bool = False,
+    hidden: int = HIDDEN,
+    heads: int = HEADS,
+    checkpoint_extra: dict | None = None,
+    **hparams,
+) -> Path:
     """RUN/checkpoints/epoch=0.ckpt (a Lightning-like dict) and RUN/hparams.yaml with random weights."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     hp = {**HPARAMS, **hparams}
     torch.manual_seed(seed)
-    config = XLMRobertaConfig(**{**tiny_config(json.loads((base / "config.json").read_text())["vocab_size"]),
-                                 "hidden_size": hidden, "num_attention_heads": heads})
+    config = XLMRobertaConfig(
+        **{
+            **tiny_config(json.loads((base / "config.json").read_text())["vocab_size"]),
+            "hidden_size": hidden,
+            "num_attention_heads": heads,
+        }
+    )
     encoder = XLMRobertaModel(config, add_pooling_layer=False)
     for name, p in encoder.named_parameters():  # wider than the 0.02 init, so every position's output
         if p.ndim == 2 and "embeddings" not in name:  # depends on its context (cls/default pooling)
@@ -97,18 +133,28 @@ def make_run(root: Path, base: Path, *, seed: int = 0, position_ids: bool = Fals
     sizes = [int(s) for s in sizes.split(",")] if isinstance(sizes, str) else list(sizes)
     dims = [hidden, *sizes, 1]
     for j, (a, b) in enumerate(zip(dims, dims[1:])):
-        state[f"estimator.ff.{3 * j}.weight"] = torch.randn(b, a, generator=g) / a ** 0.5 * 2
+        state[f"estimator.ff.{3 * j}.weight"] = torch.randn(b, a, generator=g) / a**0.5 * 2
         state[f"estimator.ff.{3 * j}.bias"] = torch.randn(b, generator=g) * 0.1
     run = root / "run"
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run / "hparams.yaml").write_text(yaml.safe_dump(hp))
     ckpt = run / "checkpoints" / "epoch=0.ckpt"
-    torch.save({"state_dict": state, "hyper_parameters": hp, "epoch": 0, "global_step": 0,
-                "pytorch-lightning_version": "1.6.4", **(checkpoint_extra or {})}, ckpt)
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": hp,
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": "1.6.4",
+            **(checkpoint_extra or {}),
+        },
+        ckpt,
+    )
     return ckpt
 
 
 # --- the reference, written independently of export/heads.py ---------------------------------------------
+
 
 def own_sparsemax(z: np.ndarray) -> np.ndarray:
     zs = np.sort(z)[::-1]
@@ -125,8 +171,11 @@ def reference_scores(ckpt: Path, base: Path, texts: list[str], heads: int = HEAD
 
     hp = yaml.safe_load((ckpt.parent.parent / "hparams.yaml").read_text())
     state = torch.load(str(ckpt), weights_only=False)["state_dict"]
-    enc = {k[len("encoder.model."):]: v for k, v in state.items()
-           if k.startswith("encoder.model.") and not k.endswith("position_ids")}
+    enc = {
+        k[len("encoder.model.") :]: v
+        for k, v in state.items()
+        if k.startswith("encoder.model.") and not k.endswith("position_ids")
+    }
     cfg = json.loads((base / "config.json").read_text())
     cfg.update(hidden_size=enc["embeddings.word_embeddings.weight"].shape[1], num_attention_heads=heads)
     encoder = XLMRobertaModel(XLMRobertaConfig(**cfg), add_pooling_layer=False).eval()
@@ -165,7 +214,7 @@ def reference_scores(ckpt: Path, base: Path, texts: list[str], heads: int = HEAD
 def texts_mixed() -> list[str]:
     """Short texts and texts longer than the 38-token limit, in the selection template."""
     short = [("how many apples does tom buy?", "", "he buys 3."), ("hi", "", "the king"), ("a", "b", "c")]
-    long = [(" ".join(WORDS[i:i + 25]), "the story", " ".join(WORDS[i + 5:i + 45])) for i in range(0, 50, 9)]
+    long = [(" ".join(WORDS[i : i + 25]), "the story", " ".join(WORDS[i + 5 : i + 45])) for i in range(0, 50, 9)]
     return [f"Instruction: {i} Input: {n} Response: {o}" for i, n, o in short + long] + ["dragon"]
 
 
@@ -195,8 +244,9 @@ def test_scores_match_independent_forward(tmp_path, base, case):
     ref = reference_scores(ckpt, base, texts)
     assert np.std(ref) > 1e-3  # not a comparison between constants
     for budget in (40, 100000):  # one row per batch for the long ones / everything in one padded batch
-        np.testing.assert_allclose(runtime_scores(spec, tmp_path / "bundle", texts, max_tokens=budget), ref,
-                                   atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            runtime_scores(spec, tmp_path / "bundle", texts, max_tokens=budget), ref, atol=1e-4, rtol=0
+        )
     assert spec.variants["fp32"].fidelity["max_abs_score_error"] <= 1e-4
 
 
@@ -210,8 +260,9 @@ def test_config_inferred_from_the_weights(tmp_path, base):
     assert spec.info["encoder"]["config_from"] == "inferred from the weights"
     assert spec.info["encoder"]["num_attention_heads"] == 1 and spec.max_length == MAX_LENGTH
     texts = texts_mixed()
-    np.testing.assert_allclose(runtime_scores(spec, tmp_path / "bundle", texts),
-                               reference_scores(ckpt, base, texts, heads=1), atol=1e-4)
+    np.testing.assert_allclose(
+        runtime_scores(spec, tmp_path / "bundle", texts), reference_scores(ckpt, base, texts, heads=1), atol=1e-4
+    )
 
 
 def test_manifest_content(tmp_path, base):
@@ -246,8 +297,8 @@ def test_int8_fidelity_is_recorded(tmp_path, base):
 
 
 def test_scorer_and_embedder_share_one_bundle(tmp_path, base):
-    from car_onnx_export.embedder import export_embedder
     from car_onnx.records import Record
+    from car_onnx_export.embedder import export_embedder
 
     ckpt = make_run(tmp_path, base)
     bundle_dir = tmp_path / "bundle"
@@ -257,14 +308,23 @@ def test_scorer_and_embedder_share_one_bundle(tmp_path, base):
     assert sorted((m.name, m.roles) for m in manifest.models) == [("embedder", ("embed",)), ("iqs", ("score",))]
     bundle = Bundle(bundle_dir, SessionConfig(threads=2))
     assert bundle.model("score") is not bundle.model("embed")
-    records = [Record(0, "", {}, "how many apples does tom buy?", "", "he buys 3."), Record(1, "", {}, "hi", "x", "the king")]
+    records = [
+        Record(0, "", {}, "how many apples does tom buy?", "", "he buys 3."),
+        Record(1, "", {}, "hi", "x", "the king"),
+    ]
     out = bundle.run(records, ("score", "embed"))
     assert out["score"].shape == (2,) and out["embed"].shape == (2, 32)
-    np.testing.assert_allclose(out["score"], reference_scores(ckpt, base, [
-        f"Instruction: {r.instruction} Input: {r.input} Response: {r.output}" for r in records]), atol=1e-4)
+    np.testing.assert_allclose(
+        out["score"],
+        reference_scores(
+            ckpt, base, [f"Instruction: {r.instruction} Input: {r.input} Response: {r.output}" for r in records]
+        ),
+        atol=1e-4,
+    )
 
 
 # --- refusals ------------------------------------------------------------------------------------------
+
 
 def test_missing_hparams(tmp_path, base):
     ckpt = make_run(tmp_path, base)
@@ -291,8 +351,11 @@ def test_bad_hparams_value(tmp_path, base):
 def test_weights_only_refusal_and_unsafe_pickle(tmp_path, base):
     """Lightning often pickles an argparse.Namespace of hyper-parameters: refused unless trusted."""
     ckpt = make_run(tmp_path, base, checkpoint_extra={"hparams": argparse.Namespace(lr=1e-5)})
-    with pytest.raises(CarError, match=r"epoch=0.ckpt: torch's weights-only loader refuses this file .*"
-                                       r"if you trust the file, pass --unsafe-pickle"):
+    with pytest.raises(
+        CarError,
+        match=r"epoch=0.ckpt: torch's weights-only loader refuses this file .*"
+        r"if you trust the file, pass --unsafe-pickle",
+    ):
         export_scorer(ckpt, tmp_path / "b", base=base, **QUIET)
     assert not (tmp_path / "b" / "manifest.json").exists()
     spec = export_scorer(ckpt, tmp_path / "b", base=base, precisions=("fp32",), unsafe_pickle=True, **QUIET)
@@ -306,10 +369,14 @@ def test_unexpected_missing_and_misshapen_keys(tmp_path, base):
         (lambda s: s.__setitem__("classifier.weight", torch.zeros(2)), r"unexpected key 'classifier.weight'"),
         (lambda s: s.__setitem__("encoder.model.foo", torch.zeros(2)), r"unexpected key 'encoder.model.foo'"),
         (lambda s: s.pop("estimator.ff.6.bias"), r"key 'estimator.ff.6.bias' missing"),
-        (lambda s: s.pop("encoder.model.encoder.layer.1.output.dense.weight"),
-         r"key 'encoder.model.encoder.layer.1.output.dense.weight' missing"),
-        (lambda s: s.__setitem__("estimator.ff.3.weight", torch.zeros(16, 25)),
-         r"key 'estimator.ff.3.weight' has shape \[16, 25\]"),
+        (
+            lambda s: s.pop("encoder.model.encoder.layer.1.output.dense.weight"),
+            r"key 'encoder.model.encoder.layer.1.output.dense.weight' missing",
+        ),
+        (
+            lambda s: s.__setitem__("estimator.ff.3.weight", torch.zeros(16, 25)),
+            r"key 'estimator.ff.3.weight' has shape \[16, 25\]",
+        ),
         (lambda s: s.pop("layerwise_attention.scalar_parameters.2"), r"2 layerwise_attention.scalar_parameters"),
     ]
     for change, message in cases:
@@ -343,21 +410,23 @@ def test_cli_exports_a_two_model_bundle_that_select_uses(tmp_path, base, cli):
     written are the independent forward's."""
     ckpt = make_run(tmp_path, base, seed=5)
     bundle_dir = tmp_path / "bundle"
-    rc, _, err, _ = cli("export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", bundle_dir,
-                        "--precision", "fp32")
+    rc, _, err, _ = cli(
+        "export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", bundle_dir, "--precision", "fp32"
+    )
     assert rc == 0, err
-    rc, _, err, _ = cli("export", "embedder", "--model", make_st_folder(tmp_path / "st"), "-o", bundle_dir,
-                        "--precision", "fp32")
+    rc, _, err, _ = cli(
+        "export", "embedder", "--model", make_st_folder(tmp_path / "st"), "-o", bundle_dir, "--precision", "fp32"
+    )
     assert rc == 0, err
-    rows = [{"instruction": f"how many {w} does tom buy", "input": "", "output": f"{w} {w} {w}"}
-            for w in WORDS[:12]]
+    rows = [{"instruction": f"how many {w} does tom buy", "input": "", "output": f"{w} {w} {w}"} for w in WORDS[:12]]
     data = tmp_path / "data.json"
     data.write_text(json.dumps(rows))
     rc, _, err, modules = cli("select", data, "--bundle", bundle_dir, "--n1", "2", "-o", tmp_path / "out.json")
     assert rc == 0 and modules == [], err
     out = json.loads((tmp_path / "out.json").read_text())
-    ref = reference_scores(ckpt, base, [f"Instruction: {r['instruction']} Input:  Response: {r['output']}"
-                                        for r in rows])
+    ref = reference_scores(
+        ckpt, base, [f"Instruction: {r['instruction']} Input:  Response: {r['output']}" for r in rows]
+    )
     assert [r["score"] for r in out[:2]] == pytest.approx(sorted(ref, reverse=True)[:2], abs=1e-4)
 
 
@@ -365,8 +434,13 @@ def test_cli_error_is_one_line(tmp_path, base, cli):
     ckpt = make_run(tmp_path, base)
     (ckpt.parent.parent / "hparams.yaml").unlink()
     rc, out, err, _ = cli("export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", tmp_path / "b")
-    assert rc == 1 and out == "" and err == f"car-onnx: error: {ckpt}: no hparams.yaml at {ckpt.parent.parent / 'hparams.yaml'} " \
+    assert (
+        rc == 1
+        and out == ""
+        and err
+        == f"car-onnx: error: {ckpt}: no hparams.yaml at {ckpt.parent.parent / 'hparams.yaml'} "
         "(the run folder of RUN/checkpoints/X.ckpt); it says how the head is built"
+    )
     assert not (tmp_path / "b").exists()
 
 
@@ -378,10 +452,16 @@ PATCH_GATE = "from car_onnx_export import onnx_tools\nonnx_tools.DEFAULT_GATES['
 
 def run_cli(*args, patch: str = ""):
     """`car-onnx ARGS` in a subprocess, after `patch` ran in it; returns (exit code, stdout, stderr)."""
-    code = patch + ("import sys\nfrom car_onnx.cli import main\nsys.argv = ['car-onnx', *sys.argv[1:]]\n"
-                    "try:\n    main()\nexcept SystemExit as e:\n    sys.exit(e.code or 0)\n")
-    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    code = patch + (
+        "import sys\nfrom car_onnx.cli import main\nsys.argv = ['car-onnx', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    sys.exit(e.code or 0)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -392,8 +472,9 @@ def figures(fidelity: dict) -> str:
 def test_refused_int8_keeps_fp32_in_a_valid_bundle(tmp_path, base):
     ckpt = make_run(tmp_path, base, seed=4)
     # The same export with --force: the int8 figures the refusal must report.
-    rc, _, err = run_cli("export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", tmp_path / "forced",
-                         "--force", patch=PATCH_GATE)
+    rc, _, err = run_cli(
+        "export", "scorer", "--checkpoint", ckpt, "--base", base, "-o", tmp_path / "forced", "--force", patch=PATCH_GATE
+    )
     assert rc == 0, err
     forced = read_manifest(tmp_path / "forced").models[0].variants["int8"].fidelity
     assert forced["forced"] is True and forced["gate"]["spearman"] == 1.01
@@ -403,17 +484,21 @@ def test_refused_int8_keeps_fp32_in_a_valid_bundle(tmp_path, base):
     assert rc == REFUSED_EXIT == 3 and out.splitlines()[-1] == f"IQS scorer written to {bundle}"
     assert err.splitlines()[-1] == (
         f"car-onnx: error: {bundle}: model 'iqs' written with fp32; refused: int8: Spearman {forced['spearman']} "
-        f"< 1.01 ({figures(forced)}); pass --force to keep it anyway")
+        f"< 1.01 ({figures(forced)}); pass --force to keep it anyway"
+    )
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
     assert list(manifest.models[0].variants) == ["fp32"]
     assert set(manifest.files) == {"iqs/tokenizer.json", "iqs/model.fp32.onnx"}
     assert sorted(p.name for p in (bundle / "iqs").iterdir()) == ["model.fp32.onnx", "tokenizer.json"]
-    assert sha256_file(bundle / "iqs" / "model.fp32.onnx") == sha256_file(tmp_path / "forced" / "iqs" / "model.fp32.onnx")
+    assert sha256_file(bundle / "iqs" / "model.fp32.onnx") == sha256_file(
+        tmp_path / "forced" / "iqs" / "model.fp32.onnx"
+    )
     assert Bundle(bundle, SessionConfig()).model("score").precision == "fp32"
     texts = texts_mixed()
-    np.testing.assert_allclose(runtime_scores(manifest.models[0], bundle, texts), reference_scores(ckpt, base, texts),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        runtime_scores(manifest.models[0], bundle, texts), reference_scores(ckpt, base, texts), atol=1e-4
+    )
 
 
 def test_refusal_through_the_library(tmp_path, base, monkeypatch):
@@ -451,7 +536,8 @@ def test_default_export_builds_fp16():
     rc, out, err = run_cli("export", "default", "--help")
     assert rc == 0, err
     assert "[default: fp32,int8,fp16]" in out and "Exit status 3: a variant missed its fidelity gate" in " ".join(
-        out.split())
+        out.split()
+    )
 
 
 def test_steps_in_child_processes_write_the_same_bundle(tmp_path, base, monkeypatch):
@@ -464,11 +550,18 @@ def test_steps_in_child_processes_write_the_same_bundle(tmp_path, base, monkeypa
     spawned = []
     monkeypatch.setattr(onnx_tools, "EXTERNAL_DATA_BYTES", 0)
     real = onnx_tools.in_process
-    monkeypatch.setattr(onnx_tools, "in_process", lambda big, fn, *a: spawned.append((big, fn.__name__)) or
-                        real(big, fn, *a))
+    monkeypatch.setattr(
+        onnx_tools, "in_process", lambda big, fn, *a: spawned.append((big, fn.__name__)) or real(big, fn, *a)
+    )
     export_scorer(ckpt, tmp_path / "many", base=base, precisions=("fp32", "int8", "fp16"), force=True, **QUIET)
-    assert spawned == [(True, "optimize"), (True, "run_variant"), (True, "quantize_int8"), (True, "run_variant"),
-                       (True, "convert_fp16"), (True, "run_variant")]
+    assert spawned == [
+        (True, "optimize"),
+        (True, "run_variant"),
+        (True, "quantize_int8"),
+        (True, "run_variant"),
+        (True, "convert_fp16"),
+        (True, "run_variant"),
+    ]
     one, many = read_manifest(tmp_path / "one"), read_manifest(tmp_path / "many")
     assert one.files == many.files and one.models[0].variants == many.models[0].variants
 
@@ -488,45 +581,63 @@ def test_fusion_and_int8_leave_the_weights_in_their_files(tmp_path, base, monkey
     (tmp_path / "raw").mkdir()
     onnx_tools.export_module(model, tmp_path / "raw" / "model.onnx", example, ["score"])
     (tmp_path / "split").mkdir()
-    onnx.save_model(onnx.load(str(tmp_path / "raw" / "model.onnx")), str(tmp_path / "split" / "model.onnx"),
-                    save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=1024)
+    onnx.save_model(
+        onnx.load(str(tmp_path / "raw" / "model.onnx")),
+        str(tmp_path / "split" / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=False,
+        size_threshold=1024,
+    )
     assert len(list((tmp_path / "split").iterdir())) > 10
     monkeypatch.setattr(onnx_tools, "EXTERNAL_DATA_BYTES", 0)
     loaded = []
     real_load = onnx_tools.external_data_helper.load_external_data_for_tensor
-    monkeypatch.setattr(onnx_tools.external_data_helper, "load_external_data_for_tensor",
-                        lambda t, d: loaded.append(t.name) or real_load(t, d))
+    monkeypatch.setattr(
+        onnx_tools.external_data_helper,
+        "load_external_data_for_tensor",
+        lambda t, d: loaded.append(t.name) or real_load(t, d),
+    )
     (tmp_path / "ours").mkdir()
-    stats = onnx_tools.optimize(tmp_path / "split" / "model.onnx", tmp_path / "ours" / "model.fp32.onnx",
-                                HEADS, HIDDEN)
+    stats = onnx_tools.optimize(tmp_path / "split" / "model.onnx", tmp_path / "ours" / "model.fp32.onnx", HEADS, HIDDEN)
     assert stats["Attention"] == LAYERS and len(loaded) == len(set(loaded))  # each read once, when written
     assert "encoder.embeddings.word_embeddings.weight" in loaded
 
     options = FusionOptions("bert")
     options.enable_skip_layer_norm = False
-    theirs = optimize_model(str(tmp_path / "raw" / "model.onnx"), model_type="bert", num_heads=HEADS,
-                            hidden_size=HIDDEN, opt_level=0, optimization_options=options)
+    theirs = optimize_model(
+        str(tmp_path / "raw" / "model.onnx"),
+        model_type="bert",
+        num_heads=HEADS,
+        hidden_size=HIDDEN,
+        opt_level=0,
+        optimization_options=options,
+    )
     (tmp_path / "theirs").mkdir()
     theirs.save_model_to_file(str(tmp_path / "theirs" / "model.fp32.onnx"), use_external_data_format=True)
     for name in ("model.fp32.onnx", "model.fp32.onnx.data"):
         assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization import onnx_quantizer
+    from onnxruntime.quantization import QuantType, onnx_quantizer, quantize_dynamic
 
     real_reload = onnx_quantizer.save_and_reload_model_with_shape_infer
     loaded.clear()
-    onnx_tools.quantize_int8(tmp_path / "ours" / "model.fp32.onnx", tmp_path / "ours" / "model.int8.onnx",
-                             embeddings=True)
+    onnx_tools.quantize_int8(
+        tmp_path / "ours" / "model.fp32.onnx", tmp_path / "ours" / "model.int8.onnx", embeddings=True
+    )
     assert onnx_quantizer.save_and_reload_model_with_shape_infer is real_reload
     assert "encoder.embeddings.word_embeddings.weight" not in loaded  # read by the quantiser, not into the graph
     assert len(loaded) == len(set(loaded)) > 0
-    quantize_dynamic(str(tmp_path / "theirs" / "model.fp32.onnx"), str(tmp_path / "theirs" / "model.int8.onnx"),
-                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
-                     nodes_to_exclude=onnx_tools.ffn_output_matmuls(tmp_path / "theirs" / "model.fp32.onnx"),
-                     use_external_data_format=True,
-                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        str(tmp_path / "theirs" / "model.fp32.onnx"),
+        str(tmp_path / "theirs" / "model.int8.onnx"),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=True,
+        op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
+        nodes_to_exclude=onnx_tools.ffn_output_matmuls(tmp_path / "theirs" / "model.fp32.onnx"),
+        use_external_data_format=True,
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     for name in ("model.int8.onnx", "model.int8.onnx.data"):
         assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
 
@@ -544,7 +655,9 @@ def test_embedding_tables_int8_where_the_gate_allows(tmp_path, base, monkeypatch
     tables = {t.name: t for t in onnx.load(str(tmp_path / "bundle" / "iqs" / "model.int8.onnx")).graph.initializer}
     word = tables["encoder.embeddings.word_embeddings.weight_quantized"]
     assert word.data_type == onnx.TensorProto.UINT8 and list(word.dims) == [
-        json.loads((base / "config.json").read_text())["vocab_size"], 32]
+        json.loads((base / "config.json").read_text())["vocab_size"],
+        32,
+    ]
     assert "encoder.embeddings.word_embeddings.weight" not in tables
     texts = texts_mixed()
     got = runtime_scores(spec, tmp_path / "bundle", texts, precision="int8")

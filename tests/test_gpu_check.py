@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench(*args, env=None):
-    p = subprocess.run([sys.executable, "-m", "benchmarks.gpu", *map(str, args)], capture_output=True, text=True,
-                       cwd=ROOT, env={**os.environ, **(env or {})})
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -46,14 +51,26 @@ def test_rehearsal_on_cpu_checks_both_precisions_at_each_budget(tmp_path):
     fp32 on the records given; and each attention-kernel setting runs (on CPU they are the same numbers)."""
     joint = tiny.make_bundle(tmp_path / "joint", response=True)
     scorer = tiny.make_bundle(tmp_path / "split", split=True, seed=3)
-    rc, out, err = bench("--rehearse-on-cpu", "--quick", "--iqs", scorer, "--default", joint,
-                         "--records", write_records(tmp_path / "records.jsonl"), "--work", tmp_path / "work")
+    rc, out, err = bench(
+        "--rehearse-on-cpu",
+        "--quick",
+        "--iqs",
+        scorer,
+        "--default",
+        joint,
+        "--records",
+        write_records(tmp_path / "records.jsonl"),
+        "--work",
+        tmp_path / "work",
+    )
     assert rc == 0, err
-    result = json.loads(out[out.index("{\n"):])  # after one line per model, the whole result
+    result = json.loads(out[out.index("{\n") :])  # after one line per model, the whole result
     assert result["device"] == "cpu" and "gpu" not in result
     assert {m.name: set(m.variants) for m in read_manifest(joint).models} == {"joint": {"fp32", "fp16"}}
-    for key, records, ref, roles in (("default_bundle", 100, 100, {"spearman", "mean_cosine"}),
-                                     ("iqs_full", 64, 16, {"spearman"})):
+    for key, records, ref, roles in (
+        ("default_bundle", 100, 100, {"spearman", "mean_cosine"}),
+        ("iqs_full", 64, 16, {"spearman"}),
+    ):
         runs = result[key]["runs"]
         assert (result[key]["records"], result[key]["reference_records"]) == (records, ref)
         assert list(runs) == [f"{p}, --max-tokens {b}" for p in ("fp32", "fp16") for b in (2048, 8192)]
@@ -86,7 +103,9 @@ def test_kit_skeleton_draws_the_weights_again(tmp_path):
     unpack_skeletons(tmp_path / "kit", tmp_path / "out")
     for model in read_manifest(src).models:
         graph = model.variants["fp32"].graph
-        recipe = {r["name"]: r for r in json.loads((tmp_path / "kit" / "skeleton" / model.name / "weights.json").read_text())}
+        recipe = {
+            r["name"]: r for r in json.loads((tmp_path / "kit" / "skeleton" / model.name / "weights.json").read_text())
+        }
         assert recipe and (tmp_path / "kit" / "skeleton" / model.name / "model.onnx").stat().st_size < 4096
         before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(src / graph)).graph.initializer}
         after = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "out" / graph)).graph.initializer}

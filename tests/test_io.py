@@ -17,8 +17,10 @@ from car_onnx.readers import FORMATS, detect_format, iter_records
 from car_onnx.records import FieldMap
 from car_onnx.writers import open_writer
 
-ROWS = [{"instruction": "Say hi", "input": "", "output": "Hi!", "id": 1},
-        {"instruction": "Add", "input": "1 + 2", "output": "3", "id": 2}]
+ROWS = [
+    {"instruction": "Say hi", "input": "", "output": "Hi!", "id": 1},
+    {"instruction": "Add", "input": "1 + 2", "output": "3", "id": 2},
+]
 QA = [{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2", "ctx": "c2"}]
 HYPO = settings(max_examples=60, deadline=None)
 
@@ -61,10 +63,15 @@ def error(path, **kw) -> str:
 
 # --- writing and round trips --------------------------------------------------------------------------------
 
+
 def test_json_and_jsonl_exact_bytes(tmp_path):
-    rows = [{"instruction": "Say hi", "output": "Hi!", "score": 0.25},
-            {"instruction": "é \"q\"", "input": None, "output": "a\nb", "tags": ["x", {"k": 1}]}]
-    assert write(tmp_path / "a.json", "json", rows).read_bytes() == '''[
+    rows = [
+        {"instruction": "Say hi", "output": "Hi!", "score": 0.25},
+        {"instruction": 'é "q"', "input": None, "output": "a\nb", "tags": ["x", {"k": 1}]},
+    ]
+    assert (
+        write(tmp_path / "a.json", "json", rows).read_bytes()
+        == """[
   {
     "instruction": "Say hi",
     "output": "Hi!",
@@ -82,19 +89,27 @@ def test_json_and_jsonl_exact_bytes(tmp_path):
     ]
   }
 ]
-'''.encode()
-    assert write(tmp_path / "a.jsonl", "jsonl", rows).read_bytes() == (
-        '{"instruction": "Say hi", "output": "Hi!", "score": 0.25}\n'
-        '{"instruction": "é \\"q\\"", "input": null, "output": "a\\nb", "tags": ["x", {"k": 1}]}\n').encode()
+""".encode()
+    )
+    assert (
+        write(tmp_path / "a.jsonl", "jsonl", rows).read_bytes()
+        == (
+            '{"instruction": "Say hi", "output": "Hi!", "score": 0.25}\n'
+            '{"instruction": "é \\"q\\"", "input": null, "output": "a\\nb", "tags": ["x", {"k": 1}]}\n'
+        ).encode()
+    )
     assert write(tmp_path / "e.json", "json", []).read_bytes() == b"[]\n"
     assert write(tmp_path / "e.jsonl", "jsonl", []).read_bytes() == b""
 
 
 def test_csv_exact_bytes_union_of_keys(tmp_path):
-    rows = [{"instruction": "a,b", "output": 'say "x"'}, {"output": "o", "instruction": "i", "meta": {"k": [1]},
-                                                         "n": None, "f": 0.1}]
+    rows = [
+        {"instruction": "a,b", "output": 'say "x"'},
+        {"output": "o", "instruction": "i", "meta": {"k": [1]}, "n": None, "f": 0.1},
+    ]
     assert write(tmp_path / "a.csv", "csv", rows).read_bytes() == (
-        b'instruction,output,meta,n,f\r\n"a,b","say ""x""",,,\r\ni,o,"{""k"": [1]}",,0.1\r\n')
+        b'instruction,output,meta,n,f\r\n"a,b","say ""x""",,,\r\ni,o,"{""k"": [1]}",,0.1\r\n'
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -107,8 +122,12 @@ def test_round_trip(tmp_path, fmt):
     assert [r.row for r in recs] == rows
     assert [list(r.row) for r in recs] == [list(r) for r in rows]  # key order kept
     assert [(r.instruction, r.input, r.output) for r in recs] == [("Say hi", "", "Hi!"), ("Add", "1 + 2", "3")]
-    wheres = {"json": ["record 1", "record 2"], "jsonl": ["line 1", "line 2"], "csv": ["line 2", "line 3"],
-              "parquet": ["record 1", "record 2"]}[fmt]  # csv: line 1 is the header
+    wheres = {
+        "json": ["record 1", "record 2"],
+        "jsonl": ["line 1", "line 2"],
+        "csv": ["line 2", "line 3"],
+        "parquet": ["record 1", "record 2"],
+    }[fmt]  # csv: line 1 is the header
     assert [(r.index, r.where) for r in recs] == list(enumerate(wheres))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"d.{fmt}"]  # no temp file left
 
@@ -187,13 +206,21 @@ def test_writer_refuses_what_json_cannot_hold(tmp_path):
 
 # --- formats, field maps, conversations ---------------------------------------------------------------------
 
+
 def test_detect_format():
     assert [detect_format(f"d{s}") for s in (".json", ".JSONL", ".ndjson", ".Csv", ".parquet")] == [
-        "json", "jsonl", "jsonl", "csv", "parquet"]
+        "json",
+        "jsonl",
+        "jsonl",
+        "csv",
+        "parquet",
+    ]
     with pytest.raises(UsageError) as e:
         detect_format("d.txt")
-    assert str(e.value) == ("d.txt: cannot tell the format from the suffix "
-                            "(accepted: .json, .jsonl, .ndjson, .csv, .parquet); pass format=NAME")
+    assert str(e.value) == (
+        "d.txt: cannot tell the format from the suffix "
+        "(accepted: .json, .jsonl, .ndjson, .csv, .parquet); pass format=NAME"
+    )
 
 
 def test_explicit_format_and_bad_format(tmp_path):
@@ -213,8 +240,11 @@ def test_field_map_on_every_format(tmp_path, fmt):
     assert fields == FieldMap(instruction="question", input="ctx", output="answer")
     assert texts(path, fields=fields) == [("q1", "", "a1"), ("q2", "c2", "a2")]
     where = "record 1" if fmt in ("json", "parquet") else "line 1"
-    assert error(path) == (f"{where}: the header has no column 'instruction'" if fmt == "csv"
-                           else f"{where}: field 'instruction': missing field")
+    assert error(path) == (
+        f"{where}: the header has no column 'instruction'"
+        if fmt == "csv"
+        else f"{where}: field 'instruction': missing field"
+    )
 
 
 def test_field_map_parse_errors():
@@ -231,8 +261,10 @@ def test_field_map_parse_errors():
 
 def test_optional_input_bom_crlf_duplicates_and_empty_strings(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_bytes(b'\xef\xbb\xbf{"instruction": "", "output": ""}\r\n'
-                     b'{"instruction": "", "output": "", "input": null}\r\n{"instruction": "", "output": ""}')
+    path.write_bytes(
+        b'\xef\xbb\xbf{"instruction": "", "output": ""}\r\n'
+        b'{"instruction": "", "output": "", "input": null}\r\n{"instruction": "", "output": ""}'
+    )
     assert texts(path) == [("", "", "")] * 3
     (tmp_path / "d.json").write_bytes(b'\xef\xbb\xbf[{"instruction": "i", "output": "\\ud83d\\ude00"}]')
     assert texts(tmp_path / "d.json") == [("i", "", "\U0001f600")]  # an escaped surrogate pair is fine
@@ -251,43 +283,89 @@ def test_jsonl_is_streamed(tmp_path):
 
 
 def test_conversations_both_styles(tmp_path):
-    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
-                          {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "More"},
-                          {"role": "tool", "content": None}], "id": 7},
-            {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"},
-                               {"from": "gpt", "value": "A"}]},
-            {"conversations": [{"from": "user", "value": "Q"}, {"from": "assistant", "value": "A"}]},
-            {"messages": [{"role": "system", "content": "S1"}, {"role": "system", "content": "S2"},
-                          {"role": "user", "content": "Q"}, {"role": "system", "content": "S3"},
-                          {"role": "assistant", "content": "A"}]},
-            {"messages": [{"role": "assistant", "content": "greeting"}, {"role": "user", "content": "Q"},
-                          {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A"}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi?"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "More"},
+                {"role": "tool", "content": None},
+            ],
+            "id": 7,
+        },
+        {
+            "conversations": [
+                {"from": "system", "value": "S"},
+                {"from": "human", "value": "Q"},
+                {"from": "gpt", "value": "A"},
+            ]
+        },
+        {"conversations": [{"from": "user", "value": "Q"}, {"from": "assistant", "value": "A"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "S1"},
+                {"role": "system", "content": "S2"},
+                {"role": "user", "content": "Q"},
+                {"role": "system", "content": "S3"},
+                {"role": "assistant", "content": "A"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "assistant", "content": "greeting"},
+                {"role": "user", "content": "Q"},
+                {"role": "user", "content": "Q2"},
+                {"role": "assistant", "content": "A"},
+            ]
+        },
+    ]
     for fmt in ("json", "jsonl"):
         path = write(tmp_path / f"c.{fmt}", fmt, rows)
-        assert texts(path) == [("Hi?", "Be brief.", "Hello."), ("Q", "S", "A"), ("Q", "", "A"), ("Q", "S1", "A"),
-                               ("Q", "", "A")]
+        assert texts(path) == [
+            ("Hi?", "Be brief.", "Hello."),
+            ("Q", "S", "A"),
+            ("Q", "", "A"),
+            ("Q", "S1", "A"),
+            ("Q", "", "A"),
+        ]
         assert next(iter_records(path)).row == rows[0]
 
 
-@pytest.mark.parametrize("row,message", [
-    ({"messages": [{"role": "user", "content": "Q"}]},
-     "field 'messages': conversation has no assistant reply after the first user turn"),
-    ({"messages": [{"role": "system", "content": "S"}, {"role": "assistant", "content": "A"}]},
-     "field 'messages': conversation has no user turn"),
-    ({"messages": []}, "field 'messages': conversation has no user turn"),
-    ({"messages": "hi"}, "field 'messages': expected an array of turns, got string"),
-    ({"conversations": {"from": "human"}}, "field 'conversations': expected an array of turns, got object"),
-    ({"messages": [["user", "Q"]]}, "field 'messages': turn 1: expected an object, got array"),
-    ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None}]},
-     "field 'messages': turn 2: 'content': expected a string, got null"),
-    ({"conversations": [{"from": "human", "value": 5}]},
-     "field 'conversations': turn 1: 'value': expected a string, got number"),
-    ({"conversations": [{"value": "Q"}]}, "field 'conversations': turn 1: missing 'from'"),
-    ({"conversations": [{"from": "bot", "value": "Q"}]},
-     "field 'conversations': turn 1: unknown from 'bot' (accepted: system, human, user, gpt, assistant)"),
-    ({"messages": [{"role": "Human\n", "content": "Q"}]},
-     "field 'messages': turn 1: unknown role 'Human\\n' (accepted: system, user, assistant)"),
-])
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        (
+            {"messages": [{"role": "user", "content": "Q"}]},
+            "field 'messages': conversation has no assistant reply after the first user turn",
+        ),
+        (
+            {"messages": [{"role": "system", "content": "S"}, {"role": "assistant", "content": "A"}]},
+            "field 'messages': conversation has no user turn",
+        ),
+        ({"messages": []}, "field 'messages': conversation has no user turn"),
+        ({"messages": "hi"}, "field 'messages': expected an array of turns, got string"),
+        ({"conversations": {"from": "human"}}, "field 'conversations': expected an array of turns, got object"),
+        ({"messages": [["user", "Q"]]}, "field 'messages': turn 1: expected an object, got array"),
+        (
+            {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None}]},
+            "field 'messages': turn 2: 'content': expected a string, got null",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": 5}]},
+            "field 'conversations': turn 1: 'value': expected a string, got number",
+        ),
+        ({"conversations": [{"value": "Q"}]}, "field 'conversations': turn 1: missing 'from'"),
+        (
+            {"conversations": [{"from": "bot", "value": "Q"}]},
+            "field 'conversations': turn 1: unknown from 'bot' (accepted: system, human, user, gpt, assistant)",
+        ),
+        (
+            {"messages": [{"role": "Human\n", "content": "Q"}]},
+            "field 'messages': turn 1: unknown role 'Human\\n' (accepted: system, user, assistant)",
+        ),
+    ],
+)
 def test_bad_conversations(tmp_path, row, message):
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"instruction": "i", "output": "o"}) + "\n" + json.dumps(row) + "\n")
@@ -299,22 +377,37 @@ def test_bad_conversations(tmp_path, row, message):
 GOOD = b'{"instruction": "a", "output": "b"}'
 BAD = [
     # encoding
-    ("x.jsonl", GOOD + b"\n" + GOOD + b'\n{"instruction": "a", "output": "\xff"}\n',
-     "line 3: invalid UTF-8 (byte 0xff)"),
-    ("x.json", b'[\n' + GOOD + b',\n{"instruction": "\xc3("}]', "line 3: invalid UTF-8 (byte 0xc3)"),
+    (
+        "x.jsonl",
+        GOOD + b"\n" + GOOD + b'\n{"instruction": "a", "output": "\xff"}\n',
+        "line 3: invalid UTF-8 (byte 0xff)",
+    ),
+    ("x.json", b"[\n" + GOOD + b',\n{"instruction": "\xc3("}]', "line 3: invalid UTF-8 (byte 0xc3)"),
     ("x.csv", b"instruction,output\na,b\n\xff,c\n", "line 3: invalid UTF-8 (byte 0xff)"),
     # JSON array
-    ("x.json", b'[{"instruction": "a", "output": "b"},\n {"instruction": "a"',
-     "line 2, column 21: invalid JSON: Expecting ',' delimiter"),
+    (
+        "x.json",
+        b'[{"instruction": "a", "output": "b"},\n {"instruction": "a"',
+        "line 2, column 21: invalid JSON: Expecting ',' delimiter",
+    ),
     ("x.json", b'[{"instruction": "a", "output": NaN}]', "record 1: field 'output': invalid JSON: NaN is not allowed"),
-    ("x.json", b'[' + GOOD + b', {"instruction": "a", "output": "b", "s": [-Infinity]}]',
-     "record 2: field 's': invalid JSON: -Infinity is not allowed"),
-    ("x.json", b'[{"instruction": "a", "output": "b", "s": 1e999}]',
-     "record 1: field 's': number 1e999 is out of range"),
-    ("x.json", b'[{"instruction": "a", "output": "b", "n": ' + b"9" * 5000 + b"}]",
-     "record 1: field 'n': integer of 5000 digits is too long"),
-    ("x.json", b'[' + GOOD + b', ["a"]]', "record 2: expected a JSON object, got array"),
-    ("x.json", b'[' + GOOD + b', "a"]', "record 2: expected a JSON object, got string"),
+    (
+        "x.json",
+        b"[" + GOOD + b', {"instruction": "a", "output": "b", "s": [-Infinity]}]',
+        "record 2: field 's': invalid JSON: -Infinity is not allowed",
+    ),
+    (
+        "x.json",
+        b'[{"instruction": "a", "output": "b", "s": 1e999}]',
+        "record 1: field 's': number 1e999 is out of range",
+    ),
+    (
+        "x.json",
+        b'[{"instruction": "a", "output": "b", "n": ' + b"9" * 5000 + b"}]",
+        "record 1: field 'n': integer of 5000 digits is too long",
+    ),
+    ("x.json", b"[" + GOOD + b', ["a"]]', "record 2: expected a JSON object, got array"),
+    ("x.json", b"[" + GOOD + b', "a"]', "record 2: expected a JSON object, got string"),
     ("x.json", b'{"instruction": "a"}', "expected a JSON array of records, got object"),
     ("x.json", b"NaN", "invalid JSON: NaN is not allowed"),
     ("x.json", b"[" * 100000, "invalid JSON: nested too deeply"),
@@ -324,15 +417,27 @@ BAD = [
     # JSONL
     ("x.jsonl", GOOD + b'\n{"instruction": "a", "output": "b"\n', "line 2: invalid JSON: Expecting ',' delimiter"),
     ("x.jsonl", GOOD + b"\n[1]\n", "line 2: expected a JSON object, got array"),
-    ("x.jsonl", b'{"instruction": "a", "output": Infinity}\n',
-     "line 1: field 'output': invalid JSON: Infinity is not allowed"),
+    (
+        "x.jsonl",
+        b'{"instruction": "a", "output": Infinity}\n',
+        "line 1: field 'output': invalid JSON: Infinity is not allowed",
+    ),
     ("x.jsonl", b'{"instruction": "a", "output": "b", "output": "c"}\n', "line 1: duplicate key 'output'"),
-    ("x.jsonl", b'{"instruction": "a", "output": "b", "m": {"k\\n": 1, "k\\n": 2}}\n',
-     "line 1: field 'm': duplicate key 'k\\n'"),
-    ("x.jsonl", b'{"instruction": "\\ud800", "output": "b"}\n',
-     "line 1: field 'instruction': invalid Unicode: lone surrogate \\ud800"),
-    ("x.jsonl", b'{"instruction": "a", "output": "b", "\\udc00": 1}\n',
-     "line 1: invalid Unicode: lone surrogate \\udc00 in a key"),
+    (
+        "x.jsonl",
+        b'{"instruction": "a", "output": "b", "m": {"k\\n": 1, "k\\n": 2}}\n',
+        "line 1: field 'm': duplicate key 'k\\n'",
+    ),
+    (
+        "x.jsonl",
+        b'{"instruction": "\\ud800", "output": "b"}\n',
+        "line 1: field 'instruction': invalid Unicode: lone surrogate \\ud800",
+    ),
+    (
+        "x.jsonl",
+        b'{"instruction": "a", "output": "b", "\\udc00": 1}\n',
+        "line 1: invalid Unicode: lone surrogate \\udc00 in a key",
+    ),
     ("x.jsonl", b"[" * 100000 + b"\n", "line 1: invalid JSON: nested too deeply"),
     ("x.jsonl", GOOD + b"\n\n" + GOOD + b"\n", "line 2: empty line"),
     ("x.jsonl", GOOD + b"\n \t\r\n", "line 2: empty line"),
@@ -341,15 +446,24 @@ BAD = [
     # fields
     ("x.jsonl", GOOD + b'\n{"output": "b"}\n', "line 2: field 'instruction': missing field"),
     ("x.jsonl", b'{"instruction": "a"}\n', "line 1: field 'output': missing field"),
-    ("x.jsonl", GOOD + b'\n{"instruction": "a", "output": 3}\n',
-     "line 2: field 'output': expected a string, got number"),
+    (
+        "x.jsonl",
+        GOOD + b'\n{"instruction": "a", "output": 3}\n',
+        "line 2: field 'output': expected a string, got number",
+    ),
     ("x.jsonl", b'{"instruction": null, "output": "b"}\n', "line 1: field 'instruction': expected a string, got null"),
-    ("x.jsonl", b'{"instruction": ["a"], "output": "b"}\n',
-     "line 1: field 'instruction': expected a string, got array"),
+    (
+        "x.jsonl",
+        b'{"instruction": ["a"], "output": "b"}\n',
+        "line 1: field 'instruction': expected a string, got array",
+    ),
     ("x.jsonl", b'{"instruction": "a", "output": {}}\n', "line 1: field 'output': expected a string, got object"),
     ("x.jsonl", b'{"instruction": "a", "output": true}\n', "line 1: field 'output': expected a string, got boolean"),
-    ("x.jsonl", b'{"instruction": "a", "output": "b", "input": 0.5}\n',
-     "line 1: field 'input': expected a string, got number"),
+    (
+        "x.jsonl",
+        b'{"instruction": "a", "output": "b", "input": 0.5}\n',
+        "line 1: field 'input': expected a string, got number",
+    ),
     # CSV
     ("x.csv", b"instruction,answer\na,b\n", "line 1: the header has no column 'output'"),
     ("x.csv", b"instruction,output,output\na,b,c\n", "line 1: the header has column 'output' twice"),
@@ -378,7 +492,11 @@ def test_message_names_file_as_given(tmp_path, monkeypatch):
         list(iter_records("x.jsonl"))
     assert str(e.value) == "x.jsonl: line 2: field 'output': expected a string, got number"
     assert (e.value.path, e.value.where, e.value.field, e.value.reason) == (
-        "x.jsonl", "line 2", "output", "expected a string, got number")
+        "x.jsonl",
+        "line 2",
+        "output",
+        "expected a string, got number",
+    )
 
 
 # --- properties ---------------------------------------------------------------------------------------------
@@ -389,9 +507,11 @@ value = st.one_of(text, special, st.lists(st.one_of(text, special), max_size=3).
 
 
 @HYPO
-@given(rows=st.lists(st.tuples(value, value, value, value), min_size=1, max_size=5),
-       extra=text.filter(lambda k: k not in ("instruction", "input", "output")),
-       fmt=st.sampled_from(["json", "jsonl", "csv"]))
+@given(
+    rows=st.lists(st.tuples(value, value, value, value), min_size=1, max_size=5),
+    extra=text.filter(lambda k: k not in ("instruction", "input", "output")),
+    fmt=st.sampled_from(["json", "jsonl", "csv"]),
+)
 def test_any_strings_round_trip(rows, extra, fmt):
     with scratch() as tmp_path:
         _round_trip(tmp_path, rows, extra, fmt)
@@ -406,17 +526,38 @@ def _round_trip(tmp_path, rows, extra, fmt):
     recs = list(iter_records(path))
     assert [r.row for r in recs] == rows
     assert [(r.instruction, r.input, r.output) for r in recs] == [
-        (r["instruction"], r["input"], r["output"]) for r in rows]
+        (r["instruction"], r["input"], r["output"]) for r in rows
+    ]
 
 
-FRAGMENTS = [GOOD, b"\xff", b"\xef\xbb\xbf", b"{", b"NaN", b"[]", b'{"instruction": 1}', b"\x00", b"", b'"x"', b"\r",
-             b'{"instruction": "\\ud800", "output": "b"}', b'{"instruction": "a", "output": "b", "output": "c"}',
-             b"1e999", b"9" * 5000, b"[" * 5000, b'{"messages": [{"role": "user", "content": "Q"}]}', b'"', b","]
+FRAGMENTS = [
+    GOOD,
+    b"\xff",
+    b"\xef\xbb\xbf",
+    b"{",
+    b"NaN",
+    b"[]",
+    b'{"instruction": 1}',
+    b"\x00",
+    b"",
+    b'"x"',
+    b"\r",
+    b'{"instruction": "\\ud800", "output": "b"}',
+    b'{"instruction": "a", "output": "b", "output": "c"}',
+    b"1e999",
+    b"9" * 5000,
+    b"[" * 5000,
+    b'{"messages": [{"role": "user", "content": "Q"}]}',
+    b'"',
+    b",",
+]
 
 
 @settings(max_examples=100, deadline=None)
-@given(data=st.one_of(st.binary(max_size=200), st.lists(st.sampled_from(FRAGMENTS), max_size=6).map(b"\n".join)),
-       suffix=st.sampled_from([".jsonl", ".json", ".csv"]))
+@given(
+    data=st.one_of(st.binary(max_size=200), st.lists(st.sampled_from(FRAGMENTS), max_size=6).map(b"\n".join)),
+    suffix=st.sampled_from([".jsonl", ".json", ".csv"]),
+)
 def test_any_bytes_parse_or_raise_one_line_input_error(data, suffix):
     with scratch() as tmp:
         path = tmp / f"f{suffix}"
@@ -431,6 +572,7 @@ def test_any_bytes_parse_or_raise_one_line_input_error(data, suffix):
 
 # --- streaming JSON arrays and rejected records ---------------------------------------------------------------
 
+
 def outcome(path, **kw):
     """The rows read, or the error's message."""
     try:
@@ -439,9 +581,27 @@ def outcome(path, **kw):
         return str(err)
 
 
-JSON_PIECES = FRAGMENTS + [b"[", b"]", b" ", b"\n", b'{"instruction": "a\\u00e9", "output": "\xc3\xa9"}', b"12",
-                           b'{"instruction": "a", "output": "b"}, ', b"\xc3", b"\xa9", b".", b"e", b"-", b"+", b"5",
-                           b"tru", b"e", b"\\u00", b'"', b"Infinity"]
+JSON_PIECES = FRAGMENTS + [
+    b"[",
+    b"]",
+    b" ",
+    b"\n",
+    b'{"instruction": "a\\u00e9", "output": "\xc3\xa9"}',
+    b"12",
+    b'{"instruction": "a", "output": "b"}, ',
+    b"\xc3",
+    b"\xa9",
+    b".",
+    b"e",
+    b"-",
+    b"+",
+    b"5",
+    b"tru",
+    b"e",
+    b"\\u00",
+    b'"',
+    b"Infinity",
+]
 
 
 @settings(max_examples=150, deadline=None)
@@ -474,7 +634,7 @@ def test_long_single_line_array_keeps_columns_and_little_memory(tmp_path, monkey
     for r in iter_records(path):
         seen.append(r.row)
     assert seen == rows
-    bad = text[:-1] + ' x]'
+    bad = text[:-1] + " x]"
     path.write_text(bad)
     assert error(path) == f"line 1, column {len(bad) - 1}: invalid JSON: Expecting ',' delimiter"
 
@@ -494,6 +654,7 @@ def test_records_are_yielded_before_the_file_is_read_through(tmp_path, monkeypat
             f = real_open(*args, **kw)
             opened.append(f)
             return f
+
         monkeypatch.setattr("builtins.open", spy)
         records = iter_records(path)
         next(records)
@@ -510,15 +671,19 @@ def test_reject_hands_over_bad_records_and_reads_on(tmp_path):
         (f"{path}: line 2: field 'output': expected a string, got number", {"instruction": "a", "output": 3}),
         (f"{path}: line 3: invalid JSON: Expecting value", "not json"),
         (f"{path}: line 4: empty line", ""),
-        (f"{path}: line 5: invalid UTF-8 (byte 0xff)", "\ufffd")]
+        (f"{path}: line 5: invalid UTF-8 (byte 0xff)", "\ufffd"),
+    ]
 
     rejected.clear()
     path = tmp_path / "r.json"
-    path.write_bytes(b'[' + GOOD + b', {"output": "b"}, 7, {"instruction": "a", "output": NaN}, ' + GOOD + b']')
+    path.write_bytes(b"[" + GOOD + b', {"output": "b"}, 7, {"instruction": "a", "output": NaN}, ' + GOOD + b"]")
     recs = list(iter_records(path, reject=lambda err, raw: rejected.append(str(err).removeprefix(f"{path}: "))))
     assert [r.where for r in recs] == ["record 1", "record 5"]
-    assert rejected == ["record 2: field 'instruction': missing field", "record 3: expected a JSON object, got number",
-                        "record 4: field 'output': invalid JSON: NaN is not allowed"]
+    assert rejected == [
+        "record 2: field 'instruction': missing field",
+        "record 3: expected a JSON object, got number",
+        "record 4: field 'output': invalid JSON: NaN is not allowed",
+    ]
 
     rejected.clear()
     path = tmp_path / "r.csv"
@@ -527,12 +692,15 @@ def test_reject_hands_over_bad_records_and_reads_on(tmp_path):
     assert rejected == [(f"{path}: line 3: expected 2 cells like the header, got 1", ["c"])]
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("x.json", b'[' + GOOD + b', {"instruction": "a"', "line 1, column 58: invalid JSON: Expecting ',' delimiter"),
-    ("x.csv", b'instruction,output\na,b\nc,"d\n', "line 3: invalid CSV: unexpected end of data"),
-    ("x.csv", b"instruction,answer\na,b\n", "line 1: the header has no column 'output'"),
-    ("x.jsonl", b'{"output": "b"}\n', "no records"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("x.json", b"[" + GOOD + b', {"instruction": "a"', "line 1, column 58: invalid JSON: Expecting ',' delimiter"),
+        ("x.csv", b'instruction,output\na,b\nc,"d\n', "line 3: invalid CSV: unexpected end of data"),
+        ("x.csv", b"instruction,answer\na,b\n", "line 1: the header has no column 'output'"),
+        ("x.jsonl", b'{"output": "b"}\n', "no records"),
+    ],
+)
 def test_file_level_errors_are_not_skipped(tmp_path, name, content, message):
     """What cannot be told apart as one record (broken array, broken quoting, the header) still ends the read."""
     (tmp_path / name).write_bytes(content)

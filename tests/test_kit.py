@@ -9,11 +9,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from car_onnx.bundle import default_bundle_dir
@@ -29,8 +29,9 @@ HEAVY = ("torch", "transformers", "optimum", "onnx", "sentence_transformers")
 def fake_wheel(folder: Path, name: str, version: str, requires: list[str] = ()) -> Path:
     """A wheel holding only its METADATA (enough for the requirement walk and for install.sh's checks)."""
     path = Path(folder) / f"{name}-{version}-py3-none-any.whl"
-    meta = "".join([f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-                    *(f"Requires-Dist: {r}\n" for r in requires)])
+    meta = "".join(
+        [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", *(f"Requires-Dist: {r}\n" for r in requires)]
+    )
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(f"{name}-{version}.dist-info/METADATA", meta)
     return path
@@ -45,42 +46,71 @@ def unpack(kit: Path, into: Path) -> Path:
 
 def run_install(kit_dir: Path, home: Path, *args, **env):
     """install.sh under POSIX sh with HOME and XDG_DATA_HOME in `home` (never the real default bundle)."""
-    env = {**{k: v for k, v in os.environ.items() if k != "CAR_ONNX_BUNDLE"},
-           "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), **env}
-    return subprocess.run(["sh", str(kit_dir / "install.sh"), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=900)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "CAR_ONNX_BUNDLE"},
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        **env,
+    }
+    return subprocess.run(
+        ["sh", str(kit_dir / "install.sh"), *map(str, args)], capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 def test_target_platforms_are_the_tag_and_every_older_one():
     assert Target("3.11", "manylinux2014_x86_64").platforms == (
         [f"manylinux_2_{m}_x86_64" for m in range(17, 4, -1)]
-        + ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"])
+        + ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"]
+    )
     assert Target("3.12", "manylinux_2_28_aarch64").platforms == (
-        [f"manylinux_2_{m}_aarch64" for m in range(28, 16, -1)] + ["manylinux2014_aarch64"])
+        [f"manylinux_2_{m}_aarch64" for m in range(28, 16, -1)] + ["manylinux2014_aarch64"]
+    )
     assert Target("3.10", "musllinux_1_2_x86_64").platforms == [
-        "musllinux_1_2_x86_64", "musllinux_1_1_x86_64", "musllinux_1_0_x86_64"]
+        "musllinux_1_2_x86_64",
+        "musllinux_1_1_x86_64",
+        "musllinux_1_0_x86_64",
+    ]
     t = Target("3.11", "manylinux_2_17_x86_64")
     assert t.abi == "cp311" and t.arch == "x86_64"
     options = t.pip_options()
-    assert options[:7] == ["--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11", "--abi",
-                           "cp311"]
+    assert options[:7] == [
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        "3.11",
+        "--abi",
+        "cp311",
+    ]
     assert options[7:] == [x for tag in t.platforms for x in ("--platform", tag)]
 
 
 def test_target_refuses_what_install_sh_cannot_serve():
     with pytest.raises(UsageError) as err:
         Target("3.11", "win_amd64")
-    assert str(err.value) == ("platform must be a Linux wheel platform tag such as manylinux2014_x86_64, "
-                              "manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got 'win_amd64'")
+    assert str(err.value) == (
+        "platform must be a Linux wheel platform tag such as manylinux2014_x86_64, "
+        "manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got 'win_amd64'"
+    )
     with pytest.raises(UsageError) as err:
         Target("311", "manylinux2014_x86_64")
     assert str(err.value) == "python_version must be a CPython 3 version such as 3.11, got '311'"
 
 
 def test_missing_requirements_walks_with_the_targets_markers(tmp_path):
-    fake_wheel(tmp_path, "top", "1.0", ['dep>=2', 'old-only; python_version < "3.11"', 'with-x; extra == "x"',
-                                        'with-y; extra == "y"', 'win-only; sys_platform == "win32"',
-                                        'arm-only; platform_machine == "aarch64"'])
+    fake_wheel(
+        tmp_path,
+        "top",
+        "1.0",
+        [
+            "dep>=2",
+            'old-only; python_version < "3.11"',
+            'with-x; extra == "x"',
+            'with-y; extra == "y"',
+            'win-only; sys_platform == "win32"',
+            'arm-only; platform_machine == "aarch64"',
+        ],
+    )
     fake_wheel(tmp_path, "dep", "1.5")
     wheels = sorted(tmp_path.glob("*.whl"))
     root = [Requirement("top[x]==1.0")]
@@ -93,7 +123,8 @@ def test_missing_requirements_walks_with_the_targets_markers(tmp_path):
     wheels = sorted(tmp_path.glob("*.whl"))
     assert missing(Target("3.11", "manylinux_2_28_x86_64")) == ["leaf"]
     assert missing_requirements(wheels, [Requirement("top==2.0")], Target("3.11", "manylinux_2_28_x86_64")) == [
-        Requirement("top==2.0")]
+        Requirement("top==2.0")
+    ]
 
 
 def test_extras_are_those_pyproject_declares():
@@ -107,12 +138,18 @@ def test_extras_are_those_pyproject_declares():
 def test_bundle_names_are_distinct_and_leave_room_for_the_default_and_the_venv(tmp_path):
     assert bundle_names([tmp_path / "default", tmp_path / "x" / "lookup-1.0"]) == ["default", "lookup-1.0"]
     assert bundle_names([tmp_path / "venv"]) == ["venv"]  # the first goes to the default location, whatever its name
-    for bad in ([tmp_path / "a" / "b", tmp_path / "c" / "b"], [tmp_path / "a", tmp_path / "default"],
-                [tmp_path / "a", tmp_path / "venv"], [tmp_path / "my bundle"]):
+    for bad in (
+        [tmp_path / "a" / "b", tmp_path / "c" / "b"],
+        [tmp_path / "a", tmp_path / "default"],
+        [tmp_path / "a", tmp_path / "venv"],
+        [tmp_path / "my bundle"],
+    ):
         with pytest.raises(UsageError) as err:
             bundle_names(bad)
-        assert str(err.value) == ("bundle: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only "
-                                  f"the first may be called 'default' or 'venv'; got {', '.join(p.name for p in bad)}")
+        assert str(err.value) == (
+            "bundle: the bundle directory names must be distinct ([A-Za-z0-9._-]) and only "
+            f"the first may be called 'default' or 'venv'; got {', '.join(p.name for p in bad)}"
+        )
     with pytest.raises(UsageError, match="^bundle: a kit needs at least one bundle$"):
         bundle_names([])
 
@@ -138,14 +175,22 @@ def test_kit_holds_every_file_with_its_sha256(small_kit, tmp_path):
     info = json.loads(data["car-onnx-kit/kit.json"])
     bundle_files = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
     assert sorted(members) == sorted(
-        ["car-onnx-kit/install.sh", "car-onnx-kit/kit.json", "car-onnx-kit/wheels/alpha-1.0-py3-none-any.whl",
-         "car-onnx-kit/wheels/car_onnx-0.1.0-py3-none-any.whl"]
-        + [f"car-onnx-kit/bundles/mybundle/{f}" for f in bundle_files])
-    assert sorted(info["files"]) == sorted(n.removeprefix("car-onnx-kit/") for n in members
-                                           if not n.endswith("kit.json"))
+        [
+            "car-onnx-kit/install.sh",
+            "car-onnx-kit/kit.json",
+            "car-onnx-kit/wheels/alpha-1.0-py3-none-any.whl",
+            "car-onnx-kit/wheels/car_onnx-0.1.0-py3-none-any.whl",
+        ]
+        + [f"car-onnx-kit/bundles/mybundle/{f}" for f in bundle_files]
+    )
+    assert sorted(info["files"]) == sorted(
+        n.removeprefix("car-onnx-kit/") for n in members if not n.endswith("kit.json")
+    )
     for rel, entry in info["files"].items():
-        assert entry == {"sha256": hashlib.sha256(data[f"car-onnx-kit/{rel}"]).hexdigest(),
-                         "bytes": len(data[f"car-onnx-kit/{rel}"])}, rel
+        assert entry == {
+            "sha256": hashlib.sha256(data[f"car-onnx-kit/{rel}"]).hexdigest(),
+            "bytes": len(data[f"car-onnx-kit/{rel}"]),
+        }, rel
     for f in bundle_files:
         assert data[f"car-onnx-kit/bundles/mybundle/{f}"] == (bundle / f).read_bytes()
     assert members["car-onnx-kit/install.sh"].mode == 0o755
@@ -169,7 +214,8 @@ def test_install_refuses_a_damaged_kit_before_installing_anything(small_kit, tmp
     assert run.stderr.splitlines() == [
         "install.sh: wheels/alpha-1.0-py3-none-any.whl: sha256 mismatch",
         "install.sh: bundles/mybundle/joint/tokenizer.json: missing",
-        "install.sh: the kit is damaged (files above): copy it again; nothing was installed"]
+        "install.sh: the kit is damaged (files above): copy it again; nothing was installed",
+    ]
     assert run.stdout == "" and list(home.iterdir()) == []
 
 
@@ -185,12 +231,14 @@ def test_install_refuses_another_python_and_a_foreign_bundle(small_kit, tmp_path
     run = run_install(kit_dir, home, PYTHON=str(shim))
     assert run.returncode == 1 and run.stderr == (
         f"install.sh: the kit holds wheels for Python {here} but {shim} is Python 3.2: set PYTHON to a Python "
-        f"{here} interpreter; nothing was installed\n")
+        f"{here} interpreter; nothing was installed\n"
+    )
     other = tiny.make_bundle(home / "data" / "car-onnx" / "default", seed=5)
     run = run_install(kit_dir, home)
     assert run.returncode == 1 and run.stderr == (
         f"install.sh: {other} already holds another bundle: move it away or set CAR_ONNX_BUNDLE to another "
-        "directory; nothing was installed\n")
+        "directory; nothing was installed\n"
+    )
     assert sorted(p.name for p in (home / "data" / "car-onnx").iterdir()) == ["default"]
 
 
@@ -210,11 +258,13 @@ def test_pack_command_errors_are_one_line(tmp_path):
     run = subprocess.run(cli + ["--platform", "macosx_11_0_arm64"], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.splitlines()[-1] == (
         "car-onnx: error: --platform must be a Linux wheel platform tag such as manylinux2014_x86_64, "
-        "manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got 'macosx_11_0_arm64'")
+        "manylinux_2_28_aarch64 or musllinux_1_2_x86_64, got 'macosx_11_0_arm64'"
+    )
     (tmp_path / "kit.tar").write_text("mine")
     run = subprocess.run(cli, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.splitlines()[-1] == (
-        f"car-onnx: error: {tmp_path / 'kit.tar'}: already exists; pass --force to replace it")
+        f"car-onnx: error: {tmp_path / 'kit.tar'}: already exists; pass --force to replace it"
+    )
     assert (tmp_path / "kit.tar").read_text() == "mine"
 
 
@@ -230,8 +280,9 @@ def test_kit_packed_with_pip_installs_and_selects_with_no_network(tmp_path):
     if not (bundle / "manifest.json").is_file():
         pytest.skip(f"no default bundle at {bundle}: `make select` builds it")
     kit_path = tmp_path / "kit.tar"
-    pack = subprocess.run([sys.executable, "-m", "car_onnx", "pack", "-o", str(kit_path)], capture_output=True,
-                          text=True, timeout=1200)
+    pack = subprocess.run(
+        [sys.executable, "-m", "car_onnx", "pack", "-o", str(kit_path)], capture_output=True, text=True, timeout=1200
+    )
     assert pack.returncode == 0, pack.stderr[-3000:]
     info = json.loads(tarfile.open(kit_path).extractfile("car-onnx-kit/kit.json").read())
     wheels = [rel.split("/")[1] for rel in info["files"] if rel.startswith("wheels/")]
@@ -243,12 +294,21 @@ def test_kit_packed_with_pip_installs_and_selects_with_no_network(tmp_path):
     far, home = tmp_path / "far", tmp_path / "home"
     home.mkdir()
     kit_dir = unpack(kit_path, far)
-    offline = {"PIP_NO_INDEX": "1", "https_proxy": "http://127.0.0.1:9",
-               "http_proxy": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
-    env = {**{k: v for k, v in os.environ.items() if k not in ("CAR_ONNX_BUNDLE", "PYTHONPATH")},
-           "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), **offline}
-    install = subprocess.run([*_offline(), "sh", str(kit_dir / "install.sh")], capture_output=True, text=True,
-                             env=env, timeout=1200, cwd=far)
+    offline = {
+        "PIP_NO_INDEX": "1",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+        "HF_HUB_OFFLINE": "1",
+    }
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("CAR_ONNX_BUNDLE", "PYTHONPATH")},
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        **offline,
+    }
+    install = subprocess.run(
+        [*_offline(), "sh", str(kit_dir / "install.sh")], capture_output=True, text=True, env=env, timeout=1200, cwd=far
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     placed = home / "data" / "car-onnx" / "default"
     assert f"bundle: {placed} (" in install.stdout
@@ -262,8 +322,13 @@ def test_kit_packed_with_pip_installs_and_selects_with_no_network(tmp_path):
     # select with the installed car-onnx (default bundle found where install.sh put it) vs. this environment's
     ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
     args = ["select", str(SAMPLE), "--n1", "5", "-q"]
-    run = subprocess.run([*_offline(), str(venv / "bin" / "car-onnx"), *args, "-o", str(theirs)],
-                         capture_output=True, text=True, env=env, cwd=far)
+    run = subprocess.run(
+        [*_offline(), str(venv / "bin" / "car-onnx"), *args, "-o", str(theirs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=far,
+    )
     assert run.returncode == 0, run.stderr
     subprocess.run([sys.executable, "-m", "car_onnx", *args, "-o", str(ours), "-b", str(bundle)], check=True)
     mine, kit_rows = json.loads(ours.read_text()), json.loads(theirs.read_text())
@@ -278,12 +343,17 @@ def test_kit_packed_with_pip_installs_and_selects_with_no_network(tmp_path):
     raw = bytearray((kit_dir / "wheels" / wheel).read_bytes())
     raw[12345] ^= 0xFF
     (kit_dir / "wheels" / wheel).write_bytes(bytes(raw))
-    run = subprocess.run(["sh", str(kit_dir / "install.sh")], capture_output=True, text=True,
-                         env={**env, "HOME": str(home2), "XDG_DATA_HOME": str(home2 / "data")})
+    run = subprocess.run(
+        ["sh", str(kit_dir / "install.sh")],
+        capture_output=True,
+        text=True,
+        env={**env, "HOME": str(home2), "XDG_DATA_HOME": str(home2 / "data")},
+    )
     assert run.returncode == 1
     assert run.stderr.splitlines() == [
         f"install.sh: wheels/{wheel}: sha256 mismatch",
-        "install.sh: the kit is damaged (files above): copy it again; nothing was installed"]
+        "install.sh: the kit is damaged (files above): copy it again; nothing was installed",
+    ]
     assert list(home2.iterdir()) == []
 
 
@@ -292,8 +362,9 @@ def _other_python() -> tuple[str, str] | None:
     pyenv = sorted(map(str, Path.home().glob(".pyenv/versions/3.10.*/bin/python3.10")))
     candidates = [shutil.which("python3.10") or "", *pyenv]
     for exe in filter(None, candidates):
-        probe = subprocess.run([exe, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [exe, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True
+        )
         if probe.returncode == 0 and probe.stdout.strip() == "3.10":
             return exe, "3.10"
     return None
@@ -310,9 +381,27 @@ def test_kit_for_another_python_carries_what_its_markers_need(tmp_path):
     exe, version = other
     bundle = tiny.make_bundle(tmp_path / "tinybundle")
     kit_path = tmp_path / "kit.tar"
-    pack = subprocess.run([sys.executable, "-m", "car_onnx", "pack", "-o", str(kit_path), "-b", str(bundle),
-                           "--python-version", version, "--platform", "manylinux_2_28_x86_64", "--extras", "parquet"],
-                          capture_output=True, text=True, timeout=1200)
+    pack = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "car_onnx",
+            "pack",
+            "-o",
+            str(kit_path),
+            "-b",
+            str(bundle),
+            "--python-version",
+            version,
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--extras",
+            "parquet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert pack.returncode == 0, pack.stderr[-3000:]
     info = json.loads(tarfile.open(kit_path).extractfile("car-onnx-kit/kit.json").read())
     assert info["requirement"] == "car-onnx[parquet]==0.1.0"
@@ -320,23 +409,36 @@ def test_kit_for_another_python_carries_what_its_markers_need(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     kit_dir = unpack(kit_path, tmp_path / "far")
-    env = {**{k: v for k, v in os.environ.items() if k not in ("CAR_ONNX_BUNDLE", "PYTHONPATH")}, "HOME": str(home),
-           "XDG_DATA_HOME": str(home / "data"), "PYTHON": exe, "PIP_NO_INDEX": "1", "https_proxy": "http://127.0.0.1:9"}
-    run = subprocess.run([*_offline(), "sh", str(kit_dir / "install.sh")], capture_output=True, text=True,
-                         timeout=1200, env=env)
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("CAR_ONNX_BUNDLE", "PYTHONPATH")},
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        "PYTHON": exe,
+        "PIP_NO_INDEX": "1",
+        "https_proxy": "http://127.0.0.1:9",
+    }
+    run = subprocess.run(
+        [*_offline(), "sh", str(kit_dir / "install.sh")], capture_output=True, text=True, timeout=1200, env=env
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     venv = home / "data" / "car-onnx" / "venv"
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"explain {w}", "output": f"the {w} is water"}) + "\n"
-                            for w in tiny.WORDS[:20]))
+    data.write_text(
+        "".join(
+            json.dumps({"instruction": f"explain {w}", "output": f"the {w} is water"}) + "\n" for w in tiny.WORDS[:20]
+        )
+    )
     theirs, ours = tmp_path / "theirs.parquet", tmp_path / "ours.parquet"
     args = ["select", str(data), "--n1", "3", "-q", "--output-format", "parquet"]
-    run = subprocess.run([*_offline(), str(venv / "bin" / "car-onnx"), *args, "-o", str(theirs)], capture_output=True,
-                         text=True, env=env)
+    run = subprocess.run(
+        [*_offline(), str(venv / "bin" / "car-onnx"), *args, "-o", str(theirs)], capture_output=True, text=True, env=env
+    )
     assert run.returncode == 0, run.stderr
     subprocess.run([sys.executable, "-m", "car_onnx", *args, "-o", str(ours), "-b", str(bundle)], check=True)
-    read = ("import sys, pyarrow.parquet as pq; "
-            "print(sys.version_info[:2], pq.read_table(sys.argv[1])['instruction'].to_pylist())")
+    read = (
+        "import sys, pyarrow.parquet as pq; "
+        "print(sys.version_info[:2], pq.read_table(sys.argv[1])['instruction'].to_pylist())"
+    )
     kit_side = subprocess.run([str(venv / "bin" / "python"), "-c", read, str(theirs)], capture_output=True, text=True)
     here = subprocess.run([sys.executable, "-c", read, str(ours)], capture_output=True, text=True, check=True)
     assert kit_side.stdout.startswith("(3, 10) "), kit_side.stderr

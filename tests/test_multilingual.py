@@ -18,20 +18,37 @@ from car_onnx.coverage import UNKNOWN_SHARE_LIMIT, Coverage, unknown_id  # noqa:
 from car_onnx.session import SessionConfig  # noqa: E402
 from car_onnx.tokenization import load_tokenizer, tokenize  # noqa: E402
 from car_onnx_export.multilingual import (  # noqa: E402
-    SAMPLES, USEEncoder, build_tokenizer, export_multilingual, package_resources)
+    SAMPLES,
+    USEEncoder,
+    build_tokenizer,
+    export_multilingual,
+    package_resources,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ZH = ROOT.parent / "shared" / "data" / "corpora" / "alpaca_zh_2000.json"
 TEMPLATE = "Instruction: {0} Response: {1}"
 # Cases where the two tokenizers could part: runs of characters without a piece (tokenizers would fuse them into one
 # <unk>), whitespace runs and other spaces, full-width forms and ligatures (the nmt_nfkc charsmap), control pieces.
-EDGE = ["  leading,   inner   and trailing spaces  ", "tab\tand\nnewline\r\n", "ＡＢＣ　全角，１２３", "ﬁ ① ㎏ ™",
-        "😀😀 emoji 🤖🤖🤖 runs", "鹦鹉 and 龘龘龘", "a<s>b</s><unk>", "e\u0301 combining", "zero\u200bwidth", "x"]
+EDGE = [
+    "  leading,   inner   and trailing spaces  ",
+    "tab\tand\nnewline\r\n",
+    "ＡＢＣ　全角，１２３",
+    "ﬁ ① ㎏ ™",
+    "😀😀 emoji 🤖🤖🤖 runs",
+    "鹦鹉 and 龘龘龘",
+    "a<s>b</s><unk>",
+    "e\u0301 combining",
+    "zero\u200bwidth",
+    "x",
+]
 
 
 def texts() -> list[str]:
-    english = [TEMPLATE.format(r["instruction"], r["output"])
-               for r in json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())]
+    english = [
+        TEMPLATE.format(r["instruction"], r["output"])
+        for r in json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())
+    ]
     return [TEMPLATE.format(i, o) for i, o in SAMPLES] + english + EDGE
 
 
@@ -144,8 +161,10 @@ def test_guard_tells_the_bundles_apart_on_chinese():
     batch = [TEMPLATE.format(i, o) for i, o in SAMPLES[:4]] + real_chinese(200, required=True)
     shares = {}
     sp_model, _ = package_resources()
-    for name, tok in (("default", Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))),
-                      ("multilingual", build_tokenizer(sp_model))):
+    for name, tok in (
+        ("default", Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))),
+        ("multilingual", build_tokenizer(sp_model)),
+    ):
         tok.no_padding()
         tok.no_truncation()
         cov = Coverage()
@@ -164,8 +183,17 @@ def test_export_refuses_a_head_of_another_encoder(tmp_path):
 
 
 def test_train_scorer_names_the_encoders(tmp_path, cli):
-    code, _, err, _ = cli("train-scorer", "--train", tmp_path / "t.csv", "--valid", tmp_path / "v.csv", "-o",
-                          tmp_path / "h.safetensors", "--encoder", "bert")
+    code, _, err, _ = cli(
+        "train-scorer",
+        "--train",
+        tmp_path / "t.csv",
+        "--valid",
+        tmp_path / "v.csv",
+        "-o",
+        tmp_path / "h.safetensors",
+        "--encoder",
+        "bert",
+    )
     assert (code, err) == (2, "car-onnx: error: --encoder must be one of minilm, multilingual, got 'bert'")
 
 
@@ -178,8 +206,15 @@ def test_train_scorer_on_the_multilingual_encoder(tmp_path, pairs_writer):
     records = json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())
     pairs_writer(tmp_path / "train.csv", records[:30])
     pairs_writer(tmp_path / "valid.csv", records[30:])
-    metrics = train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "head.safetensors", seed=1,
-                         epochs=2, encoder="multilingual", log=lambda s: None)
+    metrics = train_head(
+        tmp_path / "train.csv",
+        tmp_path / "valid.csv",
+        tmp_path / "head.safetensors",
+        seed=1,
+        epochs=2,
+        encoder="multilingual",
+        log=lambda s: None,
+    )
     meta = json.loads((tmp_path / "head.json").read_text())
     assert (metrics["train_pairs"], metrics["valid_pairs"], len(metrics["history"])) == (15, 5, 2)
     assert meta["encoder"] == "multilingual" and meta["max_length"] == MAX_LENGTH

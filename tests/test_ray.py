@@ -48,7 +48,7 @@ def real(tmp_path_factory):
     (root / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "shards").mkdir()
     for i in range(4):
-        pq.write_table(pa.Table.from_pylist(rows[i * 500:(i + 1) * 500]), root / "shards" / f"part-{i}.parquet")
+        pq.write_table(pa.Table.from_pylist(rows[i * 500 : (i + 1) * 500]), root / "shards" / f"part-{i}.parquet")
     return root, rows, tiny.make_bundle(root / "bundle")
 
 
@@ -75,8 +75,11 @@ def test_sample_mode_against_exact(real, cluster, cli, tmp_path, capsys):
     root, _, bundle = real
     args = ("-b", bundle, "--n1", "2%", "--n2", "1", "--chunk-records", "250")
     runs = {}
-    for name, extra in (("exact", ()), ("sample", ("--cluster", "sample", "--sample-size", "500")),
-                        ("sample-ray", ("--cluster", "sample", "--sample-size", "500", "--ray", cluster))):
+    for name, extra in (
+        ("exact", ()),
+        ("sample", ("--cluster", "sample", "--sample-size", "500")),
+        ("sample-ray", ("--cluster", "sample", "--sample-size", "500", "--ray", cluster)),
+    ):
         runs[name] = tmp_path / f"{name}.jsonl"
         code, _, err, _ = cli("select", root / "d.jsonl", "-o", runs[name], *args, *extra)
         assert code == 0, err
@@ -90,9 +93,11 @@ def test_sample_mode_against_exact(real, cluster, cli, tmp_path, capsys):
     both = {r["rank"] for r in exact} & {r["rank"] for r in sample}
     picks = {r["rank"] for r in exact if r["reason"] == "cluster"}
     with capsys.disabled():
-        print(f"\n[ray sample vs exact, 2,000 records, sample 500] selected: exact {len(exact)}, sample {len(sample)}, "
-              f"shared {len(both)} ({len(both) / len(exact):.1%}); cluster picks shared "
-              f"{len(both & picks)} of {len(picks)}")
+        print(
+            f"\n[ray sample vs exact, 2,000 records, sample 500] selected: exact {len(exact)}, sample {len(sample)}, "
+            f"shared {len(both)} ({len(both) / len(exact):.1%}); cluster picks shared "
+            f"{len(both & picks)} of {len(picks)}"
+        )
     assert len(both) / len(exact) > 0.5
 
 
@@ -101,8 +106,9 @@ def workers():
 
 
 def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "car_onnx", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "car_onnx", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def chunks_done(work: Path) -> int:
@@ -174,9 +180,10 @@ def test_an_actor_reads_a_file_once_while_its_chunks_come_in_order(real, monkeyp
     actor = _Chunks(model, job, (), roles, found.stamp, sha256_file(bundle / "manifest.json"))
     for c in (0, 2, 5, 6, 19, 3, 4):  # in order, then back to an earlier chunk: the file is read again
         shard, start, size = found.plan[c]
-        out = actor({"chunk": np.array([c]), "shard": np.array([shard]), "start": np.array([start]),
-                     "size": np.array([size])})
-        want = model.run(records[start:start + size], roles)
+        out = actor(
+            {"chunk": np.array([c]), "shard": np.array([shard]), "start": np.array([start]), "size": np.array([size])}
+        )
+        want = model.run(records[start : start + size], roles)
         assert np.array_equal(out["score"], want["score"]) and np.array_equal(out["embed"], want["embed"])
     assert opened == [0, 0]
 
@@ -201,7 +208,8 @@ def test_a_files_scan_task_streams_its_places_keys_and_rejects_a_block_at_a_time
     lines = [n for n in range(1, 31) if n not in (5, 18)]
     assert [b[0].tolist() for b in blocks] == [lines[:7], lines[7:14], lines[14:21], lines[21:]]
     assert b"".join(b[1] for b in blocks) == b"".join(
-        text_key(model.text(r["instruction"], r.get("input", ""), r["output"])) for r in part if r["output"] != 3)
+        text_key(model.text(r["instruction"], r.get("input", ""), r["output"])) for r in part if r["output"] != 3
+    )
     assert (last.records, last.rejected) == (28, 2)
 
 
@@ -210,21 +218,23 @@ def test_a_bad_record_in_shard_3_is_named_by_shard_and_line(real, cluster, cli, 
     shards = tmp_path / "shards"
     shards.mkdir()
     for i in range(5):
-        part = [dict(r) for r in rows[i * 100:(i + 1) * 100]]
+        part = [dict(r) for r in rows[i * 100 : (i + 1) * 100]]
         if i == 3:
             part[41]["output"] = ["not", "a", "string"]
         (shards / f"part-{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     code, _, err, _ = cli("select", shards, "-o", tmp_path / "o.jsonl", "-b", bundle, "--ray", cluster)
     assert code == 1
-    assert err.strip().splitlines()[-1] == (f"car-onnx: error: {shards / 'part-3.jsonl'}: line 42: field 'output': "
-                                            "expected a string, got array")
+    assert err.strip().splitlines()[-1] == (
+        f"car-onnx: error: {shards / 'part-3.jsonl'}: line 42: field 'output': expected a string, got array"
+    )
     assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_past_max_blocks_chunks_share_ray_blocks_and_the_output_is_unchanged(real, cluster, tmp_path, monkeypatch):
     """Past MAX_BLOCKS chunks, consecutive chunks share a Ray block (each still its own batch, saved as it comes
     back): the output is the single-process one, byte for byte."""
-    from car_onnx import pipeline, ray as car_ray
+    from car_onnx import pipeline
+    from car_onnx import ray as car_ray
 
     root, _, bundle = real
     monkeypatch.setattr(car_ray, "MAX_BLOCKS", 3)

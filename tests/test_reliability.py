@@ -13,10 +13,22 @@ import pytest
 
 from car_onnx_export import tiny
 
+
 def select_cmd(data, out, *extra):
     code = "import sys; from car_onnx.cli import main; sys.argv = ['car-onnx', *sys.argv[1:]]; main()"
-    return [sys.executable, "-c", code, "select", str(data.path), "-o", str(out), "-b", str(data.bundle), *data.args,
-            *extra]
+    return [
+        sys.executable,
+        "-c",
+        code,
+        "select",
+        str(data.path),
+        "-o",
+        str(out),
+        "-b",
+        str(data.bundle),
+        *data.args,
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("kill_after", [1, 60, 120])  # chunks finished when killed (120: all, so clustering)
@@ -68,8 +80,9 @@ def test_a_finished_work_dir_is_reused_whole_and_stale_parts_are_discarded(data,
     other = tiny.make_bundle(tmp_path / "other", seed=1)
     rc, _, err, _ = cli("select", changed, "-o", tmp_path / "e.jsonl", "-b", other, *data.args, "--work-dir", work)
     assert rc == 0 and "the bundle changed (sha256 " in err, err
-    rc, _, err, _ = cli("select", changed, "-o", tmp_path / "f.jsonl", "-b", other, *data.args, "--work-dir", work,
-                        "--max-tokens", "64")
+    rc, _, err, _ = cli(
+        "select", changed, "-o", tmp_path / "f.jsonl", "-b", other, *data.args, "--work-dir", work, "--max-tokens", "64"
+    )
     assert rc == 0 and "option max_tokens changed (2048 -> 64)" in err, err
 
 
@@ -78,13 +91,17 @@ def test_work_dir_that_is_not_ours_is_refused(data, tmp_path, cli):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--work-dir", tmp_path / "mine")
-    assert rc == 2 and err == (f"car-onnx: error: {tmp_path / 'mine'}: --work-dir is not empty and holds no job.json "
-                               "(not a car-onnx work directory); choose a new or empty directory")
+    assert rc == 2 and err == (
+        f"car-onnx: error: {tmp_path / 'mine'}: --work-dir is not empty and holds no job.json "
+        "(not a car-onnx work directory); choose a new or empty directory"
+    )
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and not (tmp_path / "o.jsonl").exists()
 
 
-@pytest.mark.parametrize("options", [("--threads", "1"), ("--threads", "2", "--max-tokens", "40"),
-                                     ("--max-tokens", "100000", "--chunk-records", "7")])
+@pytest.mark.parametrize(
+    "options",
+    [("--threads", "1"), ("--threads", "2", "--max-tokens", "40"), ("--max-tokens", "100000", "--chunk-records", "7")],
+)
 def test_same_selection_across_threads_batch_sizes_and_chunks(data, tmp_path, options, cli, rows_of):
     """The selection is identical; scores may differ in the last float bits (other summation orders)."""
     root, bundle, path = data
@@ -128,8 +145,12 @@ def test_plain_run_is_the_reference_selection(data, rows_of, expected_selection)
 
 # --- bad records: fail fast by default, or skip into a rejects file ---------------------------------------------
 
-BAD_LINES = ['{"instruction": "explain water", "output": 3}', "not json", "",
-             '{"instruction": "a", "output": "b", "score": 0.5}']
+BAD_LINES = [
+    '{"instruction": "explain water", "output": 3}',
+    "not json",
+    "",
+    '{"instruction": "a", "output": "b", "score": 0.5}',
+]
 
 
 def with_bad_lines(tmp_path, data):
@@ -144,7 +165,10 @@ def test_default_fails_fast_with_no_output(data, tmp_path, cli):
     _, bundle, _ = data
     path, _ = with_bad_lines(tmp_path, data)
     rc, _, err, _ = cli("select", path, "-o", tmp_path / "o.jsonl", "-b", bundle)
-    assert rc == 1 and err.splitlines()[-1] == f"car-onnx: error: {path}: line 6: field 'output': expected a string, got number"
+    assert (
+        rc == 1
+        and err.splitlines()[-1] == f"car-onnx: error: {path}: line 6: field 'output': expected a string, got number"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.jsonl"]
 
 
@@ -155,14 +179,29 @@ def test_skip_writes_rejects_and_counts_them(data, tmp_path, cli, rows_of, expec
     assert rc == 0, err
     rejects = tmp_path / "o.jsonl.rejects.jsonl"
     assert [json.loads(line) for line in rejects.read_text().splitlines()] == [
-        {"where": "line 6", "reason": "invalid", "field": "output", "error": "expected a string, got number",
-         "record": {"instruction": "explain water", "output": 3}},
-        {"where": "line 7", "reason": "invalid", "field": None, "error": "invalid JSON: Expecting value",
-         "record": "not json"},
+        {
+            "where": "line 6",
+            "reason": "invalid",
+            "field": "output",
+            "error": "expected a string, got number",
+            "record": {"instruction": "explain water", "output": 3},
+        },
+        {
+            "where": "line 7",
+            "reason": "invalid",
+            "field": None,
+            "error": "invalid JSON: Expecting value",
+            "record": "not json",
+        },
         {"where": "line 23", "reason": "invalid", "field": None, "error": "empty line", "record": ""},
-        {"where": "line 24", "reason": "invalid", "field": "score",
-         "error": "already has a field 'score' that the output would overwrite (name the added field with score_field)",
-         "record": {"instruction": "a", "output": "b", "score": 0.5}}]
+        {
+            "where": "line 24",
+            "reason": "invalid",
+            "field": "score",
+            "error": "already has a field 'score' that the output would overwrite (name the added field with score_field)",
+            "record": {"instruction": "a", "output": "b", "score": 0.5},
+        },
+    ]
     assert f"car-onnx: 4 record(s) rejected, written to {rejects}" in err
     assert err.splitlines()[-1].startswith("car-onnx: 30 records; 4 rejected; ")
     got, want = rows_of(tmp_path / "o.jsonl", "jsonl"), expected_selection(good, 3, 1)
@@ -174,8 +213,9 @@ def test_skip_with_nothing_left_fails_and_writes_nothing(data, tmp_path, cli):
     _, bundle, _ = data
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(BAD_LINES) + "\n")
-    rc, _, err, _ = cli("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip",
-                        "--rejects", tmp_path / "r.jsonl")
+    rc, _, err, _ = cli(
+        "score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip", "--rejects", tmp_path / "r.jsonl"
+    )
     assert rc == 1 and err.splitlines()[-1] == f"car-onnx: error: {path}: no records left: all 4 were rejected"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
@@ -184,17 +224,18 @@ def test_skip_refuses_an_existing_rejects_file(data, tmp_path, cli):
     _, bundle, _ = data
     path, _ = with_bad_lines(tmp_path, data)
     (tmp_path / "r.jsonl").write_text("old")
-    rc, _, err, _ = cli("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip",
-                        "--rejects", tmp_path / "r.jsonl")
+    rc, _, err, _ = cli(
+        "score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--on-error", "skip", "--rejects", tmp_path / "r.jsonl"
+    )
     assert rc == 2 and err == f"car-onnx: error: {tmp_path / 'r.jsonl'}: already exists; pass --force to replace it"
     rc, _, err, _ = cli("score", path, "-o", tmp_path / "o.jsonl", "-b", bundle, "--rejects", tmp_path / "x.jsonl")
-    assert rc == 2 and err == ("car-onnx: error: --rejects goes with --on-error skip (or, for select, a --dedup other "
-                               "than none)")
+    assert rc == 2 and err == (
+        "car-onnx: error: --rejects goes with --on-error skip (or, for select, a --dedup other than none)"
+    )
 
 
 def test_input_changed_during_the_job_is_refused(data, tmp_path, monkeypatch):
-    from car_onnx import pipeline
-    from car_onnx import InputError, Model
+    from car_onnx import InputError, Model, pipeline
 
     _, bundle, _ = data
     path = tmp_path / "d.jsonl"

@@ -17,8 +17,15 @@ from car_onnx_export import tiny
 WORDS = tiny.WORDS
 EVIL = "<script>alert(1)</script>"
 # 30 records (so every ranked record is in the top or bottom 20 the page shows), one of them hostile, one a copy
-RECORDS = [{"instruction": f"explain the {WORDS[i % 60]} of water", "input": "",
-            "output": f"the {WORDS[i % 60]} is {WORDS[-1 - i % 37]} and {WORDS[i % 11]}", "id": i} for i in range(28)]
+RECORDS = [
+    {
+        "instruction": f"explain the {WORDS[i % 60]} of water",
+        "input": "",
+        "output": f"the {WORDS[i % 60]} is {WORDS[-1 - i % 37]} and {WORDS[i % 11]}",
+        "id": i,
+    }
+    for i in range(28)
+]
 RECORDS += [{"instruction": EVIL, "input": "", "output": "the water is cold", "id": 28}, {**RECORDS[3], "id": 29}]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -36,8 +43,20 @@ def run(tmp_path_factory, cli, rows_of):
     bundle = tiny.make_bundle(tmp / "bundle")
     data = tmp / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    rc, out, err, _ = cli("select", data, "-b", bundle, "-o", tmp / "out.json", "--n1", "5", "--all",
-                          "--report", tmp / "report.html", "--quiet")
+    rc, out, err, _ = cli(
+        "select",
+        data,
+        "-b",
+        bundle,
+        "-o",
+        tmp / "out.json",
+        "--n1",
+        "5",
+        "--all",
+        "--report",
+        tmp / "report.html",
+        "--quiet",
+    )
     assert rc == 0, err
     return (tmp / "report.html").read_text(encoding="utf-8"), rows_of(tmp / "out.json", "json"), tmp, bundle
 
@@ -92,7 +111,9 @@ def test_record_texts_are_escaped_and_shown(run):
 def test_page_references_nothing_external(run):
     page = run[0]
     refs = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']*)', page)
-    assert refs and all(r.startswith(("data:", "#")) for r in refs), [r[:40] for r in refs if not r.startswith(("data:", "#"))]
+    assert refs and all(r.startswith(("data:", "#")) for r in refs), [
+        r[:40] for r in refs if not r.startswith(("data:", "#"))
+    ]
     assert not re.search(r"<link|<iframe|<object|<embed|@import|url\((?!#)", page, re.I)
     assert "<!DOCTYPE svg" not in page and "<?xml" not in page
 
@@ -109,8 +130,9 @@ def test_without_the_extra_fails_before_any_work(tmp_path, cli):
     import os
 
     env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    rc, out, err, _ = cli("select", data, "-b", bundle, "-o", tmp_path / "out.json", "--report",
-                          tmp_path / "r.html", env=env)
+    rc, out, err, _ = cli(
+        "select", data, "-b", bundle, "-o", tmp_path / "out.json", "--report", tmp_path / "r.html", env=env
+    )
     assert (rc, err) == (2, "car-onnx: error: --report needs matplotlib: pip install 'car-onnx[report]'")
     assert not (tmp_path / "out.json").exists() and not (tmp_path / "r.html").exists()
 
@@ -138,11 +160,24 @@ def test_page_renders_offline_in_chromium(run, tmp_path):
 
     page = run[2] / "report.html"
     shot = tmp_path / "shot.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--proxy-server=http://127.0.0.1:9",  # no network
-           "--host-resolver-rules=MAP * ~NOTFOUND", "--hide-scrollbars", "--window-size=1200,1800",
-           f"--screenshot={shot}", page.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--proxy-server=http://127.0.0.1:9",  # no network
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--hide-scrollbars",
+        "--window-size=1200,1800",
+        f"--screenshot={shot}",
+        page.as_uri(),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and shot.is_file(), p.stderr[-2000:]
     pixels = imread(shot)[..., :3]

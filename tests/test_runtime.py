@@ -14,7 +14,7 @@ from car_onnx.tokenization import load_tokenizer, pad_batch, plan_batches, token
 from car_onnx_export import tiny
 
 TEXTS = ["the answer is", "explain how water can be made"] + [
-    " ".join(tiny.WORDS[i % 40: i % 40 + n]) for i, n in enumerate([1, 3, 30, 7, 2, 11, 25, 5, 9, 4])
+    " ".join(tiny.WORDS[i % 40 : i % 40 + n]) for i, n in enumerate([1, 3, 30, 7, 2, 11, 25, 5, 9, 4])
 ]
 
 
@@ -75,8 +75,12 @@ def test_int8_result_does_not_depend_on_batching(tmp_path):
     texts = rendered([Rec(t) for t in TEXTS])
     ids, mask = pad_batch(tokenize(model.tokenizer, texts).ids, 0)
     together = model.session.run(["score"], {"input_ids": ids, "attention_mask": mask})[0]
-    alone = np.array([model.session.run(["score"], {"input_ids": i[None, :m.sum()], "attention_mask": m[None, :m.sum()]})[0][0]
-                      for i, m in zip(ids, mask)])
+    alone = np.array(
+        [
+            model.session.run(["score"], {"input_ids": i[None, : m.sum()], "attention_mask": m[None, : m.sum()]})[0][0]
+            for i, m in zip(ids, mask)
+        ]
+    )
     assert np.abs(together - alone).max() > 1e-3  # the graph is batch-dependent
     for budget in (1, 40, 100000):
         np.testing.assert_array_equal(model.run(texts, ("score",), max_tokens=budget)["score"], alone)
@@ -144,6 +148,7 @@ def test_path_leaving_the_bundle_is_refused(bundle_dir):
     def escape(m):
         m["files"]["../outside.onnx"] = m["files"].pop("joint/model.fp32.onnx")
         m["models"][0]["variants"]["fp32"]["graph"] = "../outside.onnx"
+
     _edit_manifest(bundle_dir, escape)
     with pytest.raises(BundleError, match=r"file path '\.\./outside\.onnx' leaves the bundle directory"):
         read_manifest(bundle_dir)
@@ -186,7 +191,8 @@ def test_device_resolution():
     assert str(info.value) == (
         "device cuda: onnxruntime has no CUDAExecutionProvider here (installed: onnxruntime); replace it with the "
         "GPU build: `pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.19'`; or use "
-        "device cpu")
+        "device cpu"
+    )
     with pytest.raises(UsageError, match=r"^device must be one of cpu, cuda, auto, got 'tpu'"):
         resolve("tpu")
     with pytest.raises(UsageError, match=r"^threads must be an integer >= 1, got 0$"):
@@ -203,7 +209,8 @@ def test_cuda_message_names_a_mixed_install(monkeypatch):
     monkeypatch.setattr(session, "available_providers", lambda: ["CPUExecutionProvider"])
     assert session.cuda_problem() == (
         "onnxruntime has no CUDAExecutionProvider here: onnxruntime and onnxruntime-gpu are both installed and "
-        f"overwrite each other's `onnxruntime` module; keep only the GPU build: `{session.GPU_INSTALL}`")
+        f"overwrite each other's `onnxruntime` module; keep only the GPU build: `{session.GPU_INSTALL}`"
+    )
     assert resolve("auto").device == "cpu"
     monkeypatch.setattr(session, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(session, "preload_cuda_libraries", lambda: None)
@@ -213,7 +220,9 @@ def test_cuda_message_names_a_mixed_install(monkeypatch):
 def test_default_bundle_location(tmp_path, monkeypatch):
     monkeypatch.delenv("CAR_ONNX_BUNDLE", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    with pytest.raises(BundleError, match=r"no default bundle at .*car-onnx/default; build it with `car-onnx export default`"):
+    with pytest.raises(
+        BundleError, match=r"no default bundle at .*car-onnx/default; build it with `car-onnx export default`"
+    ):
         find_bundle(None)
     shutil.copytree(tiny.make_bundle(tmp_path / "b"), tmp_path / "car-onnx" / "default")
     assert find_bundle(None) == tmp_path / "car-onnx" / "default"

@@ -17,8 +17,14 @@ from car_onnx_export import tiny
 def records(n, seed=0):
     rng = np.random.default_rng(seed)
     words = np.array(tiny.WORDS)
-    return [{"instruction": " ".join(rng.choice(words, 4)), "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
-             "output": " ".join(rng.choice(words, int(rng.integers(1, 9))))} for i in range(n)]
+    return [
+        {
+            "instruction": " ".join(rng.choice(words, 4)),
+            "input": "" if i % 4 else " ".join(rng.choice(words, 2)),
+            "output": " ".join(rng.choice(words, int(rng.integers(1, 9)))),
+        }
+        for i in range(n)
+    ]
 
 
 def write_jsonl(path, rows):
@@ -36,7 +42,7 @@ def test_a_directory_or_glob_of_shards_is_one_dataset(bundle, tmp_path, cli):
     shards = tmp_path / "shards"
     shards.mkdir()
     for i in range(3):
-        write_jsonl(shards / f"part-{i}.jsonl", rows[i * 100:(i + 1) * 100])
+        write_jsonl(shards / f"part-{i}.jsonl", rows[i * 100 : (i + 1) * 100])
     (shards / "notes.txt").write_text("not a dataset file: ignored")
     args = ["-b", bundle, "--n1", "5%", "--all", "--chunk-records", "64"]
     assert cli("select", tmp_path / "all.jsonl", "-o", tmp_path / "one.jsonl", *args)[0] == 0
@@ -56,11 +62,11 @@ def test_a_bad_record_is_named_by_its_shard_and_line(bundle, tmp_path, cli):
         write_jsonl(shards / f"part-{i}.jsonl", rows)
     code, _, err, _ = cli("select", shards, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "3")
     assert code == 1
-    assert err.strip().splitlines()[-1] == (f"car-onnx: error: {shards / 'part-2.jsonl'}: line 7: field 'output': "
-                                            "expected a string, got number")
+    assert err.strip().splitlines()[-1] == (
+        f"car-onnx: error: {shards / 'part-2.jsonl'}: line 7: field 'output': expected a string, got number"
+    )
     assert not (tmp_path / "o.jsonl").exists()
-    code, _, err, _ = cli("select", shards, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "3", "--on-error",
-                          "skip")
+    code, _, err, _ = cli("select", shards, "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "3", "--on-error", "skip")
     assert code == 0, err
     rejects = [json.loads(line) for line in (tmp_path / "o.jsonl.rejects.jsonl").read_text().splitlines()]
     assert [(r["where"], r["reason"]) for r in rejects] == [("part-2.jsonl line 7", "invalid")]
@@ -79,8 +85,10 @@ def test_sample_mode_fits_on_a_seeded_sample_and_assigns_every_row():
     assert np.array_equal(labels, km.predict(pca.transform(x)))
     # a subset of rows (duplicates left out) gets the labels those rows get as their own dataset
     rows = np.sort(rng.choice(3000, 2000, replace=False))
-    assert np.array_equal(Clusterer(12, mode="sample", sample_size=800, seed=7).fit_predict(x, rows),
-                          Clusterer(12, mode="sample", sample_size=800, seed=7).fit_predict(x[rows]))
+    assert np.array_equal(
+        Clusterer(12, mode="sample", sample_size=800, seed=7).fit_predict(x, rows),
+        Clusterer(12, mode="sample", sample_size=800, seed=7).fit_predict(x[rows]),
+    )
     # below the sample size, and in auto mode below the limit, the exact path runs
     assert not Clusterer(12, mode="sample", sample_size=5000).sampled(3000)
     assert not Clusterer(12).sampled(3000)
@@ -142,8 +150,16 @@ def test_scan_and_write_pass_read_their_per_record_facts_a_block_at_a_time(bundl
         write_jsonl(shards / f"part-{i}.jsonl", part)
 
     def run(name):
-        pipeline.select(pipeline.Job(shards), Model(bundle), tmp_path / name, n1="4%", n2="2", cluster="sample",
-                        sample_size=100, write_all=True)
+        pipeline.select(
+            pipeline.Job(shards),
+            Model(bundle),
+            tmp_path / name,
+            n1="4%",
+            n2="2",
+            cluster="sample",
+            sample_size=100,
+            write_all=True,
+        )
         return (tmp_path / name).read_bytes(), (tmp_path / f"{name}.rejects.jsonl").read_bytes()
 
     whole = run("one.jsonl")
@@ -152,10 +168,12 @@ def test_scan_and_write_pass_read_their_per_record_facts_a_block_at_a_time(bundl
     monkeypatch.setattr(columns, "BUCKETS", 3)
     assert run("blocks.jsonl") == whole
     rejects = [json.loads(line) for line in whole[1].decode().splitlines()]
-    assert [(r["where"], r["duplicate_of"]) for r in rejects] == [("part-2.jsonl line 250", "part-0.jsonl line 4"),
-                                                                 ("part-2.jsonl line 251", "part-1.jsonl line 1"),
-                                                                 ("part-2.jsonl line 252", "part-2.jsonl line 249"),
-                                                                 ("part-2.jsonl line 253", "part-0.jsonl line 4")]
+    assert [(r["where"], r["duplicate_of"]) for r in rejects] == [
+        ("part-2.jsonl line 250", "part-0.jsonl line 4"),
+        ("part-2.jsonl line 251", "part-1.jsonl line 1"),
+        ("part-2.jsonl line 252", "part-2.jsonl line 249"),
+        ("part-2.jsonl line 253", "part-0.jsonl line 4"),
+    ]
 
 
 def test_chunk_rows_read_only_what_is_asked(tmp_path):
@@ -163,7 +181,7 @@ def test_chunk_rows_read_only_what_is_asked(tmp_path):
     rng = np.random.default_rng(0)
     full = rng.normal(size=(1000, 8)).astype(np.float32)
     for c, start in enumerate(range(0, 1000, 300)):
-        part = full[start:start + 300]
+        part = full[start : start + 300]
         work.save(c, {"score": part[:, 0].copy(), "embed": part})
     out = work.assemble(1000, in_chunks=True)
     rows = out["embed"]
@@ -178,9 +196,25 @@ def test_chunk_rows_read_only_what_is_asked(tmp_path):
 def test_sample_mode_selection_through_the_cli_equals_car_select(bundle, tmp_path, cli, rows_of):
     rows = records(1200, seed=4)
     write_jsonl(tmp_path / "d.jsonl", rows)
-    code, _, err, _ = cli("select", tmp_path / "d.jsonl", "-o", tmp_path / "o.jsonl", "-b", bundle, "--n1", "2%",
-                          "--cluster", "sample", "--sample-size", "400", "--dedup", "none", "--all",
-                          "--chunk-records", "100")
+    code, _, err, _ = cli(
+        "select",
+        tmp_path / "d.jsonl",
+        "-o",
+        tmp_path / "o.jsonl",
+        "-b",
+        bundle,
+        "--n1",
+        "2%",
+        "--cluster",
+        "sample",
+        "--sample-size",
+        "400",
+        "--dedup",
+        "none",
+        "--all",
+        "--chunk-records",
+        "100",
+    )
     assert code == 0, err
     texts = [tiny.TEMPLATE.render(r["instruction"], r["input"], r["output"]) for r in rows]
     scores, vectors = tiny.reference(texts)
@@ -195,11 +229,13 @@ def test_sample_mode_options_are_checked_before_any_work(bundle, tmp_path, cli):
     write_jsonl(tmp_path / "d.jsonl", records(300))
     base = ("select", tmp_path / "d.jsonl", "-o", tmp_path / "o.jsonl", "-b", bundle)
     code, _, err, _ = cli(*base, "--cluster", "sample", "--sample-size", "50", "--k", "60")
-    assert code == 2 and err.strip().endswith("--k = 60 clusters cannot be fitted on a sample of 50 rows; raise "
-                                              "--sample-size")
+    assert code == 2 and err.strip().endswith(
+        "--k = 60 clusters cannot be fitted on a sample of 50 rows; raise --sample-size"
+    )
     code, _, err, _ = cli(*base, "--cluster", "sample", "--sample-size", "50", "--dedup", "near:0.9")
-    assert code == 2 and err.strip().endswith("--dedup near:T compares records within each cluster in memory: it "
-                                              "needs --cluster exact")
+    assert code == 2 and err.strip().endswith(
+        "--dedup near:T compares records within each cluster in memory: it needs --cluster exact"
+    )
     assert not (tmp_path / "o.jsonl").exists()
 
 
@@ -210,13 +246,16 @@ def test_parquet_output_of_shards_is_a_directory_of_shards(bundle, tmp_path, cli
     shards = tmp_path / "shards"
     shards.mkdir()
     for i in range(3):
-        write_jsonl(shards / f"part-{i}.jsonl", rows[i * 100:(i + 1) * 100])
+        write_jsonl(shards / f"part-{i}.jsonl", rows[i * 100 : (i + 1) * 100])
     args = ["-b", bundle, "--n1", "5%", "--output-format", "parquet"]
     assert cli("select", tmp_path / "all.jsonl", "-o", tmp_path / "one.parquet", *args)[0] == 0
     code, _, err, _ = cli("select", shards, "-o", tmp_path / "out", *args)
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-0.parquet", "part-1.parquet",
-                                                                   "part-2.parquet"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "part-0.parquet",
+        "part-1.parquet",
+        "part-2.parquet",
+    ]
     whole = pq.read_table(tmp_path / "one.parquet").to_pylist()
     for i in range(3):
         want = [r for r in whole if i * 100 <= r["id"] < (i + 1) * 100]  # the shard's rows, in selection order

@@ -7,9 +7,8 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from car_onnx import UsageError, car_select
+from car_onnx import UsageError, car_select, selection
 from car_onnx.clustering import Clusterer
-from car_onnx import selection
 from car_onnx.selection import Size, ranks_streamed, select_ranked, select_streamed
 
 
@@ -70,8 +69,18 @@ def test_explicit_k_and_variance():
     assert sel.indices.tolist() == reference_select(np.zeros(100), sel.labels, 0, 1)
 
 
-@pytest.mark.parametrize("value,n,expected", [("1000", 52002, 1000), ("2%", 52002, 1040), ("0", 10, 0),
-                                              ("100%", 7, 7), ("5000", 10, 10), (3, 10, 3), ("1.5%", 200, 3)])
+@pytest.mark.parametrize(
+    "value,n,expected",
+    [
+        ("1000", 52002, 1000),
+        ("2%", 52002, 1040),
+        ("0", 10, 0),
+        ("100%", 7, 7),
+        ("5000", 10, 10),
+        (3, 10, 3),
+        ("1.5%", 200, 3),
+    ],
+)
 def test_parse_size(value, n, expected):
     assert Size.parse(value, "n1").of(n) == expected
 
@@ -134,6 +143,7 @@ def test_sizes_at_or_above_n_warn():
     with pytest.warns(UserWarning, match=r"^n1 = 100% is at or above"):
         car_select(np.zeros(20), emb, n1="100%")
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         car_select(np.zeros(20), emb, n1=19)
@@ -210,7 +220,7 @@ def test_streamed_selection_and_ranks_equal_the_whole_array_rule(seed, monkeypat
     block = int(rng.integers(1, 700))
 
     def blocks():
-        return ((a, scores[a:a + block], labels[a:a + block]) for a in range(0, n, block))
+        return ((a, scores[a : a + block], labels[a : a + block]) for a in range(0, n, block))
 
     ranked = np.flatnonzero(labels >= 0)
     for n1, n2 in ((0, "1"), (40, "1"), (40, "3"), (40, "10%"), (int(ranked.size), "2"), (7, "0")):
