@@ -27,7 +27,7 @@ from .model import CHUNK_RECORDS, RAY_CHUNK_RECORDS, Model
 from .progress import Pace, Step
 from .readers import FORMATS
 from .scanning import ON_ERROR
-from .selection import N1, N2
+from .selection import N1, N2, SelectOptions
 from .session import DEVICES, machine_threads, resolve
 from .stop import Terminated, sigterm_stops, stopped_message
 
@@ -471,19 +471,22 @@ def select(
     chunk_records = chunk_records or (RAY_CHUNK_RECORDS if ray else CHUNK_RECORDS)
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, None if ray else threads, precision, field, max_tokens)
-    options = dict(
+    selection = SelectOptions.parse(
         n1=n1,
         n2=n2,
         k=k,
         pca_variance=pca_variance,
         seed=seed,
         dedup=dedup,
+        cluster=cluster.value,
+        sample_size=sample_size,
+    )
+    options = dict(
+        options=selection,
         write_all=all,
         out_fmt=_value(output_format),
         score_field=score_field,
         cluster_field=cluster_field,
-        cluster=cluster.value,
-        sample_size=sample_size,
         stages=CliStages(quiet),
         report_path=report,
         show=show,

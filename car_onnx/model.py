@@ -14,12 +14,12 @@ import numpy as np
 
 from . import containers
 from .bundle import Bundle, find_bundle
-from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED
 from .columns import duplicates
 from .coverage import coverage_warnings
 from .errors import UsageError
 from .records import FieldMap, Record
-from .selection import N1, N2, Dedup, Selection, Size, car_select
+from .selection import N1, N2, Selection, SelectOptions
 from .session import resolve
 from .tokenization import default_max_tokens
 
@@ -167,26 +167,23 @@ class Model:
         plus the top `n2` of each of `k` clusters [default int(sqrt(n/2))], after dropping duplicates (`dedup`:
         "none", "exact" or "near:T"; `cluster`: "exact", "sample" or "auto", see `car_select`). `Selection.take(data)`
         returns the selected rows in `data`'s container."""
-        size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
-        Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size).check()
-        keys: list = []
-        start = time.perf_counter()
-        out = self._outputs(data, ("score", "embed"), keys if dedup.exact else None)
-        exact = duplicates(keys) if dedup.exact else None
-        inferred = time.perf_counter()
-        sel = car_select(
-            out["score"],
-            out["embed"],
-            n1=size1,
-            n2=size2,
+        options = SelectOptions.parse(
+            n1=n1,
+            n2=n2,
             k=k,
             pca_variance=pca_variance,
             seed=seed,
-            near=dedup.near,
-            duplicate_of=exact,
+            dedup=dedup,
             cluster=cluster,
             sample_size=sample_size,
         )
+        options.clusterer().check()
+        keys: list = []
+        start = time.perf_counter()
+        out = self._outputs(data, ("score", "embed"), keys if options.dedup.exact else None)
+        exact = duplicates(keys) if options.dedup.exact else None
+        inferred = time.perf_counter()
+        sel = options.select(out["score"], out["embed"], duplicate_of=exact)
         # for Selection.report(): the data (not copied; None for a one-pass iterable) and the run's facts
         reread = data if containers.kind(data) != "iterable" else None
         seconds = {"score+embed": inferred - start, "cluster+select": time.perf_counter() - inferred}
@@ -195,9 +192,9 @@ class Model:
             context={
                 "model": self,
                 "data": reread,
-                "n1": str(size1),
-                "n2": str(size2),
-                "dedup": str(dedup),
+                "n1": str(options.n1),
+                "n2": str(options.n2),
+                "dedup": str(options.dedup),
                 "exact": 0 if exact is None else int((exact >= 0).sum()),
                 "seconds": seconds,
             },

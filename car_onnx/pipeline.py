@@ -22,12 +22,12 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 from . import lock
-from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
+from .clustering import BLOCK_ROWS
 from .columns import Index
 from .errors import UsageError
 from .manifest import sha256_file as file_sha256
@@ -35,7 +35,7 @@ from .model import CHUNK_CHARS, Model
 from .readers import SUFFIXES, check_format, check_input, detect_format, require_pyarrow
 from .records import Record
 from .scanning import Job, Scan, scan, shard_records
-from .selection import N1, N2, Dedup, Size, car_select, check_clustering
+from .selection import SelectOptions, check_clustering
 from .workdir import WorkDir
 from .writers import create_npy, directory_writers, open_writer, remove_stale_temps, replacing
 
@@ -223,40 +223,71 @@ def _check_names(score_field: str, cluster_field: str, extra: tuple[str, ...]) -
     return (score_field, cluster_field, *extra)
 
 
+@runtime_checkable
+class Engine(Protocol):
+    """Where a file job's scan and inference run, and how the selection reads the embeddings: LocalEngine (this
+    process) or car_onnx.ray.RayEngine (a Ray cluster). The selection itself is the same either way."""
+
+    def scan(
+        self, job: Job, model: Model, added: tuple[str, ...], rejects, stages: Stages, index: Index
+    ) -> Scan: ...  # every record checked and counted (scanning.scan)
+
+    def infer(
+        self,
+        job: Job,
+        model: Model,
+        roles: tuple[str, ...],
+        found: Scan,
+        added: tuple[str, ...],
+        work: WorkDir,
+        stages: Stages,
+    ) -> None: ...  # every chunk's outputs saved in `work` (infer)
+
+    def rows(self, embeddings, stages: Stages): ...  # the embeddings as car_select reads them
+
+
+class LocalEngine:
+    """Scan, inference and clustering in this process."""
+
+    def scan(self, job, model, added, rejects, stages, index) -> Scan:
+        return scan(job, model, added, rejects, stages, index)
+
+    def infer(self, job, model, roles, found, added, work, stages) -> None:
+        infer(job, model, roles, found, added, work, stages)
+
+    def rows(self, embeddings, stages):
+        return embeddings
+
+
 def select(
     job: Job,
     model: Model,
     output: Path,
     *,
-    n1=N1,
-    n2=N2,
-    k=None,
-    pca_variance=PCA_VARIANCE,
-    seed=SEED,
-    dedup="exact",
+    options: SelectOptions | None = None,
     write_all=False,
     out_fmt=None,
     score_field=SCORE_FIELD,
     cluster_field=CLUSTER_FIELD,
-    cluster="auto",
-    sample_size=SAMPLE_SIZE,
     stages: Stages | None = None,
     report_path: Path | None = None,
-    engine=None,
+    engine: Engine | None = None,
     show=False,
 ) -> Report:
     """`car-onnx select`: the CaR selection of the input, each selected record written with its score, cluster,
     rank and the reason it was kept ("top" or "cluster"); with `write_all`, every record, `selected` or not.
-    `engine` runs the scan and the inference elsewhere (car_onnx.ray); the selection is the same. With `show`, the
-    Report's `shown` holds each selected (row, record), for the CLI's --show."""
-    stages = stages or Stages()
-    size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
+    `engine` (default: LocalEngine) runs the scan and the inference; the selection is the same. With `show`, the
+    Report's `shown` holds each selected (row, record), for the CLI's --show. `options`: the selection's
+    (SelectOptions.parse(); its defaults when None)."""
+    stages, engine = stages or Stages(), engine or LocalEngine()
+    options = options or SelectOptions.parse()
+    dedup = options.dedup
     extra = ("rank", "selected", "reason") if write_all else ("rank", "reason")
     added = _check_names(score_field, cluster_field, extra)
     fmt = output_format(output, out_fmt)
     rejects_path = check_output(job, output, fmt, job.on_error == "skip" or dedup.exact)
     output_files(job, output, fmt)
-    clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size)
+    clusterer = options.clusterer()
     clusterer.check()
     if report_path is not None:  # --report (car_onnx/report.py): checked before any work
         from . import report as curation
@@ -269,27 +300,19 @@ def select(
         _rejects_writer(job, rejects_path) as rejects,
         tempfile.TemporaryDirectory(prefix="car-onnx-index-") as index,
     ):  # the scan's per-record facts
-        found = (engine.scan if engine else scan)(job, model, added, rejects, stages, Index(Path(index), dedup.exact))
+        found = engine.scan(job, model, added, rejects, stages, Index(Path(index), dedup.exact))
         ranked = found.records - (found.duplicates or 0)
         check_clustering(clusterer, ranked, dedup.near)
         with work_dir(job, model, roles, added, stages) as work:
-            (engine.infer if engine else infer)(job, model, roles, found, added, work, stages)
+            engine.infer(job, model, roles, found, added, work, stages)
             sampled = clusterer.sampled(ranked)  # scores and labels stay on disk, in the work dir
             out = work.assemble(found.records, in_chunks=sampled)
-            embeddings = engine.rows(out["embed"], stages) if engine else out["embed"]
+            embeddings = engine.rows(out["embed"], stages)
             with stages.stage("cluster+select"):
-                sel = car_select(
+                sel = options.select(
                     out["score"],
                     embeddings,
-                    n1=size1,
-                    n2=size2,
-                    k=k,
-                    pca_variance=pca_variance,
-                    seed=seed,
-                    near=dedup.near,
                     duplicate_of=found.duplicate_of,
-                    cluster=cluster,
-                    sample_size=sample_size,
                     log=stages.note,
                     labels=work.column("labels", found.records, "int64") if sampled else None,
                 )
@@ -315,7 +338,12 @@ def select(
                 found.rejected,
                 report.duplicates or {"exact": 0, "near": 0},
             )
-            page.n1, page.n2, page.dedup, page.seconds = str(size1), str(size2), str(dedup), dict(stages.seconds)
+            page.n1, page.n2, page.dedup, page.seconds = (
+                str(options.n1),
+                str(options.n2),
+                str(dedup),
+                dict(stages.seconds),
+            )
             page.bundle = curation.bundle_info(model)
             curation.write(report_path, sel, page)
     return report

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from . import pipeline, scanning
-from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, assign, rows_in
+from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, assign, rows_in
 from .columns import duplicates
 from .coverage import Coverage, coverage_warning
 from .errors import BundleError, CarError, UsageError
 from .manifest import sha256_file
 from .model import Model, text_key
 from .records import FieldMap
-from .selection import N1, N2, Dedup, Size, car_select, check_clustering
+from .selection import N1, N2, SelectOptions, check_clustering
 from .workdir import ChunkRows, WorkDir
 
 ACTOR_THREADS = 1  # --threads under --ray: the CPUs of each actor (and the batches it runs side by side)
@@ -165,7 +165,7 @@ class _Chunks:
 
 @dataclasses.dataclass
 class RayEngine:
-    """A file job's scan and inference on the connected Ray cluster (pipeline.select's `engine`)."""
+    """A file job's scan and inference on the connected Ray cluster: pipeline.Engine's Ray implementation."""
 
     address: str = "local"
     threads: int = ACTOR_THREADS  # CPUs per actor
@@ -465,9 +465,12 @@ def select(
     numbers are positions in `ds`'s order. Scores and embeddings are computed on the cluster; the driver gathers
     the scores, the 16-byte text keys and (cluster="exact") the embeddings, ~1.6 KB a record, or (sample) only
     the sample's. `model_options` go to `score_embed`."""
-    size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
-    clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size)
+    options = SelectOptions.parse(
+        n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed, dedup=dedup, cluster=cluster, sample_size=sample_size
+    )
+    clusterer = options.clusterer()
     clusterer.check()
+    dedup = options.dedup
     scored = score_embed(ds, bundle=bundle, _keys=dedup.exact, **model_options)
     scored.context.execution_options.preserve_order = True  # this dataset's copy: rows keep `ds`'s order
     scored = scored.materialize()
@@ -485,19 +488,7 @@ def select(
     check_clustering(clusterer, ranked, dedup.near)
     threads = model_options.get("threads", ACTOR_THREADS)
     embeddings = _SampledRows(scored, n, threads) if sampled else got["embedding"]
-    return car_select(
-        got["score"],
-        embeddings,
-        n1=size1,
-        n2=size2,
-        k=k,
-        pca_variance=pca_variance,
-        seed=seed,
-        near=dedup.near,
-        duplicate_of=exact,
-        cluster=cluster,
-        sample_size=sample_size,
-    )
+    return options.select(got["score"], embeddings, duplicate_of=exact)
 
 
 class _SampledRows:

@@ -89,6 +89,67 @@ class Dedup:
 
 
 @dataclass(frozen=True)
+class SelectOptions:
+    """What a CaR selection is asked for, parsed once (sizes and dedup rule checked here, the clustering by
+    `clusterer().check()`): the one object `car-onnx select`, `Model.select`, `car_onnx.ray.select` and
+    `pipeline.select` share."""
+
+    n1: Size
+    n2: Size
+    k: int | None
+    pca_variance: float
+    seed: int
+    dedup: Dedup
+    cluster: str
+    sample_size: int
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        n1=N1,
+        n2=N2,
+        k: int | None = None,
+        pca_variance: float = PCA_VARIANCE,
+        seed: int = SEED,
+        dedup="exact",
+        cluster: str = "auto",
+        sample_size: int = SAMPLE_SIZE,
+    ) -> SelectOptions:
+        """The options as given (counts, "2%" strings, "near:0.9"); an error names the option."""
+        size1, size2, dedup = Size.parse(n1, "n1"), Size.parse(n2, "n2"), Dedup.parse(dedup)
+        return cls(size1, size2, k, pca_variance, seed, dedup, cluster, sample_size)
+
+    def clusterer(self, log: Callable[[str], None] | None = None) -> Clusterer:
+        return Clusterer(
+            self.k,
+            pca_variance=self.pca_variance,
+            seed=self.seed,
+            mode=self.cluster,
+            sample_size=self.sample_size,
+            log=log,
+        )
+
+    def select(self, scores, embeddings, *, duplicate_of=None, log=None, labels=None) -> Selection:
+        """`car_select` with these options (duplicate_of: the exact duplicates found, if dedup asks for them)."""
+        return car_select(
+            scores,
+            embeddings,
+            n1=self.n1,
+            n2=self.n2,
+            k=self.k,
+            pca_variance=self.pca_variance,
+            seed=self.seed,
+            near=self.dedup.near,
+            duplicate_of=duplicate_of,
+            cluster=self.cluster,
+            sample_size=self.sample_size,
+            log=log,
+            labels=labels,
+        )
+
+
+@dataclass(frozen=True)
 class Selection:
     """The result of a CaR selection over n rows."""
 

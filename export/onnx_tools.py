@@ -6,11 +6,9 @@ compared with the PyTorch model on real texts; fp32 must match, reduced precisio
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import gc
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +22,7 @@ from car_onnx.manifest import ModelSpec, Variant, read_manifest, write_manifest
 from car_onnx.models import OnnxModel
 
 from .errors import ExportError, Refusal, VariantsRefused  # noqa: F401 (VariantsRefused: raised here)
+from .ort_internals import dynamic_quantizer, shapes_without_weights, tensors_in_save_order, working_directory
 
 # onnx protobufs cannot exceed 2 GB; above this size the tensors go to one external `<graph>.data` file, and each
 # ONNX step (fusion, quantisation, conversion, check) runs in its own process, so that its memory is returned.
@@ -61,9 +60,7 @@ def save_onnx(
     for old in (path, path.with_name(path.name + ".data")):
         old.unlink(missing_ok=True)
     # onnx's own order when it saves
-    tensors = list(
-        (external_data_helper._get_all_tensors if attributes else external_data_helper._get_initializer_tensors)(model)
-    )
+    tensors = list(tensors_in_save_order(model, attributes))
     if external is None:
         external = sum(data_bytes(t) for t in tensors) > EXTERNAL_DATA_BYTES
     if not external:
@@ -79,21 +76,6 @@ def save_onnx(
             external_data_helper.save_external_data(tensor, str(path.parent))
             tensor.ClearField("raw_data")
     onnx.save_model(model, str(path))
-
-
-@contextlib.contextmanager
-def working_directory(folder: Path | None):
-    """Runs the block in `folder` (None: where it is): onnx reads a tensor left in its external file relative to the
-    working directory when onnxruntime's fusions or quantiser ask for its values."""
-    if folder is None:
-        yield
-        return
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def export_module(module, path: Path, example: dict, outputs: list[str]) -> None:
@@ -193,27 +175,6 @@ def word_embedding_bytes(path: Path) -> int:
     return max((4 * int(np.prod(d)) for d in tables if d), default=0)
 
 
-@contextlib.contextmanager
-def shapes_without_weights():
-    """In the block, onnxruntime's dynamic quantizer infers shapes from the graph alone: by default it writes the model
-    with all its weights to a temporary folder and loads it back (shapes inferred on the way), which holds every
-    weight in memory, twice, and cannot follow weights left in their files. Only the graph changes on that trip."""
-    from onnxruntime.quantization import onnx_quantizer
-    from onnxruntime.quantization.quant_utils import add_infer_metadata
-
-    def infer(model: onnx.ModelProto) -> onnx.ModelProto:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        add_infer_metadata(inferred)
-        return inferred
-
-    real = onnx_quantizer.save_and_reload_model_with_shape_infer
-    onnx_quantizer.save_and_reload_model_with_shape_infer = infer
-    try:
-        yield
-    finally:
-        onnx_quantizer.save_and_reload_model_with_shape_infer = real
-
-
 def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, embeddings: bool = False) -> None:
     """Dynamic int8 of the MatMuls and the fused attention (QAttention), `exclude` kept fp32 (by default the FFN
     output projections: ffn_output_matmuls): uint8 activations, per-channel signed weights in 7 bits
@@ -223,32 +184,13 @@ def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, embedd
     table then DequantizeLinear, or QEmbedLayerNormalization where the embedding layer was fused).
     quantize_dynamic's steps, with the weights left in their external files (if any), as in `optimize`: each is
     read when it is quantised, the rest copied when written (the same bytes as quantize_dynamic writes)."""
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
-    from onnxruntime.quantization.quant_utils import QuantizationMode, add_infer_metadata, update_opset_version
-
     src, dst = Path(src).resolve(), Path(dst).resolve()
     exclude = ffn_output_matmuls(src) if exclude is None else exclude
     ops = ["MatMul", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
     model = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
     external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
-    add_infer_metadata(model)
-    model = update_opset_version(model, QuantType.QInt8)
     with working_directory(src.parent if external else None), shapes_without_weights():
-        quantizer = ONNXQuantizer(
-            model,
-            True,
-            True,
-            QuantizationMode.IntegerOps,
-            False,
-            QuantType.QInt8,
-            QuantType.QUInt8,
-            None,
-            [],
-            list(exclude),
-            ops,
-            {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        quantizer = dynamic_quantizer(model, exclude, ops)
         del model
         quantizer.quantize_model()
         quantizer.model.topological_sort()  # what its save_model_to_file does first

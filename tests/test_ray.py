@@ -16,6 +16,7 @@ ray = pytest.importorskip("ray", reason="needs the [ray] extra: pip install 'car
 psutil = pytest.importorskip("psutil", reason="needs psutil (the [dev] extra) to find Ray's worker processes")
 
 from car_onnx import Model, clustering  # noqa: E402
+from car_onnx.selection import SelectOptions  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
@@ -242,10 +243,17 @@ def test_past_max_blocks_chunks_share_ray_blocks_and_the_output_is_unchanged(rea
     stages.note = notes.append
     job = pipeline.Job(root / "d.jsonl", chunk_records=100)
     try:  # this process is the driver
-        car_ray.select_job(job, Model(bundle), tmp_path / "ray.jsonl", address=cluster, n1="2%", stages=stages)
+        car_ray.select_job(
+            job,
+            Model(bundle),
+            tmp_path / "ray.jsonl",
+            address=cluster,
+            options=SelectOptions.parse(n1="2%"),
+            stages=stages,
+        )
     finally:
         ray.shutdown()
-    pipeline.select(job, Model(bundle, threads=1), tmp_path / "local.jsonl", n1="2%")
+    pipeline.select(job, Model(bundle, threads=1), tmp_path / "local.jsonl", options=SelectOptions.parse(n1="2%"))
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
     assert "Ray: 20 chunk(s) on 2 actor(s) of 1 CPU(s), 3 Ray blocks of consecutive chunks" in notes
 

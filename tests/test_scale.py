@@ -10,6 +10,7 @@ from sklearn.decomposition import PCA
 
 from car_onnx import car_select
 from car_onnx.clustering import Clusterer
+from car_onnx.selection import SelectOptions
 from car_onnx.workdir import ChunkRows, WorkDir
 from car_onnx_export import tiny
 
@@ -154,10 +155,7 @@ def test_scan_and_write_pass_read_their_per_record_facts_a_block_at_a_time(bundl
             pipeline.Job(shards),
             Model(bundle),
             tmp_path / name,
-            n1="4%",
-            n2="2",
-            cluster="sample",
-            sample_size=100,
+            options=SelectOptions.parse(n1="4%", n2="2", cluster="sample", sample_size=100),
             write_all=True,
         )
         return (tmp_path / name).read_bytes(), (tmp_path / f"{name}.rejects.jsonl").read_bytes()
