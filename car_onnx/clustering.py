@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -114,7 +113,7 @@ class Clusterer:
         plane_rows, xy = _plane(x, self.seed, pca_done=pca is not None)
         self.plane_ = picked[plane_rows], xy
         km, start = self._fit(x, n, step.line), time.perf_counter()
-        (getattr(embeddings, "assign", None) or partial(_assign_blocks, embeddings))(pca, km, out)
+        rows_of(embeddings).assign(pca, km, out)
         step.close(f"assigned {len(embeddings):,} rows to {self.k_} clusters in {time.perf_counter() - start:.1f}s")
         return out
 
@@ -186,25 +185,60 @@ def assign(block, pca, km) -> np.ndarray:
     return km.predict(pca.transform(block) if pca is not None else block).astype(np.int64)
 
 
-def _assign_blocks(embeddings, pca, km, out) -> None:
-    """The cluster id of every row of `embeddings` into `out`, assigned block by block in this process."""
-    for first, block in blocks(embeddings):
-        out[first : first + len(block)] = assign(block, pca, km)
-
-
 def rows_in(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
     """The row numbers of sorted `rows` in [start, stop): those a block starting at row `start` holds."""
     return rows[np.searchsorted(rows, start) : np.searchsorted(rows, stop)]
 
 
+class Rows:
+    """The one interface through which clustering and the selection read rows (embeddings, scores, duplicate
+    marks), a block at a time: ArrayRows for an array in memory or on disk (a numpy array, a memory map, a
+    columns.Column), and the row sources that do something differently (workdir.ChunkRows reads a work dir's chunk
+    files; car_onnx.ray's assign rows to clusters and run the selection's per-block work on a cluster) override
+    what they change."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, rows) -> np.ndarray:
+        raise NotImplementedError
+
+    def blocks(self):
+        """(first row, its rows), BLOCK_ROWS rows at a time."""
+        for first in range(0, len(self), BLOCK_ROWS):
+            yield first, self[first : first + BLOCK_ROWS]
+
+    def assign(self, pca, km, out) -> None:
+        """The cluster id of every row into `out`, block by block in this process."""
+        for first, block in self.blocks():
+            out[first : first + len(block)] = assign(block, pca, km)
+
+    def map(self, fn, items):
+        """The selection's per-block work over `items`: here, in this process."""
+        return map(fn, items)
+
+
+class ArrayRows(Rows):
+    """An array-like (anything with len() and slices) as Rows."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, rows):
+        return self.array[rows]
+
+
+def rows_of(rows) -> Rows:
+    """`rows` as Rows: itself if it is one, else wrapped as ArrayRows."""
+    return rows if isinstance(rows, Rows) else ArrayRows(rows)
+
+
 def blocks(rows):
-    """(first row, its block) of an array or an array-like on disk, BLOCK_ROWS rows at a time (or as the object's
-    own `blocks()` gives them)."""
-    if hasattr(rows, "blocks"):
-        yield from rows.blocks()
-        return
-    for first in range(0, len(rows), BLOCK_ROWS):
-        yield first, rows[first : first + BLOCK_ROWS]
+    """(first row, its block) of `rows` (see Rows.blocks)."""
+    return rows_of(rows).blocks()
 
 
 def _same_clustering(a: np.ndarray, b: np.ndarray) -> bool:

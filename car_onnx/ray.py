@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import pipeline, scanning
-from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, assign, rows_in
+from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Rows, assign, rows_in
 from .columns import duplicates
 from .coverage import Coverage, coverage_warning
 from .errors import BundleError, CarError, UsageError
@@ -323,7 +323,7 @@ def _read_chunks(batch: dict, root: str, roles: tuple) -> dict:
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
-class _ChunksOnCluster:
+class _ChunksOnCluster(Rows):
     """A work dir's embeddings (workdir.ChunkRows) whose assignment to clusters runs on the Ray cluster: the chunk
     files read, about BLOCK_ROWS rows at a time, by tasks pinned to the driver's node (the work dir is the
     driver's: no shared filesystem needed), their rows assigned by an actor pool through map_batches; only the
@@ -491,7 +491,7 @@ def select(
     return options.select(got["score"], embeddings, duplicate_of=exact)
 
 
-class _SampledRows:
+class _SampledRows(Rows):
     """A materialised dataset's embeddings as clustering.Clusterer reads them in sample mode: the sample's rows
     gathered by position, and every row assigned by an actor pool (only the labels come to the driver); the
     selection's per-block work in Ray tasks."""

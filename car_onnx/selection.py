@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, blocks
+from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, blocks, rows_of
 from .columns import Kept, count_kept
 from .errors import UsageError
 
@@ -452,7 +452,7 @@ def _select_sampled(
             yield first, scores[first : first + len(part)], np.where(part < 0, labels[first : first + len(part)], -1)
 
     indices, n_top = select_streamed(
-        labelled, size1.of(kept), size2, clusterer.k_, getattr(embeddings, "map", map)
+        labelled, size1.of(kept), size2, clusterer.k_, rows_of(embeddings).map
     )  # car_onnx.ray: on the cluster
     rows, xy = clusterer.plane_
     return Selection(

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .clustering import rows_in
+from .clustering import Rows, rows_in
 from .columns import Column
 from .errors import UsageError
 from .lock import NAME as LOCK
@@ -180,7 +180,7 @@ class WorkDir:
         return Column.create(self.root / name, dtype, n)
 
 
-class ChunkRows:
+class ChunkRows(Rows):
     """One role's [n, dim] rows, read from a work directory's chunk files when asked for (cluster="sample": the
     embeddings are never all in memory, nor assembled into one file)."""
 

@@ -274,7 +274,7 @@ def test_python_api_on_a_ray_dataset_equals_model_select(real, cluster, monkeypa
     sel = car_ray.select(ds, bundle=bundle, n1="2%")
     want = model.select(rows[:600], n1="2%")
     assert np.array_equal(sel.indices, want.indices) and np.array_equal(sel.labels, want.labels)
-    monkeypatch.setattr(clustering, "_assign_blocks", None)  # sample mode: every row assigned on the cluster
+    monkeypatch.setattr(clustering.Rows, "assign", None)  # sample mode: every row assigned on the cluster
     mapped, tasks = [], car_ray._tasks  # and the selection's per-block work done in Ray tasks
     monkeypatch.setattr(car_ray, "_tasks", lambda fn, items: mapped.append(fn.func.__name__) or tasks(fn, items))
     sel = car_ray.select(ds, bundle=bundle, n1="2%", cluster="sample", sample_size=200)
