@@ -364,7 +364,7 @@ def _model(bundle, device, threads, precision, field, max_tokens) -> Model:
     )
 
 
-def _summary(report: pipeline.Report, quiet: bool, output: Path) -> None:
+def _summary(report: pipeline.RunSummary, quiet: bool, output: Path) -> None:
     if quiet:
         return
     parts = [f"{report.records:,} records"]

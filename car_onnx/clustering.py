@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import UsageError
 from .progress import Step
+from .rows import rows_of
 
 # Above this many rows KMeans (n_init=10, full passes) becomes the slowest stage by far; MiniBatchKMeans
 # keeps it near-linear. Below it, results match the reference exactly.
@@ -20,7 +21,6 @@ PLANE_SAMPLE = 20_000  # report: at most this many rows (seeded sample) keep the
 CLUSTER_MODES = ("auto", "exact", "sample")
 EXACT_LIMIT = 1_000_000  # cluster="auto": exact up to this many rows (~1.6 KB each in memory), sample above
 SAMPLE_SIZE = 100_000  # cluster="sample": the rows PCA and KMeans are fitted on (~1.6 KB each)
-BLOCK_ROWS = 65_536  # cluster="sample": rows assigned to clusters at a time
 
 
 def default_k(n: int) -> int:
@@ -183,62 +183,6 @@ def assign(block, pca, km) -> np.ndarray:
     """The cluster ids (int64) of one block of embedding rows under a fitted PCA (or None) and KMeans."""
     block = np.asarray(block, dtype=np.float32)
     return km.predict(pca.transform(block) if pca is not None else block).astype(np.int64)
-
-
-def rows_in(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """The row numbers of sorted `rows` in [start, stop): those a block starting at row `start` holds."""
-    return rows[np.searchsorted(rows, start) : np.searchsorted(rows, stop)]
-
-
-class Rows:
-    """The one interface through which clustering and the selection read rows (embeddings, scores, duplicate
-    marks), a block at a time: ArrayRows for an array in memory or on disk (a numpy array, a memory map, a
-    columns.Column), and the row sources that do something differently (workdir.ChunkRows reads a work dir's chunk
-    files; car_onnx.ray's assign rows to clusters and run the selection's per-block work on a cluster) override
-    what they change."""
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def __getitem__(self, rows) -> np.ndarray:
-        raise NotImplementedError
-
-    def blocks(self):
-        """(first row, its rows), BLOCK_ROWS rows at a time."""
-        for first in range(0, len(self), BLOCK_ROWS):
-            yield first, self[first : first + BLOCK_ROWS]
-
-    def assign(self, pca, km, out) -> None:
-        """The cluster id of every row into `out`, block by block in this process."""
-        for first, block in self.blocks():
-            out[first : first + len(block)] = assign(block, pca, km)
-
-    def map(self, fn, items):
-        """The selection's per-block work over `items`: here, in this process."""
-        return map(fn, items)
-
-
-class ArrayRows(Rows):
-    """An array-like (anything with len() and slices) as Rows."""
-
-    def __init__(self, array):
-        self.array = array
-
-    def __len__(self) -> int:
-        return len(self.array)
-
-    def __getitem__(self, rows):
-        return self.array[rows]
-
-
-def rows_of(rows) -> Rows:
-    """`rows` as Rows: itself if it is one, else wrapped as ArrayRows."""
-    return rows if isinstance(rows, Rows) else ArrayRows(rows)
-
-
-def blocks(rows):
-    """(first row, its block) of `rows` (see Rows.blocks)."""
-    return rows_of(rows).blocks()
 
 
 def _same_clustering(a: np.ndarray, b: np.ndarray) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .clustering import BLOCK_ROWS, blocks
+from .rows import BLOCK_ROWS, blocks
 from .writers import naming, reserve
 
 BUCKETS = 256  # exact dedup: text keys spread over this many files by their first byte, deduplicated one at a time

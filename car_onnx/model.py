@@ -103,6 +103,11 @@ class Model:
     def manifest(self):
         return self._bundle.manifest
 
+    def loaded(self) -> list:
+        """The bundle's models this process has made sessions for (models.OnnxModel), e.g. for their vocabulary
+        coverage."""
+        return self._bundle.loaded()
+
     def warn_unreadable(self) -> None:
         """A warning for each model that mapped too much of what it read to its unknown token (coverage.py)."""
         for message in coverage_warnings(self._bundle.loaded()):

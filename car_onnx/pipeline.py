@@ -27,13 +27,13 @@ from typing import Iterator, Protocol, runtime_checkable
 import numpy as np
 
 from . import lock
-from .clustering import BLOCK_ROWS
 from .columns import Index
 from .errors import UsageError
 from .manifest import sha256_file as file_sha256
 from .model import CHUNK_CHARS, Model
 from .readers import SUFFIXES, check_format, check_input, detect_format, require_pyarrow
 from .records import Record
+from .rows import BLOCK_ROWS
 from .scanning import Job, Scan, scan, shard_records
 from .selection import SelectOptions, check_clustering
 from .workdir import WorkDir
@@ -63,7 +63,9 @@ class Stages:
 
 
 @dataclass
-class Report:
+class RunSummary:
+    """What a file job did, for the CLI's summary line (and `--show`)."""
+
     records: int
     selected: int = 0
     top: int = 0  # of the selected, how many from the n1 block (the rest are cluster picks)
@@ -75,7 +77,7 @@ class Report:
     shown: list = field(default_factory=list)  # select(show=True): (row, record) of each selected row, in order
 
 
-def _again(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[tuple[int, Record]]:
+def _reread_records(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[tuple[int, Record]]:
     """The accepted records of every file, read again in input order, each with the index of its file."""
     for shard in range(len(job.shards)):
         for r in shard_records(job, model, scan.stamp[shard], added, shard):
@@ -108,7 +110,7 @@ def infer(
     """Scores and/or embeddings of the accepted records, chunk by chunk into `work`; chunks finished by an
     earlier run with the same identity are reused."""
     passes = len({model.manifest.model_for(r).name for r in roles})  # one pass per distinct model
-    records = (r for _, r in _again(job, model, scan_, added))
+    records = (r for _, r in _reread_records(job, model, scan_, added))
     with stages.stage("+".join(roles), total=scan_.records * passes) as advance:
         for c, (_, _, size) in enumerate(scan_.plan):
             chunk = list(islice(records, size))
@@ -273,11 +275,11 @@ def select(
     report_path: Path | None = None,
     engine: Engine | None = None,
     show=False,
-) -> Report:
+) -> RunSummary:
     """`car-onnx select`: the CaR selection of the input, each selected record written with its score, cluster,
     rank and the reason it was kept ("top" or "cluster"); with `write_all`, every record, `selected` or not.
     `engine` (default: LocalEngine) runs the scan and the inference; the selection is the same. With `show`, the
-    Report's `shown` holds each selected (row, record), for the CLI's --show. `options`: the selection's
+    RunSummary's `shown` holds each selected (row, record), for the CLI's --show. `options`: the selection's
     (SelectOptions.parse(); its defaults when None)."""
     stages, engine = stages or Stages(), engine or LocalEngine()
     options = options or SelectOptions.parse()
@@ -351,7 +353,7 @@ def select(
 
 def _write_selection(
     job, model, output, fmt, found: Scan, sel, added, write_all, rejects, stages, page=None, show=False
-) -> Report:
+) -> RunSummary:
     """The write pass: the input read again, the output rows written (and each dropped duplicate to the rejects
     file). Per-record facts are read a block of rows at a time (in sample mode they are on disk), and the selected
     rows wait in a temporary file to be written in selection order: memory holds neither n rows nor the selected
@@ -383,7 +385,7 @@ def _write_selection(
         _writers(job, output, fmt, columns) as writer,
         tempfile.TemporaryFile() as held,
     ):
-        for i, (shard, r) in enumerate(_again(job, model, found, added)):
+        for i, (shard, r) in enumerate(_reread_records(job, model, found, added)):
             if i % BLOCK_ROWS == 0:  # the next block's duplicates, and where the records they repeat are
                 dup = np.asarray(sel.duplicate_of[i : i + BLOCK_ROWS])
                 originals = np.unique(dup[dup >= 0]) if rejects is not None else ()
@@ -424,7 +426,7 @@ def _write_selection(
     duplicates = {"exact": found.duplicates, "near": repeats - found.duplicates} if found.duplicates is not None else {}
     if duplicates and rejects is not None and repeats:
         stages.note(f"{repeats} duplicate(s) dropped before ranking, written to {rejects.path}")
-    return Report(
+    return RunSummary(
         found.records,
         len(sel.indices),
         sel.n_top,
@@ -450,7 +452,7 @@ def _writers(job: Job, output: Path, fmt: str, columns):
 
 def score(
     job: Job, model: Model, output: Path, *, out_fmt=None, score_field=SCORE_FIELD, stages: Stages | None = None
-) -> Report:
+) -> RunSummary:
     """`car-onnx score`: every record with its quality score, in input order."""
     stages = stages or Stages()
     if not isinstance(score_field, str) or not score_field:
@@ -467,13 +469,13 @@ def score(
             stages.stage("write", total=found.records) as advance,
             open_writer(output, fmt, (*found.columns, *added)) as writer,
         ):
-            for i, (_, r) in enumerate(_again(job, model, found, added)):
+            for i, (_, r) in enumerate(_reread_records(job, model, found, added)):
                 writer.write({**r.row, score_field: _float(scores[i])})
                 advance(1)
-    return Report(found.records, rejected=found.rejected, seconds=stages.seconds)
+    return RunSummary(found.records, rejected=found.rejected, seconds=stages.seconds)
 
 
-def embed(job: Job, model: Model, output: Path, *, stages: Stages | None = None) -> Report:
+def embed(job: Job, model: Model, output: Path, *, stages: Stages | None = None) -> RunSummary:
     """`car-onnx embed`: a float32 .npy of sentence embeddings, one row per record in input order."""
     stages = stages or Stages()
     if Path(output).suffix != ".npy":
@@ -490,4 +492,4 @@ def embed(job: Job, model: Model, output: Path, *, stages: Stages | None = None)
                 target[:] = vectors
                 target.flush()
                 del target
-    return Report(found.records, rejected=found.rejected, seconds=stages.seconds)
+    return RunSummary(found.records, rejected=found.rejected, seconds=stages.seconds)

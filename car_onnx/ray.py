@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from . import pipeline, scanning
-from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Rows, assign, rows_in
+from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, assign
 from .columns import duplicates
 from .coverage import Coverage, coverage_warning
 from .errors import BundleError, CarError, UsageError
 from .manifest import sha256_file
 from .model import Model, text_key
 from .records import FieldMap
+from .rows import BLOCK_ROWS, Rows, rows_in
 from .selection import N1, N2, SelectOptions, check_clustering
 from .workdir import ChunkRows, WorkDir
 
@@ -96,7 +97,7 @@ def _cause(err: BaseException) -> BaseException:
 
 
 @contextmanager
-def _ours():
+def _task_errors():
     """A Ray task's or actor's failure raised as the CarError it carries (a located input error, a bundle
     mismatch), else as it is."""
     try:
@@ -149,10 +150,10 @@ class _Chunks:
     def __call__(self, batch: dict) -> dict:
         c, shard, start, size = (int(batch[key][0]) for key in ("chunk", "shard", "start", "size"))
         records = self._records(shard, start)
-        before = {m.spec.name: (m.coverage.unknown, m.coverage.tokens) for m in self.model._bundle.loaded()}
+        before = {m.spec.name: (m.coverage.unknown, m.coverage.tokens) for m in self.model.loaded()}
         out = self.model.run(list(islice(records, size)), self.roles)
         self.reader = (shard, start + size, records)
-        for m in self.model._bundle.loaded():  # the chunk's unknown-token counts, in its first row (coverage.py)
+        for m in self.model.loaded():  # the chunk's unknown-token counts, in its first row (coverage.py)
             unknown, tokens = before.get(m.spec.name, (0, 0))
             for key, value in (
                 (f"unknown:{m.spec.name}", m.coverage.unknown - unknown),
@@ -184,7 +185,7 @@ class RayEngine:
             parts = []
             for shard, stream in enumerate(streams):
                 for ref in stream:
-                    with _ours():
+                    with _task_errors():
                         got, bad = ray.get(ref)
                     for err, raw in bad:
                         rejects.write(scanning.reject_row(job, shard, err, raw))
@@ -230,7 +231,7 @@ class RayEngine:
         sizes = {c: m for c, _, _, m in pending}
         parts: dict[int, list] = {}
         coverage: dict[str, Coverage] = {}
-        with stages.stage("+".join(roles), total=sum(sizes.values())) as advance, _ours():
+        with stages.stage("+".join(roles), total=sum(sizes.values())) as advance, _task_errors():
             for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
                 for key in batch:
                     if key.startswith("unknown:"):
@@ -359,7 +360,7 @@ class _ChunksOnCluster(Rows):
             fn_kwargs={"root": str(self.rows.work.root), "roles": self.rows.work.roles},
         )
         seen = 0
-        with _ours():
+        with _task_errors():
             for batch in _assigned(chunks, "embed", pca, km, self.threads).iter_batches(
                 batch_size=None, batch_format="numpy"
             ):
@@ -382,7 +383,7 @@ def _tasks(fn, items):
     and the n2 picks a group-by on cluster, merged on the driver."""
     ray = _ray()
     task, running, most = ray.remote(num_cpus=1)(_apply), deque(), 2 * _actors(1)
-    with _ours():
+    with _task_errors():
         for item in items:
             running.append(task.remote(fn, item))
             if len(running) > most:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import InputError, UsageError
-from .records import FieldMap, Record, _name, _type, make_record
+from .records import FieldMap, Record, make_record, printable, type_name
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
 SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -73,7 +73,7 @@ def _decoder() -> tuple[json.JSONDecoder, list]:
         if len(row) == len(pairs):
             return row
         seen: set = set()
-        return bad(f"duplicate key '{_name(next(k for k, _ in pairs if k in seen or seen.add(k)))}'")
+        return bad(f"duplicate key '{printable(next(k for k, _ in pairs if k in seen or seen.add(k)))}'")
 
     decoder = json.JSONDecoder(
         parse_constant=lambda name: bad(f"invalid JSON: {name} is not allowed"),
@@ -120,7 +120,7 @@ def _check(path, where: str, row) -> None:
         if problem := _problem(k):
             raise InputError(path, where, f"{problem} in a key")
         if problem := _problem(v):
-            raise InputError(path, where, problem, _name(k))
+            raise InputError(path, where, problem, printable(k))
 
 
 # --- readers ---------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def _json_document(path, text: str):
     raise InputError(
         path,
         None,
-        value.message if isinstance(value, _Bad) else f"expected a JSON array of records, got {_type(value)}",
+        value.message if isinstance(value, _Bad) else f"expected a JSON array of records, got {type_name(value)}",
     )
 
 
@@ -340,7 +340,7 @@ def _csv(path, fields, reject) -> Iterator[Record]:
                 header = cells
                 for name in header:
                     if header.count(name) > 1:
-                        raise InputError(path, "line 1", f"the header has column '{_name(name)}' twice")
+                        raise InputError(path, "line 1", f"the header has column '{printable(name)}' twice")
                 for name in (fields.instruction, fields.output):
                     if name not in header:
                         raise InputError(path, "line 1", f"the header has no column '{name}'")

@@ -75,11 +75,11 @@ class Record:
     output: str
 
 
-def _type(value) -> str:
+def type_name(value) -> str:
     return TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def _name(text: str) -> str:
+def printable(text: str) -> str:
     """A name taken from the data, escaped where needed so that a message stays one printable line."""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
@@ -91,22 +91,22 @@ def _conversation(path, where, row) -> tuple[str, str, str]:
     role_key, text_key, roles = STYLES[key]
     turns = row[key]
     if not isinstance(turns, list):
-        raise InputError(path, where, f"expected an array of turns, got {_type(turns)}", key)
+        raise InputError(path, where, f"expected an array of turns, got {type_name(turns)}", key)
     system, instruction = None, None
     for n, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
-            raise InputError(path, where, f"turn {n}: expected an object, got {_type(turn)}", key)
+            raise InputError(path, where, f"turn {n}: expected an object, got {type_name(turn)}", key)
         for k in (role_key, text_key):
             if k not in turn:
                 raise InputError(path, where, f"turn {n}: missing '{k}'", key)
             if not isinstance(turn[k], str):
-                raise InputError(path, where, f"turn {n}: '{k}': expected a string, got {_type(turn[k])}", key)
+                raise InputError(path, where, f"turn {n}: '{k}': expected a string, got {type_name(turn[k])}", key)
         role, text = roles.get(turn[role_key]), turn[text_key]
         if role is None:
             raise InputError(
                 path,
                 where,
-                f"turn {n}: unknown {role_key} '{_name(turn[role_key])}' (accepted: {', '.join(roles)})",
+                f"turn {n}: unknown {role_key} '{printable(turn[role_key])}' (accepted: {', '.join(roles)})",
                 key,
             )
         if instruction is None and role == "system" and system is None:
@@ -123,7 +123,7 @@ def make_record(path, index: int, where: str, row, fields: FieldMap) -> Record:
     """The Record of one row: its instruction, input and output fields (input missing or null is empty), or its
     first exchange when it holds `messages` / `conversations` instead."""
     if not isinstance(row, Mapping):
-        raise InputError(path, where, f"expected a JSON object, got {_type(row)}")
+        raise InputError(path, where, f"expected a JSON object, got {type_name(row)}")
     if fields.instruction not in row and ("messages" in row or "conversations" in row):
         return Record(index, where, row, *_conversation(path, where, row))
     values = {}
@@ -135,6 +135,6 @@ def make_record(path, index: int, where: str, row, fields: FieldMap) -> Record:
         elif name not in row:
             raise InputError(path, where, "missing field", name)
         elif not isinstance(value, str):
-            raise InputError(path, where, f"expected a string, got {_type(value)}", name)
+            raise InputError(path, where, f"expected a string, got {type_name(value)}", name)
         values[role] = value
     return Record(index, where, row, **values)

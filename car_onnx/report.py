@@ -82,19 +82,19 @@ class Run:
 
 def bundle_info(model) -> dict:
     """Bundle path, device, threads and, per model, its roles, the precision run and that precision's fidelity."""
-    manifest = json.loads((Path(model.bundle) / "manifest.json").read_text())
     precisions = model.precisions()
     models = []
-    for m in manifest["models"]:
-        roles = [r for r in m["roles"] if r in precisions]
+    for m in model.manifest.models:
+        roles = [r for r in m.roles if r in precisions]
         if not roles:
             continue
         precision = precisions[roles[0]]
-        fidelity = m.get("variants", {}).get(precision, {}).get("fidelity", {})
+        variant = m.variants.get(precision)
+        fidelity = variant.fidelity if variant is not None else {}
         keep = ("spearman", "top5pct_overlap", "mean_cosine", "min_cosine", "max_abs_score_error", "texts")
         models.append(
             {
-                "name": m["name"],
+                "name": m.name,
                 "roles": roles,
                 "precision": precision,
                 "fidelity": {k: fidelity[k] for k in keep if k in fidelity},

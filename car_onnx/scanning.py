@@ -14,12 +14,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .clustering import BLOCK_ROWS
 from .columns import Column, Index
 from .errors import InputError, UsageError
 from .model import CHUNK_CHARS, CHUNK_RECORDS, Model, text_key
 from .readers import check_format, iter_records, shards_of
 from .records import Record
+from .rows import BLOCK_ROWS
 
 ON_ERROR = ("fail", "skip")
 

@@ -10,9 +10,10 @@ from typing import Callable
 
 import numpy as np
 
-from .clustering import BLOCK_ROWS, PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer, blocks, rows_of
+from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
 from .columns import Kept, count_kept
 from .errors import UsageError
+from .rows import BLOCK_ROWS, blocks, rows_of
 
 N1, N2 = 1000, 1  # the paper's sizes, the default of every entry point
 

@@ -11,10 +11,10 @@ from typing import Callable
 
 import numpy as np
 
-from .clustering import Rows, rows_in
 from .columns import Column
 from .errors import UsageError
 from .lock import NAME as LOCK
+from .rows import Rows, rows_in
 from .writers import create_npy, naming, remove_stale_temps, replacing
 
 FORMAT = 1

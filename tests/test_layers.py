@@ -4,8 +4,8 @@ import ast
 from pathlib import Path
 
 from car_onnx import pipeline
-from car_onnx.clustering import ArrayRows, Rows, rows_of
 from car_onnx.ray import RayEngine, _ChunksOnCluster, _SampledRows
+from car_onnx.rows import ArrayRows, Rows, rows_of
 from car_onnx.workdir import ChunkRows
 
 PACKAGE = Path(__file__).resolve().parents[1] / "car_onnx"

@@ -15,7 +15,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="needs the [ray] extra: pip install 'car-onnx[ray]'")
 psutil = pytest.importorskip("psutil", reason="needs psutil (the [dev] extra) to find Ray's worker processes")
 
-from car_onnx import Model, clustering  # noqa: E402
+from car_onnx import Model  # noqa: E402
+from car_onnx import rows as row_sources  # noqa: E402
 from car_onnx.selection import SelectOptions  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
 
@@ -274,7 +275,7 @@ def test_python_api_on_a_ray_dataset_equals_model_select(real, cluster, monkeypa
     sel = car_ray.select(ds, bundle=bundle, n1="2%")
     want = model.select(rows[:600], n1="2%")
     assert np.array_equal(sel.indices, want.indices) and np.array_equal(sel.labels, want.labels)
-    monkeypatch.setattr(clustering.Rows, "assign", None)  # sample mode: every row assigned on the cluster
+    monkeypatch.setattr(row_sources.Rows, "assign", None)  # sample mode: every row assigned on the cluster
     mapped, tasks = [], car_ray._tasks  # and the selection's per-block work done in Ray tasks
     monkeypatch.setattr(car_ray, "_tasks", lambda fn, items: mapped.append(fn.func.__name__) or tasks(fn, items))
     sel = car_ray.select(ds, bundle=bundle, n1="2%", cluster="sample", sample_size=200)

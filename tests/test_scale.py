@@ -98,9 +98,9 @@ def test_sample_mode_fits_on_a_seeded_sample_and_assigns_every_row():
 def test_sample_mode_reads_scores_and_writes_labels_on_disk_a_block_at_a_time(tmp_path, monkeypatch):
     """The file job's sample mode: scores and labels in .npy files (workdir.Column), never whole in memory; the
     selection equals that of the same data in memory."""
-    from car_onnx import clustering, selection
+    from car_onnx import rows, selection
 
-    for module in (clustering, selection):
+    for module in (rows, selection):
         monkeypatch.setattr(module, "BLOCK_ROWS", 256)
     rng = np.random.default_rng(5)
     x = (rng.normal(size=(3000, 16)) + rng.integers(0, 6, 3000)[:, None] * 2.0).astype(np.float32)
@@ -141,7 +141,8 @@ def test_the_index_finds_each_records_first_copy_bucket_by_bucket(tmp_path, monk
 def test_scan_and_write_pass_read_their_per_record_facts_a_block_at_a_time(bundle, tmp_path, monkeypatch):
     """Places and duplicates are on disk (columns.Index) and read back a block at a time: with blocks of 7 rows
     and 3 key buckets, sample mode's output and rejects file are byte for byte those of one block."""
-    from car_onnx import Model, clustering, columns, pipeline, scanning, selection
+    from car_onnx import Model, columns, pipeline, scanning, selection
+    from car_onnx import rows as row_sources
 
     rows = records(400, seed=8)
     rows += [dict(rows[i], output=rows[i]["output"] + "  ") for i in (3, 150, 399, 3)]  # copies, one twice
@@ -161,7 +162,7 @@ def test_scan_and_write_pass_read_their_per_record_facts_a_block_at_a_time(bundl
         return (tmp_path / name).read_bytes(), (tmp_path / f"{name}.rejects.jsonl").read_bytes()
 
     whole = run("one.jsonl")
-    for module in (clustering, columns, pipeline, scanning, selection):
+    for module in (row_sources, columns, pipeline, scanning, selection):
         monkeypatch.setattr(module, "BLOCK_ROWS", 7)
     monkeypatch.setattr(columns, "BUCKETS", 3)
     assert run("blocks.jsonl") == whole
