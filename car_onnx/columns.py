@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import naming, reserve
 from .rows import BLOCK_ROWS, blocks
-from .writers import naming, reserve
 
 BUCKETS = 256  # exact dedup: text keys spread over this many files by their first byte, deduplicated one at a time
 KEYED = np.dtype([("key", "V16"), ("row", "<i8")])

@@ -29,6 +29,7 @@ import numpy as np
 from . import lock
 from .columns import Index
 from .errors import UsageError
+from .files import create_npy, remove_stale_temps, replacing
 from .manifest import sha256_file as file_sha256
 from .model import CHUNK_CHARS, Model
 from .readers import SUFFIXES, check_format, check_input, detect_format, require_pyarrow
@@ -37,7 +38,7 @@ from .rows import BLOCK_ROWS
 from .scanning import Job, Scan, scan, shard_records
 from .selection import SelectOptions, check_clustering
 from .workdir import WorkDir
-from .writers import create_npy, directory_writers, open_writer, remove_stale_temps, replacing
+from .writers import directory_writers, open_writer
 
 SCORE_FIELD, CLUSTER_FIELD = "score", "cluster"
 

@@ -533,7 +533,7 @@ input).</p>
 
 def write(path: Path, sel, run: Run) -> float:
     """Write the page to `path` (replacing it whole); returns the seconds it took."""
-    from .writers import replacing
+    from .files import replacing
 
     start = time.perf_counter()
     text = page(sel, run)

@@ -13,9 +13,9 @@ import numpy as np
 
 from .columns import Column
 from .errors import UsageError
+from .files import create_npy, naming, remove_stale_temps, replacing
 from .lock import NAME as LOCK
 from .rows import Rows, rows_in
-from .writers import create_npy, naming, remove_stale_temps, replacing
 
 FORMAT = 1
 NAMES = {

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from car_onnx import lock
-from car_onnx.writers import remove_stale_temps
+from car_onnx.files import remove_stale_temps
 from car_onnx_export import tiny
 
 
