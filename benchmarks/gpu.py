@@ -125,25 +125,27 @@ class GpuMemory:
             self.peak_mib = round(max(0, self._peak - self._base) / 2**20)
 
 
+def scorer_texts(root: Path, records: list[dict]):
+    """The bundle's scoring model, and each record's text with where its response starts (OnnxModel.run reads the
+    starts only where the graph reads the response)."""
+    (spec,) = [m for m in read_manifest(root).models if "score" in m.roles]
+    texts = [spec.template.render(r["instruction"], r["input"], r["output"]) for r in records]
+    starts = [spec.template.response_start(r["instruction"], r["input"]) for r in records]
+    return spec, texts, starts
+
+
 def check_model(root: Path, records: list[dict], n_ref: int, device: str, budgets) -> dict:
     """CPU fp32 reference on the first `n_ref` records, then fp32 and fp16 on `device` at each budget over all
     records: fidelity against the reference (gates as at export) and records/s (session creation excluded,
     after a warm-up batch), with the peak device memory of each precision (session, arena and all budgets)."""
     from car_onnx_export.onnx_tools import DEFAULT_GATES, check_gate, compare
 
-    (spec,) = [m for m in read_manifest(root).models if "score" in m.roles]
+    spec, texts, starts = scorer_texts(root, records)
     roles = tuple(spec.roles)
-    texts = [spec.template.render(r["instruction"], r["input"], r["output"]) for r in records]
-    starts = [spec.template.response_start(r["instruction"], r["input"]) for r in records]
     n = len(texts)
     start = time.perf_counter()
     cpu = OnnxModel(spec, root, "fp32", SessionConfig(device="cpu", threads=machine_threads()))
-
-    def first(model, k: int):  # the first k texts, with their response starts for a graph that reads them
-        return texts[:k], (starts[:k] if model.reads_response else None)
-
-    some, some_starts = first(cpu, n_ref)
-    ref = cpu.run(some, roles, starts=some_starts)
+    ref = cpu.run(texts[:n_ref], roles, starts=starts[:n_ref])
     del cpu
     out = {
         "model": spec.name,
@@ -159,13 +161,11 @@ def check_model(root: Path, records: list[dict], n_ref: int, device: str, budget
             load_s = time.perf_counter() - start
             if device == "cuda" and model.session.get_providers()[0] != "CUDAExecutionProvider":
                 raise RuntimeError(f"the CUDA session for {model.graph} fell back to {model.session.get_providers()}")
-            some, some_starts = first(model, 8)
-            model.run(some, roles, starts=some_starts)  # warm-up: CUDA kernels, memory arena
+            model.run(texts[:8], roles, starts=starts[:8])  # warm-up: CUDA kernels, memory arena
             runs = {}
             for budget in budgets:
-                all_texts, all_starts = first(model, n)
                 start = time.perf_counter()
-                got = model.run(all_texts, roles, max_tokens=budget, starts=all_starts)
+                got = model.run(texts, roles, max_tokens=budget, starts=starts)
                 seconds = time.perf_counter() - start
                 metrics = compare(ref, {k: v[:n_ref] for k, v in got.items()})
                 failed = check_gate(precision, metrics, DEFAULT_GATES)
@@ -197,16 +197,13 @@ ATTENTION_KERNELS = {
 def attention_kernels(root: Path, records: list[dict], device: str, budget: int = 2048) -> dict:
     """fp16 records/s with each of onnxruntime's attention kernels allowed alone (its `sdpa_kernel` mask), at one
     budget (many batch shapes), and the largest score difference from car-onnx's setting."""
-    (spec,) = [m for m in read_manifest(root).models if "score" in m.roles]
-    texts = [spec.template.render(r["instruction"], r["input"], r["output"]) for r in records]
-    starts = [spec.template.response_start(r["instruction"], r["input"]) for r in records]
+    spec, texts, starts = scorer_texts(root, records)
     out, scores = {}, {}
     for name, mask in ATTENTION_KERNELS.items():
         model = OnnxModel(spec, root, "fp16", SessionConfig(device=device, attention_kernels=mask))
-        reads = model.reads_response
-        model.run(texts[:8], ("score",), starts=starts[:8] if reads else None)
+        model.run(texts[:8], ("score",), starts=starts[:8])
         start = time.perf_counter()
-        scores[name] = model.run(texts, ("score",), max_tokens=budget, starts=starts if reads else None)["score"]
+        scores[name] = model.run(texts, ("score",), max_tokens=budget, starts=starts)["score"]
         out[name] = {"sdpa_kernel": mask, "records_per_s": round(len(texts) / (time.perf_counter() - start), 1)}
         del model
     ours = scores["car-onnx's (all but cuDNN)"]

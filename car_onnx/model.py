@@ -110,7 +110,7 @@ class Model:
 
     def warn_unreadable(self) -> None:
         """A warning for each model that mapped too much of what it read to its unknown token (coverage.py)."""
-        for message in coverage_warnings(self._bundle.loaded()):
+        for message in coverage_warnings(self.loaded()):
             warnings.warn(message, stacklevel=2)
 
     def text(self, instruction: str, input: str, output: str) -> str:
