@@ -1,5 +1,5 @@
 # Quickstart: `make select` (set up, build the default bundle if missing, select from the sample) and `make test`.
-# `make lint`: ruff's lint and format checks (pyproject.toml). `make docs`: the docs site, built offline and strictly
+# `make lint`: ruff's lint and format checks and the import-layer contract (pyproject.toml). `make docs`: the docs site, built offline and strictly
 # into site/.
 PY ?= python3
 VENV := .venv
@@ -29,6 +29,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 $(DOCS_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[docs]'

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.session import machine_threads
+from car_onnx.runtime.session import machine_threads
 
 from .common import records_file, section_main, timed_process, worker
 

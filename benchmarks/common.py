@@ -51,7 +51,7 @@ def one_text_feeds(root: Path, spec, texts: list[str]) -> list[dict]:
     """Graph inputs for each text alone (no padding), tokenized with the bundle model's tokenizer."""
     import numpy as np
 
-    from car_onnx.tokenization import load_tokenizer, tokenize
+    from car_onnx.runtime.tokenization import load_tokenizer, tokenize
 
     feeds = []
     for ids in tokenize(load_tokenizer(Path(root) / spec.tokenizer, spec.max_length), texts).ids:

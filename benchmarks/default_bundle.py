@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.bundle import find_bundle
-from car_onnx.session import machine_threads
+from car_onnx.runtime.bundle import find_bundle
+from car_onnx.runtime.session import machine_threads
 
 from .common import car_onnx, real_records, records_file, section_main, shared_file, timed_process, worker
 

@@ -1,5 +1,5 @@
 """What the scorer sees: per kind of defect, the share of held-apart records whose real answer outscores a corrupted
-copy (car_onnx.defects, measuring phrases), for the default bundle before this scorer (the head of commit BEFORE)
+copy (car_onnx.core.defects, measuring phrases), for the default bundle before this scorer (the head of commit BEFORE)
 and now, and the multilingual bundle, fp32 and int8; a `--n1 5%` selection from real records with 9% corrupted
 copies of others; expert agreement on score_valid.csv; score+embed cost per record, now against before.
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 import car_onnx
-from car_onnx.defects import corrupt
+from car_onnx.core.defects import corrupt
 from car_onnx.evaluate import Text, agreement, defect_table, read_pairs
-from car_onnx.manifest import Template
+from car_onnx.runtime.manifest import Template
 
 from .common import CORPORA, ROOT, section_main, shared_file
 

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from car_onnx.session import machine_threads
+from car_onnx.runtime.session import machine_threads
 
 from .common import car_onnx, real_records, section_main, timed_process, worker
 

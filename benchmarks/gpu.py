@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.bundle import find_bundle
-from car_onnx.manifest import read_manifest
-from car_onnx.models import OnnxModel
-from car_onnx.session import (
+from car_onnx.runtime.bundle import find_bundle
+from car_onnx.runtime.graph import OnnxModel
+from car_onnx.runtime.manifest import read_manifest
+from car_onnx.runtime.session import (
     CUDA_ATTENTION_KERNELS,
     SessionConfig,
     cuda_problem,
@@ -74,7 +74,7 @@ def with_fp16(root: Path) -> Path:
     (no torch needed; the fidelity against CPU fp32 is what check_model measures)."""
     import dataclasses
 
-    from car_onnx.manifest import Variant, write_manifest
+    from car_onnx.runtime.manifest import Variant, write_manifest
     from car_onnx_export.onnx_tools import convert_fp16
 
     manifest = read_manifest(root)

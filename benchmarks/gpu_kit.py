@@ -94,7 +94,7 @@ def regenerate(src: Path, dst: Path) -> None:
 
 def fp32_models(bundle: Path) -> list:
     """The models of `bundle` with their fp32 variants alone."""
-    from car_onnx.manifest import read_manifest
+    from car_onnx.runtime.manifest import read_manifest
 
     return [dataclasses.replace(m, variants={"fp32": m.variants["fp32"]}) for m in read_manifest(bundle).models]
 
@@ -102,7 +102,7 @@ def fp32_models(bundle: Path) -> list:
 def copy_fp32(bundle: Path, dst: Path, graphs: bool = True) -> None:
     """`bundle` with only its fp32 variants, as a bundle in `dst` (`graphs=False`: without the graphs, and with the
     source's manifest, for `unpack_skeletons` to finish)."""
-    from car_onnx.manifest import write_manifest
+    from car_onnx.runtime.manifest import write_manifest
 
     models = fp32_models(bundle)
     for model in models:
@@ -126,7 +126,7 @@ def pack_skeletons(bundle: Path, dst: Path, small: int = SMALL) -> None:
 
 def unpack_skeletons(kit: Path, dst: Path) -> None:
     """The skeletons of `pack_skeletons` as a runnable bundle in `dst`, weights drawn again."""
-    from car_onnx.manifest import write_manifest
+    from car_onnx.runtime.manifest import write_manifest
 
     models = fp32_models(kit)
     shutil.copytree(kit, dst, ignore=shutil.ignore_patterns("skeleton", "manifest.json"), dirs_exist_ok=True)

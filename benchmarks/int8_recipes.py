@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.bundle import find_bundle
-from car_onnx.manifest import Variant, read_manifest
-from car_onnx.models import OnnxModel
-from car_onnx.session import SessionConfig, machine_threads
+from car_onnx.runtime.bundle import find_bundle
+from car_onnx.runtime.graph import OnnxModel
+from car_onnx.runtime.manifest import Variant, read_manifest
+from car_onnx.runtime.session import SessionConfig, machine_threads
 
 from .common import one_text_feeds, real_records, section_main
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.bundle import find_bundle
-from car_onnx.manifest import Variant, read_manifest, sha256_file
-from car_onnx.models import OnnxModel
-from car_onnx.session import SessionConfig, machine_threads
+from car_onnx.runtime.bundle import find_bundle
+from car_onnx.runtime.graph import OnnxModel
+from car_onnx.runtime.manifest import Variant, read_manifest, sha256_file
+from car_onnx.runtime.session import SessionConfig, machine_threads
 
 from .common import (
     car_onnx,

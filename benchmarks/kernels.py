@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.session import machine_threads
+from car_onnx.runtime.session import machine_threads
 
 from .common import one_text_feeds, real_records, section_main
 
@@ -117,8 +117,8 @@ def side_by_side(threads: int, n: int) -> dict:
 
     import onnxruntime as ort
 
-    from car_onnx.bundle import find_bundle
-    from car_onnx.manifest import read_manifest
+    from car_onnx.runtime.bundle import find_bundle
+    from car_onnx.runtime.manifest import read_manifest
 
     root = find_bundle(None)
     spec = read_manifest(root).model_for("embed")

@@ -17,7 +17,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from car_onnx.bundle import default_bundle_dir
+from car_onnx.runtime.bundle import default_bundle_dir
 
 from .common import ROOT, car_onnx, section_main
 

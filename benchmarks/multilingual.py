@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.bundle import Bundle, find_bundle
-from car_onnx.coverage import UNKNOWN_SHARE_LIMIT, Coverage
-from car_onnx.manifest import read_manifest
-from car_onnx.records import Record
-from car_onnx.session import SessionConfig, machine_threads
-from car_onnx.tokenization import load_tokenizer, tokenize
+from car_onnx.io.records import Record
+from car_onnx.runtime.bundle import Bundle, find_bundle
+from car_onnx.runtime.coverage import UNKNOWN_SHARE_LIMIT, Coverage
+from car_onnx.runtime.manifest import read_manifest
+from car_onnx.runtime.session import SessionConfig, machine_threads
+from car_onnx.runtime.tokenization import load_tokenizer, tokenize
 
 from .common import CORPORA, car_onnx, records_file, section_main, shared_file, timed_process, worker
 from .default_bundle import agreement
@@ -46,7 +46,7 @@ def corpus(name: str, n: int) -> list[dict]:
 
 def unknown_share(bundle_dir: Path, rows: list[dict]) -> dict:
     """The share of text tokens the bundle's tokenizer maps to its unknown token (as the runtime counts it)."""
-    from car_onnx.coverage import unknown_id
+    from car_onnx.runtime.coverage import unknown_id
 
     spec = read_manifest(bundle_dir).model_for("score")
     tok = load_tokenizer(bundle_dir / spec.tokenizer, spec.max_length)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.bundle import find_bundle
-from car_onnx.session import machine_threads
+from car_onnx.runtime.bundle import find_bundle
+from car_onnx.runtime.session import machine_threads
 
 from .common import car_onnx, records_file, section_main, timed_process, worker
 

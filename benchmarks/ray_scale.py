@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from car_onnx.model import RAY_CHUNK_RECORDS
+from car_onnx.api import RAY_CHUNK_RECORDS
 
 from .common import RESULTS, car_onnx, machine, records_file, timed_process
 from .end_to_end import stages

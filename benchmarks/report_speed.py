@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from car_onnx.session import machine_threads
+from car_onnx.runtime.session import machine_threads
 
 from .common import car_onnx, records_file, section_main, timed_process
 from .end_to_end import stages
@@ -36,10 +36,11 @@ def stage_alone(work: Path, n: int) -> dict:
 
     import numpy as np
 
-    from car_onnx import load, report
-    from car_onnx.clustering import PLANE_SAMPLE, default_k
-    from car_onnx.readers import iter_records
-    from car_onnx.selection import Selection, Size, select_ranked
+    from car_onnx import load
+    from car_onnx.core.clustering import PLANE_SAMPLE, default_k
+    from car_onnx.core.selection import Selection, Size, select_ranked
+    from car_onnx.io import report
+    from car_onnx.io.readers import iter_records
 
     model, data = load(lookup_bundle(work)), records_file(work, n, seed=5)
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from car_onnx.session import machine_threads
+from car_onnx.runtime.session import machine_threads
 
 from .common import car_onnx, records_file, section_main
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.session import machine_threads
+from car_onnx.runtime.session import machine_threads
 
 from .common import car_onnx, records_file, section_main, timed_process
 from .end_to_end import stages

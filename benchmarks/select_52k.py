@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from car_onnx.session import machine_threads
+from car_onnx.runtime.session import machine_threads
 
 from .common import car_onnx, records_file, timed_process
 from .end_to_end import stages

@@ -85,7 +85,7 @@ def iqs_torch(work: str, data: str, out: str, threads: str, batch: str = "8") ->
     import torch
 
     torch.set_num_threads(int(threads))
-    from car_onnx.tokenization import load_tokenizer, pad_batch, tokenize
+    from car_onnx.runtime.tokenization import load_tokenizer, pad_batch, tokenize
     from car_onnx_export.iqs import load_scorer
 
     model, _, config = load_scorer(Path(work) / "run" / "checkpoints" / "epoch=0.ckpt", Path(work) / "base")
@@ -106,8 +106,8 @@ def iqs_torch(work: str, data: str, out: str, threads: str, batch: str = "8") ->
 def onnx_run(bundle: str, data: str, out: str, threads: str, precision: str, role: str, template: str) -> None:
     """One bundle model through the runtime (what `car-onnx score`/`embed` run), timed apart from start-up."""
     start = time.perf_counter()
-    from car_onnx.bundle import Bundle
-    from car_onnx.session import SessionConfig
+    from car_onnx.runtime.bundle import Bundle
+    from car_onnx.runtime.session import SessionConfig
 
     model = Bundle(Path(bundle), SessionConfig(threads=int(threads), precision=precision)).model(role)
     loaded = time.perf_counter()

@@ -5,15 +5,15 @@
     selection = model.select(records, n1="2%")
     subset = selection.take(records)        # the selected rows, in records' own container
 
-Bundle builders (the export tool) also use `car_onnx.manifest` (the bundle contract), `car_onnx.models.OnnxModel`
-(one graph run on texts) and `car_onnx.tokenization`."""
+Files (what `car-onnx select/score/embed` run): `car_onnx.jobs` (`Job`, `select`, `score`, `embed`). Bundle
+builders (the export tool) also use `car_onnx.runtime`: `manifest` (the bundle contract), `graph.OnnxModel` (one
+graph run on texts) and `tokenization`. The packages are layers (docs/architecture.md)."""
 
-__version__ = "0.1.0"
-
-from .bundle import default_bundle_dir  # noqa: E402
-from .errors import BundleError, CarError, InputError, UsageError  # noqa: E402
-from .model import Model, load  # noqa: E402
-from .selection import Selection, Size, car_select  # noqa: E402
+from .api import Model, Selection, load
+from .core.selection import Size, car_select
+from .errors import BundleError, CarError, InputError, UsageError
+from .runtime.bundle import default_bundle_dir
+from .version import __version__
 
 __all__ = [
     "load",
@@ -27,7 +27,4 @@ __all__ = [
     "BundleError",
     "UsageError",
     "__version__",
-    "manifest",
-    "models",
-    "tokenization",
 ]

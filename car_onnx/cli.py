@@ -18,18 +18,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__, pipeline
-from .bundle import find_bundle
-from .clustering import CLUSTER_MODES, EXACT_LIMIT, PCA_VARIANCE, SAMPLE_SIZE, SEED
+from . import jobs
+from .api import CHUNK_RECORDS, RAY_CHUNK_RECORDS, Model, ModelOptions
+from .core.clustering import CLUSTER_MODES, EXACT_LIMIT, PCA_VARIANCE, SAMPLE_SIZE, SEED
+from .core.progress import Pace, Step
+from .core.selection import N1, N2, SelectOptions
 from .errors import CarError, UsageError
-from .manifest import PRECISIONS
-from .model import CHUNK_RECORDS, RAY_CHUNK_RECORDS, Model
-from .progress import Pace, Step
-from .readers import FORMATS
-from .scanning import ON_ERROR
-from .selection import N1, N2, SelectOptions
-from .session import DEVICES, machine_threads, resolve
-from .stop import Terminated, sigterm_stops, stopped_message
+from .io.readers import FORMATS
+from .jobs.scanning import ON_ERROR
+from .jobs.stop import Terminated, sigterm_stops, stopped_message
+from .runtime.bundle import find_bundle
+from .runtime.manifest import PRECISIONS
+from .runtime.session import DEVICES, machine_threads, resolve
+from .version import __version__
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -109,7 +110,7 @@ def _value(choice):
     return None if choice is None else choice.value
 
 
-class CliStages(pipeline.Stages):
+class CliStages(jobs.Stages):
     """Stages shown on stderr: progress bars with rate and ETA on a terminal; plain timestamped lines (every 10%,
     at most one a second, or every 30 s) when stderr is a file or a pipe, so that a batch job's log shows where it
     is. Either appears only once a stage has run progress.DELAY seconds: a stage that ends sooner shows nothing."""
@@ -349,22 +350,18 @@ def _guard_all(group: typer.Typer) -> None:
         _guard_all(sub.typer_instance)
 
 
-def _job(input, fmt, force, work_dir, on_error, rejects, chunk_records) -> pipeline.Job:
-    return pipeline.Job(Path(input), _value(fmt), force, work_dir, on_error.value, rejects, chunk_records)
+def _job(input, fmt, force, work_dir, on_error, rejects, chunk_records) -> jobs.Job:
+    return jobs.Job(Path(input), _value(fmt), force, work_dir, on_error.value, rejects, chunk_records)
 
 
 def _model(bundle, device, threads, precision, field, max_tokens) -> Model:
-    return Model(
-        bundle,
-        device=device.value,
-        threads=threads,
-        precision=_value(precision),
-        fields=field or [],
-        max_tokens=max_tokens,
+    options = ModelOptions.parse(
+        device=device.value, threads=threads, precision=_value(precision), fields=field or [], max_tokens=max_tokens
     )
+    return Model(bundle, options=options)
 
 
-def _summary(report: pipeline.RunSummary, quiet: bool, output: Path) -> None:
+def _summary(report: jobs.RunSummary, quiet: bool, output: Path) -> None:
     if quiet:
         return
     parts = [f"{report.records:,} records"]
@@ -436,10 +433,10 @@ def select(
             help="Duplicates dropped before ranking: none (the paper's behaviour); exact: later copies of the same text (whitespace-normalised); near:T: exact, and within each cluster records whose embedding cosine to a higher-scored kept record is >= T. Dropped rows go to the rejects file."
         ),
     ] = "exact",
-    score_field: ScoreField = pipeline.SCORE_FIELD,
+    score_field: ScoreField = jobs.SCORE_FIELD,
     cluster_field: Annotated[
         str, typer.Option(help="Name of the field the output adds for the cluster id.")
-    ] = pipeline.CLUSTER_FIELD,
+    ] = jobs.CLUSTER_FIELD,
     show: Annotated[
         bool, typer.Option("--show", help="Print the selected records (score, cluster, reason, text).")
     ] = False,
@@ -491,12 +488,12 @@ def select(
         report_path=report,
         show=show,
     )
-    if ray is None:
-        report = pipeline.select(job, model, output, **options)
-    else:
+    engine = None
+    if ray is not None:
         from . import ray as on_ray
 
-        report = on_ray.select_job(job, model, output, address=ray, threads=threads, **options)
+        engine = on_ray.RayEngine(ray, threads or on_ray.ACTOR_THREADS)
+    report = jobs.select(job, model, output, engine=engine, **options)
     if show:
         _show(report.shown, score_field, cluster_field)
     _summary(report, quiet, output)
@@ -536,15 +533,13 @@ def score(
     on_error: OnError = OnErrorName.fail,
     rejects: Rejects = None,
     chunk_records: ChunkRecords = CHUNK_RECORDS,
-    score_field: ScoreField = pipeline.SCORE_FIELD,
+    score_field: ScoreField = jobs.SCORE_FIELD,
 ):
     """Write every record with its quality score."""
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, threads, precision, field, max_tokens)
     _summary(
-        pipeline.score(
-            job, model, output, out_fmt=_value(output_format), score_field=score_field, stages=CliStages(quiet)
-        ),
+        jobs.score(job, model, output, out_fmt=_value(output_format), score_field=score_field, stages=CliStages(quiet)),
         quiet,
         output,
     )
@@ -571,7 +566,7 @@ def embed(
     """Write sentence embeddings as a float32 .npy, one row per record in input order."""
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, threads, precision, field, max_tokens)
-    _summary(pipeline.embed(job, model, output, stages=CliStages(quiet)), quiet, output)
+    _summary(jobs.embed(job, model, output, stages=CliStages(quiet)), quiet, output)
 
 
 @app.command("eval")
@@ -611,7 +606,7 @@ def evaluate(
     from itertools import islice
 
     from . import evaluate as ev
-    from .readers import iter_records
+    from .io.readers import iter_records
 
     if pairs is None and records is None:
         raise UsageError("give {pairs} and/or {records}", "pairs", "records")
@@ -653,7 +648,7 @@ def info(bundle: BundleDir = None, device: Device = DeviceName.auto, threads: Th
 
     import onnxruntime as ort
 
-    from .manifest import read_manifest
+    from .runtime.manifest import read_manifest
 
     config = resolve(device.value, threads)
     typer.echo(f"car-onnx {__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}")
@@ -726,7 +721,7 @@ def verify(
     ] = None,
 ):
     """Check the sha256 of every file of the bundle (not only those a run loads); name each wrong one."""
-    from .manifest import verify_bundle  # faults
+    from .runtime.manifest import verify_bundle  # faults
 
     root = find_bundle(bundle)
     typer.echo(f"{root}: all {verify_bundle(root)} files match the manifest's sha256")

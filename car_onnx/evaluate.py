@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .defects import KINDS, corrupt
+from .core.defects import KINDS, corrupt
 from .errors import InputError
-from .manifest import Template
+from .runtime.manifest import Template
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from .errors import CarError, UsageError
-from .manifest import read_manifest, sha256_file, verify_files
+from .runtime.manifest import read_manifest, sha256_file, verify_files
 
 DIST = "car-onnx"
 TOP = "car-onnx-kit"  # the directory the archive unpacks to

@@ -1,6 +1,7 @@
 """car-onnx on a Ray cluster (the [ray] extra): the same selection, scored by actors across the cluster.
 
-- `select_job(...)` backs `car-onnx select --ray ADDRESS`: each input file is scanned by its own task, every
+- `RayEngine(address)` runs `car-onnx select --ray ADDRESS` (`car_onnx.jobs.select(..., engine=RayEngine(...))`):
+  each input file is scanned by its own task, every
   inference chunk (the unit a --work-dir keeps, keyed by file and place, not by Ray's blocks) is run by an actor
   pool through `Dataset.map_batches`, and the driver keeps the finished chunks, clusters and writes as the local
   job does: the output is the same, byte for byte.
@@ -24,17 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import pipeline, scanning
-from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, assign
-from .columns import duplicates
-from .coverage import Coverage, coverage_warning
+from .api import Model, ModelOptions, text_key
+from .core.clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, assign
+from .core.columns import duplicates
+from .core.rows import BLOCK_ROWS, Rows, rows_in
+from .core.selection import N1, N2, SelectOptions, check_clustering
 from .errors import BundleError, CarError, UsageError
-from .manifest import sha256_file
-from .model import Model, text_key
-from .records import FieldMap
-from .rows import BLOCK_ROWS, Rows, rows_in
-from .selection import N1, N2, SelectOptions, check_clustering
-from .workdir import ChunkRows, WorkDir
+from .jobs import scanning
+from .jobs.workdir import ChunkRows, WorkDir
+from .runtime.coverage import Coverage, coverage_warning
+from .runtime.manifest import sha256_file
 
 ACTOR_THREADS = 1  # --threads under --ray: the CPUs of each actor (and the batches it runs side by side)
 READERS = 2  # sample mode: tasks reading work-dir chunks on the driver's node at a time (they take no CPU slot)
@@ -115,12 +115,6 @@ def _actors(threads: int, units: int | None = None) -> int:
     return max(1, min(units or cpus, cpus // threads))
 
 
-def _model_with(model: Model, threads: int) -> Model:
-    """The Model an actor runs: `model`'s bundle and options, with the actor's CPUs as its threads."""
-    state = dict(model.__getstate__(), threads=threads)
-    return Model(state.pop("bundle"), **state)
-
-
 class _Chunks:
     """An actor: runs inference chunks of the input files (the job's plan) with one Model created once."""
 
@@ -153,7 +147,7 @@ class _Chunks:
         before = {m.spec.name: (m.coverage.unknown, m.coverage.tokens) for m in self.model.loaded()}
         out = self.model.run(list(islice(records, size)), self.roles)
         self.reader = (shard, start + size, records)
-        for m in self.model.loaded():  # the chunk's unknown-token counts, in its first row (coverage.py)
+        for m in self.model.loaded():  # the chunk's unknown-token counts, in its first row (runtime/coverage.py)
             unknown, tokens = before.get(m.spec.name, (0, 0))
             for key, value in (
                 (f"unknown:{m.spec.name}", m.coverage.unknown - unknown),
@@ -170,6 +164,9 @@ class RayEngine:
 
     address: str = "local"
     threads: int = ACTOR_THREADS  # CPUs per actor
+
+    def __post_init__(self):
+        _ray()  # without the extra: an error before any work
 
     def scan(self, job, model, added, rejects, stages, index) -> scanning.Scan:
         """Every input file scanned by its own task; the first bad file (in input order) fails the job, as the
@@ -220,7 +217,7 @@ class RayEngine:
             num_cpus=self.threads,
             compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={
-                "model": _model_with(model, self.threads),
+                "model": model.with_threads(self.threads),
                 "job": job,
                 "added": added,
                 "roles": roles,
@@ -271,12 +268,6 @@ def _scan_shard(job, shard, model, added, skip, dedup):
     ):
         yield got, bad[:]
         bad.clear()
-
-
-def select_job(job: scanning.Job, model: Model, output: Path, *, address: str, threads: int | None = None, **options):
-    """`car-onnx select --ray ADDRESS`: pipeline.select with the scan and inference on the cluster."""
-    _ray()  # without the extra: an error before any work
-    return pipeline.select(job, model, output, engine=RayEngine(address, threads or ACTOR_THREADS), **options)
 
 
 # --- sample mode: every row assigned to a cluster by an actor pool ------------------------------------------
@@ -409,7 +400,7 @@ class _Rows:
 
     def __call__(self, batch: dict) -> dict:
         columns = {name: list(values) for name, values in batch.items()}
-        from . import containers
+        from .io import containers
 
         found = list(containers.records(columns, self.model.fields))
         out = self.model.run(found, ("score", "embed"))
@@ -435,9 +426,10 @@ def score_embed(
     """`ds` with a `score` (float32) and an `embedding` (float32 [dim]) column, computed by a pool of `actors`
     actors of `threads` CPUs each [default: as many as the cluster's CPUs hold]."""
     ray = _ray()
-    model = Model(
-        bundle, device=device, precision=precision, threads=threads, fields=FieldMap.of(fields), max_tokens=max_tokens
+    options = ModelOptions.parse(
+        device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens
     )
+    model = Model(bundle, options=options)
     return ds.map_batches(
         _Rows,
         batch_format="numpy",
@@ -528,4 +520,4 @@ class _SampledRows(Rows):
             first += len(batch["label"])
 
 
-__all__ = ["connect", "score_embed", "select", "select_job"]
+__all__ = ["RayEngine", "connect", "score_embed", "select"]

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from car_onnx import UsageError
-from car_onnx.manifest import PRECISIONS
+from car_onnx.runtime.manifest import PRECISIONS
 
 app = typer.Typer(
     name="export",
@@ -209,7 +209,7 @@ def train_scorer(
     """Train a scorer head on expert-revised pairs, on top of a frozen encoder; by default it also learns to rank
     defective answers at the bottom."""
     _require()
-    from car_onnx.readers import iter_records
+    from car_onnx.io.readers import iter_records
 
     from .train import ENCODERS, train_head
 

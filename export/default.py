@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import car_onnx
-from car_onnx.manifest import ModelSpec, Template, Variant
-from car_onnx.tokenization import load_tokenizer
+from car_onnx.runtime.manifest import ModelSpec, Template, Variant
+from car_onnx.runtime.tokenization import load_tokenizer
 
 from .heads import DefectPart, HeadConfig, ScoringHead, span_cosines, span_mean
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
@@ -159,7 +159,7 @@ def export_default(
     def reference(texts):
         from sentence_transformers import SentenceTransformer
 
-        from car_onnx.tokenization import tokenize
+        from car_onnx.runtime.tokenization import tokenize
 
         st = SentenceTransformer(str(minilm_dir()), device="cpu")
         emb = st.encode([t for t, _ in texts], batch_size=16, convert_to_numpy=True)

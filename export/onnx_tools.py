@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from car_onnx.manifest import ModelSpec, Variant, read_manifest, write_manifest
-from car_onnx.models import OnnxModel
+from car_onnx.runtime.graph import OnnxModel
+from car_onnx.runtime.manifest import ModelSpec, Variant, read_manifest, write_manifest
 
 from .errors import ExportError, Refusal, VariantsRefused  # noqa: F401 (VariantsRefused: raised here)
 from .ort_internals import dynamic_quantizer, shapes_without_weights, tensors_in_save_order, working_directory

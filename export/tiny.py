@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from car_onnx.manifest import ModelSpec, Template, Variant, write_manifest
+from car_onnx.runtime.manifest import ModelSpec, Template, Variant, write_manifest
 
 WORDS = (
     "the a an of to and is in it you that was for on are with as be at this have from or one had by "

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from car_onnx.defects import KINDS, corrupt
+from car_onnx.core.defects import KINDS, corrupt
 from car_onnx.evaluate import Text, preferred_by_kind
 from car_onnx.evaluate import read_pairs as read_records
-from car_onnx.manifest import Template
+from car_onnx.runtime.manifest import Template
 
 from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead
 
@@ -122,7 +122,7 @@ ENCODERS = ("minilm", "multilingual")
 def encode_minilm(records: list[Text], template: Template, batch_tokens: int = 8192):
     """(pooled [n, 7, 384], defect features [n, F]) of `records` through the default bundle's own graph code: the
     quality head's per-layer means and `JointModel.defect_features`, in length-sorted padded batches."""
-    from car_onnx.tokenization import load_tokenizer, pad_batch, pad_rows, plan_batches, tokenize
+    from car_onnx.runtime.tokenization import load_tokenizer, pad_batch, pad_rows, plan_batches, tokenize
 
     from .default import JointModel, load_encoder, minilm_dir
     from .heads import span_mean
@@ -152,7 +152,7 @@ def encode_minilm(records: list[Text], template: Template, batch_tokens: int = 8
 def encode_multilingual(records: list[Text], template: Template, batch_tokens: int = 8192):
     """(sentence vectors [n, 4, 512], defect features [n, F]) of `records` through the multilingual bundle's own
     graph code (multilingual.JointModel), in length-sorted padded batches."""
-    from car_onnx.tokenization import pad_batch, pad_rows, plan_batches, tokenize
+    from car_onnx.runtime.tokenization import pad_batch, pad_rows, plan_batches, tokenize
 
     from . import multilingual as ml
 
@@ -277,7 +277,7 @@ def train_head(
 ) -> dict:
     """Train on `train`, write `output` (.safetensors) and its metadata (.json) beside it. Epochs are chosen on a
     split of `train` held apart (CHOOSE); `valid` is only measured, never chosen on. With `defects` (default: on),
-    the score also learns to put corrupted copies of the training records (car_onnx.defects, training phrases;
+    the score also learns to put corrupted copies of the training records (car_onnx.core.defects, training phrases;
     `foreign`: answers in another language to lend) below their real answers."""
     from safetensors.torch import save_file
 

@@ -118,7 +118,7 @@ def test_select_is_the_cli_selection_and_takes_rows_in_their_container(bundle, c
 
 
 def test_bad_row_is_named_before_any_model_runs(bundle, monkeypatch):
-    from car_onnx.models import OnnxModel
+    from car_onnx.runtime.graph import OnnxModel
 
     monkeypatch.setattr(OnnxModel, "run", lambda *a, **k: pytest.fail("a model ran"))
     model = car_onnx.load(bundle)

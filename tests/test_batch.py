@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import car_onnx
-from car_onnx.writers import open_writer
+from car_onnx.io.writers import open_writer
 from car_onnx_export import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def test_score_and_cluster_field_names(setup, cli, rows_of):
 def select_with_delay(delay: float, *args) -> tuple[int, str]:
     """`car-onnx select ARGS` in a subprocess whose progress delay is `delay` seconds: (exit code, stderr)."""
     code = (
-        f"import sys, car_onnx.progress\ncar_onnx.progress.DELAY = {delay!r}\nfrom car_onnx.cli import main\n"
+        f"import sys, car_onnx.core.progress\ncar_onnx.core.progress.DELAY = {delay!r}\nfrom car_onnx.cli import main\n"
         "sys.argv = ['car-onnx', 'select', *sys.argv[1:]]\nmain()\n"
     )
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
@@ -246,7 +246,7 @@ def test_a_stage_is_told_only_once_it_has_run_the_delay(capsys):
     """A stage that ends within progress.DELAY writes nothing, as a bar or as lines; one that runs past it writes
     what it wrote before pacing (a bar, or its opening, progress and closing lines). The clock is injected."""
     from car_onnx import cli
-    from car_onnx.progress import DELAY
+    from car_onnx.core.progress import DELAY
 
     now = [0.0]
     for tty in (False, True):
@@ -272,7 +272,7 @@ def test_a_stage_is_told_only_once_it_has_run_the_delay(capsys):
 
 
 def test_a_step_holds_its_opening_and_drops_early_lines():
-    from car_onnx.progress import Step
+    from car_onnx.core.progress import Step
 
     now, said = [0.0], []
     step = Step(said.append, "PCA of 60 x 8 embeddings ...", delay=2, clock=lambda: now[0])
@@ -369,7 +369,7 @@ def test_near_duplicates_within_a_cluster(setup, cli, rows_of):
 
 def test_parquet_output_streams_by_row_group(tmp_path, monkeypatch):
     pq = pytest.importorskip("pyarrow.parquet")
-    import car_onnx.writers as writers
+    import car_onnx.io.writers as writers
 
     monkeypatch.setattr(writers, "PARQUET_ROWS", 4)
     rows = [{"instruction": f"q{i}", "output": "a", "n": i if i % 5 else None} for i in range(10)]

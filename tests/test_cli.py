@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from car_onnx.writers import open_writer
+from car_onnx.io.writers import open_writer
 from car_onnx_export import tiny
 
 RECORDS = [
@@ -208,3 +208,23 @@ def test_usage_errors(setup, cli):
     assert rc == 2 and "--field takes KEY=NAME" in err
     rc, _, err, _ = cli("embed", data, "-o", tmp / "o.json", "-b", bundle)
     assert (rc, err) == (2, f"car-onnx: error: {tmp / 'o.json'}: embeddings are written as .npy; name the output *.npy")
+
+
+def test_the_cli_runs_the_python_file_entry_and_model_select_agrees(setup, cli):
+    """`car-onnx select` is `car_onnx.jobs.select` with the options the CLI parsed: the same bytes; and the
+    in-memory entry (Model.select) picks the same rows in the same order."""
+    import car_onnx
+    from car_onnx.core.selection import SelectOptions
+    from car_onnx.jobs import Job, select
+
+    tmp, bundle, data = setup
+    args = ("--n1", "10%", "--n2", "2", "--dedup", "none", "--cluster", "exact")
+    rc, _, err, _ = cli("select", data, "-o", tmp / "cli.jsonl", "--bundle", bundle, *args, "--quiet")
+    assert rc == 0, err
+    options = SelectOptions.parse(n1="10%", n2="2", dedup="none", cluster="exact")
+    model = car_onnx.load(bundle)
+    summary = select(Job(data), model, tmp / "api.jsonl", options=options)
+    assert (tmp / "api.jsonl").read_bytes() == (tmp / "cli.jsonl").read_bytes()
+    sel = model.select(RECORDS, n1="10%", n2=2, dedup="none", cluster="exact")
+    got = [json.loads(line)["id"] for line in (tmp / "api.jsonl").read_text().splitlines()]
+    assert got == [RECORDS[i]["id"] for i in sel.indices] and summary.selected == len(sel.indices) == len(got)

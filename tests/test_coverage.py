@@ -6,10 +6,10 @@ import json
 import pytest
 from tokenizers import Tokenizer, models
 
-from car_onnx.bundle import Bundle
-from car_onnx.coverage import UNKNOWN_SHARE_LIMIT, Coverage, coverage_warning, unknown_id
-from car_onnx.session import SessionConfig
-from car_onnx.tokenization import tokenize
+from car_onnx.runtime.bundle import Bundle
+from car_onnx.runtime.coverage import UNKNOWN_SHARE_LIMIT, Coverage, coverage_warning, unknown_id
+from car_onnx.runtime.session import SessionConfig
+from car_onnx.runtime.tokenization import tokenize
 from car_onnx_export import tiny
 
 KNOWN = "the answer is water"

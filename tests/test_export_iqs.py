@@ -17,11 +17,11 @@ yaml = pytest.importorskip("yaml")
 onnx = pytest.importorskip("onnx")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from car_onnx.bundle import Bundle  # noqa: E402
 from car_onnx.errors import CarError  # noqa: E402
-from car_onnx.manifest import read_manifest, sha256_file, verify_files  # noqa: E402
-from car_onnx.models import OnnxModel  # noqa: E402
-from car_onnx.session import SessionConfig  # noqa: E402
+from car_onnx.runtime.bundle import Bundle  # noqa: E402
+from car_onnx.runtime.graph import OnnxModel  # noqa: E402
+from car_onnx.runtime.manifest import read_manifest, sha256_file, verify_files  # noqa: E402
+from car_onnx.runtime.session import SessionConfig  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
 from car_onnx_export.cli import REFUSED_EXIT  # noqa: E402
 from car_onnx_export.embedder import verification_texts  # noqa: E402
@@ -297,7 +297,7 @@ def test_int8_fidelity_is_recorded(tmp_path, base):
 
 
 def test_scorer_and_embedder_share_one_bundle(tmp_path, base):
-    from car_onnx.records import Record
+    from car_onnx.io.records import Record
     from car_onnx_export.embedder import export_embedder
 
     ckpt = make_run(tmp_path, base)

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from car_onnx import lock
-from car_onnx.files import remove_stale_temps
+from car_onnx.core.files import remove_stale_temps
+from car_onnx.jobs import lock
 from car_onnx_export import tiny
 
 
@@ -165,7 +165,7 @@ def test_leftover_temporary_outputs_are_removed_and_live_ones_kept(data, tmp_pat
 
 
 def test_a_writer_holds_its_temporary_file_until_it_is_renamed(tmp_path):
-    from car_onnx.writers import open_writer
+    from car_onnx.io.writers import open_writer
 
     out = tmp_path / "o.jsonl"
     with open_writer(out, "jsonl") as writer:
@@ -341,7 +341,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from car_onnx.errors import BundleError  # noqa: E402
-from car_onnx.manifest import verify_bundle  # noqa: E402
+from car_onnx.runtime.manifest import verify_bundle  # noqa: E402
 
 PATHS = [
     "../outside.onnx",
@@ -492,7 +492,7 @@ def test_verify_checks_every_file_and_names_the_wrong_ones(tmp_path, cli):
 
 
 def tokenizers_to_test(tmp_path_factory):
-    from car_onnx.bundle import default_bundle_dir
+    from car_onnx.runtime.bundle import default_bundle_dir
 
     found = [(tiny.make_bundle(tmp_path_factory.mktemp("clip") / "b") / "joint" / "tokenizer.json", 12)]
     default = default_bundle_dir() / "manifest.json"
@@ -504,7 +504,7 @@ def tokenizers_to_test(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clippers(tmp_path_factory):
-    from car_onnx.tokenization import Clipper, load_tokenizer
+    from car_onnx.runtime.tokenization import Clipper, load_tokenizer
 
     return [
         (load_tokenizer(path, n), Clipper(load_tokenizer(path, n), n))
@@ -561,7 +561,7 @@ def test_long_texts_are_cut_and_score_the_same(clippers, data):
     rows = [{"instruction": "explain", "output": " ".join(rng.choice(tiny.WORDS, n))} for n in (3, 50, 5000, 20000)]
     cut = model.score(rows)
     with pytest.MonkeyPatch.context() as mp:
-        from car_onnx.tokenization import Clipper
+        from car_onnx.runtime.tokenization import Clipper
 
         mp.setattr(Clipper, "__call__", lambda self, text: text)
         whole = car_onnx.load(bundle, threads=1).score(rows)
@@ -714,7 +714,7 @@ def test_unreadable_input_and_read_only_output_directory_fail_before_any_work(pe
         prefix,
     )
     code = (
-        "import sys\nfrom pathlib import Path\nfrom car_onnx import Model, pipeline\nfrom car_onnx.errors import CarError\n"
+        "import sys\nfrom pathlib import Path\nfrom car_onnx import Model\nfrom car_onnx.jobs import pipeline\nfrom car_onnx.errors import CarError\n"
         "try:\n    pipeline.score(pipeline.Job(Path(sys.argv[1])), Model(sys.argv[2]), Path(sys.argv[3]))\n"
         "except CarError as err:\n    print(err)\n"
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from car_onnx.manifest import read_manifest
-from car_onnx.session import cuda_problem
+from car_onnx.runtime.manifest import read_manifest
+from car_onnx.runtime.session import cuda_problem
 from car_onnx_export import tiny
 from car_onnx_export.check_texts import RECORDS
 

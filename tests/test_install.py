@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from car_onnx.session import GPU_INSTALL
+from car_onnx.runtime.session import GPU_INSTALL
 from car_onnx_export import tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from car_onnx.errors import InputError, UsageError
-from car_onnx.readers import FORMATS, detect_format, iter_records
-from car_onnx.records import FieldMap
-from car_onnx.writers import open_writer
+from car_onnx.io.readers import FORMATS, detect_format, iter_records
+from car_onnx.io.records import FieldMap
+from car_onnx.io.writers import open_writer
 
 ROWS = [
     {"instruction": "Say hi", "input": "", "output": "Hi!", "id": 1},
@@ -35,7 +35,7 @@ def scratch():
 @contextmanager
 def block_size(size: int):
     """Read JSON arrays in blocks of `size` bytes for the duration of the block, restored afterwards."""
-    import car_onnx.readers as io
+    import car_onnx.io.readers as io
 
     saved, io.BLOCK = io.BLOCK, size
     try:
@@ -623,7 +623,7 @@ def test_streamed_json_array_reads_as_the_whole_file_does(data):
 
 
 def test_long_single_line_array_keeps_columns_and_little_memory(tmp_path, monkeypatch):
-    import car_onnx.readers as io
+    import car_onnx.io.readers as io
 
     monkeypatch.setattr(io, "BLOCK", 1000)
     rows = [{"instruction": f"q{i}", "output": "x" * 50} for i in range(2000)]
@@ -641,7 +641,7 @@ def test_long_single_line_array_keeps_columns_and_little_memory(tmp_path, monkey
 
 def test_records_are_yielded_before_the_file_is_read_through(tmp_path, monkeypatch):
     """Streaming: the first record arrives while most of a large array is still unread."""
-    import car_onnx.readers as io
+    import car_onnx.io.readers as io
 
     monkeypatch.setattr(io, "BLOCK", 4096)
     path = tmp_path / "big.json"

@@ -16,9 +16,9 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 
-from car_onnx.bundle import default_bundle_dir
 from car_onnx.errors import BundleError, UsageError
 from car_onnx.kit import Target, bundle_names, missing_requirements, parse_extras, write_kit
+from car_onnx.runtime.bundle import default_bundle_dir
 from car_onnx_export import tiny
 
 ROOT = Path(__file__).resolve().parents[1]

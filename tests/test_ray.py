@@ -16,8 +16,8 @@ ray = pytest.importorskip("ray", reason="needs the [ray] extra: pip install 'car
 psutil = pytest.importorskip("psutil", reason="needs psutil (the [dev] extra) to find Ray's worker processes")
 
 from car_onnx import Model  # noqa: E402
-from car_onnx import rows as row_sources  # noqa: E402
-from car_onnx.selection import SelectOptions  # noqa: E402
+from car_onnx.core import rows as row_sources  # noqa: E402
+from car_onnx.core.selection import SelectOptions  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
@@ -169,9 +169,9 @@ def test_a_resumed_run_after_the_driver_was_killed_reruns_only_what_was_missing(
 
 
 def test_an_actor_reads_a_file_once_while_its_chunks_come_in_order(real, monkeypatch):
-    from car_onnx import pipeline, scanning
-    from car_onnx.manifest import sha256_file
+    from car_onnx.jobs import pipeline, scanning
     from car_onnx.ray import _Chunks
+    from car_onnx.runtime.manifest import sha256_file
 
     root, _, bundle = real
     job, model, roles = pipeline.Job(root / "d.jsonl", chunk_records=100), Model(bundle, threads=1), ("score", "embed")
@@ -193,8 +193,8 @@ def test_an_actor_reads_a_file_once_while_its_chunks_come_in_order(real, monkeyp
 def test_a_files_scan_task_streams_its_places_keys_and_rejects_a_block_at_a_time(real, tmp_path, monkeypatch):
     """The --ray scan task of one file yields each block of records' places and text keys, with the records
     rejected since the block before, so the driver never holds a whole file's scan."""
-    from car_onnx import pipeline, scanning
-    from car_onnx.model import text_key
+    from car_onnx.api import text_key
+    from car_onnx.jobs import pipeline, scanning
     from car_onnx.ray import _scan_shard
 
     root, rows, bundle = real
@@ -235,8 +235,8 @@ def test_a_bad_record_in_shard_3_is_named_by_shard_and_line(real, cluster, cli, 
 def test_past_max_blocks_chunks_share_ray_blocks_and_the_output_is_unchanged(real, cluster, tmp_path, monkeypatch):
     """Past MAX_BLOCKS chunks, consecutive chunks share a Ray block (each still its own batch, saved as it comes
     back): the output is the single-process one, byte for byte."""
-    from car_onnx import pipeline
     from car_onnx import ray as car_ray
+    from car_onnx.jobs import pipeline
 
     root, _, bundle = real
     monkeypatch.setattr(car_ray, "MAX_BLOCKS", 3)
@@ -244,13 +244,13 @@ def test_past_max_blocks_chunks_share_ray_blocks_and_the_output_is_unchanged(rea
     stages.note = notes.append
     job = pipeline.Job(root / "d.jsonl", chunk_records=100)
     try:  # this process is the driver
-        car_ray.select_job(
+        pipeline.select(
             job,
             Model(bundle),
             tmp_path / "ray.jsonl",
-            address=cluster,
             options=SelectOptions.parse(n1="2%"),
             stages=stages,
+            engine=car_ray.RayEngine(cluster),
         )
     finally:
         ray.shutdown()

@@ -235,7 +235,8 @@ def test_skip_refuses_an_existing_rejects_file(data, tmp_path, cli):
 
 
 def test_input_changed_during_the_job_is_refused(data, tmp_path, monkeypatch):
-    from car_onnx import InputError, Model, pipeline
+    from car_onnx import InputError, Model
+    from car_onnx.jobs import pipeline
 
     _, bundle, _ = data
     path = tmp_path / "d.jsonl"

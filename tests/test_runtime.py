@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from car_onnx.bundle import Bundle, find_bundle
 from car_onnx.errors import BundleError, UsageError
-from car_onnx.manifest import Template, read_manifest
-from car_onnx.session import SessionConfig, resolve
-from car_onnx.tokenization import load_tokenizer, pad_batch, plan_batches, tokenize
+from car_onnx.runtime.bundle import Bundle, find_bundle
+from car_onnx.runtime.manifest import Template, read_manifest
+from car_onnx.runtime.session import SessionConfig, resolve
+from car_onnx.runtime.tokenization import load_tokenizer, pad_batch, plan_batches, tokenize
 from car_onnx_export import tiny
 
 TEXTS = ["the answer is", "explain how water can be made"] + [
@@ -203,7 +203,7 @@ def test_device_resolution():
 
 def test_cuda_message_names_a_mixed_install(monkeypatch):
     """Both builds installed and the CPU one's files on top: the message says so, with the same fix."""
-    from car_onnx import session
+    from car_onnx.runtime import session
 
     monkeypatch.setattr(session, "onnxruntime_builds", lambda: ["onnxruntime", "onnxruntime-gpu"])
     monkeypatch.setattr(session, "available_providers", lambda: ["CPUExecutionProvider"])
@@ -233,8 +233,9 @@ def test_default_bundle_location(tmp_path, monkeypatch):
 def test_cuda_settings(bundle_dir, monkeypatch):
     """On CUDA: onnxruntime's cuDNN attention stays off (it ran 9.7-14x slower on an H200 with our varied batch
     shapes) while its other kernels stay on, and batches default to a larger token budget; CPU keeps its own."""
-    from car_onnx import load, session
-    from car_onnx.tokenization import CUDA_MAX_TOKENS, DEFAULT_MAX_TOKENS
+    from car_onnx import load
+    from car_onnx.runtime import session
+    from car_onnx.runtime.tokenization import CUDA_MAX_TOKENS, DEFAULT_MAX_TOKENS
 
     (cuda, options), cpu = SessionConfig(device="cuda").providers()
     kernels = int(options["sdpa_kernel"])

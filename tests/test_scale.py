@@ -9,9 +9,9 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 from car_onnx import car_select
-from car_onnx.clustering import Clusterer
-from car_onnx.selection import SelectOptions
-from car_onnx.workdir import ChunkRows, WorkDir
+from car_onnx.core.clustering import Clusterer
+from car_onnx.core.selection import SelectOptions
+from car_onnx.jobs.workdir import ChunkRows, WorkDir
 from car_onnx_export import tiny
 
 
@@ -98,7 +98,7 @@ def test_sample_mode_fits_on_a_seeded_sample_and_assigns_every_row():
 def test_sample_mode_reads_scores_and_writes_labels_on_disk_a_block_at_a_time(tmp_path, monkeypatch):
     """The file job's sample mode: scores and labels in .npy files (workdir.Column), never whole in memory; the
     selection equals that of the same data in memory."""
-    from car_onnx import rows, selection
+    from car_onnx.core import rows, selection
 
     for module in (rows, selection):
         monkeypatch.setattr(module, "BLOCK_ROWS", 256)
@@ -120,7 +120,7 @@ def test_sample_mode_reads_scores_and_writes_labels_on_disk_a_block_at_a_time(tm
 
 
 def test_the_index_finds_each_records_first_copy_bucket_by_bucket(tmp_path, monkeypatch):
-    from car_onnx import columns
+    from car_onnx.core import columns
 
     monkeypatch.setattr(columns, "BUCKETS", 5)
     rng = np.random.default_rng(2)
@@ -141,8 +141,10 @@ def test_the_index_finds_each_records_first_copy_bucket_by_bucket(tmp_path, monk
 def test_scan_and_write_pass_read_their_per_record_facts_a_block_at_a_time(bundle, tmp_path, monkeypatch):
     """Places and duplicates are on disk (columns.Index) and read back a block at a time: with blocks of 7 rows
     and 3 key buckets, sample mode's output and rejects file are byte for byte those of one block."""
-    from car_onnx import Model, columns, pipeline, scanning, selection
-    from car_onnx import rows as row_sources
+    from car_onnx import Model
+    from car_onnx.core import columns, selection
+    from car_onnx.core import rows as row_sources
+    from car_onnx.jobs import pipeline, scanning
 
     rows = records(400, seed=8)
     rows += [dict(rows[i], output=rows[i]["output"] + "  ") for i in (3, 150, 399, 3)]  # copies, one twice

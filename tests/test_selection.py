@@ -7,9 +7,10 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from car_onnx import UsageError, car_select, selection
-from car_onnx.clustering import Clusterer
-from car_onnx.selection import Size, ranks_streamed, select_ranked, select_streamed
+from car_onnx import UsageError, car_select
+from car_onnx.core import selection
+from car_onnx.core.clustering import Clusterer
+from car_onnx.core.selection import Size, ranks_streamed, select_ranked, select_streamed
 
 
 def reference_select(scores, labels, n1, n2, n2_percent=None):
@@ -192,7 +193,7 @@ def test_near_duplicates_within_a_cluster():
 
 @pytest.mark.parametrize("text,exact,near", [("none", False, None), ("exact", True, None), ("near:0.95", True, 0.95)])
 def test_dedup_parse(text, exact, near):
-    from car_onnx.selection import Dedup
+    from car_onnx.core.selection import Dedup
 
     d = Dedup.parse(text)
     assert (d.exact, d.near, str(d)) == (exact, near, text)
@@ -200,7 +201,7 @@ def test_dedup_parse(text, exact, near):
 
 @pytest.mark.parametrize("text", ["near", "near:0", "near:1.5", "fuzzy", "near:x"])
 def test_dedup_parse_rejects(text):
-    from car_onnx.selection import Dedup
+    from car_onnx.core.selection import Dedup
 
     with pytest.raises(UsageError, match=rf"^dedup must be none, exact or near:T with 0 < T <= 1, got '{text}'$"):
         Dedup.parse(text)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 from .records import FieldMap, Record, make_record
 
 LABEL = "data"  # how errors name a Python container, in place of a file name

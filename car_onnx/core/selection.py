@@ -10,9 +10,9 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import UsageError
 from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, Clusterer
 from .columns import Kept, count_kept
-from .errors import UsageError
 from .rows import BLOCK_ROWS, blocks, rows_of
 
 N1, N2 = 1000, 1  # the paper's sizes, the default of every entry point
@@ -166,14 +166,6 @@ class Selection:
     sampled: bool = False  # whether PCA and KMeans were fitted on a sample (cluster="sample")
     plane: tuple | None = field(default=None, repr=False, compare=False)  # report: (rows of a seeded sample,
     # their first two PCA coordinates [m, 2])
-    context: dict | None = field(default=None, repr=False, compare=False)  # report: Model.select's data and facts
-
-    def report(self, path) -> None:
-        """Write the curation report (one offline HTML page) of this selection, as `select --report` does;
-        needs the [report] extra. Only for a Selection made by `Model.select` (it keeps the texts it shows)."""
-        from . import report
-
-        report.write_selection_report(self, path)
 
     @property
     def ranks(self) -> np.ndarray:
@@ -201,13 +193,6 @@ class Selection:
     def reasons(self) -> np.ndarray:
         """Per selected row, why it was kept: "top" (the n1 block) or "cluster" (a per-cluster pick)."""
         return np.array(["top"] * self.n_top + ["cluster"] * (len(self.indices) - self.n_top), dtype=object)
-
-    def take(self, data):
-        """The selected rows of `data` (what was selected from), in selection order and in its container: a list,
-        a pandas DataFrame, a `datasets.Dataset` or a dict of columns."""
-        from .containers import take
-
-        return take(data, self.indices)
 
 
 def select_ranked(scores: np.ndarray, labels: np.ndarray, n1: int, n2: Size) -> tuple[np.ndarray, int]:

@@ -11,11 +11,11 @@ from typing import Callable
 
 import numpy as np
 
-from .columns import Column
-from .errors import UsageError
-from .files import create_npy, naming, remove_stale_temps, replacing
+from ..core.columns import Column
+from ..core.files import create_npy, naming, remove_stale_temps, replacing
+from ..core.rows import Rows, rows_in
+from ..errors import UsageError
 from .lock import NAME as LOCK
-from .rows import Rows, rows_in
 
 FORMAT = 1
 NAMES = {

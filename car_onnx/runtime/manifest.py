@@ -14,7 +14,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BundleError
+from ..errors import BundleError
 
 FORMAT = "car-onnx-bundle"
 VERSION = 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 EXAMPLES = 20  # top and bottom records shown
 DUPLICATES = 10  # dropped duplicates shown (the rejects file lists every one)
@@ -109,7 +109,7 @@ def bundle_info(model) -> dict:
 
 
 def _threads() -> int:
-    from .session import machine_threads
+    from ..runtime.session import machine_threads
 
     return machine_threads()
 
@@ -169,7 +169,7 @@ def numbers(sel, run: Run) -> dict:
 
 
 def _version() -> str:
-    from . import __version__
+    from ..version import __version__
 
     return __version__
 
@@ -533,7 +533,7 @@ input).</p>
 
 def write(path: Path, sel, run: Run) -> float:
     """Write the page to `path` (replacing it whole); returns the seconds it took."""
-    from .files import replacing
+    from ..core.files import replacing
 
     start = time.perf_counter()
     text = page(sel, run)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 from .records import FieldMap, Record, make_record, printable, type_name
 
 FORMATS = ("json", "jsonl", "csv", "parquet")

@@ -8,7 +8,7 @@ import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 NAME = ".lock"
 

@@ -1,4 +1,4 @@
-"""Writing records: JSON lines, a JSON array, CSV and Parquet, each through an atomic file (files.py)."""
+"""Writing records: JSON lines, a JSON array, CSV and Parquet, each through an atomic file (core/files.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import shutil
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from .errors import UsageError
-from .files import create_locked, naming, temp_path
+from ..core.files import create_locked, naming, temp_path
+from ..errors import UsageError
 from .readers import check_format, require_pyarrow
 
 PARQUET_ROWS = 65536  # rows per Parquet row group: what Parquet output holds in memory at once

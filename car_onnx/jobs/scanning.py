@@ -14,12 +14,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .columns import Column, Index
-from .errors import InputError, UsageError
-from .model import CHUNK_CHARS, CHUNK_RECORDS, Model, text_key
-from .readers import check_format, iter_records, shards_of
-from .records import Record
-from .rows import BLOCK_ROWS
+from ..api import CHUNK_RECORDS, Model, chunk_full, text_chars, text_key
+from ..core.columns import Column, Index
+from ..core.rows import BLOCK_ROWS
+from ..errors import InputError, UsageError
+from ..io.readers import check_format, iter_records, shards_of
+from ..io.records import Record
 
 ON_ERROR = ("fail", "skip")
 
@@ -163,8 +163,8 @@ def scan_shard(
             if len(places) == BLOCK_ROWS:
                 yield np.frombuffer(places, dtype=np.int64), bytes(keys) if dedup else None
                 keys, places = bytearray(), array("q")
-            size, chars = size + 1, chars + len(r.instruction) + len(r.input) + len(r.output)
-            if size == job.chunk_records or chars >= CHUNK_CHARS:  # the rule of model.chunks, within this file
+            size, chars = size + 1, chars + text_chars(r)
+            if chunk_full(size, chars, job.chunk_records):  # chunks never span two files
                 sizes.append(size)
                 size, chars = 0, 0
             advance(1)
@@ -247,3 +247,10 @@ def finish_scan(job: Job, parts: list[ShardScan], stages, rejects, index: Index 
     if job.on_error == "skip" and found.rejected:
         stages.note(f"{found.rejected} record(s) rejected, written to {rejects.path}")
     return found
+
+
+def reread_records(job: Job, model: Model, scan: Scan, added: tuple[str, ...]) -> Iterator[tuple[int, Record]]:
+    """The accepted records of every file, read again in input order, each with the index of its file."""
+    for shard in range(len(job.shards)):
+        for r in shard_records(job, model, scan.stamp[shard], added, shard):
+            yield shard, r

@@ -8,8 +8,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import BundleError
 from .coverage import Coverage, unknown_id
-from .errors import BundleError
 from .manifest import ModelSpec
 from .session import SessionConfig, create_session, machine_threads
 from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch, pad_rows, plan_batches, tokenize

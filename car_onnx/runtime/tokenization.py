@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BundleError
+from ..errors import BundleError
 
 # Rows x longest row of one batch. Small batches of similar length keep activations in cache: on 2 AVX2 cores,
 # 2048 ran 15% faster than 16384 on real records, with less memory.

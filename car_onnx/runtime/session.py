@@ -6,7 +6,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
-from .errors import BundleError, UsageError
+from ..errors import BundleError, UsageError
 from .manifest import PRECISIONS
 
 DEVICES = ("cpu", "cuda", "auto")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import fields as dc_fields
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 
 TYPE_NAMES = {
     dict: "object",

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 from .progress import Step
 from .rows import rows_of
 

@@ -7,21 +7,23 @@ import hashlib
 import re
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import containers
-from .bundle import Bundle, find_bundle
-from .clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED
-from .columns import duplicates
-from .coverage import coverage_warnings
+from .core import selection
+from .core.clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED
+from .core.columns import duplicates
+from .core.selection import N1, N2, SelectOptions
 from .errors import UsageError
-from .records import FieldMap, Record
-from .selection import N1, N2, Selection, SelectOptions
-from .session import resolve
-from .tokenization import default_max_tokens
+from .io import containers
+from .io.records import FieldMap, Record
+from .runtime.bundle import Bundle, find_bundle
+from .runtime.coverage import coverage_warnings
+from .runtime.session import resolve
+from .runtime.tokenization import default_max_tokens
 
 CHUNK_RECORDS = 4096  # records run together: the unit a file job keeps in its work dir
 CHUNK_CHARS = 32 << 20  # and at most this many characters of text per chunk, whatever the records' sizes
@@ -33,12 +35,22 @@ def chunks(records: Iterable[Record], size: int = CHUNK_RECORDS) -> Iterator[lis
     chunk, chars = [], 0
     for r in records:
         chunk.append(r)
-        chars += len(r.instruction) + len(r.input) + len(r.output)
-        if len(chunk) == size or chars >= CHUNK_CHARS:
+        chars += text_chars(r)
+        if chunk_full(len(chunk), chars, size):
             yield chunk
             chunk, chars = [], 0
     if chunk:
         yield chunk
+
+
+def text_chars(r: Record) -> int:
+    return len(r.instruction) + len(r.input) + len(r.output)
+
+
+def chunk_full(records: int, chars: int, size: int) -> bool:
+    """The chunk rule (of `chunks`, and of a file job's plan): a chunk ends at `size` records, or earlier once its
+    records hold CHUNK_CHARS characters of text."""
+    return records == size or chars >= CHUNK_CHARS
 
 
 def text_key(text: str) -> bytes:
@@ -49,6 +61,54 @@ def text_key(text: str) -> bytes:
     for n, word in enumerate(re.finditer(r"\S+", text)):
         digest.update((" " if n else "").encode() + word.group().encode("utf-8", "surrogatepass"))
     return digest.digest()
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a bundle runs (see `load` for each option), parsed and checked once: what the CLI, `load`, `Model` and
+    Ray's actors share."""
+
+    device: str = "auto"
+    precision: str | None = None
+    threads: int | None = None
+    fields: FieldMap = field(default_factory=FieldMap.of)
+    max_tokens: int | None = None  # None: the device's default budget
+
+    @classmethod
+    def parse(cls, *, device="auto", precision=None, threads=None, fields=None, max_tokens=None) -> ModelOptions:
+        """The options as given (fields as a mapping or "KEY=NAME" strings); an error names the option."""
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise UsageError(f"{{max_tokens}} must be an integer >= 1, got {max_tokens!r}", "max_tokens")
+        options = cls(device, precision, threads, FieldMap.of(fields), max_tokens)
+        options.config()  # checks the device, the threads and the precision
+        return options
+
+    def config(self):
+        """The session configuration on this machine (the device "auto" resolves to)."""
+        return resolve(self.device, self.threads, self.precision)
+
+
+@dataclass(frozen=True)
+class Selection(selection.Selection):
+    """What `Model.select` returns: the CaR selection (`car_onnx.core.selection.Selection`: indices, labels, scores,
+    ranks, reasons) with the data it was made from and the run's facts, so that it can take its rows and write its
+    report."""
+
+    context: dict | None = field(default=None, repr=False, compare=False)  # Model.select's data and facts
+
+    def take(self, data):
+        """The selected rows of `data` (what was selected from), in selection order and in its container: a list,
+        a pandas DataFrame, a `datasets.Dataset` or a dict of columns."""
+        return containers.take(data, self.indices)
+
+    def report(self, path) -> None:
+        """Write the curation report (one offline HTML page) of this selection, as `select --report` does;
+        needs the [report] extra. Not for a selection of a one-pass iterable (its texts are gone)."""
+        from .io import report
+
+        report.write_selection_report(self, path)
 
 
 class Model:
@@ -68,35 +128,46 @@ class Model:
         threads: int | None = None,
         fields=None,
         max_tokens: int | None = None,
+        options: ModelOptions | None = None,
     ):
+        given = (device, precision, threads, fields, max_tokens)
+        if options is not None and given != ("auto", None, None, None, None):
+            raise UsageError("pass the Model's options as keywords or as `options=`, not both", "options")
         self.bundle = find_bundle(bundle)
-        self.device, self.precision, self.threads = device, precision, threads
-        self.fields = FieldMap.of(fields)
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-        ):
-            raise UsageError(f"{{max_tokens}} must be an integer >= 1, got {max_tokens!r}", "max_tokens")
-        self.config = resolve(device, threads, precision)
-        self.max_tokens = max_tokens if max_tokens is not None else default_max_tokens(self.config.device)
+        options = options or ModelOptions.parse(
+            device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens
+        )
+        self.fields, self.config = options.fields, options.config()
+        self.max_tokens = options.max_tokens or default_max_tokens(self.config.device)
+        self.options = dataclasses.replace(options, max_tokens=self.max_tokens)  # as it pickles: the budget resolved
         self._bundle = Bundle(self.bundle, self.config)  # reads and checks the manifest; sessions come later
 
     def __getstate__(self) -> dict:
-        return {
-            "bundle": str(self.bundle),
-            "device": self.device,
-            "precision": self.precision,
-            "threads": self.threads,
-            "fields": self.fields,
-            "max_tokens": self.max_tokens,
-        }
+        return {"bundle": str(self.bundle), "options": self.options}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state.pop("bundle"), **state)
+        self.__init__(state["bundle"], options=state["options"])
+
+    @property
+    def device(self) -> str:
+        return self.options.device  # as asked ("auto" too); self.config.device is the one it runs on
+
+    @property
+    def precision(self) -> str | None:
+        return self.options.precision
+
+    @property
+    def threads(self) -> int | None:
+        return self.options.threads
+
+    def with_threads(self, threads: int | None) -> Model:
+        """This Model's bundle and options, with `threads` (e.g. a Ray actor's CPUs)."""
+        return Model(self.bundle, options=dataclasses.replace(self.options, threads=threads))
 
     def __repr__(self) -> str:
         return (
             f"car_onnx.Model({str(self.bundle)!r}, device={self.config.device!r}, "
-            f"precision={self.precision!r}, threads={self.threads!r})"
+            f"precision={self.options.precision!r}, threads={self.options.threads!r})"
         )
 
     @property
@@ -109,7 +180,7 @@ class Model:
         return self._bundle.loaded()
 
     def warn_unreadable(self) -> None:
-        """A warning for each model that mapped too much of what it read to its unknown token (coverage.py)."""
+        """A warning for each model that mapped too much of what it read to its unknown token (runtime/coverage.py)."""
         for message in coverage_warnings(self.loaded()):
             warnings.warn(message, stacklevel=2)
 
@@ -192,8 +263,8 @@ class Model:
         # for Selection.report(): the data (not copied; None for a one-pass iterable) and the run's facts
         reread = data if containers.kind(data) != "iterable" else None
         seconds = {"score+embed": inferred - start, "cluster+select": time.perf_counter() - inferred}
-        return dataclasses.replace(
-            sel,
+        return Selection(
+            **{f.name: getattr(sel, f.name) for f in dataclasses.fields(sel)},
             context={
                 "model": self,
                 "data": reread,
@@ -221,4 +292,7 @@ def load(
     [default: int8 on CPU, fp16 on CUDA, else what the bundle has]. threads: batches run side by side on CPU
     [default: the usable cores]. fields: where records keep their texts, e.g. {"instruction": "question",
     "output": "answer"} (or "KEY=NAME" strings, as --field). max_tokens: token budget of one batch (rows x longest row) [default: 2048 on CPU, 32768 on CUDA]."""
-    return Model(bundle, device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens)
+    options = ModelOptions.parse(
+        device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens
+    )
+    return Model(bundle, options=options)

@@ -9,9 +9,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import BundleError
+from ..errors import BundleError
+from .graph import OnnxModel
 from .manifest import Manifest, read_manifest, verify_files
-from .models import OnnxModel
 from .session import SessionConfig
 from .tokenization import DEFAULT_MAX_TOKENS
 

@@ -1,6 +1,6 @@
 """Files written atomically: a temporary file beside the target, fsynced and renamed into place when complete,
 deleted if the job fails; disk space reserved up front for memory-mapped arrays; an OSError of a write named by
-its path. The lowest layer of output, below the record writers (writers.py), the work directory and the on-disk
+its path. The lowest layer of output, below the record writers (io/writers.py), the work directory and the on-disk
 columns."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CarError
+from ..errors import CarError
 
 
 def temp_path(path: Path) -> Path:
