@@ -22,6 +22,7 @@ from .io import containers
 from .io.records import FieldMap, Record
 from .runtime.bundle import Bundle, find_bundle
 from .runtime.coverage import coverage_warnings
+from .runtime.reading import TURNS
 from .runtime.session import resolve
 from .runtime.tokenization import default_max_tokens
 
@@ -73,15 +74,20 @@ class ModelOptions:
     threads: int | None = None
     fields: FieldMap = field(default_factory=FieldMap.of)
     max_tokens: int | None = None  # None: the device's default budget
+    turns: str = "all"  # a conversation's exchanges read: "all" or "first" (the paper's reading)
 
     @classmethod
-    def parse(cls, *, device="auto", precision=None, threads=None, fields=None, max_tokens=None) -> ModelOptions:
+    def parse(
+        cls, *, device="auto", precision=None, threads=None, fields=None, max_tokens=None, turns="all"
+    ) -> ModelOptions:
         """The options as given (fields as a mapping or "KEY=NAME" strings); an error names the option."""
         if max_tokens is not None and (
             isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
         ):
             raise UsageError(f"{{max_tokens}} must be an integer >= 1, got {max_tokens!r}", "max_tokens")
-        options = cls(device, precision, threads, FieldMap.of(fields), max_tokens)
+        if turns not in TURNS:
+            raise UsageError(f"{{turns}} must be one of {', '.join(TURNS)}, got {turns!r}", "turns")
+        options = cls(device, precision, threads, FieldMap.of(fields), max_tokens, turns)
         options.config()  # checks the device, the threads and the precision
         return options
 
@@ -128,14 +134,15 @@ class Model:
         threads: int | None = None,
         fields=None,
         max_tokens: int | None = None,
+        turns: str = "all",
         options: ModelOptions | None = None,
     ):
-        given = (device, precision, threads, fields, max_tokens)
-        if options is not None and given != ("auto", None, None, None, None):
+        given = (device, precision, threads, fields, max_tokens, turns)
+        if options is not None and given != ("auto", None, None, None, None, "all"):
             raise UsageError("pass the Model's options as keywords or as `options=`, not both", "options")
         self.bundle = find_bundle(bundle)
         options = options or ModelOptions.parse(
-            device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens
+            device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens, turns=turns
         )
         self.fields, self.config = options.fields, options.config()
         self.max_tokens = options.max_tokens or default_max_tokens(self.config.device)
@@ -188,6 +195,11 @@ class Model:
         """A record's text as the scorer reads it (its template)."""
         return self.manifest.model_for("score").template.render(instruction, input, output)
 
+    def key(self, record: Record) -> bytes:
+        """What makes two records the same for exact dedup (text_key): the text of each exchange the Model reads."""
+        texts = [self.text(*exchange) for exchange in record.exchanges(self.options.turns)]
+        return text_key(texts[0] if len(texts) == 1 else "\x1f".join(texts))
+
     def precisions(self, roles=("score", "embed")) -> dict[str, str]:
         """The precision that runs each role here (loads the models)."""
         return {role: self._bundle.model(role).precision for role in roles}
@@ -196,13 +208,13 @@ class Model:
         self, records: Iterable[Record], roles: tuple[str, ...], progress: Callable[[int], None] | None = None
     ) -> dict[str, np.ndarray]:
         """Scores ([n]) and/or embeddings ([n, dim]) of validated records, run chunk by chunk as file jobs run them."""
-        return self._bundle.run(list(records), roles, self.max_tokens, progress)
+        return self._bundle.run(list(records), roles, self.max_tokens, progress, self.options.turns)
 
     def _outputs(self, data, roles: tuple[str, ...], keys: list | None = None) -> dict[str, np.ndarray]:
         """Run `roles` over the records of `data`; with `keys`, append each record's text key to it."""
         found = containers.records(data, self.fields)
         if keys is not None:
-            found = (keys.append(text_key(self.text(r.instruction, r.input, r.output))) or r for r in found)
+            found = (keys.append(self.key(r)) or r for r in found)
         if containers.kind(data) != "iterable":
             found = list(found)  # every row is checked before any model runs
         parts = [self.run(chunk, roles) for chunk in chunks(found)]
@@ -285,14 +297,18 @@ def load(
     threads: int | None = None,
     fields=None,
     max_tokens: int | None = None,
+    turns: str = "all",
 ) -> Model:
     """A Model of `bundle` (a directory; default: the default bundle, as the CLI finds it).
 
     device: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it). precision: "fp32", "int8" or "fp16"
     [default: int8 on CPU, fp16 on CUDA, else what the bundle has]. threads: batches run side by side on CPU
     [default: the usable cores]. fields: where records keep their texts, e.g. {"instruction": "question",
-    "output": "answer"} (or "KEY=NAME" strings, as --field). max_tokens: token budget of one batch (rows x longest row) [default: 2048 on CPU, 32768 on CUDA]."""
+    "output": "answer"} (or "KEY=NAME" strings, as --field). max_tokens: token budget of one batch (rows x longest
+    row) [default: 2048 on CPU, 32768 on CUDA]. turns: "all" (every exchange of a conversation is read) or "first"
+    (its first exchange alone, the paper's reading); a long answer is read as the bundle's reading rule says
+    (docs/whole-records.md)."""
     options = ModelOptions.parse(
-        device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens
+        device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens, turns=turns
     )
     return Model(bundle, options=options)

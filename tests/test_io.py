@@ -327,7 +327,7 @@ def test_conversations_both_styles(tmp_path):
             ("Q", "S", "A"),
             ("Q", "", "A"),
             ("Q", "S1", "A"),
-            ("Q", "", "A"),
+            ("Q\nQ2", "", "A"),  # the user turns before a reply are one question
         ]
         assert next(iter_records(path)).row == rows[0]
 
@@ -358,11 +358,11 @@ def test_conversations_both_styles(tmp_path):
         ({"conversations": [{"value": "Q"}]}, "field 'conversations': turn 1: missing 'from'"),
         (
             {"conversations": [{"from": "bot", "value": "Q"}]},
-            "field 'conversations': turn 1: unknown from 'bot' (accepted: system, human, user, gpt, assistant)",
+            "field 'conversations': turn 1: unknown from 'bot' (accepted: system, human, user, gpt, assistant, tool, function_call, observation)",
         ),
         (
             {"messages": [{"role": "Human\n", "content": "Q"}]},
-            "field 'messages': turn 1: unknown role 'Human\\n' (accepted: system, user, assistant)",
+            "field 'messages': turn 1: unknown role 'Human\\n' (accepted: system, user, assistant, tool, function)",
         ),
     ],
 )

@@ -20,11 +20,24 @@ TYPE_NAMES = {
 }
 # Per conversation field: the role and text keys of its turns, and role name -> role.
 STYLES = {
-    "messages": ("role", "content", {"system": "system", "user": "user", "assistant": "assistant"}),
+    "messages": (
+        "role",
+        "content",
+        {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool", "function": "tool"},
+    ),
     "conversations": (
         "from",
         "value",
-        {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"},
+        {
+            "system": "system",
+            "human": "user",
+            "user": "user",
+            "gpt": "assistant",
+            "assistant": "assistant",
+            "tool": "tool",
+            "function_call": "tool",
+            "observation": "tool",
+        },
     ),
 }
 
@@ -70,9 +83,15 @@ class Record:
     index: int  # 0-based position in the input
     where: str  # "line 7" or "record 7"
     row: dict  # the original record, unchanged
-    instruction: str
+    instruction: str  # the first (or only) exchange
     input: str
     output: str
+    turns: tuple = ()  # a conversation's later exchanges, each (instruction, input, output)
+
+    def exchanges(self, turns: str = "all") -> list[tuple[str, str, str]]:
+        """(instruction, input, output) of each exchange: every one, or with turns="first" the first alone."""
+        first = (self.instruction, self.input, self.output)
+        return [first, *self.turns] if turns == "all" else [first]
 
 
 def type_name(value) -> str:
@@ -84,24 +103,27 @@ def printable(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
-def _conversation(path, where, row) -> tuple[str, str, str]:
-    """instruction = the first user turn, output = the first assistant turn after it, input = the first system
-    turn before it ("" if none). Other turns, and every turn after that reply, are not part of the text."""
+def _conversation(path, where, row) -> list[tuple[str, str, str]]:
+    """The exchanges of a conversation, each (instruction, input, output): the user turns since the last reply
+    (joined by a newline), the system turn before the first user turn as the input ("" if none), and the assistant
+    turns answering them (joined likewise). Tool turns and tool calls are context the scorer does not read; later
+    system turns are not read either; a user turn left unanswered at the end has nothing to score."""
     key = "messages" if "messages" in row else "conversations"
     role_key, text_key, roles = STYLES[key]
     turns = row[key]
     if not isinstance(turns, list):
         raise InputError(path, where, f"expected an array of turns, got {type_name(turns)}", key)
-    system, instruction = None, None
+    system, asked, answered, exchanges = None, [], [], []
     for n, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
             raise InputError(path, where, f"turn {n}: expected an object, got {type_name(turn)}", key)
-        for k in (role_key, text_key):
-            if k not in turn:
-                raise InputError(path, where, f"turn {n}: missing '{k}'", key)
-            if not isinstance(turn[k], str):
-                raise InputError(path, where, f"turn {n}: '{k}': expected a string, got {type_name(turn[k])}", key)
-        role, text = roles.get(turn[role_key]), turn[text_key]
+        if role_key not in turn:
+            raise InputError(path, where, f"turn {n}: missing '{role_key}'", key)
+        if not isinstance(turn[role_key], str):
+            raise InputError(
+                path, where, f"turn {n}: '{role_key}': expected a string, got {type_name(turn[role_key])}", key
+            )
+        role = roles.get(turn[role_key])
         if role is None:
             raise InputError(
                 path,
@@ -109,23 +131,38 @@ def _conversation(path, where, row) -> tuple[str, str, str]:
                 f"turn {n}: unknown {role_key} '{printable(turn[role_key])}' (accepted: {', '.join(roles)})",
                 key,
             )
-        if instruction is None and role == "system" and system is None:
+        if role == "tool" or (role == "assistant" and turn.get(text_key) is None and "tool_calls" in turn):
+            continue  # a tool's turn, or a call to one: context the scorer does not read
+        if text_key not in turn:
+            raise InputError(path, where, f"turn {n}: missing '{text_key}'", key)
+        text = turn[text_key]
+        if not isinstance(text, str):
+            raise InputError(path, where, f"turn {n}: '{text_key}': expected a string, got {type_name(text)}", key)
+        if role == "user":
+            if answered:  # a new question: the exchange before it is complete
+                exchanges.append(("\n".join(asked), system or "", "\n".join(answered)))
+                asked, answered = [], []
+            asked.append(text)
+        elif role == "assistant" and asked:
+            answered.append(text)
+        elif role == "system" and not asked and not exchanges and system is None:
             system = text
-        elif instruction is None and role == "user":
-            instruction = text
-        elif instruction is not None and role == "assistant":
-            return instruction, system or "", text
-    missing = "no user turn" if instruction is None else "no assistant reply after the first user turn"
-    raise InputError(path, where, f"conversation has {missing}", key)
+    if answered:
+        exchanges.append(("\n".join(asked), system or "", "\n".join(answered)))
+    if not exchanges:
+        missing = "no user turn" if not asked else "no assistant reply after the first user turn"
+        raise InputError(path, where, f"conversation has {missing}", key)
+    return exchanges
 
 
 def make_record(path, index: int, where: str, row, fields: FieldMap) -> Record:
-    """The Record of one row: its instruction, input and output fields (input missing or null is empty), or its
-    first exchange when it holds `messages` / `conversations` instead."""
+    """The Record of one row: its instruction, input and output fields (input missing or null is empty), or, when
+    it holds `messages` / `conversations` instead, its first exchange with the later ones in `turns`."""
     if not isinstance(row, Mapping):
         raise InputError(path, where, f"expected a JSON object, got {type_name(row)}")
     if fields.instruction not in row and ("messages" in row or "conversations" in row):
-        return Record(index, where, row, *_conversation(path, where, row))
+        first, *more = _conversation(path, where, row)
+        return Record(index, where, row, *first, turns=tuple(more))
     values = {}
     for role in ("instruction", "input", "output"):
         name = getattr(fields, role)

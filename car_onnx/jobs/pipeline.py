@@ -28,6 +28,7 @@ from ..core.selection import SelectOptions, check_clustering
 from ..errors import UsageError
 from ..io.writers import open_writer
 from ..runtime.manifest import sha256_file as file_sha256
+from ..runtime.reading import READING
 from . import lock
 from .outputs import check_names, check_output, output_files, output_format, rejects_writer, shortest
 from .scanning import Job, Scan, reread_records, scan
@@ -53,6 +54,8 @@ def identity(job: Job, model: Model, roles: tuple[str, ...], added: tuple[str, .
         "refused_fields": sorted(added),
         "roles": list(roles),
         "max_tokens": model.max_tokens,
+        "turns": model.options.turns,
+        "reading": READING,
         "chunk_records": job.chunk_records,
         "chunk_chars": CHUNK_CHARS,
     }

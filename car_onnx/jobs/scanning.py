@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..api import CHUNK_RECORDS, Model, chunk_full, text_chars, text_key
+from ..api import CHUNK_RECORDS, Model, chunk_full, text_chars
 from ..core.columns import Column, Index
 from ..core.rows import BLOCK_ROWS
 from ..errors import InputError, UsageError
@@ -155,7 +155,7 @@ def scan_shard(
     try:
         for r in _records(job, shard, model, added, rejecting if reject is not None else None):
             if dedup:
-                keys += text_key(model.text(r.instruction, r.input, r.output))
+                keys += model.key(r)
             count += 1
             columns.update(dict.fromkeys(r.row))
             place, number = r.where.split()

@@ -23,6 +23,7 @@ NAMES = {
     "input_sha256": "the input",
     "models": "the model precisions",
     "device": "the device",
+    "reading": "how records are read (car-onnx's version)",
 }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import BundleError
 from .graph import OnnxModel
 from .manifest import Manifest, read_manifest, verify_files
+from .reading import combine
 from .session import SessionConfig
 from .tokenization import DEFAULT_MAX_TOKENS
 
@@ -73,30 +74,53 @@ class Bundle:
         roles: tuple[str, ...],
         max_tokens: int = DEFAULT_MAX_TOKENS,
         progress: Callable[[int], None] | None = None,
+        turns: str = "all",
     ) -> dict[str, np.ndarray]:
-        """Scores and/or embeddings of `records` (objects with instruction/input/output), one pass per model:
-        a model serving both roles computes both in the same forward pass; a text repeated in `records` is run
-        once."""
+        """Scores and/or embeddings of `records` (io.records.Record or objects with instruction/input/output and
+        `exchanges(turns)`), one pass per model: a model serving both roles computes both in the same forward pass;
+        each record is read whole as the model's reading rule says (reading.py: every exchange with `turns="all"`,
+        long answers in windows); a text repeated in `records` is run once. `progress` counts records."""
         out: dict[str, np.ndarray] = {}
         models = {role: self.model(role) for role in roles}
         for model in dict.fromkeys(models.values()):
             model_roles = tuple(r for r in roles if models[r] is model)
+            units = [model.reader.units(r, turns) for r in records]
+            counts = [len(u) for u in units]
+            flat = [u for record in units for u in record]
             # a text with where its response starts (for a graph that reads it): the same text split elsewhere is
             # another input
-            texts = [
-                (
-                    model.text(r.instruction, r.input, r.output),
-                    model.response_start(r.instruction, r.input) if model.reads_response else None,
-                )
-                for r in records
-            ]
+            texts = [(u.text, u.start if model.reads_response else None) for u in flat]
             unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
             starts = [s for _, s in unique] if model.reads_response else None
-            results = model.run([t for t, _ in unique], model_roles, max_tokens, progress, starts)
+            scaled = _Scaled(progress, len(unique), len(records))
+            results = model.run([t for t, _ in unique], model_roles, max_tokens, scaled, starts)
+            scaled.finish()
             if len(unique) < len(texts):
                 where = np.fromiter((unique[t] for t in texts), dtype=np.int64, count=len(texts))
                 results = {role: value[where] for role, value in results.items()}
-                if progress:
-                    progress(len(texts) - len(unique))
-            out.update(results)
+            tokens = np.fromiter((u.weight for u in flat), dtype=np.float64, count=len(flat))
+            shares = np.fromiter((u.share for u in flat), dtype=np.float64, count=len(flat))
+            for role, value in results.items():  # reading.py: how units combine
+                out[role] = combine(value, counts, tokens if role == "embed" else shares, role == "embed")
         return out
+
+
+class _Scaled:
+    """A progress hook counting records, fed with the texts run (a record may be several texts, several records
+    one text): each text counts as records/texts records, the rest at the end."""
+
+    def __init__(self, progress: Callable[[int], None] | None, texts: int, records: int):
+        self.progress, self.scale, self.records = progress, records / max(texts, 1), records
+        self.texts = self.told = 0
+
+    def __call__(self, n: int) -> None:
+        self.texts += n
+        now = min(int(self.texts * self.scale), self.records)
+        if self.progress and now > self.told:
+            self.progress(now - self.told)
+        self.told = max(self.told, now)
+
+    def finish(self) -> None:
+        if self.progress and self.told < self.records:
+            self.progress(self.records - self.told)
+        self.told = self.records

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import BundleError
 from .coverage import Coverage, unknown_id
 from .manifest import ModelSpec
+from .reading import Reader
 from .session import SessionConfig, create_session, machine_threads
 from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch, pad_rows, plan_batches, tokenize
 
@@ -29,6 +30,7 @@ class OnnxModel:
         self.tokenizer = load_tokenizer(Path(root) / spec.tokenizer, spec.max_length)
         self.unk_id, self.coverage = unknown_id(self.tokenizer), Coverage()  # unknown tokens of every text run
         self.clip = Clipper(self.tokenizer, spec.max_length)  # a giant field is cut before tokenizing
+        self.reader = Reader(spec.template, self.tokenizer, spec.max_length, spec.reading)  # records -> texts
         self.session, self.workers = create_session(self.graph, config), config.workers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]

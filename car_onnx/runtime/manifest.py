@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BundleError
+from .reading import Reading
 
 FORMAT = "car-onnx-bundle"
 VERSION = 1
@@ -85,6 +86,7 @@ class ModelSpec:
     variants: dict  # precision -> Variant
     embedding_dim: int | None = None
     info: dict = field(default_factory=dict)  # free-form provenance (base model, training metrics, ...)
+    reading: Reading | None = None  # how a long answer is read (reading.py); None: its first max_length tokens
 
     def __post_init__(self):
         where = f"model {_short(self.name)}"
@@ -114,6 +116,7 @@ class ModelSpec:
             "embedding_dim": self.embedding_dim,
             "variants": {p: {"graph": v.graph, "fidelity": v.fidelity} for p, v in self.variants.items()},
             "info": self.info,
+            **({"reading": self.reading.to_json()} if self.reading is not None else {}),
         }
 
     @classmethod
@@ -131,6 +134,7 @@ class ModelSpec:
                 variants={p: Variant(**v) for p, v in d["variants"].items()},
                 embedding_dim=d.get("embedding_dim"),
                 info=d.get("info", {}),
+                reading=Reading(**d["reading"]) if "reading" in d else None,
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise BundleError(f"manifest model entry is malformed ({err!r})") from None
@@ -177,6 +181,7 @@ def _inside(root: Path, rel: str) -> Path:
     return path
 
 
+MAX_WINDOWS = 4096  # windows of one answer: far above any bundle's rule
 MAX_LENGTH = 1 << 20  # tokens: far above any model's context; larger numbers would overflow the tokenizer
 MODEL_KEYS = ("name", "roles", "tokenizer", "template", "max_length", "pad_id", "inputs", "outputs", "variants")
 
@@ -266,6 +271,17 @@ def _check_structure(path: Path, raw: dict) -> None:
             d.get("embedding_dim"),
         )
         need(isinstance(d.get("info", {}), dict), f"{where}.info", "an object", d.get("info"))
+        need(
+            "reading" not in d
+            or (
+                isinstance(d["reading"], dict)
+                and set(d["reading"]) == {"max_windows"}
+                and _is_int(d["reading"]["max_windows"], 1, MAX_WINDOWS)
+            ),
+            f"{where}.reading",
+            f"an object {{'max_windows': an integer from 1 to {MAX_WINDOWS}}}",
+            d.get("reading"),
+        )
 
 
 def read_manifest(root: Path) -> Manifest:

@@ -1,0 +1,154 @@
+"""How a bundle reads a whole record: every exchange of a conversation, and an answer longer than the model's
+token limit in windows that each carry the instruction. The manifest's `reading` says how many windows an answer
+gets (`max_windows`; a bundle without it reads the first `max_length` tokens, as before); the runtime's `turns`
+option says whether every exchange is read ("all") or the first alone ("first", the paper's reading).
+
+A record is cut into units, each one text the model runs once:
+- an exchange whose text fits `max_length` tokens is one unit, its text exactly as before: a record of one such
+  exchange gets exactly the score and embedding it got without windows;
+- a longer one: the prompt (instruction and input; cut to half the window, input first, where longer) then, per
+  window, the next stretch of the answer's tokens that fits, at most `max_windows` windows (the rest unread).
+An exchange's score is the mean of its windows' scores weighted by the answer tokens each read, and the record's score
+the plain mean of its exchanges' scores: measured on held-out expert pairs (docs/whole-records.md), a weighted mean
+across exchanges let a long good exchange outweigh a short bad one (0.858 of pairs told apart in two-exchange
+conversations, against 0.909), and a plain mean across windows lost agreement on long single answers (0.906 against
+0.929). The record's embedding is the mean of its units' embeddings weighted by the answer tokens each read (as mean
+pooling weighs tokens), L2-normalised."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TURNS = ("all", "first")
+READ_TOKENS = 16384  # the export's rule for both bundles: an answer is read up to this many tokens, in windows
+READING = 2  # the version of these rules, in a work dir's identity: 1 read the first exchange's first window only
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The manifest's reading rule of one model: how many windows of `max_length` tokens an answer may take."""
+
+    max_windows: int = 1
+
+    def to_json(self) -> dict:
+        return {"max_windows": self.max_windows}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One text a model runs: where its response starts (characters), the answer tokens it reads (its weight) and
+    its share of its exchange's answer tokens (its weight in the record's score)."""
+
+    text: str
+    start: int
+    weight: int
+    share: float = 1.0
+
+
+class Reader:
+    """Cuts records into units for one model (its template, tokenizer and limit) and combines the units' outputs."""
+
+    def __init__(self, template, tokenizer, max_length: int, reading: Reading | None):
+        self.template, self.max_length = template, max_length
+        self.max_windows = reading.max_windows if reading is not None else 1
+        self._tokenizer, self._counter = tokenizer, None
+        # a text of fewer characters fits: every token but the special ones covers at least one character
+        self.quick = max_length - tokenizer.num_special_tokens_to_add(False)
+        # the characters of an answer max_windows windows can read at most, twice over (a token covers at most the
+        # longest vocabulary entry's characters): what lies past them is never tokenized
+        self.cap = 2 * self.max_windows * max_length * max(map(len, tokenizer.get_vocab()))
+
+    def units(self, record, turns: str = "all") -> list[Unit]:
+        """The texts of `record` (instruction, input, output and, for a conversation, `turns`: its later
+        exchanges), as this model reads them."""
+        exchanges = [(record.instruction, record.input, record.output)]
+        if turns == "all":
+            exchanges += getattr(record, "turns", ())  # a plain (instruction, input, output) object has none
+        if len(exchanges) == 1 and (self.max_windows == 1 or len(self.template.render(*exchanges[0])) < self.quick):
+            return [Unit(self.template.render(*exchanges[0]), self.template.response_start(*exchanges[0][:2]), 1)]
+        return [u for exchange in exchanges for u in self.exchange(*exchange)]
+
+    def exchange(self, instruction: str, input: str, output: str) -> list[Unit]:
+        text = self.template.render(instruction, input, output)
+        start = self.template.response_start(instruction, input)
+        if self.max_windows == 1:
+            return [Unit(text, start, 1)]
+        counter = self.counter()
+        if len(output) > self.cap:  # a giant answer: only what max_windows windows can read is tokenized
+            output = output[: self.cap]
+            text = self.template.render(instruction, input, output)
+        total = len(counter.encode(text).ids)
+        if total <= self.max_length:
+            return [Unit(text, start, max(total - self._tokens(self.template.render(instruction, input, "")), 1))]
+        instruction, input = self._clip_prompt(instruction, input)
+        prompt = self._tokens(self.template.render(instruction, input, ""))
+        budget = self.max_length - prompt - 2  # 2: a token either side of a cut may tokenize differently
+        offsets = counter.encode(output, add_special_tokens=False).offsets
+        units = []
+        for first in range(0, len(offsets), budget)[: self.max_windows]:
+            last = min(first + budget, len(offsets)) - 1
+            part = output[offsets[first][0] : offsets[last][1]]
+            units.append(
+                Unit(
+                    self.template.render(instruction, input, part),
+                    self.template.response_start(instruction, input),
+                    last - first + 1,
+                )
+            )
+        read = sum(u.weight for u in units)
+        return [Unit(u.text, u.start, u.weight, u.weight / read) for u in units]
+
+    def counter(self):
+        """The model's tokenizer without truncation: to count a text's tokens past max_length."""
+        if self._counter is None:
+            from tokenizers import Tokenizer
+
+            self._counter = Tokenizer.from_str(self._tokenizer.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
+        return self._counter
+
+    def _tokens(self, text: str) -> int:
+        return len(self.counter().encode(text).ids)
+
+    def _clip_prompt(self, instruction: str, input: str) -> tuple[str, str]:
+        """The prompt cut to at most half the window (the input first, then the instruction), so that every window
+        reads at least as many answer tokens as prompt tokens."""
+        limit = self.max_length // 2
+        for _ in range(4):  # a cut can shift a token at its edge: cut again, a token further
+            excess = self._tokens(self.template.render(instruction, input, "")) - limit
+            if excess <= 0:
+                break
+            if input:
+                input = self._cut(input, excess + 1)
+            else:
+                instruction = self._cut(instruction, excess + 1)
+        return instruction, input
+
+    def _cut(self, text: str, tokens: int) -> str:
+        """`text` without its last `tokens` tokens."""
+        offsets = self.counter().encode(text, add_special_tokens=False).offsets
+        keep = len(offsets) - tokens
+        return text[: offsets[keep - 1][1]] if keep > 0 else ""
+
+
+def combine(values: np.ndarray, counts: list[int], weights: np.ndarray, normalise: bool) -> np.ndarray:
+    """Per record, the weighted mean of its units' rows (`counts`: units per record, in order); a record of one
+    unit keeps its unit's values exactly. `normalise`: L2-normalise the means (embeddings)."""
+    if all(c == 1 for c in counts):
+        return values
+    out = np.empty((len(counts), *values.shape[1:]), dtype=values.dtype)
+    at = 0
+    for i, c in enumerate(counts):
+        if c == 1:
+            out[i] = values[at]
+        else:
+            w = weights[at : at + c].astype(np.float64)
+            mean = np.tensordot(w / w.sum(), values[at : at + c].astype(np.float64), axes=1)
+            if normalise:
+                mean = mean / max(np.linalg.norm(mean), 1e-12)
+            out[i] = mean
+        at += c
+    return out

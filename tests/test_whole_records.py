@@ -1,0 +1,108 @@
+"""Whole records (runtime/reading.py): every exchange of a conversation, and a long answer in windows that each
+carry the instruction; records that fit one window read exactly as before. References: the tiny model's numpy
+forward pass (tiny.reference) on windows cut by hand (the tiny tokenizer: one token per word)."""
+
+import numpy as np
+import pytest
+
+import car_onnx
+from car_onnx_export import tiny
+
+W = tiny.WORDS
+SHORT = [{"instruction": W[i], "input": "", "output": f"{W[i + 1]} {W[i + 2]}"} for i in range(6)]
+
+
+def long_answer(start: int, n: int) -> str:
+    return " ".join(W[(start + k) % 60] for k in range(n))
+
+
+def windows(instruction: str, answer: str, budget: int) -> list[tuple[str, int]]:
+    """The window texts of a long answer, by hand: the prompt and `budget` words of the answer each."""
+    words = answer.split()
+    return [
+        (tiny.TEMPLATE.render(instruction, "", " ".join(words[i : i + budget])), len(words[i : i + budget]))
+        for i in range(0, len(words), budget)
+    ]
+
+
+def reference(instruction: str, answer: str, max_windows: int = 8) -> tuple[float, np.ndarray]:
+    # [CLS] instruction: WORD input: response: [SEP] = 6 tokens of 12; 2 kept free at each cut: 4 answer words each
+    parts = windows(instruction, answer, tiny.MAX_LENGTH - 6 - 2)[:max_windows]
+    scores, vectors = tiny.reference([t for t, _ in parts])
+    weights = np.array([n for _, n in parts], dtype=np.float64)
+    vector = (weights[:, None] * vectors).sum(0) / weights.sum()
+    return float((weights * scores).sum() / weights.sum()), vector / np.linalg.norm(vector)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("whole")
+    return tiny.make_bundle(root / "before"), tiny.make_bundle(root / "windows", max_windows=8)
+
+
+def test_records_that_fit_read_exactly_as_before(bundles):
+    before, windows_ = bundles
+    mixed = SHORT + [{"instruction": W[40], "input": "", "output": long_answer(3, 30)}] + SHORT[::-1]
+    old = car_onnx.load(before, precision="fp32").score_embed(mixed)
+    new = car_onnx.load(windows_, precision="fp32").score_embed(mixed)
+    fits = [i for i, r in enumerate(mixed) if len(r["output"].split()) == 2]
+    for a, b in zip(old, new):
+        assert np.array_equal(a[fits], b[fits])  # bit for bit, long records batched alongside
+
+
+def test_a_long_answer_is_read_in_windows_that_carry_the_instruction(bundles):
+    before, windows_ = bundles
+    answer = long_answer(5, 18)  # 5 windows of 4, 4, 4, 4, 2 words
+    tail = answer.rsplit(" ", 1)[0] + " " + W[59]
+    model, old = car_onnx.load(windows_, precision="fp32"), car_onnx.load(before, precision="fp32")
+    scores, vectors = model.score_embed([{"instruction": W[7], "output": a} for a in (answer, tail)])
+    for got, vector, a in zip(scores, vectors, (answer, tail)):
+        want, want_vector = reference(W[7], a)
+        assert got == pytest.approx(want, abs=1e-6)
+        np.testing.assert_allclose(vector, want_vector, atol=1e-6)
+    assert scores[0] != scores[1]  # the last word is read
+    first = old.score([{"instruction": W[7], "output": a} for a in (answer, tail)])
+    assert first[0] == first[1]  # a bundle without the reading rule reads the first 12 tokens alone
+
+
+def test_max_windows_caps_what_is_read(tmp_path):
+    bundle = tiny.make_bundle(tmp_path / "b", max_windows=2)
+    answer = long_answer(9, 20)
+    late = " ".join(answer.split()[:12] + [W[58]] * 8)  # the same first two windows (8 words)
+    model = car_onnx.load(bundle, precision="fp32")
+    got = model.score([{"instruction": W[3], "output": a} for a in (answer, late)])
+    assert got[0] == got[1] == pytest.approx(reference(W[3], answer, max_windows=2)[0], abs=1e-6)
+
+
+def conversation(*exchanges):
+    turns = []
+    for question, answer in exchanges:
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"messages": turns}
+
+
+def test_every_exchange_of_a_conversation_counts_and_turns_first_reads_the_first(bundles):
+    _, bundle = bundles
+    one, two = (W[10], f"{W[11]} {W[12]}"), (W[20], f"{W[21]} {W[22]} {W[23]}")
+    alone = car_onnx.load(bundle, precision="fp32").score([{"instruction": q, "output": a} for q, a in (one, two)])
+    both = car_onnx.load(bundle, precision="fp32").score([conversation(one, two)])
+    assert both[0] == pytest.approx(alone.astype(np.float64).mean(), abs=1e-6)
+    first = car_onnx.load(bundle, precision="fp32", turns="first").score([conversation(one, two)])
+    assert first[0] == pytest.approx(alone[0], abs=1e-6)
+    worse = car_onnx.load(bundle, precision="fp32").score([conversation(one, (W[20], W[50]))])
+    assert worse[0] != both[0]  # the second exchange's answer moves the record's score
+
+
+def test_conversations_differing_after_the_first_exchange_are_not_duplicates(bundles):
+    _, bundle = bundles
+    one = (W[10], f"{W[11]} {W[12]}")
+    rows = [conversation(one, (W[20], W[21])), conversation(one, (W[20], W[22])), conversation(one, (W[20], W[21]))]
+    sel = car_onnx.load(bundle, precision="fp32").select(rows, n1=3, n2=1)
+    assert sel.duplicate_of.tolist() == [-1, -1, 0]
+    sel = car_onnx.load(bundle, precision="fp32", turns="first").select(rows, n1=3, n2=1)
+    assert sel.duplicate_of.tolist() == [-1, 0, 0]
+
+
+def test_turns_is_checked():
+    with pytest.raises(car_onnx.UsageError, match=r"^turns must be one of all, first, got 'last'$"):
+        car_onnx.api.ModelOptions.parse(turns="last")
