@@ -106,3 +106,11 @@ def test_conversations_differing_after_the_first_exchange_are_not_duplicates(bun
 def test_turns_is_checked():
     with pytest.raises(car_onnx.UsageError, match=r"^turns must be one of all, first, got 'last'$"):
         car_onnx.api.ModelOptions.parse(turns="last")
+
+
+def test_a_long_prompt_without_an_answer_reads_its_first_window(bundles):
+    before, windows_ = bundles
+    record = [{"instruction": long_answer(2, 30), "output": ""}]
+    want = car_onnx.load(before, precision="fp32").score_embed(record)
+    for got, expected in zip(car_onnx.load(windows_, precision="fp32").score_embed(record), want):
+        assert np.array_equal(got, expected)

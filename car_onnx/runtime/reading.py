@@ -84,8 +84,10 @@ class Reader:
             return [Unit(text, start, max(total - self._tokens(self.template.render(instruction, input, "")), 1))]
         instruction, input = self._clip_prompt(instruction, input)
         prompt = self._tokens(self.template.render(instruction, input, ""))
-        budget = self.max_length - prompt - 2  # 2: a token either side of a cut may tokenize differently
+        budget = max(self.max_length - prompt - 2, 1)  # 2: a token either side of a cut may tokenize differently
         offsets = counter.encode(output, add_special_tokens=False).offsets
+        if not offsets:  # a long prompt and no answer: read as before, its first max_length tokens
+            return [Unit(text, start, 1)]
         units = []
         for first in range(0, len(offsets), budget)[: self.max_windows]:
             last = min(first + budget, len(offsets)) - 1
