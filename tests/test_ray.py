@@ -176,7 +176,7 @@ def test_an_actor_reads_a_file_once_while_its_chunks_come_in_order(real, monkeyp
     root, _, bundle = real
     job, model, roles = pipeline.Job(root / "d.jsonl", chunk_records=100), Model(bundle, threads=1), ("score", "embed")
     found = pipeline.scan(job, model, (), None, pipeline.Stages())
-    records = list(pipeline.shard_records(job, model, found.stamp[0], (), 0))
+    records = list(scanning.shard_records(job, model, found.stamp[0], (), 0))
     opened, shard_records = [], scanning.shard_records
     monkeypatch.setattr(scanning, "shard_records", lambda *args: opened.append(args[-1]) or shard_records(*args))
     actor = _Chunks(model, job, (), roles, found.stamp, sha256_file(bundle / "manifest.json"))

@@ -144,7 +144,7 @@ def test_scan_and_write_pass_read_their_per_record_facts_a_block_at_a_time(bundl
     from car_onnx import Model
     from car_onnx.core import columns, selection
     from car_onnx.core import rows as row_sources
-    from car_onnx.jobs import pipeline, scanning
+    from car_onnx.jobs import pipeline, scanning, write
 
     rows = records(400, seed=8)
     rows += [dict(rows[i], output=rows[i]["output"] + "  ") for i in (3, 150, 399, 3)]  # copies, one twice
@@ -164,7 +164,7 @@ def test_scan_and_write_pass_read_their_per_record_facts_a_block_at_a_time(bundl
         return (tmp_path / name).read_bytes(), (tmp_path / f"{name}.rejects.jsonl").read_bytes()
 
     whole = run("one.jsonl")
-    for module in (row_sources, columns, pipeline, scanning, selection):
+    for module in (row_sources, columns, write, scanning, selection):
         monkeypatch.setattr(module, "BLOCK_ROWS", 7)
     monkeypatch.setattr(columns, "BUCKETS", 3)
     assert run("blocks.jsonl") == whole
