@@ -27,6 +27,7 @@ from . import (
     sample_10m,
     scaling,
     select_52k,
+    whole_records,
 )
 from .common import WORK, save
 
@@ -45,6 +46,7 @@ SECTIONS = {
     "kit": kit,
     "gpu": gpu,
     "multilingual": multilingual,
+    "whole_records": whole_records,
     "report_speed": report_speed,
     "ray": ray_scale,
     "select_52k": select_52k,

@@ -364,6 +364,42 @@ def _end_to_end(d: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def _whole_records(d: dict) -> list[tuple[str, str, str]]:
+    out = []
+    for key, r in d["pairs"].items():
+        out.append(
+            (
+                f"{key}: held-out pairs told apart alone / as the last of two exchanges / as the first (last of two "
+                "with --turns first)",
+                f"{r['alone']:.3f} / {r['last_of_two']:.3f} / {r['first_of_two']:.3f} ({r['last_of_two_turns_first']:.3f})",
+                _met(min(r["last_of_two"], r["first_of_two"]), 0.85),
+            )
+        )
+    for key, r in d["five_part"].items():
+        longer = r["complete_preferred_when_longer"]
+        out.append(
+            (
+                f'{key}: complete five-part answer over its last two parts as "I don\'t know." (all {r["answers"]} / '
+                f"the {r['longer_than_one_window']} longer than one window)",
+                f"{r['complete_preferred']:.3f} / " + (f"{longer:.3f}" if longer is not None else "-"),
+                _met(r["complete_preferred"], 0.90),
+            )
+        )
+    for key, rows_ in d["cost"].items():
+        base = rows_[0]["ms_per_record"]
+        out.append(
+            (
+                f"{key}: ms per record (windows read) at "
+                + " / ".join(str(r["tokens"]) for r in rows_)
+                + " answer tokens",
+                " / ".join(f"{r['ms_per_record']:g} ({r['windows']:g})" for r in rows_),
+                f"per window: {min(r['ms_per_record'] / r['windows'] for r in rows_) / base:.2f}-"
+                f"{max(r['ms_per_record'] / r['windows'] for r in rows_) / base:.2f}x the shortest record",
+            )
+        )
+    return out
+
+
 def _footprint(d: dict) -> list[tuple[str, str, str]]:
     out = []
     w = d["wall_s_median_of_5"]
@@ -669,6 +705,7 @@ SECTIONS = {
     "gpu": ("GPU", _gpu),
     "default_bundle": ("The default bundle: agreement, int8 fidelity, embedding speed", _default_bundle),
     "defects": ("What the scorer sees: defects, selection, agreement, cost", _defects),
+    "whole_records": ("Whole records: conversations and long answers", _whole_records),
     "multilingual": ("The multilingual bundle", _multilingual),
     "optimum_onnx": ("optimum-onnx's export against the export's own", _optimum_onnx),
     "int8_recipes": ("int8 recipes of the default bundle, judged by the export's gate", _int8_recipes),

@@ -200,6 +200,23 @@ class Model:
         texts = [self.text(*exchange) for exchange in record.exchanges(self.options.turns)]
         return text_key(texts[0] if len(texts) == 1 else "\x1f".join(texts))
 
+    def units(self, record: Record) -> tuple[int, int]:
+        """(exchanges, windows) the scorer reads of a validated record (runtime/reading.py)."""
+        model = self._bundle.model("score")
+        return len(record.exchanges(self.options.turns)), len(model.reader.units(record, self.options.turns))
+
+    def exchange_scores(self, data) -> list[np.ndarray]:
+        """Per record, the score of each exchange read (float32; a conversation's in order, one for a plain
+        record): `score` gives their mean. `data` as for `score`."""
+        records = list(containers.records(data, self.fields))
+        if not records:
+            raise containers.no_records()
+        exchanges = [r.exchanges(self.options.turns) for r in records]
+        alone = [Record(r.index, r.where, r.row, *x) for r, xs in zip(records, exchanges) for x in xs]
+        scores = np.concatenate([self.run(chunk, ("score",))["score"] for chunk in chunks(alone)])
+        self.warn_unreadable()
+        return np.split(scores, np.cumsum([len(x) for x in exchanges])[:-1])
+
     def precisions(self, roles=("score", "embed")) -> dict[str, str]:
         """The precision that runs each role here (loads the models)."""
         return {role: self._bundle.model(role).precision for role in roles}

@@ -114,3 +114,53 @@ def test_a_long_prompt_without_an_answer_reads_its_first_window(bundles):
     want = car_onnx.load(before, precision="fp32").score_embed(record)
     for got, expected in zip(car_onnx.load(windows_, precision="fp32").score_embed(record), want):
         assert np.array_equal(got, expected)
+
+
+def test_exchange_scores_are_what_the_record_score_averages(bundles):
+    _, bundle = bundles
+    model = car_onnx.load(bundle, precision="fp32")
+    one, two = (W[10], f"{W[11]} {W[12]}"), (W[20], long_answer(21, 14))
+    rows = [conversation(one, two), {"instruction": W[30], "output": W[31]}]
+    per = model.exchange_scores(rows)
+    assert [len(p) for p in per] == [2, 1]
+    alone = model.score([{"instruction": q, "output": a} for q, a in (one, two)])
+    np.testing.assert_allclose(per[0], alone, atol=1e-6)
+    np.testing.assert_allclose(model.score(rows), [per[0].astype(np.float64).mean(), per[1][0]], atol=1e-6)
+    assert [len(p) for p in car_onnx.load(bundle, turns="first").exchange_scores(rows)] == [1, 1]
+
+
+def test_the_report_says_how_records_were_read(bundles, tmp_path):
+    pytest.importorskip("matplotlib")
+    from tests.test_report import block
+
+    _, bundle = bundles
+    one, two = (W[10], f"{W[11]} {W[12]}"), (W[20], long_answer(21, 14))  # 14 answer words: 4 windows
+    rows = [conversation(one, two)] + [{"instruction": W[i], "output": f"{W[i + 1]} {W[i + 2]}"} for i in range(9)]
+    car_onnx.load(bundle, precision="fp32").select(rows, n1=2).report(tmp_path / "r.html")
+    assert block((tmp_path / "r.html").read_text(encoding="utf-8"))["reading"] == {
+        "exchanges": 11,
+        "records_with_several_exchanges": 1,
+        "windows": 14,
+        "records_read_in_several_windows": 1,
+        "most_windows": 5,
+    }
+
+
+def test_a_work_dir_of_another_reading_is_not_reused(bundles, tmp_path, cli):
+    import json
+
+    _, bundle = bundles
+    data = tmp_path / "conversations.jsonl"
+    rows = [conversation((W[i], W[i + 1]), (W[i + 2], W[i + 3])) for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    work = tmp_path / "work"
+    rc, _, err, _ = cli("score", data, "-o", tmp_path / "a.jsonl", "-b", bundle, "--work-dir", work)
+    assert rc == 0, err
+    rc, _, err, _ = cli("score", data, "-o", tmp_path / "b.jsonl", "-b", bundle, "--work-dir", work, "--turns", "first")
+    assert rc == 0 and "option turns changed (all -> first)" in err and "reused" not in err, err
+    job = json.loads((work / "job.json").read_text())
+    del job["reading"], job["turns"]  # a work dir made before whole records were read
+    (work / "job.json").write_text(json.dumps(job))
+    rc, _, err, _ = cli("score", data, "-o", tmp_path / "c.jsonl", "-b", bundle, "--work-dir", work, "--turns", "first")
+    assert rc == 0 and "how records are read (car-onnx's version) changed (None -> 2)" in err, err
+    assert (tmp_path / "c.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()

@@ -69,6 +69,7 @@ class Run:
     texts: dict  # row -> the record's text (clipped), for the rows `wanted` names
     where: dict  # row -> where the record is ("line 7"), for the same rows
     lengths: np.ndarray  # per row, characters of the text the scorer read
+    units: np.ndarray | None = None  # per row, (exchanges, windows) the scorer read: int64 [n, 2]
     input: str = ""
     records: int = 0
     rejected: int = 0
@@ -161,6 +162,7 @@ def numbers(sel, run: Run) -> dict:
             "all": float(np.median(lengths)),
             "selected": float(np.median(run.lengths[sel.indices])) if len(sel.indices) else None,
         },
+        "reading": _reading(run.units, ranked),
         "bundle": run.bundle,
         "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
         "version": _version(),
@@ -172,6 +174,20 @@ def _version() -> str:
     from ..version import __version__
 
     return __version__
+
+
+def _reading(units: np.ndarray | None, ranked: np.ndarray) -> dict | None:
+    """How the ranked records were read (runtime/reading.py): exchanges and windows per record."""
+    if units is None:
+        return None
+    exchanges, windows = units[ranked, 0], units[ranked, 1]
+    return {
+        "exchanges": int(exchanges.sum()),
+        "records_with_several_exchanges": int((exchanges > 1).sum()),
+        "windows": int(windows.sum()),
+        "records_read_in_several_windows": int((windows > exchanges).sum()),
+        "most_windows": int(windows.max()) if len(windows) else 0,
+    }
 
 
 def _ranks(a: np.ndarray) -> np.ndarray:
@@ -416,6 +432,19 @@ def page(sel, run: Run) -> str:
                 f"{data['selected']:,} ({pct:.2f}% of the records read) = {data['top']:,} top + "
                 f"{data['cluster_picks']:,} cluster picks",
             ),
+            *(
+                [
+                    (
+                        "read",
+                        f"{r['exchanges']:,} exchanges ({r['records_with_several_exchanges']:,} records of several), "
+                        f"{r['windows']:,} windows ({r['records_read_in_several_windows']:,} records with an answer "
+                        f"longer than one window; at most {r['most_windows']:,}); a record's score is the mean of "
+                        "its exchanges', an exchange's the mean of its windows' weighted by tokens",
+                    )
+                ]
+                if (r := data.get("reading"))
+                else []
+            ),
             ("bundle", data["bundle"].get("path", "")),
             ("models", models),
             ("device, threads", f"{data['bundle'].get('device')}, {data['bundle'].get('threads')}"),
@@ -555,9 +584,10 @@ def write_selection_report(sel, path) -> None:
 
     model, want = ctx["model"], wanted(sel)
     texts, where, lengths = {}, {}, np.zeros(len(sel.scores), dtype=np.int64)
+    units = np.zeros((len(sel.scores), 2), dtype=np.int64)
     for i, r in enumerate(containers.records(ctx["data"], model.fields)):
         text = model.text(r.instruction, r.input, r.output)
-        lengths[i] = len(text)
+        lengths[i], units[i] = len(text), model.units(r)
         if i in want:
             texts[i], where[i] = clip(text), f"row {i}"
     dup = sel.duplicate_of
@@ -565,6 +595,7 @@ def write_selection_report(sel, path) -> None:
         texts,
         where,
         lengths,
+        units,
         input=f"Python data ({type(ctx['data']).__name__})",
         records=len(sel.scores),
         duplicates={"exact": ctx["exact"], "near": int((dup >= 0).sum()) - ctx["exact"]},

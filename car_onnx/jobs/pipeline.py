@@ -191,7 +191,8 @@ def select(
                     labels=np.asarray(sel.labels[:]),
                     duplicate_of=np.asarray(sel.duplicate_of[:]),
                 )
-                texts = ({}, {}, np.zeros(found.records, dtype=np.int64))  # the page's texts, places and lengths
+                n = found.records  # the page's texts, places, lengths, exchanges and windows
+                texts = ({}, {}, np.zeros(n, dtype=np.int64), np.zeros((n, 2), dtype=np.int64))
             target = Target(output, fmt, added, write_all, show)
             summary = write_selection(job, model, found, sel, target, rejects, stages, texts)
     summary.rejects_path = rejects_path if rejects is not None and rejects.count else None

@@ -36,7 +36,7 @@ def write_selection(
     """The write pass: the input read again, the output rows written (and each dropped duplicate to the rejects
     file). Per-record facts are read a block of rows at a time (in sample mode they are on disk), and the selected
     rows wait in a temporary file to be written in selection order: memory holds neither n rows nor the selected
-    records. `texts`: ({row: text}, {row: place}, lengths) for --report, filled here."""
+    records. `texts`: ({row: text}, {row: place}, lengths, units) for --report, filled here."""
     added, write_all = target.added, target.write_all
     score_field, cluster_field = added[:2]
     order = np.argsort(sel.indices, kind="stable")  # the selection in input order: chosen[j] is at place order[j]
@@ -96,7 +96,7 @@ def write_selection(
                 pickle.dump((row(i, r, picked), r, shard), held)
             if texts is not None:  # --report: text lengths, and the texts the page shows
                 text = model.text(r.instruction, r.input, r.output)
-                texts[2][i] = len(text)
+                texts[2][i], texts[3][i] = len(text), model.units(r)
                 if i in want:
                     texts[0][i], texts[1][i] = curation.clip(text), job.where(shard, r.where)
             advance(1)

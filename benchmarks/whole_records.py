@@ -1,0 +1,156 @@
+"""Whole records (docs/whole-records.md): whether the better record still wins when it sits in a conversation or a
+long answer, and what reading a whole record costs against its length.
+
+- Held-out expert pairs (score_valid.csv, never trained on nor chosen on): the revision against the original, alone,
+  then as the last and as the first exchange of a two-exchange conversation whose other exchange is another pair's
+  revision (every exchange read; and with --turns first, the paper's reading).
+- Five-part answers from the paper's selected Alpaca records (car_selected_iqs.json): the complete answer against
+  the same with its last two parts replaced by "I don't know.", over all of them and over those longer than one
+  window.
+- Cost: score+embed per record against the answer's length in tokens (text of the shared corpora), with the windows
+  read per record, for the CPU default (int8) of both bundles.
+
+    python -m benchmarks.whole_records [--quick] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import car_onnx
+from car_onnx.evaluate import read_pairs
+from car_onnx.runtime.manifest import Template
+
+from .common import section_main, shared_file
+
+LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)  # answer tokens
+
+
+def bundles(work: Path) -> dict[str, Path]:
+    """Both bundles as the export builds them now (with the reading rule), built once under `work`."""
+    from car_onnx_export.default import export_default
+    from car_onnx_export.multilingual import export_multilingual
+
+    out = {"default": work / "whole-default", "multilingual": work / "whole-multilingual"}
+    if not (out["default"] / "manifest.json").is_file():
+        export_default(out["default"], precisions=("fp32", "int8"), log=lambda m: None)
+    if not (out["multilingual"] / "manifest.json").is_file():
+        export_multilingual(out["multilingual"], log=lambda m: None)
+    return out
+
+
+def conversation(*exchanges) -> dict:
+    turns = []
+    for instruction, input, output in exchanges:
+        question = f"{instruction}\n{input}" if input else instruction
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": output}]
+    return {"messages": turns}
+
+
+def preferred(model, better: list, worse: list) -> float:
+    a, b = model.score(better), model.score(worse)
+    return round(float(np.mean(a > b)), 4)
+
+
+def pairs_in_conversations(path: Path, precision: str) -> dict:
+    from car_onnx_export.train import TEMPLATE
+
+    good, bad = read_pairs(shared_file("expert_revised", "score_valid.csv"), Template(**TEMPLATE))
+    good, bad = [(r.instruction, r.input, r.output) for r in good], [(r.instruction, r.input, r.output) for r in bad]
+    other = good[1:] + good[:1]  # another pair's revision
+    model = car_onnx.load(path, precision=precision)
+    first = car_onnx.load(path, precision=precision, turns="first")
+    flat = (
+        [dict(zip(("instruction", "input", "output"), x)) for x in good],
+        [dict(zip(("instruction", "input", "output"), x)) for x in bad],
+    )
+    last = [conversation(o, g) for o, g in zip(other, good)], [conversation(o, w) for o, w in zip(other, bad)]
+    ahead = [conversation(g, o) for o, g in zip(other, good)], [conversation(w, o) for o, w in zip(other, bad)]
+    return {
+        "pairs": len(good),
+        "alone": preferred(model, *flat),
+        "last_of_two": preferred(model, *last),
+        "first_of_two": preferred(model, *ahead),
+        "last_of_two_turns_first": preferred(first, *last),
+    }
+
+
+def five_part(path: Path, precision: str, n: int) -> dict:
+    corpus = json.loads(shared_file("corpora", "car_selected_iqs.json").read_text())
+    corpus = [r for r in corpus if not r["input"] and r["output"].strip()]
+    order = np.random.default_rng(0).permutation(len(corpus))
+    model = car_onnx.load(path, precision=precision)
+    complete, cut, long = [], [], []
+    for g in range(n):
+        parts = [corpus[i] for i in order[5 * g : 5 * g + 5]]
+        instruction = "Answer each of these five requests in turn.\n" + "\n".join(
+            f"{k + 1}. {p['instruction']}" for k, p in enumerate(parts)
+        )
+        answers = [p["output"] for p in parts]
+        for out, tail in ((complete, answers[3:]), (cut, ["I don't know."] * 2)):
+            text = "\n\n".join(f"{k + 1}. {a}" for k, a in enumerate(answers[:3] + tail))
+            out.append({"instruction": instruction, "output": text})
+        long.append(model.units(_record(complete[-1]))[1] > 1)
+    a, b = model.score(complete), model.score(cut)
+    long = np.array(long)
+    return {
+        "answers": n,
+        "longer_than_one_window": int(long.sum()),
+        "complete_preferred": round(float(np.mean(a > b)), 4),
+        "complete_preferred_when_longer": round(float(np.mean((a > b)[long])), 4) if long.any() else None,
+    }
+
+
+def _record(row: dict):
+    from car_onnx.io.records import FieldMap, make_record
+
+    return make_record("benchmark", 0, "row 0", row, FieldMap())
+
+
+def cost(path: Path, n: int, rounds: int) -> list[dict]:
+    """Seconds of score+embed per record at each answer length (tokens of the scorer's tokenizer)."""
+    from tokenizers import Tokenizer
+
+    model = car_onnx.load(path, precision="int8")
+    counter = Tokenizer.from_file(str(path / model.manifest.model_for("score").tokenizer))
+    counter.no_truncation()
+    text = " ".join(r["output"] for r in json.loads(shared_file("corpora", "gpteacher_roleplay.json").read_text()))
+    offsets = counter.encode(text[:4_000_000], add_special_tokens=False).offsets
+    rows = []
+    for length in LENGTHS:
+        records = []
+        for k in range(n):
+            start = (k * 9973 * length) % (len(offsets) - length)
+            answer = text[offsets[start][0] : offsets[start + length - 1][1]]
+            records.append({"instruction": "Continue the story.", "output": answer})
+        windows = float(np.mean([model.units(_record(r))[1] for r in records]))
+        model.score_embed(records[:2])
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            model.score_embed(records)
+            best = min(best, time.perf_counter() - t)
+        rows.append({"tokens": length, "windows": round(windows, 2), "ms_per_record": round(best / n * 1000, 2)})
+        print(f"cost {path.name} {rows[-1]}", flush=True)
+    return rows
+
+
+def run(work: Path, quick: bool) -> dict:
+    paths = bundles(work)
+    out: dict = {"pairs": {}, "five_part": {}, "cost": {}}
+    for name, path in paths.items():
+        for precision in ("fp32", "int8"):
+            key = f"{name} {precision}"
+            out["pairs"][key] = pairs_in_conversations(path, precision)
+            out["five_part"][key] = five_part(path, precision, 60 if quick else 300)
+            print(key, out["pairs"][key], out["five_part"][key], flush=True)
+        out["cost"][f"{name} int8"] = cost(path, 8 if quick else 24, 1 if quick else 2)
+    return out
+
+
+if __name__ == "__main__":
+    section_main("whole_records", run, __doc__)
