@@ -132,21 +132,61 @@ class SelectOptions:
         )
 
     def select(self, scores, embeddings, *, duplicate_of=None, log=None, labels=None) -> Selection:
-        """`car_select` with these options (duplicate_of: the exact duplicates found, if dedup asks for them)."""
-        return car_select(
+        """The CaR selection with these options (`car_select` says what each argument may be; duplicate_of: the
+        exact duplicates found, if the dedup rule asks for them)."""
+        scores = scores if hasattr(scores, "shape") else np.asarray(scores, dtype=np.float32)
+        if len(scores.shape) != 1 or len(scores) != len(embeddings):
+            raise UsageError(
+                f"{{scores}} must be 1-D with one value per embedding row, got {scores.shape} for {len(embeddings)}",
+                "scores",
+            )
+        n = len(scores)
+        for first, block in blocks(scores):
+            block = np.asarray(block, dtype=np.float32)
+            if not np.isfinite(block).all():
+                bad = int(np.flatnonzero(~np.isfinite(block))[0])
+                raise UsageError(f"score of row {first + bad} is {block[bad]}: {{scores}} must be finite", "scores")
+        size1, size2, near = self.n1, self.n2, self.dedup.near
+        dup = (
+            np.full(n, -1, dtype=np.int64)
+            if duplicate_of is None
+            else duplicate_of
+            if hasattr(duplicate_of, "shape")
+            else np.asarray(duplicate_of, dtype=np.int64)
+        )
+        kept = count_kept(dup)
+        if size1.covers(kept):
+            warnings.warn(
+                f"n1 = {size1} is at or above the {kept} records to rank: every record is selected", stacklevel=2
+            )
+        clusterer = self.clusterer(log)
+        check_clustering(clusterer, kept, near)
+        if clusterer.sampled(kept):
+            return _select_sampled(scores, embeddings, dup, kept, size1, size2, clusterer, labels)
+        scores, dup = np.asarray(scores[:], dtype=np.float32), np.array(dup[:], dtype=np.int64)
+        ranked = np.flatnonzero(dup < 0)
+        labels = np.full(n, -1, dtype=np.int64)
+        labels[ranked] = clusterer.fit_predict(embeddings, None if len(ranked) == n else ranked)
+        if near is not None:
+            found = near_duplicates(scores, embeddings, labels, near)
+            dup[found >= 0] = found[found >= 0]
+        eligible = np.where(dup < 0, labels, -1)
+        repeated = np.flatnonzero(dup >= 0)
+        labels[repeated] = labels[_root(dup, repeated)]
+        indices, n_top = select_ranked(scores, eligible, size1.of(int((eligible >= 0).sum())), size2)
+        rows, xy = clusterer.plane_
+        return Selection(
+            indices,
+            labels,
             scores,
-            embeddings,
-            n1=self.n1,
-            n2=self.n2,
-            k=self.k,
-            pca_variance=self.pca_variance,
-            seed=self.seed,
-            near=self.dedup.near,
-            duplicate_of=duplicate_of,
-            cluster=self.cluster,
-            sample_size=self.sample_size,
-            log=log,
-            labels=labels,
+            n_top,
+            clusterer.k_,
+            clusterer.n_components_,
+            clusterer.minibatch_,
+            dup,
+            clusterer.variance_kept_,
+            clusterer.sampled_,
+            plane=(ranked[rows], xy),
         )
 
 
@@ -364,58 +404,10 @@ def car_select(
     "auto" is exact up to clustering.EXACT_LIMIT rows. In sample mode `scores` and `duplicate_of` may be
     array-likes on disk, read a block at a time, and the labels are written into `labels`, if given (e.g. a
     columns.Column): the Selection then holds them as they are."""
-    scores = scores if hasattr(scores, "shape") else np.asarray(scores, dtype=np.float32)
-    if len(scores.shape) != 1 or len(scores) != len(embeddings):
-        raise UsageError(
-            f"{{scores}} must be 1-D with one value per embedding row, got {scores.shape} for {len(embeddings)}",
-            "scores",
-        )
-    n = len(scores)
-    for first, block in blocks(scores):
-        block = np.asarray(block, dtype=np.float32)
-        if not np.isfinite(block).all():
-            bad = int(np.flatnonzero(~np.isfinite(block))[0])
-            raise UsageError(f"score of row {first + bad} is {block[bad]}: {{scores}} must be finite", "scores")
-    size1, size2 = Size.parse(n1, "n1"), Size.parse(n2, "n2")
-    dup = (
-        np.full(n, -1, dtype=np.int64)
-        if duplicate_of is None
-        else duplicate_of
-        if hasattr(duplicate_of, "shape")
-        else np.asarray(duplicate_of, dtype=np.int64)
+    options = SelectOptions(
+        Size.parse(n1, "n1"), Size.parse(n2, "n2"), k, pca_variance, seed, Dedup(False, near), cluster, sample_size
     )
-    kept = count_kept(dup)
-    if size1.covers(kept):
-        warnings.warn(f"n1 = {size1} is at or above the {kept} records to rank: every record is selected", stacklevel=2)
-    clusterer = Clusterer(k, pca_variance=pca_variance, seed=seed, mode=cluster, sample_size=sample_size, log=log)
-    check_clustering(clusterer, kept, near)
-    if clusterer.sampled(kept):
-        return _select_sampled(scores, embeddings, dup, kept, size1, size2, clusterer, labels)
-    scores, dup = np.asarray(scores[:], dtype=np.float32), np.array(dup[:], dtype=np.int64)
-    ranked = np.flatnonzero(dup < 0)
-    labels = np.full(n, -1, dtype=np.int64)
-    labels[ranked] = clusterer.fit_predict(embeddings, None if len(ranked) == n else ranked)
-    if near is not None:
-        found = near_duplicates(scores, embeddings, labels, near)
-        dup[found >= 0] = found[found >= 0]
-    eligible = np.where(dup < 0, labels, -1)
-    repeated = np.flatnonzero(dup >= 0)
-    labels[repeated] = labels[_root(dup, repeated)]
-    indices, n_top = select_ranked(scores, eligible, size1.of(int((eligible >= 0).sum())), size2)
-    rows, xy = clusterer.plane_
-    return Selection(
-        indices,
-        labels,
-        scores,
-        n_top,
-        clusterer.k_,
-        clusterer.n_components_,
-        clusterer.minibatch_,
-        dup,
-        clusterer.variance_kept_,
-        clusterer.sampled_,
-        plane=(ranked[rows], xy),
-    )
+    return options.select(scores, embeddings, duplicate_of=duplicate_of, log=log, labels=labels)
 
 
 def _select_sampled(
