@@ -111,12 +111,30 @@ def _record(row: dict):
     return make_record("benchmark", 0, "row 0", row, FieldMap())
 
 
-def cost(path: Path, n: int, rounds: int) -> list[dict]:
-    """Seconds of score+embed per record at each answer length (tokens of the scorer's tokenizer)."""
+def first_window(path: Path, work: Path) -> Path:
+    """A copy of the bundle without its reading rule: it reads the first max_length tokens, as bundles did before."""
+    import shutil
+
+    out = work / f"{path.name}-first-window"
+    if not (out / "manifest.json").is_file():
+        shutil.copytree(path, out, dirs_exist_ok=True)
+        manifest = json.loads((out / "manifest.json").read_text())
+        for model in manifest["models"]:
+            model.pop("reading", None)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def cost(path: Path, work: Path, n: int, rounds: int) -> list[dict]:
+    """Seconds of score+embed per record at each answer length (tokens of the scorer's tokenizer), reading whole
+    records against reading the first window alone (the same bundle without its reading rule), alternated."""
     from tokenizers import Tokenizer
 
-    model = car_onnx.load(path, precision="int8")
-    counter = Tokenizer.from_file(str(path / model.manifest.model_for("score").tokenizer))
+    models = {
+        "whole": car_onnx.load(path, precision="int8"),
+        "first": car_onnx.load(first_window(path, work), precision="int8"),
+    }
+    counter = Tokenizer.from_file(str(path / models["whole"].manifest.model_for("score").tokenizer))
     counter.no_truncation()
     text = " ".join(r["output"] for r in json.loads(shared_file("corpora", "gpteacher_roleplay.json").read_text()))
     offsets = counter.encode(text[:4_000_000], add_special_tokens=False).offsets
@@ -127,14 +145,23 @@ def cost(path: Path, n: int, rounds: int) -> list[dict]:
             start = (k * 9973 * length) % (len(offsets) - length)
             answer = text[offsets[start][0] : offsets[start + length - 1][1]]
             records.append({"instruction": "Continue the story.", "output": answer})
-        windows = float(np.mean([model.units(_record(r))[1] for r in records]))
-        model.score_embed(records[:2])
-        best = float("inf")
+        windows = float(np.mean([models["whole"].units(_record(r))[1] for r in records]))
+        best = {name: float("inf") for name in models}
+        for m in models.values():
+            m.score_embed(records[:2])
         for _ in range(rounds):
-            t = time.perf_counter()
-            model.score_embed(records)
-            best = min(best, time.perf_counter() - t)
-        rows.append({"tokens": length, "windows": round(windows, 2), "ms_per_record": round(best / n * 1000, 2)})
+            for name, m in models.items():
+                t = time.perf_counter()
+                m.score_embed(records)
+                best[name] = min(best[name], time.perf_counter() - t)
+        rows.append(
+            {
+                "tokens": length,
+                "windows": round(windows, 2),
+                "ms_per_record": round(best["whole"] / n * 1000, 2),
+                "first_window_ms_per_record": round(best["first"] / n * 1000, 2),
+            }
+        )
         print(f"cost {path.name} {rows[-1]}", flush=True)
     return rows
 
@@ -148,7 +175,7 @@ def run(work: Path, quick: bool) -> dict:
             out["pairs"][key] = pairs_in_conversations(path, precision)
             out["five_part"][key] = five_part(path, precision, 60 if quick else 300)
             print(key, out["pairs"][key], out["five_part"][key], flush=True)
-        out["cost"][f"{name} int8"] = cost(path, 8 if quick else 24, 1 if quick else 2)
+        out["cost"][f"{name} int8"] = cost(path, work, 8 if quick else 24, 1 if quick else 2)
     return out
 
 

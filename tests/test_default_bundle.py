@@ -53,13 +53,19 @@ def test_trained_head_exports_to_one_exact_graph(tmp_path, head_reference, pairs
 
     recs = list(iter_records(SAMPLE))
     recs.append(recs[0].__class__(40, "x", {}, "Summarise: " + " ".join(r.output for r in recs), "", "A long one."))
-    out = Bundle(bundle_dir, SessionConfig(precision="fp32")).run(recs, ("score", "embed"), max_tokens=2048)
+    bundle = Bundle(bundle_dir, SessionConfig(precision="fp32"))
+    out = bundle.run(recs, ("score", "embed"), max_tokens=2048)
     texts = [
         ("Instruction: {0} Input: {1} Response: {2}" if r.input else "Instruction: {0} Response: {2}").format(
             r.instruction, r.input, r.output
         )
         for r in recs
     ]
+    # the long instruction is read cut to half the window, with its answer (runtime/reading.py): one text each
+    units = [bundle.model("score").reader.units(r) for r in recs]
+    assert all(len(u) == 1 for u in units) and [u[0].text for u in units[:-1]] == texts[:-1]
+    assert texts[-1].startswith(units[-1][0].text[:-30]) and units[-1][0].text.endswith(" Response: A long one.")
+    texts[-1] = units[-1][0].text
 
     st = SentenceTransformer(str(minilm_dir()), device="cpu").encode(texts, convert_to_numpy=True)
     cos = (st * out["embed"]).sum(1) / np.linalg.norm(st, axis=1) / np.linalg.norm(out["embed"], axis=1)
@@ -132,7 +138,8 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     recs.append(recs[0].__class__(40, "x", {}, "Summarise: " + " ".join(r.output for r in recs), "", "A long one."))
     recs.append(recs[0].__class__(41, "x", {}, "Say nothing.", "", ""))
     recs.append(recs[0].__class__(42, "x", {}, "Repeat.", "", "again and again and again and again and again"))
-    out = Bundle(bundle_dir, SessionConfig(precision="fp32")).run(recs, ("score", "embed"), max_tokens=2048)
+    bundle = Bundle(bundle_dir, SessionConfig(precision="fp32"))
+    out = bundle.run(recs, ("score", "embed"), max_tokens=2048)
 
     head, meta = load_head(tmp_path / "head.safetensors")
     torch_model = JointModel(load_encoder(), head, load_defects(tmp_path / "head.safetensors", meta)).eval()
@@ -140,6 +147,10 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     template = "Instruction: {0} Input: {1} Response: {2}", "Instruction: {0} Response: {2}"
     texts = [template[not r.input].format(r.instruction, r.input, r.output) for r in recs]
     starts = [len(t) - len(r.output) for t, r in zip(texts, recs)]
+    # record 40's long instruction is read cut to half the window, with its answer (runtime/reading.py)
+    (long,) = bundle.model("score").reader.units(recs[40 - len(recs)])
+    assert texts[40 - len(recs)].startswith(long.text[:-30]) and long.text.endswith(" Response: A long one.")
+    texts[40 - len(recs)], starts[40 - len(recs)] = long.text, long.start
     tokens = tokenize(tok, texts, starts)
     ref = []
     with torch.no_grad():
