@@ -366,6 +366,16 @@ def _end_to_end(d: dict) -> list[tuple[str, str, str]]:
 
 def _whole_records(d: dict) -> list[tuple[str, str, str]]:
     out = []
+    if agg := d.get("aggregates_default_fp32"):
+        for placed, r in agg.items():
+            out.append(
+                (
+                    f"default fp32, pairs {placed.replace('_', ' ')}: told apart by the units' mean / mean weighted by "
+                    "answer tokens / minimum / first unit (before)",
+                    " / ".join(f"{r[k]:.3f}" for k in ("mean", "token_weighted_mean", "minimum", "first_unit")),
+                    "",
+                )
+            )
     for key, r in d["pairs"].items():
         out.append(
             (
@@ -394,7 +404,7 @@ def _whole_records(d: dict) -> list[tuple[str, str, str]]:
                 "; ".join(
                     f"{r['ms_per_record']:g} ({r['windows']:g}) / {r['first_window_ms_per_record']:g}" for r in rows_
                 ),
-                "about L/256 windows' worth",
+                "about L / window windows' worth",
             )
         )
     return out

@@ -7,10 +7,11 @@ long answer, and what reading a whole record costs against its length.
 - Five-part answers from the paper's selected Alpaca records (car_selected_iqs.json): the complete answer against
   the same with its last two parts replaced by "I don't know.", over all of them and over those longer than one
   window.
+- Which mean combines a record's units (windows, exchanges): each rule on the same units' scores.
 - Cost: score+embed per record against the answer's length in tokens (text of the shared corpora), with the windows
   read per record, for the CPU default (int8) of both bundles.
 
-    python -m benchmarks.whole_records [--quick] [--work DIR]
+    python -m benchmarks.whole_records [--quick] [--work DIR] [--aggregates: that measurement alone]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import car_onnx
 from car_onnx.evaluate import read_pairs
 from car_onnx.runtime.manifest import Template
 
-from .common import section_main, shared_file
+from .common import ROOT, section_main, shared_file
 
 LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)  # answer tokens
 
@@ -105,6 +106,45 @@ def five_part(path: Path, precision: str, n: int) -> dict:
     }
 
 
+def aggregates(path: Path) -> dict:
+    """How to combine a record's units, chosen by measurement: the held-out pairs (alone, and as the last exchange
+    of two) with each rule applied to every unit (window or exchange) of the fp32 default bundle's scores."""
+    from car_onnx.runtime.bundle import Bundle
+    from car_onnx.runtime.session import SessionConfig
+    from car_onnx_export.train import TEMPLATE
+
+    graph = Bundle(path, SessionConfig(device="cpu", precision="fp32")).model("score")
+    good, bad = read_pairs(shared_file("expert_revised", "score_valid.csv"), Template(**TEMPLATE))
+    other = good[1:] + good[:1]
+
+    def units(records) -> list[list[tuple[float, int]]]:
+        per = [graph.reader.units(_record(r)) for r in records]
+        texts = list(dict.fromkeys((u.text, u.start) for us in per for u in us))
+        at = {x: i for i, x in enumerate(texts)}
+        s = graph.run([x for x, _ in texts], ("score",), starts=[y for _, y in texts])["score"]
+        return [[(float(s[at[(u.text, u.start)]]), u.weight) for u in us] for us in per]
+
+    rules = {
+        "mean": lambda us: np.mean([s for s, _ in us]),
+        "token_weighted_mean": lambda us: sum(s * w for s, w in us) / sum(w for _, w in us),
+        "minimum": lambda us: min(s for s, _ in us),
+        "first_unit": lambda us: us[0][0],
+    }
+    row = lambda x: {"instruction": x.instruction, "input": x.input, "output": x.output}  # noqa: E731
+    placed = {
+        "alone": ([row(g) for g in good], [row(b) for b in bad]),
+        "last_of_two": (
+            [conversation(*[(x.instruction, x.input, x.output) for x in (o, g)]) for o, g in zip(other, good)],
+            [conversation(*[(x.instruction, x.input, x.output) for x in (o, b)]) for o, b in zip(other, bad)],
+        ),
+    }
+    out = {}
+    for name, (better, worse) in placed.items():
+        a, b = units(better), units(worse)
+        out[name] = {rule: round(float(np.mean([f(x) > f(y) for x, y in zip(a, b)])), 4) for rule, f in rules.items()}
+    return out
+
+
 def _record(row: dict):
     from car_onnx.io.records import FieldMap, make_record
 
@@ -168,7 +208,7 @@ def cost(path: Path, work: Path, n: int, rounds: int) -> list[dict]:
 
 def run(work: Path, quick: bool) -> dict:
     paths = bundles(work)
-    out: dict = {"pairs": {}, "five_part": {}, "cost": {}}
+    out: dict = {"aggregates_default_fp32": aggregates(paths["default"]), "pairs": {}, "five_part": {}, "cost": {}}
     for name, path in paths.items():
         for precision in ("fp32", "int8"):
             key = f"{name} {precision}"
@@ -179,5 +219,18 @@ def run(work: Path, quick: bool) -> dict:
     return out
 
 
+def only_aggregates(work: Path, quick: bool) -> dict:
+    """--aggregates: this measurement alone, merged into the section's last results."""
+    result = json.loads((ROOT / "benchmarks" / "results" / "whole_records.json").read_text())
+    keep = {k: v for k, v in result.items() if k not in ("command", "machine", "date")}
+    return {**keep, "aggregates_default_fp32": aggregates(bundles(work)["default"])}
+
+
 if __name__ == "__main__":
-    section_main("whole_records", run, __doc__)
+    import sys
+
+    if "--aggregates" in sys.argv:
+        sys.argv.remove("--aggregates")
+        section_main("whole_records", only_aggregates, __doc__)
+    else:
+        section_main("whole_records", run, __doc__)
