@@ -376,6 +376,16 @@ def _whole_records(d: dict) -> list[tuple[str, str, str]]:
                     "",
                 )
             )
+    for key, r in (d.get("embedding_rules") or {}).items():
+        out.append(
+            (
+                f"{key} fp32: {r['conversations']} two-exchange conversations from one of {r['clusters']} clusters of "
+                "the paper's selection: share of the 10 nearest from the same cluster, embedding by the rule (the "
+                "exchanges' mean) / their mean weighted by answer tokens / the first exchange",
+                f"{r['rule']:.3f} / {r['weighted_by_tokens']:.3f} / {r['first_exchange']:.3f}",
+                "",
+            )
+        )
     for key, r in d["pairs"].items():
         out.append(
             (

@@ -7,11 +7,13 @@ long answer, and what reading a whole record costs against its length.
 - Five-part answers from the paper's selected Alpaca records (car_selected_iqs.json): the complete answer against
   the same with its last two parts replaced by "I don't know.", over all of them and over those longer than one
   window.
-- Which mean combines a record's units (windows, exchanges): each rule on the same units' scores.
+- Which mean combines a record's units (windows, exchanges): each rule on the same units' scores; which embedding
+  of a conversation keeps its topic: two exchanges of one cluster of the paper's selection, the share of each
+  conversation's 10 nearest from the same cluster.
 - Cost: score+embed per record against the answer's length in tokens (text of the shared corpora), with the windows
   read per record, for the CPU default (int8) of both bundles.
 
-    python -m benchmarks.whole_records [--quick] [--work DIR] [--aggregates: that measurement alone]
+    python -m benchmarks.whole_records [--quick] [--work DIR] [--aggregates: these two measurements alone]
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def aggregates(path: Path) -> dict:
         texts = list(dict.fromkeys((u.text, u.start) for us in per for u in us))
         at = {x: i for i, x in enumerate(texts)}
         s = graph.run([x for x, _ in texts], ("score",), starts=[y for _, y in texts])["score"]
-        return [[(float(s[at[(u.text, u.start)]]), u.weight) for u in us] for us in per]
+        return [[(float(s[at[(u.text, u.start)]]), u.tokens) for u in us] for us in per]
 
     rules = {
         "mean": lambda us: np.mean([s for s, _ in us]),
@@ -142,6 +144,44 @@ def aggregates(path: Path) -> dict:
     for name, (better, worse) in placed.items():
         a, b = units(better), units(worse)
         out[name] = {rule: round(float(np.mean([f(x) > f(y) for x, y in zip(a, b)])), 4) for rule, f in rules.items()}
+    return out
+
+
+def embedding_rules(path: Path, neighbours: int = 10) -> dict:
+    """Which embedding of a conversation clusters better: conversations of two exchanges from one topic cluster of
+    the paper's own selection (car_selected_iqs.json's labels), embedded by the rule (the plain mean of the
+    exchanges'), by the mean weighted by each exchange's answer tokens, and by the first exchange alone (--turns
+    first); per conversation, the share of its nearest conversations (cosine) from the same cluster."""
+    rows = [r for r in json.loads(shared_file("corpora", "car_selected_iqs.json").read_text()) if r["output"].strip()]
+    by_label: dict = {}
+    for r in rows:
+        by_label.setdefault(r["label"], []).append(r)
+    talks, labels = [], []
+    for label, members in sorted(by_label.items()):
+        for a, b in zip(members[0::2], members[1::2]):
+            talks.append(conversation(*[(x["instruction"], x["input"], x["output"]) for x in (a, b)]))
+            labels.append(label)
+    labels = np.array(labels)
+    model = car_onnx.load(path, precision="fp32")
+    turns = [m["content"] for talk in talks for m in talk["messages"]]  # user, assistant, user, assistant, ...
+    alone = model.embed([{"instruction": q, "output": a} for q, a in zip(turns[0::2], turns[1::2])])
+    from tokenizers import Tokenizer
+
+    counter = Tokenizer.from_file(str(path / model.manifest.model_for("embed").tokenizer))
+    tokens = np.array([len(counter.encode(a, add_special_tokens=False).ids) for a in turns[1::2]], dtype=np.float64)
+    weighted = tokens[0::2, None] * alone[0::2] + tokens[1::2, None] * alone[1::2]
+    ways = {
+        "rule": model.embed(talks),  # the mean of the exchanges'
+        "weighted_by_tokens": weighted,
+        "first_exchange": car_onnx.load(path, precision="fp32", turns="first").embed(talks),
+    }
+    out = {"conversations": len(talks), "clusters": int(len(set(labels.tolist())))}
+    for name, e in ways.items():
+        e = e / np.linalg.norm(e, axis=1, keepdims=True)
+        sim = e @ e.T
+        np.fill_diagonal(sim, -np.inf)
+        near = np.argsort(-sim, axis=1)[:, :neighbours]
+        out[name] = round(float((labels[near] == labels[:, None]).mean()), 4)
     return out
 
 
@@ -208,7 +248,13 @@ def cost(path: Path, work: Path, n: int, rounds: int) -> list[dict]:
 
 def run(work: Path, quick: bool) -> dict:
     paths = bundles(work)
-    out: dict = {"aggregates_default_fp32": aggregates(paths["default"]), "pairs": {}, "five_part": {}, "cost": {}}
+    out: dict = {
+        "aggregates_default_fp32": aggregates(paths["default"]),
+        "embedding_rules": {name: embedding_rules(path) for name, path in paths.items()},
+        "pairs": {},
+        "five_part": {},
+        "cost": {},
+    }
     for name, path in paths.items():
         for precision in ("fp32", "int8"):
             key = f"{name} {precision}"
@@ -223,7 +269,9 @@ def only_aggregates(work: Path, quick: bool) -> dict:
     """--aggregates: this measurement alone, merged into the section's last results."""
     result = json.loads((ROOT / "benchmarks" / "results" / "whole_records.json").read_text())
     keep = {k: v for k, v in result.items() if k not in ("command", "machine", "date")}
-    return {**keep, "aggregates_default_fp32": aggregates(bundles(work)["default"])}
+    paths = bundles(work)
+    rules = {name: embedding_rules(path) for name, path in paths.items()}
+    return {**keep, "aggregates_default_fp32": aggregates(paths["default"]), "embedding_rules": rules}
 
 
 if __name__ == "__main__":

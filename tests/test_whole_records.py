@@ -87,6 +87,13 @@ def test_every_exchange_of_a_conversation_counts_and_turns_first_reads_the_first
     alone = car_onnx.load(bundle, precision="fp32").score([{"instruction": q, "output": a} for q, a in (one, two)])
     both = car_onnx.load(bundle, precision="fp32").score([conversation(one, two)])
     assert both[0] == pytest.approx(alone.astype(np.float64).mean(), abs=1e-6)
+    vectors = car_onnx.load(bundle, precision="fp32").embed([{"instruction": q, "output": a} for q, a in (one, two)])
+    mean = vectors.astype(np.float64).mean(0)
+    np.testing.assert_allclose(
+        car_onnx.load(bundle, precision="fp32").embed([conversation(one, two)])[0],
+        mean / np.linalg.norm(mean),
+        atol=1e-6,
+    )
     first = car_onnx.load(bundle, precision="fp32", turns="first").score([conversation(one, two)])
     assert first[0] == pytest.approx(alone[0], abs=1e-6)
     worse = car_onnx.load(bundle, precision="fp32").score([conversation(one, (W[20], W[50]))])

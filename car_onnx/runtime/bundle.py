@@ -98,10 +98,9 @@ class Bundle:
             if len(unique) < len(texts):
                 where = np.fromiter((unique[t] for t in texts), dtype=np.int64, count=len(texts))
                 results = {role: value[where] for role, value in results.items()}
-            tokens = np.fromiter((u.weight for u in flat), dtype=np.float64, count=len(flat))
             shares = np.fromiter((u.share for u in flat), dtype=np.float64, count=len(flat))
             for role, value in results.items():  # reading.py: how units combine
-                out[role] = combine(value, counts, tokens if role == "embed" else shares, role == "embed")
+                out[role] = combine(value, counts, shares, role == "embed")
         return out
 
 

@@ -8,12 +8,12 @@ A record is cut into units, each one text the model runs once:
   exchange gets exactly the score and embedding it got without windows;
 - a longer one: the prompt (instruction and input; cut to half the window, input first, where longer) then, per
   window, the next stretch of the answer's tokens that fits, at most `max_windows` windows (the rest unread).
-An exchange's score is the mean of its windows' scores weighted by the answer tokens each read, and the record's score
-the plain mean of its exchanges' scores: measured on held-out expert pairs (docs/whole-records.md), a weighted mean
-across exchanges let a long good exchange outweigh a short bad one (0.858 of pairs told apart in two-exchange
-conversations, against 0.909), and a plain mean across windows lost agreement on long single answers (0.906 against
-0.929). The record's embedding is the mean of its units' embeddings weighted by the answer tokens each read (as mean
-pooling weighs tokens), L2-normalised."""
+An exchange's score and embedding are the means of its windows', weighted by the answer tokens each read; the
+record's are the plain means of its exchanges' (the embedding L2-normalised). Measured (docs/whole-records.md): a
+mean weighted by tokens across exchanges lets a long good exchange outweigh a short bad one (0.866 of held-out pairs
+told apart in two-exchange conversations, against 0.909) and a long exchange pull the embedding to its topic (0.482
+of a conversation's nearest from its topic cluster, against 0.504); a plain mean across windows loses agreement on
+long single answers (0.906 against 0.929)."""
 
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ class Reading:
 
 @dataclass(frozen=True)
 class Unit:
-    """One text a model runs: where its response starts (characters), the answer tokens it reads (its weight) and
-    its share of its exchange's answer tokens (its weight in the record's score)."""
+    """One text a model runs: where its response starts (characters), the answer tokens it reads and its share of
+    its exchange's answer tokens (its weight in the record's score and embedding)."""
 
     text: str
     start: int
-    weight: int
+    tokens: int
     share: float = 1.0
 
 
@@ -99,8 +99,8 @@ class Reader:
                     last - first + 1,
                 )
             )
-        read = sum(u.weight for u in units)
-        return [Unit(u.text, u.start, u.weight, u.weight / read) for u in units]
+        read = sum(u.tokens for u in units)
+        return [Unit(u.text, u.start, u.tokens, u.tokens / read) for u in units]
 
     def counter(self):
         """The model's tokenizer without truncation: to count a text's tokens past max_length."""
