@@ -1,0 +1,231 @@
+"""car-onnx inside Spark jobs (the [spark] extra): the same scores, embeddings and selection on a Spark DataFrame.
+
+- `score_embed(df)` adds `score` and `embedding` columns through `mapInPandas` (Arrow batches): each executor's
+  Python worker makes one Model, once, and before its first batch checks its bundle against the driver's manifest
+  and the sha256 of its model files (a different bundle fails the job, naming the executor's host).
+- `select(df)` is the CaR selection of `df`'s rows, as `Model.select` makes it of the same rows in the same order
+  (a row's number is its position in `df`): the driver gathers each row's score and text key (and, with
+  cluster="exact", its embedding); with cluster="sample", PCA and KMeans are fitted on the driver on the seeded
+  sample's embeddings and every row is assigned to its cluster on the executors. It returns the selected rows with
+  their score, cluster, rank and reason.
+
+Every executor needs car-onnx installed and the bundle at the same path as on the driver (a shared filesystem, or
+the air-gapped kit unpacked at one path everywhere). pyspark is imported only here."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+
+from .api import Model, ModelOptions
+from .core.clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED
+from .core.columns import duplicates
+from .core.rows import Rows
+from .core.selection import N1, N2, SelectOptions, check_clustering
+from .errors import BundleError, CarError, InputError, UsageError
+from .io import containers
+from .io.records import make_record
+from .runtime.manifest import sha256_file
+
+ROW = "_car_onnx_row"  # the row number column select() adds while it works (a row's position in the DataFrame)
+ADDED = ("score", "embedding")
+LABEL = "DataFrame"  # how errors name the data
+_MODELS: dict = {}  # per Python worker process: (bundle, options, manifest sha256) -> Model, made once
+
+
+def _spark():
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise UsageError("{spark} needs pyspark: pip install 'car-onnx[spark]'", "spark") from None
+
+
+def _executor_model(state: dict, manifest: str) -> Model:
+    """The Model of this worker process: made once, after checking the bundle is the driver's."""
+    key = (state["bundle"], state["options"], manifest)
+    if key not in _MODELS:
+        found = sha256_file(f"{state['bundle']}/manifest.json")
+        if found != manifest:
+            raise BundleError(
+                f"{state['bundle']} on {socket.gethostname()}: its manifest.json differs from the driver's "
+                f"(sha256 {found[:12]}... against {manifest[:12]}...); every executor needs the same bundle at the "
+                "same path"
+            )
+        model = Model(state["bundle"], options=state["options"])
+        model.precisions(("score", "embed"))  # checks the model files' sha256 before the first batch
+        _MODELS[key] = model
+    return _MODELS[key]
+
+
+def _model(bundle, model_options: dict) -> tuple[dict, str]:
+    """(the Model's picklable state, its manifest's sha256), checked on the driver."""
+    model = Model(bundle, options=ModelOptions.parse(**model_options))
+    model.precisions(("score", "embed"))
+    return model.__getstate__(), sha256_file(model.bundle / "manifest.json")
+
+
+def score_embed(df, *, bundle=None, device: str = "cpu", threads: int = 1, keys: bool = False, **model_options):
+    """`df` with a `score` (float) and an `embedding` (array of float) column, computed on the executors, one
+    onnxruntime session per Python worker made once. `model_options`: precision, fields, max_tokens, turns (as
+    `car_onnx.load`); `threads`: the batches each worker runs side by side. With `keys`, also `text_key` (binary:
+    what exact dedup compares). Lazy, as Spark is: a bad record fails the action that reads it, naming its field."""
+    _spark()
+    from pyspark.sql.types import ArrayType, BinaryType, FloatType, StructField, StructType
+
+    for name in ADDED + (("text_key",) if keys else ()):
+        if name in df.columns:
+            raise UsageError(f"{{df}} already has a column {name!r}, which score_embed adds", "df")
+    state, manifest = _model(bundle, dict(model_options, device=device, threads=threads))
+    added = [StructField("score", FloatType()), StructField("embedding", ArrayType(FloatType()))]
+    if keys:
+        added.append(StructField("text_key", BinaryType()))
+    schema = StructType(df.schema.fields + added)  # a new schema: df.schema.add() would change df's own
+    numbered = ROW in df.columns  # select() numbers the rows: errors then name a row by its position
+
+    def run(batches):
+        model = _executor_model(state, manifest)
+        for frame in batches:
+            rows = containers.rows(frame.drop(columns=[ROW]) if numbered else frame)
+            places = frame[ROW].tolist() if numbered else None
+            records = [
+                make_record(LABEL, i, f"row {places[i] if numbered else i}", row, model.fields)
+                for i, row in enumerate(rows)
+            ]
+            out = model.run(records, ("score", "embed"))
+            frame = frame.assign(score=out["score"], embedding=list(out["embed"]))
+            if keys:
+                frame = frame.assign(text_key=[model.key(r) for r in records])
+            yield frame
+
+    return df.mapInPandas(run, schema)
+
+
+def select(
+    df,
+    *,
+    bundle=None,
+    n1=N1,
+    n2=N2,
+    k: int | None = None,
+    pca_variance: float = PCA_VARIANCE,
+    seed: int = SEED,
+    dedup="exact",
+    cluster: str = "auto",
+    sample_size: int = SAMPLE_SIZE,
+    **model_options,
+):
+    """The CaR selection of `df`'s rows, as `Model.select` makes it of the same rows in the same order: a DataFrame
+    of the selected rows (the n1 block by score, then the cluster picks) with `score`, `cluster`, `rank` (by score,
+    1 = best) and `reason` ("top" or "cluster"). Options as `Model.select`; `model_options` go to `score_embed`."""
+    _spark()
+    import pandas as pd
+
+    options = SelectOptions.parse(
+        n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed, dedup=dedup, cluster=cluster, sample_size=sample_size
+    )
+    clusterer = options.clusterer()
+    clusterer.check()
+    for name in (ROW, "cluster", "rank", "reason", "text_key"):
+        if name in df.columns:
+            raise UsageError(f"{{df}} already has a column {name!r}, which select adds", "df")
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    schema = StructType(df.schema.fields + [StructField(ROW, LongType())])
+    numbered = df.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1])).toDF(schema)
+    scored = score_embed(numbered, bundle=bundle, keys=options.dedup.exact, **model_options).persist()
+    try:
+        columns = [ROW, "score"] + (["text_key"] if options.dedup.exact else [])
+        with _errors():
+            got = scored.select(*columns).toPandas().sort_values(ROW)
+        n = len(got)
+        if n == 0:
+            raise containers.no_records()
+        exact = duplicates(list(got["text_key"])) if options.dedup.exact else None
+        ranked = n if exact is None else int((exact < 0).sum())
+        check_clustering(clusterer, ranked, options.dedup.near)
+        if clusterer.sampled(ranked):
+            embeddings = _SparkRows(scored, n)
+        else:
+            with _errors():
+                rows = scored.select(ROW, "embedding").toPandas().sort_values(ROW)
+            embeddings = np.stack(rows["embedding"].to_numpy()).astype(np.float32)
+        sel = options.select(got["score"].to_numpy(np.float32), embeddings, duplicate_of=exact)
+        picked = pd.DataFrame(
+            {
+                ROW: np.asarray(sel.indices, dtype=np.int64),
+                "cluster": np.asarray(sel.labels[sel.indices], dtype=np.int64),
+                "rank": sel.ranks_of(sel.indices),
+                "reason": sel.reasons.astype(str),
+                "_order": np.arange(len(sel.indices), dtype=np.int64),
+            }
+        )
+        spark = df.sparkSession
+        chosen = spark.createDataFrame(picked)
+        out = scored.drop("embedding", "text_key").join(chosen.hint("broadcast"), on=ROW).orderBy("_order")
+        return out.drop(ROW, "_order").localCheckpoint()
+    finally:
+        scored.unpersist()
+
+
+class _errors:
+    """Turns an error raised on an executor back into the car-onnx error it was (its class and its message)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None or isinstance(err, CarError):
+            return False
+        text = str(err)
+        for cls in (InputError, BundleError, UsageError):
+            marker = f"car_onnx.errors.{cls.__name__}: "
+            if marker in text:
+                message = text.split(marker)[-1].splitlines()[0]
+                raise _rebuilt(cls, message) from None
+        return False
+
+
+def _rebuilt(cls, message: str) -> CarError:
+    error = CarError.__new__(cls)
+    Exception.__init__(error, message)
+    error.template, error.params = message, ()
+    return error
+
+
+class _SparkRows(Rows):
+    """A scored DataFrame's embeddings as clustering.Clusterer reads them in sample mode: the sample's rows
+    gathered by number, every row assigned to its cluster on the executors (only the labels come to the driver)."""
+
+    def __init__(self, scored, n: int):
+        self.scored, self.shape = scored, (n, None)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """The embeddings of `rows` (row numbers, or a slice), gathered from the executors."""
+        from pyspark.sql import functions as F
+
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self)))
+        rows = np.asarray(rows, dtype=np.int64)
+        wanted = self.scored.sparkSession.createDataFrame([(int(r),) for r in rows], f"{ROW} long")
+        got = self.scored.join(F.broadcast(wanted), on=ROW).select(ROW, "embedding").toPandas()
+        by_row = dict(zip(got[ROW].tolist(), got["embedding"]))
+        return np.stack([by_row[int(r)] for r in rows]).astype(np.float32)
+
+    def assign(self, pca, km, out) -> None:
+        """Every row's cluster into `out`, assigned on the executors."""
+        from .core.clustering import assign
+
+        def labels(batches):
+            for frame in batches:
+                x = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+                yield frame[[ROW]].assign(label=assign(x, pca, km))
+
+        got = self.scored.select(ROW, "embedding").mapInPandas(labels, f"{ROW} long, label long").toPandas()
+        out[got[ROW].to_numpy()] = got["label"].to_numpy()
+
+
+__all__ = ["score_embed", "select"]

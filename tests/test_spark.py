@@ -1,0 +1,118 @@
+"""car_onnx.spark on pyspark's local mode: the same scores, embeddings and selection as the single process."""
+
+import json
+import os
+import shutil
+import socket
+import sys
+
+import numpy as np
+import pytest
+
+import car_onnx
+from car_onnx_export import tiny
+
+pytest.importorskip("pyspark", reason="pyspark is not installed (the [spark] extra)")
+if shutil.which("java") is None:
+    pytest.skip("Spark needs a Java runtime (apt-get install default-jre-headless)", allow_module_level=True)
+
+W = tiny.WORDS
+ROWS = [
+    {
+        "id": i,
+        "instruction": f"{W[i % 50]} {W[(i * 7) % 60]}",
+        "input": "",
+        "output": " ".join(W[(i * j) % 60] for j in range(1, 2 + i % 9)),
+    }
+    for i in range(240)
+]
+ROWS[17] = dict(ROWS[5], id=17)  # an exact duplicate
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers run this interpreter (it has car-onnx)
+    session = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny.make_bundle(tmp_path_factory.mktemp("spark") / "bundle")
+
+
+def frame(spark, rows, partitions=3):
+    """A DataFrame of `rows` in their order, in several partitions."""
+    tuples = [(r["id"], r["instruction"], r["input"], r["output"]) for r in rows]
+    schema = "id long, instruction string, input string, output string"
+    return spark.createDataFrame(spark.sparkContext.parallelize(tuples, partitions), schema)
+
+
+def test_score_embed_matches_the_single_process(spark, bundle):
+    from car_onnx import spark as car_spark
+
+    df = frame(spark, ROWS)
+    got = car_spark.score_embed(df, bundle=bundle, precision="fp32").toPandas().sort_values("id")
+    model = car_onnx.load(bundle, precision="fp32")
+    want = model.score_embed([ROWS[i] for i in got["id"]])
+    np.testing.assert_allclose(got["score"].to_numpy(), want[0], atol=1e-6)
+    np.testing.assert_allclose(np.stack(got["embedding"].to_numpy()), want[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("cluster", ["exact", "sample"])
+def test_select_is_model_select_of_the_same_rows(spark, bundle, cluster):
+    from car_onnx import spark as car_spark
+
+    df = frame(spark, ROWS)
+    order = [r["id"] for r in df.select("id").collect()]  # the DataFrame's row order, which select numbers
+    assert order == [r["id"] for r in ROWS]
+    options = dict(n1="5%", n2=2, cluster=cluster, sample_size=120)
+    # one text per batch on both sides (max_tokens=1): the same bits whatever batches Spark makes
+    got = car_spark.select(df, bundle=bundle, precision="fp32", max_tokens=1, **options).toPandas()
+    rows = [ROWS[i] for i in order]
+    sel = car_onnx.load(bundle, precision="fp32", max_tokens=1).select(rows, **options)
+    assert got["id"].tolist() == [rows[i]["id"] for i in sel.indices]
+    assert got["reason"].tolist() == sel.reasons.tolist()
+    assert got["cluster"].tolist() == sel.labels[sel.indices].tolist()
+    assert got["rank"].tolist() == sel.ranks[sel.indices].tolist()
+    np.testing.assert_allclose(got["score"].to_numpy(), sel.scores[sel.indices], atol=1e-6)
+    assert sel.duplicate_of[order.index(17)] == order.index(5) or sel.duplicate_of[order.index(5)] == order.index(17)
+
+
+def test_a_bad_record_fails_naming_its_row_and_field(spark, bundle):
+    from car_onnx import spark as car_spark
+
+    rows = [dict(r) for r in ROWS[:20]]
+    rows[6]["output"] = None
+    df = frame(spark, rows)
+    with pytest.raises(car_onnx.InputError, match=r"^DataFrame: row 6: field 'output': expected a string, got null$"):
+        car_spark.select(df, bundle=bundle)
+
+
+def test_an_executor_with_another_bundle_fails_naming_its_host(spark, bundle, tmp_path):
+    from car_onnx import spark as car_spark
+
+    mine = shutil.copytree(bundle, tmp_path / "mine")
+    scored = car_spark.score_embed(frame(spark, ROWS[:10]), bundle=mine)  # checked on the driver
+    manifest = json.loads((mine / "manifest.json").read_text())
+    (mine / "manifest.json").write_text(json.dumps(manifest, indent=4))  # another manifest by the time it runs
+    with pytest.raises(Exception) as caught:
+        scored.collect()
+    text = str(caught.value)
+    assert f"{mine} on {socket.gethostname()}: its manifest.json differs from the driver's" in text
+
+
+def test_columns_it_adds_must_be_free(spark, bundle):
+    from car_onnx import spark as car_spark
+
+    df = frame(spark, ROWS[:5]).withColumnRenamed("id", "score")
+    with pytest.raises(car_onnx.UsageError, match=r"^df already has a column 'score', which score_embed adds$"):
+        car_spark.score_embed(df, bundle=bundle)
