@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import importlib
@@ -481,9 +482,31 @@ def select(
             show_default=False,
         ),
     ] = None,
+    spark: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Run on Spark (needs the [spark] extra and Java): a master such as local[*], spark://HOST:PORT or yarn. Spark reads INPUT (a file or a directory of shards on a path every node sees); the selected rows are written to OUTPUT as without it. --threads is each Python worker's batches side by side [default: 1].",
+            show_default=False,
+        ),
+    ] = None,
 ):
     """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster. Each selected
     record is written with its score, cluster, rank (by score, 1 = best) and reason (top or cluster)."""
+    if spark is not None:
+        given = {
+            "--ray": ray is not None,
+            "--work-dir": work_dir is not None,
+            "--on-error skip": on_error is not OnErrorName.fail,
+            "--rejects": rejects is not None,
+            "--all": all,
+            "--report": report is not None,
+            "--show": show,
+            "--chunk-records": chunk_records is not None,
+            "--score-field": score_field != jobs.SCORE_FIELD,
+            "--cluster-field": cluster_field != jobs.CLUSTER_FIELD,
+        }
+        if any(given.values()):
+            raise UsageError(f"--spark does not take {', '.join(k for k, v in given.items() if v)} yet")
     chunk_records = chunk_records or (RAY_CHUNK_RECORDS if ray else CHUNK_RECORDS)
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, None if ray else threads, precision, field, max_tokens, turns)
@@ -497,6 +520,22 @@ def select(
         cluster=cluster.value,
         sample_size=sample_size,
     )
+    if spark is not None:
+        from . import spark as on_spark
+
+        options = dataclasses.replace(model.options, threads=threads or 1)
+        records, kept = on_spark.select_file(
+            job,
+            output,
+            master=spark,
+            bundle=model.bundle,
+            options=selection,
+            model=options,
+            out_fmt=_value(output_format),
+        )
+        if not quiet:
+            typer.echo(f"car-onnx: {records:,} records; {kept:,} selected on Spark {spark}; wrote {output}", err=True)
+        return
     options = dict(
         options=selection,
         write_all=all,

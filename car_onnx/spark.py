@@ -15,6 +15,7 @@ the air-gapped kit unpacked at one path everywhere). pyspark is imported only he
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import numpy as np
 
@@ -118,12 +119,16 @@ def select(
     """The CaR selection of `df`'s rows, as `Model.select` makes it of the same rows in the same order: a DataFrame
     of the selected rows (the n1 block by score, then the cluster picks) with `score`, `cluster`, `rank` (by score,
     1 = best) and `reason` ("top" or "cluster"). Options as `Model.select`; `model_options` go to `score_embed`."""
-    _spark()
-    import pandas as pd
-
     options = SelectOptions.parse(
         n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed, dedup=dedup, cluster=cluster, sample_size=sample_size
     )
+    return _select(df, bundle, options, model_options)
+
+
+def _select(df, bundle, options: SelectOptions, model_options: dict):
+    _spark()
+    import pandas as pd
+
     clusterer = options.clusterer()
     clusterer.check()
     for name in (ROW, "cluster", "rank", "reason", "text_key"):
@@ -166,6 +171,45 @@ def select(
         return out.drop(ROW, "_order").localCheckpoint()
     finally:
         scored.unpersist()
+
+
+SPARK_FORMATS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}
+
+
+def select_file(job, output: Path, *, master: str, bundle, options: SelectOptions, model: ModelOptions, out_fmt=None):
+    """`car-onnx select --spark MASTER`: the input file (or directory of shards) read by Spark, the selection made
+    by `select`, and the selected rows (few: they come to the driver) written by car-onnx's own writers, as the
+    local job writes them. Returns (records read, rows selected)."""
+    _spark()
+    import os
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    from .io.readers import detect_format
+    from .io.writers import open_writer
+    from .jobs.outputs import check_output, output_format, shortest
+
+    fmt = output_format(output, out_fmt)
+    check_output(job, output, fmt, rejects_used=False)
+    source = job.fmt or detect_format(job.shards[0])
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers run this interpreter (it has car-onnx)
+    spark = SparkSession.builder.master(master).appName("car-onnx select").config("spark.ui.enabled", "false")
+    spark = spark.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")  # Spark's own warnings off; car-onnx's errors still name row and field
+    reader = spark.read.option("multiLine", source == "json")
+    if source == "csv":
+        reader = reader.option("header", True)
+    df = getattr(reader, SPARK_FORMATS[source])(str(job.input))
+    options_ = {k: getattr(model, k) for k in ("device", "precision", "threads", "fields", "max_tokens", "turns")}
+    kept = _select(df, bundle, options, options_)
+    with _errors():
+        rows = [row.asDict(recursive=True) for row in kept.collect()]
+    records = df.count()
+    with open_writer(output, fmt) as writer:
+        for row in rows:
+            writer.write({**row, "score": shortest(row["score"])})
+    return records, len(rows)
 
 
 class _errors:
@@ -228,4 +272,4 @@ class _SparkRows(Rows):
         out[got[ROW].to_numpy()] = got["label"].to_numpy()
 
 
-__all__ = ["score_embed", "select"]
+__all__ = ["score_embed", "select", "select_file"]

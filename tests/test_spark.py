@@ -116,3 +116,25 @@ def test_columns_it_adds_must_be_free(spark, bundle):
     df = frame(spark, ROWS[:5]).withColumnRenamed("id", "score")
     with pytest.raises(car_onnx.UsageError, match=r"^df already has a column 'score', which score_embed adds$"):
         car_spark.score_embed(df, bundle=bundle)
+
+
+def test_cli_select_on_spark_writes_what_the_local_job_writes(bundle, tmp_path, cli):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    args = ("-b", bundle, "--n1", "5%", "--n2", "2", "--cluster", "exact", "--precision", "fp32", "--max-tokens", "1")
+    rc, _, err, _ = cli("select", data, "-o", tmp_path / "local.jsonl", *args, "--quiet")
+    assert rc == 0, err
+    rc, _, err, _ = cli("select", data, "-o", tmp_path / "spark.jsonl", *args, "--spark", "local[2]")
+    assert rc == 0, err
+    local = [json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()]
+    spark = [json.loads(line) for line in (tmp_path / "spark.jsonl").read_text().splitlines()]
+    assert f"car-onnx: 240 records; {len(local)} selected on Spark local[2]; wrote {tmp_path / 'spark.jsonl'}" in err
+    assert spark == local  # the same rows, fields and values (Spark orders a JSON record's fields by name)
+
+
+def test_cli_spark_refuses_what_it_does_not_do_yet(bundle, tmp_path, cli):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:5]))
+    rc, _, err, _ = cli("select", data, "-o", tmp_path / "o.jsonl", "-b", bundle, "--spark", "local", "--all", "--show")
+    assert (rc, err.strip()) == (2, "car-onnx: error: --spark does not take --all, --show yet")
+    assert not (tmp_path / "o.jsonl").exists()
