@@ -134,10 +134,7 @@ def _select(df, bundle, options: SelectOptions, model_options: dict):
     for name in (ROW, "cluster", "rank", "reason", "text_key"):
         if name in df.columns:
             raise UsageError(f"{{df}} already has a column {name!r}, which select adds", "df")
-    from pyspark.sql.types import LongType, StructField, StructType
-
-    schema = StructType(df.schema.fields + [StructField(ROW, LongType())])
-    numbered = df.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1])).toDF(schema)
+    marked, numbered = _numbered(df)
     scored = score_embed(numbered, bundle=bundle, keys=options.dedup.exact, **model_options).persist()
     try:
         columns = [ROW, "score"] + (["text_key"] if options.dedup.exact else [])
@@ -171,6 +168,25 @@ def _select(df, bundle, options: SelectOptions, model_options: dict):
         return out.drop(ROW, "_order").localCheckpoint()
     finally:
         scored.unpersist()
+        marked.unpersist()
+
+
+def _numbered(df):
+    """(`df` marked and kept, `df` with each row's position as ROW): positions counted in the JVM, per partition
+    (monotonically_increasing_id holds the partition in its upper bits and the place within it in the lower 33),
+    offset by the sizes of the partitions before; the order is the order collect() gives."""
+    from pyspark.sql import functions as F
+
+    marked = df.withColumns({"_car_part": F.spark_partition_id(), "_car_id": F.monotonically_increasing_id()})
+    marked = marked.persist()  # the same partitions for the count and for the rows
+    sizes = sorted((r[0], r[1]) for r in marked.groupBy("_car_part").count().collect())
+    starts, total = [], 0
+    for part, size in sizes:
+        starts += [F.lit(part), F.lit(total)]
+        total += size
+    start = F.create_map(*starts)[F.col("_car_part")] if starts else F.lit(0)
+    place = F.col("_car_id") - F.shiftleft(F.col("_car_part").cast("long"), 33)
+    return marked, marked.withColumn(ROW, (start + place).cast("long")).drop("_car_part", "_car_id")
 
 
 SPARK_FORMATS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}
