@@ -27,6 +27,7 @@ from . import (
     sample_10m,
     scaling,
     select_52k,
+    spark_scale,
     whole_records,
 )
 from .common import WORK, save
@@ -49,6 +50,7 @@ SECTIONS = {
     "whole_records": whole_records,
     "report_speed": report_speed,
     "ray": ray_scale,
+    "spark": spark_scale,
     "select_52k": select_52k,
     "sample_10m": sample_10m,
 }

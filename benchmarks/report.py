@@ -420,6 +420,27 @@ def _whole_records(d: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def _spark(d: dict) -> list[tuple[str, str, str]]:
+    o = d["overhead"]
+    out = [
+        (
+            f"select on {o['records']:,} records: single process (2 threads) / --spark local[2]",
+            f"{o['single_process']['seconds']:.0f} s / {o['spark_local_2']['seconds']:.0f} s "
+            f"(+{o['wall_overhead']:.0%}); the same rows: {o['same_rows']}",
+            "",
+        )
+    ]
+    for n, r in d["memory_sample_mode"].items():
+        out.append(
+            (
+                f"--spark local[2] --cluster sample, {int(n):,} records (lookup bundle): peak RSS of the largest process",
+                f"{r['peak_rss_mb']:.0f} MB, {r['seconds']:.0f} s",
+                "",
+            )
+        )
+    return out
+
+
 def _footprint(d: dict) -> list[tuple[str, str, str]]:
     out = []
     w = d["wall_s_median_of_5"]
@@ -737,6 +758,7 @@ SECTIONS = {
     "scaling": ("Scaling with the number of records", _scaling),
     "report_speed": ("What the curation report costs", _report_speed),
     "ray": ("Ray", _ray),
+    "spark": ("Spark", _spark),
     "select_52k": ("An Alpaca-sized job", _select_52k),
     "sample_10m": ("Ten million records on one machine", _sample_10m),
     "resume": ("Resume and determinism", _resume),

@@ -47,7 +47,7 @@ def rows(path: Path) -> list[dict]:
 
 
 def overhead(work: Path, n: int) -> dict:
-    data, bundle = jsonl_file(work, n, seed=11), bundles(work)["default"]
+    data, bundle = jsonl_file(work, n, seed=11), bundles(work, ("default",))["default"]
     local = select(data, work / "spark-local.jsonl", "-b", bundle, "--threads", 2)
     spark = select(data, work / "spark-spark.jsonl", "-b", bundle, "--spark", "local[2]")
     return {

@@ -33,16 +33,18 @@ from .common import ROOT, section_main, shared_file
 LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)  # answer tokens
 
 
-def bundles(work: Path) -> dict[str, Path]:
-    """Both bundles as the export builds them now (with the reading rule), built once under `work`."""
+def bundles(work: Path, names=("default", "multilingual")) -> dict[str, Path]:
+    """The bundles `names` as the export builds them now (with the reading rule), built once under `work`."""
     from car_onnx_export.default import export_default
     from car_onnx_export.multilingual import export_multilingual
 
-    out = {"default": work / "whole-default", "multilingual": work / "whole-multilingual"}
-    if not (out["default"] / "manifest.json").is_file():
-        export_default(out["default"], precisions=("fp32", "int8"), log=lambda m: None)
-    if not (out["multilingual"] / "manifest.json").is_file():
-        export_multilingual(out["multilingual"], log=lambda m: None)
+    out = {name: work / f"whole-{name}" for name in names}
+    for name, path in out.items():
+        if not (path / "manifest.json").is_file():
+            if name == "default":
+                export_default(path, precisions=("fp32", "int8"), log=lambda m: None)
+            else:
+                export_multilingual(path, log=lambda m: None)
     return out
 
 
