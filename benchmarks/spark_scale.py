@@ -6,7 +6,7 @@
    executors, or the Python driver) of `select --spark local[2] --cluster sample` at 100k, 300k and 1M records (the
    real ones repeated, each repeat made unique) with the lookup bundle (real tokenizer, no transformer).
 
-    python -m benchmarks.spark_scale [--quick]
+    [SPARK_SIZES=100000,300000] python -m benchmarks.spark_scale [--quick]
 """
 
 from __future__ import annotations
@@ -70,9 +70,10 @@ def memory(work: Path, sizes: list[int]) -> dict:
 
 
 def run(work: Path, quick: bool) -> dict:
+    sizes = [int(s) for s in os.environ["SPARK_SIZES"].split(",")] if os.environ.get("SPARK_SIZES") else None
     return {
         "overhead": overhead(work, 1000 if quick else 20_000),
-        "memory_sample_mode": memory(work, [20_000, 50_000] if quick else [100_000, 300_000, 1_000_000]),
+        "memory_sample_mode": memory(work, sizes or ([20_000, 50_000] if quick else [100_000, 300_000, 1_000_000])),
     }
 
 
