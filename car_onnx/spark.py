@@ -189,6 +189,7 @@ def _numbered(df):
     return marked, marked.withColumn(ROW, (start + place).cast("long")).drop("_car_part", "_car_id")
 
 
+DRIVER_MEMORY = "4g"  # the session --spark starts (a spark-submit's own settings win where it made the session)
 SPARK_FORMATS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}
 
 
@@ -211,6 +212,8 @@ def select_file(job, output: Path, *, master: str, bundle, options: SelectOption
     source = job.fmt or detect_format(job.shards[0])
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers run this interpreter (it has car-onnx)
     spark = SparkSession.builder.master(master).appName("car-onnx select").config("spark.ui.enabled", "false")
+    # the driver gathers the scores and keys, and the sample's (or, exact, every) embedding: ~1.6 KB a row
+    spark = spark.config("spark.driver.memory", DRIVER_MEMORY).config("spark.driver.maxResultSize", "0")
     spark = spark.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")  # Spark's own warnings off; car-onnx's errors still name row and field
     reader = spark.read.option("multiLine", source == "json")
