@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from .core import selection
 from .core.clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED
 from .core.columns import duplicates
 from .core.selection import N1, N2, SelectOptions
-from .errors import UsageError
+from .errors import BundleError, UsageError
 from .io import containers
 from .io.records import FieldMap, Record
 from .runtime.bundle import Bundle, find_bundle
 from .runtime.coverage import coverage_warnings
+from .runtime.manifest import sha256_file
 from .runtime.reading import TURNS
 from .runtime.session import resolve
 from .runtime.tokenization import default_max_tokens
@@ -216,6 +218,19 @@ class Model:
         scores = np.concatenate([self.run(chunk, ("score",))["score"] for chunk in chunks(alone)])
         self.warn_unreadable()
         return np.split(scores, np.cumsum([len(x) for x in exchanges])[:-1])
+
+    def check_driver_bundle(self, manifest: str, roles=("score", "embed")) -> None:
+        """On a worker of a cluster (a Ray actor, a Spark executor), before its first batch: this bundle's manifest
+        must be the driver's (its sha256 `manifest`), else an error naming this host; then the models of `roles`
+        are loaded, their files' sha256 checked."""
+        found = sha256_file(self.bundle / "manifest.json")
+        if found != manifest:
+            raise BundleError(
+                f"{self.bundle} on {socket.gethostname()}: its manifest.json differs from the driver's bundle "
+                f"(sha256 {found[:12]}... against {manifest[:12]}...); every node needs the same bundle at the same "
+                "path"
+            )
+        self.precisions(roles)
 
     def precisions(self, roles=("score", "embed")) -> dict[str, str]:
         """The precision that runs each role here (loads the models)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import warnings
 from collections import deque
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from .core.clustering import PCA_VARIANCE, SAMPLE_SIZE, SEED, assign
 from .core.columns import duplicates
 from .core.rows import BLOCK_ROWS, Rows, rows_in
 from .core.selection import N1, N2, SelectOptions, check_clustering
-from .errors import BundleError, CarError, UsageError
+from .errors import CarError, UsageError
 from .jobs import scanning
 from .jobs.workdir import ChunkRows, WorkDir
 from .runtime.coverage import Coverage, coverage_warning
@@ -120,13 +119,7 @@ class _Chunks:
 
     def __init__(self, model: Model, job: scanning.Job, added: tuple, roles: tuple, stamps: tuple, manifest: str):
         self.model, self.job, self.added, self.roles, self.stamps = model, job, added, roles, stamps
-        found = sha256_file(model.bundle / "manifest.json")
-        if found != manifest:
-            raise BundleError(
-                f"{model.bundle} on {socket.gethostname()}: its manifest.json differs from the "
-                "driver's bundle; every node needs the same bundle at the same path"
-            )
-        model.precisions(roles)  # loads the models, checking the sha256 of their files, before the first batch
+        model.check_driver_bundle(manifest, roles)
         self.reader = None  # (file, next record, its open reader) after the last chunk
 
     def _records(self, shard: int, start: int):

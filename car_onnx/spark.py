@@ -14,7 +14,6 @@ the air-gapped kit unpacked at one path everywhere). pyspark is imported only he
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +45,8 @@ def _executor_model(state: dict, manifest: str) -> Model:
     """The Model of this worker process: made once, after checking the bundle is the driver's."""
     key = (state["bundle"], state["options"], manifest)
     if key not in _MODELS:
-        found = sha256_file(f"{state['bundle']}/manifest.json")
-        if found != manifest:
-            raise BundleError(
-                f"{state['bundle']} on {socket.gethostname()}: its manifest.json differs from the driver's "
-                f"(sha256 {found[:12]}... against {manifest[:12]}...); every executor needs the same bundle at the "
-                "same path"
-            )
         model = Model(state["bundle"], options=state["options"])
-        model.precisions(("score", "embed"))  # checks the model files' sha256 before the first batch
+        model.check_driver_bundle(manifest)
         _MODELS[key] = model
     return _MODELS[key]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..version import __version__
 
 EXAMPLES = 20  # top and bottom records shown
 DUPLICATES = 10  # dropped duplicates shown (the rejects file lists every one)
@@ -165,15 +166,9 @@ def numbers(sel, run: Run) -> dict:
         "reading": _reading(run.units, ranked),
         "bundle": run.bundle,
         "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
-        "version": _version(),
+        "version": __version__,
         "clusters": clusters,
     }
-
-
-def _version() -> str:
-    from ..version import __version__
-
-    return __version__
 
 
 def _reading(units: np.ndarray | None, ranked: np.ndarray) -> dict | None:

@@ -66,8 +66,10 @@ class Reader:
         exchanges = [(record.instruction, record.input, record.output)]
         if turns == "all":
             exchanges += getattr(record, "turns", ())  # a plain (instruction, input, output) object has none
-        if len(exchanges) == 1 and (self.max_windows == 1 or len(self.template.render(*exchanges[0])) < self.quick):
-            return [Unit(self.template.render(*exchanges[0]), self.template.response_start(*exchanges[0][:2]), 1)]
+        if len(exchanges) == 1:
+            text = self.template.render(*exchanges[0])
+            if self.max_windows == 1 or len(text) < self.quick:  # it fits: its text as before
+                return [Unit(text, self.template.response_start(*exchanges[0][:2]), 1)]
         return [u for exchange in exchanges for u in self.exchange(*exchange)]
 
     def exchange(self, instruction: str, input: str, output: str) -> list[Unit]:
