@@ -656,6 +656,7 @@ DEFECT_LABELS = {
     "foreign": "an answer in Chinese",
     "empty": "an empty answer",
     "boilerplate": "a boilerplate answer",
+    "refuse_part": "its last parts refused",
 }
 
 

@@ -661,7 +661,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
 ):
     """How a bundle's scorer ranks on your own data: expert agreement on pairs, and its defect table on records
-    (answers to other questions, echoes, cut-offs, loops, empty and boilerplate answers)."""
+    (answers to other questions, echoes, cut-offs, loops, empty and boilerplate answers, answers partly refused)."""
     import json
     from itertools import islice
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from car_onnx import BundleError, load
-from car_onnx.core.defects import BOILERPLATE, KINDS, RESTATE, corrupt, nearest_other
+from car_onnx.core.defects import BOILERPLATE, KINDS, REFUSALS, RESTATE, corrupt, nearest_other
 from car_onnx.evaluate import Text, defect_table, parse_text, read_pairs
 from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.tokenization import load_tokenizer, tokenize
@@ -60,15 +60,31 @@ def test_each_kind_of_corruption_is_what_its_name_says():
             assert c.output == ""
         elif c.kind == "boilerplate":
             assert c.output in BOILERPLATE["eval"]
+        elif c.kind == "refuse_part":  # its first parts kept, then one refusal per part replaced
+            kept = [p for p in REFUSALS["eval"] if p in c.output]
+            assert len(kept) == 1, c.output
+            head = c.output[: c.output.index(kept[0])].rstrip(" -*0123456789.)\n")
+            assert head and real.startswith(head) and len(head) < len(real)
     assert corrupt(records, seed=3) == corrupt(records, seed=3) != corrupt(records, seed=4)
     assert "foreign" not in {c.kind for c in corrupt(records)}  # nothing to lend: the kind is left out
 
 
 def test_training_and_measuring_phrases_are_disjoint():
-    for table in (BOILERPLATE, RESTATE):
+    for table in (BOILERPLATE, RESTATE, REFUSALS):
         assert not set(table["train"]) & set(table["eval"])
     train = {c.output for c in corrupt(sample(), ("boilerplate",), phrases="train")}
     assert train and train <= set(BOILERPLATE["train"])
+    assert "I don't know." not in REFUSALS["train"] + REFUSALS["eval"]  # what benchmarks/whole_records measures
+
+
+def test_a_partly_refused_answer_keeps_its_first_parts_and_list_markers():
+    listed = Text("List four fruits.", "", "1. Apple is red.\n2. Banana is yellow.\n3. Cherry is small.\n4. Grape is sweet.")
+    found = corrupt([listed], ("refuse_part",), seed=1, phrases="train")
+    lines = found[0].output.split("\n")
+    refused = [line for line in lines if line[3:] in REFUSALS["train"]]
+    assert 1 <= len(refused) <= 2 and lines[: 4 - len(refused)] == listed.output.split("\n")[: 4 - len(refused)]
+    assert [line[:3] for line in lines] == ["1. ", "2. ", "3. ", "4. "]
+    assert corrupt([Text("Say hi.", "", "Hi there, nice to meet you.")], ("refuse_part",)) == []  # too short
 
 
 def test_the_near_answer_is_the_nearest_other_instructions_by_tfidf():

@@ -28,6 +28,7 @@ KINDS = (
     "foreign",
     "empty",
     "boilerplate",
+    "refuse_part",
 )
 MIN_WORDS = 12  # cuts and loops need an answer of at least this many words (a short one has nothing to cut)
 
@@ -65,6 +66,27 @@ BOILERPLATE = {
         "Error: request failed.",
         "See above.",
         "...",
+    ),
+}
+# Refusals put in place of the last parts of an answer (kind `refuse_part`). "I don't know." is in neither set: the
+# whole-records benchmark measures it (benchmarks/whole_records.py).
+REFUSALS = {
+    "train": (
+        "I'm sorry, but I can't help with that.",
+        "I cannot answer that.",
+        "N/A",
+        "TODO",
+        "As an AI language model, I cannot complete this request.",
+        "Please provide more information.",
+        "Unknown.",
+    ),
+    "eval": (
+        "Not sure.",
+        "I apologize, but I am unable to assist with this request.",
+        "I need more details to answer.",
+        "None",
+        "...",
+        "As an AI, I don't have an answer.",
     ),
 }
 RESTATE = {
@@ -120,6 +142,27 @@ def _sentences(text: str) -> list[str]:
     if current.strip():
         out.append(current)
     return out
+
+
+def _parts(text: str) -> list[str]:
+    """The answer's parts: its lines where it has at least three, else its sentences; separators kept."""
+    lines = re.split(r"(?<=\n)(?=[^\n])", text)
+    return lines if sum(1 for line in lines if line.strip()) >= 3 else _sentences(text)
+
+
+def _refuse_tail(text: str, rng, phrases: str) -> str | None:
+    """The answer with its last parts (one to half of them) each replaced by a refusal, any list marker kept."""
+    parts = _parts(text)
+    if len(parts) < 3:
+        return None
+    k = int(rng.integers(1, len(parts) // 2 + 1))
+    refusal = REFUSALS[phrases][rng.integers(len(REFUSALS[phrases]))]
+    tail = []
+    for part in parts[-k:]:
+        marker = re.match(r"\s*(\d+[.)]|[-*\u2022])?\s*", part).group(0)
+        end = part[len(part.rstrip()) :]
+        tail.append(marker + refusal + end)
+    return "".join(parts[:-k] + tail).rstrip()
 
 
 def nearest_other(instructions: list[str], outputs: list[str]) -> np.ndarray:
@@ -218,4 +261,6 @@ def _one(kind, i, instruction, input, output, rows, near, rng, phrases, foreign)
         return ""
     if kind == "boilerplate":
         return BOILERPLATE[phrases][rng.integers(len(BOILERPLATE[phrases]))]
+    if kind == "refuse_part":
+        return _refuse_tail(output, rng, phrases) if long else None
     raise AssertionError(kind)
