@@ -78,7 +78,9 @@ def test_training_and_measuring_phrases_are_disjoint():
 
 
 def test_a_partly_refused_answer_keeps_its_first_parts_and_list_markers():
-    listed = Text("List four fruits.", "", "1. Apple is red.\n2. Banana is yellow.\n3. Cherry is small.\n4. Grape is sweet.")
+    listed = Text(
+        "List four fruits.", "", "1. Apple is red.\n2. Banana is yellow.\n3. Cherry is small.\n4. Grape is sweet."
+    )
     found = corrupt([listed], ("refuse_part",), seed=1, phrases="train")
     lines = found[0].output.split("\n")
     refused = [line for line in lines if line[3:] in REFUSALS["train"]]
