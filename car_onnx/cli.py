@@ -496,8 +496,6 @@ def select(
         given = {
             "--ray": ray is not None,
             "--work-dir": work_dir is not None,
-            "--on-error skip": on_error is not OnErrorName.fail,
-            "--rejects": rejects is not None,
             "--all": all,
             "--report": report is not None,
             "--show": show,
@@ -524,7 +522,7 @@ def select(
         from . import spark as on_spark
 
         options = dataclasses.replace(model.options, threads=threads or 1)
-        records, kept = on_spark.select_file(
+        run = on_spark.select_file(
             job,
             output,
             master=spark,
@@ -534,7 +532,17 @@ def select(
             out_fmt=_value(output_format),
         )
         if not quiet:
-            typer.echo(f"car-onnx: {records:,} records; {kept:,} selected on Spark {spark}; wrote {output}", err=True)
+            if run.rejected:
+                typer.echo(f"car-onnx: {run.rejected} record(s) rejected, written to {run.rejects}", err=True)
+            if run.duplicates:
+                typer.echo(
+                    f"car-onnx: {run.duplicates} duplicate(s) dropped before ranking, written to {run.rejects}",
+                    err=True,
+                )
+            typer.echo(
+                f"car-onnx: {run.records:,} records; {run.selected:,} selected on Spark {spark}; wrote {output}",
+                err=True,
+            )
         return
     options = dict(
         options=selection,

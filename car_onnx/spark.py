@@ -14,6 +14,7 @@ the air-gapped kit unpacked at one path everywhere). pyspark is imported only he
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from .runtime.manifest import sha256_file
 
 ROW = "_car_onnx_row"  # the row number column select() adds while it works (a row's position in the DataFrame)
 ADDED = ("score", "embedding")
+ERROR, ERROR_FIELD = "_car_onnx_error", "_car_onnx_field"  # where on_error="skip" marks a bad row while it works
 LABEL = "DataFrame"  # how errors name the data
 _MODELS: dict = {}  # per Python worker process: (bundle, options, manifest sha256) -> Model, made once
 
@@ -58,40 +60,97 @@ def _model(bundle, model_options: dict) -> tuple[dict, str]:
     return model.__getstate__(), sha256_file(model.bundle / "manifest.json")
 
 
-def score_embed(df, *, bundle=None, device: str = "cpu", threads: int = 1, keys: bool = False, **model_options):
+def score_embed(
+    df,
+    *,
+    bundle=None,
+    device: str = "cpu",
+    threads: int = 1,
+    keys: bool = False,
+    on_error: str = "fail",
+    **model_options,
+):
     """`df` with a `score` (float) and an `embedding` (array of float) column, computed on the executors, one
     onnxruntime session per Python worker made once. `model_options`: precision, fields, max_tokens, turns (as
     `car_onnx.load`); `threads`: the batches each worker runs side by side. With `keys`, also `text_key` (binary:
-    what exact dedup compares). Lazy, as Spark is: a bad record fails the action that reads it, naming its field."""
+    what exact dedup compares). Lazy, as Spark is: a bad record fails the action that reads it, naming its row and
+    field. With `on_error="skip"`: `(scored, rejected)`, the good rows scored and the bad ones with the field and the
+    error that rejected them (one pass computes both where you persist the input or read them in one action)."""
     _spark()
-    from pyspark.sql.types import ArrayType, BinaryType, FloatType, StructField, StructType
+    skip = _on_error(on_error)
+    out = _scored(df, bundle, dict(model_options, device=device, threads=threads), keys, skip)
+    return _split(out, df.columns) if skip else out
 
-    for name in ADDED + (("text_key",) if keys else ()):
+
+def _on_error(on_error: str) -> bool:
+    if on_error not in ("fail", "skip"):
+        raise UsageError(f"{{on_error}} must be 'fail' or 'skip', got {on_error!r}", "on_error")
+    return on_error == "skip"
+
+
+def _scored(df, bundle, model_options: dict, keys: bool, skip: bool):
+    """`df` with score, embedding (and text_key); with `skip`, also ERROR and ERROR_FIELD, set on the bad rows
+    (whose score and embedding are null) instead of failing."""
+    from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
+
+    added = ADDED + (("text_key",) if keys else ())
+    for name in added + ((ERROR, ERROR_FIELD, "field", "error") if skip else ()):
         if name in df.columns:
             raise UsageError(f"{{df}} already has a column {name!r}, which score_embed adds", "df")
-    state, manifest = _model(bundle, dict(model_options, device=device, threads=threads))
-    added = [StructField("score", FloatType()), StructField("embedding", ArrayType(FloatType()))]
+    state, manifest = _model(bundle, model_options)
+    fields = [StructField("score", FloatType()), StructField("embedding", ArrayType(FloatType()))]
     if keys:
-        added.append(StructField("text_key", BinaryType()))
-    schema = StructType(df.schema.fields + added)  # a new schema: df.schema.add() would change df's own
+        fields.append(StructField("text_key", BinaryType()))
+    if skip:
+        fields += [StructField(ERROR, StringType()), StructField(ERROR_FIELD, StringType())]
+    schema = StructType(df.schema.fields + fields)  # a new schema: df.schema.add() would change df's own
     numbered = ROW in df.columns  # select() numbers the rows: errors then name a row by its position
 
     def run(batches):
         model = _executor_model(state, manifest)
         for frame in batches:
-            rows = containers.rows(frame.drop(columns=[ROW]) if numbered else frame)
-            places = frame[ROW].tolist() if numbered else None
-            records = [
-                make_record(LABEL, i, f"row {places[i] if numbered else i}", row, model.fields)
-                for i, row in enumerate(rows)
-            ]
-            out = model.run(records, ("score", "embed"))
-            frame = frame.assign(score=out["score"], embedding=list(out["embed"]))
+            rows = list(containers.rows(frame.drop(columns=[ROW]) if numbered else frame))
+            places = frame[ROW].tolist() if numbered else range(len(rows))
+            records, bad = [], {}
+            for i, row in enumerate(rows):
+                try:
+                    records.append(make_record(LABEL, i, f"row {places[i]}", row, model.fields))
+                except InputError as err:
+                    if not skip:
+                        raise
+                    bad[i] = err
+            out = model.run(records, ("score", "embed")) if records else {"score": np.zeros(0), "embed": []}
+            good = [i for i in range(len(rows)) if i not in bad]
+            score, embedding = [None] * len(rows), [None] * len(rows)
+            for i, value, vector in zip(good, out["score"].tolist(), out["embed"]):
+                score[i], embedding[i] = value, vector
+            frame = frame.assign(score=score, embedding=embedding)
             if keys:
-                frame = frame.assign(text_key=[model.key(r) for r in records])
+                key = [None] * len(rows)
+                for i, record in zip(good, records):
+                    key[i] = model.key(record)
+                frame = frame.assign(text_key=key)
+            if skip:
+                frame = frame.assign(
+                    **{
+                        ERROR: [bad[i].reason if i in bad else None for i in range(len(rows))],
+                        ERROR_FIELD: [bad[i].field if i in bad else None for i in range(len(rows))],
+                    }
+                )
             yield frame
 
     return df.mapInPandas(run, schema)
+
+
+def _split(out, columns):
+    """(the good rows of a `_scored(skip=True)` frame, the bad rows with `field` and `error`)."""
+    from pyspark.sql import functions as F
+
+    good = out.filter(F.col(ERROR).isNull()).drop(ERROR, ERROR_FIELD)
+    bad = out.filter(F.col(ERROR).isNotNull()).select(
+        *columns, F.col(ERROR_FIELD).alias("field"), F.col(ERROR).alias("error")
+    )
+    return good, bad
 
 
 def select(
@@ -106,20 +165,33 @@ def select(
     dedup="exact",
     cluster: str = "auto",
     sample_size: int = SAMPLE_SIZE,
+    on_error: str = "fail",
     **model_options,
 ):
     """The CaR selection of `df`'s rows, as `Model.select` makes it of the same rows in the same order: a DataFrame
     of the selected rows (the n1 block by score, then the cluster picks) with `score`, `cluster`, `rank` (by score,
-    1 = best) and `reason` ("top" or "cluster"). Options as `Model.select`; `model_options` go to `score_embed`."""
+    1 = best) and `reason` ("top" or "cluster"). Options as `Model.select`; `model_options` go to `score_embed`.
+    With `on_error="skip"`: `(selected, rejected)`, the selection of the good rows (as Model.select of those rows)
+    and the bad rows with the `field` and `error` that rejected them."""
     options = SelectOptions.parse(
         n1=n1, n2=n2, k=k, pca_variance=pca_variance, seed=seed, dedup=dedup, cluster=cluster, sample_size=sample_size
     )
-    return _select(df, bundle, options, model_options)
+    skip = _on_error(on_error)
+    done = _select(df, bundle, options, model_options, skip)
+    return (done.selected, done.rejected.drop(ROW)) if skip else done.selected
 
 
-def _select(df, bundle, options: SelectOptions, model_options: dict):
+@dataclass
+class _Selected:
+    selected: object  # DataFrame: the selected rows
+    rejected: object | None  # DataFrame: the bad rows (on_error="skip"), with their row number ROW
+    duplicates: object | None  # DataFrame: the rows dropped as exact duplicates, with `duplicate_of` (a row number)
+
+
+def _select(df, bundle, options: SelectOptions, model_options: dict, skip: bool = False) -> _Selected:
     _spark()
     import pandas as pd
+    from pyspark.sql import functions as F
 
     clusterer = options.clusterer()
     clusterer.check()
@@ -127,7 +199,8 @@ def _select(df, bundle, options: SelectOptions, model_options: dict):
         if name in df.columns:
             raise UsageError(f"{{df}} already has a column {name!r}, which select adds", "df")
     marked, numbered = _numbered(df)
-    scored = score_embed(numbered, bundle=bundle, keys=options.dedup.exact, **model_options).persist()
+    out = _scored(numbered, bundle, model_options, options.dedup.exact, skip).persist()
+    scored, rejected = _split(out, [ROW, *df.columns]) if skip else (out, None)
     try:
         columns = [ROW, "score"] + (["text_key"] if options.dedup.exact else [])
         with _errors():
@@ -135,31 +208,40 @@ def _select(df, bundle, options: SelectOptions, model_options: dict):
         n = len(got)
         if n == 0:
             raise containers.no_records()
+        rows_of = got[ROW].to_numpy(np.int64)  # the good rows' numbers, by their position in the selection
         exact = duplicates(list(got["text_key"])) if options.dedup.exact else None
         ranked = n if exact is None else int((exact < 0).sum())
         check_clustering(clusterer, ranked, options.dedup.near)
         if clusterer.sampled(ranked):
-            embeddings = _SparkRows(scored, n)
+            embeddings = _SparkRows(scored, rows_of)
         else:
             with _errors():
                 rows = scored.select(ROW, "embedding").toPandas().sort_values(ROW)
             embeddings = np.stack(rows["embedding"].to_numpy()).astype(np.float32)
         sel = options.select(got["score"].to_numpy(np.float32), embeddings, duplicate_of=exact)
+        spark = df.sparkSession
         picked = pd.DataFrame(
             {
-                ROW: np.asarray(sel.indices, dtype=np.int64),
+                ROW: rows_of[np.asarray(sel.indices, dtype=np.int64)],
                 "cluster": np.asarray(sel.labels[sel.indices], dtype=np.int64),
                 "rank": sel.ranks_of(sel.indices),
                 "reason": sel.reasons.astype(str),
                 "_order": np.arange(len(sel.indices), dtype=np.int64),
             }
         )
-        spark = df.sparkSession
         chosen = spark.createDataFrame(picked)
-        out = scored.drop("embedding", "text_key").join(chosen.hint("broadcast"), on=ROW).orderBy("_order")
-        return out.drop(ROW, "_order").localCheckpoint()
+        kept = scored.drop("embedding", "text_key").join(chosen.hint("broadcast"), on=ROW).orderBy("_order")
+        dropped = None
+        if exact is not None:
+            repeats = np.flatnonzero(exact >= 0)
+            pairs = pd.DataFrame({ROW: rows_of[repeats], "duplicate_of": rows_of[exact[repeats]]})
+            dropped = numbered.join(F.broadcast(spark.createDataFrame(pairs, f"{ROW} long, duplicate_of long")), ROW)
+            dropped = dropped.orderBy(ROW).localCheckpoint()
+        if rejected is not None:
+            rejected = rejected.orderBy(ROW).localCheckpoint()
+        return _Selected(kept.drop(ROW, "_order").localCheckpoint(), rejected, dropped)
     finally:
-        scored.unpersist()
+        out.unpersist()
         marked.unpersist()
 
 
@@ -188,7 +270,8 @@ SPARK_FORMATS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parq
 def select_file(job, output: Path, *, master: str, bundle, options: SelectOptions, model: ModelOptions, out_fmt=None):
     """`car-onnx select --spark MASTER`: the input file (or directory of shards) read by Spark, the selection made
     by `select`, and the selected rows (few: they come to the driver) written by car-onnx's own writers, as the
-    local job writes them. Returns (records read, rows selected)."""
+    local job writes them; bad rows (--on-error skip) and dropped duplicates go to the rejects file as locally, each
+    named by its row number. Returns a SparkRun."""
     _spark()
     import os
     import sys
@@ -197,10 +280,10 @@ def select_file(job, output: Path, *, master: str, bundle, options: SelectOption
 
     from .io.readers import detect_format
     from .io.writers import open_writer
-    from .jobs.outputs import check_output, output_format, shortest
+    from .jobs.outputs import check_output, output_format, rejects_writer, shortest
 
     fmt = output_format(output, out_fmt)
-    check_output(job, output, fmt, rejects_used=False)
+    rejects_path = check_output(job, output, fmt, job.on_error == "skip" or options.dedup.exact)
     source = job.fmt or detect_format(job.shards[0])
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers run this interpreter (it has car-onnx)
     spark = SparkSession.builder.master(master).appName("car-onnx select").config("spark.ui.enabled", "false")
@@ -213,14 +296,43 @@ def select_file(job, output: Path, *, master: str, bundle, options: SelectOption
         reader = reader.option("header", True)
     df = getattr(reader, SPARK_FORMATS[source])(str(job.input))
     options_ = {k: getattr(model, k) for k in ("device", "precision", "threads", "fields", "max_tokens", "turns")}
-    kept = _select(df, bundle, options, options_)
+    done = _select(df, bundle, options, options_, job.on_error == "skip")
     with _errors():
-        rows = [row.asDict(recursive=True) for row in kept.collect()]
+        rows = [row.asDict(recursive=True) for row in done.selected.collect()]
     records = df.count()
-    with open_writer(output, fmt) as writer:
-        for row in rows:
-            writer.write({**row, "score": shortest(row["score"])})
-    return records, len(rows)
+    run = SparkRun(records, len(rows))
+    with rejects_writer(job, rejects_path) as rejects:
+        for row in _collected(done.rejected):
+            run.rejected += 1
+            where, field, error = f"row {row.pop(ROW)}", row.pop("field"), row.pop("error")
+            rejects.write({"where": where, "reason": "invalid", "field": field, "error": error, "record": row})
+        for row in _collected(done.duplicates):
+            run.duplicates += 1
+            where, original = f"row {row.pop(ROW)}", f"row {row.pop('duplicate_of')}"
+            rejects.write(
+                {"where": where, "reason": "duplicate_of", "duplicate_of": original, "kind": "exact", "record": row}
+            )
+        with open_writer(output, fmt) as writer:
+            for row in rows:
+                writer.write({**row, "score": shortest(row["score"])})
+    run.rejects = rejects_path if rejects is not None and rejects.count else None
+    return run
+
+
+@dataclass
+class SparkRun:
+    """What `select_file` did."""
+
+    records: int  # rows read
+    selected: int
+    rejected: int = 0  # bad rows, skipped
+    duplicates: int = 0  # rows dropped as exact duplicates
+    rejects: Path | None = None  # where those went
+
+
+def _collected(frame) -> list[dict]:
+    """The rows of a (small) DataFrame on the driver, as dicts; none for None."""
+    return [] if frame is None else [row.asDict(recursive=True) for row in frame.toLocalIterator()]
 
 
 class _errors:
@@ -250,10 +362,11 @@ def _rebuilt(cls, message: str) -> CarError:
 
 class _SparkRows(Rows):
     """A scored DataFrame's embeddings as clustering.Clusterer reads them in sample mode: the sample's rows
-    gathered by number, every row assigned to its cluster on the executors (only the labels come to the driver)."""
+    gathered by number, every row assigned to its cluster on the executors (only the labels come to the driver).
+    Position i is the row numbered `rows_of[i]` (ascending: with on_error="skip", the bad rows' numbers are gaps)."""
 
-    def __init__(self, scored, n: int):
-        self.scored, self.shape = scored, (n, None)
+    def __init__(self, scored, rows_of: np.ndarray):
+        self.scored, self.rows_of, self.shape = scored, rows_of, (len(rows_of), None)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -264,7 +377,7 @@ class _SparkRows(Rows):
 
         if isinstance(rows, slice):
             rows = np.arange(*rows.indices(len(self)))
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = self.rows_of[np.asarray(rows, dtype=np.int64)]
         wanted = self.scored.sparkSession.createDataFrame([(int(r),) for r in rows], f"{ROW} long")
         got = self.scored.join(F.broadcast(wanted), on=ROW).select(ROW, "embedding").toPandas()
         by_row = dict(zip(got[ROW].tolist(), got["embedding"]))
@@ -280,7 +393,7 @@ class _SparkRows(Rows):
                 yield frame[[ROW]].assign(label=assign(x, pca, km))
 
         got = self.scored.select(ROW, "embedding").mapInPandas(labels, f"{ROW} long, label long").toPandas()
-        out[got[ROW].to_numpy()] = got["label"].to_numpy()
+        out[np.searchsorted(self.rows_of, got[ROW].to_numpy())] = got["label"].to_numpy()
 
 
 __all__ = ["score_embed", "select", "select_file"]

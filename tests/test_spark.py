@@ -97,6 +97,43 @@ def test_a_bad_record_fails_naming_its_row_and_field(spark, bundle):
         car_spark.select(df, bundle=bundle)
 
 
+@pytest.mark.parametrize("cluster", ["exact", "sample"])
+def test_skip_selects_among_the_good_rows_and_returns_the_bad_ones(spark, bundle, cluster):
+    from car_onnx import spark as car_spark
+
+    rows = [dict(r) for r in ROWS[:120]]
+    rows[6]["output"], rows[40]["instruction"] = None, None
+    df = frame(spark, rows)
+    options = dict(n1=4, n2=1, cluster=cluster, sample_size=60)
+    selected, rejected = car_spark.select(df, bundle=bundle, precision="fp32", max_tokens=1, on_error="skip", **options)
+    good = [r for i, r in enumerate(rows) if i not in (6, 40)]
+    sel = car_onnx.load(bundle, precision="fp32", max_tokens=1).select(good, **options)
+    got = selected.toPandas()
+    assert got["id"].tolist() == [good[i]["id"] for i in sel.indices]
+    assert got["cluster"].tolist() == sel.labels[sel.indices].tolist()
+    bad = rejected.toPandas()
+    assert bad.columns.tolist() == ["id", "instruction", "input", "output", "field", "error"]
+    assert bad["id"].tolist() == [6, 40] and bad["field"].tolist() == ["output", "instruction"]
+    assert bad["error"].tolist() == ["expected a string, got null"] * 2
+    with pytest.raises(car_onnx.UsageError, match=r"^on_error must be 'fail' or 'skip', got 'drop'$"):
+        car_spark.select(df, bundle=bundle, on_error="drop")
+
+
+def test_score_embed_can_skip_bad_rows(spark, bundle):
+    from car_onnx import spark as car_spark
+
+    rows = [dict(r) for r in ROWS[:30]]
+    rows[3]["output"] = None
+    scored, rejected = car_spark.score_embed(frame(spark, rows), bundle=bundle, precision="fp32", on_error="skip")
+    got = scored.toPandas().sort_values("id")
+    assert got["id"].tolist() == [r["id"] for r in rows if r["id"] != 3]
+    want = car_onnx.load(bundle, precision="fp32").score([rows[i] for i in got["id"]])
+    np.testing.assert_allclose(got["score"].to_numpy(), want, atol=1e-6)
+    assert [(r["id"], r["field"], r["error"]) for r in rejected.collect()] == [
+        (3, "output", "expected a string, got null")
+    ]
+
+
 def test_an_executor_with_another_bundle_fails_naming_its_host(spark, bundle, tmp_path):
     from car_onnx import spark as car_spark
 
@@ -130,6 +167,33 @@ def test_cli_select_on_spark_writes_what_the_local_job_writes(bundle, tmp_path, 
     spark = [json.loads(line) for line in (tmp_path / "spark.jsonl").read_text().splitlines()]
     assert f"car-onnx: 240 records; {len(local)} selected on Spark local[2]; wrote {tmp_path / 'spark.jsonl'}" in err
     assert spark == local  # the same rows, fields and values (Spark orders a JSON record's fields by name)
+    rejects = [json.loads(line) for line in (tmp_path / "spark.jsonl.rejects.jsonl").read_text().splitlines()]
+    duplicate = {"reason": "duplicate_of", "kind": "exact", "record": ROWS[17]}
+    assert rejects == [{"where": "row 17", "duplicate_of": "row 5", **duplicate}]  # rows counted from 0
+    local = [json.loads(line) for line in (tmp_path / "local.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert local == [{"where": "line 18", "duplicate_of": "line 6", **duplicate}]
+
+
+def test_cli_spark_skips_bad_records_into_the_rejects_file(bundle, tmp_path, cli):
+    rows = [dict(r) for r in ROWS[:40]]
+    rows[8]["output"] = None
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("-b", bundle, "--n1", "3", "--n2", "1", "--on-error", "skip", "--rejects", tmp_path / "bad.jsonl")
+    rc, _, err, _ = cli("select", data, "-o", tmp_path / "o.jsonl", *args, "--spark", "local[2]")
+    assert rc == 0, err
+    assert f"car-onnx: 1 record(s) rejected, written to {tmp_path / 'bad.jsonl'}" in err
+    rejects = [json.loads(line) for line in (tmp_path / "bad.jsonl").read_text().splitlines()]
+    error = {"reason": "invalid", "field": "output", "error": "expected a string, got null", "record": rows[8]}
+    duplicate = {
+        "where": "row 17",
+        "reason": "duplicate_of",
+        "duplicate_of": "row 5",
+        "kind": "exact",
+        "record": rows[17],
+    }
+    assert rejects == [{"where": "row 8", **error}, duplicate]  # as locally: the bad ones, then the duplicates
+    assert [json.loads(line)["id"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
 
 
 def test_cli_spark_refuses_what_it_does_not_do_yet(bundle, tmp_path, cli):
