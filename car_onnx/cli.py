@@ -496,12 +496,9 @@ def select(
         given = {
             "--ray": ray is not None,
             "--work-dir": work_dir is not None,
-            "--all": all,
             "--report": report is not None,
             "--show": show,
             "--chunk-records": chunk_records is not None,
-            "--score-field": score_field != jobs.SCORE_FIELD,
-            "--cluster-field": cluster_field != jobs.CLUSTER_FIELD,
         }
         if any(given.values()):
             raise UsageError(f"--spark does not take {', '.join(k for k, v in given.items() if v)} yet")
@@ -530,6 +527,9 @@ def select(
             options=selection,
             model=options,
             out_fmt=_value(output_format),
+            write_all=all,
+            score_field=score_field,
+            cluster_field=cluster_field,
         )
         if not quiet:
             if run.rejected:

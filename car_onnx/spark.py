@@ -186,9 +186,10 @@ class _Selected:
     selected: object  # DataFrame: the selected rows
     rejected: object | None  # DataFrame: the bad rows (on_error="skip"), with their row number ROW
     duplicates: object | None  # DataFrame: the rows dropped as exact duplicates, with `duplicate_of` (a row number)
+    every: object | None = None  # DataFrame: every good row with score, cluster, rank, selected, reason (`every`)
 
 
-def _select(df, bundle, options: SelectOptions, model_options: dict, skip: bool = False) -> _Selected:
+def _select(df, bundle, options: SelectOptions, model_options: dict, skip=False, every=False) -> _Selected:
     _spark()
     import pandas as pd
     from pyspark.sql import functions as F
@@ -239,7 +240,24 @@ def _select(df, bundle, options: SelectOptions, model_options: dict, skip: bool 
             dropped = dropped.orderBy(ROW).localCheckpoint()
         if rejected is not None:
             rejected = rejected.orderBy(ROW).localCheckpoint()
-        return _Selected(kept.drop(ROW, "_order").localCheckpoint(), rejected, dropped)
+        rows = None
+        if every:  # every row as `car-onnx select --all` writes it, by row (4 numbers a row built on the driver)
+            place = np.full(n, -1, dtype=np.int64)
+            place[np.asarray(sel.indices, dtype=np.int64)] = np.arange(len(sel.indices))
+            reason = np.where(place < 0, None, np.where(place < sel.n_top, "top", "cluster"))
+            facts = pd.DataFrame(
+                {
+                    ROW: rows_of,
+                    "cluster": np.asarray(sel.labels[:], dtype=np.int64),
+                    "rank": pd.Series(np.asarray(sel.ranks), dtype="Int64").where(np.asarray(sel.ranks) > 0),
+                    "selected": place >= 0,
+                    "reason": reason,
+                }
+            )
+            schema = f"{ROW} long, cluster long, rank long, selected boolean, reason string"
+            every_ = spark.createDataFrame(facts, schema)
+            rows = scored.drop("embedding", "text_key").join(every_, on=ROW).orderBy(ROW).localCheckpoint()
+        return _Selected(kept.drop(ROW, "_order").localCheckpoint(), rejected, dropped, rows)
     finally:
         out.unpersist()
         marked.unpersist()
@@ -267,11 +285,23 @@ DRIVER_MEMORY = "4g"  # the session --spark starts (a spark-submit's own setting
 SPARK_FORMATS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}
 
 
-def select_file(job, output: Path, *, master: str, bundle, options: SelectOptions, model: ModelOptions, out_fmt=None):
+def select_file(
+    job,
+    output: Path,
+    *,
+    master: str,
+    bundle,
+    options: SelectOptions,
+    model: ModelOptions,
+    out_fmt=None,
+    write_all: bool = False,
+    score_field: str = "score",
+    cluster_field: str = "cluster",
+):
     """`car-onnx select --spark MASTER`: the input file (or directory of shards) read by Spark, the selection made
     by `select`, and the selected rows (few: they come to the driver) written by car-onnx's own writers, as the
-    local job writes them; bad rows (--on-error skip) and dropped duplicates go to the rejects file as locally, each
-    named by its row number. Returns a SparkRun."""
+    local job writes them (with `write_all`, every row, streamed a partition at a time); bad rows (--on-error skip)
+    and dropped duplicates go to the rejects file as locally, each named by its row number. Returns a SparkRun."""
     _spark()
     import os
     import sys
@@ -280,8 +310,10 @@ def select_file(job, output: Path, *, master: str, bundle, options: SelectOption
 
     from .io.readers import detect_format
     from .io.writers import open_writer
-    from .jobs.outputs import check_output, output_format, rejects_writer, shortest
+    from .jobs.outputs import check_names, check_output, output_format, rejects_writer, shortest
 
+    added = check_names(score_field, cluster_field, ("rank",) + (("selected",) if write_all else ()) + ("reason",))
+    names = {"score": score_field, "cluster": cluster_field}
     fmt = output_format(output, out_fmt)
     rejects_path = check_output(job, output, fmt, job.on_error == "skip" or options.dedup.exact)
     source = job.fmt or detect_format(job.shards[0])
@@ -296,11 +328,16 @@ def select_file(job, output: Path, *, master: str, bundle, options: SelectOption
         reader = reader.option("header", True)
     df = getattr(reader, SPARK_FORMATS[source])(str(job.input))
     options_ = {k: getattr(model, k) for k in ("device", "precision", "threads", "fields", "max_tokens", "turns")}
-    done = _select(df, bundle, options, options_, job.on_error == "skip")
+    done = _select(df, bundle, options, options_, job.on_error == "skip", write_all)
     with _errors():
         rows = [row.asDict(recursive=True) for row in done.selected.collect()]
     records = df.count()
     run = SparkRun(records, len(rows))
+
+    def named(row: dict) -> dict:
+        row["score"] = shortest(row["score"])
+        return {names.get(k, k): v for k, v in row.items()}
+
     with rejects_writer(job, rejects_path) as rejects:
         for row in _collected(done.rejected):
             run.rejected += 1
@@ -312,9 +349,14 @@ def select_file(job, output: Path, *, master: str, bundle, options: SelectOption
             rejects.write(
                 {"where": where, "reason": "duplicate_of", "duplicate_of": original, "kind": "exact", "record": row}
             )
-        with open_writer(output, fmt) as writer:
-            for row in rows:
-                writer.write({**row, "score": shortest(row["score"])})
+        if write_all:
+            with open_writer(output, fmt, (*df.columns, *added)) as writer:
+                for row in done.every.drop(ROW).toLocalIterator():
+                    writer.write(named(row.asDict(recursive=True)))
+        else:
+            with open_writer(output, fmt) as writer:
+                for row in rows:
+                    writer.write(named(row))
     run.rejects = rejects_path if rejects is not None and rejects.count else None
     return run
 
