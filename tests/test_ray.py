@@ -54,6 +54,37 @@ def real(tmp_path_factory):
     return root, rows, tiny.make_bundle(root / "bundle")
 
 
+def test_whole_records_on_ray_equal_the_single_process_output(cluster, cli, tmp_path):
+    """Conversations (every exchange read) and long answers (read in windows) under --ray: the same bytes as the
+    local job, with every turn and with --turns first; needs nothing beside the repository."""
+    bundle = tiny.make_bundle(tmp_path / "bundle", max_windows=8)
+    w = tiny.WORDS
+    rows = []
+    for i in range(240):
+        answer = " ".join(w[(i * j) % 60] for j in range(1, 3 + i % 5))
+        if i % 3 == 0:  # a conversation of two or three exchanges
+            turns = [("user", w[i % 50]), ("assistant", answer), ("user", w[(i + 9) % 50]), ("assistant", w[i % 60])]
+            turns += [("user", w[(i + 3) % 50]), ("assistant", answer[::-1])] if i % 2 else []
+            rows.append({"id": i, "messages": [{"role": r, "content": c} for r, c in turns]})
+        elif i % 3 == 1:  # an answer longer than one window
+            rows.append(
+                {"id": i, "instruction": w[i % 50], "output": " ".join(w[(i + k) % 60] for k in range(9 + i % 20))}
+            )
+        else:
+            rows.append({"id": i, "instruction": w[i % 50], "output": answer})
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for turns in ("all", "first"):
+        args = ("-b", bundle, "--n1", "5%", "--n2", "1", "--turns", turns, "--all", "--chunk-records", "40")
+        code, _, err, _ = cli("select", data, "-o", tmp_path / f"local-{turns}.jsonl", *args)
+        assert code == 0, err
+        code, _, err, _ = cli("select", data, "-o", tmp_path / f"ray-{turns}.jsonl", *args, "--ray", cluster)
+        assert code == 0, err
+        assert (tmp_path / f"ray-{turns}.jsonl").read_bytes() == (tmp_path / f"local-{turns}.jsonl").read_bytes()
+    scores = [[json.loads(line)["score"] for line in (tmp_path / f"ray-{t}.jsonl").open()] for t in ("all", "first")]
+    assert scores[0] != scores[1]  # the later exchanges and windows were read
+
+
 def warning(err: str) -> str:
     return next(line for line in err.splitlines() if line.startswith("car-onnx: warning: model"))
 
