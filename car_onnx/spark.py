@@ -425,6 +425,20 @@ class _SparkRows(Rows):
         by_row = dict(zip(got[ROW].tolist(), got["embedding"]))
         return np.stack([by_row[int(r)] for r in rows]).astype(np.float32)
 
+    def map(self, fn, items):
+        """The selection's per-block work (selection.select_streamed) in Spark tasks, a few blocks at a time, as
+        under Ray: the n1 block is a distributed top-k and each cluster's picks a group-by on cluster, merged on
+        the driver."""
+        context = self.scored.sparkSession.sparkContext
+        most, batch = 2 * context.defaultParallelism, []
+        for item in items:
+            batch.append(item)
+            if len(batch) == most:
+                yield from context.parallelize(batch, len(batch)).map(fn).collect()
+                batch = []
+        if batch:
+            yield from context.parallelize(batch, len(batch)).map(fn).collect()
+
     def assign(self, pca, km, out) -> None:
         """Every row's cluster into `out`, assigned on the executors."""
         from .core.clustering import assign

@@ -70,9 +70,15 @@ def test_score_embed_matches_the_single_process(spark, bundle):
 
 
 @pytest.mark.parametrize("cluster", ["exact", "sample"])
-def test_select_is_model_select_of_the_same_rows(spark, bundle, cluster):
+def test_select_is_model_select_of_the_same_rows(spark, bundle, cluster, monkeypatch):
     from car_onnx import spark as car_spark
 
+    mapped, spark_map = [], car_spark._SparkRows.map  # in sample mode, the per-block work runs in Spark tasks
+    monkeypatch.setattr(
+        car_spark._SparkRows,
+        "map",
+        lambda self, fn, items: mapped.append(fn.func.__name__) or spark_map(self, fn, items),
+    )
     df = frame(spark, ROWS)
     order = [r["id"] for r in df.select("id").collect()]  # the DataFrame's row order, which select numbers
     assert order == [r["id"] for r in ROWS]
@@ -87,6 +93,7 @@ def test_select_is_model_select_of_the_same_rows(spark, bundle, cluster):
     assert got["rank"].tolist() == sel.ranks[sel.indices].tolist()
     np.testing.assert_allclose(got["score"].to_numpy(), sel.scores[sel.indices], atol=1e-6)
     assert sel.duplicate_of[order.index(17)] == order.index(5) or sel.duplicate_of[order.index(5)] == order.index(17)
+    assert mapped == (["_sizes", "_candidates"] if cluster == "sample" else [])
 
 
 def test_a_bad_record_fails_naming_its_row_and_field(spark, bundle):
