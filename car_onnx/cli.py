@@ -497,7 +497,6 @@ def select(
             "--ray": ray is not None,
             "--work-dir": work_dir is not None,
             "--report": report is not None,
-            "--show": show,
             "--chunk-records": chunk_records is not None,
         }
         if any(given.values()):
@@ -530,7 +529,10 @@ def select(
             write_all=all,
             score_field=score_field,
             cluster_field=cluster_field,
+            show=show,
         )
+        if show:
+            _show(run.shown, score_field, cluster_field)
         if not quiet:
             if run.rejected:
                 typer.echo(f"car-onnx: {run.rejected} record(s) rejected, written to {run.rejects}", err=True)

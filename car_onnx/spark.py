@@ -14,7 +14,7 @@ the air-gapped kit unpacked at one path everywhere). pyspark is imported only he
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -297,11 +297,13 @@ def select_file(
     write_all: bool = False,
     score_field: str = "score",
     cluster_field: str = "cluster",
+    show: bool = False,
 ):
     """`car-onnx select --spark MASTER`: the input file (or directory of shards) read by Spark, the selection made
     by `select`, and the selected rows (few: they come to the driver) written by car-onnx's own writers, as the
     local job writes them (with `write_all`, every row, streamed a partition at a time); bad rows (--on-error skip)
-    and dropped duplicates go to the rejects file as locally, each named by its row number. Returns a SparkRun."""
+    and dropped duplicates go to the rejects file as locally, each named by its row number; with `show`, the run
+    keeps each selected (row, record) for --show. Returns a SparkRun."""
     _spark()
     import os
     import sys
@@ -335,8 +337,7 @@ def select_file(
     run = SparkRun(records, len(rows))
 
     def named(row: dict) -> dict:
-        row["score"] = shortest(row["score"])
-        return {names.get(k, k): v for k, v in row.items()}
+        return {names.get(k, k): shortest(v) if k == "score" else v for k, v in row.items()}
 
     with rejects_writer(job, rejects_path) as rejects:
         for row in _collected(done.rejected):
@@ -357,6 +358,11 @@ def select_file(
             with open_writer(output, fmt) as writer:
                 for row in rows:
                     writer.write(named(row))
+    if show:
+        run.shown = [
+            (named(row), make_record(LABEL, i, f"row {i}", {k: row[k] for k in df.columns}, model.fields))
+            for i, row in enumerate(rows)
+        ]
     run.rejects = rejects_path if rejects is not None and rejects.count else None
     return run
 
@@ -370,6 +376,7 @@ class SparkRun:
     rejected: int = 0  # bad rows, skipped
     duplicates: int = 0  # rows dropped as exact duplicates
     rejects: Path | None = None  # where those went
+    shown: list = field(default_factory=list)  # (output row, record) of each selected row, for --show
 
 
 def _collected(frame) -> list[dict]:

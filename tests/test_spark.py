@@ -170,8 +170,9 @@ def test_cli_select_on_spark_writes_what_the_local_job_writes(bundle, tmp_path, 
     args = ("-b", bundle, "--n1", "5%", "--n2", "2", "--cluster", "exact", "--precision", "fp32", "--max-tokens", "1")
     rc, _, err, _ = cli("select", data, "-o", tmp_path / "local.jsonl", *args, "--quiet")
     assert rc == 0, err
-    rc, _, err, _ = cli("select", data, "-o", tmp_path / "spark.jsonl", *args, "--spark", "local[2]")
+    rc, out, err, _ = cli("select", data, "-o", tmp_path / "spark.jsonl", *args, "--spark", "local[2]", "--show")
     assert rc == 0, err
+    assert out == cli("select", data, "-o", tmp_path / "shown.jsonl", *args, "--show", "--quiet")[1]  # --show too
     local = [json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()]
     spark = [json.loads(line) for line in (tmp_path / "spark.jsonl").read_text().splitlines()]
     assert f"car-onnx: 240 records; {len(local)} selected on Spark local[2]; wrote {tmp_path / 'spark.jsonl'}" in err
@@ -226,8 +227,7 @@ def test_cli_spark_skips_bad_records_into_the_rejects_file(bundle, tmp_path, cli
 def test_cli_spark_refuses_what_it_does_not_do_yet(bundle, tmp_path, cli):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:5]))
-    rc, _, err, _ = cli(
-        "select", data, "-o", tmp_path / "o.jsonl", "-b", bundle, "--spark", "local", "--chunk-records", "9", "--show"
-    )
-    assert (rc, err.strip()) == (2, "car-onnx: error: --spark does not take --show, --chunk-records yet")
+    args = ("-b", bundle, "--spark", "local", "--chunk-records", "9", "--work-dir", tmp_path / "w")
+    rc, _, err, _ = cli("select", data, "-o", tmp_path / "o.jsonl", *args)
+    assert (rc, err.strip()) == (2, "car-onnx: error: --spark does not take --work-dir, --chunk-records yet")
     assert not (tmp_path / "o.jsonl").exists()
