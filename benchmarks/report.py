@@ -426,7 +426,8 @@ def _spark(d: dict) -> list[tuple[str, str, str]]:
         (
             f"select on {o['records']:,} records: single process (2 threads) / --spark local[2]",
             f"{o['single_process']['seconds']:.0f} s / {o['spark_local_2']['seconds']:.0f} s "
-            f"(+{o['wall_overhead']:.0%}); the same rows: {o['same_rows']}",
+            f"(+{o['wall_overhead']:.0%}); the same rows: {o['same_rows']}"
+            + (f" (measured {o['measured']})" if "measured" in o else ""),
             "",
         )
     ]

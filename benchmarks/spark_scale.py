@@ -75,7 +75,7 @@ def run(work: Path, quick: bool) -> dict:
     sizes = [int(s) for s in os.environ["SPARK_SIZES"].split(",")] if os.environ.get("SPARK_SIZES") else None
     if os.environ.get("SPARK_OVERHEAD") == "0":
         before = json.loads((RESULTS / "spark.json").read_text())
-        kept = dict(before["overhead"], measured=f"{before['date']}, by `{before['command']}` (kept)")
+        kept = {"measured": f"{before['date']}, by `{before['command']}` (kept)", **before["overhead"]}
     else:
         kept = overhead(work, 1000 if quick else 20_000)
     return {
