@@ -732,7 +732,7 @@ def defects_table() -> str:
         f"Held-apart records ({d['held_apart_records']:,}: the expert validation pairs' revised answers and 50 of "
         f"each English corpus), each against a corrupted copy; {_cpu(d)}, {_date('defects', d)}, "
         f"`{d['command']}`. fp32 / int8 in each cell. Every bundle reads whole records (long answers in windows; "
-        "the \"before\" head exported by today's exporter).",
+        'the "before" head exported by today\'s exporter).',
         "",
         "| | default bundle before | default bundle now | multilingual bundle now |",
         "| --- | --- | --- | --- |",
