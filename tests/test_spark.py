@@ -207,21 +207,21 @@ def test_cli_spark_skips_bad_records_into_the_rejects_file(bundle, tmp_path, cli
     rows[8]["output"] = None
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ("-b", bundle, "--n1", "3", "--n2", "1", "--on-error", "skip", "--rejects", tmp_path / "bad.jsonl")
-    rc, _, err, _ = cli("select", data, "-o", tmp_path / "o.jsonl", *args, "--spark", "local[2]")
+    args = ("-b", bundle, "--n1", "3", "--n2", "1", "--on-error", "skip", "--precision", "fp32", "--max-tokens", "1")
+    rc, _, err, _ = cli(
+        "select", data, "-o", tmp_path / "o.jsonl", *args, "--rejects", tmp_path / "bad.jsonl", "--spark", "local[2]"
+    )
     assert rc == 0, err
     assert f"car-onnx: 1 record(s) rejected, written to {tmp_path / 'bad.jsonl'}" in err
-    rejects = [json.loads(line) for line in (tmp_path / "bad.jsonl").read_text().splitlines()]
+    assert cli("select", data, "-o", tmp_path / "local.jsonl", *args, "--quiet")[0] == 0
+    spark, local = ([json.loads(line) for line in (tmp_path / name).open()] for name in ("o.jsonl", "local.jsonl"))
+    assert spark == local
     error = {"reason": "invalid", "field": "output", "error": "expected a string, got null", "record": rows[8]}
-    duplicate = {
-        "where": "row 17",
-        "reason": "duplicate_of",
-        "duplicate_of": "row 5",
-        "kind": "exact",
-        "record": rows[17],
-    }
-    assert rejects == [{"where": "row 8", **error}, duplicate]  # as locally: the bad ones, then the duplicates
-    assert [json.loads(line)["id"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    duplicate = {"reason": "duplicate_of", "kind": "exact", "record": rows[17]}
+    rejects = [json.loads(line) for line in (tmp_path / "bad.jsonl").open()]
+    assert rejects == [{"where": "row 8", **error}, {"where": "row 17", "duplicate_of": "row 5", **duplicate}]
+    local = [json.loads(line) for line in (tmp_path / "local.jsonl.rejects.jsonl").open()]  # as locally, by line
+    assert local == [{"where": "line 9", **error}, {"where": "line 18", "duplicate_of": "line 6", **duplicate}]
 
 
 def test_cli_spark_refuses_what_it_does_not_do_yet(bundle, tmp_path, cli):
