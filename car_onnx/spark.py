@@ -6,8 +6,12 @@
 - `select(df)` is the CaR selection of `df`'s rows, as `Model.select` makes it of the same rows in the same order
   (a row's number is its position in `df`): the driver gathers each row's score and text key (and, with
   cluster="exact", its embedding); with cluster="sample", PCA and KMeans are fitted on the driver on the seeded
-  sample's embeddings and every row is assigned to its cluster on the executors. It returns the selected rows with
-  their score, cluster, rank and reason.
+  sample's embeddings and every row is assigned to its cluster on the executors, and the n1 top-k and each
+  cluster's picks are worked out a block of rows at a time in Spark tasks. It returns the selected rows with their
+  score, cluster, rank and reason.
+- Bad records fail the job naming the row and field, or, with on_error="skip", come back as a second DataFrame.
+- `select_file` is `car-onnx select --spark`: Spark reads the file, car-onnx's writers write the output and the
+  rejects file as the local job does.
 
 Every executor needs car-onnx installed and the bundle at the same path as on the driver (a shared filesystem, or
 the air-gapped kit unpacked at one path everywhere). pyspark is imported only here."""
