@@ -124,21 +124,23 @@ def _scored(df, bundle, model_options: dict, keys: bool, skip: bool):
                         raise
                     bad[i] = err
             out = model.run(records, ("score", "embed")) if records else {"score": np.zeros(0), "embed": []}
-            good = [i for i in range(len(rows)) if i not in bad]
-            score, embedding = [None] * len(rows), [None] * len(rows)
-            for i, value, vector in zip(good, out["score"].tolist(), out["embed"]):
-                score[i], embedding[i] = value, vector
-            frame = frame.assign(score=score, embedding=embedding)
+
+            def spread(values):
+                """One value per row: the good rows' `values` in order, None at the bad rows."""
+                if not bad:
+                    return values
+                given = iter(values)
+                return [None if i in bad else next(given) for i in range(len(rows))]
+
+            frame = frame.assign(score=spread(out["score"]), embedding=spread(list(out["embed"])))
             if keys:
-                key = [None] * len(rows)
-                for i, record in zip(good, records):
-                    key[i] = model.key(record)
-                frame = frame.assign(text_key=key)
+                frame = frame.assign(text_key=spread([model.key(r) for r in records]))
             if skip:
+                found = [bad.get(i) for i in range(len(rows))]
                 frame = frame.assign(
                     **{
-                        ERROR: [bad[i].reason if i in bad else None for i in range(len(rows))],
-                        ERROR_FIELD: [bad[i].field if i in bad else None for i in range(len(rows))],
+                        ERROR: [None if err is None else err.reason for err in found],
+                        ERROR_FIELD: [None if err is None else err.field for err in found],
                     }
                 )
             yield frame
@@ -187,6 +189,7 @@ def select(
 
 @dataclass
 class _Selected:
+    rows: int  # rows of the input, bad ones included
     selected: object  # DataFrame: the selected rows
     rejected: object | None  # DataFrame: the bad rows (on_error="skip"), with their row number ROW
     duplicates: object | None  # DataFrame: the rows dropped as exact duplicates, with `duplicate_of` (a row number)
@@ -203,7 +206,7 @@ def _select(df, bundle, options: SelectOptions, model_options: dict, skip=False,
     for name in (ROW, "cluster", "rank", "reason", "text_key"):
         if name in df.columns:
             raise UsageError(f"{{df}} already has a column {name!r}, which select adds", "df")
-    marked, numbered = _numbered(df)
+    marked, numbered, total = _numbered(df)
     out = _scored(numbered, bundle, model_options, options.dedup.exact, skip).persist()
     scored, rejected = _split(out, [ROW, *df.columns]) if skip else (out, None)
     try:
@@ -235,7 +238,8 @@ def _select(df, bundle, options: SelectOptions, model_options: dict, skip=False,
             }
         )
         chosen = spark.createDataFrame(picked)
-        kept = scored.drop("embedding", "text_key").join(chosen.hint("broadcast"), on=ROW).orderBy("_order")
+        written = scored.drop("embedding", "text_key")  # the input's columns with ROW and score
+        kept = written.join(chosen.hint("broadcast"), on=ROW).orderBy("_order")
         dropped = None
         if exact is not None:
             repeats = np.flatnonzero(exact >= 0)
@@ -244,7 +248,7 @@ def _select(df, bundle, options: SelectOptions, model_options: dict, skip=False,
             dropped = dropped.orderBy(ROW).localCheckpoint()
         if rejected is not None:
             rejected = rejected.orderBy(ROW).localCheckpoint()
-        rows = None
+        everything = None
         if every:  # every row as `car-onnx select --all` writes it, by row (4 numbers a row built on the driver)
             place = np.full(n, -1, dtype=np.int64)
             place[np.asarray(sel.indices, dtype=np.int64)] = np.arange(len(sel.indices))
@@ -259,16 +263,15 @@ def _select(df, bundle, options: SelectOptions, model_options: dict, skip=False,
                 }
             )
             schema = f"{ROW} long, cluster long, rank long, selected boolean, reason string"
-            every_ = spark.createDataFrame(facts, schema)
-            rows = scored.drop("embedding", "text_key").join(every_, on=ROW).orderBy(ROW).localCheckpoint()
-        return _Selected(kept.drop(ROW, "_order").localCheckpoint(), rejected, dropped, rows)
+            everything = written.join(spark.createDataFrame(facts, schema), on=ROW).orderBy(ROW).localCheckpoint()
+        return _Selected(total, kept.drop(ROW, "_order").localCheckpoint(), rejected, dropped, everything)
     finally:
         out.unpersist()
         marked.unpersist()
 
 
 def _numbered(df):
-    """(`df` marked and kept, `df` with each row's position as ROW): positions counted in the JVM, per partition
+    """(`df` marked and kept, `df` with each row's position as ROW, its number of rows): positions counted in the JVM, per partition
     (monotonically_increasing_id holds the partition in its upper bits and the place within it in the lower 33),
     offset by the sizes of the partitions before; the order is the order collect() gives."""
     from pyspark.sql import functions as F
@@ -282,7 +285,7 @@ def _numbered(df):
         total += size
     start = F.create_map(*starts)[F.col("_car_part")] if starts else F.lit(0)
     place = F.col("_car_id") - F.shiftleft(F.col("_car_part").cast("long"), 33)
-    return marked, marked.withColumn(ROW, (start + place).cast("long")).drop("_car_part", "_car_id")
+    return marked, marked.withColumn(ROW, (start + place).cast("long")).drop("_car_part", "_car_id"), total
 
 
 DRIVER_MEMORY = "4g"  # the session --spark starts (a spark-submit's own settings win where it made the session)
@@ -317,6 +320,7 @@ def select_file(
     from .io.readers import detect_format
     from .io.writers import open_writer
     from .jobs.outputs import check_names, check_output, output_format, rejects_writer, shortest
+    from .jobs.scanning import duplicate_row, invalid_row
 
     added = check_names(score_field, cluster_field, ("rank",) + (("selected",) if write_all else ()) + ("reason",))
     names = {"score": score_field, "cluster": cluster_field}
@@ -337,8 +341,7 @@ def select_file(
     done = _select(df, bundle, options, options_, job.on_error == "skip", write_all)
     with _errors():
         rows = [row.asDict(recursive=True) for row in done.selected.collect()]
-    records = df.count()
-    run = SparkRun(records, len(rows))
+    run = SparkRun(done.rows, len(rows))
 
     def named(row: dict) -> dict:
         return {names.get(k, k): shortest(v) if k == "score" else v for k, v in row.items()}
@@ -347,13 +350,11 @@ def select_file(
         for row in _collected(done.rejected):
             run.rejected += 1
             where, field, error = f"row {row.pop(ROW)}", row.pop("field"), row.pop("error")
-            rejects.write({"where": where, "reason": "invalid", "field": field, "error": error, "record": row})
+            rejects.write(invalid_row(where, field, error, row))
         for row in _collected(done.duplicates):
             run.duplicates += 1
             where, original = f"row {row.pop(ROW)}", f"row {row.pop('duplicate_of')}"
-            rejects.write(
-                {"where": where, "reason": "duplicate_of", "duplicate_of": original, "kind": "exact", "record": row}
-            )
+            rejects.write(duplicate_row(where, original, "exact", row))
         if write_all:
             with open_writer(output, fmt, (*df.columns, *added)) as writer:
                 for row in done.every.drop(ROW).toLocalIterator():

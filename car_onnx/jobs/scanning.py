@@ -232,13 +232,17 @@ def scan(job: Job, model: Model, added: tuple[str, ...], rejects, stages, index:
 
 def reject_row(job: Job, shard: int, err: InputError, raw) -> dict:
     """The rejects file's row of a bad record."""
-    return {
-        "where": job.where(shard, err.where) if err.where else None,
-        "reason": "invalid",
-        "field": err.field,
-        "error": err.reason,
-        "record": raw,
-    }
+    return invalid_row(job.where(shard, err.where) if err.where else None, err.field, err.reason, raw)
+
+
+def invalid_row(where: str | None, field: str | None, error: str, record) -> dict:
+    """The rejects file's row of a record rejected as invalid (the local and the Spark jobs write the same)."""
+    return {"where": where, "reason": "invalid", "field": field, "error": error, "record": record}
+
+
+def duplicate_row(where: str, original: str, kind: str, record) -> dict:
+    """The rejects file's row of a duplicate dropped before ranking: where it is and where the record it repeats is."""
+    return {"where": where, "reason": "duplicate_of", "duplicate_of": original, "kind": kind, "record": record}
 
 
 def finish_scan(job: Job, parts: list[ShardScan], stages, rejects, index: Index | None = None) -> Scan:

@@ -14,7 +14,7 @@ from ..api import Model
 from ..core.rows import BLOCK_ROWS
 from ..io.records import Record
 from .outputs import shortest, writers
-from .scanning import Job, Scan, reread_records
+from .scanning import Job, Scan, duplicate_row, reread_records
 from .stages import RunSummary, Stages
 
 
@@ -79,15 +79,8 @@ def write_selection(
                 repeats += int((dup >= 0).sum())
             original = int(dup[i % BLOCK_ROWS])
             if original >= 0 and rejects is not None:
-                rejects.write(
-                    {
-                        "where": job.where(shard, r.where),
-                        "reason": "duplicate_of",
-                        "duplicate_of": named[original],
-                        "kind": "exact" if exact[i % BLOCK_ROWS] >= 0 else "near",
-                        "record": r.row,
-                    }
-                )
+                kind = "exact" if exact[i % BLOCK_ROWS] >= 0 else "near"
+                rejects.write(duplicate_row(job.where(shard, r.where), named[original], kind, r.row))
             picked = j if j < len(chosen) and chosen[j] == i else None
             if write_all:
                 writer(shard).write(row(i, r, picked))
