@@ -3,7 +3,8 @@ bundle(s), `kit.json` (sha256 of every file) and `install.sh`, which verifies th
 
 pip downloads the wheels (`pip download --only-binary=:all: --platform ... --python-version ...`). pip judges
 environment markers by the Python running it, not the target's, so the kit's requirement tree is then walked again
-with the target's markers and whatever is missing is downloaded too.
+with the target's markers and whatever is missing is downloaded too. A pure-Python requirement PyPI ships as sources
+only (SOURCE_ONLY: pyspark) is first built into a wheel here, which pip then takes from the kit's folder.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ TOP = "car-onnx-kit"  # the directory the archive unpacks to
 PLATFORM_TAG = re.compile(r"(?P<kind>manylinux|musllinux)_(?P<major>\d+)_(?P<minor>\d+)_(?P<arch>\w+)$")
 LEGACY_MANYLINUX = {"manylinux1": 5, "manylinux2010": 12, "manylinux2014": 17}  # PEP 600 aliases: glibc 2.N
 BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*$")
+# pure-Python distributions PyPI publishes as sources only (pyspark, ~430 MB of jars): their wheels are built here
+SOURCE_ONLY = ("pyspark",)
 
 
 class KitError(CarError):
@@ -240,16 +243,44 @@ def download_wheels(folder: Path, extras: list[str], target: Target) -> str:
     own = next(folder.glob("car_onnx-*.whl"))
     version = wheel_requirements(own)[1]
     spec = f"{DIST}[{','.join(extras)}]" if extras else DIST
-    _pip(["download", *target.pip_options(), "--dest", str(folder), f"{spec} @ {own.as_uri()}"], "download")
+    build_wheels(folder, source_only(own, extras, target))
+    options = [*target.pip_options(), "--find-links", str(folder), "--dest", str(folder)]
+    _pip(["download", *options, f"{spec} @ {own.as_uri()}"], "download")
     roots = [Requirement(f"{spec}=={version}")]
     for _ in range(5):
         missing = missing_requirements(sorted(folder.glob("*.whl")), roots, target)
         if not missing:
             return f"{spec}=={version}"
-        _pip(["download", *target.pip_options(), "--dest", str(folder), *map(str, missing)], "download")
+        _pip(["download", *options, *map(str, missing)], "download")
     raise KitError(
         f"the wheels still miss {', '.join(map(str, missing))} for Python {target.python_version} on {target.platform}"
     )
+
+
+def source_only(wheel: Path, extras: list[str], target: Target) -> list[str]:
+    """The requirements of `wheel` with `extras` on `target` that PyPI publishes as sources only (SOURCE_ONLY)."""
+    from packaging.utils import canonicalize_name
+
+    found = []
+    for req in wheel_requirements(wheel)[2]:
+        if canonicalize_name(req.name) in SOURCE_ONLY and (
+            req.marker is None or any(req.marker.evaluate(target.markers(e)) for e in ("", *extras))
+        ):
+            req.marker = None
+            found.append(str(req))
+    return found
+
+
+def build_wheels(folder: Path, requirements: list[str]) -> None:
+    """A wheel built here into `folder` from each requirement's sources. Only a pure-Python one (tagged none-any)
+    installs on any target: any other is removed and refused."""
+    for req in requirements:
+        before = set(folder.glob("*.whl"))
+        _pip(["wheel", "--no-deps", "--wheel-dir", str(folder), req], f"wheel (building {req})")
+        for path in sorted(set(folder.glob("*.whl")) - before):
+            if not path.name.endswith("-none-any.whl"):
+                path.unlink()
+                raise KitError(f"{req}: its wheel built from sources, {path.name}, is not pure Python")
 
 
 def bundle_names(bundles: list[Path]) -> list[str]:

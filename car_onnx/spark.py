@@ -337,6 +337,8 @@ def select_file(
     if source == "csv":
         reader = reader.option("header", True)
     df = getattr(reader, SPARK_FORMATS[source])(str(job.input))
+    if source in ("json", "jsonl"):  # Spark orders a JSON record's fields by name: back to the file's order
+        df = df.select(*_file_order(job.shards[0], source, model.fields, df.columns))
     options_ = {k: getattr(model, k) for k in ("device", "precision", "threads", "fields", "max_tokens", "turns")}
     done = _select(df, bundle, options, options_, job.on_error == "skip", write_all)
     with _errors():
@@ -370,6 +372,26 @@ def select_file(
         ]
     run.rejects = rejects_path if rejects is not None and rejects.count else None
     return run
+
+
+def _file_order(path, fmt: str, fields, columns: list[str]) -> list[str]:
+    """`columns` in the order of the first record of `path` (bad or not) that is an object; the others after."""
+    from .io.readers import iter_records
+
+    first: list[dict] = []
+
+    def keep(err, row):
+        if isinstance(row, dict):
+            first.append(row)
+
+    try:
+        for record in iter_records(path, fmt=fmt, fields=fields, reject=keep):
+            first.append(record.row)
+            break
+    except InputError:  # no record to read: Spark's reading of the file says what is wrong
+        pass
+    order = [c for c in (first[0] if first else ()) if c in columns]
+    return order + [c for c in columns if c not in order]
 
 
 @dataclass

@@ -5,6 +5,7 @@ installed with no network."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,16 @@ import tomllib
 from packaging.requirements import Requirement
 
 from car_onnx.errors import BundleError, UsageError
-from car_onnx.kit import Target, bundle_names, missing_requirements, parse_extras, write_kit
+from car_onnx.kit import (
+    KitError,
+    Target,
+    build_wheels,
+    bundle_names,
+    missing_requirements,
+    parse_extras,
+    source_only,
+    write_kit,
+)
 from car_onnx.runtime.bundle import default_bundle_dir
 from car_onnx_export import tiny
 
@@ -125,6 +135,31 @@ def test_missing_requirements_walks_with_the_targets_markers(tmp_path):
     assert missing_requirements(wheels, [Requirement("top==2.0")], Target("3.11", "manylinux_2_28_x86_64")) == [
         Requirement("top==2.0")
     ]
+
+
+def test_what_pypi_ships_as_sources_only_is_built_here_and_must_be_pure_python(tmp_path):
+    (tmp_path / "w").mkdir()
+    own = fake_wheel(tmp_path / "w", "car_onnx", "0.1.0", ["numpy>=1", 'pyspark>=3.5; extra == "spark"'])
+    target = Target("3.11", "manylinux_2_28_x86_64")
+    assert source_only(own, ["spark"], target) == ["pyspark>=3.5"]  # pyspark publishes no wheel on PyPI
+    assert source_only(own, ["parquet"], target) == []
+    setup = "from setuptools import setup\nfrom setuptools.dist import Distribution\n"
+    setup += "class Native(Distribution):\n    def has_ext_modules(self):\n        return True\n"
+    for name, dist in (("pure", "Distribution"), ("native", "Native")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "setup.py").write_text(setup + f"setup(name='{name}', version='1.0', distclass={dist})\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    build_wheels(out, [str(tmp_path / "pure")])
+    assert [p.name for p in out.iterdir()] == ["pure-1.0-py3-none-any.whl"]
+    with pytest.raises(KitError) as err:  # a platform wheel built here would not install on another target
+        build_wheels(out, [str(tmp_path / "native")])
+    assert re.fullmatch(
+        f"{re.escape(str(tmp_path / 'native'))}: its wheel built from sources, "
+        r"native-1\.0-cp3\d+-cp3\d+-linux_\w+\.whl, is not pure Python",
+        str(err.value),
+    )
+    assert [p.name for p in out.iterdir()] == ["pure-1.0-py3-none-any.whl"]  # removed, not carried
 
 
 def test_extras_are_those_pyproject_declares():
