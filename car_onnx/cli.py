@@ -493,14 +493,14 @@ def select(
     """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster. Each selected
     record is written with its score, cluster, rank (by score, 1 = best) and reason (top or cluster)."""
     if spark is not None:
-        given = {
-            "--ray": ray is not None,
-            "--work-dir": work_dir is not None,
-            "--report": report is not None,
-            "--chunk-records": chunk_records is not None,
-        }
+        if ray is not None:
+            raise UsageError("--spark does not take --ray: give one of them")
+        given = {"--work-dir": work_dir is not None, "--chunk-records": chunk_records is not None}
         if any(given.values()):
-            raise UsageError(f"--spark does not take {', '.join(k for k, v in given.items() if v)} yet")
+            raise UsageError(
+                f"--spark does not take {', '.join(k for k, v in given.items() if v)}: Spark splits the input into "
+                "its partitions and reruns a failed task itself"
+            )
     chunk_records = chunk_records or (RAY_CHUNK_RECORDS if ray else CHUNK_RECORDS)
     job = _job(input, format, force, work_dir, on_error, rejects, chunk_records)
     model = _model(bundle, device, None if ray else threads, precision, field, max_tokens, turns)
@@ -530,6 +530,7 @@ def select(
             score_field=score_field,
             cluster_field=cluster_field,
             show=show,
+            report=report,
         )
         if show:
             _show(run.shown, score_field, cluster_field)

@@ -36,6 +36,7 @@ from .runtime.manifest import sha256_file
 ROW = "_car_onnx_row"  # the row number column select() adds while it works (a row's position in the DataFrame)
 ADDED = ("score", "embedding")
 ERROR, ERROR_FIELD = "_car_onnx_error", "_car_onnx_field"  # where on_error="skip" marks a bad row while it works
+LENGTH, UNITS = "_car_onnx_length", "_car_onnx_units"  # what --report reads of each row
 LABEL = "DataFrame"  # how errors name the data
 _MODELS: dict = {}  # per Python worker process: (bundle, options, manifest sha256) -> Model, made once
 
@@ -92,10 +93,11 @@ def _on_error(on_error: str) -> bool:
     return on_error == "skip"
 
 
-def _scored(df, bundle, model_options: dict, keys: bool, skip: bool):
+def _scored(df, bundle, model_options: dict, keys: bool, skip: bool, facts: bool = False):
     """`df` with score, embedding (and text_key); with `skip`, also ERROR and ERROR_FIELD, set on the bad rows
-    (whose score and embedding are null) instead of failing."""
-    from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
+    (whose score and embedding are null) instead of failing; with `facts`, what the curation report reads of each
+    row: LENGTH (characters of the text scored) and UNITS (exchanges and windows read)."""
+    from pyspark.sql.types import ArrayType, BinaryType, FloatType, LongType, StringType, StructField, StructType
 
     added = ADDED + (("text_key",) if keys else ())
     for name in added + ((ERROR, ERROR_FIELD, "field", "error") if skip else ()):
@@ -107,6 +109,8 @@ def _scored(df, bundle, model_options: dict, keys: bool, skip: bool):
         fields.append(StructField("text_key", BinaryType()))
     if skip:
         fields += [StructField(ERROR, StringType()), StructField(ERROR_FIELD, StringType())]
+    if facts:
+        fields += [StructField(LENGTH, LongType()), StructField(UNITS, ArrayType(LongType()))]
     schema = StructType(df.schema.fields + fields)  # a new schema: df.schema.add() would change df's own
     numbered = ROW in df.columns  # select() numbers the rows: errors then name a row by its position
 
@@ -135,6 +139,11 @@ def _scored(df, bundle, model_options: dict, keys: bool, skip: bool):
             frame = frame.assign(score=spread(out["score"]), embedding=spread(list(out["embed"])))
             if keys:
                 frame = frame.assign(text_key=spread([model.key(r) for r in records]))
+            if facts:
+                lengths = [len(model.text(r.instruction, r.input, r.output)) for r in records]
+                frame = frame.assign(
+                    **{LENGTH: spread(lengths), UNITS: spread([list(model.units(r)) for r in records])}
+                )
             if skip:
                 found = [bad.get(i) for i in range(len(rows))]
                 frame = frame.assign(
@@ -194,9 +203,12 @@ class _Selected:
     rejected: object | None  # DataFrame: the bad rows (on_error="skip"), with their row number ROW
     duplicates: object | None  # DataFrame: the rows dropped as exact duplicates, with `duplicate_of` (a row number)
     every: object | None = None  # DataFrame: every good row with score, cluster, rank, selected, reason (`every`)
+    report: tuple | None = None  # (Selection, texts, wheres, lengths, units) for the curation report (`report`)
 
 
-def _select(df, bundle, options: SelectOptions, model_options: dict, skip=False, every=False) -> _Selected:
+def _select(
+    df, bundle, options: SelectOptions, model_options: dict, skip=False, every=False, report=False
+) -> _Selected:
     _spark()
     import pandas as pd
     from pyspark.sql import functions as F
@@ -207,10 +219,10 @@ def _select(df, bundle, options: SelectOptions, model_options: dict, skip=False,
         if name in df.columns:
             raise UsageError(f"{{df}} already has a column {name!r}, which select adds", "df")
     marked, numbered, total = _numbered(df)
-    out = _scored(numbered, bundle, model_options, options.dedup.exact, skip).persist()
+    out = _scored(numbered, bundle, model_options, options.dedup.exact, skip, report).persist()
     scored, rejected = _split(out, [ROW, *df.columns]) if skip else (out, None)
     try:
-        columns = [ROW, "score"] + (["text_key"] if options.dedup.exact else [])
+        columns = [ROW, "score"] + (["text_key"] if options.dedup.exact else []) + ([LENGTH, UNITS] if report else [])
         with _errors():
             got = scored.select(*columns).toPandas().sort_values(ROW)
         n = len(got)
@@ -264,10 +276,39 @@ def _select(df, bundle, options: SelectOptions, model_options: dict, skip=False,
             )
             schema = f"{ROW} long, cluster long, rank long, selected boolean, reason string"
             everything = written.join(spark.createDataFrame(facts, schema), on=ROW).orderBy(ROW).localCheckpoint()
-        return _Selected(total, kept.drop(ROW, "_order").localCheckpoint(), rejected, dropped, everything)
+        page = _report_facts(scored, df.columns, got, rows_of, sel, bundle, model_options) if report else None
+        return _Selected(total, kept.drop(ROW, "_order").localCheckpoint(), rejected, dropped, everything, page)
     finally:
         out.unpersist()
         marked.unpersist()
+
+
+def _report_facts(scored, columns, got, rows_of, sel, bundle, model_options: dict) -> tuple:
+    """What the curation report reads: the Selection with every row's values in memory, the clipped texts and
+    places of the rows the page shows (gathered from the executors), and each row's text length and units."""
+    import dataclasses
+
+    from pyspark.sql import functions as F
+
+    from .io import report as curation
+
+    sel = dataclasses.replace(
+        sel,
+        scores=np.asarray(sel.scores[:]),
+        labels=np.asarray(sel.labels[:]),
+        duplicate_of=np.asarray(sel.duplicate_of[:]),
+    )
+    want = np.array(sorted(curation.wanted(sel)), dtype=np.int64)
+    with _errors():
+        shown = scored.filter(F.col(ROW).isin(rows_of[want].tolist())).select(ROW, *columns).toPandas()
+    model = Model(bundle, options=ModelOptions.parse(**model_options))
+    texts, wheres = {}, {}
+    for number, row in zip(shown[ROW].tolist(), containers.rows(shown.drop(columns=[ROW]))):
+        i = int(np.searchsorted(rows_of, number))  # its place among the good rows
+        r = make_record(LABEL, i, f"row {number}", row, model.fields)
+        texts[i], wheres[i] = curation.clip(model.text(r.instruction, r.input, r.output)), r.where
+    units = np.stack(got[UNITS].to_numpy()).astype(np.int64)
+    return sel, texts, wheres, got[LENGTH].to_numpy(np.int64), units
 
 
 def _numbered(df):
@@ -305,15 +346,18 @@ def select_file(
     score_field: str = "score",
     cluster_field: str = "cluster",
     show: bool = False,
+    report: Path | None = None,
 ):
     """`car-onnx select --spark MASTER`: the input file (or directory of shards) read by Spark, the selection made
     by `select`, and the selected rows (few: they come to the driver) written by car-onnx's own writers, as the
     local job writes them (with `write_all`, every row, streamed a partition at a time); bad rows (--on-error skip)
     and dropped duplicates go to the rejects file as locally, each named by its row number; with `show`, the run
-    keeps each selected (row, record) for --show. Returns a SparkRun."""
+    keeps each selected (row, record) for --show; with `report`, the curation report is written there as the local
+    job writes it (records named by row). Returns a SparkRun."""
     _spark()
     import os
     import sys
+    import time
 
     from pyspark.sql import SparkSession
 
@@ -327,6 +371,12 @@ def select_file(
     fmt = output_format(output, out_fmt)
     rejects_path = check_output(job, output, fmt, job.on_error == "skip" or options.dedup.exact)
     source = job.fmt or detect_format(job.shards[0])
+    if report is not None:  # checked before any work
+        from .io import report as curation
+
+        curation.require()
+        curation.check_path(report, job.force)
+    start = time.perf_counter()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers run this interpreter (it has car-onnx)
     spark = SparkSession.builder.master(master).appName("car-onnx select").config("spark.ui.enabled", "false")
     # the driver gathers the scores and keys, and the sample's (or, exact, every) embedding: ~1.6 KB a row
@@ -340,7 +390,7 @@ def select_file(
     if source in ("json", "jsonl"):  # Spark orders a JSON record's fields by name: back to the file's order
         df = df.select(*_file_order(job.shards[0], source, model.fields, df.columns))
     options_ = {k: getattr(model, k) for k in ("device", "precision", "threads", "fields", "max_tokens", "turns")}
-    done = _select(df, bundle, options, options_, job.on_error == "skip", write_all)
+    done = _select(df, bundle, options, options_, job.on_error == "skip", write_all, report is not None)
     with _errors():
         rows = [row.asDict(recursive=True) for row in done.selected.collect()]
     run = SparkRun(done.rows, len(rows))
@@ -371,6 +421,24 @@ def select_file(
             for i, row in enumerate(rows)
         ]
     run.rejects = rejects_path if rejects is not None and rejects.count else None
+    if report is not None:
+        sel, texts, wheres, lengths, units = done.report
+        page = curation.Run(
+            texts,
+            wheres,
+            lengths,
+            units,
+            input=str(job.input),
+            records=run.records - run.rejected,  # as the local job counts them: the records read
+            rejected=run.rejected,
+            duplicates={"exact": run.duplicates, "near": int((sel.duplicate_of >= 0).sum()) - run.duplicates},
+            n1=str(options.n1),
+            n2=str(options.n2),
+            dedup=str(options.dedup),
+            bundle=curation.bundle_info(Model(bundle, options=model)),
+            seconds={"spark": time.perf_counter() - start},
+        )
+        curation.write(report, sel, page)
     return run
 
 

@@ -223,10 +223,39 @@ def test_cli_spark_skips_bad_records_into_the_rejects_file(bundle, tmp_path, cli
     assert local == [{"where": "line 9", **error}, {"where": "line 18", "duplicate_of": "line 6", **duplicate}]
 
 
-def test_cli_spark_refuses_what_it_does_not_do_yet(bundle, tmp_path, cli):
+def test_cli_spark_refuses_what_spark_does_itself(bundle, tmp_path, cli):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:5]))
     args = ("-b", bundle, "--spark", "local", "--chunk-records", "9", "--work-dir", tmp_path / "w")
     rc, _, err, _ = cli("select", data, "-o", tmp_path / "o.jsonl", *args)
-    assert (rc, err.strip()) == (2, "car-onnx: error: --spark does not take --work-dir, --chunk-records yet")
+    assert (rc, err.strip()) == (
+        2,
+        "car-onnx: error: --spark does not take --work-dir, --chunk-records: Spark splits the input into its "
+        "partitions and reruns a failed task itself",
+    )
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_cli_spark_writes_the_report_of_the_local_job(bundle, tmp_path, cli):
+    pytest.importorskip("matplotlib", reason="the report needs the [report] extra")
+    from tests.test_report import block
+
+    rows = [dict(r) for r in ROWS[:60]]
+    rows[3]["output"] = None
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("-b", bundle, "--n1", "5", "--n2", "1", "--on-error", "skip", "--precision", "fp32", "--quiet")
+    pages = {}
+    for name, extra in (("local", ()), ("spark", ("--spark", "local[2]"))):
+        rc, _, err, _ = cli(
+            "select", data, "-o", tmp_path / f"{name}.jsonl", *args, "--report", tmp_path / f"{name}.html", *extra
+        )
+        assert rc == 0, err
+        pages[name] = (tmp_path / f"{name}.html").read_text(encoding="utf-8")
+    local, spark = (block(pages[name]) for name in ("local", "spark"))
+    assert (local.pop("seconds"), spark.pop("seconds")) != ({}, {})
+    local["bundle"].pop("threads")
+    assert spark["bundle"].pop("threads") == 1  # each Spark worker's (--threads)
+    assert spark == local and local["rejected"] == 1 and local["duplicates"] == {"exact": 1, "near": 0}
+    shown = [r["output"] for r in rows if isinstance(r["output"], str) and r["output"] in pages["local"]]
+    assert shown and all(text in pages["spark"] for text in shown)  # the same records shown
