@@ -47,7 +47,7 @@ class JointModel(nn.Module):
         # needs to tell the two uses apart)
         self.branch = copy.deepcopy(encoder.encoder.layer[-1])
 
-    def forward(self, input_ids, attention_mask, token_type_ids, response_mask=None):
+    def forward(self, input_ids, attention_mask, token_type_ids, response_mask=None, answer_loops=None):
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True
         ).hidden_states
@@ -56,10 +56,11 @@ class JointModel(nn.Module):
         emb = nn.functional.normalize(emb, p=2, dim=1)
         score = self.head(hidden, input_ids, attention_mask)
         if self.defects is not None:
-            score = score + self.defects(self.defect_features(hidden, input_ids, attention_mask, response_mask))
+            features = self.defect_features(hidden, input_ids, attention_mask, response_mask, answer_loops)
+            score = score + self.defects(features)
         return score, emb  # in the order of the roles (score, embed)
 
-    def defect_features(self, hidden, input_ids, attention_mask, response_mask) -> torch.Tensor:
+    def defect_features(self, hidden, input_ids, attention_mask, response_mask, answer_loops=None) -> torch.Tensor:
         """`span_cosines` over the 7 hidden states and a branch: the last layer run again on the layer before it
         with attention kept within the prompt and within the response, so that the two spans are read apart (in
         the shared layers they attend to each other). The branch costs one layer of six; the embedding is
@@ -77,7 +78,7 @@ class JointModel(nn.Module):
         def pool(weight):
             return torch.stack([span_mean(h, weight) for h in levels], 1)
 
-        return span_cosines(pool, input_ids, attention_mask, response_mask, self.max_length)
+        return span_cosines(pool, input_ids, attention_mask, response_mask, self.max_length, answer_loops)
 
 
 def head_config(meta: dict) -> HeadConfig:
@@ -145,7 +146,8 @@ def export_default(
         template=template,
         max_length=meta["max_length"],
         pad_id=meta["pad_id"],
-        inputs=("input_ids", "attention_mask", "token_type_ids") + (("response_mask",) if defects else ()),
+        inputs=("input_ids", "attention_mask", "token_type_ids")
+        + (("response_mask", "answer_loops") if defects else ()),
         outputs={"score": "score", "embed": "embedding"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         reading=Reading(max_windows=READ_TOKENS // meta["max_length"]),
@@ -177,6 +179,7 @@ def export_default(
     example = {n: torch.ones((2, 8), dtype=torch.int64) for n in spec.inputs}
     if "response_mask" in example:
         example["response_mask"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0]] * 2)
+        example["answer_loops"] = torch.tensor([0.0, 0.5])
     spec, refused = build_variants(
         model,
         spec,

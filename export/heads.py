@@ -179,20 +179,22 @@ def trigram_rates(input_ids: torch.Tensor, response: torch.Tensor, prompt: torch
     return torch.stack([loop.sum(1) / n, echo.sum(1) / n], 1)
 
 
-def span_cosines(pool, input_ids, attention_mask, response_mask, max_length: int) -> torch.Tensor:
+def span_cosines(pool, input_ids, attention_mask, response_mask, max_length: int, answer_loops=None) -> torch.Tensor:
     """[B, L + 6]: what the defect part of the score reads. `pool(weight)` gives [B, L, H] vectors of the text
     restricted to a span (weight [B, T], 0/1): the cosine of the prompt's and the response's vector at each of the L
     levels, then the loop and echo trigram rates, the log lengths of response and prompt, whether the text hit the
-    token limit and whether the response is empty."""
+    token limit and whether the response is empty. `answer_loops` ([B]: the loop rate of the whole answer a window
+    was cut from, runtime/reading.py; 0 for a text that fits) replaces the loop rate where it is higher."""
     mask = attention_mask.to(torch.float32)
     response = response_mask.to(torch.float32) * mask
     prompt = mask - response
     cos = nn.functional.cosine_similarity(pool(prompt), pool(response), dim=2, eps=1e-6)
     rates = trigram_rates(input_ids, response, prompt)
+    loops = rates[:, 0] if answer_loops is None else torch.maximum(rates[:, 0], answer_loops.to(rates.dtype))
     n_resp, n_prompt = response.sum(1), prompt.sum(1)
     counts = torch.stack(
         [
-            rates[:, 0],
+            loops,
             rates[:, 1],
             torch.log1p(n_resp) / 5,
             torch.log1p(n_prompt) / 5,

@@ -229,19 +229,20 @@ class JointModel(nn.Module):
         if scripts is not None:
             self.register_buffer("scripts", torch.from_numpy(scripts))
 
-    def forward(self, input_ids, attention_mask, response_mask=None):
+    def forward(self, input_ids, attention_mask, response_mask=None, answer_loops=None):
         feats = self.encoder.tokens(input_ids, attention_mask)
         layers = self.encoder.sentence(feats, attention_mask)
         score = self.head(torch.stack(layers, 1))
         if self.defects is not None:
-            score = score + self.defects(self.defect_features(feats, input_ids, attention_mask, response_mask))
+            features = self.defect_features(feats, input_ids, attention_mask, response_mask, answer_loops)
+            score = score + self.defects(features)
         return score, layers[-1]  # in the order of the roles (score, embed)
 
-    def defect_features(self, feats, input_ids, attention_mask, response_mask) -> torch.Tensor:
+    def defect_features(self, feats, input_ids, attention_mask, response_mask, answer_loops=None) -> torch.Tensor:
         def pool(weight):
             return torch.stack(self.encoder.sentence(feats, weight), 1)
 
-        base = span_cosines(pool, input_ids, attention_mask, response_mask, MAX_LENGTH)
+        base = span_cosines(pool, input_ids, attention_mask, response_mask, MAX_LENGTH, answer_loops)
         response = response_mask.to(torch.float32) * attention_mask.to(torch.float32)
         prompt = attention_mask.to(torch.float32) - response
         letters = self.scripts[input_ids]  # [B, T, S]
@@ -351,7 +352,7 @@ def export_multilingual(
         template=template,
         max_length=meta["max_length"],
         pad_id=0,
-        inputs=("input_ids", "attention_mask") + (("response_mask",) if defects else ()),
+        inputs=("input_ids", "attention_mask") + (("response_mask", "answer_loops") if defects else ()),
         outputs={"score": "score", "embed": "embedding"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         reading=Reading(max_windows=READ_TOKENS // meta["max_length"]),
@@ -388,6 +389,7 @@ def export_multilingual(
     example = {n: torch.ones((2, 8), dtype=torch.int64) for n in spec.inputs}
     if "response_mask" in example:
         example["response_mask"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0]] * 2)
+        example["answer_loops"] = torch.tensor([0.0, 0.5])
     probe = output / NAME / "probe.onnx"  # the graph as exported, only to name the MatMuls int8 leaves alone
     export_module(model, probe, example, ["score", "embedding"])
     keep_fp32 = sentence_level_matmuls(probe)

@@ -84,7 +84,8 @@ def export_module(module, path: Path, example: dict, outputs: list[str]) -> None
     import torch
 
     names = list(example)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {o: {0: "batch"} for o in outputs}
+    axes = {n: {0: "batch", 1: "sequence"} if example[n].dim() > 1 else {0: "batch"} for n in names}
+    axes |= {o: {0: "batch"} for o in outputs}
     with torch.no_grad():
         torch.onnx.export(
             module.eval(),

@@ -132,7 +132,7 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     bundle_dir = tmp_path / "bundle"
     export_default(bundle_dir, precisions=("fp32",), weights=tmp_path / "head.safetensors", log=lambda s: None)
     (model,) = json.loads((bundle_dir / "manifest.json").read_text())["models"]
-    assert model["inputs"] == ["input_ids", "attention_mask", "token_type_ids", "response_mask"]
+    assert model["inputs"] == ["input_ids", "attention_mask", "token_type_ids", "response_mask", "answer_loops"]
 
     recs = list(iter_records(SAMPLE))
     recs.append(recs[0].__class__(40, "x", {}, "Summarise: " + " ".join(r.output for r in recs), "", "A long one."))
@@ -171,3 +171,32 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     export_default(tmp_path / "plain", precisions=("fp32",), weights=tmp_path / "plain.safetensors", log=lambda s: None)
     plain = Bundle(tmp_path / "plain", SessionConfig(precision="fp32")).run(recs, ("embed",), max_tokens=2048)
     np.testing.assert_array_equal(plain["embed"], out["embed"])
+
+    # an answer repeated whole past one window: each window is scored with the whole answer's loop share
+    from tokenizers import Tokenizer
+
+    answer = " ".join(r.output for r in recs[:16])  # longer than a window
+    looped = recs[0].__class__(43, "x", {}, "Answer.", "", "\n\n".join([answer] * 3))
+    units = bundle.model("score").reader.units(looped)
+    counter = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    counter.no_truncation()
+    ids = counter.encode(looped.output, add_special_tokens=False).ids  # the answer's tokens, all read
+    trigrams = list(zip(ids, ids[1:], ids[2:]))
+    share = sum(t in set(trigrams[:k]) for k, t in enumerate(trigrams)) / len(trigrams)
+    assert len(units) > 3 and [u.loops for u in units] == pytest.approx([share] * len(units)) and share > 0.6
+
+    def windows(loops):
+        window = tokenize(tok, [u.text for u in units], [u.start for u in units])
+        total = 0.0
+        with torch.no_grad():
+            for ids, response, u in zip(window.ids, window.response, units):
+                ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
+                fed = None if loops is None else torch.tensor([loops])
+                total += u.share * float(
+                    torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, fed)[0][0]
+                )
+        return total
+
+    got = bundle.run([looped], ("score",), max_tokens=2048)["score"][0]
+    assert got == pytest.approx(windows(share), abs=1e-4)
+    assert windows(share) < windows(None) - 0.5  # without the whole answer's share no window sees the loop

@@ -96,7 +96,7 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     (model,) = manifest["models"]
     assert model["roles"] == ["score", "embed"]
-    assert model["inputs"] == ["input_ids", "attention_mask", "response_mask"]  # the defect term reads it
+    assert model["inputs"] == ["input_ids", "attention_mask", "response_mask", "answer_loops"]  # the defect term's
     assert set(model["variants"]) == {"fp32", "int8"} and model["embedding_dim"] == 512
     assert model["variants"]["int8"]["fidelity"]["mean_cosine"] >= 0.995
 

@@ -2,10 +2,13 @@
 carry the instruction; records that fit one window read exactly as before. References: the tiny model's numpy
 forward pass (tiny.reference) on windows cut by hand (the tiny tokenizer: one token per word)."""
 
+import json
+
 import numpy as np
 import pytest
 
 import car_onnx
+from car_onnx.runtime.reading import READING
 from car_onnx_export import tiny
 
 W = tiny.WORDS
@@ -72,6 +75,28 @@ def test_max_windows_caps_what_is_read(tmp_path):
     model = car_onnx.load(bundle, precision="fp32")
     got = model.score([{"instruction": W[3], "output": a} for a in (answer, late)])
     assert got[0] == got[1] == pytest.approx(reference(W[3], answer, max_windows=2)[0], abs=1e-6)
+
+
+def test_each_window_carries_its_whole_answers_loops(tmp_path):
+    plain = tiny.make_bundle(tmp_path / "plain", max_windows=8)
+    reads = tiny.make_bundle(tmp_path / "loops", max_windows=8, loops=True)
+    once = long_answer(5, 10)  # 3 windows: no window holds a whole copy of a loop of it
+    records = SHORT + [{"instruction": W[7], "output": a} for a in (once, " ".join([once] * 3), once + " " + once)]
+    base = car_onnx.load(plain, precision="fp32").score(records)
+    got = car_onnx.load(reads, precision="fp32").score(records)
+    assert np.array_equal(got[: len(SHORT)], base[: len(SHORT)])  # texts that fit are fed 0
+    for i, record in enumerate(records[len(SHORT) :], start=len(SHORT)):
+        words = record["output"].split()  # one token per word
+        trigrams = list(zip(words, words[1:], words[2:]))
+        share = sum(t in trigrams[:k] for k, t in enumerate(trigrams)) / len(trigrams)
+        assert got[i] == pytest.approx(base[i] + share, abs=1e-6)  # every window gets its whole answer's share
+    assert got[len(SHORT)] == base[len(SHORT)] and got[-2] > got[-1] > got[len(SHORT)] + 0.3  # 0, 18/28, 8/18
+    bad = tiny.make_bundle(tmp_path / "bad", loops=True)  # a graph reading answer_loops: its manifest must say so
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["models"][0]["inputs"] = ["input_ids", "attention_mask"]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(car_onnx.BundleError, match="the graph reads answer_loops, which the manifest's inputs"):
+        car_onnx.load(bad, precision="fp32").score(SHORT)
 
 
 def conversation(*exchanges):
@@ -154,8 +179,6 @@ def test_the_report_says_how_records_were_read(bundles, tmp_path):
 
 
 def test_a_work_dir_of_another_reading_is_not_reused(bundles, tmp_path, cli):
-    import json
-
     _, bundle = bundles
     data = tmp_path / "conversations.jsonl"
     rows = [conversation((W[i], W[i + 1]), (W[i + 2], W[i + 3])) for i in range(8)]
@@ -169,5 +192,5 @@ def test_a_work_dir_of_another_reading_is_not_reused(bundles, tmp_path, cli):
     del job["reading"], job["turns"]  # a work dir made before whole records were read
     (work / "job.json").write_text(json.dumps(job))
     rc, _, err, _ = cli("score", data, "-o", tmp_path / "c.jsonl", "-b", bundle, "--work-dir", work, "--turns", "first")
-    assert rc == 0 and "how records are read (car-onnx's version) changed (None -> 2)" in err, err
+    assert rc == 0 and f"how records are read (car-onnx's version) changed (None -> {READING})" in err, err
     assert (tmp_path / "c.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()

@@ -87,13 +87,17 @@ class Bundle:
             units = [model.reader.units(r, turns) for r in records]
             counts = [len(u) for u in units]
             flat = [u for record in units for u in record]
-            # a text with where its response starts (for a graph that reads it): the same text split elsewhere is
-            # another input
-            texts = [(u.text, u.start if model.reads_response else None) for u in flat]
+            # a text with where its response starts and its answer's loops (for a graph that reads them): the same
+            # text split elsewhere, or a window of another answer, is another input
+            texts = [
+                (u.text, u.start if model.reads_response else None, u.loops if model.reads_loops else None)
+                for u in flat
+            ]
             unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
-            starts = [s for _, s in unique] if model.reads_response else None
+            starts = [s for _, s, _ in unique] if model.reads_response else None
+            loops = [x for _, _, x in unique] if model.reads_loops else None
             scaled = _Scaled(progress, len(unique), len(records))
-            results = model.run([t for t, _ in unique], model_roles, max_tokens, scaled, starts)
+            results = model.run([t for t, _, _ in unique], model_roles, max_tokens, scaled, starts, loops)
             scaled.finish()
             if len(unique) < len(texts):
                 where = np.fromiter((unique[t] for t in texts), dtype=np.int64, count=len(texts))

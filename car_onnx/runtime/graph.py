@@ -16,8 +16,9 @@ from .session import SessionConfig, create_session, machine_threads
 from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch, pad_rows, plan_batches, tokenize
 
 # response_mask: 1 for the tokens of the record's output (see Template.response_start), for scorers that read the
-# instruction and the response apart within one forward pass.
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask")
+# instruction and the response apart within one forward pass. answer_loops ([batch] float): for a window of a longer
+# answer, the share of the whole answer's token trigrams seen earlier in it (reading.py), 0 for a text that fits.
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask", "answer_loops")
 
 
 class OnnxModel:
@@ -36,8 +37,9 @@ class OnnxModel:
         unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
         if unknown:
             raise BundleError(f"{self.graph}: graph input(s) {unknown} are not among {list(KNOWN_INPUTS)}")
-        if "response_mask" in self.input_names and "response_mask" not in spec.inputs:
-            raise BundleError(f"{self.graph}: the graph reads response_mask, which the manifest's inputs do not list")
+        for name in ("response_mask", "answer_loops"):
+            if name in self.input_names and name not in spec.inputs:
+                raise BundleError(f"{self.graph}: the graph reads {name}, which the manifest's inputs do not list")
         have = {o.name for o in self.session.get_outputs()}
         missing = [name for name in spec.outputs.values() if name not in have]
         if missing:
@@ -51,6 +53,11 @@ class OnnxModel:
         """Whether the graph reads the response apart from the prompt (then `run` needs each text's start)."""
         return "response_mask" in self.input_names
 
+    @property
+    def reads_loops(self) -> bool:
+        """Whether the graph reads each text's answer loops (then `run` takes them)."""
+        return "answer_loops" in self.input_names
+
     def response_start(self, instruction: str, input: str) -> int:
         return self.spec.template.response_start(instruction, input)
 
@@ -61,9 +68,11 @@ class OnnxModel:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         progress: Callable[[int], None] | None = None,
         starts: list[int] | None = None,
+        loops: list[float] | None = None,
     ) -> dict[str, np.ndarray]:
         """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`; `starts`: where each
-        text's response begins (characters), for a graph that reads the response apart.
+        text's response begins (characters), for a graph that reads the response apart; `loops`: each text's answer
+        loops (reading.Unit.loops; 0 for all when not given), for a graph that reads them.
         int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
         would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
         if self.reads_response and starts is None:
@@ -78,6 +87,8 @@ class OnnxModel:
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             if tokens.response is not None:
                 feed["response_mask"] = pad_rows([tokens.response[i] for i in batch], 0)
+            if self.reads_loops:
+                feed["answer_loops"] = np.array([loops[i] if loops else 0.0 for i in batch], dtype=np.float32)
             return self.session.run(names, {n: feed[n] for n in self.input_names})
 
         batches = plan_batches(tokens.lengths, 1 if self.precision == "int8" else max_tokens)

@@ -9,7 +9,10 @@ A record is cut into units, each one text the model runs once:
 - a longer one: the prompt (instruction and input; cut to half the window, input first, where longer) then, per
   window, the next stretch of the answer's tokens that fits, at most `max_windows` windows (the rest unread).
 An exchange's score and embedding are the means of its windows', weighted by the answer tokens each read; the
-record's are the plain means of its exchanges' (the embedding L2-normalised). Measured (docs/whole-records.md): a
+record's are the plain means of its exchanges' (the embedding L2-normalised). A window cannot see a loop longer than
+itself (an answer repeated whole): each window of a longer answer also carries the share of the whole answer's
+token trigrams seen earlier in it (`Unit.loops`, `answer_loops`), which a graph that reads it takes where it is
+above the window's own share; a text that fits carries 0 (its graph's own count, bit for bit as before). Measured (docs/whole-records.md): a
 mean weighted by tokens across exchanges lets a long good exchange outweigh a short bad one (0.866 of held-out pairs
 told apart in two-exchange conversations, against 0.909) and a long exchange pull the embedding to its topic (0.482
 of a conversation's nearest from its topic cluster, against 0.504); a plain mean across windows loses agreement on
@@ -23,7 +26,8 @@ import numpy as np
 
 TURNS = ("all", "first")
 READ_TOKENS = 16384  # the export's rule for both bundles: an answer is read up to this many tokens, in windows
-READING = 2  # the version of these rules, in a work dir's identity: 1 read the first exchange's first window only
+READING = 3  # the version of these rules, in a work dir's identity: 1 read the first exchange's first window only,
+# 2 did not give a window its answer's loops
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,15 @@ class Reading:
 
 @dataclass(frozen=True)
 class Unit:
-    """One text a model runs: where its response starts (characters), the answer tokens it reads and its share of
-    its exchange's answer tokens (its weight in the record's score and embedding)."""
+    """One text a model runs: where its response starts (characters), the answer tokens it reads, its share of
+    its exchange's answer tokens (its weight in the record's score and embedding) and, for a window of a longer
+    answer, the share of that whole answer's token trigrams seen earlier in it (`loops`; 0 for a text that fits)."""
 
     text: str
     start: int
     tokens: int
     share: float = 1.0
+    loops: float = 0.0
 
 
 class Reader:
@@ -87,7 +93,8 @@ class Reader:
         instruction, input = self._clip_prompt(instruction, input)
         prompt = self._tokens(self.template.render(instruction, input, ""))
         budget = max(self.max_length - prompt - 2, 1)  # 2: a token either side of a cut may tokenize differently
-        offsets = counter.encode(output, add_special_tokens=False).offsets
+        answer = counter.encode(output, add_special_tokens=False)
+        offsets = answer.offsets
         if not offsets:  # a long prompt and no answer: read as before, its first max_length tokens
             return [Unit(text, start, 1)]
         units = []
@@ -102,7 +109,8 @@ class Reader:
                 )
             )
         read = sum(u.tokens for u in units)
-        return [Unit(u.text, u.start, u.tokens, u.tokens / read) for u in units]
+        loops = repeated_trigrams(answer.ids[:read])
+        return [Unit(u.text, u.start, u.tokens, u.tokens / read, loops) for u in units]
 
     def counter(self):
         """The model's tokenizer without truncation: to count a text's tokens past max_length."""
@@ -136,6 +144,17 @@ class Reader:
         offsets = self.counter().encode(text, add_special_tokens=False).offsets
         keep = len(offsets) - tokens
         return text[: offsets[keep - 1][1]] if keep > 0 else ""
+
+
+def repeated_trigrams(ids: list[int]) -> float:
+    """The share of the token trigrams of `ids` that occur earlier in `ids` (what a graph counts as loops within
+    one text, heads.trigram_rates); 0 for fewer than three tokens."""
+    seen: set = set()
+    repeats = 0
+    for trigram in zip(ids, ids[1:], ids[2:]):
+        repeats += trigram in seen
+        seen.add(trigram)
+    return repeats / max(len(ids) - 2, 1)
 
 
 def combine(values: np.ndarray, counts: list[int], weights: np.ndarray, normalise: bool) -> np.ndarray:
