@@ -10,13 +10,13 @@ A record is cut into units, each one text the model runs once:
   window, the next stretch of the answer's tokens that fits, at most `max_windows` windows (the rest unread).
 An exchange's score and embedding are the means of its windows', weighted by the answer tokens each read; the
 record's are the plain means of its exchanges' (the embedding L2-normalised). A window cannot see a loop longer than
-itself (an answer repeated whole): each window of a longer answer also carries the share of the whole answer's
-token trigrams seen earlier in it (`Unit.loops`, `answer_loops`), which a graph that reads it takes where it is
-above the window's own share; a text that fits carries 0 (its graph's own count, bit for bit as before). Measured (docs/whole-records.md): a
-mean weighted by tokens across exchanges lets a long good exchange outweigh a short bad one (0.866 of held-out pairs
-told apart in two-exchange conversations, against 0.909) and a long exchange pull the embedding to its topic (0.482
-of a conversation's nearest from its topic cluster, against 0.504); a plain mean across windows loses agreement on
-long single answers (0.906 against 0.929)."""
+itself (an answer repeated whole): each window of a longer answer also carries the share of the whole answer's token
+trigrams seen earlier in it (`Unit.loops`, `answer_loops`), which a graph that reads it takes where it is above the
+window's own share; a text that fits carries 0 (its graph's own count, bit for bit as before). Measured
+(docs/whole-records.md): a mean weighted by tokens across exchanges lets a long good exchange outweigh a short bad
+one (0.866 of held-out pairs told apart in two-exchange conversations, against 0.909) and a long exchange pull the
+embedding to its topic (0.482 of a conversation's nearest from its topic cluster, against 0.504); a plain mean
+across windows loses agreement on long single answers (0.906 against 0.929)."""
 
 from __future__ import annotations
 
