@@ -7,6 +7,7 @@ import errno
 import functools
 import importlib
 import os
+import re
 import resource
 import sys
 import time
@@ -54,6 +55,7 @@ Input = Annotated[
     ),
 ]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the result.", show_default=False)]
+URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # an output only Spark writes: hdfs://..., s3a://..., file://...
 BundleDir = Annotated[
     Optional[Path], typer.Option("--bundle", "-b", help="Bundle directory [default: the built default bundle]")
 ]
@@ -402,7 +404,16 @@ def _summary(report: jobs.RunSummary, quiet: bool, output: Path) -> None:
 @app.command()
 def select(
     input: Input,
-    output: Output,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the result; with --spark also a URI Spark writes (hdfs://, s3a://, file://...).",
+            show_default=False,
+            metavar="PATH",
+        ),
+    ],
     bundle: BundleDir = None,
     n1: Annotated[
         str,
@@ -492,6 +503,10 @@ def select(
 ):
     """Select the CaR subset: top n1 by quality score plus the top n2 of every embedding cluster. Each selected
     record is written with its score, cluster, rank (by score, 1 = best) and reason (top or cluster)."""
+    uri = output if URI.match(output) else None
+    if uri is not None and spark is None:
+        raise UsageError(f"{output}: an output URI is written by Spark's own writers: give --spark MASTER")
+    output = Path(output)
     if spark is not None:
         if ray is not None:
             raise UsageError("--spark does not take --ray: give one of them")
@@ -531,6 +546,7 @@ def select(
             cluster_field=cluster_field,
             show=show,
             report=report,
+            uri=uri,
         )
         if show:
             _show(run.shown, score_field, cluster_field)
@@ -543,7 +559,7 @@ def select(
                     err=True,
                 )
             typer.echo(
-                f"car-onnx: {run.records:,} records; {run.selected:,} selected on Spark {spark}; wrote {output}",
+                f"car-onnx: {run.records:,} records; {run.selected:,} selected on Spark {spark}; wrote {uri or output}",
                 err=True,
             )
         return

@@ -347,29 +347,42 @@ def select_file(
     cluster_field: str = "cluster",
     show: bool = False,
     report: Path | None = None,
+    uri: str | None = None,
 ):
     """`car-onnx select --spark MASTER`: the input file (or directory of shards) read by Spark, the selection made
     by `select`, and the selected rows (few: they come to the driver) written by car-onnx's own writers, as the
     local job writes them (with `write_all`, every row, streamed a partition at a time); bad rows (--on-error skip)
     and dropped duplicates go to the rejects file as locally, each named by its row number; with `show`, the run
     keeps each selected (row, record) for --show; with `report`, the curation report is written there as the local
-    job writes it (records named by row). Returns a SparkRun."""
+    job writes it (records named by row). With `uri` (an output such as hdfs://..., s3a://... or file://...), Spark's
+    own writers write the output there as a directory of part files (JSON lines, CSV with a header or Parquet; the
+    selection in one part, in selection order; with `write_all`, every row, a part per partition, in row order), and
+    any rejects to URI.rejects.jsonl. Returns a SparkRun."""
     _spark()
+    import json
     import os
     import sys
     import time
 
     from pyspark.sql import SparkSession
 
-    from .io.readers import detect_format
+    from .io.readers import check_input, detect_format
     from .io.writers import open_writer
     from .jobs.outputs import check_names, check_output, output_format, rejects_writer, shortest
-    from .jobs.scanning import duplicate_row, invalid_row
 
     added = check_names(score_field, cluster_field, ("rank",) + (("selected",) if write_all else ()) + ("reason",))
     names = {"score": score_field, "cluster": cluster_field}
-    fmt = output_format(output, out_fmt)
-    rejects_path = check_output(job, output, fmt, job.on_error == "skip" or options.dedup.exact)
+    needs_rejects = job.on_error == "skip" or options.dedup.exact
+    if uri is None:
+        fmt = output_format(output, out_fmt)
+        rejects_path = check_output(job, output, fmt, needs_rejects)
+    else:
+        fmt = _uri_format(uri, out_fmt)
+        if job.rejects is not None:
+            raise UsageError(f"{uri}: Spark writes the rejects of a URI output to {uri}.rejects.jsonl: drop --rejects")
+        for shard in job.shards:
+            check_input(shard)
+        rejects_path = None
     source = job.fmt or detect_format(job.shards[0])
     if report is not None:  # checked before any work
         from .io import report as curation
@@ -383,6 +396,10 @@ def select_file(
     spark = spark.config("spark.driver.memory", DRIVER_MEMORY).config("spark.driver.maxResultSize", "0")
     spark = spark.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")  # Spark's own warnings off; car-onnx's errors still name row and field
+    targets = [uri, f"{uri}.rejects.jsonl" if needs_rejects else None] if uri is not None else []
+    for target in filter(None, targets):  # before any work, as for a driver path
+        if _exists(spark, target) and not job.force:
+            raise UsageError(f"{target}: already exists; pass {{force=True}} to replace it", "force=True")
     reader = spark.read.option("multiLine", source == "json")
     if source == "csv":
         reader = reader.option("header", True)
@@ -398,29 +415,30 @@ def select_file(
     def named(row: dict) -> dict:
         return {names.get(k, k): shortest(v) if k == "score" else v for k, v in row.items()}
 
-    with rejects_writer(job, rejects_path) as rejects:
-        for row in _collected(done.rejected):
-            run.rejected += 1
-            where, field, error = f"row {row.pop(ROW)}", row.pop("field"), row.pop("error")
-            rejects.write(invalid_row(where, field, error, row))
-        for row in _collected(done.duplicates):
-            run.duplicates += 1
-            where, original = f"row {row.pop(ROW)}", f"row {row.pop('duplicate_of')}"
-            rejects.write(duplicate_row(where, original, "exact", row))
-        if write_all:
-            with open_writer(output, fmt, (*df.columns, *added)) as writer:
-                for row in done.every.drop(ROW).toLocalIterator():
-                    writer.write(named(row.asDict(recursive=True)))
-        else:
-            with open_writer(output, fmt) as writer:
-                for row in rows:
-                    writer.write(named(row))
+    if uri is not None:  # Spark's writers, as part files
+        lines = [json.dumps(row, ensure_ascii=False) for row in _rejects(done, run)]
+        if lines:
+            run.rejects = f"{uri}.rejects.jsonl"
+            rejects = spark.createDataFrame([(line,) for line in lines], "value string").coalesce(1)
+            rejects.write.mode("overwrite" if job.force else "errorifexists").text(run.rejects)
+        frame = done.every.drop(ROW) if write_all else done.selected.coalesce(1)
+        with _errors():
+            _write(frame.withColumnsRenamed(names), uri, fmt, job.force)
+    else:  # car-onnx's writers on the driver, as the local job writes
+        with rejects_writer(job, rejects_path) as rejects:
+            for row in _rejects(done, run):
+                rejects.write(row)
+            if write_all:
+                with open_writer(output, fmt, (*df.columns, *added)) as writer:
+                    for row in done.every.drop(ROW).toLocalIterator():
+                        writer.write(named(row.asDict(recursive=True)))
+            else:
+                with open_writer(output, fmt) as writer:
+                    for row in rows:
+                        writer.write(named(row))
+        run.rejects = rejects_path if rejects is not None and rejects.count else None
     if show:
-        run.shown = [
-            (named(row), make_record(LABEL, i, f"row {i}", {k: row[k] for k in df.columns}, model.fields))
-            for i, row in enumerate(rows)
-        ]
-    run.rejects = rejects_path if rejects is not None and rejects.count else None
+        run.shown = [(named(row), _record(i, row, df.columns, model)) for i, row in enumerate(rows)]
     if report is not None:
         sel, texts, wheres, lengths, units = done.report
         page = curation.Run(
@@ -440,6 +458,60 @@ def select_file(
         )
         curation.write(report, sel, page)
     return run
+
+
+def _rejects(done: _Selected, run: SparkRun):
+    """The rejects file's rows, as the local job writes them (named by row): the bad rows, then the exact
+    duplicates dropped before ranking; counted in `run`."""
+    from .jobs.scanning import duplicate_row, invalid_row
+
+    for row in _collected(done.rejected):
+        run.rejected += 1
+        where, field, error = f"row {row.pop(ROW)}", row.pop("field"), row.pop("error")
+        yield invalid_row(where, field, error, row)
+    for row in _collected(done.duplicates):
+        run.duplicates += 1
+        where, original = f"row {row.pop(ROW)}", f"row {row.pop('duplicate_of')}"
+        yield duplicate_row(where, original, "exact", row)
+
+
+def _record(i: int, row: dict, columns: list[str], model: ModelOptions):
+    """The record of the `i`th selected row (for --show)."""
+    return make_record(LABEL, i, f"row {i}", {k: row[k] for k in columns}, model.fields)
+
+
+URI_FORMATS = ("jsonl", "csv", "parquet")  # what Spark's writers write of car-onnx's output formats
+
+
+def _uri_format(uri: str, out_fmt: str | None) -> str:
+    """The output format of a URI output: --output-format, else its suffix; Spark writes no single JSON array."""
+    fmt = out_fmt or {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".json": "json"}.get(
+        Path(uri.rstrip("/")).suffix.lower()
+    )
+    if fmt not in URI_FORMATS:
+        raise UsageError(
+            f"{uri}: Spark writes a URI output as JSON lines (.jsonl), CSV (.csv) or Parquet (.parquet), not "
+            f"{'a single JSON array' if fmt == 'json' else 'this suffix'}; name it so or give --output-format"
+        )
+    return fmt
+
+
+def _exists(spark, uri: str) -> bool:
+    """Whether `uri` exists, asked of the Hadoop file system Spark writes it with."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return bool(path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path))
+
+
+def _write(frame, uri: str, fmt: str, force: bool) -> None:
+    """`frame` written to `uri` by Spark: JSON lines with null fields kept, CSV with a header, or Parquet."""
+    writer = frame.write.mode("overwrite" if force else "errorifexists")
+    if fmt == "jsonl":
+        writer.option("ignoreNullFields", False).json(uri)
+    elif fmt == "csv":
+        writer.option("header", True).csv(uri)
+    else:
+        writer.parquet(uri)
 
 
 def _file_order(path, fmt: str, fields, columns: list[str]) -> list[str]:
@@ -470,7 +542,7 @@ class SparkRun:
     selected: int
     rejected: int = 0  # bad rows, skipped
     duplicates: int = 0  # rows dropped as exact duplicates
-    rejects: Path | None = None  # where those went
+    rejects: Path | str | None = None  # where those went (a URI output's: URI.rejects.jsonl)
     shown: list = field(default_factory=list)  # (output row, record) of each selected row, for --show
 
 

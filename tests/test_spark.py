@@ -259,3 +259,57 @@ def test_cli_spark_writes_the_report_of_the_local_job(bundle, tmp_path, cli):
     assert spark == local and local["rejected"] == 1 and local["duplicates"] == {"exact": 1, "near": 0}
     shown = [r["output"] for r in rows if isinstance(r["output"], str) and r["output"] in pages["local"]]
     assert shown and all(text in pages["spark"] for text in shown)  # the same records shown
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_cli_spark_writes_a_uri_output_with_its_own_writers(bundle, tmp_path, cli, fmt):
+    rows = [dict(r) for r in ROWS[:60]]
+    rows[8]["output"] = None
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("-b", bundle, "--n1", "5", "--n2", "1", "--on-error", "skip", "--precision", "fp32", "--quiet")
+    assert cli("select", data, "-o", tmp_path / f"local.{fmt}", *args)[0] == 0
+    uri = (tmp_path / f"spark.{fmt}").as_uri()  # file:///...: a directory of part files, as on HDFS or S3
+    rc, _, err, _ = cli("select", data, "-o", uri, *args, "--spark", "local[2]")
+    assert rc == 0, err
+
+    def read(path):
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            # Spark keeps the score a float32 column; car-onnx writes its shortest decimal as a double
+            return [dict(r, score=np.float32(r["score"])) for r in pq.read_table(path).to_pylist()]
+        if fmt == "jsonl":
+            return [json.loads(line) for line in path.read_text().splitlines()]
+        return list(csv.DictReader(io.StringIO(path.read_text())))
+
+    local = read(tmp_path / f"local.{fmt}")
+    parts = sorted((tmp_path / f"spark.{fmt}").glob("part-*"))
+    assert len(parts) == 1 and read(parts[0]) == local and len(local) > 5  # in selection order
+    (rejects,) = (tmp_path / f"spark.{fmt}.rejects.jsonl").glob("part-*")
+    local_rejects = (tmp_path / f"local.{fmt}.rejects.jsonl").read_text().replace('"line 9"', '"row 8"')
+    assert rejects.read_text() == local_rejects.replace('"line 18"', '"row 17"').replace('"line 6"', '"row 5"')
+
+    rc, _, err, _ = cli("select", data, "-o", uri, *args, "--spark", "local[2]")  # refused before any work
+    assert (rc, err.strip().splitlines()[-1]) == (
+        2,
+        f"car-onnx: error: {uri}: already exists; pass --force to replace it",
+    )
+
+
+def test_a_uri_output_needs_spark_and_a_format_spark_writes(bundle, tmp_path, cli):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:5]))
+    uri = (tmp_path / "o.json").as_uri()
+    rc, _, err, _ = cli("select", data, "-o", uri, "-b", bundle)
+    assert (rc, err.strip()) == (
+        2,
+        f"car-onnx: error: {uri}: an output URI is written by Spark's own writers: give --spark MASTER",
+    )
+    rc, _, err, _ = cli("select", data, "-o", uri, "-b", bundle, "--spark", "local[1]")
+    assert (rc, err.strip()) == (
+        2,
+        f"car-onnx: error: {uri}: Spark writes a URI output as JSON lines (.jsonl), CSV (.csv) or Parquet (.parquet), "
+        "not a single JSON array; name it so or give --output-format",
+    )
+    assert not (tmp_path / "o.json").exists()
