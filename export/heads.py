@@ -183,8 +183,9 @@ def span_cosines(pool, input_ids, attention_mask, response_mask, max_length: int
     """[B, L + 6]: what the defect part of the score reads. `pool(weight)` gives [B, L, H] vectors of the text
     restricted to a span (weight [B, T], 0/1): the cosine of the prompt's and the response's vector at each of the L
     levels, then the loop and echo trigram rates, the log lengths of response and prompt, whether the text hit the
-    token limit and whether the response is empty. `answer_loops` ([B]: the loop rate of the whole answer a window
-    was cut from, runtime/reading.py; 0 for a text that fits) replaces the loop rate where it is higher."""
+    token limit and whether the response is empty. `answer_loops` ([B]: the share of repeated 8-token runs of the
+    whole answer a window was cut from, runtime/reading.py; 0 for a text that fits) replaces the loop rate where
+    higher."""
     mask = attention_mask.to(torch.float32)
     response = response_mask.to(torch.float32) * mask
     prompt = mask - response

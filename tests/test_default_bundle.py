@@ -181,8 +181,8 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     counter = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
     counter.no_truncation()
     ids = counter.encode(looped.output, add_special_tokens=False).ids  # the answer's tokens, all read
-    trigrams = list(zip(ids, ids[1:], ids[2:]))
-    share = sum(t in set(trigrams[:k]) for k, t in enumerate(trigrams)) / len(trigrams)
+    runs = [tuple(ids[k : k + 8]) for k in range(len(ids) - 7)]  # runs of 8 tokens (reading.RUN)
+    share = sum(t in set(runs[:k]) for k, t in enumerate(runs)) / len(runs)
     assert len(units) > 3 and [u.loops for u in units] == pytest.approx([share] * len(units)) and share > 0.6
 
     def windows(loops):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import car_onnx
-from car_onnx.runtime.reading import READING
+from car_onnx.runtime.reading import READING, RUN
 from car_onnx_export import tiny
 
 W = tiny.WORDS
@@ -87,10 +87,11 @@ def test_each_window_carries_its_whole_answers_loops(tmp_path):
     assert np.array_equal(got[: len(SHORT)], base[: len(SHORT)])  # texts that fit are fed 0
     for i, record in enumerate(records[len(SHORT) :], start=len(SHORT)):
         words = record["output"].split()  # one token per word
-        trigrams = list(zip(words, words[1:], words[2:]))
-        share = sum(t in trigrams[:k] for k, t in enumerate(trigrams)) / len(trigrams)
+        runs = [tuple(words[k : k + RUN]) for k in range(len(words) - RUN + 1)]
+        share = sum(t in runs[:k] for k, t in enumerate(runs)) / len(runs)
         assert got[i] == pytest.approx(base[i] + share, abs=1e-6)  # every window gets its whole answer's share
-    assert got[len(SHORT)] == base[len(SHORT)] and got[-2] > got[-1] > got[len(SHORT)] + 0.3  # 0, 18/28, 8/18
+    assert got[len(SHORT)] == base[len(SHORT)]  # no run repeated
+    assert got[-2] - base[-2] == pytest.approx(13 / 23) and got[-1] - base[-1] == pytest.approx(3 / 13)
     bad = tiny.make_bundle(tmp_path / "bad", loops=True)  # a graph reading answer_loops: its manifest must say so
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["models"][0]["inputs"] = ["input_ids", "attention_mask"]
