@@ -203,6 +203,12 @@ def wheel_requirements(path: Path) -> tuple[str, str, list]:
     return canonicalize_name(meta["Name"]), meta["Version"], requires
 
 
+def applies(req, target: Target, extras) -> bool:
+    """Whether requirement `req` holds on `target` for a distribution installed with `extras` (its marker judged
+    with the target's environment, once per extra and once without)."""
+    return req.marker is None or any(req.marker.evaluate(target.markers(e)) for e in ("", *extras))
+
+
 def missing_requirements(wheels: list[Path], roots: list, target: Target) -> list:
     """Requirements of `roots` (and of theirs, recursively, with the target's markers) that no wheel satisfies;
     returned without their markers."""
@@ -227,7 +233,7 @@ def missing_requirements(wheels: list[Path], roots: list, target: Target) -> lis
             missing.append(req)
             continue
         for dep in fits[0]:
-            if dep.marker is None or any(dep.marker.evaluate(target.markers(e)) for e in ("", *req.extras)):
+            if applies(dep, target, req.extras):
                 dep = Requirement(str(dep))
                 dep.marker = None  # decided here: pip would judge it by the Python running pip
                 todo.append(dep)
@@ -263,9 +269,7 @@ def source_only(wheel: Path, extras: list[str], target: Target) -> list[str]:
 
     found = []
     for req in wheel_requirements(wheel)[2]:
-        if canonicalize_name(req.name) in SOURCE_ONLY and (
-            req.marker is None or any(req.marker.evaluate(target.markers(e)) for e in ("", *extras))
-        ):
+        if canonicalize_name(req.name) in SOURCE_ONLY and applies(req, target, extras):
             req.marker = None
             found.append(str(req))
     return found

@@ -312,9 +312,9 @@ def _report_facts(scored, columns, got, rows_of, sel, bundle, model_options: dic
 
 
 def _numbered(df):
-    """(`df` marked and kept, `df` with each row's position as ROW, its number of rows): positions counted in the JVM, per partition
-    (monotonically_increasing_id holds the partition in its upper bits and the place within it in the lower 33),
-    offset by the sizes of the partitions before; the order is the order collect() gives."""
+    """(`df` marked and kept, `df` with each row's position as ROW, its number of rows): positions counted in the
+    JVM, per partition (monotonically_increasing_id holds the partition in its upper bits and the place within it in
+    the lower 33), offset by the sizes of the partitions before; the order is the order collect() gives."""
     from pyspark.sql import functions as F
 
     marked = df.withColumns({"_car_part": F.spark_partition_id(), "_car_id": F.monotonically_increasing_id()})
@@ -396,8 +396,8 @@ def select_file(
     spark = spark.config("spark.driver.memory", DRIVER_MEMORY).config("spark.driver.maxResultSize", "0")
     spark = spark.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")  # Spark's own warnings off; car-onnx's errors still name row and field
-    targets = [uri, f"{uri}.rejects.jsonl" if needs_rejects else None] if uri is not None else []
-    for target in filter(None, targets):  # before any work, as for a driver path
+    targets = () if uri is None else (uri, f"{uri}.rejects.jsonl") if needs_rejects else (uri,)
+    for target in targets:  # before any work, as for a driver path
         if _exists(spark, target) and not job.force:
             raise UsageError(f"{target}: already exists; pass {{force=True}} to replace it", "force=True")
     reader = spark.read.option("multiLine", source == "json")
@@ -484,14 +484,15 @@ URI_FORMATS = ("jsonl", "csv", "parquet")  # what Spark's writers write of car-o
 
 
 def _uri_format(uri: str, out_fmt: str | None) -> str:
-    """The output format of a URI output: --output-format, else its suffix; Spark writes no single JSON array."""
-    fmt = out_fmt or {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".json": "json"}.get(
-        Path(uri.rstrip("/")).suffix.lower()
-    )
+    """The output format of a URI output, as for a path (jobs.outputs.output_format); Spark writes no single JSON
+    array."""
+    from .jobs.outputs import output_format
+
+    fmt = output_format(uri.rstrip("/"), out_fmt)
     if fmt not in URI_FORMATS:
         raise UsageError(
-            f"{uri}: Spark writes a URI output as JSON lines (.jsonl), CSV (.csv) or Parquet (.parquet), not "
-            f"{'a single JSON array' if fmt == 'json' else 'this suffix'}; name it so or give --output-format"
+            f"{uri}: Spark writes a URI output as JSON lines (.jsonl), CSV (.csv) or Parquet (.parquet), not a single "
+            "JSON array; name it so or give --output-format"
         )
     return fmt
 
