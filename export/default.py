@@ -16,7 +16,7 @@ from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.reading import READ_TOKENS, Reading
 from car_onnx.runtime.tokenization import load_tokenizer
 
-from .heads import DefectPart, HeadConfig, ScoringHead, span_cosines, span_mean
+from .heads import DefectPart, HeadConfig, RefusalReader, ScoringHead, span_cosines, span_mean
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
 
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
@@ -40,9 +40,17 @@ class JointModel(nn.Module):
     quality head on the layers' mix, plus (with `defects`) the defect term read from the same pass (see
     `defect_features`)."""
 
-    def __init__(self, encoder: nn.Module, head: ScoringHead, defects: DefectPart | None = None, max_length: int = 256):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: ScoringHead,
+        defects: DefectPart | None = None,
+        max_length: int = 256,
+        refusals: RefusalReader | None = None,
+    ):
         super().__init__()
         self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
+        self.refusals = refusals
         # the branch: a copy of the last layer (the same weights under their own names, which the graph optimiser
         # needs to tell the two uses apart)
         self.branch = copy.deepcopy(encoder.encoder.layer[-1])
@@ -60,11 +68,8 @@ class JointModel(nn.Module):
             score = score + self.defects(features)
         return score, emb  # in the order of the roles (score, embed)
 
-    def defect_features(self, hidden, input_ids, attention_mask, response_mask, answer_loops=None) -> torch.Tensor:
-        """`span_cosines` over the 7 hidden states and a branch: the last layer run again on the layer before it
-        with attention kept within the prompt and within the response, so that the two spans are read apart (in
-        the shared layers they attend to each other). The branch costs one layer of six; the embedding is
-        untouched."""
+    def branch_states(self, hidden, attention_mask, response_mask) -> torch.Tensor:
+        """The last layer run again on the layer before it, attention kept within the prompt and the response."""
         response = response_mask.to(torch.float32) * attention_mask.to(torch.float32)
         same = (response.unsqueeze(2) == response.unsqueeze(1)) & attention_mask.bool().unsqueeze(1)
         blocked = (~same).to(hidden[-1].dtype).unsqueeze(1) * -10000.0  # [B, 1, T, T], added to the logits
@@ -72,13 +77,25 @@ class JointModel(nn.Module):
         # read): fed the tensor itself, onnxruntime's optimiser no longer fused the last layer's attention, and the
         # embedding moved in its last bits
         entry = hidden[-2] * attention_mask.unsqueeze(-1).to(hidden[-2].dtype)
-        branch = self.branch(entry, attention_mask=blocked)[0]
+        return self.branch(entry, attention_mask=blocked)[0]
+
+    def defect_features(self, hidden, input_ids, attention_mask, response_mask, answer_loops=None) -> torch.Tensor:
+        """`span_cosines` over the 7 hidden states and a branch: the last layer run again on the layer before it
+        with attention kept within the prompt and within the response, so that the two spans are read apart (in
+        the shared layers they attend to each other). The branch costs one layer of six; the embedding is
+        untouched. With `refusals`, also what it reads of the response's segments in the branch and the last
+        layer."""
+        branch = self.branch_states(hidden, attention_mask, response_mask)
         levels = [*hidden, branch]
 
         def pool(weight):
             return torch.stack([span_mean(h, weight) for h in levels], 1)
 
-        return span_cosines(pool, input_ids, attention_mask, response_mask, self.max_length, answer_loops)
+        features = span_cosines(pool, input_ids, attention_mask, response_mask, self.max_length, answer_loops)
+        if self.refusals is None:
+            return features
+        response = response_mask.to(branch.dtype) * attention_mask.to(branch.dtype)
+        return torch.cat([features, self.refusals([branch, hidden[-1]], input_ids, response)], 1)
 
 
 def head_config(meta: dict) -> HeadConfig:
@@ -94,7 +111,7 @@ def load_head(weights: Path = WEIGHTS) -> tuple[ScoringHead, dict]:
     meta = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
     state = load_file(str(weights))
     head = ScoringHead(head_config(meta), pad_id=meta["pad_id"])
-    head.load_state_dict({k: v for k, v in state.items() if not k.startswith("defects.")})
+    head.load_state_dict({k: v for k, v in state.items() if not k.startswith(("defects.", "refusals."))})
     head.eval()
     head.layerwise_attention.freeze()
     return head, meta
@@ -106,11 +123,25 @@ def load_defects(weights: Path, meta: dict) -> DefectPart | None:
 
     if "defects" not in meta:
         return None
-    part = DefectPart(meta["defects"]["features"], meta["defects"]["hidden"], meta["defects"]["scale"])
-    part.load_state_dict(
-        {k.removeprefix("defects."): v for k, v in load_file(str(weights)).items() if k.startswith("defects.")}
-    )
+    d = meta["defects"]
+    part = DefectPart(d["features"], d["hidden"], d["scale"], d.get("members", 1), d.get("shift", False))
+    state = {k.removeprefix("defects."): v for k, v in load_file(str(weights)).items() if k.startswith("defects.")}
+    if "members" not in d:  # a term trained before members: one network, named `net`
+        state = {k.replace("net.", "nets.0.", 1) if k.startswith("net.") else k: v for k, v in state.items()}
+    part.load_state_dict(state)
     return part.eval()
+
+
+def load_refusals(weights: Path) -> RefusalReader | None:
+    """The head's refusal reader (None for a head trained without one)."""
+    from safetensors.torch import load_file
+
+    state = {k.removeprefix("refusals."): v for k, v in load_file(str(weights)).items() if k.startswith("refusals.")}
+    if not state:
+        return None
+    reader = RefusalReader(state["ends"].tolist(), *state["prototype"].shape)
+    reader.load_state_dict(state)
+    return reader.eval()
 
 
 def check_texts(template: Template) -> list[tuple[str, int]]:
@@ -136,7 +167,7 @@ def export_default(
     head, meta = load_head(weights)
     encoder = load_encoder()
     defects = load_defects(weights, meta)
-    model = JointModel(encoder, head, defects, meta["max_length"]).eval()
+    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights)).eval()
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
     template = Template(**meta["template"])
     spec = ModelSpec(

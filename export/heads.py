@@ -207,24 +207,95 @@ def span_cosines(pool, input_ids, attention_mask, response_mask, max_length: int
     return torch.cat([cos, counts], 1)
 
 
-class DefectPart(nn.Module):
-    """The score's defect term: a penalty of up to `scale` as the probability P that the record is defective, from
-    a small ReLU network on `span_cosines` (a few numbers per text), goes from 1/2 to 1. It reads how the response
-    relates to the instruction (off-topic, echoed), loops, cut-offs and empty answers, which the quality head,
-    trained on polished pairs only, never saw. A record more likely real than not gets no penalty, so the quality
-    head's order among real records holds."""
+SEGMENT_ENDS = (".", "!", "?", ";")  # the tokens that close a segment of a response (RefusalReader)
 
-    def __init__(self, features: int, hidden: int = 64, scale: float = 2.0):
+
+def segment_means(states, input_ids, response, ends) -> tuple[torch.Tensor, torch.Tensor]:
+    """At each response token, the unit-length mean of the states of its segment ([B, T, H]: a segment is a run of
+    response tokens closed by one of the token ids `ends`, or by the response's end) and the segment's size ([B,
+    T]); anything at other positions. T x T sums, small beside one attention layer."""
+    closes = (input_ids.unsqueeze(-1) == ends).to(states.dtype).sum(-1)
+    segment = closes.cumsum(1) - closes  # a closing token belongs to the segment it closes
+    same = (segment.unsqueeze(2) == segment.unsqueeze(1)).to(states.dtype)
+    same = same * response.unsqueeze(1) * response.unsqueeze(2)
+    size = same.sum(-1)
+    mean = torch.matmul(same, states) / size.clamp(min=1).unsqueeze(-1)
+    return nn.functional.normalize(mean, dim=-1, eps=1e-6), size
+
+
+class RefusalReader(nn.Module):
+    """Whether a part of the response reads like a refusal, however short beside the rest: the response is cut into
+    segments (sentences, list items), and each segment's mean state at each of the given levels is compared with
+    what refusals look like there (`fit`, from training copies whose last parts were refused). [B, 2 x levels]: per
+    level, the largest cosine of a segment with the refusals' mean, and the largest projection of a segment,
+    centred on real answers' segments, on the direction from them to the refusals. 0 for an empty response."""
+
+    def __init__(self, ends: list[int], levels: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
-        )
+        self.register_buffer("ends", torch.tensor(ends, dtype=torch.int64))
+        self.register_buffer("prototype", torch.zeros(levels, hidden))
+        self.register_buffer("center", torch.zeros(levels, hidden))
+        self.register_buffer("direction", torch.zeros(levels, hidden))
+
+    def forward(self, states: list[torch.Tensor], input_ids, response) -> torch.Tensor:
+        out = []
+        has = response.sum(1) > 0
+        for k, level in enumerate(states):
+            v, _ = segment_means(level, input_ids, response, self.ends)
+            # products summed, not MatMuls: int8 export quantises a MatMul with a constant operand
+            for x in ((v * self.prototype[k]).sum(-1), ((v - self.center[k]) * self.direction[k]).sum(-1)):
+                best = x.masked_fill(response == 0, -1e4).amax(1)
+                out.append(torch.where(has, best, torch.zeros_like(best)))
+        return torch.stack(out, 1)
+
+    @torch.no_grad()
+    def fit(self, refused: list[torch.Tensor], real: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
+        """`refused`: per level, [N, H] unit vectors of the last segments of refused answers; `real`: per level, the
+        sums of real answers' unit segment vectors and their counts of segments."""
+        for k, (r, (total, count)) in enumerate(zip(refused, zip(*real))):
+            mean = r.mean(0)
+            self.prototype[k] = nn.functional.normalize(mean, dim=0)
+            self.center[k] = total / count
+            self.direction[k] = nn.functional.normalize(mean - self.center[k], dim=0)
+
+
+def _net(features: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+    )
+
+
+class DefectPart(nn.Module):
+    """The score's defect term, from a few numbers per text (`span_cosines`, and `RefusalReader`'s where the bundle
+    has one), which say how the response relates to the instruction (off-topic, echoed), loops, cut-offs, refused
+    parts and empty answers, none of which the quality head, trained on polished pairs only, ever saw. Each member
+    gives a penalty of up to `scale` as the probability P that the record is defective goes from 1/2 to 1 (nothing
+    for a record more likely real than not), plus, with `shift`, a free correction trained to stay near zero on
+    real texts; the term is the members' mean."""
+
+    def __init__(self, features: int, hidden: int = 64, scale: float = 2.0, members: int = 1, shift: bool = False):
+        super().__init__()
+        self.nets = nn.ModuleList(_net(features, hidden) for _ in range(members))
+        self.shifts = nn.ModuleList(_net(features, hidden) for _ in range(members)) if shift else None
         self.register_buffer("scale", torch.tensor(float(scale)))
 
-    def logit(self, features: torch.Tensor) -> torch.Tensor:
-        """The log-odds that the record is defective."""
-        return self.net(features * 4 - 2).squeeze(-1)
+    @classmethod
+    def ensemble(cls, parts: list["DefectPart"]) -> "DefectPart":
+        """One term averaging single-member `parts` (of one shape)."""
+        first = parts[0]
+        features, hidden = first.nets[0][0].in_features, first.nets[0][0].out_features
+        out = cls(features, hidden, float(first.scale), len(parts), first.shifts is not None)
+        for k, part in enumerate(parts):
+            out.nets[k].load_state_dict(part.nets[0].state_dict())
+            if out.shifts is not None:
+                out.shifts[k].load_state_dict(part.shifts[0].state_dict())
+        return out.eval()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """-scale * max(0, 2 P - 1): nothing at all for a record more likely real than not."""
-        return -self.scale * torch.relu(torch.tanh(self.logit(features) / 2))
+        x = features * 4 - 2
+        total = 0
+        for k, net in enumerate(self.nets):  # -scale * max(0, 2 P - 1), P = sigmoid(logit)
+            total = total - self.scale * torch.relu(torch.tanh(net(x).squeeze(-1) / 2))
+            if self.shifts is not None:
+                total = total + self.shifts[k](x).squeeze(-1)
+        return total / len(self.nets)

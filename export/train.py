@@ -35,18 +35,23 @@ MAX_LENGTH = 256
 RECIPE = dict(
     hidden_sizes=(256,), mix="sparsemax", epochs=40, lr=1e-3, weight_decay=1e-4, batch=64, dropout=0.1, pair_weight=1.0
 )
-# The defect term's recipe (chosen on the CHOOSE split of the expert training pairs and their corrupted copies):
-# each record lends up to `per_record` corrupted copies of random kinds; real must beat corrupted by `margin`.
+# The defect term's recipe (chosen on the CHOOSE split of the expert training pairs and their corrupted copies, by
+# the mean over kinds of the share of real answers above their copies): each record lends up to `per_record`
+# corrupted copies of random kinds; each of `members` networks learns, from its own seed, to put a real answer above
+# its copy by `margin` and a revision above its original, its free correction held near zero on real texts.
 DEFECTS = dict(
     hidden=64,
     scale=2.0,
-    epochs=40,
-    lr=3e-3,
-    weight_decay=1e-4,
-    batch=64,
-    per_record=4,
+    members=3,
+    epochs=60,
+    lr=1e-3,
+    weight_decay=1e-2,
+    batch=256,
+    expert_batch=128,
+    per_record=6,
     margin=0.5,
-    weight=1.0,
+    expert_weight=1.0,
+    shift_weight=0.1,
     agreement_slack=0.01,
 )
 CHOOSE = 0.15  # share of the training pairs held apart to choose epochs on
@@ -119,34 +124,72 @@ def fit(
 ENCODERS = ("minilm", "multilingual")
 
 
-def encode_minilm(records: list[Text], template: Template, batch_tokens: int = 8192):
-    """(pooled [n, 7, 384], defect features [n, F]) of `records` through the default bundle's own graph code: the
-    quality head's per-layer means and `JointModel.defect_features`, in length-sorted padded batches."""
+def _minilm_batches(model, records: list[Text], template: Template, batch_tokens: int = 8192):
+    """(indices, ids, mask, response mask, hidden states) of `records` through all-MiniLM, in length-sorted padded
+    batches."""
     from car_onnx.runtime.tokenization import load_tokenizer, pad_batch, pad_rows, plan_batches, tokenize
 
-    from .default import JointModel, load_encoder, minilm_dir
-    from .heads import span_mean
+    from .default import minilm_dir
 
-    model = JointModel(load_encoder(), None, None, MAX_LENGTH).eval()
     tok = load_tokenizer(minilm_dir() / "tokenizer.json", MAX_LENGTH)
     texts = [template.render(r.instruction, r.input, r.output) for r in records]
     tokens = tokenize(tok, texts, [template.response_start(r.instruction, r.input) for r in records])
-    pooled = np.empty((len(texts), 7, 384), dtype=np.float32)
-    feats = None
     with torch.no_grad():
         for batch in plan_batches(tokens.lengths, batch_tokens):
-            ids, mask = pad_batch([tokens.ids[i] for i in batch], 0)
+            ids, mask = (torch.from_numpy(a) for a in pad_batch([tokens.ids[i] for i in batch], 0))
             response = torch.from_numpy(pad_rows([tokens.response[i] for i in batch], 0))
-            ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
             hidden = model.encoder(
                 input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), output_hidden_states=True
             ).hidden_states
-            pooled[batch] = torch.stack([span_mean(h, mask.float()) for h in hidden], 1).numpy()
-            f = model.defect_features(hidden, ids, mask, response).numpy()
-            if feats is None:
-                feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
-            feats[batch] = f
+            yield batch, ids, mask, response, hidden
+
+
+def encode_minilm(records: list[Text], template: Template, refusals=None):
+    """(pooled [n, 7, 384], defect features [n, F]) of `records` through the default bundle's own graph code: the
+    quality head's per-layer means and `JointModel.defect_features` (with the refusal reader `refusals`)."""
+    from .default import JointModel, load_encoder
+    from .heads import span_mean
+
+    model = JointModel(load_encoder(), None, None, MAX_LENGTH, refusals).eval()
+    pooled = np.empty((len(records), 7, 384), dtype=np.float32)
+    feats = None
+    for batch, ids, mask, response, hidden in _minilm_batches(model, records, template):
+        pooled[batch] = torch.stack([span_mean(h, mask.float()) for h in hidden], 1).numpy()
+        f = model.defect_features(hidden, ids, mask, response).numpy()
+        if feats is None:
+            feats = np.empty((len(records), f.shape[1]), dtype=np.float32)
+        feats[batch] = f
     return pooled, feats
+
+
+def minilm_refusals(refused: list[Text], real: list[Text], template: Template):
+    """The default bundle's refusal reader (heads.RefusalReader), fitted on the last segments of `refused` (answers
+    whose last parts were replaced by refusals) against every segment of the `real` answers, in the branch and
+    the last layer (the levels `JointModel.defect_features` gives it)."""
+    from car_onnx.runtime.tokenization import load_tokenizer
+
+    from .default import JointModel, load_encoder, minilm_dir
+    from .heads import SEGMENT_ENDS, RefusalReader, segment_means
+
+    tok = load_tokenizer(minilm_dir() / "tokenizer.json", MAX_LENGTH)
+    reader = RefusalReader([tok.token_to_id(t) for t in SEGMENT_ENDS], 2, 384)
+    model = JointModel(load_encoder(), None, None, MAX_LENGTH).eval()
+    last, total, count = [[], []], [0.0, 0.0], [0.0, 0.0]
+    for is_refused, texts in ((True, refused), (False, real)):
+        for _, ids, mask, response, hidden in _minilm_batches(model, texts, template):
+            resp = response.to(torch.float32) * mask.to(torch.float32)
+            for k, level in enumerate((model.branch_states(hidden, mask, response), hidden[-1])):
+                v, size = segment_means(level, ids, resp, reader.ends)
+                if is_refused:
+                    keep = resp.sum(1) > 0
+                    end = (resp * torch.arange(1, resp.shape[1] + 1)).argmax(1)  # the last response token
+                    last[k].append(v[torch.arange(len(v)), end][keep])
+                else:
+                    w = resp / size.clamp(min=1)  # each segment counts once
+                    total[k] = total[k] + (v * w.unsqueeze(-1)).sum((0, 1))
+                    count[k] = count[k] + w.sum()
+    reader.fit([torch.cat(x) for x in last], (total, count))
+    return reader.eval()
 
 
 def encode_multilingual(records: list[Text], template: Template, batch_tokens: int = 8192):
@@ -202,35 +245,62 @@ def defect_table(scores: np.ndarray, real: np.ndarray, bad: np.ndarray, kinds: n
 
 
 def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *, seed: int, log=print):
-    """Train the defect term on top of the frozen quality scores q: score = q - scale * P(defective | features),
-    P learnt as a classifier (every expert text, original or revised, is real; the corrupted copies are not) with
-    a margin between each real answer and its own corrupted copy. `expert` and `defect` hold index arrays into
-    q/feats for the fit and choose splits ("better"/"worse", "real"/"bad"/"kind"). The epoch kept is the one with the best worst-kind preference on the choose split among those whose expert
-    agreement there stays within `agreement_slack` of q's."""
-    torch.manual_seed(seed)
+    """Train the defect term on top of the frozen quality scores q: score = q + DefectPart(features), the mean of
+    `members` networks trained from seeds seed, seed + 1, ... `expert` and `defect` hold index arrays into q/feats
+    for the fit and choose splits ("better"/"worse", "real"/"bad"/"kind"). Each member keeps the epoch with the best
+    mean preference over kinds on the choose split among those whose expert agreement there stays within
+    `agreement_slack` of q's."""
     r = DEFECTS
-    part = DefectPart(feats.shape[1], r["hidden"], r["scale"])
+    c, d = expert["choose"], defect["choose"]
+    base = agreement(q, PairData(c["better"], c["worse"]))
+    members, history = [], []
+    for k in range(r["members"]):
+        part, h = _fit_member(q, feats, expert, defect, base, seed=seed + k)
+        members.append(part)
+        history.append(h)
+    part = DefectPart.ensemble(members)
+    with torch.no_grad():
+        scores = q + part(torch.from_numpy(feats)).numpy()
+    agree = agreement(scores, PairData(c["better"], c["worse"]))
+    table = defect_table(scores, d["real"], d["bad"], d["kind"])
+    mean = float(np.mean(list(table.values()))) if table else 1.0
+    log(
+        f"defects: {r['members']} members, epochs {[h['epoch'] for h in history]}: choose-split agreement "
+        f"{agree:.4f} (quality head alone {base:.4f}), mean preference {mean:.4f}, worst kind "
+        f"{min(table.values()) if table else 1.0:.4f}"
+    )
+    return part, {
+        "epochs": [h["epoch"] for h in history],
+        "choose_agreement": round(agree, 4),
+        "choose_agreement_quality_only": round(base, 4),
+        "choose_defects": table,
+        "history": [h["history"] for h in history],
+        "recipe": DEFECTS,
+    }
+
+
+def _fit_member(q, feats, expert, defect, base: float, *, seed: int) -> tuple[DefectPart, dict]:
+    r = DEFECTS
+    torch.manual_seed(seed)
+    part = DefectPart(feats.shape[1], r["hidden"], r["scale"], shift=True)
     opt = torch.optim.AdamW(part.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     qt, ft = torch.from_numpy(q), torch.from_numpy(feats)
     gen = torch.Generator().manual_seed(seed)
     fb, fw = (torch.from_numpy(expert["fit"][k]) for k in ("better", "worse"))
     fr, fn = (torch.from_numpy(defect["fit"][k]) for k in ("real", "bad"))
-    c = expert["choose"]
-    base = agreement(q, PairData(c["better"], c["worse"]))
-    best, best_state, history = None, None, []
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    c, d = expert["choose"], defect["choose"]
+    soft = torch.nn.functional.softplus
+    best, history = None, []
     for epoch in range(r["epochs"]):
         part.train()
-        steps = max(1, (len(fb) + r["batch"] - 1) // r["batch"])
-        expert_order, defect_order = torch.randperm(len(fb), generator=gen), torch.randperm(len(fr), generator=gen)
-        for e_idx, d_idx in zip(expert_order.tensor_split(steps), defect_order.tensor_split(steps)):
-            real = torch.cat([fb[e_idx], fw[e_idx]])  # every expert text is a real answer, original or revised
-            logits = torch.cat([part.logit(ft[real]), part.logit(ft[fn[d_idx]])])
-            labels = torch.cat([torch.zeros(len(real)), torch.ones(len(d_idx))])
-            loss = bce(logits, labels)
-            if len(d_idx):  # and the real answer above its own corrupted copy, by a margin
-                gap = qt[fr[d_idx]] + part(ft[fr[d_idx]]) - qt[fn[d_idx]] - part(ft[fn[d_idx]])
-                loss = loss + r["weight"] * torch.nn.functional.softplus((r["margin"] - gap) * 4).mean() / 4
+        for idx in torch.randperm(len(fr), generator=gen).split(r["batch"]):
+            gap = qt[fr[idx]] + part(ft[fr[idx]]) - qt[fn[idx]] - part(ft[fn[idx]])
+            loss = soft((r["margin"] - gap) * 4).mean() / 4  # the real answer above its own copy, by a margin
+            e = torch.randint(len(fb), (r["expert_batch"],), generator=gen)
+            term = part(torch.cat([ft[fb[e]], ft[fw[e]]]))
+            pair = qt[fb[e]] + term[: len(e)] - qt[fw[e]] - term[len(e) :]
+            loss = loss + r["expert_weight"] * soft(-pair * 4).mean() / 4  # the revision above the original
+            loss = loss + r["shift_weight"] * (term**2).mean()  # and little change to real texts' scores
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -238,28 +308,14 @@ def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *,
         with torch.no_grad():
             scores = (qt + part(ft)).numpy()
         agree = agreement(scores, PairData(c["better"], c["worse"]))
-        d = defect["choose"]
         table = defect_table(scores, d["real"], d["bad"], d["kind"])
-        worst = min(table.values()) if table else 1.0
-        history.append({"agreement": round(agree, 4), "worst_kind": round(worst, 4)})
-        key = (agree >= base - r["agreement_slack"], worst, agree)
+        mean = float(np.mean(list(table.values()))) if table else 1.0
+        history.append({"agreement": round(agree, 4), "mean_preference": round(mean, 4)})
+        key = (agree >= base - r["agreement_slack"], mean, agree)
         if best is None or key > best[0]:
-            best = (key, epoch + 1, table, agree)
-            best_state = {k: v.clone() for k, v in part.state_dict().items()}
-    part.load_state_dict(best_state)
-    part.eval()
-    log(
-        f"defects: epoch {best[1]}: choose-split agreement {best[3]:.4f} (quality head alone {base:.4f}), "
-        f"worst kind {min(best[2].values()) if best[2] else 1.0:.4f}"
-    )
-    return part, {
-        "epoch": best[1],
-        "choose_agreement": round(best[3], 4),
-        "choose_agreement_quality_only": round(base, 4),
-        "choose_defects": best[2],
-        "history": history,
-        "recipe": DEFECTS,
-    }
+            best = (key, epoch + 1, {k: v.clone() for k, v in part.state_dict().items()})
+    part.load_state_dict(best[2])
+    return part.eval(), {"epoch": best[1], "history": history}
 
 
 def train_head(
@@ -302,8 +358,16 @@ def train_head(
         + [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
     )
     log(f"encoding {len(records)} texts ({n} pairs, {len(valid_b)} valid pairs, {len(broken)} corrupted copies)")
+    refusals = None
     if encoder == "minilm":
-        pooled, feats = encode_minilm(records, template)
+        fitting = set(fit_.tolist())
+        refused = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
+        refused = [t for t, c in zip(refused, broken) if c.kind == "refuse_part" and c.index in fitting]
+        if refused:
+            refusals = minilm_refusals(refused, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
+        elif defects:
+            log("no refused copies among the fitting pairs (answers of three parts or more): no refusal reader")
+        pooled, feats = encode_minilm(records, template, refusals)
         max_length = MAX_LENGTH
     else:
         from .multilingual import MAX_LENGTH as max_length
@@ -344,7 +408,15 @@ def train_head(
         with torch.no_grad():
             scores = q + part(torch.from_numpy(feats)).numpy()
         state |= {f"defects.{k}": v.contiguous() for k, v in part.state_dict().items()}
-        meta_defects = {"features": int(feats.shape[1]), "hidden": DEFECTS["hidden"], "scale": DEFECTS["scale"]}
+        if refusals is not None:
+            state |= {f"refusals.{k}": v.contiguous() for k, v in refusals.state_dict().items()}
+        meta_defects = {
+            "features": int(feats.shape[1]),
+            "hidden": DEFECTS["hidden"],
+            "scale": DEFECTS["scale"],
+            "members": DEFECTS["members"],
+            "shift": True,
+        }
         metrics["defects"] = dmetrics
     valid_agreement = agreement(scores, PairData(vb, vw))
     metrics["valid_agreement_quality_only"] = round(agreement(q, PairData(vb, vw)), 4)

@@ -111,7 +111,15 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
 
     from car_onnx.core.defects import KINDS
     from car_onnx.runtime.tokenization import load_tokenizer, tokenize
-    from car_onnx_export.default import JointModel, export_default, load_defects, load_encoder, load_head, minilm_dir
+    from car_onnx_export.default import (
+        JointModel,
+        export_default,
+        load_defects,
+        load_encoder,
+        load_head,
+        load_refusals,
+        minilm_dir,
+    )
     from car_onnx_export.train import train_head
 
     records = json.loads(SAMPLE.read_text())
@@ -126,7 +134,8 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
         log=lambda s: None,
     )
     meta = json.loads((tmp_path / "head.json").read_text())
-    assert meta["defects"] == {"features": 14, "hidden": 64, "scale": 2.0}
+    # 14 span features and the refusal reader's 4 (the fitting pairs lend answers whose last parts were refused)
+    assert meta["defects"] == {"features": 18, "hidden": 64, "scale": 2.0, "members": 3, "shift": True}
     assert metrics["defects"]["choose_defects"] and set(metrics["defects"]["choose_defects"]) <= set(KINDS)
 
     bundle_dir = tmp_path / "bundle"
@@ -142,7 +151,8 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     out = bundle.run(recs, ("score", "embed"), max_tokens=2048)
 
     head, meta = load_head(tmp_path / "head.safetensors")
-    torch_model = JointModel(load_encoder(), head, load_defects(tmp_path / "head.safetensors", meta)).eval()
+    weights = tmp_path / "head.safetensors"
+    torch_model = JointModel(load_encoder(), head, load_defects(weights, meta), 256, load_refusals(weights)).eval()
     tok = load_tokenizer(minilm_dir() / "tokenizer.json", 256)
     template = "Instruction: {0} Input: {1} Response: {2}", "Instruction: {0} Response: {2}"
     texts = [template[not r.input].format(r.instruction, r.input, r.output) for r in recs]

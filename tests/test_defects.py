@@ -268,6 +268,53 @@ def test_loop_and_echo_rates_of_the_graph_match_a_plain_count():
     assert got[:, 0].max() > 0 and got[:, 1].max() > 0
 
 
+def test_the_refusal_reader_matches_a_plain_segment_by_segment_reading():
+    """Each response is cut at the closing tokens (the token kept with the segment it closes); per level, the
+    largest cosine of a segment's mean with the prototype and the largest centred projection, 0 without a
+    response: against a loop over the segments."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export.heads import RefusalReader
+
+    rng = np.random.default_rng(1)
+    ends = [7, 9]
+    ids = rng.integers(0, 12, size=(5, 24))
+    response = np.zeros((5, 24))
+    for row, (p, r) in enumerate([(4, 15), (6, 18), (3, 0), (0, 24), (10, 1)]):
+        response[row, p : p + r] = 1
+    levels = [rng.normal(size=(5, 24, 6)) for _ in range(2)]
+    reader = RefusalReader(ends, 2, 6)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    proto, center, direction = (
+        unit(rng.normal(size=(2, 6))),
+        rng.normal(size=(2, 6)) * 0.1,
+        unit(rng.normal(size=(2, 6))),
+    )
+    reader.prototype[:], reader.center[:], reader.direction[:] = (
+        torch.from_numpy(x).float() for x in (proto, center, direction)
+    )
+    got = reader(
+        [torch.from_numpy(h).float() for h in levels], torch.from_numpy(ids), torch.from_numpy(response).float()
+    )
+    for row in range(5):
+        where = np.flatnonzero(response[row])
+        segments, current = [], []
+        for t in where:
+            current.append(t)
+            if ids[row, t] in ends:
+                segments.append(current)
+                current = []
+        segments += [current] if current else []
+        want = []
+        for k, h in enumerate(levels):
+            means = [unit(h[row, seg].mean(0)) for seg in segments]
+            want += (
+                [max(m @ proto[k] for m in means), max((m - center[k]) @ direction[k] for m in means)]
+                if means
+                else [0, 0]
+            )
+        np.testing.assert_allclose(got[row].numpy(), want, atol=1e-5)
+
+
 def test_a_graph_reading_the_response_mask_must_say_so_in_the_manifest(tmp_path):
     bundle = tiny.make_bundle(tmp_path / "b", response=True)
     manifest = json.loads((bundle / "manifest.json").read_text())
