@@ -95,7 +95,12 @@ class JointModel(nn.Module):
         if self.refusals is None:
             return features
         response = response_mask.to(branch.dtype) * attention_mask.to(branch.dtype)
-        return torch.cat([features, self.refusals([branch, hidden[-1]], input_ids, response)], 1)
+        return torch.cat([features, self.refusals(self.refusal_levels(hidden, branch), input_ids, response)], 1)
+
+    @staticmethod
+    def refusal_levels(hidden, branch) -> list[torch.Tensor]:
+        """The token states the refusal reader reads: the branch's and the last layer's."""
+        return [branch, hidden[-1]]
 
 
 def head_config(meta: dict) -> HeadConfig:

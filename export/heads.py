@@ -208,18 +208,21 @@ def span_cosines(pool, input_ids, attention_mask, response_mask, max_length: int
 
 
 SEGMENT_ENDS = (".", "!", "?", ";")  # the tokens that close a segment of a response (RefusalReader)
+SEGMENT_ENDS_CJK = SEGMENT_ENDS + ("\u3002",)  # and the ideographic full stop, where a vocabulary has it
 
 
 def segment_means(states, input_ids, response, ends) -> tuple[torch.Tensor, torch.Tensor]:
-    """At each response token, the unit-length mean of the states of its segment ([B, T, H]: a segment is a run of
-    response tokens closed by one of the token ids `ends`, or by the response's end) and the segment's size ([B,
-    T]); anything at other positions. T x T sums, small beside one attention layer."""
-    closes = (input_ids.unsqueeze(-1) == ends).to(states.dtype).sum(-1)
+    """The unit-length mean of the states of each segment of the responses ([B, S, H]: a segment is a run of
+    response tokens closed by one of the token ids `ends`, or by the response's end; S the most segments of a
+    response in the batch) and each segment's size in tokens ([B, S], 0 where a response has fewer). Costs T x S x H
+    multiply-adds: a few per cent of the encoder for the multilingual bundle's 4,096 tokens."""
+    closes = (input_ids.unsqueeze(-1) == ends).to(states.dtype).sum(-1) * response
     segment = closes.cumsum(1) - closes  # a closing token belongs to the segment it closes
-    same = (segment.unsqueeze(2) == segment.unsqueeze(1)).to(states.dtype)
-    same = same * response.unsqueeze(1) * response.unsqueeze(2)
-    size = same.sum(-1)
-    mean = torch.matmul(same, states) / size.clamp(min=1).unsqueeze(-1)
+    count = segment.max() + 1
+    member = (segment.unsqueeze(-1) == torch.arange(count, device=segment.device).to(segment.dtype)).to(states.dtype)
+    member = member * response.unsqueeze(-1)  # [B, T, S]
+    size = member.sum(1)
+    mean = torch.matmul(member.transpose(1, 2), states) / size.clamp(min=1).unsqueeze(-1)
     return nn.functional.normalize(mean, dim=-1, eps=1e-6), size
 
 
@@ -241,10 +244,10 @@ class RefusalReader(nn.Module):
         out = []
         has = response.sum(1) > 0
         for k, level in enumerate(states):
-            v, _ = segment_means(level, input_ids, response, self.ends)
+            v, size = segment_means(level, input_ids, response, self.ends)
             # products summed, not MatMuls: int8 export quantises a MatMul with a constant operand
             for x in ((v * self.prototype[k]).sum(-1), ((v - self.center[k]) * self.direction[k]).sum(-1)):
-                best = x.masked_fill(response == 0, -1e4).amax(1)
+                best = x.masked_fill(size == 0, -1e4).amax(1)
                 out.append(torch.where(has, best, torch.zeros_like(best)))
         return torch.stack(out, 1)
 

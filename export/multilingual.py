@@ -20,7 +20,7 @@ import car_onnx
 from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.reading import READ_TOKENS, Reading
 
-from .heads import DefectPart, PooledHead, ScoringHead, span_cosines
+from .heads import DefectPart, PooledHead, RefusalReader, ScoringHead, span_cosines
 from .onnx_tools import ExportError, add_to_bundle, build_variants, export_module, raise_refused
 
 NAME = "use-m3-car"
@@ -223,9 +223,11 @@ class JointModel(nn.Module):
         head: ScoringHead,
         defects: DefectPart | None = None,
         scripts: np.ndarray | None = None,
+        refusals: RefusalReader | None = None,
     ):
         super().__init__()
         self.encoder, self.head, self.defects = encoder, PooledHead(head), defects  # the head as trained
+        self.refusals = refusals
         if scripts is not None:
             self.register_buffer("scripts", torch.from_numpy(scripts))
 
@@ -252,7 +254,14 @@ class JointModel(nn.Module):
             return total / total.sum(1, keepdim=True).clamp(min=1e-6)
 
         apart = (share(prompt) - share(response)).abs().sum(1, keepdim=True) / 2  # 0: same scripts, 1: disjoint
-        return torch.cat([base, apart], 1)
+        if self.refusals is None:
+            return torch.cat([base, apart], 1)
+        return torch.cat([base, apart, self.refusals(self.refusal_levels(feats), input_ids, response)], 1)
+
+    @staticmethod
+    def refusal_levels(feats) -> list[torch.Tensor]:
+        """The token states the refusal reader reads: the features the sentence vectors are pooled from."""
+        return [feats]
 
 
 # ---------------------------------------------------------------- head training
@@ -328,7 +337,7 @@ def export_multilingual(
     output: Path, *, precisions=("fp32", "int8"), force: bool = False, weights: Path = WEIGHTS, log=print
 ) -> ModelSpec:
     """Build the multilingual bundle into `output` (merged with any other models already there)."""
-    from .default import load_defects, load_head
+    from .default import load_defects, load_head, load_refusals
 
     output = Path(output)
     head, meta = load_head(weights)
@@ -339,7 +348,8 @@ def export_multilingual(
         )
     sp_model, npz = package_resources()
     defects = load_defects(weights, meta)
-    model = JointModel(USEEncoder(npz), head, defects, scripts_of(sp_model) if defects else None).eval()
+    scripts = scripts_of(sp_model) if defects else None
+    model = JointModel(USEEncoder(npz), head, defects, scripts, load_refusals(weights)).eval()
     (output / NAME).mkdir(parents=True, exist_ok=True)
     build_tokenizer(sp_model).save(str(output / NAME / "tokenizer.json"))
     template = Template(**meta["template"])

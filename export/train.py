@@ -4,7 +4,8 @@ corrupted copies of the same records.
 
 The encoder is frozen and the head mixes layers linearly before average pooling, so pooling commutes with the
 mix: each text is encoded once into per-layer pooled vectors and the defect features, and both terms train on
-those in seconds.
+those in seconds. One pass comes first, over the fitting pairs and their copies whose last parts were refused: it
+fits the refusal reader (heads.RefusalReader) whose numbers are among the defect features.
 """
 
 from __future__ import annotations
@@ -162,67 +163,95 @@ def encode_minilm(records: list[Text], template: Template, refusals=None):
     return pooled, feats
 
 
-def minilm_refusals(refused: list[Text], real: list[Text], template: Template):
-    """The default bundle's refusal reader (heads.RefusalReader), fitted on the last segments of `refused` (answers
-    whose last parts were replaced by refusals) against every segment of the `real` answers, in the branch and
-    the last layer (the levels `JointModel.defect_features` gives it)."""
-    from car_onnx.runtime.tokenization import load_tokenizer
-
-    from .default import JointModel, load_encoder, minilm_dir
-    from .heads import SEGMENT_ENDS, RefusalReader, segment_means
-
-    tok = load_tokenizer(minilm_dir() / "tokenizer.json", MAX_LENGTH)
-    reader = RefusalReader([tok.token_to_id(t) for t in SEGMENT_ENDS], 2, 384)
-    model = JointModel(load_encoder(), None, None, MAX_LENGTH).eval()
-    last, total, count = [[], []], [0.0, 0.0], [0.0, 0.0]
-    for is_refused, texts in ((True, refused), (False, real)):
-        for _, ids, mask, response, hidden in _minilm_batches(model, texts, template):
-            resp = response.to(torch.float32) * mask.to(torch.float32)
-            for k, level in enumerate((model.branch_states(hidden, mask, response), hidden[-1])):
-                v, size = segment_means(level, ids, resp, reader.ends)
-                if is_refused:
-                    keep = resp.sum(1) > 0
-                    end = (resp * torch.arange(1, resp.shape[1] + 1)).argmax(1)  # the last response token
-                    last[k].append(v[torch.arange(len(v)), end][keep])
-                else:
-                    w = resp / size.clamp(min=1)  # each segment counts once
-                    total[k] = total[k] + (v * w.unsqueeze(-1)).sum((0, 1))
-                    count[k] = count[k] + w.sum()
-    reader.fit([torch.cat(x) for x in last], (total, count))
-    return reader.eval()
-
-
-def encode_multilingual(records: list[Text], template: Template, batch_tokens: int = 8192):
+def encode_multilingual(records: list[Text], template: Template, refusals=None):
     """(sentence vectors [n, 4, 512], defect features [n, F]) of `records` through the multilingual bundle's own
-    graph code (multilingual.JointModel), in length-sorted padded batches."""
+    graph code (multilingual.JointModel, with the refusal reader `refusals`)."""
+    from . import multilingual as ml
+
+    model = _multilingual_model(refusals)
+    pooled = np.empty((len(records), len(ml.LAYERS), ml.DIM), dtype=np.float32)
+    feats = None
+    for batch, ids, mask, response, token_feats in _multilingual_batches(model, records, template):
+        pooled[batch] = torch.stack(model.encoder.sentence(token_feats, mask), 1).numpy()
+        f = model.defect_features(token_feats, ids, mask, response).numpy()
+        if feats is None:
+            feats = np.empty((len(records), f.shape[1]), dtype=np.float32)
+        feats[batch] = f
+    return pooled, feats
+
+
+def _multilingual_model(refusals=None):
+    from . import multilingual as ml
+
+    sp_model, weights = ml.package_resources()
+    head = ScoringHead(HeadConfig(hidden=512, num_layers=4), 0)
+    return ml.JointModel(ml.USEEncoder(weights).eval(), head, None, ml.scripts_of(sp_model), refusals).eval()
+
+
+def _multilingual_batches(model, records: list[Text], template: Template, batch_tokens: int = 8192):
+    """(indices, ids, mask, response mask, token features) of `records` through the multilingual encoder, in
+    length-sorted padded batches."""
     from car_onnx.runtime.tokenization import pad_batch, pad_rows, plan_batches, tokenize
 
     from . import multilingual as ml
 
-    sp_model, weights = ml.package_resources()
-    model = ml.JointModel(
-        ml.USEEncoder(weights).eval(),
-        ScoringHead(HeadConfig(hidden=512, num_layers=4), 0),
-        None,
-        ml.scripts_of(sp_model),
-    ).eval()
-    tok = ml.build_tokenizer(sp_model)
+    tok = ml.build_tokenizer(ml.package_resources()[0])
     tok.enable_truncation(max_length=ml.MAX_LENGTH)
     texts = [template.render(r.instruction, r.input, r.output) for r in records]
     tokens = tokenize(tok, texts, [template.response_start(r.instruction, r.input) for r in records])
-    pooled = np.empty((len(texts), len(ml.LAYERS), ml.DIM), dtype=np.float32)
-    feats = None
     with torch.no_grad():
         for batch in plan_batches(tokens.lengths, batch_tokens):
             ids, mask = (torch.from_numpy(a) for a in pad_batch([tokens.ids[i] for i in batch], 0))
             response = torch.from_numpy(pad_rows([tokens.response[i] for i in batch], 0))
-            token_feats = model.encoder.tokens(ids, mask)
-            pooled[batch] = torch.stack(model.encoder.sentence(token_feats, mask), 1).numpy()
-            f = model.defect_features(token_feats, ids, mask, response).numpy()
-            if feats is None:
-                feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
-            feats[batch] = f
-    return pooled, feats
+            yield batch, ids, mask, response, model.encoder.tokens(ids, mask)
+
+
+def refusal_reader(encoder: str, refused: list[Text], real: list[Text], template: Template):
+    """The bundle's refusal reader (heads.RefusalReader), fitted on the last segments of `refused` (answers whose
+    last parts were replaced by refusals) against every segment of the `real` answers, in the token states
+    `JointModel.refusal_levels` gives it (the default bundle: its branch and last layer; the multilingual one: the
+    token features its sentence vectors are pooled from)."""
+    from .heads import SEGMENT_ENDS, SEGMENT_ENDS_CJK, RefusalReader, segment_means
+
+    if encoder == "minilm":
+        from car_onnx.runtime.tokenization import load_tokenizer
+
+        from .default import JointModel, load_encoder, minilm_dir
+
+        tok = load_tokenizer(minilm_dir() / "tokenizer.json", MAX_LENGTH)
+        model = JointModel(load_encoder(), None, None, MAX_LENGTH).eval()
+        ends, shape = SEGMENT_ENDS, (2, 384)
+
+        def levels(texts):
+            for _, ids, mask, response, hidden in _minilm_batches(model, texts, template):
+                yield ids, mask, response, model.refusal_levels(hidden, model.branch_states(hidden, mask, response))
+    else:
+        from . import multilingual as ml
+
+        tok = ml.build_tokenizer(ml.package_resources()[0])
+        model = _multilingual_model()
+        ends, shape = SEGMENT_ENDS_CJK, (1, ml.DIM + 3 * ml.CNN_DIM)
+
+        def levels(texts):
+            for _, ids, mask, response, token_feats in _multilingual_batches(model, texts, template):
+                yield ids, mask, response, model.refusal_levels(token_feats)
+
+    reader = RefusalReader([i for i in map(tok.token_to_id, ends) if i is not None], *shape)
+    last, total, count = [[] for _ in range(shape[0])], [0.0] * shape[0], [0.0] * shape[0]
+    with torch.no_grad():
+        for is_refused, texts in ((True, refused), (False, real)):
+            for ids, mask, response, states in levels(texts):
+                resp = response.to(torch.float32) * mask.to(torch.float32)
+                for k, level in enumerate(states):
+                    v, size = segment_means(level, ids, resp, reader.ends)
+                    if is_refused:  # each response's last segment
+                        n = (size > 0).sum(1)
+                        last[k].append(v[torch.arange(len(v)), (n - 1).clamp(min=0)][n > 0])
+                    else:  # every segment
+                        total[k] = total[k] + v[size > 0].sum(0)
+                        count[k] = count[k] + (size > 0).sum()
+    reader.fit([torch.cat(x) for x in last], (total, count))
+    return reader.eval()
 
 
 def sample_defects(records: list[Text], *, seed: int, per_record: int, foreign: list[str] | None):
@@ -358,21 +387,21 @@ def train_head(
         + [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
     )
     log(f"encoding {len(records)} texts ({n} pairs, {len(valid_b)} valid pairs, {len(broken)} corrupted copies)")
+    fitting = set(fit_.tolist())
+    refused = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
+    refused = [t for t, c in zip(refused, broken) if c.kind == "refuse_part" and c.index in fitting]
     refusals = None
+    if refused:
+        refusals = refusal_reader(encoder, refused, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
+    elif defects:
+        log("no refused copies among the fitting pairs (answers of three parts or more): no refusal reader")
     if encoder == "minilm":
-        fitting = set(fit_.tolist())
-        refused = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
-        refused = [t for t, c in zip(refused, broken) if c.kind == "refuse_part" and c.index in fitting]
-        if refused:
-            refusals = minilm_refusals(refused, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
-        elif defects:
-            log("no refused copies among the fitting pairs (answers of three parts or more): no refusal reader")
         pooled, feats = encode_minilm(records, template, refusals)
         max_length = MAX_LENGTH
     else:
         from .multilingual import MAX_LENGTH as max_length
 
-        pooled, feats = encode_multilingual(records, template)
+        pooled, feats = encode_multilingual(records, template, refusals)
     encoded = time.perf_counter()
     log(f"encoded {len(records)} texts in {encoded - start:.0f}s")
     b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))

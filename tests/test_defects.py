@@ -322,3 +322,25 @@ def test_a_graph_reading_the_response_mask_must_say_so_in_the_manifest(tmp_path)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="the graph reads response_mask, which the manifest's inputs do not list"):
         load(bundle, precision="fp32").score([{"instruction": "a", "output": "b"}])
+
+
+def test_a_defect_term_saved_before_members_loads_as_one_member(tmp_path):
+    """Heads trained by an earlier car-onnx name their one network `net`: they load and score as they did."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from car_onnx_export.default import load_defects
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)
+    )
+    net[4].bias.data.fill_(0.5)  # penalties, not the zeros below P = 1/2
+    state = {f"defects.net.{k}": v for k, v in net.state_dict().items()} | {"defects.scale": torch.tensor(2.0)}
+    save_file(state, str(tmp_path / "head.safetensors"))
+    part = load_defects(tmp_path / "head.safetensors", {"defects": {"features": 5, "hidden": 8, "scale": 2.0}})
+    x = torch.rand(16, 5)
+    with torch.no_grad():
+        want = -2.0 * torch.relu(torch.tanh(net(x * 4 - 2).squeeze(-1) / 2))  # the term as it was written then
+        np.testing.assert_allclose(part(x).numpy(), want.numpy(), atol=1e-6)
+    assert (want < 0).any() and want.std() > 0.01  # the comparison is not between constants

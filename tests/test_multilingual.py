@@ -116,13 +116,14 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
     # vectors, whose last one is checked against the package just above, plus the defect term of the PyTorch
     # model, each text alone (no padding)
     from car_onnx.runtime.tokenization import load_tokenizer, tokenize
-    from car_onnx_export.default import load_defects, load_head
+    from car_onnx_export.default import load_defects, load_head, load_refusals
     from car_onnx_export.multilingual import JointModel, scripts_of
 
     sp_model, npz = package_resources()
     encoder = USEEncoder(npz).eval()
     head, meta = load_head(WEIGHTS)
-    joint = JointModel(encoder, head, load_defects(WEIGHTS, meta), scripts_of(sp_model)).eval()
+    defects, refusals = load_defects(WEIGHTS, meta), load_refusals(WEIGHTS)
+    joint = JointModel(encoder, head, defects, scripts_of(sp_model), refusals).eval()
     tokens = tokenize(load_tokenizer(bundle_dir / model["tokenizer"], model["max_length"]), rendered, starts)
     weights = load_file(str(WEIGHTS))
     scores, penalties = [], []
@@ -219,3 +220,10 @@ def test_train_scorer_on_the_multilingual_encoder(tmp_path, pairs_writer):
     assert (metrics["train_pairs"], metrics["valid_pairs"], len(metrics["history"])) == (15, 5, 2)
     assert meta["encoder"] == "multilingual" and meta["max_length"] == MAX_LENGTH
     assert meta["head"]["num_layers"] == len(LAYERS) == 4 and meta["head"]["hidden"] == 512
+    # 11 span features and the refusal reader's 2 (the fitting pairs lend answers whose last parts were refused):
+    # the exported graph matches the PyTorch model (export checks fp32 against it, and refuses it otherwise)
+    assert meta["defects"] == {"features": 13, "hidden": 64, "scale": 2.0, "members": 3, "shift": True}
+    spec = export_multilingual(
+        tmp_path / "bundle", precisions=("fp32",), weights=tmp_path / "head.safetensors", log=lambda s: None
+    )
+    assert spec.variants["fp32"].fidelity["max_abs_score_error"] <= 1e-4
