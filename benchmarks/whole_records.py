@@ -5,8 +5,8 @@ long answer, and what reading a whole record costs against its length.
   then as the last and as the first exchange of a two-exchange conversation whose other exchange is another pair's
   revision (every exchange read; and with --turns first, the paper's reading).
 - Five-part answers from the paper's selected Alpaca records (car_selected_iqs.json): the complete answer against
-  the same with its last two parts replaced by "I don't know.", over all of them and over those longer than one
-  window.
+  the same with its last two parts replaced by "I don't know.", over all of them, over those longer than one window
+  and over those within one.
 - Which mean combines a record's units (windows, exchanges): each rule on the same units' scores; which embedding
   of a conversation keeps its topic: two exchanges of one cluster of the paper's selection, the share of each
   conversation's 10 nearest from the same cluster.
@@ -87,11 +87,11 @@ def pairs_in_conversations(path: Path, precision: str) -> dict:
 def five_part(path: Path, precision: str, n: int) -> dict:
     corpus = json.loads(shared_file("corpora", "car_selected_iqs.json").read_text())
     corpus = [r for r in corpus if not r["input"] and r["output"].strip()]
-    order = np.random.default_rng(0).permutation(len(corpus))
+    rng = np.random.default_rng(0)
     model = car_onnx.load(path, precision=precision)
     complete, cut, long = [], [], []
-    for g in range(n):
-        parts = [corpus[i] for i in order[5 * g : 5 * g + 5]]
+    for _ in range(n):  # five distinct records each (a record may serve in several answers)
+        parts = [corpus[i] for i in rng.choice(len(corpus), 5, replace=False)]
         instruction = "Answer each of these five requests in turn.\n" + "\n".join(
             f"{k + 1}. {p['instruction']}" for k, p in enumerate(parts)
         )
@@ -107,6 +107,7 @@ def five_part(path: Path, precision: str, n: int) -> dict:
         "longer_than_one_window": int(long.sum()),
         "complete_preferred": round(float(np.mean(a > b)), 4),
         "complete_preferred_when_longer": round(float(np.mean((a > b)[long])), 4) if long.any() else None,
+        "complete_preferred_when_one_window": round(float(np.mean((a > b)[~long])), 4) if not long.all() else None,
     }
 
 
