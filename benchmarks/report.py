@@ -364,6 +364,25 @@ def _end_to_end(d: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def _iqs_order(d: dict) -> list[tuple[str, str, str]]:
+    out = [
+        (
+            f"the paper's IQS score against answer length ({d['records']:,} records of its selection)",
+            f"{d['iqs_vs_answer_chars']:.3f}",
+            "",
+        )
+    ]
+    for key, r in d["bundles"].items():
+        out.append(
+            (
+                f"{key}: Spearman with the paper's IQS / with answer length",
+                f"{r['spearman_iqs']:.3f} / {r['spearman_answer_chars']:.3f}",
+                "",
+            )
+        )
+    return out
+
+
 def _whole_records(d: dict) -> list[tuple[str, str, str]]:
     out = []
     if agg := d.get("aggregates_default_fp32"):
@@ -750,6 +769,7 @@ SECTIONS = {
     "default_bundle": ("The default bundle: agreement, int8 fidelity, embedding speed", _default_bundle),
     "defects": ("What the scorer sees: defects, selection, agreement, cost", _defects),
     "whole_records": ("Whole records: conversations and long answers", _whole_records),
+    "iqs_order": ("Across records: the paper's selection ordered against its IQS", _iqs_order),
     "multilingual": ("The multilingual bundle", _multilingual),
     "optimum_onnx": ("optimum-onnx's export against the export's own", _optimum_onnx),
     "int8_recipes": ("int8 recipes of the default bundle, judged by the export's gate", _int8_recipes),
