@@ -52,6 +52,7 @@ DEFECTS = dict(
     per_record=6,
     margin=0.5,
     expert_weight=1.0,
+    shift=True,  # each member's free correction beside its penalty
     shift_weight=0.1,
     agreement_slack=0.01,
 )
@@ -311,7 +312,7 @@ def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *,
 def _fit_member(q, feats, expert, defect, base: float, *, seed: int) -> tuple[DefectPart, dict]:
     r = DEFECTS
     torch.manual_seed(seed)
-    part = DefectPart(feats.shape[1], r["hidden"], r["scale"], shift=True)
+    part = DefectPart(feats.shape[1], r["hidden"], r["scale"], shift=r["shift"])
     opt = torch.optim.AdamW(part.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     qt, ft = torch.from_numpy(q), torch.from_numpy(feats)
     gen = torch.Generator().manual_seed(seed)
@@ -444,7 +445,7 @@ def train_head(
             "hidden": DEFECTS["hidden"],
             "scale": DEFECTS["scale"],
             "members": DEFECTS["members"],
-            "shift": True,
+            "shift": DEFECTS["shift"],
         }
         metrics["defects"] = dmetrics
     valid_agreement = agreement(scores, PairData(vb, vw))
