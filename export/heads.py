@@ -273,8 +273,8 @@ class DefectPart(nn.Module):
     has one), which say how the response relates to the instruction (off-topic, echoed), loops, cut-offs, refused
     parts and empty answers, none of which the quality head, trained on polished pairs only, ever saw. Each member
     gives a penalty of up to `scale` as the probability P that the record is defective goes from 1/2 to 1 (nothing
-    for a record more likely real than not), plus, with `shift`, a free correction trained to stay near zero on
-    real texts; the term is the members' mean."""
+    for a record more likely real than not), plus, with `shift`, a free correction; the term is the members'
+    mean. Training pulls the term towards zero on the expert texts (export/train.py)."""
 
     def __init__(self, features: int, hidden: int = 64, scale: float = 2.0, members: int = 1, shift: bool = False):
         super().__init__()

@@ -39,7 +39,8 @@ RECIPE = dict(
 # The defect term's recipe (chosen on the CHOOSE split of the expert training pairs and their corrupted copies, by
 # the mean over kinds of the share of real answers above their copies): each record lends up to `per_record`
 # corrupted copies of random kinds; each of `members` networks learns, from its own seed, to put a real answer above
-# its copy by `margin` and a revision above its original, its free correction held near zero on real texts.
+# its copy by `margin` and a revision above its original, the whole term pulled towards zero on the expert texts by
+# `shift_weight` (which does not keep it near zero on other real records: benchmarks.iqs_order).
 DEFECTS = dict(
     hidden=64,
     scale=2.0,
@@ -380,17 +381,11 @@ def train_head(
     n_choose = max(1, int(round(CHOOSE * n))) if n > 1 else 0
     choose, fit_ = np.sort(order[:n_choose]), np.sort(order[n_choose:])
     broken = sample_defects(better, seed=seed, per_record=DEFECTS["per_record"], foreign=foreign) if defects else []
-    records = (
-        better
-        + worse
-        + valid_b
-        + valid_w
-        + [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
-    )
+    copies = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
+    records = better + worse + valid_b + valid_w + copies
     log(f"encoding {len(records)} texts ({n} pairs, {len(valid_b)} valid pairs, {len(broken)} corrupted copies)")
     fitting = set(fit_.tolist())
-    refused = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
-    refused = [t for t, c in zip(refused, broken) if c.kind == "refuse_part" and c.index in fitting]
+    refused = [t for t, c in zip(copies, broken) if c.kind == "refuse_part" and c.index in fitting]
     refusals = None
     if refused:
         refusals = refusal_reader(encoder, refused, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
