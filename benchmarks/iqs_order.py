@@ -3,7 +3,9 @@ with the paper's 550M IQS score each), against that score. The defects table com
 corrupted copy; the selection ranks different records against each other, which is what this measures: the
 Spearman correlation of each bundle's scores with the IQS scores, and with the answer's length in characters (a
 length meter would score high there). Bundles: the default before the defect-aware scorer, the default now, its
-quality head alone (the same head, exported without the defect term), the multilingual now.
+quality head alone (the same head, exported without the defect term), the multilingual now. And on 2,000 real records
+of the shared English corpora (the defects section's pool): how much of the quality head's own order the default's
+whole score keeps (Spearman, and the share of the head's top 5% still in the top 5%).
 
     python -m benchmarks.iqs_order [--quick] [--work DIR]
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 import car_onnx
 
-from .common import ROOT, section_main, shared_file
+from .common import ROOT, real_records, section_main, shared_file
 from .defects import bundles
 
 
@@ -62,6 +64,18 @@ def run(work: Path, quick: bool) -> dict:
                 "spearman_answer_chars": round(float(spearmanr(scores, lengths).statistic), 4),
             }
             print(name, precision, out["bundles"][f"{name} {precision}"], flush=True)
+    pool = real_records(400 if quick else 2000, seed=11)
+    out["real_records"], out["kept_by_default"] = len(pool), {}
+    k = len(pool) // 20
+    for precision in ("fp32", "int8"):
+        alone = car_onnx.load(paths["default, quality head alone"], precision=precision).score(pool)
+        whole = car_onnx.load(paths["default"], precision=precision).score(pool)
+        top = set(np.argsort(-alone, kind="stable")[:k]) & set(np.argsort(-whole, kind="stable")[:k])
+        out["kept_by_default"][precision] = {
+            "spearman_with_quality_alone": round(float(spearmanr(alone, whole).statistic), 4),
+            "top5pct_kept": round(len(top) / k, 4),
+        }
+        print("default against its quality head alone", precision, out["kept_by_default"][precision], flush=True)
     return out
 
 

@@ -380,6 +380,15 @@ def _iqs_order(d: dict) -> list[tuple[str, str, str]]:
                 "",
             )
         )
+    for precision, r in (d.get("kept_by_default") or {}).items():
+        out.append(
+            (
+                f"default {precision} on {d['real_records']:,} real records: Spearman with its quality head alone / "
+                "share of the head's top 5% still in the top 5%",
+                f"{r['spearman_with_quality_alone']:.3f} / {r['top5pct_kept']:.2f}",
+                "",
+            )
+        )
     return out
 
 

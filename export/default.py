@@ -129,7 +129,7 @@ def load_defects(weights: Path, meta: dict) -> DefectPart | None:
     if "defects" not in meta:
         return None
     d = meta["defects"]
-    part = DefectPart(d["features"], d["hidden"], d["scale"], d.get("members", 1), d.get("shift", False))
+    part = DefectPart(d["features"], d["hidden"], d["scale"], d.get("members", 1))
     state = {k.removeprefix("defects."): v for k, v in load_file(str(weights)).items() if k.startswith("defects.")}
     if "members" not in d:  # a term trained before members: one network, named `net`
         state = {k.replace("net.", "nets.0.", 1) if k.startswith("net.") else k: v for k, v in state.items()}

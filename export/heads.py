@@ -273,13 +273,12 @@ class DefectPart(nn.Module):
     has one), which say how the response relates to the instruction (off-topic, echoed), loops, cut-offs, refused
     parts and empty answers, none of which the quality head, trained on polished pairs only, ever saw. Each member
     gives a penalty of up to `scale` as the probability P that the record is defective goes from 1/2 to 1 (nothing
-    for a record more likely real than not), plus, with `shift`, a free correction; the term is the members'
-    mean. Training pulls the term towards zero on the expert texts (export/train.py)."""
+    for a record more likely real than not); the term is the members' mean. Training holds it at zero on the expert
+    texts (export/train.py)."""
 
-    def __init__(self, features: int, hidden: int = 64, scale: float = 2.0, members: int = 1, shift: bool = False):
+    def __init__(self, features: int, hidden: int = 64, scale: float = 2.0, members: int = 1):
         super().__init__()
         self.nets = nn.ModuleList(_net(features, hidden) for _ in range(members))
-        self.shifts = nn.ModuleList(_net(features, hidden) for _ in range(members)) if shift else None
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     @classmethod
@@ -287,18 +286,14 @@ class DefectPart(nn.Module):
         """One term averaging single-member `parts` (of one shape)."""
         first = parts[0]
         features, hidden = first.nets[0][0].in_features, first.nets[0][0].out_features
-        out = cls(features, hidden, float(first.scale), len(parts), first.shifts is not None)
+        out = cls(features, hidden, float(first.scale), len(parts))
         for k, part in enumerate(parts):
             out.nets[k].load_state_dict(part.nets[0].state_dict())
-            if out.shifts is not None:
-                out.shifts[k].load_state_dict(part.shifts[0].state_dict())
         return out.eval()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = features * 4 - 2
         total = 0
-        for k, net in enumerate(self.nets):  # -scale * max(0, 2 P - 1), P = sigmoid(logit)
+        for net in self.nets:  # -scale * max(0, 2 P - 1), P = sigmoid(logit)
             total = total - self.scale * torch.relu(torch.tanh(net(x).squeeze(-1) / 2))
-            if self.shifts is not None:
-                total = total + self.shifts[k](x).squeeze(-1)
         return total / len(self.nets)
