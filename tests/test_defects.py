@@ -344,3 +344,31 @@ def test_a_defect_term_saved_before_members_loads_as_one_member(tmp_path):
         want = -2.0 * torch.relu(torch.tanh(net(x * 4 - 2).squeeze(-1) / 2))  # the term as it was written then
         np.testing.assert_allclose(part(x).numpy(), want.numpy(), atol=1e-6)
     assert (want < 0).any() and want.std() > 0.01  # the comparison is not between constants
+
+
+def test_the_defect_term_is_held_at_zero_on_real_texts(monkeypatch):
+    """Trained on pairs (a real text above its corrupted copy), the term penalises the copies and leaves the real
+    texts' scores where the quality head put them: each member's epoch is one that moves at most `move_bound` of the
+    choose split's expert texts by more than `move_at`."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export import train
+
+    monkeypatch.setitem(train.DEFECTS, "members", 2)
+    monkeypatch.setitem(train.DEFECTS, "epochs", 20)
+    monkeypatch.setitem(train.DEFECTS, "batch", 32)
+    rng = np.random.default_rng(0)
+    n = 400  # expert texts (better, worse pairs), then one corrupted copy of each better text
+    q = np.concatenate([rng.normal(0.6, 0.3, n // 2), rng.normal(0.4, 0.3, n // 2), rng.normal(0.5, 0.3, n // 2)])
+    feats = rng.uniform(0, 1, size=(len(q), 4)).astype(np.float32)
+    feats[:n, 0] = rng.uniform(0, 0.45, n)  # real texts: low on the first feature
+    feats[n:, 0] = rng.uniform(0.55, 1, n // 2)  # copies: high
+    q, pairs = q.astype(np.float32), n // 2
+    split = {"fit": np.arange(0, 160), "choose": np.arange(160, pairs)}
+    expert = {k: {"better": rows, "worse": rows + pairs} for k, rows in split.items()}
+    defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
+    part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, log=lambda s: None)
+    with torch.no_grad():
+        term = part(torch.from_numpy(feats)).numpy()
+    assert metrics["choose_moved"] <= train.DEFECTS["move_bound"]
+    assert (np.abs(term[:n]) > train.DEFECTS["move_at"]).mean() <= 0.02  # the real texts keep their scores
+    assert metrics["choose_defects"]["echo"] > 0.85 and term[n:].mean() < -0.25  # the copies lose theirs
