@@ -64,16 +64,17 @@ def run(work: Path, quick: bool) -> dict:
                 "spearman_answer_chars": round(float(spearmanr(scores, lengths).statistic), 4),
             }
             print(name, precision, out["bundles"][f"{name} {precision}"], flush=True)
+    from car_onnx_export.onnx_tools import compare
+
     pool = real_records(400 if quick else 2000, seed=11)
     out["real_records"], out["kept_by_default"] = len(pool), {}
-    k = len(pool) // 20
     for precision in ("fp32", "int8"):
         alone = car_onnx.load(paths["default, quality head alone"], precision=precision).score(pool)
         whole = car_onnx.load(paths["default"], precision=precision).score(pool)
-        top = set(np.argsort(-alone, kind="stable")[:k]) & set(np.argsort(-whole, kind="stable")[:k])
+        kept = compare({"score": alone}, {"score": whole})
         out["kept_by_default"][precision] = {
-            "spearman_with_quality_alone": round(float(spearmanr(alone, whole).statistic), 4),
-            "top5pct_kept": round(len(top) / k, 4),
+            "spearman_with_quality_alone": round(kept["spearman"], 4),
+            "top5pct_kept": round(kept["top5pct_overlap"], 4),
         }
         print("default against its quality head alone", precision, out["kept_by_default"][precision], flush=True)
     return out

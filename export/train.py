@@ -294,11 +294,12 @@ def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *,
         history.append(h)
     part = DefectPart.ensemble(members)
     with torch.no_grad():
-        scores = q + part(torch.from_numpy(feats)).numpy()
+        term = part(torch.from_numpy(feats)).numpy()
+    scores = q + term
     agree = agreement(scores, PairData(c["better"], c["worse"]))
     table = defect_table(scores, d["real"], d["bad"], d["kind"])
     mean = float(np.mean(list(table.values()))) if table else 1.0
-    moved = _moved(scores - q, c)
+    moved = _moved(term, c)
     log(
         f"defects: {r['members']} members, epochs {[h['epoch'] for h in history]}: choose-split agreement "
         f"{agree:.4f} (quality head alone {base:.4f}), mean preference {mean:.4f}, worst kind "
@@ -342,11 +343,12 @@ def _fit_member(q, feats, expert, defect, base: float, *, seed: int) -> tuple[De
             opt.step()
         part.eval()
         with torch.no_grad():
-            scores = (qt + part(ft)).numpy()
+            term = part(ft).numpy()
+        scores = q + term
         agree = agreement(scores, PairData(c["better"], c["worse"]))
         table = defect_table(scores, d["real"], d["bad"], d["kind"])
         mean = float(np.mean(list(table.values()))) if table else 1.0
-        moved = _moved(scores - qt.numpy(), c)
+        moved = _moved(term, c)
         history.append({"agreement": round(agree, 4), "mean_preference": round(mean, 4), "moved": round(moved, 4)})
         key = (agree >= base - r["agreement_slack"] and moved <= r["move_bound"], mean, agree)
         if best is None or key > best[0]:
