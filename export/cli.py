@@ -205,6 +205,13 @@ def train_scorer(
         Optional[int],
         typer.Option(help="Lend only the first N answers of --foreign (keep the rest apart for measuring)."),
     ] = None,
+    window_term: Annotated[
+        bool,
+        typer.Option(
+            "--window-term",
+            help="Also train a second defect term for the windows of answers longer than the model's window (--encoder minilm): a refused tail of a long answer is seen, more long answers to other questions pass (docs/whole-records.md).",
+        ),
+    ] = False,
 ):
     """Train a scorer head on expert-revised pairs, on top of a frozen encoder; by default it also learns to rank
     defective answers at the bottom."""
@@ -215,9 +222,20 @@ def train_scorer(
 
     if encoder not in ENCODERS:
         raise UsageError(f"{{encoder}} must be one of {', '.join(ENCODERS)}, got {encoder!r}", "encoder")
+    if window_term and (encoder != "minilm" or not defects):
+        raise UsageError("{window_term} needs --encoder minilm and --defects", "window_term")
     lent = [r.output for r in iter_records(foreign)][:foreign_first] if foreign is not None else None
     train_head(
-        train, valid, output, seed=seed, epochs=epochs, limit=limit, encoder=encoder, defects=defects, foreign=lent
+        train,
+        valid,
+        output,
+        seed=seed,
+        epochs=epochs,
+        limit=limit,
+        encoder=encoder,
+        defects=defects,
+        foreign=lent,
+        window_term=window_term,
     )
 
 

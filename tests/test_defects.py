@@ -366,9 +366,126 @@ def test_the_defect_term_is_held_at_zero_on_real_texts(monkeypatch):
     split = {"fit": np.arange(0, 160), "choose": np.arange(160, pairs)}
     expert = {k: {"better": rows, "worse": rows + pairs} for k, rows in split.items()}
     defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
-    part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, log=lambda s: None)
+    part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=None, log=lambda s: None)
     with torch.no_grad():
         term = part(torch.from_numpy(feats)).numpy()
     assert metrics["choose_moved"] <= train.DEFECTS["move_bound"]
     assert (np.abs(term[:n]) > train.DEFECTS["move_at"]).mean() <= 0.02  # the real texts keep their scores
     assert metrics["choose_defects"]["echo"] > 0.85 and term[n:].mean() < -0.25  # the copies lose theirs
+
+
+def test_long_answers_are_read_in_windows_as_the_runtime_reads_them(tmp_path):
+    """Training's long answers (export/train.py): answers to several requests of the training records, each with a
+    copy whose last parts are refused, read by the runtime's Reader; the pairs compared are the refused copy's last
+    window and the complete answer's window at its place, and an answer's score is its windows' token-weighted mean."""
+    pytest.importorskip("torch")
+    from car_onnx.runtime.reading import Reader, Reading
+    from car_onnx_export import train
+
+    W = tiny.WORDS
+    records = [Text(W[i], "", " ".join(W[(i + k) % 60] for k in range(1, 7))) for i in range(12)]
+    records.append(Text(W[20], W[21], W[22]))  # with an input: lends no part
+    pairs = train.long_answers(records, np.arange(13), per_record=2, seed=0)
+    assert len(pairs) == 24
+    for complete, refused in pairs:
+        assert complete.instruction == refused.instruction and not complete.input
+        asked = complete.instruction.split("\n")[1:]
+        parts = complete.output.split("\n\n")
+        assert 3 <= len(asked) == len(parts) <= 6
+        for k, (request, part) in enumerate(zip(asked, parts), start=1):
+            record = next(r for r in records if f"{k}. {r.instruction}" == request)
+            assert part == f"{k}. {record.output}"  # each request answered in turn by its record's own answer
+        kept = refused.output.split("\n\n")
+        tail = [p for p, q in zip(kept, parts) if p != q]
+        assert kept[: len(kept) - len(tail)] == parts[: len(parts) - len(tail)]
+        assert 1 <= len(tail) <= len(parts) // 2 and len({p.split(". ", 1)[1] for p in tail}) == 1
+        assert tail[0].split(". ", 1)[1] in REFUSALS["train"]
+    tiny.make_tokenizer(tmp_path / "tok.json")
+    tok = load_tokenizer(tmp_path / "tok.json", tiny.MAX_LENGTH)
+    reader = Reader(tiny.TEMPLATE, tok, tiny.MAX_LENGTH, Reading(max_windows=64))
+    units, index = train.read_long(pairs, reader, first=100)
+    at = 100
+    for g, pair in enumerate(pairs):
+        read = [reader.units(t) for t in pair]
+        assert [u.text for u in units[at - 100 : at - 100 + len(read[0]) + len(read[1])]] == [
+            u.text for us in read for u in us
+        ]
+        assert len(read[0]) > 1  # longer than a window
+        assert index["better"][g] == at + min(len(read[0]), len(read[1])) - 1
+        assert index["worse"][g] == at + len(read[0]) + len(read[1]) - 1
+        at += len(read[0]) + len(read[1])
+    assert np.array_equal(index["units"], np.arange(100, at))
+    assert np.array_equal(index["real"], index["units"][index["refused"] == 0])
+    scores = np.zeros(at)
+    scores[index["units"][index["refused"] == 1]] = -1.0
+    assert train.long_preferred(scores, index) == 1.0
+    scores = np.random.default_rng(0).normal(size=at)  # an answer's score: its windows' mean weighted by tokens
+    w = index["tokens"]
+    want = []
+    for g in range(len(pairs)):
+        mean = [
+            (w * scores[index["units"]])[(index["owner"] == g) & (index["refused"] == r)].sum()
+            / w[(index["owner"] == g) & (index["refused"] == r)].sum()
+            for r in (0, 1)
+        ]
+        want.append(mean[0] > mean[1])
+    assert train.long_preferred(scores, index) == pytest.approx(np.mean(want)) and 0 < np.mean(want) < 1
+
+
+def test_the_defect_term_learns_long_answers_windows(monkeypatch):
+    """With long answers' windows (`long`): the windows of the complete answers are held at zero and the refused
+    copy's last window is penalised, so that the complete answer's token-weighted mean scores above its copy's; the
+    windows read apart from the rest (here: high on a feature the record pairs never vary), which the record pairs
+    alone leave unpenalised."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export import train
+
+    monkeypatch.setitem(train.DEFECTS, "members", 1)
+    monkeypatch.setitem(train.DEFECTS, "epochs", 20)
+    monkeypatch.setitem(train.DEFECTS, "batch", 32)
+    rng = np.random.default_rng(0)
+    n, pairs, answers = 400, 200, 120  # expert texts, then one copy of each better text, then the windows
+    q = rng.normal(0.5, 0.3, n + pairs + 6 * answers).astype(np.float32)
+    feats = rng.uniform(0, 1, size=(len(q), 4)).astype(np.float32)
+    feats[: n + pairs, 1] = 0.0  # the record texts: never high on the second feature
+    feats[:n, 0] = rng.uniform(0, 0.45, n)
+    feats[n : n + pairs, 0] = rng.uniform(0.55, 1, pairs)
+    first = n + pairs  # each long answer: 3 complete windows, 3 of its copy (the last refused: high on feature 1)
+    owner = np.repeat(np.arange(answers), 6)
+    refused = np.tile([0, 0, 0, 1, 1, 1], answers)
+    last = np.tile([0, 0, 0, 0, 0, 1], answers).astype(bool)
+    units = first + np.arange(6 * answers)
+    feats[units, 1] = np.where(last, rng.uniform(0.7, 1, len(units)), rng.uniform(0.2, 0.5, len(units)))
+    for k in (1, 2):  # the copy's first windows are the complete answer's
+        q[units[last] - k] = q[units[last] - k - 3]
+        feats[units[last] - k] = feats[units[last] - k - 3]
+    feats[units[last] - 3] = feats[units[last]]  # the complete answer's last window: its copy's, but not refused
+    feats[units[last] - 3, 1] = rng.uniform(0.2, 0.5, answers)
+    q[units[last] - 3] = q[units[last]]
+    split = {"fit": np.arange(0, 160), "choose": np.arange(160, pairs)}
+    expert = {k: {"better": rows, "worse": rows + pairs} for k, rows in split.items()}
+    defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
+
+    def windows(keep):
+        k = np.isin(owner, keep)
+        return {
+            "real": units[k & (refused == 0)],
+            "better": units[k & last] - 3,
+            "worse": units[k & last],
+            "units": units[k],
+            "owner": owner[k] - keep[0],
+            "refused": refused[k],
+            "tokens": np.tile([100.0, 100.0, 40.0, 100.0, 100.0, 40.0], answers)[k],
+        }
+
+    long = {"fit": windows(np.arange(0, 90)), "choose": windows(np.arange(90, answers))}
+    results = {}
+    for name, given in (("without", None), ("with", long)):
+        part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=given, log=lambda s: None)
+        with torch.no_grad():
+            term = part(torch.from_numpy(feats)).numpy()
+        results[name] = train.long_preferred(q + term, long["choose"])
+    assert metrics["choose_long_preferred"] == pytest.approx(results["with"], abs=1e-4)
+    assert results["with"] > 0.95 > results["without"] + 0.2
+    assert metrics["choose_long_windows_moved"] <= 0.05  # the complete answers' windows keep their scores
+    assert metrics["choose_moved"] <= train.DEFECTS["move_bound"]

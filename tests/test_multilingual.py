@@ -227,3 +227,11 @@ def test_train_scorer_on_the_multilingual_encoder(tmp_path, pairs_writer):
         tmp_path / "bundle", precisions=("fp32",), weights=tmp_path / "head.safetensors", log=lambda s: None
     )
     assert spec.variants["fp32"].fidelity["max_abs_score_error"] <= 1e-4
+
+
+def test_the_window_term_is_for_the_default_bundles_encoder(tmp_path, cli):
+    args = ("train-scorer", "--train", tmp_path / "t.csv", "--valid", tmp_path / "v.csv", "-o", tmp_path / "h")
+    for extra in (("--encoder", "multilingual"), ("--no-defects",)):
+        code, _, err, _ = cli(*args, "--window-term", *extra)
+        assert (code, err) == (2, "car-onnx: error: --window-term needs --encoder minilm and --defects")
+    assert not (tmp_path / "h.json").exists()

@@ -195,3 +195,24 @@ def test_a_work_dir_of_another_reading_is_not_reused(bundles, tmp_path, cli):
     rc, _, err, _ = cli("score", data, "-o", tmp_path / "c.jsonl", "-b", bundle, "--work-dir", work, "--turns", "first")
     assert rc == 0 and f"how records are read (car-onnx's version) changed (None -> {READING})" in err, err
     assert (tmp_path / "c.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_a_graph_reading_answer_window_is_told_which_texts_are_windows(tmp_path):
+    """`answer_window`: 1 for each window of a longer answer, 0 for a text that fits (the default bundle's second
+    defect term reads it); a text that is a record of its own and also a window of another answer runs twice."""
+    plain = tiny.make_bundle(tmp_path / "plain", max_windows=8)
+    reads = tiny.make_bundle(tmp_path / "window", max_windows=8, window=True)
+    answer = long_answer(5, 18)  # 5 windows
+    first = " ".join(answer.split()[:4])  # as a record of its own: the first window's text
+    records = SHORT + [{"instruction": W[7], "output": a} for a in (answer, first)]
+    model = car_onnx.load(reads, precision="fp32")
+    base, got = car_onnx.load(plain, precision="fp32").score(records), model.score(records)
+    assert np.array_equal(got[: len(SHORT)], base[: len(SHORT)]) and got[-1] == base[-1]  # texts that fit: 0
+    assert got[-2] == pytest.approx(base[-2] + 10, abs=1e-5)  # every window: 1
+    assert model.exchange_scores(records[-2:])[0][0] == pytest.approx(got[-2], abs=1e-6)
+    bad = tiny.make_bundle(tmp_path / "bad", window=True)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["models"][0]["inputs"] = ["input_ids", "attention_mask"]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(car_onnx.BundleError, match="the graph reads answer_window, which the manifest's inputs"):
+        car_onnx.load(bad, precision="fp32").score(SHORT)

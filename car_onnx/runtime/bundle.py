@@ -87,17 +87,17 @@ class Bundle:
             units = [model.reader.units(r, turns) for r in records]
             counts = [len(u) for u in units]
             flat = [u for record in units for u in record]
-            # a text with where its response starts and its answer's loops (for a graph that reads them): the same
-            # text split elsewhere, or a window of another answer, is another input
+            # a text with where its response starts and its unit inputs (answer loops, window: for a graph that reads
+            # them): the same text split elsewhere, or a window of another answer, is another input
+            names = model.unit_inputs
             texts = [
-                (u.text, u.start if model.reads_response else None, u.loops if model.reads_loops else None)
-                for u in flat
+                (u.text, u.start if model.reads_response else None, *(_unit_input(u, n) for n in names)) for u in flat
             ]
             unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
-            starts = [s for _, s, _ in unique] if model.reads_response else None
-            loops = [x for _, _, x in unique] if model.reads_loops else None
+            starts = [t[1] for t in unique] if model.reads_response else None
+            given = {n: [t[2 + k] for t in unique] for k, n in enumerate(names)}
             scaled = _Scaled(progress, len(unique), len(records))
-            results = model.run([t for t, _, _ in unique], model_roles, max_tokens, scaled, starts, loops)
+            results = model.run([t[0] for t in unique], model_roles, max_tokens, scaled, starts, given)
             scaled.finish()
             if len(unique) < len(texts):
                 where = np.fromiter((unique[t] for t in texts), dtype=np.int64, count=len(texts))
@@ -106,6 +106,10 @@ class Bundle:
             for role, value in results.items():  # reading.py: how units combine
                 out[role] = combine(value, counts, shares, role == "embed")
         return out
+
+
+def _unit_input(unit, name: str) -> float:
+    return unit.loops if name == "answer_loops" else float(unit.window)
 
 
 class _Scaled:

@@ -18,7 +18,9 @@ from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch
 # response_mask: 1 for the tokens of the record's output (see Template.response_start), for scorers that read the
 # instruction and the response apart within one forward pass. answer_loops ([batch] float): for a window of a longer
 # answer, the share of the whole answer's runs of 8 tokens seen earlier in it (reading.py), 0 for a text that fits.
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask", "answer_loops")
+# answer_window ([batch] float): 1 for one of several windows of an answer, 0 for a text read whole.
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask", "answer_loops", "answer_window")
+UNIT_INPUTS = ("answer_loops", "answer_window")  # one number per text, from reading.Unit's loops and window
 
 
 class OnnxModel:
@@ -37,7 +39,7 @@ class OnnxModel:
         unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
         if unknown:
             raise BundleError(f"{self.graph}: graph input(s) {unknown} are not among {list(KNOWN_INPUTS)}")
-        for name in ("response_mask", "answer_loops"):
+        for name in ("response_mask", *UNIT_INPUTS):
             if name in self.input_names and name not in spec.inputs:
                 raise BundleError(f"{self.graph}: the graph reads {name}, which the manifest's inputs do not list")
         have = {o.name for o in self.session.get_outputs()}
@@ -54,9 +56,9 @@ class OnnxModel:
         return "response_mask" in self.input_names
 
     @property
-    def reads_loops(self) -> bool:
-        """Whether the graph reads each text's answer loops (then `run` takes them)."""
-        return "answer_loops" in self.input_names
+    def unit_inputs(self) -> tuple[str, ...]:
+        """The UNIT_INPUTS the graph reads (then `run` takes them for each text)."""
+        return tuple(n for n in UNIT_INPUTS if n in self.input_names)
 
     def response_start(self, instruction: str, input: str) -> int:
         return self.spec.template.response_start(instruction, input)
@@ -68,11 +70,11 @@ class OnnxModel:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         progress: Callable[[int], None] | None = None,
         starts: list[int] | None = None,
-        loops: list[float] | None = None,
+        units: dict[str, list[float]] | None = None,
     ) -> dict[str, np.ndarray]:
         """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`; `starts`: where each
-        text's response begins (characters), for a graph that reads the response apart; `loops`: each text's answer
-        loops (reading.Unit.loops; 0 for all when not given), for a graph that reads them.
+        text's response begins (characters), for a graph that reads the response apart; `units`: each text's value
+        of the `unit_inputs` the graph reads (reading.Unit's loops and window; 0 for all where not given).
         int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
         would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
         if self.reads_response and starts is None:
@@ -87,8 +89,9 @@ class OnnxModel:
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             if tokens.response is not None:
                 feed["response_mask"] = pad_rows([tokens.response[i] for i in batch], 0)
-            if self.reads_loops:
-                feed["answer_loops"] = np.array([loops[i] if loops else 0.0 for i in batch], dtype=np.float32)
+            for name in self.unit_inputs:
+                given = (units or {}).get(name)
+                feed[name] = np.array([given[i] if given else 0.0 for i in batch], dtype=np.float32)
             return self.session.run(names, {n: feed[n] for n in self.input_names})
 
         batches = plan_batches(tokens.lengths, 1 if self.precision == "int8" else max_tokens)

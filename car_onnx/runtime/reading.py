@@ -50,13 +50,14 @@ class Unit:
     """One text a model runs: where its response starts (characters), the answer tokens it reads, its share of
     its exchange's answer tokens (its weight in the record's score and embedding) and, for a window of a longer
     answer, the share of that whole answer's runs of RUN tokens seen earlier in it (`loops`; 0 for a text that
-    fits)."""
+    fits) and `window` (True for one of several windows of an answer)."""
 
     text: str
     start: int
     tokens: int
     share: float = 1.0
     loops: float = 0.0
+    window: bool = False
 
 
 class Reader:
@@ -116,7 +117,7 @@ class Reader:
             )
         read = sum(u.tokens for u in units)
         loops = repeated_runs(answer.ids[:read])
-        return [Unit(u.text, u.start, u.tokens, u.tokens / read, loops) for u in units]
+        return [Unit(u.text, u.start, u.tokens, u.tokens / read, loops, len(units) > 1) for u in units]
 
     def counter(self):
         """The model's tokenizer without truncation: to count a text's tokens past max_length."""
