@@ -38,8 +38,8 @@ def load_encoder(folder: Path | None = None):
 class JointModel(nn.Module):
     """One forward pass: sentence-transformers' embedding (mean over the mask, L2-normalised) and the score: the
     quality head on the layers' mix, plus (with `defects`) the defect term read from the same pass (see
-    `defect_features`); with `window_defects`, a window of a longer answer (`answer_window` 1) takes that term
-    instead (trained on windows of long answers too, export/train.py), a text that fits `defects`'."""
+    `defect_features`); with `window_defects`, a window after a long answer's first (`answer_window` 1) takes that
+    term instead (trained on windows of long answers too, export/train.py), any other text `defects`'."""
 
     def __init__(
         self,

@@ -214,7 +214,7 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     assert windows(share) < windows(None) - 1e-3
 
     # a second term for windows of longer answers (window_defects: here the first one's, penalising everything):
-    # the windows take it, the texts that fit keep their scores bit for bit
+    # the windows after the first take it, the texts that fit keep their scores bit for bit
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(weights))
@@ -236,9 +236,9 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     window = tokenize(tok, [u.text for u in units], [u.start for u in units])
     want = 0.0
     with torch.no_grad():
-        for ids, response, u in zip(window.ids, window.response, units):
+        for k, (ids, response, u) in enumerate(zip(window.ids, window.response, units)):
             ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
-            fed = (torch.tensor([share]), torch.tensor([1.0]))
+            fed = (torch.tensor([share]), torch.tensor([float(k > 0)]))
             want += u.share * float(torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, *fed)[0][0])
     got = both.run([looped], ("score",), max_tokens=2048)["score"][0]
     assert got == pytest.approx(want, abs=1e-4) and got < windows(share) - 1.0

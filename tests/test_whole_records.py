@@ -198,17 +198,18 @@ def test_a_work_dir_of_another_reading_is_not_reused(bundles, tmp_path, cli):
 
 
 def test_a_graph_reading_answer_window_is_told_which_texts_are_windows(tmp_path):
-    """`answer_window`: 1 for each window of a longer answer, 0 for a text that fits (the default bundle's second
-    defect term reads it); a text that is a record of its own and also a window of another answer runs twice."""
+    """`answer_window`: 1 for each window after a longer answer's first, 0 for the first and for a text that fits
+    (the default bundle's optional windows' term reads it); a text that is a record of its own and also a window of
+    another answer runs twice."""
     plain = tiny.make_bundle(tmp_path / "plain", max_windows=8)
     reads = tiny.make_bundle(tmp_path / "window", max_windows=8, window=True)
-    answer = long_answer(5, 18)  # 5 windows
-    first = " ".join(answer.split()[:4])  # as a record of its own: the first window's text
-    records = SHORT + [{"instruction": W[7], "output": a} for a in (answer, first)]
+    answer = long_answer(5, 18)  # 5 windows of 4, 4, 4, 4, 2 words
+    second = " ".join(answer.split()[4:8])  # as a record of its own: the second window's text
+    records = SHORT + [{"instruction": W[7], "output": a} for a in (answer, second)]
     model = car_onnx.load(reads, precision="fp32")
     base, got = car_onnx.load(plain, precision="fp32").score(records), model.score(records)
     assert np.array_equal(got[: len(SHORT)], base[: len(SHORT)]) and got[-1] == base[-1]  # texts that fit: 0
-    assert got[-2] == pytest.approx(base[-2] + 10, abs=1e-5)  # every window: 1
+    assert got[-2] == pytest.approx(base[-2] + 10 * 14 / 18, abs=1e-5)  # the windows after the first (14 words): 1
     assert model.exchange_scores(records[-2:])[0][0] == pytest.approx(got[-2], abs=1e-6)
     bad = tiny.make_bundle(tmp_path / "bad", window=True)
     manifest = json.loads((bad / "manifest.json").read_text())

@@ -18,7 +18,7 @@ from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch
 # response_mask: 1 for the tokens of the record's output (see Template.response_start), for scorers that read the
 # instruction and the response apart within one forward pass. answer_loops ([batch] float): for a window of a longer
 # answer, the share of the whole answer's runs of 8 tokens seen earlier in it (reading.py), 0 for a text that fits.
-# answer_window ([batch] float): 1 for one of several windows of an answer, 0 for a text read whole.
+# answer_window ([batch] float): 1 for a window after an answer's first (it starts mid-answer), else 0.
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask", "answer_loops", "answer_window")
 UNIT_INPUTS = ("answer_loops", "answer_window")  # one number per text, from reading.Unit's loops and window
 

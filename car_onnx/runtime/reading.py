@@ -50,7 +50,7 @@ class Unit:
     """One text a model runs: where its response starts (characters), the answer tokens it reads, its share of
     its exchange's answer tokens (its weight in the record's score and embedding) and, for a window of a longer
     answer, the share of that whole answer's runs of RUN tokens seen earlier in it (`loops`; 0 for a text that
-    fits) and `window` (True for one of several windows of an answer)."""
+    fits) and `window` (True for a window after an answer's first: it starts mid-answer)."""
 
     text: str
     start: int
@@ -117,7 +117,7 @@ class Reader:
             )
         read = sum(u.tokens for u in units)
         loops = repeated_runs(answer.ids[:read])
-        return [Unit(u.text, u.start, u.tokens, u.tokens / read, loops, len(units) > 1) for u in units]
+        return [Unit(u.text, u.start, u.tokens, u.tokens / read, loops, k > 0) for k, u in enumerate(units)]
 
     def counter(self):
         """The model's tokenizer without truncation: to count a text's tokens past max_length."""
