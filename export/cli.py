@@ -222,8 +222,6 @@ def train_scorer(
 
     if encoder not in ENCODERS:
         raise UsageError(f"{{encoder}} must be one of {', '.join(ENCODERS)}, got {encoder!r}", "encoder")
-    if window_term and (encoder != "minilm" or not defects):
-        raise UsageError("{window_term} needs --encoder minilm and --defects", "window_term")
     lent = [r.output for r in iter_records(foreign)][:foreign_first] if foreign is not None else None
     train_head(
         train,

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from car_onnx.core.defects import KINDS, REFUSALS, corrupt
-from car_onnx.errors import InputError
+from car_onnx.errors import InputError, UsageError
 from car_onnx.evaluate import Text, preferred_by_kind
 from car_onnx.evaluate import read_pairs as read_records
 from car_onnx.runtime.manifest import Template
-from car_onnx.runtime.reading import READ_TOKENS, Reader, Reading
+from car_onnx.runtime.reading import READ_TOKENS, Reader, Reading, combine
 
 from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead
 
@@ -335,38 +335,35 @@ def read_long(pairs: list[tuple[Text, Text]], reader: Reader, first: int) -> tup
     """The windows of `pairs` as `reader` reads them, numbered from `first`: (units, index arrays) with "real" (every
     window of the complete answers), "better"/"worse" (the complete answer's window at the place of its refused copy's
     last window, and that window) and, per window, "owner" (its pair), "refused" (0/1) and "tokens" (its weight in its answer)."""
-    units, owner, refused, at = [], [], [], {}
-    better, worse = [], []
+    units, owner, refused, better, worse = [], [], [], [], []
     for g, pair in enumerate(pairs):
-        read = [reader.units(t) for t in pair]
-        for r, us in enumerate(read):
-            at[r] = first + len(units)
-            units += us
-            owner += [g] * len(us)
-            refused += [r] * len(us)
-        better.append(at[0] + min(len(read[0]), len(read[1])) - 1)
-        worse.append(at[1] + len(read[1]) - 1)
-    refused_ = np.array(refused, dtype=np.int64)
+        complete, copy = (reader.units(t) for t in pair)
+        start = first + len(units)
+        better.append(start + min(len(complete), len(copy)) - 1)
+        worse.append(start + len(complete) + len(copy) - 1)
+        units += complete + copy
+        owner += [g] * (len(complete) + len(copy))
+        refused += [0] * len(complete) + [1] * len(copy)
+    refused = np.array(refused, dtype=np.int64)
     index = first + np.arange(len(units))
     return units, {
-        "real": index[refused_ == 0],
+        "real": index[refused == 0],
         "better": np.array(better, dtype=np.int64),
         "worse": np.array(worse, dtype=np.int64),
         "units": index,
         "owner": np.array(owner, dtype=np.int64),
-        "refused": refused_,
+        "refused": refused,
         "tokens": np.array([u.tokens for u in units], dtype=np.float64),
     }
 
 
 def long_preferred(scores: np.ndarray, long: dict) -> float:
-    """The share of long answers whose complete form scores above its refused copy, each answer's score the mean of
-    its windows' weighted by the answer tokens each reads (as the runtime combines them)."""
+    """The share of long answers whose complete form scores above its refused copy, each answer's score its windows'
+    combined as the runtime combines them (reading.combine: weighted by the answer tokens each reads)."""
     if not len(long["units"]):
         return 1.0
-    key = long["owner"] * 2 + long["refused"]
-    w = long["tokens"]
-    mean = np.bincount(key, weights=w * scores[long["units"]]) / np.bincount(key, weights=w)
+    counts = np.bincount(long["owner"] * 2 + long["refused"]).tolist()  # each answer's windows, in order
+    mean = combine(scores[long["units"]], counts, long["tokens"], normalise=False)
     return float(np.mean(mean[0::2] > mean[1::2]))
 
 
@@ -520,7 +517,7 @@ def train_head(
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
     if window_term and (encoder != "minilm" or not defects):
-        raise ValueError("a window term is trained for the default bundle's encoder (minilm), with defects")
+        raise UsageError("{window_term} needs {encoder} minilm and {defects}", "window_term", "encoder", "defects")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     template = Template(**TEMPLATE)

@@ -195,15 +195,19 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     share = sum(t in set(runs[:k]) for k, t in enumerate(runs)) / len(runs)
     assert len(units) > 3 and [u.loops for u in units] == pytest.approx([share] * len(units)) and share > 0.6
 
-    def windows(loops):
-        window = tokenize(tok, [u.text for u in units], [u.start for u in units])
+    def windows(loops, window=False):
+        """The record's score from its windows through PyTorch; `window`: feed answer_window as the runtime does."""
+        read = tokenize(tok, [u.text for u in units], [u.start for u in units])
         total = 0.0
         with torch.no_grad():
-            for ids, response, u in zip(window.ids, window.response, units):
+            for ids, response, u in zip(read.ids, read.response, units):
                 ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
-                fed = None if loops is None else torch.tensor([loops])
+                fed = (
+                    None if loops is None else torch.tensor([loops]),
+                    torch.tensor([float(u.window)]) if window else None,
+                )
                 total += u.share * float(
-                    torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, fed)[0][0]
+                    torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, *fed)[0][0]
                 )
         return total
 
@@ -233,15 +237,9 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     w_meta = json.loads((tmp_path / "window.json").read_text())
     window_term = load_defects(tmp_path / "window.safetensors", w_meta, "window_defects")
     torch_model.window_defects = window_term
-    window = tokenize(tok, [u.text for u in units], [u.start for u in units])
-    want = 0.0
-    with torch.no_grad():
-        for k, (ids, response, u) in enumerate(zip(window.ids, window.response, units)):
-            ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
-            fed = (torch.tensor([share]), torch.tensor([float(k > 0)]))
-            want += u.share * float(torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, *fed)[0][0])
+    assert [u.window for u in units] == [False] + [True] * (len(units) - 1)  # the windows after the first
     got = both.run([looped], ("score",), max_tokens=2048)["score"][0]
-    assert got == pytest.approx(want, abs=1e-4) and got < windows(share) - 1.0
+    assert got == pytest.approx(windows(share, window=True), abs=1e-4) and got < windows(share) - 1.0
 
 
 def test_a_window_term_needs_long_answers_from_both_splits(tmp_path, pairs_writer):

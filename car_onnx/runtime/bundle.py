@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BundleError
-from .graph import OnnxModel
+from .graph import UNIT_INPUTS, OnnxModel
 from .manifest import Manifest, read_manifest, verify_files
 from .reading import combine
 from .session import SessionConfig
@@ -91,7 +91,8 @@ class Bundle:
             # them): the same text split elsewhere, or a window of another answer, is another input
             names = model.unit_inputs
             texts = [
-                (u.text, u.start if model.reads_response else None, *(_unit_input(u, n) for n in names)) for u in flat
+                (u.text, u.start if model.reads_response else None, *(float(getattr(u, UNIT_INPUTS[n])) for n in names))
+                for u in flat
             ]
             unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
             starts = [t[1] for t in unique] if model.reads_response else None
@@ -106,10 +107,6 @@ class Bundle:
             for role, value in results.items():  # reading.py: how units combine
                 out[role] = combine(value, counts, shares, role == "embed")
         return out
-
-
-def _unit_input(unit, name: str) -> float:
-    return unit.loops if name == "answer_loops" else float(unit.window)
 
 
 class _Scaled:

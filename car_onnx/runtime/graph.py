@@ -20,7 +20,7 @@ from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch
 # answer, the share of the whole answer's runs of 8 tokens seen earlier in it (reading.py), 0 for a text that fits.
 # answer_window ([batch] float): 1 for a window after an answer's first (it starts mid-answer), else 0.
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask", "answer_loops", "answer_window")
-UNIT_INPUTS = ("answer_loops", "answer_window")  # one number per text, from reading.Unit's loops and window
+UNIT_INPUTS = {"answer_loops": "loops", "answer_window": "window"}  # one number per text: reading.Unit's attribute
 
 
 class OnnxModel:
