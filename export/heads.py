@@ -291,9 +291,13 @@ class DefectPart(nn.Module):
             out.nets[k].load_state_dict(part.nets[0].state_dict())
         return out.eval()
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's output ([B]): the log-odds that the text is defective."""
         x = features * 4 - 2
+        return [net(x).squeeze(-1) for net in self.nets]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         total = 0
-        for net in self.nets:  # -scale * max(0, 2 P - 1), P = sigmoid(logit)
-            total = total - self.scale * torch.relu(torch.tanh(net(x).squeeze(-1) / 2))
+        for logit in self.logits(features):  # -scale * max(0, 2 P - 1), P = sigmoid(logit)
+            total = total - self.scale * torch.relu(torch.tanh(logit / 2))
         return total / len(self.nets)

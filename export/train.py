@@ -431,8 +431,9 @@ def _fit_member(q, feats, expert, defect, long, base: float, *, seed: int) -> tu
     r = DEFECTS
     torch.manual_seed(seed)
     part = DefectPart(feats.shape[1], r["hidden"], r["scale"])
-    opt = torch.optim.AdamW(part.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     qt, ft = torch.from_numpy(q), torch.from_numpy(feats)
+    _revive(part, ft)
+    opt = torch.optim.AdamW(part.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     gen = torch.Generator().manual_seed(seed)
     fb, fw = (torch.from_numpy(expert["fit"][k]) for k in ("better", "worse"))
     fr, fn = (torch.from_numpy(defect["fit"][k]) for k in ("real", "bad"))
@@ -474,6 +475,18 @@ def _fit_member(q, feats, expert, defect, long, base: float, *, seed: int) -> tu
             best = (key, epoch + 1, {k: v.clone() for k, v in part.state_dict().items()})
     part.load_state_dict(best[2])
     return part.eval(), {"epoch": best[1], "history": history}
+
+
+def _revive(part: DefectPart, feats: torch.Tensor) -> None:
+    """A member whose output starts below zero on every text (`feats`: all it trains on) would never learn: the
+    penalty is flat there (heads.DefectPart), so no loss moves it. Such a member's last bias is raised until half of
+    the texts start above zero (the pull on real texts brings it down there). Seen: two of three members dead from
+    the start with one feature more (an "answer ends open" flag, not kept); a member that starts alive is left as
+    it is, so the shipped recipe trains as before."""
+    with torch.no_grad():
+        for net, logit in zip(part.nets, part.logits(feats)):
+            if logit.max() <= 0:
+                net[-1].bias -= logit.median()
 
 
 def _moved(term: np.ndarray, choose: dict) -> float:
