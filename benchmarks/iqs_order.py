@@ -24,7 +24,7 @@ from .defects import bundles
 
 
 def quality_alone(work: Path) -> Path:
-    """The default bundle with its quality head alone: the shipped head's weights without the defect term."""
+    """The default bundle with its quality head alone: the shipped head's weights without its defect terms."""
     from safetensors.torch import load_file, save_file
 
     from car_onnx_export.default import export_default
@@ -34,10 +34,12 @@ def quality_alone(work: Path) -> Path:
         weights = ROOT / "export" / "weights" / "minilm_head.safetensors"
         head = work / "quality-alone" / weights.name
         head.parent.mkdir(parents=True, exist_ok=True)
-        keep = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(("defects.", "refusals."))}
+        terms = ("defects.", "window_defects.", "refusals.")
+        keep = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(terms)}
         save_file(keep, str(head))
         meta = json.loads(weights.with_suffix(".json").read_text())
         meta.pop("defects")
+        meta.pop("window_defects", None)
         head.with_suffix(".json").write_text(json.dumps(meta))
         export_default(out, precisions=("fp32", "int8"), weights=head, log=lambda m: None)
     return out

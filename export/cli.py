@@ -209,7 +209,7 @@ def train_scorer(
         bool,
         typer.Option(
             "--window-term",
-            help="Also train a second defect term for the windows of answers longer than the model's window (--encoder minilm): a refused tail of a long answer is seen, more long answers to other questions pass (docs/whole-records.md).",
+            help="Also train a second defect term for the windows of answers longer than the model's window (--encoder minilm): a refused tail of a long answer is seen, a few more long answers to other questions pass; the default bundle's head is trained with it (docs/whole-records.md).",
         ),
     ] = False,
 ):

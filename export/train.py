@@ -46,9 +46,9 @@ RECIPE = dict(
 # `real_weight`; each member keeps the best epoch that moves at most `move_bound` of the choose split's expert texts by
 # more than `move_at` (a false-positive bound: real_weight 1.0 is the one of 0.3, 1 and 3 whose term met it with the
 # best mean preference there; benchmarks.iqs_order measures what it keeps of the quality head's order).
-# With `window_term` (train-scorer --window-term; not the shipped default), the default bundle gets a second term
-# for the windows after a long answer's first (default.JointModel's `window_defects`; the first window keeps the
-# first term, which a long answer to another question meets there): trained as the first and also on answers to
+# With `window_term` (train-scorer --window-term; the shipped head is trained with it), the default bundle gets a
+# second term for the windows after a long answer's first (default.JointModel's `window_defects`; the first window
+# keeps the first term, which a long answer to another question meets there): trained as the first and also on answers to
 # several requests read as the runtime reads them, in windows (`long_answers`, `long_per_record` of them per record
 # without input that lends its parts): the windows of the complete answers held at zero (`long_real_weight`), the
 # refused tail's window below the complete answer's by `margin` (`long_weight`). The first term penalises the

@@ -199,7 +199,7 @@ def test_a_work_dir_of_another_reading_is_not_reused(bundles, tmp_path, cli):
 
 def test_a_graph_reading_answer_window_is_told_which_texts_are_windows(tmp_path):
     """`answer_window`: 1 for each window after a longer answer's first, 0 for the first and for a text that fits
-    (the default bundle's optional windows' term reads it); a text that is a record of its own and also a window of
+    (the default bundle's windows' term reads it); a text that is a record of its own and also a window of
     another answer runs twice."""
     plain = tiny.make_bundle(tmp_path / "plain", max_windows=8)
     reads = tiny.make_bundle(tmp_path / "window", max_windows=8, window=True)
