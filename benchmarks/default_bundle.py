@@ -1,6 +1,8 @@
 """Issue targets of the default bundle: pairwise agreement on score_valid.csv, int8 fidelity against fp32 on
 1,000 real records (and the selections they give), and `car-onnx embed` against sentence-transformers (whole
-processes, same threads), with the default bundle and with all-MiniLM-L6-v2 exported by `export embedder`.
+processes, same threads), with the default bundle and with all-MiniLM-L6-v2 exported by `export embedder`. The
+default bundle is exported from the repository's weights into the work dir (as benchmarks.defects does), not taken
+from wherever one was installed.
 
     python -m benchmarks.default_bundle [--quick] [--work DIR]
 """
@@ -13,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from car_onnx.runtime.bundle import find_bundle
 from car_onnx.runtime.session import machine_threads
 
 from .common import car_onnx, real_records, records_file, section_main, shared_file, timed_process, worker
@@ -104,8 +105,18 @@ def embed_speed(bundle_dir: Path, work: Path, n: int, threads: int) -> dict:
     return {"records": n, "threads": threads, "runs": runs}
 
 
+def default_bundle(work: Path) -> Path:
+    """The default bundle (fp32, int8) of export/weights, built once under `work`."""
+    from car_onnx_export.default import export_default
+
+    out = work / "default-now"
+    if not (out / "manifest.json").is_file():
+        export_default(out, precisions=("fp32", "int8"), log=lambda m: None)
+    return out
+
+
 def run(work: Path, quick: bool) -> dict:
-    bundle_dir = find_bundle(None)
+    bundle_dir = default_bundle(work)
     return {
         "bundle": str(bundle_dir),
         "agreement_score_valid": {p: agreement(bundle_dir, p) for p in ("fp32", "int8")},
