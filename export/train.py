@@ -48,9 +48,9 @@ RECIPE = dict(
 # best mean preference there; benchmarks.iqs_order measures what it keeps of the quality head's order).
 # With `window_term` (train-scorer --window-term; the shipped head is trained with it), the default bundle gets a
 # second term for the windows after a long answer's first (default.JointModel's `window_defects`; the first window
-# keeps the first term, which a long answer to another question meets there): trained as the first and also on answers to
-# several requests read as the runtime reads them, in windows (`long_answers`, `long_per_record` of them per record
-# without input that lends its parts): the windows of the complete answers held at zero (`long_real_weight`), the
+# keeps the first term, which a long answer to another question meets there): trained as the first and also on
+# answers to several requests read as the runtime reads them, in windows (`long_answers`, `long_per_record` of them per
+# record without input that lends its parts): the windows of the complete answers held at zero (`long_real_weight`), the
 # refused tail's window below the complete answer's by `margin` (`long_weight`). The first term penalises the
 # windows of long real answers, which end mid-answer and each answer one request of several (-0.30 on average on the
 # choose split's, as much as a refused tail); one term trained on both lost another question's answer on the choose
