@@ -27,15 +27,14 @@ def quality_alone(work: Path) -> Path:
     """The default bundle with its quality head alone: the shipped head's weights without its defect terms."""
     from safetensors.torch import load_file, save_file
 
-    from car_onnx_export.default import export_default
+    from car_onnx_export.default import TERMS, export_default
 
     out = work / "default-quality-alone"
     if not (out / "manifest.json").exists():
         weights = ROOT / "export" / "weights" / "minilm_head.safetensors"
         head = work / "quality-alone" / weights.name
         head.parent.mkdir(parents=True, exist_ok=True)
-        terms = ("defects.", "window_defects.", "refusals.")
-        keep = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(terms)}
+        keep = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(TERMS)}
         save_file(keep, str(head))
         meta = json.loads(weights.with_suffix(".json").read_text())
         meta.pop("defects")

@@ -20,6 +20,7 @@ from .heads import DefectPart, HeadConfig, RefusalReader, ScoringHead, span_cosi
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
 
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
+TERMS = ("defects.", "window_defects.", "refusals.")  # a head's weights beside the quality head's: the score's terms
 NAME = "minilm-car"
 
 
@@ -123,9 +124,7 @@ def load_head(weights: Path = WEIGHTS) -> tuple[ScoringHead, dict]:
     meta = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
     state = load_file(str(weights))
     head = ScoringHead(head_config(meta), pad_id=meta["pad_id"])
-    head.load_state_dict(
-        {k: v for k, v in state.items() if not k.startswith(("defects.", "window_defects.", "refusals."))}
-    )
+    head.load_state_dict({k: v for k, v in state.items() if not k.startswith(TERMS)})
     head.eval()
     head.layerwise_attention.freeze()
     return head, meta
