@@ -16,7 +16,7 @@ from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.reading import READ_TOKENS, Reading
 from car_onnx.runtime.tokenization import load_tokenizer
 
-from .heads import DefectPart, HeadConfig, RefusalReader, ScoringHead, span_cosines, span_mean
+from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, run_rate, span_cosines, span_mean
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
 
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
@@ -40,7 +40,8 @@ class JointModel(nn.Module):
     """One forward pass: sentence-transformers' embedding (mean over the mask, L2-normalised) and the score: the
     quality head on the layers' mix, plus (with `defects`) the defect term read from the same pass (see
     `defect_features`); with `window_defects`, a window after a long answer's first (`answer_window` 1) takes that
-    term instead (trained on windows of long answers too, export/train.py), any other text `defects`'."""
+    term instead (trained on windows of long answers too, export/train.py), any other text `defects`'. `runs`: the
+    length of the repeated runs the features also count (0: not counted, as in heads trained before them)."""
 
     def __init__(
         self,
@@ -50,10 +51,13 @@ class JointModel(nn.Module):
         max_length: int = 256,
         refusals: RefusalReader | None = None,
         window_defects: DefectPart | None = None,
+        runs: int = 0,
     ):
         super().__init__()
         self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
-        self.refusals, self.window_defects = refusals, window_defects
+        self.refusals, self.window_defects, self.runs = refusals, window_defects, runs
+        if runs and encoder.config.vocab_size >= 1 << PACK_BITS:
+            raise ValueError(f"repeated runs are counted for vocabularies below {1 << PACK_BITS} token ids")
         # the branch: a copy of the last layer (the same weights under their own names, which the graph optimiser
         # needs to tell the two uses apart)
         self.branch = copy.deepcopy(encoder.encoder.layer[-1])
@@ -91,8 +95,9 @@ class JointModel(nn.Module):
         """`span_cosines` over the 7 hidden states and a branch: the last layer run again on the layer before it
         with attention kept within the prompt and within the response, so that the two spans are read apart (in
         the shared layers they attend to each other). The branch costs one layer of six; the embedding is
-        untouched. With `refusals`, also what it reads of the response's segments in the branch and the last
-        layer."""
+        untouched. With `runs`, also the share of the response's runs of that many tokens seen earlier in it (or
+        `answer_loops`, the whole answer's, where higher). With `refusals`, also what it reads of the response's
+        segments in the branch and the last layer."""
         branch = self.branch_states(hidden, attention_mask, response_mask)
         levels = [*hidden, branch]
 
@@ -100,9 +105,14 @@ class JointModel(nn.Module):
             return torch.stack([span_mean(h, weight) for h in levels], 1)
 
         features = span_cosines(pool, input_ids, attention_mask, response_mask, self.max_length, answer_loops)
+        response = response_mask.to(branch.dtype) * attention_mask.to(branch.dtype)
+        if self.runs:
+            rate = run_rate(input_ids, response, self.runs)
+            if answer_loops is not None:
+                rate = torch.maximum(rate, answer_loops.to(rate.dtype))
+            features = torch.cat([features, rate.unsqueeze(1)], 1)
         if self.refusals is None:
             return features
-        response = response_mask.to(branch.dtype) * attention_mask.to(branch.dtype)
         return torch.cat([features, self.refusals(self.refusal_levels(hidden, branch), input_ids, response)], 1)
 
     @staticmethod
@@ -181,7 +191,8 @@ def export_default(
     head, meta = load_head(weights)
     encoder = load_encoder()
     defects, window = load_defects(weights, meta), load_defects(weights, meta, "window_defects")
-    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights), window).eval()
+    runs = meta.get("defects", {}).get("runs", 0)
+    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights), window, runs).eval()
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
     template = Template(**meta["template"])
     spec = ModelSpec(

@@ -179,6 +179,34 @@ def trigram_rates(input_ids: torch.Tensor, response: torch.Tensor, prompt: torch
     return torch.stack([loop.sum(1) / n, echo.sum(1) / n], 1)
 
 
+PACK_BITS = 15  # run_rate packs 4 token ids in one int64: a vocabulary below 2 ** 15 ids (all-MiniLM's: 30,522)
+
+
+def run_rate(input_ids: torch.Tensor, response: torch.Tensor, n: int) -> torch.Tensor:
+    """[B]: the share of the response's runs of `n` (>= 4) tokens seen earlier in the response (a sentence or
+    paragraph repeated: runs of 8 flag it where trigrams, which a real answer's own phrases repeat, cannot; the
+    answer's runtime count, `answer_loops`, is the same over a whole answer). Token ids below 2 ** PACK_BITS are
+    packed 4 to an integer, so that one T x T comparison of packs (at offsets 0, 4, ... and n - 4) compares runs."""
+    # n - 1 positions more, of no token (a run reaching past the end is never inside the response); built with cat:
+    # an exported pad reverses its constant with a Slice the exporter then warns it cannot fold
+    ids = torch.cat([input_ids, (input_ids[:, :1] * 0 + (1 << PACK_BITS) - 1).repeat(1, n - 1)], 1)
+    resp = torch.cat([response, (response[:, :1] * 0).repeat(1, n - 1)], 1)
+    packs = sum(ids[:, k : k - 3 or None] * (1 << (PACK_BITS * k)) for k in range(4))  # [B, T + n - 4]
+    equal = packs.unsqueeze(2) == packs.unsqueeze(1)
+    same = None
+    for o in sorted({*range(0, n - 4, 4), n - 4}):
+        end = o - (n - 4) or None  # constant ends, counted from the end (the exporter folds no others)
+        part = equal[:, o:end, o:end]
+        same = part if same is None else same & part
+    inside = resp[:, : 1 - n or None]
+    for k in range(1, n):
+        inside = inside * resp[:, k : k - (n - 1) or None]
+    pos = torch.arange(inside.shape[1], device=input_ids.device)
+    earlier = pos.unsqueeze(1) > pos.unsqueeze(0)
+    seen = ((same & earlier).to(response.dtype) * inside.unsqueeze(1)).amax(-1) * inside
+    return seen.sum(1) / inside.sum(1).clamp(min=1.0)
+
+
 def span_cosines(pool, input_ids, attention_mask, response_mask, max_length: int, answer_loops=None) -> torch.Tensor:
     """[B, L + 6]: what the defect part of the score reads. `pool(weight)` gives [B, L, H] vectors of the text
     restricted to a span (weight [B, T], 0/1): the cosine of the prompt's and the response's vector at each of the L

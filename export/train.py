@@ -25,7 +25,7 @@ from car_onnx.errors import InputError, UsageError
 from car_onnx.evaluate import Text, preferred_by_kind
 from car_onnx.evaluate import read_pairs as read_records
 from car_onnx.runtime.manifest import Template
-from car_onnx.runtime.reading import READ_TOKENS, Reader, Reading, combine
+from car_onnx.runtime.reading import READ_TOKENS, RUN, Reader, Reading, combine
 
 from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead
 
@@ -181,7 +181,7 @@ def encode_minilm(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray
     from .default import JointModel, load_encoder
     from .heads import span_mean
 
-    model = JointModel(load_encoder(), None, None, MAX_LENGTH, refusals).eval()
+    model = JointModel(load_encoder(), None, None, MAX_LENGTH, refusals, runs=RUN).eval()
     pooled = np.empty((len(texts), 7, 384), dtype=np.float32)
     feats = None
     for batch, ids, mask, response, hidden in _minilm_batches(model, texts):
@@ -623,7 +623,7 @@ def train_head(
             "hidden": DEFECTS["hidden"],
             "scale": DEFECTS["scale"],
             "members": DEFECTS["members"],
-        }
+        } | ({"runs": RUN} if encoder == "minilm" else {})
         metrics["defects"] = dmetrics
     valid_agreement = agreement(scores, PairData(vb, vw))
     metrics["valid_agreement_quality_only"] = round(agreement(q, PairData(vb, vw)), 4)

@@ -134,8 +134,9 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
         log=lambda s: None,
     )
     meta = json.loads((tmp_path / "head.json").read_text())
-    # 14 span features and the refusal reader's 4 (the fitting pairs lend answers whose last parts were refused)
-    assert meta["defects"] == {"features": 18, "hidden": 64, "scale": 2.0, "members": 3}
+    # 14 span features, repeated runs of 8 tokens and the refusal reader's 4 (the fitting pairs lend answers whose
+    # last parts were refused)
+    assert meta["defects"] == {"features": 19, "hidden": 64, "scale": 2.0, "members": 3, "runs": 8}
     assert metrics["defects"]["choose_defects"] and set(metrics["defects"]["choose_defects"]) <= set(KINDS)
 
     bundle_dir = tmp_path / "bundle"
@@ -152,7 +153,8 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
 
     head, meta = load_head(tmp_path / "head.safetensors")
     weights = tmp_path / "head.safetensors"
-    torch_model = JointModel(load_encoder(), head, load_defects(weights, meta), 256, load_refusals(weights)).eval()
+    defects, refusals = load_defects(weights, meta), load_refusals(weights)
+    torch_model = JointModel(load_encoder(), head, defects, 256, refusals, runs=meta["defects"]["runs"]).eval()
     tok = load_tokenizer(minilm_dir() / "tokenizer.json", 256)
     template = "Instruction: {0} Input: {1} Response: {2}", "Instruction: {0} Response: {2}"
     texts = [template[not r.input].format(r.instruction, r.input, r.output) for r in recs]
@@ -213,9 +215,24 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
 
     got = bundle.run([looped], ("score",), max_tokens=2048)["score"][0]
     assert got == pytest.approx(windows(share), abs=1e-4)
-    # without the whole answer's share no window sees the loop (this tiny head's term, held at zero on real texts,
-    # takes little off; the shipped one's figure is in the README's defects table)
-    assert windows(share) < windows(None) - 1e-3
+    # without the whole answer's share the first window sees no loop: the features take the share where it is above
+    # the window's own, in the trigrams' place and the runs' (how much the term takes off: the README's table)
+    read = tokenize(tok, [units[0].text], [units[0].start])
+    ids, response = torch.from_numpy(read.ids[0])[None], torch.from_numpy(read.response[0])[None]
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        hidden = torch_model.encoder(
+            input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), output_hidden_states=True
+        ).hidden_states
+        fed, alone = (
+            torch_model.defect_features(hidden, ids, mask, response, loops)[0].numpy()
+            for loops in (torch.tensor([share]), None)
+        )
+    loops_at, runs_at = 8, 14  # after the 8 levels' cosines; after span_cosines' 14 numbers
+    assert fed[[loops_at, runs_at]] == pytest.approx([share, share]) and alone[runs_at] < share - 0.5
+    assert alone[loops_at] < share and np.delete(fed, [loops_at, runs_at]) == pytest.approx(
+        np.delete(alone, [loops_at, runs_at])
+    )
 
     # a second term for windows of longer answers (window_defects: here the first one's, penalising everything):
     # the windows after the first take it, the texts that fit keep their scores bit for bit

@@ -268,6 +268,44 @@ def test_loop_and_echo_rates_of_the_graph_match_a_plain_count():
     assert got[:, 0].max() > 0 and got[:, 1].max() > 0
 
 
+def test_the_graphs_repeated_runs_are_the_runtimes_count_of_the_response():
+    """heads.run_rate, in the graph, counts what runtime/reading.py's `repeated_runs` counts over a whole answer:
+    runs of the response's tokens seen earlier in it (a run reaching into the prompt or the padding is not one)."""
+    torch = pytest.importorskip("torch")
+    from car_onnx.runtime.reading import repeated_runs
+    from car_onnx_export.heads import run_rate
+
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, 3, size=(7, 40))  # two token ids: long runs repeat
+    ids[0, 20:] = ids[0, 10:30]  # stretches of answers copied
+    ids[1, 25:] = ids[1, :15]
+    ids[5, 30:] = ids[5, 20:30]
+    spans = [(10, 30), (0, 40), (5, 0), (35, 5), (2, 7), (20, 20), (0, 9)]  # (prompt tokens, response tokens)
+    response = np.zeros((7, 40))
+    for row, (p, r) in enumerate(spans):
+        response[row, p : p + r] = 1
+    got = run_rate(torch.from_numpy(ids), torch.from_numpy(response).float(), 8).numpy()
+    want = [repeated_runs(ids[row, p : p + r].tolist(), 8) for row, (p, r) in enumerate(spans)]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got[0] > 0.1 and got[2] == 0 and len({round(float(v), 4) for v in got}) > 3
+
+
+def test_runs_are_counted_only_where_four_token_ids_pack_into_one_integer():
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from car_onnx_export.default import JointModel
+
+    def tiny(vocab):
+        cfg = transformers.BertConfig(
+            vocab, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
+        )
+        return transformers.BertModel(cfg, add_pooling_layer=False)
+
+    assert JointModel(tiny(32767), None, runs=8).runs == 8
+    with pytest.raises(ValueError, match="repeated runs are counted for vocabularies below 32768 token ids"):
+        JointModel(tiny(32768), None, runs=8)
+
+
 def test_the_refusal_reader_matches_a_plain_segment_by_segment_reading():
     """Each response is cut at the closing tokens (the token kept with the segment it closes); per level, the
     largest cosine of a segment's mean with the prototype and the largest centred projection, 0 without a
