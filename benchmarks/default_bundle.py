@@ -18,6 +18,7 @@ import numpy as np
 from car_onnx.runtime.session import machine_threads
 
 from .common import car_onnx, real_records, records_file, section_main, shared_file, timed_process, worker
+from .defects import default_now
 
 
 def agreement(bundle_dir: Path, precision: str) -> dict:
@@ -105,18 +106,8 @@ def embed_speed(bundle_dir: Path, work: Path, n: int, threads: int) -> dict:
     return {"records": n, "threads": threads, "runs": runs}
 
 
-def default_bundle(work: Path) -> Path:
-    """The default bundle (fp32, int8) of export/weights, built once under `work`."""
-    from car_onnx_export.default import export_default
-
-    out = work / "default-now"
-    if not (out / "manifest.json").is_file():
-        export_default(out, precisions=("fp32", "int8"), log=lambda m: None)
-    return out
-
-
 def run(work: Path, quick: bool) -> dict:
-    bundle_dir = default_bundle(work)
+    bundle_dir = default_now(work)
     return {
         "bundle": str(bundle_dir),
         "agreement_score_valid": {p: agreement(bundle_dir, p) for p in ("fp32", "int8")},

@@ -47,6 +47,16 @@ def foreign() -> list[str]:
     return [r["output"] for r in json.loads(shared_file("corpora", "alpaca_zh_2000.json").read_text())[1000:]]
 
 
+def default_now(work: Path) -> Path:
+    """The default bundle (fp32, int8) of export/weights, built once under `work`."""
+    from car_onnx_export.default import export_default
+
+    out = work / "default-now"
+    if not (out / "manifest.json").is_file():
+        export_default(out, precisions=("fp32", "int8"), log=lambda m: None)
+    return out
+
+
 def bundles(work: Path) -> dict[str, Path]:
     """The default bundle now, the default bundle with the head of BEFORE, and the multilingual bundle (fp32, int8)."""
     from car_onnx_export.default import export_default
@@ -54,7 +64,7 @@ def bundles(work: Path) -> dict[str, Path]:
 
     out = {
         "default (before)": work / "default-before",
-        "default": work / "default-now",
+        "default": default_now(work),
         "multilingual": work / "multilingual-now",
     }
     if not (out["default (before)"] / "manifest.json").is_file():
@@ -69,8 +79,6 @@ def bundles(work: Path) -> dict[str, Path]:
             ).stdout
             weights.with_suffix(suffix).write_bytes(blob)
         export_default(out["default (before)"], precisions=("fp32", "int8"), weights=weights, log=lambda m: None)
-    if not (out["default"] / "manifest.json").is_file():
-        export_default(out["default"], precisions=("fp32", "int8"), log=lambda m: None)
     if not (out["multilingual"] / "manifest.json").is_file():
         export_multilingual(out["multilingual"], log=lambda m: None)
     return out

@@ -16,7 +16,7 @@ from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.reading import READ_TOKENS, Reading
 from car_onnx.runtime.tokenization import load_tokenizer
 
-from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, run_rate, span_cosines, span_mean
+from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, span_cosines, span_mean
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
 
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
@@ -104,15 +104,12 @@ class JointModel(nn.Module):
         def pool(weight):
             return torch.stack([span_mean(h, weight) for h in levels], 1)
 
-        features = span_cosines(pool, input_ids, attention_mask, response_mask, self.max_length, answer_loops)
-        response = response_mask.to(branch.dtype) * attention_mask.to(branch.dtype)
-        if self.runs:
-            rate = run_rate(input_ids, response, self.runs)
-            if answer_loops is not None:
-                rate = torch.maximum(rate, answer_loops.to(rate.dtype))
-            features = torch.cat([features, rate.unsqueeze(1)], 1)
+        features = span_cosines(
+            pool, input_ids, attention_mask, response_mask, self.max_length, answer_loops, self.runs
+        )
         if self.refusals is None:
             return features
+        response = response_mask.to(branch.dtype) * attention_mask.to(branch.dtype)
         return torch.cat([features, self.refusals(self.refusal_levels(hidden, branch), input_ids, response)], 1)
 
     @staticmethod

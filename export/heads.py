@@ -207,31 +207,37 @@ def run_rate(input_ids: torch.Tensor, response: torch.Tensor, n: int) -> torch.T
     return seen.sum(1) / inside.sum(1).clamp(min=1.0)
 
 
-def span_cosines(pool, input_ids, attention_mask, response_mask, max_length: int, answer_loops=None) -> torch.Tensor:
+def span_cosines(
+    pool, input_ids, attention_mask, response_mask, max_length: int, answer_loops=None, runs: int = 0
+) -> torch.Tensor:
     """[B, L + 6]: what the defect part of the score reads. `pool(weight)` gives [B, L, H] vectors of the text
     restricted to a span (weight [B, T], 0/1): the cosine of the prompt's and the response's vector at each of the L
     levels, then the loop and echo trigram rates, the log lengths of response and prompt, whether the text hit the
-    token limit and whether the response is empty. `answer_loops` ([B]: the share of repeated 8-token runs of the
-    whole answer a window was cut from, runtime/reading.py; 0 for a text that fits) replaces the loop rate where
-    higher."""
+    token limit and whether the response is empty; with `runs`, also the share of the response's runs of that many
+    tokens seen earlier in it (`run_rate`: [B, L + 7]). `answer_loops` ([B]: the share of repeated 8-token runs of
+    the whole answer a window was cut from, runtime/reading.py; 0 for a text that fits) replaces the loop rate, and
+    the runs' share, where higher."""
+
+    def whole_answer(rate):
+        return rate if answer_loops is None else torch.maximum(rate, answer_loops.to(rate.dtype))
+
     mask = attention_mask.to(torch.float32)
     response = response_mask.to(torch.float32) * mask
     prompt = mask - response
     cos = nn.functional.cosine_similarity(pool(prompt), pool(response), dim=2, eps=1e-6)
     rates = trigram_rates(input_ids, response, prompt)
-    loops = rates[:, 0] if answer_loops is None else torch.maximum(rates[:, 0], answer_loops.to(rates.dtype))
     n_resp, n_prompt = response.sum(1), prompt.sum(1)
-    counts = torch.stack(
-        [
-            loops,
-            rates[:, 1],
-            torch.log1p(n_resp) / 5,
-            torch.log1p(n_prompt) / 5,
-            (mask.sum(1) >= max_length).to(mask.dtype),
-            (n_resp == 0).to(mask.dtype),
-        ],
-        1,
-    )
+    counts = [
+        whole_answer(rates[:, 0]),
+        rates[:, 1],
+        torch.log1p(n_resp) / 5,
+        torch.log1p(n_prompt) / 5,
+        (mask.sum(1) >= max_length).to(mask.dtype),
+        (n_resp == 0).to(mask.dtype),
+    ]
+    if runs:
+        counts.append(whole_answer(run_rate(input_ids, response, runs)))
+    counts = torch.stack(counts, 1)
     return torch.cat([cos, counts], 1)
 
 
