@@ -175,7 +175,7 @@ def run(work: Path, quick: bool) -> dict:
         "defects": tables,
         "agreement_score_valid": agreements,
         "selection_n1_5pct": chosen,
-        "cost": cost(paths, pool[: 200 if quick else 500], 1 if quick else 3),
+        "cost": cost(paths, pool[: 200 if quick else 500], 1 if quick else 7),
         "embeddings_unchanged": embeddings_unchanged(paths, pool[: 200 if quick else 500]),
     }
 

@@ -676,6 +676,7 @@ DEFECT_LABELS = {
     "other_near": "the answer to the nearest other question",
     "echo": "the instruction echoed",
     "restate": "the instruction restated",
+    "echo_input": "the input echoed (alone or after the instruction)",
     "cut_quarter": "its first quarter",
     "cut_half": "cut mid-sentence",
     "cut_sentence": "cut after a sentence",

@@ -36,6 +36,9 @@ def test_each_kind_of_corruption_is_what_its_name_says():
         words = real.split()
         if c.kind == "echo":
             assert c.output == records[c.index].instruction
+        elif c.kind == "echo_input":
+            r = records[c.index]
+            assert r.input and c.output == (r.input if c.index % 2 else f"{r.instruction}\n{r.input}")
         elif c.kind == "restate":
             assert records[c.index].instruction[1:] in c.output
         elif c.kind == "loop_whole":

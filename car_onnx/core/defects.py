@@ -1,8 +1,9 @@
 """Corrupted copies of real records: the junk scraped and generated instruction data really holds.
 
-Each kind turns a record's answer into a defective one (another question's answer, the instruction echoed, a cut,
-a loop, another language, an empty or boilerplate answer) while the instruction stays. The scorer is trained to
-rank the real answer above every kind (`car-onnx train-scorer`) and `car-onnx eval` measures how often it does.
+Each kind turns a record's answer into a defective one (another question's answer, the instruction or the input
+echoed, a cut, a loop, another language, an empty or boilerplate answer) while the instruction stays. The scorer is
+trained to rank the real answer above every kind (`car-onnx train-scorer`) and `car-onnx eval` measures how often it
+does.
 Pure Python and scikit-learn: the runtime uses it without torch.
 """
 
@@ -19,6 +20,7 @@ KINDS = (
     "other_near",
     "echo",
     "restate",
+    "echo_input",
     "cut_quarter",
     "cut_half",
     "cut_sentence",
@@ -251,6 +253,10 @@ def _one(kind, i, instruction, input, output, rows, near, rng, phrases, foreign)
             else instruction
         )
         return pattern.format(t=task)
+    if kind == "echo_input":  # the record's input given back, alone or after the instruction (by the record's parity)
+        if not input.strip():
+            return None
+        return input if i % 2 else f"{instruction}\n{input}"
     if kind == "cut_quarter":
         return _cut_words(output, 0.25) if long else None
     if kind == "cut_half":
