@@ -462,6 +462,7 @@ def _fit_member(q, feats, expert, defect, long, base: float, *, seed: int) -> tu
             loss.backward()
             opt.step()
         part.eval()
+        _revive(part, ft)
         with torch.no_grad():
             term = part(ft).numpy()
         scores = q + term
@@ -478,11 +479,12 @@ def _fit_member(q, feats, expert, defect, long, base: float, *, seed: int) -> tu
 
 
 def _revive(part: DefectPart, feats: torch.Tensor) -> None:
-    """A member whose output starts below zero on every text (`feats`: all it trains on) would never learn: the
-    penalty is flat there (heads.DefectPart), so no loss moves it. Such a member's last bias is raised until half of
-    the texts start above zero (the pull on real texts brings it down there). Seen: two of three members dead from
-    the start with one feature more (an "answer ends open" flag, not kept); a member that starts alive is left as
-    it is, so the shipped recipe trains as before."""
+    """A member whose output is below zero on every text (`feats`: all it trains on) would never learn: the penalty
+    is flat there (heads.DefectPart), so no loss moves it. Such a member's last bias is raised until half of the
+    texts are above zero (the pull on real texts brings it down there). Called before the first epoch and after
+    each. Seen: two of three members dead from the start with one feature more (an "answer ends open" flag, not
+    kept), and two of three multilingual members dead after their first epoch, for good; a member alive is left as
+    it is, so the shipped default recipe trains as before (its members never die)."""
     with torch.no_grad():
         for net, logit in zip(part.nets, part.logits(feats)):
             if logit.max() <= 0:

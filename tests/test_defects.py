@@ -571,3 +571,50 @@ def test_a_member_that_starts_flat_on_every_text_is_revived(monkeypatch):
     monkeypatch.setattr(train, "_revive", lambda part, feats: None)
     flat, _ = term()
     assert not flat.any()  # without it: no penalty anywhere, after every epoch
+
+
+def test_a_member_that_dies_while_training_is_revived_after_its_epoch(monkeypatch):
+    """A member can also fall below zero on every text during an epoch (two of three multilingual members did in
+    their first): it is revived at the epoch's end and learns in the next ones."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export import train
+    from car_onnx_export.heads import DefectPart
+
+    class DiesInFirstEpoch(DefectPart):
+        epochs = 0
+
+        def train(self, mode=True):
+            super().train(mode)
+            if mode and self.epochs == 0:  # the first epoch starts: the member is dead from here on, unless revived
+                with torch.no_grad():
+                    for net in self.nets:
+                        net[-1].bias.fill_(-50.0)
+            self.epochs += mode
+            return self
+
+    monkeypatch.setitem(train.DEFECTS, "members", 1)
+    monkeypatch.setitem(train.DEFECTS, "epochs", 20)
+    monkeypatch.setitem(train.DEFECTS, "batch", 32)
+    monkeypatch.setattr(train, "DefectPart", DiesInFirstEpoch)
+    rng = np.random.default_rng(0)
+    n = 400  # as above: real texts low on feature 0, copies high
+    q = np.concatenate([rng.normal(0.6, 0.3, n // 2), rng.normal(0.4, 0.3, n // 2), rng.normal(0.5, 0.3, n // 2)])
+    q = q.astype(np.float32)
+    feats = rng.uniform(0, 1, size=(len(q), 4)).astype(np.float32)
+    feats[:n, 0], feats[n:, 0] = rng.uniform(0, 0.45, n), rng.uniform(0.55, 1, n // 2)
+    split = {"fit": np.arange(0, 160), "choose": np.arange(160, n // 2)}
+    expert = {k: {"better": rows, "worse": rows + n // 2} for k, rows in split.items()}
+    defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
+
+    def term():
+        part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=None, log=lambda s: None)
+        with torch.no_grad():
+            return part(torch.from_numpy(feats)).numpy(), metrics
+
+    revived, metrics = term()
+    assert metrics["choose_defects"]["echo"] > 0.85 and revived[n:].mean() < -0.25
+    assert metrics["epochs"][0] > 1
+    revive = train._revive
+    monkeypatch.setattr(train, "_revive", lambda part, feats: revive(part, feats) if part.epochs == 0 else None)
+    flat, _ = term()
+    assert not flat.any()  # revived before the first epoch only: dead after it, for good
