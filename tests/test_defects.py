@@ -532,6 +532,37 @@ def test_the_defect_term_learns_long_answers_windows(monkeypatch):
     assert metrics["choose_moved"] <= train.DEFECTS["move_bound"]
 
 
+N_TEXTS = 400  # as test_the_defect_term_is_held_at_zero_on_real_texts: real texts low on feature 0, copies high
+
+
+def train_one_member(monkeypatch, part_class):
+    """Train a one-member defect term of class `part_class` on separable texts (the first N_TEXTS real, the rest
+    copies); returns a function that trains it and gives its term on every text and the metrics."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export import train
+
+    monkeypatch.setitem(train.DEFECTS, "members", 1)
+    monkeypatch.setitem(train.DEFECTS, "epochs", 20)
+    monkeypatch.setitem(train.DEFECTS, "batch", 32)
+    monkeypatch.setattr(train, "DefectPart", part_class)
+    rng = np.random.default_rng(0)
+    n = N_TEXTS
+    q = np.concatenate([rng.normal(0.6, 0.3, n // 2), rng.normal(0.4, 0.3, n // 2), rng.normal(0.5, 0.3, n // 2)])
+    q = q.astype(np.float32)
+    feats = rng.uniform(0, 1, size=(len(q), 4)).astype(np.float32)
+    feats[:n, 0], feats[n:, 0] = rng.uniform(0, 0.45, n), rng.uniform(0.55, 1, n // 2)
+    split = {"fit": np.arange(0, 160), "choose": np.arange(160, n // 2)}
+    expert = {k: {"better": rows, "worse": rows + n // 2} for k, rows in split.items()}
+    defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
+
+    def term():
+        part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=None, log=lambda s: None)
+        with torch.no_grad():
+            return part(torch.from_numpy(feats)).numpy(), metrics
+
+    return term
+
+
 def test_a_member_that_starts_flat_on_every_text_is_revived(monkeypatch):
     """The penalty is flat at zero where a member's output is below zero: one that starts there on every text gets
     no gradient and would stay zero (tried below with the revival off); training raises its last bias first."""
@@ -546,28 +577,10 @@ def test_a_member_that_starts_flat_on_every_text_is_revived(monkeypatch):
                 for net in self.nets:
                     net[-1].bias.fill_(-50.0)  # below zero on every text
 
-    monkeypatch.setitem(train.DEFECTS, "members", 1)
-    monkeypatch.setitem(train.DEFECTS, "epochs", 20)
-    monkeypatch.setitem(train.DEFECTS, "batch", 32)
-    monkeypatch.setattr(train, "DefectPart", Flat)
-    rng = np.random.default_rng(0)
-    n = 400  # as test_the_defect_term_is_held_at_zero_on_real_texts: real texts low on feature 0, copies high
-    q = np.concatenate([rng.normal(0.6, 0.3, n // 2), rng.normal(0.4, 0.3, n // 2), rng.normal(0.5, 0.3, n // 2)])
-    q = q.astype(np.float32)
-    feats = rng.uniform(0, 1, size=(len(q), 4)).astype(np.float32)
-    feats[:n, 0], feats[n:, 0] = rng.uniform(0, 0.45, n), rng.uniform(0.55, 1, n // 2)
-    split = {"fit": np.arange(0, 160), "choose": np.arange(160, n // 2)}
-    expert = {k: {"better": rows, "worse": rows + n // 2} for k, rows in split.items()}
-    defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
-
-    def term():
-        part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=None, log=lambda s: None)
-        with torch.no_grad():
-            return part(torch.from_numpy(feats)).numpy(), metrics
-
+    term = train_one_member(monkeypatch, Flat)
     revived, metrics = term()
-    assert metrics["choose_defects"]["echo"] > 0.85 and revived[n:].mean() < -0.25
-    assert (np.abs(revived[:n]) > train.DEFECTS["move_at"]).mean() <= 0.02
+    assert metrics["choose_defects"]["echo"] > 0.85 and revived[N_TEXTS:].mean() < -0.25
+    assert (np.abs(revived[:N_TEXTS]) > train.DEFECTS["move_at"]).mean() <= 0.02
     monkeypatch.setattr(train, "_revive", lambda part, feats: None)
     flat, _ = term()
     assert not flat.any()  # without it: no penalty anywhere, after every epoch
@@ -592,27 +605,9 @@ def test_a_member_that_dies_while_training_is_revived_after_its_epoch(monkeypatc
             self.epochs += mode
             return self
 
-    monkeypatch.setitem(train.DEFECTS, "members", 1)
-    monkeypatch.setitem(train.DEFECTS, "epochs", 20)
-    monkeypatch.setitem(train.DEFECTS, "batch", 32)
-    monkeypatch.setattr(train, "DefectPart", DiesInFirstEpoch)
-    rng = np.random.default_rng(0)
-    n = 400  # as above: real texts low on feature 0, copies high
-    q = np.concatenate([rng.normal(0.6, 0.3, n // 2), rng.normal(0.4, 0.3, n // 2), rng.normal(0.5, 0.3, n // 2)])
-    q = q.astype(np.float32)
-    feats = rng.uniform(0, 1, size=(len(q), 4)).astype(np.float32)
-    feats[:n, 0], feats[n:, 0] = rng.uniform(0, 0.45, n), rng.uniform(0.55, 1, n // 2)
-    split = {"fit": np.arange(0, 160), "choose": np.arange(160, n // 2)}
-    expert = {k: {"better": rows, "worse": rows + n // 2} for k, rows in split.items()}
-    defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
-
-    def term():
-        part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=None, log=lambda s: None)
-        with torch.no_grad():
-            return part(torch.from_numpy(feats)).numpy(), metrics
-
+    term = train_one_member(monkeypatch, DiesInFirstEpoch)
     revived, metrics = term()
-    assert metrics["choose_defects"]["echo"] > 0.85 and revived[n:].mean() < -0.25
+    assert metrics["choose_defects"]["echo"] > 0.85 and revived[N_TEXTS:].mean() < -0.25
     assert metrics["epochs"][0] > 1
     revive = train._revive
     monkeypatch.setattr(train, "_revive", lambda part, feats: revive(part, feats) if part.epochs == 0 else None)
