@@ -387,29 +387,47 @@ def test_a_defect_term_saved_before_members_loads_as_one_member(tmp_path):
     assert (want < 0).any() and want.std() > 0.01  # the comparison is not between constants
 
 
+N_TEXTS = 400  # expert texts (better, worse pairs), then one corrupted copy of each better text
+
+
+def separable_term(monkeypatch, part_class=None, members=1):
+    """A defect term of `members` networks (of class `part_class`, by default DefectPart) on separable texts: the
+    first N_TEXTS real, low on feature 0, the rest copies, high; returns a function that trains it and gives its
+    term on every text and the metrics."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export import train
+
+    monkeypatch.setitem(train.DEFECTS, "members", members)
+    monkeypatch.setitem(train.DEFECTS, "epochs", 20)
+    monkeypatch.setitem(train.DEFECTS, "batch", 32)
+    if part_class is not None:
+        monkeypatch.setattr(train, "DefectPart", part_class)
+    rng = np.random.default_rng(0)
+    n = N_TEXTS
+    q = np.concatenate([rng.normal(0.6, 0.3, n // 2), rng.normal(0.4, 0.3, n // 2), rng.normal(0.5, 0.3, n // 2)])
+    q = q.astype(np.float32)
+    feats = rng.uniform(0, 1, size=(len(q), 4)).astype(np.float32)
+    feats[:n, 0], feats[n:, 0] = rng.uniform(0, 0.45, n), rng.uniform(0.55, 1, n // 2)
+    split = {"fit": np.arange(0, 160), "choose": np.arange(160, n // 2)}
+    expert = {k: {"better": rows, "worse": rows + n // 2} for k, rows in split.items()}
+    defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
+
+    def term():
+        part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=None, log=lambda s: None)
+        with torch.no_grad():
+            return part(torch.from_numpy(feats)).numpy(), metrics
+
+    return term
+
+
 def test_the_defect_term_is_held_at_zero_on_real_texts(monkeypatch):
     """Trained on pairs (a real text above its corrupted copy), the term penalises the copies and leaves the real
     texts' scores where the quality head put them: each member's epoch is one that moves at most `move_bound` of the
     choose split's expert texts by more than `move_at`."""
-    torch = pytest.importorskip("torch")
+    term, metrics = separable_term(monkeypatch, members=2)()  # skips without torch
     from car_onnx_export import train
 
-    monkeypatch.setitem(train.DEFECTS, "members", 2)
-    monkeypatch.setitem(train.DEFECTS, "epochs", 20)
-    monkeypatch.setitem(train.DEFECTS, "batch", 32)
-    rng = np.random.default_rng(0)
-    n = 400  # expert texts (better, worse pairs), then one corrupted copy of each better text
-    q = np.concatenate([rng.normal(0.6, 0.3, n // 2), rng.normal(0.4, 0.3, n // 2), rng.normal(0.5, 0.3, n // 2)])
-    feats = rng.uniform(0, 1, size=(len(q), 4)).astype(np.float32)
-    feats[:n, 0] = rng.uniform(0, 0.45, n)  # real texts: low on the first feature
-    feats[n:, 0] = rng.uniform(0.55, 1, n // 2)  # copies: high
-    q, pairs = q.astype(np.float32), n // 2
-    split = {"fit": np.arange(0, 160), "choose": np.arange(160, pairs)}
-    expert = {k: {"better": rows, "worse": rows + pairs} for k, rows in split.items()}
-    defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
-    part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=None, log=lambda s: None)
-    with torch.no_grad():
-        term = part(torch.from_numpy(feats)).numpy()
+    n = N_TEXTS
     assert metrics["choose_moved"] <= train.DEFECTS["move_bound"]
     assert (np.abs(term[:n]) > train.DEFECTS["move_at"]).mean() <= 0.02  # the real texts keep their scores
     assert metrics["choose_defects"]["echo"] > 0.85 and term[n:].mean() < -0.25  # the copies lose theirs
@@ -532,37 +550,6 @@ def test_the_defect_term_learns_long_answers_windows(monkeypatch):
     assert metrics["choose_moved"] <= train.DEFECTS["move_bound"]
 
 
-N_TEXTS = 400  # as test_the_defect_term_is_held_at_zero_on_real_texts: real texts low on feature 0, copies high
-
-
-def train_one_member(monkeypatch, part_class):
-    """Train a one-member defect term of class `part_class` on separable texts (the first N_TEXTS real, the rest
-    copies); returns a function that trains it and gives its term on every text and the metrics."""
-    torch = pytest.importorskip("torch")
-    from car_onnx_export import train
-
-    monkeypatch.setitem(train.DEFECTS, "members", 1)
-    monkeypatch.setitem(train.DEFECTS, "epochs", 20)
-    monkeypatch.setitem(train.DEFECTS, "batch", 32)
-    monkeypatch.setattr(train, "DefectPart", part_class)
-    rng = np.random.default_rng(0)
-    n = N_TEXTS
-    q = np.concatenate([rng.normal(0.6, 0.3, n // 2), rng.normal(0.4, 0.3, n // 2), rng.normal(0.5, 0.3, n // 2)])
-    q = q.astype(np.float32)
-    feats = rng.uniform(0, 1, size=(len(q), 4)).astype(np.float32)
-    feats[:n, 0], feats[n:, 0] = rng.uniform(0, 0.45, n), rng.uniform(0.55, 1, n // 2)
-    split = {"fit": np.arange(0, 160), "choose": np.arange(160, n // 2)}
-    expert = {k: {"better": rows, "worse": rows + n // 2} for k, rows in split.items()}
-    defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
-
-    def term():
-        part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=None, log=lambda s: None)
-        with torch.no_grad():
-            return part(torch.from_numpy(feats)).numpy(), metrics
-
-    return term
-
-
 def test_a_member_that_starts_flat_on_every_text_is_revived(monkeypatch):
     """The penalty is flat at zero where a member's output is below zero: one that starts there on every text gets
     no gradient and would stay zero (tried below with the revival off); training raises its last bias first."""
@@ -577,7 +564,7 @@ def test_a_member_that_starts_flat_on_every_text_is_revived(monkeypatch):
                 for net in self.nets:
                     net[-1].bias.fill_(-50.0)  # below zero on every text
 
-    term = train_one_member(monkeypatch, Flat)
+    term = separable_term(monkeypatch, Flat)
     revived, metrics = term()
     assert metrics["choose_defects"]["echo"] > 0.85 and revived[N_TEXTS:].mean() < -0.25
     assert (np.abs(revived[:N_TEXTS]) > train.DEFECTS["move_at"]).mean() <= 0.02
@@ -605,7 +592,7 @@ def test_a_member_that_dies_while_training_is_revived_after_its_epoch(monkeypatc
             self.epochs += mode
             return self
 
-    term = train_one_member(monkeypatch, DiesInFirstEpoch)
+    term = separable_term(monkeypatch, DiesInFirstEpoch)
     revived, metrics = term()
     assert metrics["choose_defects"]["echo"] > 0.85 and revived[N_TEXTS:].mean() < -0.25
     assert metrics["epochs"][0] > 1
