@@ -37,8 +37,8 @@ def quality_alone(work: Path) -> Path:
         keep = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(TERMS)}
         save_file(keep, str(head))
         meta = json.loads(weights.with_suffix(".json").read_text())
-        meta.pop("defects")
-        meta.pop("window_defects", None)
+        for term in ("defects", "window_defects", "refusal_defects"):
+            meta.pop(term, None)
         head.with_suffix(".json").write_text(json.dumps(meta))
         export_default(out, precisions=("fp32", "int8"), weights=head, log=lambda m: None)
     return out

@@ -212,6 +212,19 @@ def train_scorer(
             help="Also train a second defect term for the windows of answers longer than the model's window (--encoder minilm): a refused tail of a long answer is seen, a few more long answers to other questions pass; the default bundle's head is trained with it (docs/whole-records.md).",
         ),
     ] = False,
+    refusal_term: Annotated[
+        bool,
+        typer.Option(
+            "--refusal-term",
+            help="Also train a third defect term, added to the others, that reads only whether a part of the answer reads like a refusal (the refusal reader's numbers): answers whose last parts were refused, and long answers with a refused tail, below the complete ones; both shipped heads have it (docs/scorers.md).",
+        ),
+    ] = False,
+    base: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A head trained before (.safetensors, on --encoder) whose quality head, defect terms and refusal reader are kept as they are: only its refusal term is trained (again); with --refusal-term.",
+        ),
+    ] = None,
 ):
     """Train a scorer head on expert-revised pairs, on top of a frozen encoder; by default it also learns to rank
     defective answers at the bottom."""
@@ -234,6 +247,8 @@ def train_scorer(
         defects=defects,
         foreign=lent,
         window_term=window_term,
+        refusal_term=refusal_term,
+        base=base,
     )
 
 

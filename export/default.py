@@ -16,11 +16,12 @@ from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.reading import READ_TOKENS, Reading
 from car_onnx.runtime.tokenization import load_tokenizer
 
-from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, span_cosines, span_mean
-from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, raise_refused
+from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, span_cosines
+from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, ffn_output_matmuls, raise_refused
 
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
-TERMS = ("defects.", "window_defects.", "refusals.")  # a head's weights beside the quality head's: the score's terms
+# a head's weights beside the quality head's: the score's terms
+TERMS = ("defects.", "window_defects.", "refusal_defects.", "refusals.")
 NAME = "minilm-car"
 
 
@@ -40,8 +41,9 @@ class JointModel(nn.Module):
     """One forward pass: sentence-transformers' embedding (mean over the mask, L2-normalised) and the score: the
     quality head on the layers' mix, plus (with `defects`) the defect term read from the same pass (see
     `defect_features`); with `window_defects`, a window after a long answer's first (`answer_window` 1) takes that
-    term instead (trained on windows of long answers too, export/train.py), any other text `defects`'. `runs`: the
-    length of the repeated runs the features also count (0: not counted, as in heads trained before them)."""
+    term instead (trained on windows of long answers too, export/train.py), any other text `defects`'; with
+    `refusal_defects`, every text also takes that term (answers partly refused). `runs`: the length of the repeated
+    runs the features also count (0: not counted, as in heads trained before them)."""
 
     def __init__(
         self,
@@ -52,10 +54,12 @@ class JointModel(nn.Module):
         refusals: RefusalReader | None = None,
         window_defects: DefectPart | None = None,
         runs: int = 0,
+        refusal_defects: DefectPart | None = None,
     ):
         super().__init__()
         self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
         self.refusals, self.window_defects, self.runs = refusals, window_defects, runs
+        self.refusal_defects = refusal_defects
         if runs and encoder.config.vocab_size >= 1 << PACK_BITS:
             raise ValueError(f"repeated runs are counted for vocabularies below {1 << PACK_BITS} token ids")
         # the branch: a copy of the last layer (the same weights under their own names, which the graph optimiser
@@ -77,6 +81,8 @@ class JointModel(nn.Module):
             term = self.defects(features)
             if self.window_defects is not None and answer_window is not None:
                 term = torch.where(answer_window > 0.5, self.window_defects(features), term)
+            if self.refusal_defects is not None:
+                term = term + self.refusal_defects(features)
             score = score + term
         return score, emb  # in the order of the roles (score, embed)
 
@@ -101,8 +107,13 @@ class JointModel(nn.Module):
         branch = self.branch_states(hidden, attention_mask, response_mask)
         levels = [*hidden, branch]
 
-        def pool(weight):
-            return torch.stack([span_mean(h, weight) for h in levels], 1)
+        def pool(weight):  # a span's mean at each level, as one product per level (span_mean's Mul and ReduceSum
+            # build a [B, T, H] tensor); over the transposed states: a layer's output read by a MatMul of its own
+            # beside the next layer's defeats onnxruntime's attention fusion
+            count = weight.sum(1, keepdim=True).clamp(min=1.0)
+            return torch.stack(
+                [torch.matmul(h.transpose(1, 2), weight.unsqueeze(-1)).squeeze(-1) / count for h in levels], 1
+            )
 
         features = span_cosines(
             pool, input_ids, attention_mask, response_mask, self.max_length, answer_loops, self.runs
@@ -138,14 +149,14 @@ def load_head(weights: Path = WEIGHTS) -> tuple[ScoringHead, dict]:
 
 
 def load_defects(weights: Path, meta: dict, name: str = "defects") -> DefectPart | None:
-    """The head's defect term (`name` "window_defects": its term for windows of longer answers; None for a head
-    trained without it)."""
+    """The head's defect term (`name` "window_defects": its term for windows of longer answers, "refusal_defects":
+    its term for answers partly refused; None for a head trained without it)."""
     from safetensors.torch import load_file
 
     if name not in meta:
         return None
     d = meta[name]
-    part = DefectPart(d["features"], d["hidden"], d["scale"], d.get("members", 1))
+    part = DefectPart(d["features"], d["hidden"], d["scale"], d.get("members", 1), d.get("columns"))
     state = {k.removeprefix(f"{name}."): v for k, v in load_file(str(weights)).items() if k.startswith(f"{name}.")}
     if "members" not in d:  # a term trained before members: one network, named `net`
         state = {k.replace("net.", "nets.0.", 1) if k.startswith("net.") else k: v for k, v in state.items()}
@@ -179,6 +190,22 @@ def check_texts(template: Template) -> list[tuple[str, int]]:
     return [(template.render(*r), template.response_start(r[0], r[1])) for r in records]
 
 
+def int8_kept_fp32(path: Path) -> list[str]:
+    """The products int8 keeps fp32 in the default graph: the FFN output projections (ffn_output_matmuls) and those
+    of the small networks after the encoder and the branch (the heads, the defect terms, the refusal reader), which
+    run once per text: quantised, each adds its own activation quantisation per record and gains nothing (the time
+    measured: docs/scorers.md). A Gemm is quantised as the MatMul the quantiser splits it into, `<name>_MatMul`."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    small = [
+        n.name + ("_MatMul" if n.op_type == "Gemm" else "")
+        for n in nodes
+        if n.op_type in ("MatMul", "Gemm") and not n.name.startswith(("/encoder", "/branch"))
+    ]
+    return ffn_output_matmuls(path) + small
+
+
 def export_default(
     output: Path, *, precisions=("fp32", "int8", "fp16"), force: bool = False, weights: Path = WEIGHTS, log=print
 ) -> ModelSpec:
@@ -189,7 +216,9 @@ def export_default(
     encoder = load_encoder()
     defects, window = load_defects(weights, meta), load_defects(weights, meta, "window_defects")
     runs = meta.get("defects", {}).get("runs", 0)
-    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights), window, runs).eval()
+    refused = load_defects(weights, meta, "refusal_defects")
+    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights), window, runs, refused)
+    model.eval()
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
     template = Template(**meta["template"])
     spec = ModelSpec(
@@ -211,6 +240,7 @@ def export_default(
             "head": meta["head"],
             "defects": meta.get("defects"),
             "window_defects": meta.get("window_defects"),
+            "refusal_defects": meta.get("refusal_defects"),
             "training": meta.get("training", {}),
         },
     )
@@ -248,6 +278,7 @@ def export_default(
         num_heads=12,
         hidden_size=384,
         force=force,
+        int8_exclude=int8_kept_fp32,
         log=log,
     )
     add_to_bundle(output, spec, f"car-onnx export default {car_onnx.__version__}")

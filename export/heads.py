@@ -310,23 +310,28 @@ class DefectPart(nn.Module):
     for a record more likely real than not); the term is the members' mean. Training holds it at zero on the expert
     texts (export/train.py)."""
 
-    def __init__(self, features: int, hidden: int = 64, scale: float = 2.0, members: int = 1):
+    def __init__(
+        self, features: int, hidden: int = 64, scale: float = 2.0, members: int = 1, columns: list[int] | None = None
+    ):
         super().__init__()
         self.nets = nn.ModuleList(_net(features, hidden) for _ in range(members))
         self.register_buffer("scale", torch.tensor(float(scale)))
+        self.columns = None if columns is None else [int(c) for c in columns]  # the features it reads (None: all)
 
     @classmethod
     def ensemble(cls, parts: list["DefectPart"]) -> "DefectPart":
         """One term averaging single-member `parts` (of one shape)."""
         first = parts[0]
         features, hidden = first.nets[0][0].in_features, first.nets[0][0].out_features
-        out = cls(features, hidden, float(first.scale), len(parts))
+        out = cls(features, hidden, float(first.scale), len(parts), first.columns)
         for k, part in enumerate(parts):
             out.nets[k].load_state_dict(part.nets[0].state_dict())
         return out.eval()
 
     def logits(self, features: torch.Tensor) -> list[torch.Tensor]:
         """Each member's output ([B]): the log-odds that the text is defective."""
+        if self.columns is not None:
+            features = features[:, self.columns]
         x = features * 4 - 2
         return [net(x).squeeze(-1) for net in self.nets]
 
@@ -335,3 +340,9 @@ class DefectPart(nn.Module):
         for logit in self.logits(features):  # -scale * max(0, 2 P - 1), P = sigmoid(logit)
             total = total - self.scale * torch.relu(torch.tanh(logit / 2))
         return total / len(self.nets)
+
+
+def refusal_term_columns(features: int, reader_levels: int) -> list[int]:
+    """The features a refusal term reads (train-scorer --refusal-term): the refusal reader's numbers, the last
+    2 x `reader_levels` of `features`."""
+    return list(range(features - 2 * reader_levels, features))

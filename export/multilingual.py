@@ -215,7 +215,8 @@ class JointModel(nn.Module):
     """One forward pass: the package's embedding and the head's score on the mixed sentence-level vectors, plus
     (with `defects`) the defect term: `span_cosines` of the prompt's and the response's sentence vectors (the
     encoder has no attention, so each span's vectors are nearly what the span alone gives) and how far apart the
-    scripts of prompt and response are (an answer in another language than the instruction's)."""
+    scripts of prompt and response are (an answer in another language than the instruction's); with
+    `refusal_defects`, also that term (answers partly refused, read from `refusals`)."""
 
     def __init__(
         self,
@@ -224,10 +225,11 @@ class JointModel(nn.Module):
         defects: DefectPart | None = None,
         scripts: np.ndarray | None = None,
         refusals: RefusalReader | None = None,
+        refusal_defects: DefectPart | None = None,
     ):
         super().__init__()
         self.encoder, self.head, self.defects = encoder, PooledHead(head), defects  # the head as trained
-        self.refusals = refusals
+        self.refusals, self.refusal_defects = refusals, refusal_defects
         if scripts is not None:
             self.register_buffer("scripts", torch.from_numpy(scripts))
 
@@ -238,6 +240,8 @@ class JointModel(nn.Module):
         if self.defects is not None:
             features = self.defect_features(feats, input_ids, attention_mask, response_mask, answer_loops)
             score = score + self.defects(features)
+            if self.refusal_defects is not None:
+                score = score + self.refusal_defects(features)
         return score, layers[-1]  # in the order of the roles (score, embed)
 
     def defect_features(self, feats, input_ids, attention_mask, response_mask, answer_loops=None) -> torch.Tensor:
@@ -349,7 +353,8 @@ def export_multilingual(
     sp_model, npz = package_resources()
     defects = load_defects(weights, meta)
     scripts = scripts_of(sp_model) if defects else None
-    model = JointModel(USEEncoder(npz), head, defects, scripts, load_refusals(weights)).eval()
+    refused = load_defects(weights, meta, "refusal_defects")
+    model = JointModel(USEEncoder(npz), head, defects, scripts, load_refusals(weights), refused).eval()
     (output / NAME).mkdir(parents=True, exist_ok=True)
     build_tokenizer(sp_model).save(str(output / NAME / "tokenizer.json"))
     template = Template(**meta["template"])
@@ -373,6 +378,7 @@ def export_multilingual(
             "layers": list(LAYERS),
             "head": meta["head"],
             "defects": meta.get("defects"),
+            "refusal_defects": meta.get("refusal_defects"),
             "training": meta.get("training", {}),
         },
     )

@@ -176,17 +176,19 @@ def word_embedding_bytes(path: Path) -> int:
     return max((4 * int(np.prod(d)) for d in tables if d), default=0)
 
 
-def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, embeddings: bool = False) -> None:
-    """Dynamic int8 of the MatMuls and the fused attention (QAttention), `exclude` kept fp32 (by default the FFN
-    output projections: ffn_output_matmuls): uint8 activations, per-channel signed weights in 7 bits
-    (reduce_range), so that AVX2's 16-bit pair sums never saturate and a CPU with VNNI and one without compute the
-    same integers (on an AVX2-only CPU, quantising attention with full-range weights fell to Spearman 0.988 on the
+def quantize_int8(
+    src: Path, dst: Path, exclude: list[str] | Callable[[Path], list[str]] | None = None, embeddings: bool = False
+) -> None:
+    """Dynamic int8 of the MatMuls and the fused attention (QAttention), `exclude` kept fp32 (names, or a function
+    of the fp32 graph's path that names them; by default the FFN output projections: ffn_output_matmuls): uint8
+    activations, per-channel signed weights in 7 bits (reduce_range), so that AVX2's 16-bit pair sums never
+    saturate and a CPU with VNNI and one without compute the same integers (on an AVX2-only CPU, quantising attention with full-range weights fell to Spearman 0.988 on the
     export's check texts). `embeddings`: the embedding tables too, one uint8 scale per table (Gather from a uint8
     table then DequantizeLinear, or QEmbedLayerNormalization where the embedding layer was fused).
     quantize_dynamic's steps, with the weights left in their external files (if any), as in `optimize`: each is
     read when it is quantised, the rest copied when written (the same bytes as quantize_dynamic writes)."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
-    exclude = ffn_output_matmuls(src) if exclude is None else exclude
+    exclude = ffn_output_matmuls(src) if exclude is None else exclude(src) if callable(exclude) else exclude
     ops = ["MatMul", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
     model = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
     external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
@@ -278,7 +280,7 @@ def build_variants(
     hidden_size: int,
     gates: dict | None = None,
     force: bool = False,
-    int8_exclude: list[str] | None = None,
+    int8_exclude: list[str] | Callable[[Path], list[str]] | None = None,
     release: Callable[[], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[ModelSpec, list[Refusal]]:

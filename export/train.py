@@ -1,10 +1,11 @@
 """`car-onnx train-scorer`: train the COMET-style quality head on a frozen encoder (all-MiniLM-L6-v2, or the
 multilingual USE of export/multilingual.py), on expert-revised pairs, then the defect term (heads.DefectPart) on
 corrupted copies of the same records and, for the default bundle, a second term for the windows of long answers
-(`long_answers`, read as the runtime reads them).
+(`long_answers`, read as the runtime reads them); with --refusal-term, a third term for refused parts, added to the
+others (also on a head trained before: --base keeps its quality head and terms and trains that term alone).
 
 The encoder is frozen and the head mixes layers linearly before average pooling, so pooling commutes with the
-mix: each text is encoded once into per-layer pooled vectors and the defect features, and both terms train on
+mix: each text is encoded once into per-layer pooled vectors and the defect features, and the terms train on
 those in seconds. One pass comes first, over the fitting pairs and their copies whose last parts were refused: it
 fits the refusal reader (heads.RefusalReader) whose numbers are among the defect features.
 """
@@ -27,7 +28,7 @@ from car_onnx.evaluate import read_pairs as read_records
 from car_onnx.runtime.manifest import Template
 from car_onnx.runtime.reading import READ_TOKENS, RUN, Reader, Reading, combine
 
-from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead
+from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead, refusal_term_columns
 
 TEMPLATE = {
     "with_input": "Instruction: {instruction} Input: {input} Response: {output}",
@@ -373,20 +374,29 @@ def defect_table(scores: np.ndarray, real: np.ndarray, bad: np.ndarray, kinds: n
 
 
 def fit_defects(
-    q: np.ndarray, feats: np.ndarray, expert: dict, defect: dict, *, seed: int, long: dict | None = None, log=print
+    q: np.ndarray,
+    feats: np.ndarray,
+    expert: dict,
+    defect: dict,
+    *,
+    seed: int,
+    long: dict | None = None,
+    columns: list[int] | None = None,
+    log=print,
 ):
     """Train the defect term on top of the frozen quality scores q: score = q + DefectPart(features), the mean of
     `members` networks trained from seeds seed, seed + 1, ... `expert` and `defect` hold index arrays into q/feats
     for the fit and choose splits ("better"/"worse", "real"/"bad"/"kind"). Each member keeps the epoch with the best
     mean preference over kinds on the choose split among those whose expert agreement there stays within
     `agreement_slack` of q's and which move at most `move_bound` of its expert texts by more than `move_at`. `long`:
-    the fit and choose splits' windows of long answers (`read_long`), or None."""
+    the fit and choose splits' windows of long answers (`read_long`), or None; `columns`: the features the term reads
+    (None: all)."""
     r = DEFECTS
     c, d = expert["choose"], defect["choose"]
     base = agreement(q, PairData(c["better"], c["worse"]))
     members, history = [], []
     for k in range(r["members"]):
-        part, h = _fit_member(q, feats, expert, defect, long, base, seed=seed + k)
+        part, h = _fit_member(q, feats, expert, defect, long, base, seed=seed + k, columns=columns)
         members.append(part)
         history.append(h)
     part = DefectPart.ensemble(members)
@@ -427,10 +437,10 @@ def fit_defects(
     }
 
 
-def _fit_member(q, feats, expert, defect, long, base: float, *, seed: int) -> tuple[DefectPart, dict]:
+def _fit_member(q, feats, expert, defect, long, base: float, *, seed: int, columns=None) -> tuple[DefectPart, dict]:
     r = DEFECTS
     torch.manual_seed(seed)
-    part = DefectPart(feats.shape[1], r["hidden"], r["scale"])
+    part = DefectPart(feats.shape[1] if columns is None else len(columns), r["hidden"], r["scale"], columns=columns)
     qt, ft = torch.from_numpy(q), torch.from_numpy(feats)
     _revive(part, ft)
     opt = torch.optim.AdamW(part.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
@@ -498,14 +508,19 @@ def _moved(term: np.ndarray, choose: dict) -> float:
     return float((np.abs(term[texts]) > DEFECTS["move_at"]).mean()) if len(texts) else 0.0
 
 
-def _minilm_reader(template: Template) -> Reader:
-    """How the default bundle reads a record (runtime/reading.py: windows past its token limit)."""
-    from car_onnx.runtime.tokenization import load_tokenizer
+def _reader(encoder: str, template: Template) -> Reader:
+    """How the bundle of `encoder` reads a record (runtime/reading.py: windows past its token limit)."""
+    if encoder == "minilm":
+        from car_onnx.runtime.tokenization import load_tokenizer
 
-    from .default import minilm_dir
+        from .default import minilm_dir
 
-    tok = load_tokenizer(minilm_dir() / "tokenizer.json", MAX_LENGTH)
-    return Reader(template, tok, MAX_LENGTH, Reading(max_windows=READ_TOKENS // MAX_LENGTH))
+        tok, max_length = load_tokenizer(minilm_dir() / "tokenizer.json", MAX_LENGTH), MAX_LENGTH
+    else:
+        from . import multilingual as ml
+
+        tok, max_length = ml.build_tokenizer(ml.package_resources()[0]), ml.MAX_LENGTH
+    return Reader(template, tok, max_length, Reading(max_windows=READ_TOKENS // max_length))
 
 
 def train_head(
@@ -520,19 +535,36 @@ def train_head(
     defects: bool = True,
     foreign: list[str] | None = None,
     window_term: bool = False,
+    refusal_term: bool = False,
+    base: Path | None = None,
     log=print,
 ) -> dict:
     """Train on `train`, write `output` (.safetensors) and its metadata (.json) beside it. Epochs are chosen on a
     split of `train` held apart (CHOOSE); `valid` is only measured, never chosen on. With `defects` (default: on),
     the score also learns to put corrupted copies of the training records (car_onnx.core.defects, training phrases;
     `foreign`: answers in another language to lend) below their real answers. With `window_term` (the default
-    bundle's encoder only), also a second term for windows of long answers, trained also on `long_answers`."""
+    bundle's encoder only), also a second term for windows of long answers, trained also on `long_answers`. With
+    `refusal_term`, also a third term, added to the others' on every text, that reads the refusal reader's numbers
+    alone (heads.refusal_term_columns): trained as the others on top of their scores, on the copies whose last parts
+    were refused and on `long_answers`' refused tails. `base`: a head trained before (on `encoder`) whose quality
+    head, defect terms and refusal reader are kept as they are, weights and metadata: only its refusal term is
+    trained (again)."""
     from safetensors.torch import save_file
 
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
     if window_term and (encoder != "minilm" or not defects):
         raise UsageError("{window_term} needs {encoder} minilm and {defects}", "window_term", "encoder", "defects")
+    if refusal_term and not defects:
+        raise UsageError("{refusal_term} needs {defects}", "refusal_term", "defects")
+    kept = _base(base, encoder) if base is not None else None
+    if kept is not None and (window_term or not refusal_term):
+        raise UsageError(
+            "{base} keeps a head's terms and trains its refusal term: pass {refusal_term}, not {window_term}",
+            "base",
+            "refusal_term",
+            "window_term",
+        )
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     template = Template(**TEMPLATE)
@@ -547,31 +579,35 @@ def train_head(
     copies = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
     records = better + worse + valid_b + valid_w + copies
     texts, long, windows = rendered(records, template), None, []
-    if window_term:
-        reader, long = _minilm_reader(template), {}
+    if window_term or refusal_term:
+        reader, long = _reader(encoder, template), {}
         for name, rows in (("fit", fit_), ("choose", choose)):
             pairs = long_answers(better, rows, per_record=DEFECTS["long_per_record"], seed=seed + 1)
             units, long[name] = read_long(pairs, reader, len(texts))
             texts += [(u.text, u.start) for u in units]
             windows += units
         if not len(long["fit"]["better"]) or not len(long["choose"]["better"]):
+            term = "a window term" if window_term else "a refusal term"
             raise InputError(
                 train,
                 None,
-                f"a window term needs at least six pairs without input among the fitting pairs and among the "
+                f"{term} needs at least six pairs without input among the fitting pairs and among the "
                 f"{CHOOSE:.0%} held apart",
             )
     loops = np.array([0.0] * len(records) + [u.loops for u in windows], dtype=np.float32)
+    later = np.array([False] * len(records) + [u.window for u in windows])  # windows after an answer's first
     log(
         f"encoding {len(texts)} texts ({n} pairs, {len(valid_b)} valid pairs, {len(broken)} corrupted copies, "
         f"{len(windows)} windows of long answers)"
     )
     fitting = set(fit_.tolist())
     refused = [t for t, c in zip(copies, broken) if c.kind == "refuse_part" and c.index in fitting]
-    refusals = None
-    if refused:
+    refusals = None if kept is None else kept["refusals"]
+    if refusals is None and refused:
         refusals = refusal_reader(encoder, refused, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
-    elif defects:
+    elif refusals is None and defects:
+        if refusal_term:
+            raise InputError(train, None, "a refusal term needs refused copies among the fitting pairs")
         log("no refused copies among the fitting pairs (answers of three parts or more): no refusal reader")
     if encoder == "minilm":
         pooled, feats = encode_minilm(texts, refusals, loops)
@@ -584,23 +620,27 @@ def train_head(
     log(f"encoded {len(texts)} texts in {encoded - start:.0f}s")
     b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))
     vw = vb + len(valid_b)
-    fit_pairs = PairData(np.arange(len(fit_)), np.arange(len(fit_), 2 * len(fit_)))
-    choose_pairs = PairData(np.arange(len(choose)), np.arange(len(choose), 2 * len(choose)))
-    head, metrics = fit(
-        pooled[np.concatenate([b[fit_], w[fit_]])],
-        fit_pairs,
-        pooled[np.concatenate([b[choose], w[choose]])],
-        choose_pairs,
-        seed=seed,
-        epochs=epochs or RECIPE["epochs"],
-        log=log,
-    )
-    metrics["choose_agreement"] = metrics.pop("valid_agreement")
+    if kept is None:
+        fit_pairs = PairData(np.arange(len(fit_)), np.arange(len(fit_), 2 * len(fit_)))
+        choose_pairs = PairData(np.arange(len(choose)), np.arange(len(choose), 2 * len(choose)))
+        head, metrics = fit(
+            pooled[np.concatenate([b[fit_], w[fit_]])],
+            fit_pairs,
+            pooled[np.concatenate([b[choose], w[choose]])],
+            choose_pairs,
+            seed=seed,
+            epochs=epochs or RECIPE["epochs"],
+            log=log,
+        )
+        metrics["choose_agreement"] = metrics.pop("valid_agreement")
+        terms, meta_terms = {}, {}
+    else:
+        head, metrics = kept["head"], kept["meta"].get("training", {}) | {"base": _file(base)}
+        terms = {name: kept[name] for name in ("defects", "window_defects") if kept[name] is not None}
+        meta_terms = {name: kept["meta"][name] for name in terms}
     with torch.no_grad():
         q = PooledHead(head)(torch.from_numpy(pooled)).numpy()
-    scores = q
-    meta_defects = None
-    state = {k: v.contiguous() for k, v in head.state_dict().items()}
+    state = {k: v.contiguous() for k, v in head.state_dict().items()} if kept is None else kept["state"]
     if defects:
         owner = np.array([c.index for c in broken], dtype=np.int64)
         bad = 2 * n + 2 * len(valid_b) + np.arange(len(broken))
@@ -611,22 +651,39 @@ def train_head(
             name: {"real": b[owner[keep]], "bad": bad[keep], "kind": kinds[keep]}
             for name, keep in (("fit", in_fit), ("choose", ~in_fit))
         }
-        part, dmetrics = fit_defects(q, feats, expert, defect, seed=seed, log=log)
-        with torch.no_grad():
-            scores = q + part(torch.from_numpy(feats)).numpy()
-        state |= {f"defects.{k}": v.contiguous() for k, v in part.state_dict().items()}
-        if long is not None:  # the term for windows of longer answers: also trained on the long answers' windows
-            window, metrics["window_defects"] = fit_defects(q, feats, expert, defect, seed=seed, long=long, log=log)
-            state |= {f"window_defects.{k}": v.contiguous() for k, v in window.state_dict().items()}
+        if kept is None:
+            terms["defects"], metrics["defects"] = fit_defects(q, feats, expert, defect, seed=seed, log=log)
+            if window_term:  # the term for windows of longer answers: also trained on the long answers' windows
+                terms["window_defects"], metrics["window_defects"] = fit_defects(
+                    q, feats, expert, defect, seed=seed, long=long, log=log
+                )
+            shape = {"features": int(feats.shape[1])} | {k: DEFECTS[k] for k in ("hidden", "scale", "members")}
+            meta_terms = {name: shape | ({"runs": RUN} if encoder == "minilm" else {}) for name in terms}
+        q_terms = q + _terms(terms, feats, later)
+        if refusal_term:  # trained on the others' scores: held at zero on real texts, below them on refused parts
+            columns = refusal_term_columns(feats.shape[1], len(refusals.prototype))
+            only = {
+                name: {k: v[split["kind"] == "refuse_part"] for k, v in split.items()} for name, split in defect.items()
+            }
+            terms["refusal_defects"], metrics["refusal_defects"] = fit_defects(
+                q_terms,
+                feats,
+                expert,
+                only | {"choose": defect["choose"]},
+                seed=seed,
+                long=long,
+                columns=columns,
+                log=log,
+            )
+            meta_terms["refusal_defects"] = {"features": len(columns), "columns": columns} | {
+                k: DEFECTS[k] for k in ("hidden", "scale", "members")
+            }
+        for name, part in terms.items():
+            if kept is None or name == "refusal_defects":
+                state |= {f"{name}.{k}": v.contiguous() for k, v in part.state_dict().items()}
         if refusals is not None:
             state |= {f"refusals.{k}": v.contiguous() for k, v in refusals.state_dict().items()}
-        meta_defects = {
-            "features": int(feats.shape[1]),
-            "hidden": DEFECTS["hidden"],
-            "scale": DEFECTS["scale"],
-            "members": DEFECTS["members"],
-        } | ({"runs": RUN} if encoder == "minilm" else {})
-        metrics["defects"] = dmetrics
+    scores = q + _terms(terms, feats, later)
     valid_agreement = agreement(scores, PairData(vb, vw))
     metrics["valid_agreement_quality_only"] = round(agreement(q, PairData(vb, vw)), 4)
     log(f"agreement on {Path(valid).name} (measured, not chosen on): {valid_agreement:.4f}")
@@ -654,13 +711,49 @@ def train_head(
         "template": TEMPLATE,
         "encoder": encoder,
         "training": metrics,
-    }
-    if meta_defects:
-        meta["defects"] = meta_defects
-        if "window_defects" in metrics:
-            meta["window_defects"] = meta_defects
+    } | meta_terms
     output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return metrics
+
+
+def _terms(terms: dict, feats: np.ndarray, later: np.ndarray) -> np.ndarray:
+    """The sum of the defect `terms` on every text, as the graph takes them: a window after a long answer's first
+    (`later`) gets the window term where there is one, any other text the first term."""
+    f, total = torch.from_numpy(feats), np.zeros(len(feats), dtype=np.float32)
+    with torch.no_grad():
+        for name, part in terms.items():
+            if name == "defects" and "window_defects" in terms:
+                total += np.where(later, terms["window_defects"](f).numpy(), part(f).numpy())
+            elif name != "window_defects":
+                total += part(f).numpy()
+    return total
+
+
+def _base(path: Path, encoder: str) -> dict:
+    """What `train_head(base=path)` keeps of a head trained before: its quality head, defect terms (a term that read
+    fewer features than the head's reader gives reads the first ones, as it did) and refusal reader, and their
+    weights as the file holds them."""
+    from safetensors.torch import load_file
+
+    from .default import load_defects, load_head, load_refusals
+
+    if not Path(path).is_file() or not Path(path).with_suffix(".json").is_file():
+        raise InputError(path, None, "no such head (its .safetensors and .json beside it)")
+    head, meta = load_head(Path(path))
+    if meta.get("encoder", "minilm") != encoder or "defects" not in meta:
+        raise InputError(path, None, f"not a head trained with defects on the {encoder} encoder")
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("refusal_defects.")}  # kept as it is
+    kept = {"head": head, "meta": meta, "refusals": load_refusals(Path(path)), "state": state}
+    for name in ("defects", "window_defects"):
+        kept[name] = load_defects(Path(path), meta, name)
+        if kept[name] is not None and "columns" not in meta[name]:
+            meta[name] = meta[name] | {"columns": list(range(meta[name]["features"]))}
+            kept[name].columns = meta[name]["columns"]
+    return kept
+
+
+def _file(path: Path) -> dict:
+    return {"file": Path(path).name, "sha256": _sha256(path)}
 
 
 def _sha256(path: Path) -> str:

@@ -271,3 +271,34 @@ def test_a_window_term_needs_long_answers_from_both_splits(tmp_path, pairs_write
     with pytest.raises(InputError, match=r"train\.csv: a window term needs at least six pairs without input"):
         train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "h.safetensors", window_term=True)
     assert not (tmp_path / "h.safetensors").exists()
+
+
+def test_a_refusal_term_on_the_default_head_keeps_its_window_term(tmp_path, pairs_writer):
+    """train-scorer --base (the shipped default head: a defect term, a window term, a refusal reader) --refusal-term:
+    every weight of the head is kept as it was, the refusal term reads the reader's 4 numbers, and the metadata keeps
+    both terms as they were."""
+    from safetensors.numpy import load_file
+
+    from car_onnx_export.default import WEIGHTS
+    from car_onnx_export.train import train_head
+
+    records = json.loads(SAMPLE.read_text())
+    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
+    pairs_writer(tmp_path / "train.csv", many)
+    pairs_writer(tmp_path / "valid.csv", records[30:])
+    out = tmp_path / "h.safetensors"
+    train_head(tmp_path / "train.csv", tmp_path / "valid.csv", out, base=WEIGHTS, refusal_term=True, log=lambda s: None)
+    base, got = load_file(str(WEIGHTS)), load_file(str(out))
+    kept = {k for k in got if not k.startswith("refusal_defects.")}
+    assert kept == {k for k in base if not k.startswith("refusal_defects.")}
+    for name, value in base.items():
+        if not name.startswith("refusal_defects."):
+            assert np.array_equal(got[name], value), name
+    base_meta, meta = (json.loads(p.with_suffix(".json").read_text()) for p in (WEIGHTS, out))
+    for name in ("defects", "window_defects"):
+        assert {k: v for k, v in meta[name].items() if k != "columns"} == {
+            k: v for k, v in base_meta[name].items() if k != "columns"
+        }
+        assert meta[name].get("columns", list(range(19))) == list(range(19))
+    assert meta["refusal_defects"]["columns"] == [15, 16, 17, 18]  # the reader's numbers: 2 levels, 2 each
+    assert meta["training"]["refusal_defects"]["choose_defects"]

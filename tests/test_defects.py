@@ -390,10 +390,10 @@ def test_a_defect_term_saved_before_members_loads_as_one_member(tmp_path):
 N_TEXTS = 400  # expert texts (better, worse pairs), then one corrupted copy of each better text
 
 
-def separable_term(monkeypatch, part_class=None, members=1):
-    """A defect term of `members` networks (of class `part_class`, by default DefectPart) on separable texts: the
-    first N_TEXTS real, low on feature 0, the rest copies, high; returns a function that trains it and gives its
-    term on every text and the metrics."""
+def separable_term(monkeypatch, part_class=None, members=1, columns=None):
+    """A defect term of `members` networks (of class `part_class`, by default DefectPart; reading the features
+    `columns`, by default all) on separable texts: the first N_TEXTS real, low on feature 0, the rest copies, high;
+    returns a function that trains it and gives its term on every text and the metrics."""
     torch = pytest.importorskip("torch")
     from car_onnx_export import train
 
@@ -413,7 +413,9 @@ def separable_term(monkeypatch, part_class=None, members=1):
     defect = {k: {"real": rows, "bad": rows + n, "kind": np.array(["echo"] * len(rows))} for k, rows in split.items()}
 
     def term():
-        part, metrics = train.fit_defects(q, feats, expert, defect, seed=0, long=None, log=lambda s: None)
+        part, metrics = train.fit_defects(
+            q, feats, expert, defect, seed=0, long=None, columns=columns, log=lambda s: None
+        )
         with torch.no_grad():
             return part(torch.from_numpy(feats)).numpy(), metrics
 
@@ -431,6 +433,27 @@ def test_the_defect_term_is_held_at_zero_on_real_texts(monkeypatch):
     assert metrics["choose_moved"] <= train.DEFECTS["move_bound"]
     assert (np.abs(term[:n]) > train.DEFECTS["move_at"]).mean() <= 0.02  # the real texts keep their scores
     assert metrics["choose_defects"]["echo"] > 0.85 and term[n:].mean() < -0.25  # the copies lose theirs
+
+
+def test_a_term_reads_only_its_columns(monkeypatch):
+    """A term given `columns` (the refusal term: the refusal reader's numbers) reads those features alone: trained
+    where the copies differ from the real texts only in feature 0, it learns them with feature 0 among its columns
+    and cannot without it; and its output is that of the same networks on those columns."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export.heads import DefectPart
+
+    seeing, metrics = separable_term(monkeypatch, columns=[0, 2])()
+    assert metrics["choose_defects"]["echo"] > 0.85 and seeing[N_TEXTS:].mean() < -0.25
+    blind, metrics = separable_term(monkeypatch, columns=[1, 2, 3])()
+    assert metrics["choose_defects"]["echo"] < 0.75  # the columns hold nothing that tells the copies apart
+    torch.manual_seed(0)
+    part = DefectPart(2, 8, 2.0, 2, columns=[3, 1]).eval()
+    alone = DefectPart(2, 8, 2.0, 2).eval()
+    alone.load_state_dict(part.state_dict())
+    x = torch.rand(16, 5)
+    with torch.no_grad():
+        np.testing.assert_array_equal(part(x).numpy(), alone(x[:, [3, 1]]).numpy())
+        assert part(x).std() > 0.01  # the comparison is not between constants
 
 
 def test_long_answers_are_read_in_windows_as_the_runtime_reads_them(tmp_path):

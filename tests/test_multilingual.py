@@ -113,8 +113,8 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
     assert cos.min() >= 0.9999
 
     # the score: the quality head written out in numpy (conftest.head_score) on the encoder's sentence-level
-    # vectors, whose last one is checked against the package just above, plus the defect term of the PyTorch
-    # model, each text alone (no padding)
+    # vectors, whose last one is checked against the package just above, plus the defect and refusal terms of the
+    # PyTorch model, each text alone (no padding)
     from car_onnx.runtime.tokenization import load_tokenizer, tokenize
     from car_onnx_export.default import load_defects, load_head, load_refusals
     from car_onnx_export.multilingual import JointModel, scripts_of
@@ -123,7 +123,8 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
     encoder = USEEncoder(npz).eval()
     head, meta = load_head(WEIGHTS)
     defects, refusals = load_defects(WEIGHTS, meta), load_refusals(WEIGHTS)
-    joint = JointModel(encoder, head, defects, scripts_of(sp_model), refusals).eval()
+    refused = load_defects(WEIGHTS, meta, "refusal_defects")
+    joint = JointModel(encoder, head, defects, scripts_of(sp_model), refusals, refused).eval()
     tokens = tokenize(load_tokenizer(bundle_dir / model["tokenizer"], model["max_length"]), rendered, starts)
     weights = load_file(str(WEIGHTS))
     scores, penalties = [], []
@@ -134,7 +135,8 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
             layers = encoder(ids, mask)
             np.testing.assert_allclose(layers[-1][0].numpy(), use.encode(rendered[len(scores)]), atol=1e-5)
             hidden = [h.numpy().astype(np.float64)[:, None, :] for h in layers]  # one "position" per text
-            penalty = float(joint.defects(joint.defect_features(encoder.tokens(ids, mask), ids, mask, response))[0])
+            features = joint.defect_features(encoder.tokens(ids, mask), ids, mask, response)
+            penalty = float((joint.defects(features) + joint.refusal_defects(features))[0])
             scores.append(head_reference(weights, hidden, np.ones((1, 1)))[0] + penalty)
             penalties.append(penalty)
     np.testing.assert_allclose(out["score"], scores, atol=1e-4)
@@ -234,4 +236,92 @@ def test_the_window_term_is_for_the_default_bundles_encoder(tmp_path, cli):
     for extra in (("--encoder", "multilingual"), ("--no-defects",)):
         code, _, err, _ = cli(*args, "--window-term", *extra)
         assert (code, err) == (2, "car-onnx: error: --window-term needs --encoder minilm and --defects")
+    assert not (tmp_path / "h.json").exists()
+
+
+def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer):
+    """train-scorer --base HEAD --refusal-term keeps HEAD's quality head, defect term and refusal reader bit for
+    bit and trains only the refusal term, on the reader's numbers alone, added to the score in the one graph; run
+    again on its own output it gives the same term."""
+    import hashlib
+
+    from safetensors.numpy import load_file
+
+    from car_onnx_export.default import load_defects, load_head, load_refusals
+    from car_onnx_export.heads import DefectPart
+    from car_onnx_export.multilingual import WEIGHTS, JointModel, scripts_of
+    from car_onnx_export.train import train_head
+
+    records = json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())
+    # 60 pairs without input (the long answers of both splits need six or more), most answers in three parts
+    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]
+    pairs_writer(tmp_path / "train.csv", many)
+    pairs_writer(tmp_path / "valid.csv", records[30:])
+    args = dict(encoder="multilingual", refusal_term=True, log=lambda s: None)
+    train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "h.safetensors", base=WEIGHTS, **args)
+    base, got = load_file(str(WEIGHTS)), load_file(str(tmp_path / "h.safetensors"))
+    base_meta, meta = (json.loads(p.with_suffix(".json").read_text()) for p in (WEIGHTS, tmp_path / "h.safetensors"))
+    for name, value in base.items():
+        if not name.startswith("refusal_defects."):
+            assert np.array_equal(got[name], value), name  # the quality head, defect term and reader: kept
+    assert any(k.startswith("refusals.") for k in got) and any(k.startswith("refusal_defects.") for k in got)
+    features = meta["defects"]["features"]  # the kept term reads the features it was trained on, the first ones
+    assert meta["defects"].get("columns", list(range(features))) == list(range(features))
+    assert meta["refusal_defects"]["columns"] == [features, features + 1] == [11, 12]  # the reader's 2 numbers
+    assert meta["training"]["base"] == {
+        "file": WEIGHTS.name,
+        "sha256": hashlib.sha256(WEIGHTS.read_bytes()).hexdigest(),
+    }
+    assert meta["head"] == base_meta["head"]
+
+    # again, on its own output: the same refusal term (the reader now kept)
+    train_head(
+        tmp_path / "train.csv",
+        tmp_path / "valid.csv",
+        tmp_path / "again.safetensors",
+        base=tmp_path / "h.safetensors",
+        **args,
+    )
+    again = load_file(str(tmp_path / "again.safetensors"))
+    assert again.keys() == got.keys() and all(np.array_equal(again[k], v) for k, v in got.items())
+
+    # the graph is the model with the term (the export checks fp32 against it), which adds the term to the kept
+    # head's score: here a term that penalises every text (its last bias raised), on the reader's two numbers
+    spec = export_multilingual(
+        tmp_path / "bundle", precisions=("fp32",), weights=tmp_path / "h.safetensors", log=lambda s: None
+    )
+    assert spec.variants["fp32"].fidelity["max_abs_score_error"] <= 1e-4
+    assert spec.info["refusal_defects"] == meta["refusal_defects"]
+    weights = tmp_path / "h.safetensors"
+    head, meta = load_head(weights)
+    sp_model, npz = package_resources()
+    kept = (USEEncoder(npz), head, load_defects(weights, meta), scripts_of(sp_model), load_refusals(weights))
+    term = DefectPart(2, 8, 2.0, 1, columns=[11, 12]).eval()
+    with torch.no_grad():
+        term.nets[0][-1].bias.fill_(5.0)
+    plain, full = JointModel(*kept).eval(), JointModel(*kept, term).eval()
+    tok = build_tokenizer(sp_model)
+    text = "Instruction: List three fruits. Response: 1. Apples.\n2. I cannot help with that.\n3. I cannot help."
+    ids = torch.tensor([tok.encode(text).ids])
+    response = (torch.arange(ids.shape[1]) >= 8).long()[None]
+    with torch.no_grad():
+        feats = plain.encoder.tokens(ids, torch.ones_like(ids))
+        features = plain.defect_features(feats, ids, torch.ones_like(ids), response)
+        added = full(ids, torch.ones_like(ids), response)[0] - plain(ids, torch.ones_like(ids), response)[0]
+        want = term(features)
+    assert float(want) < -1.0 and float(added) == pytest.approx(float(want), abs=1e-5)
+
+
+def test_a_base_head_is_kept_for_a_refusal_term_on_its_own_encoder(tmp_path, cli):
+    from car_onnx_export.multilingual import WEIGHTS
+
+    args = ("train-scorer", "--train", tmp_path / "t.csv", "--valid", tmp_path / "v.csv", "-o", tmp_path / "h")
+    code, _, err, _ = cli(*args, "--encoder", "multilingual", "--base", WEIGHTS)
+    want = "--base keeps a head's terms and trains its refusal term: pass --refusal-term, not --window-term"
+    assert (code, err) == (2, f"car-onnx: error: {want}")
+    code, _, err, _ = cli(*args, "--base", WEIGHTS, "--refusal-term")  # --encoder minilm by default
+    assert (code, err) == (1, f"car-onnx: error: {WEIGHTS}: not a head trained with defects on the minilm encoder")
+    code, _, err, _ = cli(*args, "--base", tmp_path / "none.safetensors", "--refusal-term")
+    want = f"{tmp_path / 'none.safetensors'}: no such head (its .safetensors and .json beside it)"
+    assert (code, err) == (1, f"car-onnx: error: {want}")
     assert not (tmp_path / "h.json").exists()
