@@ -635,11 +635,13 @@ def train_head(
         metrics["choose_agreement"] = metrics.pop("valid_agreement")
         terms, meta_terms = {}, {}
     else:
-        head, metrics = kept["head"], kept["meta"].get("training", {}) | {"base": _file(base)}
+        head, metrics = kept["head"], kept["meta"].get("training", {})
+        metrics = metrics | {"base": {"file": Path(base).name, "sha256": _sha256(base)}}
         terms = {name: kept[name] for name in ("defects", "window_defects") if kept[name] is not None}
         meta_terms = {name: kept["meta"][name] for name in terms}
     with torch.no_grad():
         q = PooledHead(head)(torch.from_numpy(pooled)).numpy()
+    scores = q
     state = {k: v.contiguous() for k, v in head.state_dict().items()} if kept is None else kept["state"]
     if defects:
         owner = np.array([c.index for c in broken], dtype=np.int64)
@@ -659,14 +661,14 @@ def train_head(
                 )
             shape = {"features": int(feats.shape[1])} | {k: DEFECTS[k] for k in ("hidden", "scale", "members")}
             meta_terms = {name: shape | ({"runs": RUN} if encoder == "minilm" else {}) for name in terms}
-        q_terms = q + _terms(terms, feats, later)
+        scores = q + _terms(terms, feats, later)
         if refusal_term:  # trained on the others' scores: held at zero on real texts, below them on refused parts
             columns = refusal_term_columns(feats.shape[1], len(refusals.prototype))
             only = {
                 name: {k: v[split["kind"] == "refuse_part"] for k, v in split.items()} for name, split in defect.items()
             }
             terms["refusal_defects"], metrics["refusal_defects"] = fit_defects(
-                q_terms,
+                scores,
                 feats,
                 expert,
                 only | {"choose": defect["choose"]},
@@ -678,12 +680,13 @@ def train_head(
             meta_terms["refusal_defects"] = {"features": len(columns), "columns": columns} | {
                 k: DEFECTS[k] for k in ("hidden", "scale", "members")
             }
+            with torch.no_grad():
+                scores = scores + terms["refusal_defects"](torch.from_numpy(feats)).numpy()
         for name, part in terms.items():
             if kept is None or name == "refusal_defects":
                 state |= {f"{name}.{k}": v.contiguous() for k, v in part.state_dict().items()}
         if refusals is not None:
             state |= {f"refusals.{k}": v.contiguous() for k, v in refusals.state_dict().items()}
-    scores = q + _terms(terms, feats, later)
     valid_agreement = agreement(scores, PairData(vb, vw))
     metrics["valid_agreement_quality_only"] = round(agreement(q, PairData(vb, vw)), 4)
     log(f"agreement on {Path(valid).name} (measured, not chosen on): {valid_agreement:.4f}")
@@ -717,16 +720,13 @@ def train_head(
 
 
 def _terms(terms: dict, feats: np.ndarray, later: np.ndarray) -> np.ndarray:
-    """The sum of the defect `terms` on every text, as the graph takes them: a window after a long answer's first
-    (`later`) gets the window term where there is one, any other text the first term."""
-    f, total = torch.from_numpy(feats), np.zeros(len(feats), dtype=np.float32)
+    """The record's defect term (`terms`: "defects" and, where trained, "window_defects") on every text, as the
+    graph takes it: a window after a long answer's first (`later`) gets the window term where there is one."""
     with torch.no_grad():
-        for name, part in terms.items():
-            if name == "defects" and "window_defects" in terms:
-                total += np.where(later, terms["window_defects"](f).numpy(), part(f).numpy())
-            elif name != "window_defects":
-                total += part(f).numpy()
-    return total
+        out = {name: part(torch.from_numpy(feats)).numpy() for name, part in terms.items()}
+    if "window_defects" in out:
+        return np.where(later, out["window_defects"], out["defects"])
+    return out["defects"]
 
 
 def _base(path: Path, encoder: str) -> dict:
@@ -745,15 +745,10 @@ def _base(path: Path, encoder: str) -> dict:
     state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("refusal_defects.")}  # kept as it is
     kept = {"head": head, "meta": meta, "refusals": load_refusals(Path(path)), "state": state}
     for name in ("defects", "window_defects"):
-        kept[name] = load_defects(Path(path), meta, name)
-        if kept[name] is not None and "columns" not in meta[name]:
+        if name in meta and "columns" not in meta[name]:
             meta[name] = meta[name] | {"columns": list(range(meta[name]["features"]))}
-            kept[name].columns = meta[name]["columns"]
+        kept[name] = load_defects(Path(path), meta, name)
     return kept
-
-
-def _file(path: Path) -> dict:
-    return {"file": Path(path).name, "sha256": _sha256(path)}
 
 
 def _sha256(path: Path) -> str:
