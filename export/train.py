@@ -194,12 +194,13 @@ def encode_minilm(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray
     return pooled, feats
 
 
-def encode_multilingual(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray | None = None):
+def encode_multilingual(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray | None = None, runs: int = 0):
     """(sentence vectors [n, 4, 512], defect features [n, F]) of `texts` (as `encode_minilm`) through the
-    multilingual bundle's own graph code (multilingual.JointModel, with the refusal reader `refusals`)."""
+    multilingual bundle's own graph code (multilingual.JointModel, with the refusal reader `refusals`, counting
+    repeated runs of `runs` tokens where not 0)."""
     from . import multilingual as ml
 
-    model = _multilingual_model(refusals)
+    model = _multilingual_model(refusals, runs)
     pooled = np.empty((len(texts), len(ml.LAYERS), ml.DIM), dtype=np.float32)
     feats = None
     for batch, ids, mask, response, token_feats in _multilingual_batches(model, texts):
@@ -215,12 +216,12 @@ def _loops(loops: np.ndarray | None, batch: list[int]) -> torch.Tensor | None:
     return None if loops is None else torch.from_numpy(np.asarray(loops, dtype=np.float32)[batch])
 
 
-def _multilingual_model(refusals=None):
+def _multilingual_model(refusals=None, runs: int = 0):
     from . import multilingual as ml
 
     sp_model, weights = ml.package_resources()
     head = ScoringHead(HeadConfig(hidden=512, num_layers=4), 0)
-    return ml.JointModel(ml.USEEncoder(weights).eval(), head, None, ml.scripts_of(sp_model), refusals).eval()
+    return ml.JointModel(ml.USEEncoder(weights).eval(), head, None, ml.scripts_of(sp_model), refusals, runs=runs).eval()
 
 
 def _multilingual_batches(model, texts: list[tuple[str, int]], batch_tokens: int = 8192):
@@ -272,6 +273,7 @@ def refusal_reader(encoder: str, refused: list[Text], real: list[Text], template
 
     reader = RefusalReader([i for i in map(tok.token_to_id, ends) if i is not None], *shape)
     last, total, count = [[] for _ in range(shape[0])], [0.0] * shape[0], [0.0] * shape[0]
+    outer = [0.0] * shape[0]
     with torch.no_grad():
         for is_refused, texts in ((True, refused), (False, real)):
             for ids, mask, response, states in levels(texts):
@@ -282,9 +284,11 @@ def refusal_reader(encoder: str, refused: list[Text], real: list[Text], template
                         n = (size > 0).sum(1)
                         last[k].append(v[torch.arange(len(v)), (n - 1).clamp(min=0)][n > 0])
                     else:  # every segment
-                        total[k] = total[k] + v[size > 0].sum(0)
-                        count[k] = count[k] + (size > 0).sum()
-    reader.fit([torch.cat(x) for x in last], (total, count))
+                        seen = v[size > 0].double()
+                        total[k] = total[k] + seen.sum(0)
+                        outer[k] = outer[k] + seen.T @ seen
+                        count[k] = count[k] + len(seen)
+    reader.fit([torch.cat(x) for x in last], (total, outer, count))
     return reader.eval()
 
 
@@ -615,7 +619,8 @@ def train_head(
     else:
         from .multilingual import MAX_LENGTH as max_length
 
-        pooled, feats = encode_multilingual(texts, refusals, loops)
+        runs = RUN if kept is None else kept["meta"]["defects"].get("runs", 0)  # a kept head's terms read as before
+        pooled, feats = encode_multilingual(texts, refusals, loops, runs)
     encoded = time.perf_counter()
     log(f"encoded {len(texts)} texts in {encoded - start:.0f}s")
     b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))
@@ -660,7 +665,7 @@ def train_head(
                     q, feats, expert, defect, seed=seed, long=long, log=log
                 )
             shape = {"features": int(feats.shape[1])} | {k: DEFECTS[k] for k in ("hidden", "scale", "members")}
-            meta_terms = {name: shape | ({"runs": RUN} if encoder == "minilm" else {}) for name in terms}
+            meta_terms = {name: shape | {"runs": RUN} for name in terms}
         scores = q + _terms(terms, feats, later)
         if refusal_term:  # trained on the others' scores: held at zero on real texts, below them on refused parts
             columns = refusal_term_columns(feats.shape[1], len(refusals.prototype))

@@ -271,15 +271,18 @@ def test_loop_and_echo_rates_of_the_graph_match_a_plain_count():
     assert got[:, 0].max() > 0 and got[:, 1].max() > 0
 
 
-def test_the_graphs_repeated_runs_are_the_runtimes_count_of_the_response():
+@pytest.mark.parametrize("bits, low", [(15, 1), (17, 127_998)])
+def test_the_graphs_repeated_runs_are_the_runtimes_count_of_the_response(bits, low):
     """heads.run_rate, in the graph, counts what runtime/reading.py's `repeated_runs` counts over a whole answer:
-    runs of the response's tokens seen earlier in it (a run reaching into the prompt or the padding is not one)."""
+    runs of the response's tokens seen earlier in it (a run reaching into the prompt or the padding is not one);
+    ids packed 4 to an integer (15 bits, the default bundle's) or 3 (17 bits: the multilingual vocabulary's
+    largest ids)."""
     torch = pytest.importorskip("torch")
     from car_onnx.runtime.reading import repeated_runs
     from car_onnx_export.heads import run_rate
 
     rng = np.random.default_rng(1)
-    ids = rng.integers(1, 3, size=(7, 40))  # two token ids: long runs repeat
+    ids = rng.integers(low, low + 2, size=(7, 40))  # two token ids: long runs repeat
     ids[0, 20:] = ids[0, 10:30]  # stretches of answers copied
     ids[1, 25:] = ids[1, :15]
     ids[5, 30:] = ids[5, 20:30]
@@ -287,7 +290,7 @@ def test_the_graphs_repeated_runs_are_the_runtimes_count_of_the_response():
     response = np.zeros((7, 40))
     for row, (p, r) in enumerate(spans):
         response[row, p : p + r] = 1
-    got = run_rate(torch.from_numpy(ids), torch.from_numpy(response).float(), 8).numpy()
+    got = run_rate(torch.from_numpy(ids), torch.from_numpy(response).float(), 8, bits).numpy()
     want = [repeated_runs(ids[row, p : p + r].tolist(), 8) for row, (p, r) in enumerate(spans)]
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert got[0] > 0.1 and got[2] == 0 and len({round(float(v), 4) for v in got}) > 3
@@ -354,6 +357,40 @@ def test_the_refusal_reader_matches_a_plain_segment_by_segment_reading():
                 else [0, 0]
             )
         np.testing.assert_allclose(got[row].numpy(), want, atol=1e-5)
+
+
+def test_the_refusal_reader_fits_the_shrunk_discriminant_direction():
+    """`fit` from sums: the prototype is the refusals' unit mean, the centre the real segments' mean, the direction
+    the mean difference through the real segments' covariance shrunk towards its mean variance (scikit-learn's
+    ShrunkCovariance as the reference); where the real segments vary most along the mean difference, that direction
+    tells refusals apart where the difference alone does not."""
+    torch = pytest.importorskip("torch")
+    from sklearn.covariance import ShrunkCovariance
+
+    from car_onnx_export.heads import RefusalReader
+
+    rng = np.random.default_rng(3)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    scale = np.array([3.0, 0.5, 1.0, 1.0, 1.0, 1.0])  # real segments spread along the first axis
+    real = rng.normal(size=(400, 6)) * scale
+    refused = rng.normal(size=(60, 6)) * 0.05 + [1.0, 2.0, 0, 0, 0, 0]
+    sums = ([torch.from_numpy(real.sum(0))], [torch.from_numpy(real.T @ real)], [len(real)])
+    reader = RefusalReader([7], 1, 6)
+    reader.fit([torch.from_numpy(refused).float()], sums, shrink=0.1)
+    cov = ShrunkCovariance(shrinkage=0.1).fit(real).covariance_
+    want = unit(np.linalg.solve(cov, refused.mean(0) - real.mean(0)))
+    np.testing.assert_allclose(reader.direction[0].numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(reader.center[0].numpy(), real.mean(0), atol=1e-6)
+    np.testing.assert_allclose(reader.prototype[0].numpy(), unit(refused.mean(0)), atol=1e-6)
+
+    def told_apart(direction):  # refusals above the real segments' 98th percentile, on fresh draws
+        fresh_real = rng.normal(size=(2000, 6)) * scale
+        fresh_refused = rng.normal(size=(200, 6)) * 0.05 + [1.0, 2.0, 0, 0, 0, 0]
+        line = np.quantile((fresh_real - real.mean(0)) @ direction, 0.98)
+        return np.mean((fresh_refused - real.mean(0)) @ direction > line)
+
+    assert told_apart(want) > 0.9
+    assert told_apart(unit(refused.mean(0) - real.mean(0))) < 0.5
 
 
 def test_a_graph_reading_the_response_mask_must_say_so_in_the_manifest(tmp_path):

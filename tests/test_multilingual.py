@@ -222,9 +222,10 @@ def test_train_scorer_on_the_multilingual_encoder(tmp_path, pairs_writer):
     assert (metrics["train_pairs"], metrics["valid_pairs"], len(metrics["history"])) == (15, 5, 2)
     assert meta["encoder"] == "multilingual" and meta["max_length"] == MAX_LENGTH
     assert meta["head"]["num_layers"] == len(LAYERS) == 4 and meta["head"]["hidden"] == 512
-    # 11 span features and the refusal reader's 2 (the fitting pairs lend answers whose last parts were refused):
-    # the exported graph matches the PyTorch model (export checks fp32 against it, and refuses it otherwise)
-    assert meta["defects"] == {"features": 13, "hidden": 64, "scale": 2.0, "members": 3}
+    # 11 span features, the share of repeated runs of 8 tokens (ids packed 3 to an integer: the vocabulary's 128,000)
+    # and the refusal reader's 2 (the fitting pairs lend answers whose last parts were refused): the exported graph
+    # matches the PyTorch model (export checks fp32 against it, and refuses it otherwise)
+    assert meta["defects"] == {"features": 14, "hidden": 64, "scale": 2.0, "members": 3, "runs": 8}
     spec = export_multilingual(
         tmp_path / "bundle", precisions=("fp32",), weights=tmp_path / "head.safetensors", log=lambda s: None
     )
