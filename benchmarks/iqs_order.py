@@ -37,8 +37,8 @@ def quality_alone(work: Path) -> Path:
         keep = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(TERMS)}
         save_file(keep, str(head))
         meta = json.loads(weights.with_suffix(".json").read_text())
-        for term in ("defects", "window_defects", "refusal_defects"):
-            meta.pop(term, None)
+        for term in TERMS:  # the terms' metadata, named as their weights' prefixes
+            meta.pop(term.removesuffix("."), None)
         head.with_suffix(".json").write_text(json.dumps(meta))
         export_default(out, precisions=("fp32", "int8"), weights=head, log=lambda m: None)
     return out
