@@ -183,8 +183,9 @@ def quantize_int8(
     of the fp32 graph's path that names them; by default the FFN output projections: ffn_output_matmuls): uint8
     activations, per-channel signed weights in 7 bits (reduce_range), so that AVX2's 16-bit pair sums never
     saturate and a CPU with VNNI and one without compute the same integers (on an AVX2-only CPU, quantising
-    attention with full-range weights fell to Spearman 0.988 on the export's check texts). `embeddings`: the embedding tables too, one uint8 scale per table (Gather from a uint8
-    table then DequantizeLinear, or QEmbedLayerNormalization where the embedding layer was fused).
+    attention with full-range weights fell to Spearman 0.988 on the export's check texts). `embeddings`: the
+    embedding tables too, one uint8 scale per table (Gather from a uint8 table then DequantizeLinear, or
+    QEmbedLayerNormalization where the embedding layer was fused).
     quantize_dynamic's steps, with the weights left in their external files (if any), as in `optimize`: each is
     read when it is quantised, the rest copied when written (the same bytes as quantize_dynamic writes)."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
