@@ -1,7 +1,8 @@
 """What the scorer sees: per kind of defect, the share of held-apart records whose real answer outscores a corrupted
 copy (car_onnx.core.defects, measuring phrases), for the default bundle before this scorer (the head of commit BEFORE)
-and now, and the multilingual bundle, fp32 and int8; a `--n1 5%` selection from real records with 9% corrupted
-copies of others; expert agreement on score_valid.csv; score+embed cost per record, now against before.
+and now, the default bundle with its tuned branch (`export default --tuned`) and the multilingual bundle, fp32 and
+int8; a `--n1 5%` selection from real records with 9% corrupted copies of others; expert agreement on
+score_valid.csv; score+embed cost per record, now and tuned against before.
 
 Held-apart records: the revised answers of pairs_valid.csv (never trained on, never chosen on) and 50 records of
 each English corpus; wrong-language answers lent by the second half of alpaca_zh_2000.json (the first half lends
@@ -58,15 +59,19 @@ def default_now(work: Path) -> Path:
 
 
 def bundles(work: Path) -> dict[str, Path]:
-    """The default bundle now, the default bundle with the head of BEFORE, and the multilingual bundle (fp32, int8)."""
-    from car_onnx_export.default import export_default
+    """The default bundle now, with the head of BEFORE and with the tuned branch, and the multilingual bundle (fp32,
+    int8)."""
+    from car_onnx_export.default import TUNED_WEIGHTS, export_default
     from car_onnx_export.multilingual import export_multilingual
 
     out = {
         "default (before)": work / "default-before",
         "default": default_now(work),
+        "default --tuned": work / "default-tuned",
         "multilingual": work / "multilingual-now",
     }
+    if not (out["default --tuned"] / "manifest.json").is_file():
+        export_default(out["default --tuned"], precisions=("fp32", "int8"), weights=TUNED_WEIGHTS, log=lambda m: None)
     if not (out["default (before)"] / "manifest.json").is_file():
         weights = work / "before" / "minilm_head.safetensors"
         weights.parent.mkdir(parents=True, exist_ok=True)
@@ -111,12 +116,16 @@ def selection(model, records: list[Text], seed: int = 0) -> dict:
     }
 
 
+DEFAULTS = ("default (before)", "default", "default --tuned")
+
+
 def cost(paths: dict[str, Path], records: list[Text], rounds: int) -> dict:
-    """Seconds of score+embed per record (int8 and fp32, this machine's threads), now against before, alternated."""
+    """Seconds of score+embed per record (int8 and fp32, this machine's threads), now and tuned against before,
+    alternated."""
     data = [r.__dict__ for r in records]
     out = {}
     for precision in ("int8", "fp32"):
-        models = {name: car_onnx.load(paths[name], precision=precision) for name in ("default (before)", "default")}
+        models = {name: car_onnx.load(paths[name], precision=precision) for name in DEFAULTS}
         for m in models.values():
             m.score_embed(data[:20])  # sessions made, caches warm
         times = {name: [] for name in models}
@@ -129,7 +138,7 @@ def cost(paths: dict[str, Path], records: list[Text], rounds: int) -> dict:
         out[precision] = {
             "records": len(data),
             "ms_per_record": {k: round(v / len(data) * 1000, 3) for k, v in best.items()},
-            "ratio": round(best["default"] / best["default (before)"], 3),
+            "against_before": {k: round(best[k] / best["default (before)"], 3) for k in DEFAULTS[1:]},
         }
     return out
 
@@ -139,12 +148,13 @@ def embeddings_unchanged(paths: dict[str, Path], records: list[Text]) -> dict:
     out = {}
     for precision in ("fp32", "int8"):
         a = car_onnx.load(paths["default (before)"], precision=precision).embed(data)
-        b = car_onnx.load(paths["default"], precision=precision).embed(data)
-        out[precision] = {
-            "records": len(data),
-            "identical": bool(np.array_equal(a, b)),
-            "max_abs_difference": float(np.abs(a - b).max()),
-        }
+        for name in DEFAULTS[1:]:
+            b = car_onnx.load(paths[name], precision=precision).embed(data)
+            out.setdefault(name, {})[precision] = {
+                "records": len(data),
+                "identical": bool(np.array_equal(a, b)),
+                "max_abs_difference": float(np.abs(a - b).max()),
+            }
     return out
 
 
@@ -166,7 +176,7 @@ def run(work: Path, quick: bool) -> dict:
 
     pool = [Text(r["instruction"], r["input"], r["output"]) for r in real_records(seed=11)]
     chosen = {}
-    for name in ("default (before)", "default", "multilingual"):
+    for name in paths:
         for precision in ("int8", "fp32"):
             chosen[f"{name} {precision}"] = selection(car_onnx.load(paths[name], precision=precision), pool)
             print(f"selection {name} {precision}: {chosen[f'{name} {precision}']}", flush=True)

@@ -77,20 +77,30 @@ def default(
         Optional[Path], typer.Option(help="A head from `car-onnx train-scorer` [default: the shipped one].")
     ] = None,
     force: Force = False,
+    tuned: Annotated[
+        bool,
+        typer.Option(
+            "--tuned",
+            help="Build the shipped head with a tuned branch beside it (sees more cut-off and partly refused answers, costs about one layer more per text: docs/scorers.md), by default into the tuned folder beside the default bundle's.",
+        ),
+    ] = False,
 ):
     """Build the default bundle: all-MiniLM-L6-v2 and the project's trained scorer head in one graph, by default
     where `select` looks for it."""
     _require()
     from car_onnx import default_bundle_dir
+    from car_onnx.runtime.bundle import data_dir
 
-    from .default import WEIGHTS, export_default
+    from .default import TUNED_WEIGHTS, WEIGHTS, export_default
 
+    if tuned and weights is not None:
+        raise UsageError("{tuned} builds the shipped tuned head: pass {weights} alone for another", "tuned", "weights")
     _export(
         export_default,
-        output or default_bundle_dir(),
+        output or (data_dir() / "tuned" if tuned else default_bundle_dir()),
         precisions=_precisions(precision),
         force=force,
-        weights=weights or WEIGHTS,
+        weights=weights or (TUNED_WEIGHTS if tuned else WEIGHTS),
     )
 
 
@@ -222,7 +232,13 @@ def train_scorer(
     base: Annotated[
         Optional[Path],
         typer.Option(
-            help="A head trained before (.safetensors, on --encoder) whose quality head, defect terms and refusal reader are kept as they are: only its refusal term is trained (again); with --refusal-term.",
+            help="A head trained before (.safetensors, on --encoder) whose quality head, defect terms and refusal reader are kept as they are: only its refusal term is trained (again), with --refusal-term, or a tuned branch beside it, with --tuned-layers.",
+        ),
+    ] = None,
+    tuned_layers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Train a tuned branch beside the --base head (--encoder minilm), kept as it is: copies of all-MiniLM's last N layers (1 or 2) and a small network, whose term is added to the score; it sees more cut-off and partly refused answers and costs N layers more per text (docs/scorers.md; export it with `export default --weights`).",
         ),
     ] = None,
 ):
@@ -249,6 +265,7 @@ def train_scorer(
         window_term=window_term,
         refusal_term=refusal_term,
         base=base,
+        tuned_layers=tuned_layers,
     )
 
 

@@ -18,10 +18,13 @@ from car_onnx.runtime.tokenization import load_tokenizer
 
 from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, span_cosines
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, ffn_output_matmuls, raise_refused
+from .tuned import TunedBranch
 
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
+# the shipped head with a tuned branch beside it (export default --tuned; export/tuned.py)
+TUNED_WEIGHTS = Path(__file__).parent / "weights" / "minilm_tuned.safetensors"
 # a head's weights beside the quality head's: the score's terms
-TERMS = ("defects.", "window_defects.", "refusal_defects.", "refusals.")
+TERMS = ("defects.", "window_defects.", "refusal_defects.", "refusals.", "tuned.")
 NAME = "minilm-car"
 
 
@@ -43,7 +46,8 @@ class JointModel(nn.Module):
     `defect_features`); with `window_defects`, a window after a long answer's first (`answer_window` 1) takes that
     term instead (trained on windows of long answers too, export/train.py), any other text `defects`'; with
     `refusal_defects`, every text also takes that term (answers partly refused). `runs`: the length of the repeated
-    runs the features also count (0: not counted, as in heads trained before them)."""
+    runs the features also count (0: not counted, as in heads trained before them). With `tuned` (export/tuned.py),
+    its term, read from the states below its copied layers, is added to the score."""
 
     def __init__(
         self,
@@ -55,11 +59,12 @@ class JointModel(nn.Module):
         window_defects: DefectPart | None = None,
         runs: int = 0,
         refusal_defects: DefectPart | None = None,
+        tuned: TunedBranch | None = None,
     ):
         super().__init__()
         self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
         self.refusals, self.window_defects, self.runs = refusals, window_defects, runs
-        self.refusal_defects = refusal_defects
+        self.refusal_defects, self.tuned = refusal_defects, tuned
         if runs and encoder.config.vocab_size >= 1 << PACK_BITS:
             raise ValueError(f"repeated runs are counted for vocabularies below {1 << PACK_BITS} token ids")
         # the branch: a copy of the last layer (the same weights under their own names, which the graph optimiser
@@ -84,6 +89,8 @@ class JointModel(nn.Module):
             if self.refusal_defects is not None:
                 term = term + self.refusal_defects(features)
             score = score + term
+        if self.tuned is not None:
+            score = score + self.tuned(hidden[-1 - len(self.tuned.layers)], attention_mask, response_mask)
         return score, emb  # in the order of the roles (score, embed)
 
     def branch_states(self, hidden, attention_mask, response_mask) -> torch.Tensor:
@@ -176,6 +183,19 @@ def load_refusals(weights: Path) -> RefusalReader | None:
     return reader.eval()
 
 
+def load_tuned(weights: Path, meta: dict, encoder: nn.Module) -> TunedBranch | None:
+    """The head's tuned branch, copies of `encoder`'s last layers with the weights stored (fp16) in fp32 (None for a
+    head trained without one)."""
+    from safetensors.torch import load_file
+
+    if "tuned" not in meta:
+        return None
+    branch = TunedBranch(encoder.encoder.layer[-meta["tuned"]["layers"] :], meta["tuned"]["hidden"])
+    state = load_file(str(weights))
+    branch.load_state_dict({k.removeprefix("tuned."): v.float() for k, v in state.items() if k.startswith("tuned.")})
+    return branch.eval()
+
+
 def check_texts(template: Template) -> list[tuple[str, int]]:
     """Real texts for the export's self-check, each with where its response starts: the project's sample dataset,
     plus long ones past 256 tokens."""
@@ -192,7 +212,8 @@ def check_texts(template: Template) -> list[tuple[str, int]]:
 
 def int8_kept_fp32(path: Path) -> list[str]:
     """The products int8 keeps fp32 in the default graph: the FFN output projections (ffn_output_matmuls) and those
-    of the small networks after the encoder and the branch (the heads, the defect terms, the refusal reader), which
+    of the small networks after the encoder and the branches (the heads, the defect terms, the refusal reader, the
+    tuned branch's network), which
     run once per text: quantised, each adds its own activation quantisation per record and gains nothing (the time
     measured: docs/scorers.md). A Gemm is quantised as the MatMul the quantiser splits it into, `<name>_MatMul`."""
     import onnx
@@ -201,7 +222,7 @@ def int8_kept_fp32(path: Path) -> list[str]:
     small = [
         n.name + ("_MatMul" if n.op_type == "Gemm" else "")
         for n in nodes
-        if n.op_type in ("MatMul", "Gemm") and not n.name.startswith(("/encoder", "/branch"))
+        if n.op_type in ("MatMul", "Gemm") and not n.name.startswith(("/encoder", "/branch", "/tuned/layers"))
     ]
     return ffn_output_matmuls(path) + small
 
@@ -217,7 +238,8 @@ def export_default(
     defects, window = load_defects(weights, meta), load_defects(weights, meta, "window_defects")
     runs = meta.get("defects", {}).get("runs", 0)
     refused = load_defects(weights, meta, "refusal_defects")
-    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights), window, runs, refused)
+    tuned = load_tuned(weights, meta, encoder)
+    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights), window, runs, refused, tuned)
     model.eval()
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
     template = Template(**meta["template"])
@@ -241,6 +263,7 @@ def export_default(
             "defects": meta.get("defects"),
             "window_defects": meta.get("window_defects"),
             "refusal_defects": meta.get("refusal_defects"),
+            "tuned": meta.get("tuned"),
             "training": meta.get("training", {}),
         },
     )

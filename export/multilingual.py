@@ -320,8 +320,9 @@ def sentence_level_matmuls(path: Path) -> list[str]:
 
 def default_output() -> Path:
     """$XDG_DATA_HOME/car-onnx/multilingual (beside the default bundle's folder)."""
-    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(data_home) / "car-onnx" / "multilingual"
+    from car_onnx.runtime.bundle import data_dir
+
+    return data_dir() / "multilingual"
 
 
 def check_texts(template: Template) -> list[tuple[str, int]]:

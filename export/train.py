@@ -29,6 +29,8 @@ from car_onnx.runtime.manifest import Template
 from car_onnx.runtime.reading import READ_TOKENS, RUN, Reader, Reading, combine
 
 from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead, refusal_term_columns
+from .tuned import LAYERS as TUNED_LAYERS
+from .tuned import RECIPE as TUNED
 
 TEMPLATE = {
     "with_input": "Instruction: {instruction} Input: {input} Response: {output}",
@@ -175,23 +177,29 @@ def rendered(records: list[Text], template: Template) -> list[tuple[str, int]]:
     ]
 
 
-def encode_minilm(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray | None = None):
-    """(pooled [n, 7, 384], defect features [n, F]) of `texts` (`rendered`, or windows of long answers with their
-    answers' `loops`, runtime/reading.py) through the default bundle's own graph code: the quality head's per-layer
-    means and `JointModel.defect_features` (with the refusal reader `refusals`)."""
+def encode_minilm(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray | None = None, states: int = 0):
+    """(pooled [n, 7, 384], defect features [n, F], token states) of `texts` (`rendered`, or windows of long answers
+    with their answers' `loops`, runtime/reading.py) through the default bundle's own graph code: the quality head's
+    per-layer means and `JointModel.defect_features` (with the refusal reader `refusals`); with `states`, also each
+    text's (token states [tokens, 384] fp16 below the last `states` layers, response mask), for a tuned branch (else
+    None)."""
     from .default import JointModel, load_encoder
     from .heads import span_mean
 
     model = JointModel(load_encoder(), None, None, MAX_LENGTH, refusals, runs=RUN).eval()
     pooled = np.empty((len(texts), 7, 384), dtype=np.float32)
-    feats = None
+    feats, kept = None, ([None] * len(texts), [None] * len(texts)) if states else None
     for batch, ids, mask, response, hidden in _minilm_batches(model, texts):
         pooled[batch] = torch.stack([span_mean(h, mask.float()) for h in hidden], 1).numpy()
         f = model.defect_features(hidden, ids, mask, response, _loops(loops, batch)).numpy()
         if feats is None:
             feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
         feats[batch] = f
-    return pooled, feats
+        for j, i in enumerate(batch if states else ()):
+            k = int(mask[j].sum())
+            kept[0][i] = hidden[-1 - states][j, :k].numpy().astype(np.float16)
+            kept[1][i] = response[j, :k].numpy().astype(np.int8)
+    return pooled, feats, kept
 
 
 def encode_multilingual(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray | None = None, runs: int = 0):
@@ -541,6 +549,8 @@ def train_head(
     window_term: bool = False,
     refusal_term: bool = False,
     base: Path | None = None,
+    tuned_layers: int | None = None,
+    tuned_steps: int | None = None,
     log=print,
 ) -> dict:
     """Train on `train`, write `output` (.safetensors) and its metadata (.json) beside it. Epochs are chosen on a
@@ -552,7 +562,8 @@ def train_head(
     alone (heads.refusal_term_columns): trained as the others on top of their scores, on the copies whose last parts
     were refused and on `long_answers`' refused tails. `base`: a head trained before (on `encoder`) whose quality
     head, defect terms and refusal reader are kept as they are, weights and metadata: only its refusal term is
-    trained (again)."""
+    trained (again), or, with `tuned_layers` (1 or 2; its refusal term kept too), a tuned branch (export/tuned.py)
+    whose term is added to the score, trained for `tuned_steps` (default: its recipe's)."""
     from safetensors.torch import save_file
 
     if encoder not in ENCODERS:
@@ -562,7 +573,19 @@ def train_head(
     if refusal_term and not defects:
         raise UsageError("{refusal_term} needs {defects}", "refusal_term", "defects")
     kept = _base(base, encoder) if base is not None else None
-    if kept is not None and (window_term or not refusal_term):
+    if tuned_layers is not None:
+        if tuned_layers not in TUNED_LAYERS:
+            raise UsageError(f"{{tuned_layers}} takes 1 or 2, got {tuned_layers}", "tuned_layers")
+        if kept is None or window_term or refusal_term or encoder != "minilm" or not defects:
+            raise UsageError(
+                "{tuned_layers} trains a branch beside a default head kept as it is: pass {base}, "
+                "not {window_term} or {refusal_term}",
+                "tuned_layers",
+                "base",
+                "window_term",
+                "refusal_term",
+            )
+    elif kept is not None and (window_term or not refusal_term):
         raise UsageError(
             "{base} keeps a head's terms and trains its refusal term: pass {refusal_term}, not {window_term}",
             "base",
@@ -614,7 +637,7 @@ def train_head(
             raise InputError(train, None, "a refusal term needs refused copies among the fitting pairs")
         log("no refused copies among the fitting pairs (answers of three parts or more): no refusal reader")
     if encoder == "minilm":
-        pooled, feats = encode_minilm(texts, refusals, loops)
+        pooled, feats, states = encode_minilm(texts, refusals, loops, tuned_layers or 0)
         max_length = MAX_LENGTH
     else:
         from .multilingual import MAX_LENGTH as max_length
@@ -667,7 +690,12 @@ def train_head(
             shape = {"features": int(feats.shape[1])} | {k: DEFECTS[k] for k in ("hidden", "scale", "members")}
             meta_terms = {name: shape | {"runs": RUN} for name in terms}
         scores = q + _terms(terms, feats, later)
-        if refusal_term:  # trained on the others' scores: held at zero on real texts, below them on refused parts
+        if tuned_layers and kept["refusal_defects"] is not None:  # the base's refusal term, kept as it is
+            meta_terms["refusal_defects"] = kept["meta"]["refusal_defects"]
+            with torch.no_grad():
+                scores = scores + kept["refusal_defects"](torch.from_numpy(feats)).numpy()
+        elif refusal_term:  # trained on the others' scores: held at zero on real texts, below them on refused parts
+            state = {k: v for k, v in state.items() if not k.startswith("refusal_defects.")}  # a kept one's replaced
             columns = refusal_term_columns(feats.shape[1], len(refusals.prototype))
             only = {
                 name: {k: v[split["kind"] == "refuse_part"] for k, v in split.items()} for name, split in defect.items()
@@ -687,6 +715,11 @@ def train_head(
             }
             with torch.no_grad():
                 scores = scores + terms["refusal_defects"](torch.from_numpy(feats)).numpy()
+        if tuned_layers:
+            metrics["valid_agreement_base"] = round(agreement(scores, PairData(vb, vw)), 4)
+            d, metrics["tuned"] = _tuned(tuned_layers, states, scores, expert, defect, seed, tuned_steps, state, log)
+            scores = scores + d
+            meta_terms["tuned"] = {"layers": tuned_layers, "hidden": TUNED["hidden"], "stored": "float16"}
         for name, part in terms.items():
             if kept is None or name == "refusal_defects":
                 state |= {f"{name}.{k}": v.contiguous() for k, v in part.state_dict().items()}
@@ -734,6 +767,21 @@ def _terms(terms: dict, feats: np.ndarray, later: np.ndarray) -> np.ndarray:
     return out["defects"]
 
 
+def _tuned(layers: int, states, scores, expert, defect, seed, steps, state: dict, log) -> tuple[np.ndarray, dict]:
+    """Train a tuned branch (export/tuned.py) on copies of all-MiniLM's last `layers` beside the base scores
+    `scores`; its weights go into `state` in fp16 (`tuned.`); returns d of every text and the training's figures."""
+    from .default import load_encoder
+    from .tuned import fit_tuned, terms_of
+
+    layers = load_encoder().encoder.layer[-layers:]
+    branch, metrics = fit_tuned(
+        layers, *states, scores, expert, defect, seed=seed, steps=steps or TUNED["steps"], log=log
+    )
+    state |= {f"tuned.{k}": v.half().contiguous() for k, v in branch.state_dict().items()}
+    d = terms_of(branch, *states, np.arange(len(scores)))
+    return np.array([d[i] for i in range(len(scores))], dtype=np.float32), metrics
+
+
 def _base(path: Path, encoder: str) -> dict:
     """What `train_head(base=path)` keeps of a head trained before: its quality head, defect terms (a term that read
     fewer features than the head's reader gives reads the first ones, as it did) and refusal reader, and their
@@ -747,9 +795,11 @@ def _base(path: Path, encoder: str) -> dict:
     head, meta = load_head(Path(path))
     if meta.get("encoder", "minilm") != encoder or "defects" not in meta:
         raise InputError(path, None, f"not a head trained with defects on the {encoder} encoder")
-    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("refusal_defects.")}  # kept as it is
+    if "tuned" in meta:
+        raise InputError(path, None, "a head with a tuned branch: pass the head it was trained beside")
+    state = load_file(str(path))  # kept as it is (a refusal term trained again replaces its own)
     kept = {"head": head, "meta": meta, "refusals": load_refusals(Path(path)), "state": state}
-    for name in ("defects", "window_defects"):
+    for name in ("defects", "window_defects", "refusal_defects"):
         if name in meta and "columns" not in meta[name]:
             meta[name] = meta[name] | {"columns": list(range(meta[name]["features"]))}
         kept[name] = load_defects(Path(path), meta, name)

@@ -17,13 +17,17 @@ from .session import SessionConfig
 from .tokenization import DEFAULT_MAX_TOKENS
 
 
+def data_dir() -> Path:
+    """$XDG_DATA_HOME/car-onnx (XDG_DATA_HOME defaults to ~/.local/share): where the exports write by default."""
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "car-onnx"
+
+
 def default_bundle_dir() -> Path:
-    """Where `car-onnx export default` writes and `select` looks: $CAR_ONNX_BUNDLE, else
-    $XDG_DATA_HOME/car-onnx/default (XDG_DATA_HOME defaults to ~/.local/share)."""
+    """Where `car-onnx export default` writes and `select` looks: $CAR_ONNX_BUNDLE, else data_dir()/default."""
     if os.environ.get("CAR_ONNX_BUNDLE"):
         return Path(os.environ["CAR_ONNX_BUNDLE"])
-    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(data_home) / "car-onnx" / "default"
+    return data_dir() / "default"
 
 
 def find_bundle(path=None) -> Path:
