@@ -389,6 +389,15 @@ def _iqs_order(d: dict) -> list[tuple[str, str, str]]:
                 "",
             )
         )
+    for precision, r in (d.get("kept_by_tuned") or {}).items():
+        out.append(
+            (
+                f"default --tuned {precision} on {d['real_records']:,} real records: Spearman with the default / "
+                "share of the default's top 5% still in the top 5%",
+                f"{r['spearman_with_default']:.3f} / {r['top5pct_kept']:.2f}",
+                "",
+            )
+        )
     return out
 
 

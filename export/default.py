@@ -213,9 +213,8 @@ def check_texts(template: Template) -> list[tuple[str, int]]:
 def int8_kept_fp32(path: Path) -> list[str]:
     """The products int8 keeps fp32 in the default graph: the FFN output projections (ffn_output_matmuls) and those
     of the small networks after the encoder and the branches (the heads, the defect terms, the refusal reader, the
-    tuned branch's network), which
-    run once per text: quantised, each adds its own activation quantisation per record and gains nothing (the time
-    measured: docs/scorers.md). A Gemm is quantised as the MatMul the quantiser splits it into, `<name>_MatMul`."""
+    tuned branch's network), which run once per text: quantised, each adds its own activation quantisation per
+    record and gains nothing (the time measured: docs/scorers.md). A Gemm is quantised as the MatMul the quantiser splits it into, `<name>_MatMul`."""
     import onnx
 
     nodes = onnx.load(str(path), load_external_data=False).graph.node
