@@ -778,8 +778,7 @@ def _tuned(layers: int, states, scores, expert, defect, seed, steps, state: dict
         layers, *states, scores, expert, defect, seed=seed, steps=steps or TUNED["steps"], log=log
     )
     state |= {f"tuned.{k}": v.half().contiguous() for k, v in branch.state_dict().items()}
-    d = terms_of(branch, *states, np.arange(len(scores)))
-    return np.array([d[i] for i in range(len(scores))], dtype=np.float32), metrics
+    return terms_of(branch, *states, np.arange(len(scores))), metrics
 
 
 def _base(path: Path, encoder: str) -> dict:

@@ -67,40 +67,47 @@ class TunedBranch(nn.Module):
 
 def _batch(states: list[np.ndarray], response: list[np.ndarray], rows) -> tuple[torch.Tensor, ...]:
     """Zero-padded [B, T, H] states, [B, T] attention and response masks of the texts `rows`."""
-    width, longest = states[rows[0]].shape[1], max(len(states[i]) for i in rows)
-    h, mask = torch.zeros(len(rows), longest, width), torch.zeros(len(rows), longest)
-    resp = torch.zeros_like(mask)
+    from car_onnx.runtime.tokenization import pad_batch
+
+    resp, mask = (torch.from_numpy(a).float() for a in pad_batch([response[i] for i in rows], 0))
+    h = torch.zeros(*mask.shape, states[rows[0]].shape[1])
     for j, i in enumerate(rows):
-        k = len(states[i])
-        h[j, :k] = torch.from_numpy(states[i].astype(np.float32))
-        mask[j, :k] = 1.0
-        resp[j, :k] = torch.from_numpy(response[i].astype(np.float32))
+        h[j, : len(states[i])] = torch.from_numpy(states[i].astype(np.float32))
     return h, mask, resp
 
 
-def terms_of(branch: TunedBranch, states, response, rows: np.ndarray, batch: int = 64) -> dict[int, float]:
-    """d of the texts `rows`, in batches of neighbours in length."""
-    out = {}
-    order = rows[np.argsort([len(states[i]) for i in rows], kind="stable")]
+def terms_of(branch: TunedBranch, states, response, rows: np.ndarray, batch: int = 64) -> np.ndarray:
+    """d of the texts `rows` (in their order), computed in batches of neighbours in length."""
+    out = np.empty(len(rows), dtype=np.float32)
+    order = np.argsort([len(states[i]) for i in rows], kind="stable")
     branch.eval()
     with torch.no_grad():
         for k in range(0, len(order), batch):
             part = order[k : k + batch]
-            out.update(zip(part.tolist(), branch(*_batch(states, response, part)).tolist()))
+            out[part] = branch(*_batch(states, response, rows[part])).numpy()
     return out
 
 
-def choose_figures(base: np.ndarray, d: dict, expert: dict, defect: dict) -> dict:
-    """On a split: expert agreement and per kind the share of real answers above their copies, the score base + d."""
+def choose_figures(scores: np.ndarray, expert: dict, defect: dict) -> dict:
+    """On a split: expert agreement and per kind the share of real answers above their copies, and its mean over
+    kinds (of the shares unrounded)."""
     from car_onnx.evaluate import preferred_by_kind
 
-    s = lambda rows: np.array([base[i] + d[i] for i in rows])  # noqa: E731
-    kinds = preferred_by_kind(s(defect["real"]), s(defect["bad"]), defect["kind"])
+    from .train import PairData, agreement
+
+    kinds = preferred_by_kind(scores[defect["real"]], scores[defect["bad"]], defect["kind"])
     return {
-        "agreement": round(float(np.mean(s(expert["better"]) > s(expert["worse"]))), 4),
+        "agreement": round(agreement(scores, PairData(expert["better"], expert["worse"])), 4),
         "defects": {k: round(share, 4) for k, (_, share) in kinds.items()},
         "mean": round(float(np.mean([share for _, share in kinds.values()])), 4),
     }
+
+
+def _with_terms(base: np.ndarray, branch: TunedBranch, states, response, rows: np.ndarray) -> np.ndarray:
+    """`base` with the branch's d added at `rows`."""
+    scores = base.copy()
+    scores[rows] += terms_of(branch, states, response, rows)
+    return scores
 
 
 def fit_tuned(
@@ -150,8 +157,7 @@ def fit_tuned(
             [expert["choose"][k] for k in ("better", "worse")] + [defect["choose"][k] for k in ("real", "bad")]
         )
     )
-    zero = dict.fromkeys(choose_rows.tolist(), 0.0)
-    base_figures = choose_figures(base, zero, expert["choose"], defect["choose"])
+    base_figures = choose_figures(base, expert["choose"], defect["choose"])
     log(f"tuned branch: choose split of the base head: {base_figures}")
     history, kept = [], {}
     start = time.perf_counter()
@@ -174,7 +180,7 @@ def fit_tuned(
         if step % RECIPE["every"] and step != steps:
             continue
         figures = choose_figures(
-            base, terms_of(branch, states, response, choose_rows), *(split["choose"] for split in (expert, defect))
+            _with_terms(base, branch, states, response, choose_rows), expert["choose"], defect["choose"]
         )
         history.append({"step": step, "seconds": round(time.perf_counter() - start)} | figures)
         kept[step] = copy.deepcopy(branch.state_dict())
@@ -186,7 +192,7 @@ def fit_tuned(
     branch.load_state_dict({k: v.half().float() for k, v in kept[best["step"]].items()})  # as stored: fp16
     branch.eval()
     best = {"step": best["step"]} | choose_figures(
-        base, terms_of(branch, states, response, choose_rows), expert["choose"], defect["choose"]
+        _with_terms(base, branch, states, response, choose_rows), expert["choose"], defect["choose"]
     )
     log(f"tuned branch: kept step {best['step']} (weights in fp16): {best}")
     return branch, {"recipe": RECIPE, "steps": steps, "base_choose": base_figures, "kept": best, "history": history}
