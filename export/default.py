@@ -16,7 +16,7 @@ from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.reading import READ_TOKENS, Reading
 from car_onnx.runtime.tokenization import load_tokenizer
 
-from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, span_cosines
+from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, repeats_penalty, span_cosines
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, ffn_output_matmuls, raise_refused
 from .tuned import TunedBranch
 
@@ -72,8 +72,15 @@ class JointModel(nn.Module):
         self.branch = copy.deepcopy(encoder.encoder.layer[-1])
 
     def forward(
-        self, input_ids, attention_mask, token_type_ids, response_mask=None, answer_loops=None, answer_window=None
-    ):
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        response_mask=None,
+        answer_loops=None,
+        answer_repeats=None,
+        answer_window=None,
+    ):  # the inputs in the manifest's order (the export feeds them by position)
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True
         ).hidden_states
@@ -88,7 +95,7 @@ class JointModel(nn.Module):
                 term = torch.where(answer_window > 0.5, self.window_defects(features), term)
             if self.refusal_defects is not None:
                 term = term + self.refusal_defects(features)
-            score = score + term
+            score = repeats_penalty(score + term, answer_repeats)
         if self.tuned is not None:
             score = score + self.tuned(hidden[-1 - len(self.tuned.layers)], attention_mask, response_mask)
         return score, emb  # in the order of the roles (score, embed)
@@ -250,7 +257,7 @@ def export_default(
         max_length=meta["max_length"],
         pad_id=meta["pad_id"],
         inputs=("input_ids", "attention_mask", "token_type_ids")
-        + (("response_mask", "answer_loops") if defects else ())
+        + (("response_mask", "answer_loops", "answer_repeats") if defects else ())
         + (("answer_window",) if window else ()),
         outputs={"score": "score", "embed": "embedding"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
@@ -289,6 +296,8 @@ def export_default(
         example["answer_loops"] = torch.tensor([0.0, 0.5])
     if "answer_window" in example:
         example["answer_window"] = torch.tensor([0.0, 1.0])
+    if "answer_repeats" in example:
+        example["answer_repeats"] = torch.tensor([0.0, 1.0])
     spec, refused = build_variants(
         model,
         spec,

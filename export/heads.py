@@ -306,6 +306,16 @@ class RefusalReader(nn.Module):
             self.direction[k] = nn.functional.normalize(way, dim=0)
 
 
+# Points a scorer with defect terms takes off a text whose answer says a part three times or more in a row (the
+# runtime's `answer_repeats`, car_onnx.runtime.reading.said_in_place): a rule, not trained; as much as one term's most
+REPEATS_PENALTY = 2.0
+
+
+def repeats_penalty(score: torch.Tensor, answer_repeats: torch.Tensor | None) -> torch.Tensor:
+    """`score` less REPEATS_PENALTY where `answer_repeats` is 1 (as it is where not given: a reference run)."""
+    return score if answer_repeats is None else score - REPEATS_PENALTY * answer_repeats.to(score.dtype)
+
+
 def _net(features: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)

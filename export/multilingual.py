@@ -20,7 +20,7 @@ import car_onnx
 from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.reading import READ_TOKENS, Reading
 
-from .heads import DefectPart, PooledHead, RefusalReader, ScoringHead, span_cosines
+from .heads import DefectPart, PooledHead, RefusalReader, ScoringHead, repeats_penalty, span_cosines
 from .onnx_tools import ExportError, add_to_bundle, build_variants, export_module, raise_refused
 
 NAME = "use-m3-car"
@@ -236,7 +236,7 @@ class JointModel(nn.Module):
         if scripts is not None:
             self.register_buffer("scripts", torch.from_numpy(scripts))
 
-    def forward(self, input_ids, attention_mask, response_mask=None, answer_loops=None):
+    def forward(self, input_ids, attention_mask, response_mask=None, answer_loops=None, answer_repeats=None):
         feats = self.encoder.tokens(input_ids, attention_mask)
         layers = self.encoder.sentence(feats, attention_mask)
         score = self.head(torch.stack(layers, 1))
@@ -245,6 +245,7 @@ class JointModel(nn.Module):
             score = score + self.defects(features)
             if self.refusal_defects is not None:
                 score = score + self.refusal_defects(features)
+            score = repeats_penalty(score, answer_repeats)
         return score, layers[-1]  # in the order of the roles (score, embed)
 
     def defect_features(self, feats, input_ids, attention_mask, response_mask, answer_loops=None) -> torch.Tensor:
@@ -374,7 +375,8 @@ def export_multilingual(
         template=template,
         max_length=meta["max_length"],
         pad_id=0,
-        inputs=("input_ids", "attention_mask") + (("response_mask", "answer_loops") if defects else ()),
+        inputs=("input_ids", "attention_mask")
+        + (("response_mask", "answer_loops", "answer_repeats") if defects else ()),
         outputs={"score": "score", "embed": "embedding"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         reading=Reading(max_windows=READ_TOKENS // meta["max_length"]),
@@ -413,6 +415,7 @@ def export_multilingual(
     if "response_mask" in example:
         example["response_mask"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0]] * 2)
         example["answer_loops"] = torch.tensor([0.0, 0.5])
+        example["answer_repeats"] = torch.tensor([0.0, 1.0])
     probe = output / NAME / "probe.onnx"  # the graph as exported, only to name the MatMuls int8 leaves alone
     export_module(model, probe, example, ["score", "embedding"])
     keep_fp32 = sentence_level_matmuls(probe)

@@ -59,8 +59,8 @@ def make_graph(
 ) -> None:
     """embedding = masked mean of a token lookup; score = tanh(embedding) @ w. `tables`: other (E, w). With
     `response` the graph reads a response mask and the score is tanh(mean of the response's tokens) @ w (0 for an
-    empty response). `units`: the unit inputs it reads (`answer_loops`, `answer_window`: [batch] float), each added
-    to the score (`answer_window` times 10)."""
+    empty response). `units`: the unit inputs it reads (`answer_loops`, `answer_window`, `answer_repeats`: [batch]
+    float), each added to the score (`answer_window` times 10)."""
     emb, w = weights(seed) if tables is None else tables
     names = ("input_ids", "attention_mask") + (("response_mask",) if response else ())
     nodes = [helper.make_node("Gather", ["E", "input_ids"], ["tok"]), *_masked_mean("attention_mask", "embedding")]
@@ -125,13 +125,14 @@ def make_bundle(
     max_windows: int | None = None,
     loops: bool = False,
     window: bool = False,
+    repeats: bool = False,
 ) -> Path:
     """A bundle with one graph serving both roles, or (split) a scorer and an embedder with different weights;
     another `seed` gives other weights. `precisions`: fp32, int8 (dynamic quantisation, like the export's) and/or
     fp16 (weights and compute in fp16, fp32 inputs and outputs, like the export's). `response`: the scorers read
     the response apart (see make_graph). `max_windows`: the manifest's reading rule (none: the first MAX_LENGTH
-    tokens). `loops`, `window`: the scorers add the answer loops, ten times the window flag, they are fed to the score
-    (see make_graph)."""
+    tokens). `loops`, `window`, `repeats`: the scorers add the answer loops, ten times the window flag, the repeats
+    flag, they are fed to the score (see make_graph)."""
     assert set(precisions) <= {"fp32", "int8", "fp16"}, precisions
     root = Path(root)
     groups = [("scorer", ("score",), 1), ("embedder", ("embed",), 2)] if split else [("joint", ("score", "embed"), 0)]
@@ -140,8 +141,10 @@ def make_bundle(
         (root / name).mkdir(parents=True, exist_ok=True)
         make_tokenizer(root / name / "tokenizer.json")
         reads = response and "score" in roles
-        units = (
-            (("answer_loops",) if loops else ()) + (("answer_window",) if window else ()) if "score" in roles else ()
+        units = tuple(
+            name
+            for name, on in (("answer_loops", loops), ("answer_window", window), ("answer_repeats", repeats))
+            if on and "score" in roles
         )
         make_graph(root / name / "model.fp32.onnx", roles, seed + offset, response=reads, units=units)
         if "int8" in precisions:  # quantised as the export does it: dynamic, activation scales per batch

@@ -176,3 +176,21 @@ def head_reference():
 def pairs_writer():
     """`pairs_writer(path, records)`: the sample's good/poor answers as src,score training pairs."""
     return write_pairs
+
+
+def said_in_place_by_hand(ids, words, times=3, period=64) -> bool:
+    """reading.said_in_place by every start and period: a part of 2 to `period` tokens, one of them a word
+    (`words[id]`), followed by `times - 1` copies of itself."""
+    ids = list(ids)
+    for p in range(2, period + 1):
+        for s in range(len(ids) - times * p + 1):
+            part = ids[s : s + p]
+            if any(words[t] for t in part) and all(ids[s + k * p : s + (k + 1) * p] == part for k in range(times)):
+                return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def in_place_by_hand():
+    """`in_place_by_hand(ids, words)`: whether a part is said three times in a row, tried at every start."""
+    return said_in_place_by_hand

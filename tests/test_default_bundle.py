@@ -104,9 +104,10 @@ def test_export_default_command_prints_its_progress_and_no_library_warnings(tmp_
 
 
 @pytest.mark.slow
-def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writer):
+def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writer, in_place_by_hand):
     """A head trained with defects reads the response mask: the exported graph gives the PyTorch model's score
-    (one text at a time, unpadded) in padded batches, and sentence-transformers' embedding unchanged."""
+    (one text at a time, unpadded) in padded batches, less 2 points where the answer says a part three times in a
+    row, and sentence-transformers' embedding unchanged."""
     from sentence_transformers import SentenceTransformer
 
     from car_onnx.core.defects import KINDS
@@ -142,7 +143,14 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     bundle_dir = tmp_path / "bundle"
     export_default(bundle_dir, precisions=("fp32",), weights=tmp_path / "head.safetensors", log=lambda s: None)
     (model,) = json.loads((bundle_dir / "manifest.json").read_text())["models"]
-    assert model["inputs"] == ["input_ids", "attention_mask", "token_type_ids", "response_mask", "answer_loops"]
+    assert model["inputs"] == [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "response_mask",
+        "answer_loops",
+        "answer_repeats",
+    ]
 
     recs = list(iter_records(SAMPLE))
     recs.append(recs[0].__class__(40, "x", {}, "Summarise: " + " ".join(r.output for r in recs), "", "A long one."))
@@ -164,12 +172,17 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
     assert texts[40 - len(recs)].startswith(long.text[:-30]) and long.text.endswith(" Response: A long one.")
     texts[40 - len(recs)], starts[40 - len(recs)] = long.text, long.start
     tokens = tokenize(tok, texts, starts)
-    ref = []
+    vocab = tok.get_vocab()
+    words = np.zeros(len(vocab), dtype=bool)
+    words[[i for t, i in vocab.items() if any(c.isalnum() for c in t)]] = True
+    ref, said = [], []
     with torch.no_grad():
         for ids, response in zip(tokens.ids, tokens.response):
+            said.append(in_place_by_hand(ids[response == 1], words))  # these answers are all read whole
             ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
             ref.append(float(torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response)[0][0]))
-    np.testing.assert_allclose(out["score"], ref, atol=1e-4)
+    assert np.flatnonzero(said).tolist() == [len(recs) - 1]  # record 42: "again and" said five times
+    np.testing.assert_allclose(out["score"], np.array(ref) - 2.0 * np.array(said), atol=1e-4)
     assert np.std(ref) > 1e-3
     st = SentenceTransformer(str(minilm_dir()), device="cpu").encode(texts, convert_to_numpy=True)
     cos = (st * out["embed"]).sum(1) / np.linalg.norm(st, axis=1) / np.linalg.norm(out["embed"], axis=1)
@@ -204,12 +217,12 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
         with torch.no_grad():
             for ids, response, u in zip(read.ids, read.response, units):
                 ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
-                fed = (
-                    None if loops is None else torch.tensor([loops]),
-                    torch.tensor([float(u.window)]) if window else None,
-                )
+                fed = {
+                    "answer_loops": None if loops is None else torch.tensor([loops]),
+                    "answer_window": torch.tensor([float(u.window)]) if window else None,
+                }
                 total += u.share * float(
-                    torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, *fed)[0][0]
+                    torch_model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, **fed)[0][0]
                 )
         return total
 
@@ -248,7 +261,7 @@ def test_the_defect_term_runs_in_the_same_single_pass_graph(tmp_path, pairs_writ
         tmp_path / "window", precisions=("fp32",), weights=tmp_path / "window.safetensors", log=lambda s: None
     )
     (spec,) = json.loads((tmp_path / "window" / "manifest.json").read_text())["models"]
-    assert spec["inputs"][-1] == "answer_window"
+    assert spec["inputs"][-2:] == ["answer_repeats", "answer_window"]
     both = Bundle(tmp_path / "window", SessionConfig(precision="fp32"))
     np.testing.assert_array_equal(both.run(recs, ("score",), max_tokens=2048)["score"], out["score"])
     w_meta = json.loads((tmp_path / "window.json").read_text())

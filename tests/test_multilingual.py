@@ -88,7 +88,7 @@ def test_tokenizer_gives_the_package_ids(tmp_path, use):
 
 
 @pytest.mark.slow
-def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
+def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference, in_place_by_hand):
     from safetensors.numpy import load_file
 
     from car_onnx_export.multilingual import WEIGHTS
@@ -96,13 +96,14 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     (model,) = manifest["models"]
     assert model["roles"] == ["score", "embed"]
-    assert model["inputs"] == ["input_ids", "attention_mask", "response_mask", "answer_loops"]  # the defect term's
+    assert model["inputs"] == ["input_ids", "attention_mask", "response_mask", "answer_loops", "answer_repeats"]
     assert set(model["variants"]) == {"fp32", "int8"} and model["embedding_dim"] == 512
     assert model["variants"]["int8"]["fidelity"]["mean_cosine"] >= 0.995
 
     batch = texts() + real_chinese(60)
-    # each text answered by the next one (every other record) or left unanswered
+    # each text answered by the next one (every other record) or left unanswered; the last a loop
     answers = [batch[(i + 1) % len(batch)] if i % 2 else "" for i in range(len(batch))]
+    answers[-1] = "我很好。" * 4  # its first piece starts a word: three times in a row after it
     records = [type("R", (), {"instruction": t, "input": "", "output": a})() for t, a in zip(batch, answers)]
     out = Bundle(bundle_dir, SessionConfig(precision="fp32")).run(records, ("score", "embed"), max_tokens=2048)
     form = model["template"]["without_input"]
@@ -139,7 +140,12 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference):
             penalty = float((joint.defects(features) + joint.refusal_defects(features))[0])
             scores.append(head_reference(weights, hidden, np.ones((1, 1)))[0] + penalty)
             penalties.append(penalty)
-    np.testing.assert_allclose(out["score"], scores, atol=1e-4)
+    vocab = load_tokenizer(bundle_dir / model["tokenizer"], model["max_length"]).get_vocab()
+    words = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    words[[i for t, i in vocab.items() if any(c.isalnum() for c in t)]] = True
+    said = [in_place_by_hand(ids[response == 1], words) for ids, response in zip(tokens.ids, tokens.response)]
+    assert said[-1] and not any(said[:-1])  # 2 points off where the answer says a part three times in a row
+    np.testing.assert_allclose(out["score"], np.array(scores) - 2.0 * np.array(said), atol=1e-4)
     assert np.std(scores) > 1e-2
     assert min(penalties) < -0.5 < max(penalties)  # the defect term acts strongly on some texts, not on all
 

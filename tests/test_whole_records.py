@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import car_onnx
-from car_onnx.runtime.reading import READING, RUN
+from car_onnx.runtime.reading import READING, RUN, said_in_place
 from car_onnx_export import tiny
 
 W = tiny.WORDS
@@ -98,6 +98,53 @@ def test_each_window_carries_its_whole_answers_loops(tmp_path):
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(car_onnx.BundleError, match="the graph reads answer_loops, which the manifest's inputs"):
         car_onnx.load(bad, precision="fp32").score(SHORT)
+
+
+def test_said_in_place_against_every_start_and_period(in_place_by_hand):
+    """A part of 2 to 64 tokens with a word among them, said three times in a row: random texts over a small
+    vocabulary (ids 0 and 1 are no words), some with a part planted two to four times, against every start tried."""
+    rng = np.random.default_rng(0)
+    words = np.arange(80) >= 2
+    texts = []
+    for _ in range(1500):
+        text = list(rng.integers(0, 6, size=rng.integers(0, 30)))
+        part = list(rng.integers(0, 80, size=rng.integers(1, 9)))
+        at = int(rng.integers(0, len(text) + 1))
+        texts.append(text[:at] + part * int(rng.integers(2, 5)) + text[at:])
+    got = [said_in_place(t, words) for t in texts]
+    assert got == [in_place_by_hand(t, words) for t in texts]
+    assert 0.2 < np.mean(got) < 0.8
+    distinct = list(range(2, 80))
+    assert said_in_place(distinct[:64] * 3, words) and not said_in_place(distinct[:65] * 3, words)  # up to 64
+    assert not said_in_place(distinct[:64] * 2 + distinct[:63], words)  # a third time cut short
+    assert not said_in_place([0, 1] * 10, words) and said_in_place([0, 2] * 3, words)  # a part needs a word
+    assert said_in_place([5] * 6, words) and not said_in_place([5] * 5, words)  # a word six times: twice three
+    assert not said_in_place([], words) and not said_in_place([7], words)
+
+
+def test_each_window_carries_whether_its_whole_answer_says_a_part_in_place(tmp_path):
+    plain = tiny.make_bundle(tmp_path / "plain", max_windows=8)
+    reads = tiny.make_bundle(tmp_path / "repeats", max_windows=8, repeats=True)
+    said = f"{W[20]} {W[21]} {W[20]} {W[21]} {W[20]} {W[21]}"
+    answers = [
+        said,  # fits: its own answer says (20 21) three times
+        f"{W[20]} {W[21]} {W[20]} {W[21]} {W[22]}",  # twice
+        " ".join([W[9]] * 6),  # one word six times: (9 9) three times
+        " ".join(["unknown", "words"] * 4),  # [UNK] eight times: no word
+        said + " " + long_answer(5, 14),  # 5 windows: only the first holds the part three times
+        long_answer(5, 14) + " " + long_answer(5, 6),  # 5 windows, a long part twice (period over the window)
+    ]
+    records = SHORT + [{"instruction": W[7], "output": a} for a in answers]
+    base = car_onnx.load(plain, precision="fp32").score(records)
+    got = car_onnx.load(reads, precision="fp32").score(records)
+    assert np.array_equal(got[: len(SHORT)], base[: len(SHORT)])
+    np.testing.assert_allclose(got[len(SHORT) :] - base[len(SHORT) :], [1, 0, 1, 0, 1, 0], atol=1e-6)
+    from car_onnx.runtime.bundle import Bundle
+    from car_onnx.runtime.session import SessionConfig
+
+    reader = Bundle(reads, SessionConfig(precision="fp32")).model("score").reader
+    units = reader.units(type("R", (), {"instruction": W[7], "input": "", "output": answers[4]})())
+    assert len(units) == 5 and [u.repeats for u in units] == [1.0] * 5  # every window takes its answer's
 
 
 def conversation(*exchanges):

@@ -19,8 +19,19 @@ from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch
 # instruction and the response apart within one forward pass. answer_loops ([batch] float): for a window of a longer
 # answer, the share of the whole answer's runs of 8 tokens seen earlier in it (reading.py), 0 for a text that fits.
 # answer_window ([batch] float): 1 for a window after an answer's first (it starts mid-answer), else 0.
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask", "answer_loops", "answer_window")
-UNIT_INPUTS = {"answer_loops": "loops", "answer_window": "window"}  # one number per text: reading.Unit's attribute
+# answer_repeats ([batch] float): 1 where the text's whole answer says a part three times or more in a row
+# (reading.said_in_place), else 0.
+KNOWN_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "response_mask",
+    "answer_loops",
+    "answer_window",
+    "answer_repeats",
+)
+# one number per text: reading.Unit's attribute
+UNIT_INPUTS = {"answer_loops": "loops", "answer_window": "window", "answer_repeats": "repeats"}
 
 
 class OnnxModel:
@@ -33,7 +44,9 @@ class OnnxModel:
         self.tokenizer = load_tokenizer(Path(root) / spec.tokenizer, spec.max_length)
         self.unk_id, self.coverage = unknown_id(self.tokenizer), Coverage()  # unknown tokens of every text run
         self.clip = Clipper(self.tokenizer, spec.max_length)  # a giant field is cut before tokenizing
-        self.reader = Reader(spec.template, self.tokenizer, spec.max_length, spec.reading)  # records -> texts
+        self.reader = Reader(  # records -> texts
+            spec.template, self.tokenizer, spec.max_length, spec.reading, repeats="answer_repeats" in spec.inputs
+        )
         self.session, self.workers = create_session(self.graph, config), config.workers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
@@ -74,7 +87,7 @@ class OnnxModel:
     ) -> dict[str, np.ndarray]:
         """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`; `starts`: where each
         text's response begins (characters), for a graph that reads the response apart; `units`: each text's value
-        of the `unit_inputs` the graph reads (reading.Unit's loops and window; 0 for all where not given).
+        of the `unit_inputs` the graph reads (reading.Unit's loops, window and repeats; 0 for all where not given).
         int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
         would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
         if self.reads_response and starts is None:

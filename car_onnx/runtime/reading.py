@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .coverage import unknown_id
+
 TURNS = ("all", "first")
 READ_TOKENS = 16384  # the export's rule for both bundles: an answer is read up to this many tokens, in windows
 # A window's answer loops count repeated runs of RUN tokens: a copy, where trigrams also count the phrases a long
@@ -31,6 +33,13 @@ READ_TOKENS = 16384  # the export's rule for both bundles: an answer is read up 
 # trigrams and 0.184 at the 90th percentile, against 0 and 0.028 for runs of 8; the answer repeated three times:
 # 0.66 either way)
 RUN = 8
+# An answer that says one part (2 to IN_PLACE_PERIOD tokens, one of them with a letter or digit) IN_PLACE times or
+# more in a row (`said_in_place`, `answer_repeats`) loops in place: a line or sentence said again and again, as a
+# generator that is stuck does. Chosen on the expert training pairs' 4,064 answers (3 of them say a part so: dates,
+# a vowel list; parts of one token or without a word, such as a table's dashes, would add 12) and the copies of the
+# 15% held apart with a sentence said four times in place (0.996 of them say a part so; parts of 3 tokens or more:
+# 0.948). Measured on the shared corpora: docs/scorers.md.
+IN_PLACE, IN_PLACE_PERIOD = 3, 64
 READING = 3  # the version of these rules, in a work dir's identity: 1 read the first exchange's first window only,
 # 2 did not give a window its answer's loops
 
@@ -50,7 +59,8 @@ class Unit:
     """One text a model runs: where its response starts (characters), the answer tokens it reads, its share of
     its exchange's answer tokens (its weight in the record's score and embedding) and, for a window of a longer
     answer, the share of that whole answer's runs of RUN tokens seen earlier in it (`loops`; 0 for a text that
-    fits) and `window` (True for a window after an answer's first: it starts mid-answer)."""
+    fits), `window` (True for a window after an answer's first: it starts mid-answer) and, for a Reader that counts
+    them, whether its whole answer says a part IN_PLACE times in a row (`repeats`: 1.0 or 0.0, `said_in_place`)."""
 
     text: str
     start: int
@@ -58,13 +68,16 @@ class Unit:
     share: float = 1.0
     loops: float = 0.0
     window: bool = False
+    repeats: float = 0.0
 
 
 class Reader:
     """Cuts records into units for one model (its template, tokenizer and limit) and combines the units' outputs."""
 
-    def __init__(self, template, tokenizer, max_length: int, reading: Reading | None):
+    def __init__(self, template, tokenizer, max_length: int, reading: Reading | None, repeats: bool = False):
+        """`repeats`: give every unit its answer's `repeats` (for a graph that reads `answer_repeats`)."""
         self.template, self.max_length = template, max_length
+        self.words = word_tokens(tokenizer) if repeats else None
         self.max_windows = reading.max_windows if reading is not None else 1
         self._tokenizer, self._counter = tokenizer, None
         # a text of fewer characters fits: every token but the special ones covers at least one character
@@ -82,28 +95,30 @@ class Reader:
         if len(exchanges) == 1:
             text = self.template.render(*exchanges[0])
             if self.max_windows == 1 or len(text) < self.quick:  # it fits: its text as before
-                return [Unit(text, self.template.response_start(*exchanges[0][:2]), 1)]
+                start = self.template.response_start(*exchanges[0][:2])
+                return [Unit(text, start, 1, repeats=self._repeats(exchanges[0][2]))]
         return [u for exchange in exchanges for u in self.exchange(*exchange)]
 
     def exchange(self, instruction: str, input: str, output: str) -> list[Unit]:
         text = self.template.render(instruction, input, output)
         start = self.template.response_start(instruction, input)
         if self.max_windows == 1:
-            return [Unit(text, start, 1)]
+            return [Unit(text, start, 1, repeats=self._repeats(output))]
         counter = self.counter()
         if len(output) > self.cap:  # a giant answer: only what max_windows windows can read is tokenized
             output = output[: self.cap]
             text = self.template.render(instruction, input, output)
         total = len(counter.encode(text).ids)
         if total <= self.max_length:
-            return [Unit(text, start, max(total - self._tokens(self.template.render(instruction, input, "")), 1))]
+            tokens = max(total - self._tokens(self.template.render(instruction, input, "")), 1)
+            return [Unit(text, start, tokens, repeats=self._repeats(output))]
         instruction, input = self._clip_prompt(instruction, input)
         prompt = self._tokens(self.template.render(instruction, input, ""))
         budget = max(self.max_length - prompt - 2, 1)  # 2: a token either side of a cut may tokenize differently
         answer = counter.encode(output, add_special_tokens=False)
         offsets = answer.offsets
         if not offsets:  # a long prompt and no answer: read as before, its first max_length tokens
-            return [Unit(text, start, 1)]
+            return [Unit(text, start, 1, repeats=self._repeats(output))]
         units = []
         for first in range(0, len(offsets), budget)[: self.max_windows]:
             last = min(first + budget, len(offsets)) - 1
@@ -117,7 +132,14 @@ class Reader:
             )
         read = sum(u.tokens for u in units)
         loops = repeated_runs(answer.ids[:read])
-        return [Unit(u.text, u.start, u.tokens, u.tokens / read, loops, k > 0) for k, u in enumerate(units)]
+        repeats = float(self.words is not None and said_in_place(answer.ids[:read], self.words))
+        return [Unit(u.text, u.start, u.tokens, u.tokens / read, loops, k > 0, repeats) for k, u in enumerate(units)]
+
+    def _repeats(self, output: str) -> float:
+        """1.0 where the Reader counts repeats and `output` says a part IN_PLACE times in a row, else 0.0."""
+        if self.words is None:
+            return 0.0
+        return float(said_in_place(self.counter().encode(output[: self.cap], add_special_tokens=False).ids, self.words))
 
     def counter(self):
         """The model's tokenizer without truncation: to count a text's tokens past max_length."""
@@ -161,6 +183,33 @@ def repeated_runs(ids: list[int], n: int = RUN) -> float:
         repeats += run in seen
         seen.add(run)
     return repeats / max(len(ids) - n + 1, 1)
+
+
+def word_tokens(tokenizer) -> np.ndarray:
+    """Per token id of `tokenizer`, whether the token has a letter or a digit (`said_in_place`'s words); its unknown
+    and special tokens are none (a run of unknown characters is no word said again)."""
+    vocab = tokenizer.get_vocab()
+    words = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    for token, i in vocab.items():
+        words[i] = any(c.isalnum() for c in token)
+    special = [i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special]
+    words[[i for i in [unknown_id(tokenizer), *special] if i is not None]] = False
+    return words
+
+
+def said_in_place(ids, words: np.ndarray) -> bool:
+    """Whether `ids` say one part of 2 to IN_PLACE_PERIOD tokens, at least one of them a word (`words`: per token
+    id), IN_PLACE times or more in a row: for some period p, (IN_PLACE - 1) * p tokens in a row each equal to the
+    token p before them."""
+    ids = np.asarray(ids, dtype=np.int64)
+    have = np.concatenate([[0], np.cumsum(words[ids])])  # words among the first k tokens
+    for p in range(2, min(IN_PLACE_PERIOD, len(ids) // IN_PLACE) + 1):
+        span = (IN_PLACE - 1) * p
+        same = np.concatenate([[0], np.cumsum(ids[p:] == ids[:-p])])  # same[k]: tokens among the first k equal to
+        starts = np.flatnonzero(same[span:] - same[:-span] == span)  # the one p after; a part said at each start
+        if (have[starts + p] > have[starts]).any():
+            return True
+    return False
 
 
 def combine(values: np.ndarray, counts: list[int], weights: np.ndarray, normalise: bool) -> np.ndarray:
