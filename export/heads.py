@@ -312,7 +312,8 @@ REPEATS_PENALTY = 2.0
 
 
 def repeats_penalty(score: torch.Tensor, answer_repeats: torch.Tensor | None) -> torch.Tensor:
-    """`score` less REPEATS_PENALTY where `answer_repeats` is 1 (as it is where not given: a reference run)."""
+    """`score` less REPEATS_PENALTY where `answer_repeats` is 1; `score` as it is where it is not given (the export's
+    reference runs, which the runtime's check feeds 0)."""
     return score if answer_repeats is None else score - REPEATS_PENALTY * answer_repeats.to(score.dtype)
 
 
