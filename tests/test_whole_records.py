@@ -131,7 +131,7 @@ def test_each_window_carries_whether_its_whole_answer_says_a_part_in_place(tmp_p
         f"{W[20]} {W[21]} {W[20]} {W[21]} {W[22]}",  # twice
         " ".join([W[9]] * 6),  # one word six times: (9 9) three times
         " ".join(["unknown", "words"] * 4),  # [UNK] eight times: no word
-        said + " " + long_answer(5, 14),  # 5 windows: only the first holds the part three times
+        said + " " + long_answer(5, 14),  # 5 windows of 4 words: none holds the part three times
         long_answer(5, 14) + " " + long_answer(5, 6),  # 5 windows, a long part twice (period over the window)
     ]
     records = SHORT + [{"instruction": W[7], "output": a} for a in answers]
