@@ -21,17 +21,8 @@ from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch
 # answer_window ([batch] float): 1 for a window after an answer's first (it starts mid-answer), else 0.
 # answer_repeats ([batch] float): 1 where the text's whole answer says a part three times or more in a row
 # (reading.said_in_place), else 0.
-KNOWN_INPUTS = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "response_mask",
-    "answer_loops",
-    "answer_window",
-    "answer_repeats",
-)
-# one number per text: reading.Unit's attribute
-UNIT_INPUTS = {"answer_loops": "loops", "answer_window": "window", "answer_repeats": "repeats"}
+UNIT_INPUTS = {"answer_loops": "loops", "answer_window": "window", "answer_repeats": "repeats"}  # reading.Unit's
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask", *UNIT_INPUTS)
 
 
 class OnnxModel:

@@ -132,14 +132,18 @@ class Reader:
             )
         read = sum(u.tokens for u in units)
         loops = repeated_runs(answer.ids[:read])
-        repeats = float(self.words is not None and said_in_place(answer.ids[:read], self.words))
+        repeats = self._said(answer.ids[:read])
         return [Unit(u.text, u.start, u.tokens, u.tokens / read, loops, k > 0, repeats) for k, u in enumerate(units)]
 
     def _repeats(self, output: str) -> float:
-        """1.0 where the Reader counts repeats and `output` says a part IN_PLACE times in a row, else 0.0."""
+        """`_said` of the answer `output`, tokenized only where the Reader counts repeats."""
         if self.words is None:
             return 0.0
-        return float(said_in_place(self.counter().encode(output[: self.cap], add_special_tokens=False).ids, self.words))
+        return self._said(self.counter().encode(output[: self.cap], add_special_tokens=False).ids)
+
+    def _said(self, ids) -> float:
+        """1.0 where the Reader counts repeats and the answer's token `ids` say a part IN_PLACE times in a row."""
+        return float(self.words is not None and said_in_place(ids, self.words))
 
     def counter(self):
         """The model's tokenizer without truncation: to count a text's tokens past max_length."""
