@@ -3,10 +3,10 @@ with the paper's 550M IQS score each), against that score. The defects table com
 corrupted copy; the selection ranks different records against each other, which is what this measures: the
 Spearman correlation of each bundle's scores with the IQS scores, and with the answer's length in characters (a
 length meter would score high there). Bundles: the default before the defect-aware scorer, the default now, with its
-tuned branch, its quality head alone (the same head, exported without the defect term), the multilingual now. And on
+tuned branch, with its relevance branch, its quality head alone (the same head, exported without the defect term), the multilingual now. And on
 2,000 real records of the shared English corpora (the defects section's pool): how much of the quality head's own
-order the default's whole score keeps, and how much of the default's the tuned option keeps (Spearman, and the share
-of the top 5% still in the top 5%).
+order the default's whole score keeps, and how much of the default's the tuned and relevance options keep (Spearman,
+and the share of the top 5% still in the top 5%).
 
     python -m benchmarks.iqs_order [--quick] [--work DIR]
 """
@@ -79,13 +79,14 @@ def run(work: Path, quick: bool) -> dict:
             "top5pct_kept": round(kept["top5pct_overlap"], 4),
         }
         print("default against its quality head alone", precision, out["kept_by_default"][precision], flush=True)
-        tuned = car_onnx.load(paths["default --tuned"], precision=precision).score(pool)
-        kept = compare({"score": whole}, {"score": tuned})
-        out.setdefault("kept_by_tuned", {})[precision] = {
-            "spearman_with_default": round(kept["spearman"], 4),
-            "top5pct_kept": round(kept["top5pct_overlap"], 4),
-        }
-        print("default --tuned against the default", precision, out["kept_by_tuned"][precision], flush=True)
+        for option in ("tuned", "relevance"):
+            scores = car_onnx.load(paths[f"default --{option}"], precision=precision).score(pool)
+            kept = compare({"score": whole}, {"score": scores})
+            out.setdefault(f"kept_by_{option}", {})[precision] = {
+                "spearman_with_default": round(kept["spearman"], 4),
+                "top5pct_kept": round(kept["top5pct_overlap"], 4),
+            }
+            print(f"default --{option} against the default", precision, out[f"kept_by_{option}"][precision], flush=True)
     return out
 
 

@@ -84,6 +84,13 @@ def default(
             help="Build the shipped head with a tuned branch beside it (sees more cut-off and partly refused answers, costs about one layer more per text: docs/scorers.md), by default into the tuned folder beside the default bundle's.",
         ),
     ] = False,
+    relevance: Annotated[
+        bool,
+        typer.Option(
+            "--relevance",
+            help="Build the shipped head with a relevance branch beside it (sees answers to another, near question; costs about six layers more per text: docs/scorers.md), by default into the relevance folder beside the default bundle's.",
+        ),
+    ] = False,
 ):
     """Build the default bundle: all-MiniLM-L6-v2 and the project's trained scorer head in one graph, by default
     where `select` looks for it."""
@@ -91,16 +98,22 @@ def default(
     from car_onnx import default_bundle_dir
     from car_onnx.runtime.bundle import data_dir
 
-    from .default import TUNED_WEIGHTS, WEIGHTS, export_default
+    from .default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS, WEIGHTS, export_default
 
-    if tuned and weights is not None:
-        raise UsageError("{tuned} builds the shipped tuned head: pass {weights} alone for another", "tuned", "weights")
+    if tuned and relevance:
+        raise UsageError("pass {tuned} or {relevance}, not both", "tuned", "relevance")
+    option = "tuned" if tuned else "relevance" if relevance else None
+    if option and weights is not None:
+        raise UsageError(
+            f"{{{option}}} builds the shipped {option} head: pass {{weights}} alone for another", option, "weights"
+        )
+    shipped = {"tuned": TUNED_WEIGHTS, "relevance": RELEVANCE_WEIGHTS, None: WEIGHTS}[option]
     _export(
         export_default,
-        output or (data_dir() / "tuned" if tuned else default_bundle_dir()),
+        output or (data_dir() / option if option else default_bundle_dir()),
         precisions=_precisions(precision),
         force=force,
-        weights=weights or (TUNED_WEIGHTS if tuned else WEIGHTS),
+        weights=weights or shipped,
     )
 
 
@@ -241,6 +254,12 @@ def train_scorer(
             help="Train a tuned branch beside the --base head (--encoder minilm), kept as it is: copies of all-MiniLM's last N layers (1 or 2) and a small network, whose term is added to the score; it sees more cut-off and partly refused answers and costs N layers more per text (docs/scorers.md; export it with `export default --weights`).",
         ),
     ] = None,
+    relevance_layers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Train a relevance branch beside the --base head (--encoder minilm), kept as it is: copies of all-MiniLM's last N layers (1 to 6) and a small network trained to tell whether the response answers the prompt, whose penalty is taken off the score of an answer it takes for another question's; it costs N layers more per text (docs/scorers.md; export it with `export default --weights`).",
+        ),
+    ] = None,
 ):
     """Train a scorer head on expert-revised pairs, on top of a frozen encoder; by default it also learns to rank
     defective answers at the bottom."""
@@ -266,6 +285,7 @@ def train_scorer(
         refusal_term=refusal_term,
         base=base,
         tuned_layers=tuned_layers,
+        relevance_layers=relevance_layers,
     )
 
 

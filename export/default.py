@@ -18,13 +18,16 @@ from car_onnx.runtime.tokenization import load_tokenizer
 
 from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, repeats_penalty, span_cosines
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, ffn_output_matmuls, raise_refused
+from .relevance import relevance_penalty
 from .tuned import TunedBranch
 
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
 # the shipped head with a tuned branch beside it (export default --tuned; export/tuned.py)
 TUNED_WEIGHTS = Path(__file__).parent / "weights" / "minilm_tuned.safetensors"
 # a head's weights beside the quality head's: the score's terms
-TERMS = ("defects.", "window_defects.", "refusal_defects.", "refusals.", "tuned.")
+# the shipped head with a relevance branch beside it (export default --relevance; export/relevance.py)
+RELEVANCE_WEIGHTS = Path(__file__).parent / "weights" / "minilm_relevance.safetensors"
+TERMS = ("defects.", "window_defects.", "refusal_defects.", "refusals.", "tuned.", "relevance.")
 NAME = "minilm-car"
 
 
@@ -47,7 +50,8 @@ class JointModel(nn.Module):
     term instead (trained on windows of long answers too, export/train.py), any other text `defects`'; with
     `refusal_defects`, every text also takes that term (answers partly refused). `runs`: the length of the repeated
     runs the features also count (0: not counted, as in heads trained before them). With `tuned` (export/tuned.py),
-    its term, read from the states below its copied layers, is added to the score."""
+    its term, read from the states below its copied layers, is added to the score; with `relevance`
+    (export/relevance.py: the branch and its penalty's points and bound), its penalty is taken off it."""
 
     def __init__(
         self,
@@ -60,11 +64,13 @@ class JointModel(nn.Module):
         runs: int = 0,
         refusal_defects: DefectPart | None = None,
         tuned: TunedBranch | None = None,
+        relevance: tuple[TunedBranch, float, float] | None = None,
     ):
         super().__init__()
         self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
         self.refusals, self.window_defects, self.runs = refusals, window_defects, runs
         self.refusal_defects, self.tuned = refusal_defects, tuned
+        self.relevance, self.relevance_cut = relevance[0] if relevance else None, relevance[1:] if relevance else ()
         if runs and encoder.config.vocab_size >= 1 << PACK_BITS:
             raise ValueError(f"repeated runs are counted for vocabularies below {1 << PACK_BITS} token ids")
         # the branch: a copy of the last layer (the same weights under their own names, which the graph optimiser
@@ -98,6 +104,9 @@ class JointModel(nn.Module):
             score = repeats_penalty(score + term, answer_repeats)
         if self.tuned is not None:
             score = score + self.tuned(hidden[-1 - len(self.tuned.layers)], attention_mask, response_mask)
+        if self.relevance is not None:
+            logit = self.relevance(hidden[-1 - len(self.relevance.layers)], attention_mask, response_mask)
+            score = score - relevance_penalty(logit, *self.relevance_cut)
         return score, emb  # in the order of the roles (score, embed)
 
     def branch_states(self, hidden, attention_mask, response_mask) -> torch.Tensor:
@@ -203,6 +212,21 @@ def load_tuned(weights: Path, meta: dict, encoder: nn.Module) -> TunedBranch | N
     return branch.eval()
 
 
+def load_relevance(weights: Path, meta: dict, encoder: nn.Module) -> tuple[TunedBranch, float, float] | None:
+    """The head's relevance branch (as load_tuned's) with its penalty's points and bound (None for a head trained
+    without one)."""
+    from safetensors.torch import load_file
+
+    if "relevance" not in meta:
+        return None
+    m = meta["relevance"]
+    branch = TunedBranch(encoder.encoder.layer[-m["layers"] :], m["hidden"])
+    state = load_file(str(weights))
+    prefix = "relevance."
+    branch.load_state_dict({k.removeprefix(prefix): v.float() for k, v in state.items() if k.startswith(prefix)})
+    return branch.eval(), m["points"], m["below"]
+
+
 def check_texts(template: Template) -> list[tuple[str, int]]:
     """Real texts for the export's self-check, each with where its response starts: the project's sample dataset,
     plus long ones past 256 tokens."""
@@ -228,7 +252,8 @@ def int8_kept_fp32(path: Path) -> list[str]:
     small = [
         n.name + ("_MatMul" if n.op_type == "Gemm" else "")
         for n in nodes
-        if n.op_type in ("MatMul", "Gemm") and not n.name.startswith(("/encoder", "/branch", "/tuned/layers"))
+        if n.op_type in ("MatMul", "Gemm")
+        and not n.name.startswith(("/encoder", "/branch", "/tuned/layers", "/relevance/layers"))
     ]
     return ffn_output_matmuls(path) + small
 
@@ -244,8 +269,10 @@ def export_default(
     defects, window = load_defects(weights, meta), load_defects(weights, meta, "window_defects")
     runs = meta.get("defects", {}).get("runs", 0)
     refused = load_defects(weights, meta, "refusal_defects")
-    tuned = load_tuned(weights, meta, encoder)
-    model = JointModel(encoder, head, defects, meta["max_length"], load_refusals(weights), window, runs, refused, tuned)
+    tuned, relevance = load_tuned(weights, meta, encoder), load_relevance(weights, meta, encoder)
+    model = JointModel(
+        encoder, head, defects, meta["max_length"], load_refusals(weights), window, runs, refused, tuned, relevance
+    )
     model.eval()
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
     template = Template(**meta["template"])
@@ -270,6 +297,7 @@ def export_default(
             "window_defects": meta.get("window_defects"),
             "refusal_defects": meta.get("refusal_defects"),
             "tuned": meta.get("tuned"),
+            "relevance": meta.get("relevance"),
             "training": meta.get("training", {}),
         },
     )

@@ -29,6 +29,9 @@ from car_onnx.runtime.manifest import Template
 from car_onnx.runtime.reading import READ_TOKENS, RUN, Reader, Reading, combine
 
 from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead, refusal_term_columns
+from .relevance import LAYERS as RELEVANCE_LAYERS
+from .relevance import RECIPE as RELEVANCE
+from .relevance import negatives as relevance_negatives
 from .tuned import LAYERS as TUNED_LAYERS
 from .tuned import RECIPE as TUNED
 
@@ -551,6 +554,8 @@ def train_head(
     base: Path | None = None,
     tuned_layers: int | None = None,
     tuned_steps: int | None = None,
+    relevance_layers: int | None = None,
+    relevance_steps: int | None = None,
     log=print,
 ) -> dict:
     """Train on `train`, write `output` (.safetensors) and its metadata (.json) beside it. Epochs are chosen on a
@@ -563,7 +568,9 @@ def train_head(
     were refused and on `long_answers`' refused tails. `base`: a head trained before (on `encoder`) whose quality
     head, defect terms and refusal reader are kept as they are, weights and metadata: only its refusal term is
     trained (again), or, with `tuned_layers` (1 or 2; its refusal term kept too), a tuned branch (export/tuned.py)
-    whose term is added to the score, trained for `tuned_steps` (default: its recipe's)."""
+    whose term is added to the score, trained for `tuned_steps` (default: its recipe's), or, with `relevance_layers`
+    (1 to 6), a relevance branch (export/relevance.py) whose penalty is taken off the score, trained for
+    `relevance_steps`."""
     from safetensors.torch import save_file
 
     if encoder not in ENCODERS:
@@ -573,14 +580,21 @@ def train_head(
     if refusal_term and not defects:
         raise UsageError("{refusal_term} needs {defects}", "refusal_term", "defects")
     kept = _base(base, encoder) if base is not None else None
-    if tuned_layers is not None:
-        if tuned_layers not in TUNED_LAYERS:
-            raise UsageError(f"{{tuned_layers}} takes 1 or 2, got {tuned_layers}", "tuned_layers")
+    if tuned_layers is not None and relevance_layers is not None:
+        raise UsageError("pass {tuned_layers} or {relevance_layers}, not both", "tuned_layers", "relevance_layers")
+    if relevance_layers is not None and relevance_layers not in RELEVANCE_LAYERS:
+        raise UsageError(f"{{relevance_layers}} takes 1 to 6, got {relevance_layers}", "relevance_layers")
+    if tuned_layers is not None and tuned_layers not in TUNED_LAYERS:
+        raise UsageError(f"{{tuned_layers}} takes 1 or 2, got {tuned_layers}", "tuned_layers")
+    branch = (
+        "tuned_layers" if tuned_layers is not None else "relevance_layers" if relevance_layers is not None else None
+    )
+    if branch is not None:
         if kept is None or window_term or refusal_term or encoder != "minilm" or not defects:
             raise UsageError(
-                "{tuned_layers} trains a branch beside a default head kept as it is: pass {base}, "
+                f"{{{branch}}} trains a branch beside a default head kept as it is: pass {{base}}, "
                 "not {window_term} or {refusal_term}",
-                "tuned_layers",
+                branch,
                 "base",
                 "window_term",
                 "refusal_term",
@@ -605,6 +619,8 @@ def train_head(
     broken = sample_defects(better, seed=seed, per_record=DEFECTS["per_record"], foreign=foreign) if defects else []
     copies = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
     records = better + worse + valid_b + valid_w + copies
+    others = relevance_negatives(better, fit_, seed=seed) if relevance_layers else []  # answers to other questions
+    records += [Text(better[i].instruction, better[i].input, answer) for i, answer in others]
     texts, long, windows = rendered(records, template), None, []
     if window_term or refusal_term:
         reader, long = _reader(encoder, template), {}
@@ -637,7 +653,7 @@ def train_head(
             raise InputError(train, None, "a refusal term needs refused copies among the fitting pairs")
         log("no refused copies among the fitting pairs (answers of three parts or more): no refusal reader")
     if encoder == "minilm":
-        pooled, feats, states = encode_minilm(texts, refusals, loops, tuned_layers or 0)
+        pooled, feats, states = encode_minilm(texts, refusals, loops, tuned_layers or relevance_layers or 0)
         max_length = MAX_LENGTH
     else:
         from .multilingual import MAX_LENGTH as max_length
@@ -690,7 +706,7 @@ def train_head(
             shape = {"features": int(feats.shape[1])} | {k: DEFECTS[k] for k in ("hidden", "scale", "members")}
             meta_terms = {name: shape | {"runs": RUN} for name in terms}
         scores = q + _terms(terms, feats, later)
-        if tuned_layers and kept["refusal_defects"] is not None:  # the base's refusal term, kept as it is
+        if branch and kept["refusal_defects"] is not None:  # the base's refusal term, kept as it is
             meta_terms["refusal_defects"] = kept["meta"]["refusal_defects"]
             with torch.no_grad():
                 scores = scores + kept["refusal_defects"](torch.from_numpy(feats)).numpy()
@@ -720,6 +736,16 @@ def train_head(
             d, metrics["tuned"] = _tuned(tuned_layers, states, scores, expert, defect, seed, tuned_steps, state, log)
             scores = scores + d
             meta_terms["tuned"] = {"layers": tuned_layers, "hidden": TUNED["hidden"], "stored": "float16"}
+        if relevance_layers:
+            metrics["valid_agreement_base"] = round(agreement(scores, PairData(vb, vw)), 4)
+            answers = np.concatenate([b[fit_], w[fit_], len(records) - len(others) + np.arange(len(others))])
+            labels = np.concatenate([np.ones(2 * len(fit_)), np.zeros(len(others))])
+            penalty, metrics["relevance"] = _relevance(
+                relevance_layers, states, scores, answers, labels, expert, defect, seed, relevance_steps, state, log
+            )
+            scores = scores - penalty
+            meta_terms["relevance"] = {"layers": relevance_layers, "hidden": RELEVANCE["hidden"], "stored": "float16"}
+            meta_terms["relevance"] |= {k: RELEVANCE[k] for k in ("points", "below")}
         for name, part in terms.items():
             if kept is None or name == "refusal_defects":
                 state |= {f"{name}.{k}": v.contiguous() for k, v in part.state_dict().items()}
@@ -779,6 +805,32 @@ def _tuned(layers: int, states, scores, expert, defect, seed, steps, state: dict
     )
     state |= {f"tuned.{k}": v.half().contiguous() for k, v in branch.state_dict().items()}
     return terms_of(branch, *states, np.arange(len(scores))), metrics
+
+
+def _relevance(layers: int, states, scores, answers, labels, expert, defect, seed, steps, state: dict, log):
+    """Train a relevance branch (export/relevance.py) on copies of all-MiniLM's last `layers` to tell the texts
+    `answers` whose `labels` are 1 from the others; its weights go into `state` in fp16 (`relevance.`); returns its
+    penalty on every text and the training's figures, with the choose split's before and after it."""
+    from .default import load_encoder
+    from .relevance import fit_relevance, relevance_penalty
+    from .tuned import choose_figures, terms_of
+
+    branch, metrics = fit_relevance(
+        load_encoder().encoder.layer[-layers:],
+        *states,
+        answers,
+        labels,
+        seed=seed,
+        steps=steps or RELEVANCE["steps"],
+        log=log,
+    )
+    state |= {f"relevance.{k}": v.half().contiguous() for k, v in branch.state_dict().items()}
+    logit = torch.from_numpy(terms_of(branch, *states, np.arange(len(scores))))
+    penalty = relevance_penalty(logit, RELEVANCE["points"], RELEVANCE["below"]).numpy()
+    metrics["base_choose"] = choose_figures(scores, expert["choose"], defect["choose"])
+    metrics["choose"] = choose_figures(scores - penalty, expert["choose"], defect["choose"])
+    log(f"relevance branch: choose split {metrics['base_choose']} -> {metrics['choose']}")
+    return penalty, metrics
 
 
 def _base(path: Path, encoder: str) -> dict:

