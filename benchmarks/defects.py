@@ -1,8 +1,8 @@
 """What the scorer sees: per kind of defect, the share of held-apart records whose real answer outscores a corrupted
 copy (car_onnx.core.defects, measuring phrases), for the default bundle before this scorer (the head of commit BEFORE)
-and now, the default bundle with its tuned branch (`export default --tuned`) and the multilingual bundle, fp32 and
-int8; a `--n1 5%` selection from real records with 9% corrupted copies of others; expert agreement on
-score_valid.csv; score+embed cost per record, now and tuned against before.
+and now, the default bundle with its tuned branch (`export default --tuned`), with its relevance branch (`export
+default --relevance`) and the multilingual bundle, fp32 and int8; a `--n1 5%` selection from real records with 9% corrupted copies of others; expert agreement on
+score_valid.csv; score+embed cost per record, now and with each branch against before.
 
 Held-apart records: the revised answers of pairs_valid.csv (never trained on, never chosen on) and 50 records of
 each English corpus; wrong-language answers lent by the second half of alpaca_zh_2000.json (the first half lends
@@ -59,19 +59,21 @@ def default_now(work: Path) -> Path:
 
 
 def bundles(work: Path) -> dict[str, Path]:
-    """The default bundle now, with the head of BEFORE and with the tuned branch, and the multilingual bundle (fp32,
-    int8)."""
-    from car_onnx_export.default import TUNED_WEIGHTS, export_default
+    """The default bundle now, with the head of BEFORE, with the tuned branch and with the relevance branch, and the
+    multilingual bundle (fp32, int8)."""
+    from car_onnx_export.default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS, export_default
     from car_onnx_export.multilingual import export_multilingual
 
     out = {
         "default (before)": work / "default-before",
         "default": default_now(work),
         "default --tuned": work / "default-tuned",
+        "default --relevance": work / "default-relevance",
         "multilingual": work / "multilingual-now",
     }
-    if not (out["default --tuned"] / "manifest.json").is_file():
-        export_default(out["default --tuned"], precisions=("fp32", "int8"), weights=TUNED_WEIGHTS, log=lambda m: None)
+    for name, weights in (("default --tuned", TUNED_WEIGHTS), ("default --relevance", RELEVANCE_WEIGHTS)):
+        if not (out[name] / "manifest.json").is_file():
+            export_default(out[name], precisions=("fp32", "int8"), weights=weights, log=lambda m: None)
     if not (out["default (before)"] / "manifest.json").is_file():
         weights = work / "before" / "minilm_head.safetensors"
         weights.parent.mkdir(parents=True, exist_ok=True)
@@ -116,12 +118,12 @@ def selection(model, records: list[Text], seed: int = 0) -> dict:
     }
 
 
-DEFAULTS = ("default (before)", "default", "default --tuned")
+DEFAULTS = ("default (before)", "default", "default --tuned", "default --relevance")
 
 
 def cost(paths: dict[str, Path], records: list[Text], rounds: int) -> dict:
-    """Seconds of score+embed per record (int8 and fp32, this machine's threads), now and tuned against before,
-    alternated."""
+    """Seconds of score+embed per record (int8 and fp32, this machine's threads), now and with each branch against
+    before, alternated."""
     data = [r.__dict__ for r in records]
     out = {}
     for precision in ("int8", "fp32"):
@@ -158,6 +160,26 @@ def embeddings_unchanged(paths: dict[str, Path], records: list[Text]) -> dict:
     return out
 
 
+def lowered(paths: dict[str, Path], records: list[Text]) -> dict:
+    """On real records: the share whose score the relevance branch lowers (the rest of its graph is the default's),
+    and how much of the default's order it keeps (Spearman, the share of its top 5% still in the top 5%)."""
+    from car_onnx_export.onnx_tools import compare
+
+    data = [r.__dict__ for r in records]
+    out = {}
+    for precision in ("fp32", "int8"):
+        base = car_onnx.load(paths["default"], precision=precision).score(data)
+        scores = car_onnx.load(paths["default --relevance"], precision=precision).score(data)
+        kept = compare({"score": base}, {"score": scores})
+        out[precision] = {
+            "records": len(data),
+            "lowered": round(float(np.mean(base - scores > 1e-4)), 4),
+            "spearman_with_default": round(kept["spearman"], 4),
+            "top5pct_kept": round(kept["top5pct_overlap"], 4),
+        }
+    return out
+
+
 def run(work: Path, quick: bool) -> dict:
     paths = bundles(work)
     records = held_apart(20 if quick else 50)
@@ -187,6 +209,7 @@ def run(work: Path, quick: bool) -> dict:
         "selection_n1_5pct": chosen,
         "cost": cost(paths, pool[: 200 if quick else 500], 1 if quick else 7),
         "embeddings_unchanged": embeddings_unchanged(paths, pool[: 200 if quick else 500]),
+        "lowered_by_relevance": lowered(paths, pool[: 400 if quick else 2000]),
     }
 
 

@@ -389,10 +389,12 @@ def _iqs_order(d: dict) -> list[tuple[str, str, str]]:
                 "",
             )
         )
-    for precision, r in (d.get("kept_by_tuned") or {}).items():
+    for option, precision, r in [
+        (o, p, r) for o in ("tuned", "relevance") for p, r in d.get(f"kept_by_{o}", {}).items()
+    ]:
         out.append(
             (
-                f"default --tuned {precision} on {d['real_records']:,} real records: Spearman with the default / "
+                f"default --{option} {precision} on {d['real_records']:,} real records: Spearman with the default / "
                 "share of the default's top 5% still in the top 5%",
                 f"{r['spearman_with_default']:.3f} / {r['top5pct_kept']:.2f}",
                 "",
@@ -704,9 +706,9 @@ def _pair(d: dict, key: str, fmt: str = "{:.3f}") -> str:
 
 
 def _defect_rows(d: dict) -> list[tuple[str, ...]]:
-    """Rows of the defects table: a measure, then the default bundle before, now, with its tuned branch, and the
-    multilingual one."""
-    names = ("default (before)", "default", "default --tuned", "multilingual")
+    """Rows of the defects table: a measure, then the default bundle before, now, with its tuned branch, with its
+    relevance branch, and the multilingual one."""
+    names = ("default (before)", "default", "default --tuned", "default --relevance", "multilingual")
     out = []
     for kind, label in DEFECT_LABELS.items():
         if all(kind in d["defects"][f"{n} fp32"] for n in names):
@@ -738,7 +740,7 @@ def _defect_rows(d: dict) -> list[tuple[str, ...]]:
             return cell
         return cell + f" ({c['fp32']['against_before'][name]}x / {c['int8']['against_before'][name]}x)"
 
-    out.append(("score+embed time per record (ms), against before", *(ms(n) for n in names[:3]), ""))
+    out.append(("score+embed time per record (ms), against before", *(ms(n) for n in names[:4]), ""))
     e = d["embeddings_unchanged"]
 
     def same(name):
@@ -747,12 +749,27 @@ def _defect_rows(d: dict) -> list[tuple[str, ...]]:
             for p in ("fp32", "int8")
         )
 
-    out.append(("embeddings of the default bundle, against before", "", same(names[1]), same(names[2]), ""))
+    out.append(("embeddings of the default bundle, against before", "", *(same(n) for n in names[1:4]), ""))
+    low = d["lowered_by_relevance"]
+    out.append(
+        (
+            f"real records ({low['fp32']['records']:,} of the shared corpora) whose score the relevance branch "
+            "lowers; Spearman with the default; its top 5% kept",
+            "",
+            "",
+            "",
+            " / ".join(
+                f"{low[p]['lowered']:.1%}; {low[p]['spearman_with_default']:.3f}; {low[p]['top5pct_kept']:.0%}"
+                for p in ("fp32", "int8")
+            ),
+            "",
+        )
+    )
     return out
 
 
 def _defects(d: dict) -> list[tuple[str, str, str]]:
-    labels = ("before", "now", "tuned", "multilingual")
+    labels = ("before", "now", "tuned", "relevance", "multilingual")
     return [
         (row[0], "; ".join(f"{label} {v}" for label, v in zip(labels, row[1:]) if v), "") for row in _defect_rows(d)
     ]
@@ -769,8 +786,9 @@ def defects_table() -> str:
         f"`{d['command']}`. fp32 / int8 in each cell. Every bundle reads whole records (long answers in windows; "
         'the "before" head exported by today\'s exporter).',
         "",
-        "| | default bundle before | default bundle now | default, `--tuned` | multilingual bundle now |",
-        "| --- | --- | --- | --- | --- |",
+        "| | default bundle before | default bundle now | default, `--tuned` | default, `--relevance` | multilingual "
+        "bundle now |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     return "\n".join(lines + [f"| {' | '.join(row)} |" for row in _defect_rows(d)]) + "\n"
 
