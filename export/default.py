@@ -24,9 +24,9 @@ from .tuned import TunedBranch
 WEIGHTS = Path(__file__).parent / "weights" / "minilm_head.safetensors"
 # the shipped head with a tuned branch beside it (export default --tuned; export/tuned.py)
 TUNED_WEIGHTS = Path(__file__).parent / "weights" / "minilm_tuned.safetensors"
-# a head's weights beside the quality head's: the score's terms
 # the shipped head with a relevance branch beside it (export default --relevance; export/relevance.py)
 RELEVANCE_WEIGHTS = Path(__file__).parent / "weights" / "minilm_relevance.safetensors"
+# a head's weights beside the quality head's: the score's terms
 TERMS = ("defects.", "window_defects.", "refusal_defects.", "refusals.", "tuned.", "relevance.")
 NAME = "minilm-car"
 
