@@ -9,7 +9,6 @@ each English corpus; wrong-language answers lent by the second half of alpaca_zh
 them to training).
 
     python -m benchmarks.defects [--quick] [--work DIR]
-    python -m benchmarks.defects --relevance-again [--work DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from car_onnx.core.defects import corrupt
 from car_onnx.evaluate import Text, agreement, defect_table, read_pairs
 from car_onnx.runtime.manifest import Template
 
-from .common import CORPORA, ROOT, WORK, real_records, section_main, shared_file
+from .common import CORPORA, ROOT, section_main, shared_file
 
 BEFORE = "41e7d9e"  # main before the defect-aware scorer: its head is exported as the "before" bundle
 
@@ -181,66 +180,38 @@ def lowered(paths: dict[str, Path], records: list[Text]) -> dict:
     return out
 
 
-def scores_of(paths: dict[str, Path], quick: bool) -> dict:
-    """What each bundle of `paths` scores: its defect table, its agreement on score_valid.csv and its selection."""
-    records, lent = held_apart(20 if quick else 50), foreign()
-    valid = shared_file("expert_revised", "score_valid.csv")
-    out = {"held_apart_records": len(records), "defects": {}, "agreement_score_valid": {}, "selection_n1_5pct": {}}
-    for name, path in paths.items():
-        for precision in ("fp32", "int8"):
-            model, key = car_onnx.load(path, precision=precision), f"{name} {precision}"
-            out["defects"][key] = defect_table(model, records, foreign=lent)
-            out["agreement_score_valid"][key] = round(agreement(model, valid)["agreement"], 4)
-            print(f"{key}: {out['agreement_score_valid'][key]} {out['defects'][key]}", flush=True)
-    pool = [Text(r["instruction"], r["input"], r["output"]) for r in real_records(seed=11)]
-    for name in paths:
-        for precision in ("int8", "fp32"):
-            key = f"{name} {precision}"
-            out["selection_n1_5pct"][key] = selection(car_onnx.load(paths[name], precision=precision), pool)
-            print(f"selection {key}: {out['selection_n1_5pct'][key]}", flush=True)
-    return out
-
-
 def run(work: Path, quick: bool) -> dict:
     paths = bundles(work)
+    records = held_apart(20 if quick else 50)
+    lent = foreign()
+    tables, agreements = {}, {}
+    valid = shared_file("expert_revised", "score_valid.csv")
+    for name, path in paths.items():
+        for precision in ("fp32", "int8"):
+            model = car_onnx.load(path, precision=precision)
+            tables[f"{name} {precision}"] = defect_table(model, records, foreign=lent)
+            agreements[f"{name} {precision}"] = round(agreement(model, valid)["agreement"], 4)
+            print(
+                f"{name} {precision}: {agreements[f'{name} {precision}']} {tables[f'{name} {precision}']}", flush=True
+            )
+    from .common import real_records
+
     pool = [Text(r["instruction"], r["input"], r["output"]) for r in real_records(seed=11)]
-    return scores_of(paths, quick) | {
+    chosen = {}
+    for name in paths:
+        for precision in ("int8", "fp32"):
+            chosen[f"{name} {precision}"] = selection(car_onnx.load(paths[name], precision=precision), pool)
+            print(f"selection {name} {precision}: {chosen[f'{name} {precision}']}", flush=True)
+    return {
+        "held_apart_records": len(records),
+        "defects": tables,
+        "agreement_score_valid": agreements,
+        "selection_n1_5pct": chosen,
         "cost": cost(paths, pool[: 200 if quick else 500], 1 if quick else 7),
         "embeddings_unchanged": embeddings_unchanged(paths, pool[: 200 if quick else 500]),
         "lowered_by_relevance": lowered(paths, pool[: 400 if quick else 2000]),
     }
 
 
-def relevance_again(work: Path) -> None:
-    """`--relevance-again`: measure again what the relevance option scores (its table, agreement, selection and the
-    records it lowers) into the saved results, the rest as they were: for a change of its penalty's bound alone, whose
-    graph and cost are the same (the command and date go under `relevance_again`)."""
-    import sys
-
-    from .common import RESULTS, machine
-
-    name = "default --relevance"
-    path = RESULTS / "defects.json"
-    saved = json.loads(path.read_text())
-    paths = bundles(work)
-    pool = [Text(r["instruction"], r["input"], r["output"]) for r in real_records(seed=11)]
-    for key, part in scores_of({name: paths[name]}, quick=False).items():
-        if isinstance(part, dict):
-            saved[key] |= part
-    saved["lowered_by_relevance"] = lowered(paths, pool[:2000])
-    saved["relevance_again"] = {
-        "command": f"python -m benchmarks.defects {' '.join(sys.argv[1:])}",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-    }
-    path.write_text(json.dumps(saved, indent=2) + "\n")
-    print(f"written to {path}")
-
-
 if __name__ == "__main__":
-    import sys
-
-    if "--relevance-again" in sys.argv:
-        relevance_again(Path(sys.argv[sys.argv.index("--work") + 1]) if "--work" in sys.argv else WORK)
-    else:
-        section_main("defects", run, __doc__)
+    section_main("defects", run, __doc__)

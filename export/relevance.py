@@ -4,8 +4,7 @@ network (a TunedBranch, export/tuned.py) trained alone to tell whether the respo
 answers of the fitting pairs (revised and original) against, for each of their records, the answer of the record
 whose instruction is most alike and the answer of a random other record. Its output is a log-odds; the score loses
 `points` x max(0, below - p) / below, p its probability: nothing while p >= `below` (most real answers), up to
-`points` for an answer it is sure belongs to another question. The bound is chosen on train-scorer's choose split
-(choose_bound): the branch orders an answer and another question's better than its probability's fixed cut does.
+`points` for an answer it is sure belongs to another question.
 
 An answer to a near question is a real, fluent answer: a pointwise quality score ranks it by its quality, and the
 frozen heads' terms can only see it as far as that costs real answers nothing (0.78-0.80 held apart). A branch that
@@ -33,7 +32,7 @@ RECIPE = dict(
     neighbours=8,
     hidden=128,
     points=1.0,
-    bounds=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    below=0.2,
 )
 LAYERS = (1, 2, 3, 4, 5, 6)
 
@@ -99,21 +98,6 @@ def fit_relevance(
             log(f"relevance branch: {history[-1]}")
     branch.load_state_dict({k: v.half().float() for k, v in branch.state_dict().items()})  # as stored: fp16
     return branch.eval(), {"recipe": RECIPE, "steps": steps, "history": history}
-
-
-def choose_bound(scores: np.ndarray, logit: np.ndarray, expert: dict, defect: dict) -> tuple[float, list[dict]]:
-    """The penalty's bound kept, of RECIPE's `bounds`: on the choose split (`expert`, `defect`: its rows of `scores`
-    and `logit`), the best mean over kinds among the bounds whose penalty keeps the base scores' expert agreement,
-    the lowest bound of equals (export/tuned.py's rule). Returns it and every bound's figures."""
-    from .tuned import by_the_rule, choose_figures
-
-    z = torch.from_numpy(logit)
-    rows = [
-        {"below": below}
-        | choose_figures(scores - relevance_penalty(z, RECIPE["points"], below).numpy(), expert, defect)
-        for below in RECIPE["bounds"]
-    ]
-    return by_the_rule(rows, choose_figures(scores, expert, defect))["below"], rows
 
 
 def negatives(records: list, rows: np.ndarray, *, seed: int) -> list[tuple[int, str]]:

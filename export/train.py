@@ -745,7 +745,7 @@ def train_head(
             )
             scores = scores - penalty
             meta_terms["relevance"] = {"layers": relevance_layers, "hidden": RELEVANCE["hidden"], "stored": "float16"}
-            meta_terms["relevance"] |= {"points": RELEVANCE["points"], "below": metrics["relevance"]["below"]}
+            meta_terms["relevance"] |= {k: RELEVANCE[k] for k in ("points", "below")}
         for name, part in terms.items():
             if kept is None or name == "refusal_defects":
                 state |= {f"{name}.{k}": v.contiguous() for k, v in part.state_dict().items()}
@@ -812,7 +812,7 @@ def _relevance(layers: int, states, scores, answers, labels, expert, defect, see
     `answers` whose `labels` are 1 from the others; its weights go into `state` in fp16 (`relevance.`); returns its
     penalty on every text and the training's figures, with the choose split's before and after it."""
     from .default import load_encoder
-    from .relevance import choose_bound, fit_relevance, relevance_penalty
+    from .relevance import fit_relevance, relevance_penalty
     from .tuned import choose_figures, terms_of
 
     branch, metrics = fit_relevance(
@@ -826,9 +826,7 @@ def _relevance(layers: int, states, scores, answers, labels, expert, defect, see
     )
     state |= {f"relevance.{k}": v.half().contiguous() for k, v in branch.state_dict().items()}
     logit = torch.from_numpy(terms_of(branch, *states, np.arange(len(scores))))
-    below, metrics["bounds"] = choose_bound(scores, logit.numpy(), expert["choose"], defect["choose"])
-    penalty = relevance_penalty(logit, RELEVANCE["points"], below).numpy()
-    metrics["below"] = below
+    penalty = relevance_penalty(logit, RELEVANCE["points"], RELEVANCE["below"]).numpy()
     metrics["base_choose"] = choose_figures(scores, expert["choose"], defect["choose"])
     metrics["choose"] = choose_figures(scores - penalty, expert["choose"], defect["choose"])
     log(f"relevance branch: choose split {metrics['base_choose']} -> {metrics['choose']}")

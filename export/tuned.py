@@ -103,15 +103,6 @@ def choose_figures(scores: np.ndarray, expert: dict, defect: dict) -> dict:
     }
 
 
-def by_the_rule(candidates: list[dict], base: dict) -> dict:
-    """Of `candidates` (choose_figures with more keys), the best mean among those that keep `base`'s agreement;
-    where none does, the best agreement (then mean). The first of equals."""
-    best = max(candidates, key=lambda h: (h["agreement"] >= base["agreement"], h["mean"]))
-    if best["agreement"] < base["agreement"]:
-        best = max(candidates, key=lambda h: (h["agreement"], h["mean"]))
-    return best
-
-
 def _with_terms(base: np.ndarray, branch: TunedBranch, states, response, rows: np.ndarray) -> np.ndarray:
     """`base` with the branch's d added at `rows`."""
     scores = base.copy()
@@ -194,7 +185,10 @@ def fit_tuned(
         history.append({"step": step, "seconds": round(time.perf_counter() - start)} | figures)
         kept[step] = copy.deepcopy(branch.state_dict())
         log(f"tuned branch: step {step}: {history[-1]}")
-    best = by_the_rule(history, base_figures)
+    # the best mean among the steps that keep the base head's agreement; where none does, the best agreement
+    best = max(history, key=lambda h: (h["agreement"] >= base_figures["agreement"], h["mean"]))
+    if best["agreement"] < base_figures["agreement"]:
+        best = max(history, key=lambda h: (h["agreement"], h["mean"]))
     branch.load_state_dict({k: v.half().float() for k, v in kept[best["step"]].items()})  # as stored: fp16
     branch.eval()
     best = {"step": best["step"]} | choose_figures(

@@ -31,25 +31,6 @@ def test_the_penalty_is_nothing_above_its_bound_and_points_at_certainty():
     assert got[0] == pytest.approx(1.5) and got[3] == pytest.approx(0.0, abs=1e-12) and got[-1] == 0.0
 
 
-def test_the_bound_kept_is_the_best_on_the_choose_split_that_keeps_its_agreement(monkeypatch):
-    """Bounds 0.2 / 0.5 / 0.8: 0.5 lowers two of three near answers below their real ones, 0.8 no more and a
-    revision below its original too; 0.2 only one."""
-    from car_onnx_export import relevance
-
-    monkeypatch.setitem(relevance.RECIPE, "bounds", (0.2, 0.5, 0.8))
-    scores = np.array([1.0, 1.0, 0.9, 0.9, 1.0, 1.0, 1.0, 1.2, 1.2, 1.2])
-    p = np.array([0.7, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.3, 0.7])
-    expert = {"better": np.array([0, 1]), "worse": np.array([2, 3])}
-    defect = {"real": np.array([4, 5, 6]), "bad": np.array([7, 8, 9]), "kind": np.array(["other_near"] * 3)}
-    below, rows = relevance.choose_bound(scores, np.log(p / (1 - p)), expert, defect)
-    assert below == 0.5
-    assert [(r["below"], r["agreement"], r["defects"]["other_near"]) for r in rows] == [
-        (0.2, 1.0, round(1 / 3, 4)),
-        (0.5, 1.0, round(2 / 3, 4)),
-        (0.8, 0.5, round(2 / 3, 4)),
-    ]
-
-
 def test_negatives_are_the_nearest_and_a_random_other_answer():
     from car_onnx.evaluate import Text
     from car_onnx_export.relevance import negatives
@@ -152,7 +133,7 @@ def test_a_relevance_branch_beside_the_default_head_exports_to_one_graph(tmp_pat
     from car_onnx_export.default import WEIGHTS, export_default
     from car_onnx_export.train import train_head
 
-    monkeypatch.setitem(relevance.RECIPE, "bounds", (0.99,))  # a bound that a branch trained 6 steps falls under
+    monkeypatch.setitem(relevance.RECIPE, "below", 0.99)  # a bound that a branch trained 6 steps falls under
     records = json.loads(SAMPLE.read_text())
     many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
     pairs_writer(tmp_path / "train.csv", many)
