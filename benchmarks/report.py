@@ -389,17 +389,16 @@ def _iqs_order(d: dict) -> list[tuple[str, str, str]]:
                 "",
             )
         )
-    for option, precision, r in [
-        (o, p, r) for o in ("tuned", "relevance") for p, r in d.get(f"kept_by_{o}", {}).items()
-    ]:
-        out.append(
-            (
-                f"default --{option} {precision} on {d['real_records']:,} real records: Spearman with the default / "
-                "share of the default's top 5% still in the top 5%",
-                f"{r['spearman_with_default']:.3f} / {r['top5pct_kept']:.2f}",
-                "",
+    for option in ("tuned", "relevance"):
+        for precision, r in d.get(f"kept_by_{option}", {}).items():
+            out.append(
+                (
+                    f"default --{option} {precision} on {d['real_records']:,} real records: Spearman with the "
+                    "default / share of the default's top 5% still in the top 5%",
+                    f"{r['spearman_with_default']:.3f} / {r['top5pct_kept']:.2f}",
+                    "",
+                )
             )
-        )
     return out
 
 
