@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -81,7 +82,7 @@ def default(
         bool,
         typer.Option(
             "--tuned",
-            help="Build the shipped head with a tuned branch beside it (sees more cut-off and partly refused answers, costs about one layer more per text: docs/scorers.md), by default into the tuned folder beside the default bundle's.",
+            help="Build the shipped head with a tuned branch beside it (sees more cut-off and partly refused answers, costs about one layer more per text: docs/scorers.md), by default into the tuned folder beside the default bundle's; with --relevance, both branches in one graph (the tuned-relevance folder).",
         ),
     ] = False,
     relevance: Annotated[
@@ -98,23 +99,26 @@ def default(
     from car_onnx import default_bundle_dir
     from car_onnx.runtime.bundle import data_dir
 
-    from .default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS, WEIGHTS, export_default
+    from .default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS, WEIGHTS, both_branches, export_default
 
-    if tuned and relevance:
-        raise UsageError("pass {tuned} or {relevance}, not both", "tuned", "relevance")
-    option = "tuned" if tuned else "relevance" if relevance else None
-    if option and weights is not None:
+    chosen = [name for name, on in (("tuned", tuned), ("relevance", relevance)) if on]
+    if chosen and weights is not None:
         raise UsageError(
-            f"{{{option}}} builds the shipped {option} head: pass {{weights}} alone for another", option, "weights"
+            f"{{{chosen[0]}}} builds the shipped {chosen[0]} head: pass {{weights}} alone for another",
+            chosen[0],
+            "weights",
         )
-    shipped = {"tuned": TUNED_WEIGHTS, "relevance": RELEVANCE_WEIGHTS, None: WEIGHTS}[option]
-    _export(
-        export_default,
-        output or (data_dir() / option if option else default_bundle_dir()),
-        precisions=_precisions(precision),
-        force=force,
-        weights=weights or shipped,
-    )
+    option = "-".join(chosen) or None
+    with tempfile.TemporaryDirectory() as tmp:
+        if option == "tuned-relevance":  # the two shipped heads share their base: their branches go in one head
+            weights = both_branches(TUNED_WEIGHTS, RELEVANCE_WEIGHTS, Path(tmp) / "both.safetensors")
+        _export(
+            export_default,
+            output or (data_dir() / option if option else default_bundle_dir()),
+            precisions=_precisions(precision),
+            force=force,
+            weights=weights or {"tuned": TUNED_WEIGHTS, "relevance": RELEVANCE_WEIGHTS, None: WEIGHTS}[option],
+        )
 
 
 @app.command(epilog=EPILOG)

@@ -227,6 +227,27 @@ def load_relevance(weights: Path, meta: dict, encoder: nn.Module) -> tuple[Tuned
     return branch.eval(), m["points"], m["below"]
 
 
+def both_branches(tuned: Path, relevance: Path, output: Path) -> Path:
+    """One head file at `output` with the tuned branch of the head `tuned` and the relevance branch of the head
+    `relevance`, which must share every other weight bit for bit and the rest of their metadata (both trained beside
+    the same base head with `train-scorer --base`); its score is the base's plus the tuned term less the penalty."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    a, b = load_file(str(tuned)), load_file(str(relevance))
+    ma, mb = (json.loads(Path(p).with_suffix(".json").read_text(encoding="utf-8")) for p in (tuned, relevance))
+    base = {k for k in a if not k.startswith("tuned.")}
+    if "tuned" not in ma or "relevance" not in mb:
+        raise ValueError(f"{tuned} needs a tuned branch and {relevance} a relevance branch")
+    if base != {k for k in b if not k.startswith("relevance.")} or any(not torch.equal(a[k], b[k]) for k in base):
+        raise ValueError(f"{tuned} and {relevance} were not trained beside the same base head")
+    meta = mb | {"tuned": ma["tuned"], "training": {"tuned": ma["training"], "relevance": mb["training"]}}
+    output = Path(output)
+    save_file(a | {k: v for k, v in b.items() if k.startswith("relevance.")}, str(output))
+    output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return output
+
+
 def check_texts(template: Template) -> list[tuple[str, int]]:
     """Real texts for the export's self-check, each with where its response starts: the project's sample dataset,
     plus long ones past 256 tokens."""

