@@ -1,7 +1,7 @@
 """What the scorer sees: per kind of defect, the share of held-apart records whose real answer outscores a corrupted
 copy (car_onnx.core.defects, measuring phrases), for the default bundle before this scorer (the head of commit BEFORE)
 and now, the default bundle with its tuned branch (`export default --tuned`), with its relevance branch (`export
-default --relevance`) and the multilingual bundle, fp32 and int8; a `--n1 5%` selection from real records with 9%
+default --relevance`), with both (`export default --tuned --relevance`) and the multilingual bundle, fp32 and int8; a `--n1 5%` selection from real records with 9%
 corrupted copies of others; expert agreement on score_valid.csv; score+embed cost per record, now and with each
 branch against before.
 
@@ -60,9 +60,9 @@ def default_now(work: Path) -> Path:
 
 
 def bundles(work: Path) -> dict[str, Path]:
-    """The default bundle now, with the head of BEFORE, with the tuned branch and with the relevance branch, and the
+    """The default bundle now, with the head of BEFORE, with the tuned branch, the relevance branch and both, and the
     multilingual bundle (fp32, int8)."""
-    from car_onnx_export.default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS, export_default
+    from car_onnx_export.default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS, both_branches, export_default
     from car_onnx_export.multilingual import export_multilingual
 
     out = {
@@ -70,10 +70,19 @@ def bundles(work: Path) -> dict[str, Path]:
         "default": default_now(work),
         "default --tuned": work / "default-tuned",
         "default --relevance": work / "default-relevance",
+        "default --tuned --relevance": work / "default-tuned-relevance",
         "multilingual": work / "multilingual-now",
     }
-    for name, weights in (("default --tuned", TUNED_WEIGHTS), ("default --relevance", RELEVANCE_WEIGHTS)):
+    both = work / "both" / "minilm_both.safetensors"
+    for name, weights in (
+        ("default --tuned", TUNED_WEIGHTS),
+        ("default --relevance", RELEVANCE_WEIGHTS),
+        ("default --tuned --relevance", both),
+    ):
         if not (out[name] / "manifest.json").is_file():
+            if weights == both:  # as `export default --tuned --relevance` merges them
+                both.parent.mkdir(parents=True, exist_ok=True)
+                both_branches(TUNED_WEIGHTS, RELEVANCE_WEIGHTS, both)
             export_default(out[name], precisions=("fp32", "int8"), weights=weights, log=lambda m: None)
     if not (out["default (before)"] / "manifest.json").is_file():
         weights = work / "before" / "minilm_head.safetensors"
@@ -119,7 +128,7 @@ def selection(model, records: list[Text], seed: int = 0) -> dict:
     }
 
 
-DEFAULTS = ("default (before)", "default", "default --tuned", "default --relevance")
+DEFAULTS = ("default (before)", "default", "default --tuned", "default --relevance", "default --tuned --relevance")
 
 
 def cost(paths: dict[str, Path], records: list[Text], rounds: int) -> dict:
