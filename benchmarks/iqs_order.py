@@ -6,8 +6,7 @@ length meter would score high there). Bundles: the default before the defect-awa
 tuned branch, with its relevance branch, with both, its quality head alone (the same head, exported without the
 defect term), the multilingual now. And on 2,000 real records of the shared English corpora (the defects section's
 pool): how much of the quality head's own order the default's whole score keeps, and how much of the default's the
-tuned option and the tuned and relevance one keep (Spearman, and the share of the top 5% still in the top 5%; the
-relevance option's is the defects section's).
+tuned and relevance options keep (Spearman, and the share of the top 5% still in the top 5%).
 
     python -m benchmarks.iqs_order [--quick] [--work DIR]
 """
@@ -46,9 +45,6 @@ def quality_alone(work: Path) -> Path:
     return out
 
 
-KEPT_BY = {"kept_by_tuned": "default --tuned", "kept_by_tuned_relevance": "default --tuned --relevance"}
-
-
 def run(work: Path, quick: bool) -> dict:
     from scipy.stats import spearmanr
 
@@ -83,14 +79,14 @@ def run(work: Path, quick: bool) -> dict:
             "top5pct_kept": round(kept["top5pct_overlap"], 4),
         }
         print("default against its quality head alone", precision, out["kept_by_default"][precision], flush=True)
-        for key, name in KEPT_BY.items():  # the relevance option's: the defects section's lowered_by_relevance
-            scores = car_onnx.load(paths[name], precision=precision).score(pool)
+        for option in ("tuned", "relevance"):
+            scores = car_onnx.load(paths[f"default --{option}"], precision=precision).score(pool)
             kept = compare({"score": whole}, {"score": scores})
-            out.setdefault(key, {})[precision] = {
+            out.setdefault(f"kept_by_{option}", {})[precision] = {
                 "spearman_with_default": round(kept["spearman"], 4),
                 "top5pct_kept": round(kept["top5pct_overlap"], 4),
             }
-            print(f"{name} against the default", precision, out[key][precision], flush=True)
+            print(f"default --{option} against the default", precision, out[f"kept_by_{option}"][precision], flush=True)
     return out
 
 

@@ -389,8 +389,8 @@ def _iqs_order(d: dict) -> list[tuple[str, str, str]]:
                 "",
             )
         )
-    for option in ("tuned", "tuned --relevance"):
-        for precision, r in d.get(f"kept_by_{option.replace(' --', '_')}", {}).items():
+    for option in ("tuned", "relevance"):
+        for precision, r in d.get(f"kept_by_{option}", {}).items():
             out.append(
                 (
                     f"default --{option} {precision} on {d['real_records']:,} real records: Spearman with the "
