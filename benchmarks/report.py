@@ -704,17 +704,26 @@ def _pair(d: dict, key: str, fmt: str = "{:.3f}") -> str:
     return " / ".join(fmt.format(d[f"{key} {p}"]) for p in ("fp32", "int8"))
 
 
+# The defects section's columns: the bundle as the benchmark names it, its README header and its short label.
+DEFECT_COLUMNS = {
+    "default (before)": ("default bundle before", "before"),
+    "default": ("default bundle now", "now"),
+    "default --tuned": ("default, `--tuned`", "tuned"),
+    "default --relevance": ("default, `--relevance`", "relevance"),
+    "default --tuned --relevance": ("default, `--tuned --relevance`", "tuned and relevance"),
+    "multilingual": ("multilingual bundle now", "multilingual"),
+}
+
+
+def _defect_names(d: dict) -> list[str]:
+    """The columns a defects result measured (one from before the tuned-and-relevance column has one less)."""
+    return [n for n in DEFECT_COLUMNS if f"{n} fp32" in d["defects"]]
+
+
 def _defect_rows(d: dict) -> list[tuple[str, ...]]:
-    """Rows of the defects table: a measure, then the default bundle before, now, with its tuned branch, with its
-    relevance branch, with both, and the multilingual one."""
-    names = (
-        "default (before)",
-        "default",
-        "default --tuned",
-        "default --relevance",
-        "default --tuned --relevance",
-        "multilingual",
-    )
+    """Rows of the defects table: a measure, then one cell per column of _defect_names."""
+    names = _defect_names(d)
+    defaults = names[:-1]  # every column but the multilingual bundle's
     out = []
     for kind, label in DEFECT_LABELS.items():
         if all(kind in d["defects"][f"{n} fp32"] for n in names):
@@ -746,7 +755,7 @@ def _defect_rows(d: dict) -> list[tuple[str, ...]]:
             return cell
         return cell + f" ({c['fp32']['against_before'][name]}x / {c['int8']['against_before'][name]}x)"
 
-    out.append(("score+embed time per record (ms), against before", *(ms(n) for n in names[:-1]), ""))
+    out.append(("score+embed time per record (ms), against before", *(ms(n) for n in defaults), ""))
     e = d["embeddings_unchanged"]
 
     def same(name):
@@ -755,28 +764,24 @@ def _defect_rows(d: dict) -> list[tuple[str, ...]]:
             for p in ("fp32", "int8")
         )
 
-    out.append(("embeddings of the default bundle, against before", "", *(same(n) for n in names[1:-1]), ""))
+    out.append(("embeddings of the default bundle, against before", "", *(same(n) for n in defaults[1:]), ""))
     low = d["lowered_by_relevance"]
+    lowered = " / ".join(
+        f"{low[p]['lowered']:.1%}; {low[p]['spearman_with_default']:.3f}; {low[p]['top5pct_kept']:.0%}"
+        for p in ("fp32", "int8")
+    )
     out.append(
         (
             f"real records ({low['fp32']['records']:,} of the shared corpora) whose score the relevance branch "
             "lowers; Spearman with the default; its top 5% kept",
-            "",
-            "",
-            "",
-            " / ".join(
-                f"{low[p]['lowered']:.1%}; {low[p]['spearman_with_default']:.3f}; {low[p]['top5pct_kept']:.0%}"
-                for p in ("fp32", "int8")
-            ),
-            "",
-            "",
+            *(lowered if n == "default --relevance" else "" for n in names),
         )
     )
     return out
 
 
 def _defects(d: dict) -> list[tuple[str, str, str]]:
-    labels = ("before", "now", "tuned", "relevance", "tuned and relevance", "multilingual")
+    labels = [DEFECT_COLUMNS[n][1] for n in _defect_names(d)]
     return [
         (row[0], "; ".join(f"{label} {v}" for label, v in zip(labels, row[1:]) if v), "") for row in _defect_rows(d)
     ]
@@ -787,15 +792,15 @@ def defects_table() -> str:
     d = _load("defects")
     if not d:
         return ""
+    headers = [DEFECT_COLUMNS[n][0] for n in _defect_names(d)]
     lines = [
         f"Held-apart records ({d['held_apart_records']:,}: the expert validation pairs' revised answers and 50 of "
         f"each English corpus), each against a corrupted copy; {_cpu(d)}, {_date('defects', d)}, "
         f"`{d['command']}`. fp32 / int8 in each cell. Every bundle reads whole records (long answers in windows; "
         'the "before" head exported by today\'s exporter).',
         "",
-        "| | default bundle before | default bundle now | default, `--tuned` | default, `--relevance` | default, "
-        "`--tuned --relevance` | multilingual bundle now |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| | {' | '.join(headers)} |",
+        "| --- " * (len(headers) + 1) + "|",
     ]
     return "\n".join(lines + [f"| {' | '.join(row)} |" for row in _defect_rows(d)]) + "\n"
 
