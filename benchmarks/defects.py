@@ -1,9 +1,9 @@
 """What the scorer sees: per kind of defect, the share of held-apart records whose real answer outscores a corrupted
 copy (car_onnx.core.defects, measuring phrases), for the default bundle before this scorer (the head of commit BEFORE)
 and now, the default bundle with its tuned branch (`export default --tuned`), with its relevance branch (`export
-default --relevance`), with both (`export default --tuned --relevance`) and the multilingual bundle, fp32 and int8; a `--n1 5%` selection from real records with 9%
-corrupted copies of others; expert agreement on score_valid.csv; score+embed cost per record, now and with each
-branch against before.
+default --relevance`), with both (`export default --tuned --relevance`) and the multilingual bundle, fp32 and int8;
+a `--n1 5%` selection from real records with 9% corrupted copies of others; expert agreement on score_valid.csv;
+score+embed cost per record, now and with each branch against before.
 
 Held-apart records: the revised answers of pairs_valid.csv (never trained on, never chosen on) and 50 records of
 each English corpus; wrong-language answers lent by the second half of alpaca_zh_2000.json (the first half lends

@@ -239,8 +239,14 @@ def both_branches(tuned: Path, relevance: Path, output: Path) -> Path:
     base = {k for k in a if not k.startswith("tuned.")}
     if "tuned" not in ma or "relevance" not in mb:
         raise ValueError(f"{tuned} needs a tuned branch and {relevance} a relevance branch")
+    rest = [
+        {k: v for k, v in m.items() if k not in (branch, "training")}
+        for m, branch in ((ma, "tuned"), (mb, "relevance"))
+    ]
     if base != {k for k in b if not k.startswith("relevance.")} or any(not torch.equal(a[k], b[k]) for k in base):
         raise ValueError(f"{tuned} and {relevance} were not trained beside the same base head")
+    if rest[0] != rest[1]:
+        raise ValueError(f"{tuned} and {relevance} differ in their metadata besides their branches")
     meta = mb | {"tuned": ma["tuned"], "training": {"tuned": ma["training"], "relevance": mb["training"]}}
     output = Path(output)
     save_file(a | {k: v for k, v in b.items() if k.startswith("relevance.")}, str(output))

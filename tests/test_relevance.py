@@ -154,6 +154,10 @@ def test_both_branches_go_in_one_head_only_from_heads_beside_the_same_base(tmp_p
     save_file({"base.w": torch.arange(4.0) + 1, "relevance.y": torch.zeros(3)}, str(other))
     with pytest.raises(ValueError, match="were not trained beside the same base head"):
         both_branches(tuned, other, tmp_path / "x.safetensors")
+    other = head("o", "relevance", **{"relevance.y": torch.zeros(3)})
+    other.with_suffix(".json").write_text(json.dumps({"max_length": 512, "relevance": {}, "training": {}}))
+    with pytest.raises(ValueError, match="differ in their metadata besides their branches"):
+        both_branches(tuned, other, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
 
 
