@@ -74,15 +74,15 @@ def bundles(work: Path) -> dict[str, Path]:
         "multilingual": work / "multilingual-now",
     }
     both = work / "both" / "minilm_both.safetensors"
+    if not (out["default --tuned --relevance"] / "manifest.json").is_file():  # merged as the command merges them
+        both.parent.mkdir(parents=True, exist_ok=True)
+        both_branches(TUNED_WEIGHTS, RELEVANCE_WEIGHTS, both)
     for name, weights in (
         ("default --tuned", TUNED_WEIGHTS),
         ("default --relevance", RELEVANCE_WEIGHTS),
         ("default --tuned --relevance", both),
     ):
         if not (out[name] / "manifest.json").is_file():
-            if weights == both:  # as `export default --tuned --relevance` merges them
-                both.parent.mkdir(parents=True, exist_ok=True)
-                both_branches(TUNED_WEIGHTS, RELEVANCE_WEIGHTS, both)
             export_default(out[name], precisions=("fp32", "int8"), weights=weights, log=lambda m: None)
     if not (out["default (before)"] / "manifest.json").is_file():
         weights = work / "before" / "minilm_head.safetensors"
