@@ -113,6 +113,12 @@ def selection(model, records: list[Text], seed: int = 0) -> dict:
             (Text(part[c.index].instruction, part[c.index].input, c.output), kind)
             for c in corrupt(part, (kind,), seed=seed)
         ]
+    return selected(model, real, copies, kinds, seed)
+
+
+def selected(model, real: list[Text], copies: list[tuple[Text, str]], kinds: tuple[str, ...], seed: int) -> dict:
+    """`select --n1 5%` on the real records and the corrupted copies (each with its kind), shuffled: how many
+    corrupted records it keeps, of which kinds."""
     data = [dict(instruction=r.instruction, input=r.input, output=r.output, defect=None) for r in real]
     data += [dict(instruction=r.instruction, input=r.input, output=r.output, defect=kind) for r, kind in copies]
     data = [data[i] for i in np.random.default_rng(seed).permutation(len(data))]

@@ -744,6 +744,18 @@ def _defect_rows(d: dict) -> list[tuple[str, ...]]:
             *(" / ".join(f"{sel[f'{n} {p}']['corrupted_share']:.1%}" for p in ("fp32", "int8")) for n in names),
         )
     )
+    hard = _load("hard_selection")
+    if hard and all(f"{n} fp32" in hard["selection_n1_5pct"] for n in names):
+        sel = hard["selection_n1_5pct"]
+        share = sel["default int8"]["corrupted_in"]
+        out.append(
+            (
+                f"`select --n1 5%` from data {share:.1%} corrupted with the kinds read worst (the nearest other "
+                "question's answer, cuts mid-sentence and after a sentence, last parts refused): corrupted among the "
+                f"selected (`{hard['command']}`, {_date('hard_selection', hard)})",
+                *(" / ".join(f"{sel[f'{n} {p}']['corrupted_share']:.1%}" for p in ("fp32", "int8")) for n in names),
+            )
+        )
     out.append(
         ("expert agreement on score_valid.csv", *(_pair(d["agreement_score_valid"], n, "{:.4f}") for n in names))
     )
