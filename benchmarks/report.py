@@ -720,6 +720,11 @@ def _defect_names(d: dict) -> list[str]:
     return [n for n in DEFECT_COLUMNS if f"{n} fp32" in d["defects"]]
 
 
+def _shares(sel: dict, name: str) -> str:
+    """A selection cell: the share of corrupted records among those selected, fp32 / int8."""
+    return " / ".join(f"{sel[f'{name} {p}']['corrupted_share']:.1%}" for p in ("fp32", "int8"))
+
+
 def _defect_rows(d: dict) -> list[tuple[str, ...]]:
     """Rows of the defects table: a measure, then one cell per column of _defect_names."""
     names = _defect_names(d)
@@ -741,7 +746,7 @@ def _defect_rows(d: dict) -> list[tuple[str, ...]]:
     out.append(
         (
             f"`select --n1 5%` from data {share:.1%} corrupted: corrupted among the selected",
-            *(" / ".join(f"{sel[f'{n} {p}']['corrupted_share']:.1%}" for p in ("fp32", "int8")) for n in names),
+            *(_shares(sel, n) for n in names),
         )
     )
     hard = _load("hard_selection")
@@ -753,7 +758,7 @@ def _defect_rows(d: dict) -> list[tuple[str, ...]]:
                 f"`select --n1 5%` from data {share:.1%} corrupted with the kinds read worst (the nearest other "
                 "question's answer, cuts mid-sentence and after a sentence, last parts refused): corrupted among the "
                 f"selected (`{hard['command']}`, {_date('hard_selection', hard)})",
-                *(" / ".join(f"{sel[f'{n} {p}']['corrupted_share']:.1%}" for p in ("fp32", "int8")) for n in names),
+                *(_shares(sel, n) for n in names),
             )
         )
     out.append(
