@@ -26,7 +26,7 @@ from car_onnx.core.defects import corrupt
 from car_onnx.evaluate import Text, agreement, defect_table, read_pairs
 from car_onnx.runtime.manifest import Template
 
-from .common import CORPORA, ROOT, section_main, shared_file
+from .common import CORPORA, ROOT, real_records, section_main, shared_file
 
 BEFORE = "41e7d9e"  # main before the defect-aware scorer: its head is exported as the "before" bundle
 
@@ -134,6 +134,21 @@ def selected(model, real: list[Text], copies: list[tuple[Text, str]], kinds: tup
     }
 
 
+def real_pool() -> list[Text]:
+    """The records of the selection tests and of cost: the shared corpora's, shuffled with seed 11."""
+    return [Text(r["instruction"], r["input"], r["output"]) for r in real_records(seed=11)]
+
+
+def selections(paths: dict[str, Path], pool: list[Text], test) -> dict:
+    """`test(model, pool)` (a selection test) for every bundle of `paths`, int8 then fp32."""
+    out = {}
+    for name, path in paths.items():
+        for precision in ("int8", "fp32"):
+            out[f"{name} {precision}"] = test(car_onnx.load(path, precision=precision), pool)
+            print(f"selection {name} {precision}: {out[f'{name} {precision}']}", flush=True)
+    return out
+
+
 DEFAULTS = ("default (before)", "default", "default --tuned", "default --relevance", "default --tuned --relevance")
 
 
@@ -210,14 +225,8 @@ def run(work: Path, quick: bool) -> dict:
             print(
                 f"{name} {precision}: {agreements[f'{name} {precision}']} {tables[f'{name} {precision}']}", flush=True
             )
-    from .common import real_records
-
-    pool = [Text(r["instruction"], r["input"], r["output"]) for r in real_records(seed=11)]
-    chosen = {}
-    for name in paths:
-        for precision in ("int8", "fp32"):
-            chosen[f"{name} {precision}"] = selection(car_onnx.load(paths[name], precision=precision), pool)
-            print(f"selection {name} {precision}: {chosen[f'{name} {precision}']}", flush=True)
+    pool = real_pool()
+    chosen = selections(paths, pool, selection)
     return {
         "held_apart_records": len(records),
         "defects": tables,

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import car_onnx
 from car_onnx.core.defects import corrupt
 from car_onnx.evaluate import Text
 
-from .common import real_records, section_main
-from .defects import bundles, selected
+from .common import section_main
+from .defects import bundles, real_pool, selected, selections
 
 KINDS = ("other_near", "cut_half", "cut_sentence", "refuse_part")
 
@@ -35,14 +34,7 @@ def hard_selection(model, records: list[Text], seed: int = 0) -> dict:
 
 
 def run(work: Path, quick: bool) -> dict:
-    paths = bundles(work)
-    pool = [Text(r["instruction"], r["input"], r["output"]) for r in real_records(seed=11)]
-    out = {}
-    for name, path in paths.items():
-        for precision in ("int8", "fp32"):
-            out[f"{name} {precision}"] = hard_selection(car_onnx.load(path, precision=precision), pool)
-            print(f"{name} {precision}: {out[f'{name} {precision}']}", flush=True)
-    return {"kinds": list(KINDS), "selection_n1_5pct": out}
+    return {"kinds": list(KINDS), "selection_n1_5pct": selections(bundles(work), real_pool(), hard_selection)}
 
 
 if __name__ == "__main__":
