@@ -156,26 +156,56 @@ def records_file(folder: Path, n: int, seed: int, unique: bool = False) -> Path:
     return path
 
 
-def save(name: str, result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def _command() -> str:
+    """This run's command line, as `python -m benchmarks.NAME ...`."""
     stem = Path(sys.argv[0]).stem
     module = (
         "benchmarks" if stem == "__main__" and Path(sys.argv[0]).parent.name == "benchmarks" else f"benchmarks.{stem}"
     )
-    command = " ".join([Path(sys.executable).name, "-m", module, *sys.argv[1:]])
-    result = {"command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), **result}
+    return " ".join([Path(sys.executable).name, "-m", module, *sys.argv[1:]])
+
+
+def save(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"command": _command(), "machine": machine(), "date": time.strftime("%Y-%m-%d"), **result}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
 
-def section_main(name: str, run, doc: str, argv=None) -> None:
-    """The command line of one section: `python -m benchmarks.NAME [--quick] [--work DIR]`; saves its result."""
+def merged(name: str, result: dict, only: list[str]) -> dict:
+    """The committed result of section `name` with the entries of `result` (the bundles `only`, measured again)
+    put in its tables in place of theirs; it keeps its own command, machine and day, and records this run's for
+    each of those bundles (`remeasured`)."""
+    before = json.loads((RESULTS / f"{name}.json").read_text())
+    for key, value in result.items():
+        if isinstance(value, dict) and isinstance(before.get(key), dict):
+            before[key] = {**before[key], **value}
+        elif before.get(key) != value:
+            raise SystemExit(f"{name}: {key} is {value!r} in this run, {before.get(key)!r} in the committed result")
+    run = {"command": _command(), "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    before["remeasured"] = before.get("remeasured", {}) | {bundle: run for bundle in only}
+    return before
+
+
+def section_main(name: str, run, doc: str, argv=None, bundles: tuple[str, ...] = ()) -> None:
+    """The command line of one section: `python -m benchmarks.NAME [--quick] [--work DIR]`; saves its result. With
+    `bundles` (the bundles the section measures; `run` then takes the ones asked for, or None for all), also
+    `--only BUNDLE` (repeatable): those alone, merged into the committed result (`merged`)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--quick", action="store_true")
+    if bundles:
+        ap.add_argument(
+            "--only", action="append", choices=bundles, help="measure this bundle alone, into the committed result"
+        )
     args = ap.parse_args(argv)
+    only = getattr(args, "only", None)
+    if only and args.quick:
+        ap.error("--only merges into the committed result: not with --quick")
     args.work.mkdir(parents=True, exist_ok=True)
-    result = run(args.work, args.quick)
+    result = run(args.work, args.quick, only) if bundles else run(args.work, args.quick)
+    if only:
+        result = merged(name, result, only)
     print(json.dumps(result, indent=2))
     print(f"written to {save(name, result)}")

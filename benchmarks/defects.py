@@ -9,7 +9,10 @@ Held-apart records: the revised answers of pairs_valid.csv (never trained on, ne
 each English corpus; wrong-language answers lent by the second half of alpaca_zh_2000.json (the first half lends
 them to training).
 
-    python -m benchmarks.defects [--quick] [--work DIR]
+    python -m benchmarks.defects [--quick] [--work DIR] [--only BUNDLE ...]
+
+`--only` measures the named bundles alone (their defect table, agreement and selection) and puts them in the
+committed result in place of theirs.
 """
 
 from __future__ import annotations
@@ -59,20 +62,25 @@ def default_now(work: Path) -> Path:
     return out
 
 
+BUNDLES = (
+    "default (before)",
+    "default",
+    "default --tuned",
+    "default --relevance",
+    "default --tuned --relevance",
+    "multilingual",
+)
+
+
 def bundles(work: Path) -> dict[str, Path]:
     """The default bundle now, with the head of BEFORE, with the tuned branch, the relevance branch and both, and the
     multilingual bundle (fp32, int8)."""
     from car_onnx_export.default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS, both_branches, export_default
     from car_onnx_export.multilingual import export_multilingual
 
-    out = {
-        "default (before)": work / "default-before",
-        "default": default_now(work),
-        "default --tuned": work / "default-tuned",
-        "default --relevance": work / "default-relevance",
-        "default --tuned --relevance": work / "default-tuned-relevance",
-        "multilingual": work / "multilingual-now",
-    }
+    folders = ("default-before", "default-now", "default-tuned", "default-relevance", "default-tuned-relevance")
+    out = dict(zip(BUNDLES, [work / f for f in folders] + [work / "multilingual-now"]))
+    out["default"] = default_now(work)
     both = work / "both" / "minilm_both.safetensors"
     if not (out["default --tuned --relevance"] / "manifest.json").is_file():  # merged as the command merges them
         both.parent.mkdir(parents=True, exist_ok=True)
@@ -211,8 +219,10 @@ def lowered(paths: dict[str, Path], records: list[Text]) -> dict:
     return out
 
 
-def run(work: Path, quick: bool) -> dict:
+def run(work: Path, quick: bool, only: list[str] | None = None) -> dict:
     paths = bundles(work)
+    if only:
+        paths = {name: paths[name] for name in only}
     records = held_apart(20 if quick else 50)
     lent = foreign()
     tables, agreements = {}, {}
@@ -227,11 +237,15 @@ def run(work: Path, quick: bool) -> dict:
             )
     pool = real_pool()
     chosen = selections(paths, pool, selection)
-    return {
+    out = {
         "held_apart_records": len(records),
         "defects": tables,
         "agreement_score_valid": agreements,
         "selection_n1_5pct": chosen,
+    }
+    if only:
+        return out
+    return out | {
         "cost": cost(paths, pool[: 200 if quick else 500], 1 if quick else 7),
         "embeddings_unchanged": embeddings_unchanged(paths, pool[: 200 if quick else 500]),
         "lowered_by_relevance": lowered(paths, pool[: 400 if quick else 2000]),
@@ -239,4 +253,4 @@ def run(work: Path, quick: bool) -> dict:
 
 
 if __name__ == "__main__":
-    section_main("defects", run, __doc__)
+    section_main("defects", run, __doc__, bundles=BUNDLES)

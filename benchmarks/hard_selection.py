@@ -5,7 +5,8 @@ question among all 400 donors): the share of corrupted records among those selec
 bundle of the defects section, fp32 and int8. A pairwise miss costs a selection only where the copy also ranks
 among the best records; this measures that.
 
-    python -m benchmarks.hard_selection [--work DIR]    (--quick changes nothing: the test is its 4,400 records)
+    python -m benchmarks.hard_selection [--work DIR] [--only BUNDLE ...]    (--quick changes nothing: the test is its
+    4,400 records; --only measures the named bundles alone, into the committed result)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from car_onnx.core.defects import corrupt
 from car_onnx.evaluate import Text
 
 from .common import section_main
-from .defects import bundles, real_pool, selected, selections
+from .defects import BUNDLES, bundles, real_pool, selected, selections
 
 KINDS = ("other_near", "cut_half", "cut_sentence", "refuse_part")
 
@@ -33,9 +34,10 @@ def hard_selection(model, records: list[Text], seed: int = 0) -> dict:
     return selected(model, real, copies, KINDS, seed)
 
 
-def run(work: Path, quick: bool) -> dict:
-    return {"kinds": list(KINDS), "selection_n1_5pct": selections(bundles(work), real_pool(), hard_selection)}
+def run(work: Path, quick: bool, only: list[str] | None = None) -> dict:
+    paths = {name: path for name, path in bundles(work).items() if not only or name in only}
+    return {"kinds": list(KINDS), "selection_n1_5pct": selections(paths, real_pool(), hard_selection)}
 
 
 if __name__ == "__main__":
-    section_main("hard_selection", run, __doc__)
+    section_main("hard_selection", run, __doc__, bundles=BUNDLES)

@@ -720,6 +720,15 @@ def _defect_names(d: dict) -> list[str]:
     return [n for n in DEFECT_COLUMNS if f"{n} fp32" in d["defects"]]
 
 
+def _again(d: dict) -> str:
+    """Where a result's columns were measured again (`--only`): which, how and when, to follow its own command."""
+    runs = d.get("remeasured", {})
+    return "".join(
+        f"; the {DEFECT_COLUMNS[n][1]} column measured again: `{r['command']}`, {_cpu(r)}, {r['date']}"
+        for n, r in runs.items()
+    )
+
+
 def _shares(sel: dict, name: str) -> str:
     """A selection cell: the share of corrupted records among those selected, fp32 / int8."""
     return " / ".join(f"{sel[f'{name} {p}']['corrupted_share']:.1%}" for p in ("fp32", "int8"))
@@ -757,7 +766,7 @@ def _defect_rows(d: dict) -> list[tuple[str, ...]]:
             (
                 f"`select --n1 5%` from data {share:.1%} corrupted with the kinds read worst (the nearest other "
                 "question's answer, cuts mid-sentence and after a sentence, last parts refused): corrupted among the "
-                f"selected (`{hard['command']}`, {_date('hard_selection', hard)})",
+                f"selected (`{hard['command']}`, {_date('hard_selection', hard)}{_again(hard)})",
                 *(_shares(sel, n) for n in names),
             )
         )
@@ -813,7 +822,7 @@ def defects_table() -> str:
     lines = [
         f"Held-apart records ({d['held_apart_records']:,}: the expert validation pairs' revised answers and 50 of "
         f"each English corpus), each against a corrupted copy; {_cpu(d)}, {_date('defects', d)}, "
-        f"`{d['command']}`. fp32 / int8 in each cell. Every bundle reads whole records (long answers in windows; "
+        f"`{d['command']}`{_again(d)}. fp32 / int8 in each cell. Every bundle reads whole records (long answers in windows; "
         'the "before" head exported by today\'s exporter).',
         "",
         f"| | {' | '.join(headers)} |",

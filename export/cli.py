@@ -246,10 +246,17 @@ def train_scorer(
             help="Also train a third defect term, added to the others, that reads only whether a part of the answer reads like a refusal (the refusal reader's numbers): answers whose last parts were refused, and long answers with a refused tail, below the complete ones; both shipped heads have it (docs/scorers.md).",
         ),
     ] = False,
+    end_term: Annotated[
+        bool,
+        typer.Option(
+            "--end-term",
+            help="Train an end reader and a defect term, added to the others, that reads only how the answer ends (whether it ends as an answer cut mid-sentence does), beside the --base head (--encoder multilingual), kept as it is; the multilingual bundle's head has it (docs/scorers.md).",
+        ),
+    ] = False,
     base: Annotated[
         Optional[Path],
         typer.Option(
-            help="A head trained before (.safetensors, on --encoder) whose quality head, defect terms and refusal reader are kept as they are: only its refusal term is trained (again), with --refusal-term, or a tuned branch beside it, with --tuned-layers.",
+            help="A head trained before (.safetensors, on --encoder) whose quality head, defect terms and refusal reader are kept as they are: only its refusal term is trained (again), with --refusal-term, its end reader and term, with --end-term, or a branch beside it, with --tuned-layers or --relevance-layers.",
         ),
     ] = None,
     tuned_layers: Annotated[
@@ -287,6 +294,7 @@ def train_scorer(
         foreign=lent,
         window_term=window_term,
         refusal_term=refusal_term,
+        end_term=end_term,
         base=base,
         tuned_layers=tuned_layers,
         relevance_layers=relevance_layers,

@@ -16,7 +16,16 @@ from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.reading import READ_TOKENS, Reading
 from car_onnx.runtime.tokenization import load_tokenizer
 
-from .heads import PACK_BITS, DefectPart, HeadConfig, RefusalReader, ScoringHead, repeats_penalty, span_cosines
+from .heads import (
+    PACK_BITS,
+    DefectPart,
+    EndReader,
+    HeadConfig,
+    RefusalReader,
+    ScoringHead,
+    repeats_penalty,
+    span_cosines,
+)
 from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, ffn_output_matmuls, raise_refused
 from .relevance import relevance_penalty
 from .tuned import TunedBranch
@@ -27,7 +36,16 @@ TUNED_WEIGHTS = Path(__file__).parent / "weights" / "minilm_tuned.safetensors"
 # the shipped head with a relevance branch beside it (export default --relevance; export/relevance.py)
 RELEVANCE_WEIGHTS = Path(__file__).parent / "weights" / "minilm_relevance.safetensors"
 # a head's weights beside the quality head's: the score's terms
-TERMS = ("defects.", "window_defects.", "refusal_defects.", "refusals.", "tuned.", "relevance.")
+TERMS = (
+    "defects.",
+    "window_defects.",
+    "refusal_defects.",
+    "refusals.",
+    "end_defects.",
+    "ends.",
+    "tuned.",
+    "relevance.",
+)
 NAME = "minilm-car"
 
 
@@ -195,6 +213,18 @@ def load_refusals(weights: Path) -> RefusalReader | None:
     if not state:
         return None
     reader = RefusalReader(state["ends"].tolist(), *state["prototype"].shape)
+    reader.load_state_dict(state)
+    return reader.eval()
+
+
+def load_ends(weights: Path) -> EndReader | None:
+    """The head's end reader (None for a head trained without one)."""
+    from safetensors.torch import load_file
+
+    state = {k.removeprefix("ends."): v for k, v in load_file(str(weights)).items() if k.startswith("ends.")}
+    if not state:
+        return None
+    reader = EndReader(*state["center"].shape)
     reader.load_state_dict(state)
     return reader.eval()
 

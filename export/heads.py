@@ -291,19 +291,64 @@ class RefusalReader(nn.Module):
     @torch.no_grad()
     def fit(self, refused: list[torch.Tensor], real: tuple[list[torch.Tensor], ...], shrink: float = 0.1) -> None:
         """`refused`: per level, [N, H] unit vectors of the last segments of refused answers; `real`: per level, the
-        sums of real answers' unit segment vectors, of their outer products ([H, H]) and their counts of segments.
-        The direction is linear discriminant analysis's: the difference of the means through the real segments'
-        covariance, shrunk by `shrink` towards its mean variance (on the MiniLM levels it tells refusals in phrases
-        it was not fitted on from real answers better than the difference of the means alone: docs/scorers.md)."""
+        sums of real answers' unit segment vectors, of their outer products ([H, H]) and their counts of segments
+        (`discriminant`; on the MiniLM levels it tells refusals in phrases it was not fitted on from real answers
+        better than the difference of the means alone: docs/scorers.md)."""
         for k, (r, (total, outer, count)) in enumerate(zip(refused, zip(*real))):
-            mean = r.mean(0)
-            self.prototype[k] = nn.functional.normalize(mean, dim=0)
-            self.center[k] = total / count
-            c = self.center[k].double()
-            cov = outer.double() / count - torch.outer(c, c)
-            cov = (1 - shrink) * cov + shrink * cov.trace() / len(c) * torch.eye(len(c), dtype=cov.dtype)
-            way = torch.linalg.solve(cov, mean.double() - c).to(mean.dtype)
-            self.direction[k] = nn.functional.normalize(way, dim=0)
+            self.prototype[k] = nn.functional.normalize(r.mean(0), dim=0)
+            self.center[k], self.direction[k] = discriminant(r.mean(0), total, outer, count, shrink)
+
+
+def discriminant(mean, total, outer, count, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre, direction): linear discriminant analysis of vectors of mean `mean` ([H]) against real ones given by
+    their sum ([H]), the sum of their outer products ([H, H]) and their count: the real vectors' mean, and the
+    difference of the means through their covariance, shrunk by `shrink` towards its mean variance, unit length."""
+    center = (total / count).to(mean.dtype)
+    c = center.double()
+    cov = outer.double() / count - torch.outer(c, c)
+    cov = (1 - shrink) * cov + shrink * cov.trace() / len(c) * torch.eye(len(c), dtype=cov.dtype)
+    way = torch.linalg.solve(cov, mean.double() - c).to(mean.dtype)
+    return center, nn.functional.normalize(way, dim=0)
+
+
+END_TOKENS = (
+    3  # the response tokens the end reader reads (of 1, 3 and 6, the best on the choose split: docs/scorers.md)
+)
+
+
+class EndReader(nn.Module):
+    """Whether the response ends as an answer cut mid-sentence does: the unit-length mean of the states of its last
+    END_TOKENS tokens at each of the given levels, centred on real answers' ends and projected on the direction that
+    tells the ends of cut copies from them (`fit`, `discriminant`). [B, levels]; 0 for an empty response and for a
+    window that ends before its answer does (`answer_open` 1: runtime/reading.py), which is no cut."""
+
+    def __init__(self, levels: int, hidden: int):
+        super().__init__()
+        self.register_buffer("center", torch.zeros(levels, hidden))
+        self.register_buffer("direction", torch.zeros(levels, hidden))
+
+    @staticmethod
+    def last(states: list[torch.Tensor], response: torch.Tensor) -> list[torch.Tensor]:
+        """Per level, [B, H]: the unit-length mean of the response's last END_TOKENS token states (zeros where the
+        response is empty). `response`: [B, T] float, 1 on the response's tokens."""
+        position = response.cumsum(1)  # 1 .. n on a response of n tokens
+        weight = response * (position > response.sum(1, keepdim=True) - END_TOKENS).to(response.dtype)
+        return [nn.functional.normalize(span_mean(h, weight), dim=-1, eps=1e-6) for h in states]
+
+    def forward(self, states: list[torch.Tensor], response: torch.Tensor, answer_open=None) -> torch.Tensor:
+        # products summed, not MatMuls: int8 export quantises a MatMul with a constant operand
+        out = [((v - self.center[k]) * self.direction[k]).sum(-1) for k, v in enumerate(self.last(states, response))]
+        keep = (response.sum(1) > 0).to(response.dtype)
+        if answer_open is not None:
+            keep = keep * (1 - answer_open.to(response.dtype))
+        return torch.stack(out, 1) * keep.unsqueeze(1)
+
+    @torch.no_grad()
+    def fit(self, cut: list[torch.Tensor], real: list[torch.Tensor], shrink: float = 0.1) -> None:
+        """`cut`, `real`: per level, [N, H] `last` vectors of cut copies' and real answers' responses."""
+        for k, (c, r) in enumerate(zip(cut, real)):
+            r = r.double()
+            self.center[k], self.direction[k] = discriminant(c.mean(0), r.sum(0), r.T @ r, len(r), shrink)
 
 
 # Points a scorer with defect terms takes off a text whose answer says a part three times or more in a row (the

@@ -20,7 +20,7 @@ import car_onnx
 from car_onnx.runtime.manifest import ModelSpec, Template, Variant
 from car_onnx.runtime.reading import READ_TOKENS, Reading
 
-from .heads import DefectPart, PooledHead, RefusalReader, ScoringHead, repeats_penalty, span_cosines
+from .heads import DefectPart, EndReader, PooledHead, RefusalReader, ScoringHead, repeats_penalty, span_cosines
 from .onnx_tools import ExportError, add_to_bundle, build_variants, export_module, raise_refused
 
 NAME = "use-m3-car"
@@ -217,8 +217,9 @@ class JointModel(nn.Module):
     (with `defects`) the defect term: `span_cosines` of the prompt's and the response's sentence vectors (the
     encoder has no attention, so each span's vectors are nearly what the span alone gives) and how far apart the
     scripts of prompt and response are (an answer in another language than the instruction's); with
-    `refusal_defects`, also that term (answers partly refused, read from `refusals`). `runs`: the length of the
-    repeated runs the features also count (0: not counted, as in heads trained before them)."""
+    `refusal_defects`, also that term (answers partly refused, read from `refusals`); with `end_defects`, also that
+    term (answers cut mid-sentence, read from `ends`, whose numbers come last among the features). `runs`: the length
+    of the repeated runs the features also count (0: not counted, as in heads trained before them)."""
 
     def __init__(
         self,
@@ -229,26 +230,34 @@ class JointModel(nn.Module):
         refusals: RefusalReader | None = None,
         refusal_defects: DefectPart | None = None,
         runs: int = 0,
+        ends: EndReader | None = None,
+        end_defects: DefectPart | None = None,
     ):
         super().__init__()
         self.encoder, self.head, self.defects = encoder, PooledHead(head), defects  # the head as trained
         self.refusals, self.refusal_defects, self.runs = refusals, refusal_defects, runs
+        self.ends, self.end_defects = ends, end_defects
         if scripts is not None:
             self.register_buffer("scripts", torch.from_numpy(scripts))
 
-    def forward(self, input_ids, attention_mask, response_mask=None, answer_loops=None, answer_repeats=None):
+    def forward(
+        self, input_ids, attention_mask, response_mask=None, answer_loops=None, answer_repeats=None, answer_open=None
+    ):
         feats = self.encoder.tokens(input_ids, attention_mask)
         layers = self.encoder.sentence(feats, attention_mask)
         score = self.head(torch.stack(layers, 1))
         if self.defects is not None:
-            features = self.defect_features(feats, input_ids, attention_mask, response_mask, answer_loops)
+            features = self.defect_features(feats, input_ids, attention_mask, response_mask, answer_loops, answer_open)
             score = score + self.defects(features)
-            if self.refusal_defects is not None:
-                score = score + self.refusal_defects(features)
+            for term in (self.refusal_defects, self.end_defects):
+                if term is not None:
+                    score = score + term(features)
             score = repeats_penalty(score, answer_repeats)
         return score, layers[-1]  # in the order of the roles (score, embed)
 
-    def defect_features(self, feats, input_ids, attention_mask, response_mask, answer_loops=None) -> torch.Tensor:
+    def defect_features(
+        self, feats, input_ids, attention_mask, response_mask, answer_loops=None, answer_open=None
+    ) -> torch.Tensor:
         def pool(weight):
             return torch.stack(self.encoder.sentence(feats, weight), 1)
 
@@ -264,13 +273,16 @@ class JointModel(nn.Module):
             return total / total.sum(1, keepdim=True).clamp(min=1e-6)
 
         apart = (share(prompt) - share(response)).abs().sum(1, keepdim=True) / 2  # 0: same scripts, 1: disjoint
-        if self.refusals is None:
-            return torch.cat([base, apart], 1)
-        return torch.cat([base, apart, self.refusals(self.refusal_levels(feats), input_ids, response)], 1)
+        out = [base, apart]
+        if self.refusals is not None:
+            out.append(self.refusals(self.refusal_levels(feats), input_ids, response))
+        if self.ends is not None:
+            out.append(self.ends(self.refusal_levels(feats), response, answer_open))
+        return torch.cat(out, 1)
 
     @staticmethod
     def refusal_levels(feats) -> list[torch.Tensor]:
-        """The token states the refusal reader reads: the features the sentence vectors are pooled from."""
+        """The token states the refusal and end readers read: the features the sentence vectors are pooled from."""
         return [feats]
 
 
@@ -348,7 +360,7 @@ def export_multilingual(
     output: Path, *, precisions=("fp32", "int8"), force: bool = False, weights: Path = WEIGHTS, log=print
 ) -> ModelSpec:
     """Build the multilingual bundle into `output` (merged with any other models already there)."""
-    from .default import load_defects, load_head, load_refusals
+    from .default import load_defects, load_ends, load_head, load_refusals
 
     output = Path(output)
     head, meta = load_head(weights)
@@ -362,7 +374,9 @@ def export_multilingual(
     scripts = scripts_of(sp_model) if defects else None
     refused = load_defects(weights, meta, "refusal_defects")
     runs = meta.get("defects", {}).get("runs", 0)
-    model = JointModel(USEEncoder(npz), head, defects, scripts, load_refusals(weights), refused, runs).eval()
+    ends, cut = load_ends(weights), load_defects(weights, meta, "end_defects")
+    model = JointModel(USEEncoder(npz), head, defects, scripts, load_refusals(weights), refused, runs, ends, cut)
+    model = model.eval()
     (output / NAME).mkdir(parents=True, exist_ok=True)
     build_tokenizer(sp_model).save(str(output / NAME / "tokenizer.json"))
     template = Template(**meta["template"])
@@ -376,7 +390,8 @@ def export_multilingual(
         max_length=meta["max_length"],
         pad_id=0,
         inputs=("input_ids", "attention_mask")
-        + (("response_mask", "answer_loops", "answer_repeats") if defects else ()),
+        + (("response_mask", "answer_loops", "answer_repeats") if defects else ())
+        + (("answer_open",) if ends is not None else ()),
         outputs={"score": "score", "embed": "embedding"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         reading=Reading(max_windows=READ_TOKENS // meta["max_length"]),
@@ -388,6 +403,7 @@ def export_multilingual(
             "head": meta["head"],
             "defects": meta.get("defects"),
             "refusal_defects": meta.get("refusal_defects"),
+            "end_defects": meta.get("end_defects"),
             "training": meta.get("training", {}),
         },
     )
@@ -416,6 +432,8 @@ def export_multilingual(
         example["response_mask"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0]] * 2)
         example["answer_loops"] = torch.tensor([0.0, 0.5])
         example["answer_repeats"] = torch.tensor([0.0, 1.0])
+    if "answer_open" in example:
+        example["answer_open"] = torch.tensor([0.0, 1.0])
     probe = output / NAME / "probe.onnx"  # the graph as exported, only to name the MatMuls int8 leaves alone
     export_module(model, probe, example, ["score", "embedding"])
     keep_fp32 = sentence_level_matmuls(probe)

@@ -59,8 +59,8 @@ def make_graph(
 ) -> None:
     """embedding = masked mean of a token lookup; score = tanh(embedding) @ w. `tables`: other (E, w). With
     `response` the graph reads a response mask and the score is tanh(mean of the response's tokens) @ w (0 for an
-    empty response). `units`: the unit inputs it reads (`answer_loops`, `answer_window`, `answer_repeats`: [batch]
-    float), each added to the score (`answer_window` times 10)."""
+    empty response). `units`: the unit inputs it reads (`answer_loops`, `answer_window`, `answer_repeats`,
+    `answer_open`: [batch] float), each added to the score (`answer_window` times 10, `answer_open` times 100)."""
     emb, w = weights(seed) if tables is None else tables
     names = ("input_ids", "attention_mask") + (("response_mask",) if response else ())
     nodes = [helper.make_node("Gather", ["E", "input_ids"], ["tok"]), *_masked_mean("attention_mask", "embedding")]
@@ -73,7 +73,8 @@ def make_graph(
     ]
     for k, name in enumerate(units):
         scaled, out = name + "_x", "score" if k == len(units) - 1 else f"score_{k + 1}"
-        nodes.append(helper.make_node("Mul", [name, "ten" if name == "answer_window" else "unit"], [scaled]))
+        factor = {"answer_window": "ten", "answer_open": "hundred"}.get(name, "unit")
+        nodes.append(helper.make_node("Mul", [name, factor], [scaled]))
         nodes.append(helper.make_node("Add", [f"score_{k}", scaled], [out]))
     inits = [
         numpy_helper.from_array(emb, "E"),
@@ -82,7 +83,10 @@ def make_graph(
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
     ]
     if units:
-        inits += [numpy_helper.from_array(np.array(v, dtype=np.float32), n) for n, v in (("ten", 10.0), ("unit", 1.0))]
+        inits += [
+            numpy_helper.from_array(np.array(v, dtype=np.float32), n)
+            for n, v in (("ten", 10.0), ("hundred", 100.0), ("unit", 1.0))
+        ]
     if response:
         inits.append(numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"))
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in names]
@@ -126,13 +130,14 @@ def make_bundle(
     loops: bool = False,
     window: bool = False,
     repeats: bool = False,
+    open: bool = False,
 ) -> Path:
     """A bundle with one graph serving both roles, or (split) a scorer and an embedder with different weights;
     another `seed` gives other weights. `precisions`: fp32, int8 (dynamic quantisation, like the export's) and/or
     fp16 (weights and compute in fp16, fp32 inputs and outputs, like the export's). `response`: the scorers read
     the response apart (see make_graph). `max_windows`: the manifest's reading rule (none: the first MAX_LENGTH
-    tokens). `loops`, `window`, `repeats`: the scorers add the answer loops, ten times the window flag, the repeats
-    flag, they are fed to the score (see make_graph)."""
+    tokens). `loops`, `window`, `repeats`, `open`: the scorers add the answer loops, ten times the window flag, the
+    repeats flag, a hundred times the open flag they are fed to the score (see make_graph)."""
     assert set(precisions) <= {"fp32", "int8", "fp16"}, precisions
     root = Path(root)
     groups = [("scorer", ("score",), 1), ("embedder", ("embed",), 2)] if split else [("joint", ("score", "embed"), 0)]
@@ -143,7 +148,12 @@ def make_bundle(
         reads = response and "score" in roles
         units = tuple(
             name
-            for name, on in (("answer_loops", loops), ("answer_window", window), ("answer_repeats", repeats))
+            for name, on in (
+                ("answer_loops", loops),
+                ("answer_window", window),
+                ("answer_repeats", repeats),
+                ("answer_open", open),
+            )
             if on and "score" in roles
         )
         make_graph(root / name / "model.fp32.onnx", roles, seed + offset, response=reads, units=units)

@@ -28,7 +28,7 @@ from car_onnx.evaluate import read_pairs as read_records
 from car_onnx.runtime.manifest import Template
 from car_onnx.runtime.reading import READ_TOKENS, RUN, Reader, Reading, combine
 
-from .heads import DefectPart, HeadConfig, PooledHead, ScoringHead, refusal_term_columns
+from .heads import DefectPart, EndReader, HeadConfig, PooledHead, ScoringHead, refusal_term_columns
 from .relevance import LAYERS as RELEVANCE_LAYERS
 from .relevance import RECIPE as RELEVANCE
 from .relevance import negatives as relevance_negatives
@@ -84,6 +84,7 @@ DEFECTS = dict(
     long_batch=128,
 )
 CHOOSE = 0.15  # share of the training pairs held apart to choose epochs on
+END_KINDS = ("cut_quarter", "cut_half")  # the copies an end reader and its term learn: answers cut mid-sentence
 
 
 @dataclasses.dataclass
@@ -205,18 +206,27 @@ def encode_minilm(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray
     return pooled, feats, kept
 
 
-def encode_multilingual(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray | None = None, runs: int = 0):
+def encode_multilingual(
+    texts: list[tuple[str, int]],
+    refusals=None,
+    loops: np.ndarray | None = None,
+    runs: int = 0,
+    ends: EndReader | None = None,
+    opened: np.ndarray | None = None,
+):
     """(sentence vectors [n, 4, 512], defect features [n, F]) of `texts` (as `encode_minilm`) through the
-    multilingual bundle's own graph code (multilingual.JointModel, with the refusal reader `refusals`, counting
-    repeated runs of `runs` tokens where not 0)."""
+    multilingual bundle's own graph code (multilingual.JointModel, with the refusal reader `refusals` and the end
+    reader `ends`, counting repeated runs of `runs` tokens where not 0; `opened`: 1 for a window that ends before its
+    answer, as `loops` is given)."""
     from . import multilingual as ml
 
-    model = _multilingual_model(refusals, runs)
+    model = _multilingual_model(refusals, runs, ends)
     pooled = np.empty((len(texts), len(ml.LAYERS), ml.DIM), dtype=np.float32)
     feats = None
     for batch, ids, mask, response, token_feats in _multilingual_batches(model, texts):
         pooled[batch] = torch.stack(model.encoder.sentence(token_feats, mask), 1).numpy()
-        f = model.defect_features(token_feats, ids, mask, response, _loops(loops, batch)).numpy()
+        f = model.defect_features(token_feats, ids, mask, response, _loops(loops, batch), _loops(opened, batch))
+        f = f.numpy()
         if feats is None:
             feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
         feats[batch] = f
@@ -227,12 +237,13 @@ def _loops(loops: np.ndarray | None, batch: list[int]) -> torch.Tensor | None:
     return None if loops is None else torch.from_numpy(np.asarray(loops, dtype=np.float32)[batch])
 
 
-def _multilingual_model(refusals=None, runs: int = 0):
+def _multilingual_model(refusals=None, runs: int = 0, ends: EndReader | None = None):
     from . import multilingual as ml
 
     sp_model, weights = ml.package_resources()
     head = ScoringHead(HeadConfig(hidden=512, num_layers=4), 0)
-    return ml.JointModel(ml.USEEncoder(weights).eval(), head, None, ml.scripts_of(sp_model), refusals, runs=runs).eval()
+    encoder = ml.USEEncoder(weights).eval()
+    return ml.JointModel(encoder, head, None, ml.scripts_of(sp_model), refusals, runs=runs, ends=ends).eval()
 
 
 def _multilingual_batches(model, texts: list[tuple[str, int]], batch_tokens: int = 8192):
@@ -300,6 +311,26 @@ def refusal_reader(encoder: str, refused: list[Text], real: list[Text], template
                         outer[k] = outer[k] + seen.T @ seen
                         count[k] = count[k] + len(seen)
     reader.fit([torch.cat(x) for x in last], (total, outer, count))
+    return reader.eval()
+
+
+def end_reader(cut: list[Text], real: list[Text], template: Template) -> EndReader:
+    """The multilingual bundle's end reader (heads.EndReader), fitted on the last tokens of the responses of `cut`
+    (copies cut mid-sentence) against those of the `real` answers, in the token states `JointModel.refusal_levels`
+    gives it (the token features its sentence vectors are pooled from)."""
+    from . import multilingual as ml
+
+    model = _multilingual_model()
+    last: dict[bool, list[list[torch.Tensor]]] = {}
+    with torch.no_grad():
+        for is_cut, texts in ((True, cut), (False, real)):
+            for _, ids, mask, response, token_feats in _multilingual_batches(model, rendered(texts, template)):
+                resp = response.to(torch.float32) * mask.to(torch.float32)
+                has = resp.sum(1) > 0
+                vectors = EndReader.last(model.refusal_levels(token_feats), resp)
+                last.setdefault(is_cut, []).append([v[has] for v in vectors])
+    reader = EndReader(len(last[True][0]), ml.DIM + 3 * ml.CNN_DIM)
+    reader.fit(*([torch.cat(level) for level in zip(*last[k])] for k in (True, False)))
     return reader.eval()
 
 
@@ -551,6 +582,7 @@ def train_head(
     foreign: list[str] | None = None,
     window_term: bool = False,
     refusal_term: bool = False,
+    end_term: bool = False,
     base: Path | None = None,
     tuned_layers: int | None = None,
     tuned_steps: int | None = None,
@@ -565,9 +597,11 @@ def train_head(
     bundle's encoder only), also a second term for windows of long answers, trained also on `long_answers`. With
     `refusal_term`, also a third term, added to the others' on every text, that reads the refusal reader's numbers
     alone (heads.refusal_term_columns): trained as the others on top of their scores, on the copies whose last parts
-    were refused and on `long_answers`' refused tails. `base`: a head trained before (on `encoder`) whose quality
-    head, defect terms and refusal reader are kept as they are, weights and metadata: only its refusal term is
-    trained (again), or, with `tuned_layers` (1 or 2; its refusal term kept too), a tuned branch (export/tuned.py)
+    were refused and on `long_answers`' refused tails. With `end_term` (the multilingual encoder, beside a `base`),
+    an end reader (heads.EndReader, fitted on the fitting pairs' copies cut mid-sentence, END_KINDS) and a term added
+    to the score that reads its numbers alone, trained as the refusal term on those copies. `base`: a head trained
+    before (on `encoder`) whose quality head, defect terms and refusal reader are kept as they are, weights and
+    metadata: only its refusal term is trained (again), or its end reader and term (`end_term`), or, with `tuned_layers` (1 or 2; its refusal term kept too), a tuned branch (export/tuned.py)
     whose term is added to the score, trained for `tuned_steps` (default: its recipe's), or, with `relevance_layers`
     (1 to 6), a relevance branch (export/relevance.py) whose penalty is taken off the score, trained for
     `relevance_steps`."""
@@ -579,6 +613,16 @@ def train_head(
         raise UsageError("{window_term} needs {encoder} minilm and {defects}", "window_term", "encoder", "defects")
     if refusal_term and not defects:
         raise UsageError("{refusal_term} needs {defects}", "refusal_term", "defects")
+    if end_term and (encoder != "multilingual" or base is None or refusal_term or window_term):
+        raise UsageError(
+            "{end_term} trains an end reader and its term beside a multilingual head kept as it is: pass {encoder} "
+            "multilingual and {base}, not {refusal_term} or {window_term}",
+            "end_term",
+            "encoder",
+            "base",
+            "refusal_term",
+            "window_term",
+        )
     kept = _base(base, encoder) if base is not None else None
     if tuned_layers is not None and relevance_layers is not None:
         raise UsageError("pass {tuned_layers} or {relevance_layers}, not both", "tuned_layers", "relevance_layers")
@@ -599,13 +643,15 @@ def train_head(
                 "window_term",
                 "refusal_term",
             )
-    elif kept is not None and (window_term or not refusal_term):
+    elif kept is not None and not end_term and (window_term or not refusal_term):
         raise UsageError(
             "{base} keeps a head's terms and trains its refusal term: pass {refusal_term}, not {window_term}",
             "base",
             "refusal_term",
             "window_term",
         )
+    if kept is not None and kept["ends"] is not None and not end_term:
+        raise InputError(base, None, "a head with an end reader: pass the head it was trained beside")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     template = Template(**TEMPLATE)
@@ -638,6 +684,7 @@ def train_head(
                 f"{CHOOSE:.0%} held apart",
             )
     loops = np.array([0.0] * len(records) + [u.loops for u in windows], dtype=np.float32)
+    opened = np.array([0.0] * len(records) + [u.open for u in windows], dtype=np.float32)
     later = np.array([False] * len(records) + [u.window for u in windows])  # windows after an answer's first
     log(
         f"encoding {len(texts)} texts ({n} pairs, {len(valid_b)} valid pairs, {len(broken)} corrupted copies, "
@@ -652,6 +699,12 @@ def train_head(
         if refusal_term:
             raise InputError(train, None, "a refusal term needs refused copies among the fitting pairs")
         log("no refused copies among the fitting pairs (answers of three parts or more): no refusal reader")
+    ends = None
+    if end_term:
+        cut = [t for t, c in zip(copies, broken) if c.kind in END_KINDS and c.index in fitting]
+        if not cut:
+            raise InputError(train, None, "an end term needs copies cut mid-sentence among the fitting pairs")
+        ends = end_reader(cut, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
     if encoder == "minilm":
         pooled, feats, states = encode_minilm(texts, refusals, loops, tuned_layers or relevance_layers or 0)
         max_length = MAX_LENGTH
@@ -659,7 +712,7 @@ def train_head(
         from .multilingual import MAX_LENGTH as max_length
 
         runs = RUN if kept is None else kept["meta"]["defects"].get("runs", 0)  # a kept head's terms read as before
-        pooled, feats = encode_multilingual(texts, refusals, loops, runs)
+        pooled, feats = encode_multilingual(texts, refusals, loops, runs, ends, opened)
     encoded = time.perf_counter()
     log(f"encoded {len(texts)} texts in {encoded - start:.0f}s")
     b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))
@@ -706,7 +759,7 @@ def train_head(
             shape = {"features": int(feats.shape[1])} | {k: DEFECTS[k] for k in ("hidden", "scale", "members")}
             meta_terms = {name: shape | {"runs": RUN} for name in terms}
         scores = q + _terms(terms, feats, later)
-        if branch and kept["refusal_defects"] is not None:  # the base's refusal term, kept as it is
+        if kept is not None and kept["refusal_defects"] is not None and not refusal_term:  # kept as it is
             meta_terms["refusal_defects"] = kept["meta"]["refusal_defects"]
             with torch.no_grad():
                 scores = scores + kept["refusal_defects"](torch.from_numpy(feats)).numpy()
@@ -731,6 +784,21 @@ def train_head(
             }
             with torch.no_grad():
                 scores = scores + terms["refusal_defects"](torch.from_numpy(feats)).numpy()
+        if end_term:  # trained as the refusal term on the others' scores, on the copies cut mid-sentence
+            state = {k: v for k, v in state.items() if not k.startswith(("end_defects.", "ends."))}  # a kept one's
+            columns = list(range(feats.shape[1] - len(ends.center), feats.shape[1]))  # the end reader's numbers
+            only = {
+                name: {k: v[np.isin(split["kind"], END_KINDS)] for k, v in split.items()}
+                for name, split in defect.items()
+            }
+            terms["end_defects"], metrics["end_defects"] = fit_defects(
+                scores, feats, expert, only | {"choose": defect["choose"]}, seed=seed, columns=columns, log=log
+            )
+            meta_terms["end_defects"] = {"features": len(columns), "columns": columns} | {
+                k: DEFECTS[k] for k in ("hidden", "scale", "members")
+            }
+            with torch.no_grad():
+                scores = scores + terms["end_defects"](torch.from_numpy(feats)).numpy()
         if tuned_layers:
             metrics["valid_agreement_base"] = round(agreement(scores, PairData(vb, vw)), 4)
             d, metrics["tuned"] = _tuned(tuned_layers, states, scores, expert, defect, seed, tuned_steps, state, log)
@@ -747,10 +815,11 @@ def train_head(
             meta_terms["relevance"] = {"layers": relevance_layers, "hidden": RELEVANCE["hidden"], "stored": "float16"}
             meta_terms["relevance"] |= {k: RELEVANCE[k] for k in ("points", "below")}
         for name, part in terms.items():
-            if kept is None or name == "refusal_defects":
+            if kept is None or name in ("refusal_defects", "end_defects"):
                 state |= {f"{name}.{k}": v.contiguous() for k, v in part.state_dict().items()}
-        if refusals is not None:
-            state |= {f"refusals.{k}": v.contiguous() for k, v in refusals.state_dict().items()}
+        for name, reader in (("refusals", refusals), ("ends", ends)):
+            if reader is not None:
+                state |= {f"{name}.{k}": v.contiguous() for k, v in reader.state_dict().items()}
     valid_agreement = agreement(scores, PairData(vb, vw))
     metrics["valid_agreement_quality_only"] = round(agreement(q, PairData(vb, vw)), 4)
     log(f"agreement on {Path(valid).name} (measured, not chosen on): {valid_agreement:.4f}")
@@ -839,7 +908,7 @@ def _base(path: Path, encoder: str) -> dict:
     weights as the file holds them."""
     from safetensors.torch import load_file
 
-    from .default import load_defects, load_head, load_refusals
+    from .default import load_defects, load_ends, load_head, load_refusals
 
     if not Path(path).is_file() or not Path(path).with_suffix(".json").is_file():
         raise InputError(path, None, "no such head (its .safetensors and .json beside it)")
@@ -849,8 +918,9 @@ def _base(path: Path, encoder: str) -> dict:
     if "tuned" in meta:
         raise InputError(path, None, "a head with a tuned branch: pass the head it was trained beside")
     state = load_file(str(path))  # kept as it is (a refusal term trained again replaces its own)
-    kept = {"head": head, "meta": meta, "refusals": load_refusals(Path(path)), "state": state}
-    for name in ("defects", "window_defects", "refusal_defects"):
+    kept = {"head": head, "meta": meta, "refusals": load_refusals(Path(path)), "ends": load_ends(Path(path))}
+    kept["state"] = state
+    for name in ("defects", "window_defects", "refusal_defects", "end_defects"):
         if name in meta and "columns" not in meta[name]:
             meta[name] = meta[name] | {"columns": list(range(meta[name]["features"]))}
         kept[name] = load_defects(Path(path), meta, name)

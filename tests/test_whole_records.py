@@ -264,3 +264,19 @@ def test_a_graph_reading_answer_window_is_told_which_texts_are_windows(tmp_path)
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(car_onnx.BundleError, match="the graph reads answer_window, which the manifest's inputs"):
         car_onnx.load(bad, precision="fp32").score(SHORT)
+
+
+def test_a_graph_reading_answer_open_is_told_which_windows_end_before_their_answer(tmp_path):
+    """`answer_open`: 1 for each window that ends before its answer does (every window but the last, and the last
+    read one where max_windows leaves the rest unread), 0 for the last window and for a text that fits (the
+    multilingual bundle's end reader reads it: such a window is no cut answer)."""
+    plain = tiny.make_bundle(tmp_path / "plain", max_windows=8)
+    answer = long_answer(5, 18)  # 5 windows of 4, 4, 4, 4, 2 words
+    records = SHORT + [{"instruction": W[7], "output": answer}]
+    base = car_onnx.load(plain, precision="fp32").score(records)
+    got = car_onnx.load(tiny.make_bundle(tmp_path / "open", max_windows=8, open=True), precision="fp32").score(records)
+    assert np.array_equal(got[: len(SHORT)], base[: len(SHORT)])  # texts that fit: 0
+    assert got[-1] == pytest.approx(base[-1] + 100 * 16 / 18, abs=1e-4)  # the first four windows (16 words): 1
+    capped = car_onnx.load(tiny.make_bundle(tmp_path / "capped", max_windows=2, open=True), precision="fp32")
+    first_two = car_onnx.load(tiny.make_bundle(tmp_path / "two", max_windows=2), precision="fp32")
+    assert capped.score(records[-1:])[0] == pytest.approx(first_two.score(records[-1:])[0] + 100, abs=1e-4)  # both

@@ -20,8 +20,13 @@ from .tokenization import DEFAULT_MAX_TOKENS, Clipper, load_tokenizer, pad_batch
 # answer, the share of the whole answer's runs of 8 tokens seen earlier in it (reading.py), 0 for a text that fits.
 # answer_window ([batch] float): 1 for a window after an answer's first (it starts mid-answer), else 0.
 # answer_repeats ([batch] float): 1 where the text's whole answer says a part three times or more in a row
-# (reading.said_in_place), else 0.
-UNIT_INPUTS = {"answer_loops": "loops", "answer_window": "window", "answer_repeats": "repeats"}  # reading.Unit's
+# (reading.said_in_place), else 0. answer_open ([batch] float): 1 for a window that ends before its answer does.
+UNIT_INPUTS = {  # reading.Unit's
+    "answer_loops": "loops",
+    "answer_window": "window",
+    "answer_repeats": "repeats",
+    "answer_open": "open",
+}
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "response_mask", *UNIT_INPUTS)
 
 
@@ -78,7 +83,7 @@ class OnnxModel:
     ) -> dict[str, np.ndarray]:
         """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`; `starts`: where each
         text's response begins (characters), for a graph that reads the response apart; `units`: each text's value
-        of the `unit_inputs` the graph reads (reading.Unit's loops, window and repeats; 0 for all where not given).
+        of the `unit_inputs` the graph reads (reading.Unit's loops, window, repeats and open; 0 for all where not given).
         int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
         would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
         if self.reads_response and starts is None:

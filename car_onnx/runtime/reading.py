@@ -59,8 +59,9 @@ class Unit:
     """One text a model runs: where its response starts (characters), the answer tokens it reads, its share of
     its exchange's answer tokens (its weight in the record's score and embedding) and, for a window of a longer
     answer, the share of that whole answer's runs of RUN tokens seen earlier in it (`loops`; 0 for a text that
-    fits), `window` (True for a window after an answer's first: it starts mid-answer) and, for a Reader that counts
-    them, whether its whole answer says a part IN_PLACE times in a row (`repeats`: 1.0 or 0.0, `said_in_place`)."""
+    fits), `window` (True for a window after an answer's first: it starts mid-answer), for a Reader that counts
+    them, whether its whole answer says a part IN_PLACE times in a row (`repeats`: 1.0 or 0.0, `said_in_place`) and
+    `open` (True for a window that ends before its answer does: the answer goes on past it, read or not)."""
 
     text: str
     start: int
@@ -69,6 +70,7 @@ class Unit:
     loops: float = 0.0
     window: bool = False
     repeats: float = 0.0
+    open: bool = False
 
 
 class Reader:
@@ -105,7 +107,8 @@ class Reader:
         if self.max_windows == 1:
             return [Unit(text, start, 1, repeats=self._repeats(output))]
         counter = self.counter()
-        if len(output) > self.cap:  # a giant answer: only what max_windows windows can read is tokenized
+        capped = len(output) > self.cap
+        if capped:  # a giant answer: only what max_windows windows can read is tokenized
             output = output[: self.cap]
             text = self.template.render(instruction, input, output)
         total = len(counter.encode(text).ids)
@@ -128,12 +131,15 @@ class Reader:
                     self.template.render(instruction, input, part),
                     self.template.response_start(instruction, input),
                     last - first + 1,
+                    open=capped or last < len(offsets) - 1,
                 )
             )
         read = sum(u.tokens for u in units)
         loops = repeated_runs(answer.ids[:read])
         repeats = self._said(answer.ids[:read])
-        return [Unit(u.text, u.start, u.tokens, u.tokens / read, loops, k > 0, repeats) for k, u in enumerate(units)]
+        return [
+            Unit(u.text, u.start, u.tokens, u.tokens / read, loops, k > 0, repeats, u.open) for k, u in enumerate(units)
+        ]
 
     def _repeats(self, output: str) -> float:
         """`_said` of the answer `output`, tokenized only where the Reader counts repeats."""
