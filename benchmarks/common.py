@@ -178,11 +178,17 @@ def merged(name: str, result: dict, only: list[str]) -> dict:
     put in its tables in place of theirs; it keeps its own command, machine and day, and records this run's for
     each of those bundles (`remeasured`)."""
     before = json.loads((RESULTS / f"{name}.json").read_text())
-    for key, value in result.items():
-        if isinstance(value, dict) and isinstance(before.get(key), dict):
-            before[key] = {**before[key], **value}
-        elif before.get(key) != value:
-            raise SystemExit(f"{name}: {key} is {value!r} in this run, {before.get(key)!r} in the committed result")
+
+    def put(into: dict, new: dict, top: bool) -> None:  # tables merged entry by entry, the rest must agree
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                put(into[key], value, False)
+            elif top and key in into and into[key] != value:
+                raise SystemExit(f"{name}: {key} is {value!r} here, {into[key]!r} in the committed result")
+            else:
+                into[key] = value
+
+    put(before, result, True)
     run = {"command": _command(), "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     before["remeasured"] = before.get("remeasured", {}) | {bundle: run for bundle in only}
     return before

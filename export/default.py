@@ -26,7 +26,7 @@ from .heads import (
     repeats_penalty,
     span_cosines,
 )
-from .onnx_tools import add_to_bundle, build_variants, copy_tokenizer, ffn_output_matmuls, raise_refused
+from .onnx_tools import ExportError, add_to_bundle, build_variants, copy_tokenizer, ffn_output_matmuls, raise_refused
 from .relevance import relevance_penalty
 from .tuned import TunedBranch
 
@@ -67,7 +67,9 @@ class JointModel(nn.Module):
     `defect_features`); with `window_defects`, a window after a long answer's first (`answer_window` 1) takes that
     term instead (trained on windows of long answers too, export/train.py), any other text `defects`'; with
     `refusal_defects`, every text also takes that term (answers partly refused). `runs`: the length of the repeated
-    runs the features also count (0: not counted, as in heads trained before them). With `tuned` (export/tuned.py),
+    runs the features also count (0: not counted, as in heads trained before them); with `end_defects`, every text
+    also takes that term (answers cut mid-sentence, read from `ends`, whose number comes last among the features).
+    With `tuned` (export/tuned.py),
     its term, read from the states below its copied layers, is added to the score; with `relevance`
     (export/relevance.py: the branch and its penalty's points and bound), its penalty is taken off it."""
 
@@ -83,8 +85,11 @@ class JointModel(nn.Module):
         refusal_defects: DefectPart | None = None,
         tuned: TunedBranch | None = None,
         relevance: tuple[TunedBranch, float, float] | None = None,
+        ends: EndReader | None = None,
+        end_defects: DefectPart | None = None,
     ):
         super().__init__()
+        self.ends, self.end_defects = ends, end_defects
         self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
         self.refusals, self.window_defects, self.runs = refusals, window_defects, runs
         self.refusal_defects, self.tuned = refusal_defects, tuned
@@ -104,6 +109,7 @@ class JointModel(nn.Module):
         answer_loops=None,
         answer_repeats=None,
         answer_window=None,
+        answer_open=None,
     ):  # the inputs in the manifest's order (the export feeds them by position)
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True
@@ -113,12 +119,13 @@ class JointModel(nn.Module):
         emb = nn.functional.normalize(emb, p=2, dim=1)
         score = self.head(hidden, input_ids, attention_mask)
         if self.defects is not None:
-            features = self.defect_features(hidden, input_ids, attention_mask, response_mask, answer_loops)
+            features = self.defect_features(hidden, input_ids, attention_mask, response_mask, answer_loops, answer_open)
             term = self.defects(features)
             if self.window_defects is not None and answer_window is not None:
                 term = torch.where(answer_window > 0.5, self.window_defects(features), term)
-            if self.refusal_defects is not None:
-                term = term + self.refusal_defects(features)
+            for added in (self.refusal_defects, self.end_defects):
+                if added is not None:
+                    term = term + added(features)
             score = repeats_penalty(score + term, answer_repeats)
         if self.tuned is not None:
             score = score + self.tuned(hidden[-1 - len(self.tuned.layers)], attention_mask, response_mask)
@@ -138,13 +145,16 @@ class JointModel(nn.Module):
         entry = hidden[-2] * attention_mask.unsqueeze(-1).to(hidden[-2].dtype)
         return self.branch(entry, attention_mask=blocked)[0]
 
-    def defect_features(self, hidden, input_ids, attention_mask, response_mask, answer_loops=None) -> torch.Tensor:
+    def defect_features(
+        self, hidden, input_ids, attention_mask, response_mask, answer_loops=None, answer_open=None
+    ) -> torch.Tensor:
         """`span_cosines` over the 7 hidden states and a branch: the last layer run again on the layer before it
         with attention kept within the prompt and within the response, so that the two spans are read apart (in
         the shared layers they attend to each other). The branch costs one layer of six; the embedding is
         untouched. With `runs`, also the share of the response's runs of that many tokens seen earlier in it (or
         `answer_loops`, the whole answer's, where higher). With `refusals`, also what it reads of the response's
-        segments in the branch and the last layer."""
+        segments in the branch and the last layer; with `ends`, also how the response ends (`answer_open`: 1 for a
+        window that ends before its answer does, which reads no end)."""
         branch = self.branch_states(hidden, attention_mask, response_mask)
         levels = [*hidden, branch]
 
@@ -159,15 +169,25 @@ class JointModel(nn.Module):
         features = span_cosines(
             pool, input_ids, attention_mask, response_mask, self.max_length, answer_loops, self.runs
         )
-        if self.refusals is None:
-            return features
         response = response_mask.to(branch.dtype) * attention_mask.to(branch.dtype)
-        return torch.cat([features, self.refusals(self.refusal_levels(hidden, branch), input_ids, response)], 1)
+        out = [features]
+        if self.refusals is not None:
+            out.append(self.refusals(self.refusal_levels(hidden, branch), input_ids, response))
+        if self.ends is not None:
+            out.append(self.ends(self.end_levels(hidden), response, answer_open))
+        return torch.cat(out, 1)
 
     @staticmethod
     def refusal_levels(hidden, branch) -> list[torch.Tensor]:
         """The token states the refusal reader reads: the branch's and the last layer's."""
         return [branch, hidden[-1]]
+
+    @staticmethod
+    def end_levels(hidden) -> list[torch.Tensor]:
+        """The token states the end reader reads: the third layer's (of the seven hidden states and the branch, the
+        one whose last tokens tell copies cut mid-sentence from real answers best on the choose split:
+        docs/scorers.md)."""
+        return [hidden[3]]
 
 
 def head_config(meta: dict) -> HeadConfig:
@@ -327,8 +347,22 @@ def export_default(
     runs = meta.get("defects", {}).get("runs", 0)
     refused = load_defects(weights, meta, "refusal_defects")
     tuned, relevance = load_tuned(weights, meta, encoder), load_relevance(weights, meta, encoder)
+    ends, cut = load_ends(weights), load_defects(weights, meta, "end_defects")
+    if ends is not None and window is None:  # the graph's inputs are fed in order: answer_open after answer_window
+        raise ExportError(f"{weights}: an end reader needs a head with a window term (train-scorer --window-term)")
     model = JointModel(
-        encoder, head, defects, meta["max_length"], load_refusals(weights), window, runs, refused, tuned, relevance
+        encoder,
+        head,
+        defects,
+        meta["max_length"],
+        load_refusals(weights),
+        window,
+        runs,
+        refused,
+        tuned,
+        relevance,
+        ends,
+        cut,
     )
     model.eval()
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
@@ -342,7 +376,8 @@ def export_default(
         pad_id=meta["pad_id"],
         inputs=("input_ids", "attention_mask", "token_type_ids")
         + (("response_mask", "answer_loops", "answer_repeats") if defects else ())
-        + (("answer_window",) if window else ()),
+        + (("answer_window",) if window else ())
+        + (("answer_open",) if ends is not None else ()),
         outputs={"score": "score", "embed": "embedding"},
         variants={"fp32": Variant(f"{NAME}/model.fp32.onnx")},
         reading=Reading(max_windows=READ_TOKENS // meta["max_length"]),
@@ -353,6 +388,7 @@ def export_default(
             "defects": meta.get("defects"),
             "window_defects": meta.get("window_defects"),
             "refusal_defects": meta.get("refusal_defects"),
+            "end_defects": meta.get("end_defects"),
             "tuned": meta.get("tuned"),
             "relevance": meta.get("relevance"),
             "training": meta.get("training", {}),
@@ -381,6 +417,8 @@ def export_default(
         example["answer_loops"] = torch.tensor([0.0, 0.5])
     if "answer_window" in example:
         example["answer_window"] = torch.tensor([0.0, 1.0])
+    if "answer_open" in example:
+        example["answer_open"] = torch.tensor([0.0, 1.0])
     if "answer_repeats" in example:
         example["answer_repeats"] = torch.tensor([0.0, 1.0])
     spec, refused = build_variants(

@@ -277,13 +277,15 @@ class JointModel(nn.Module):
         if self.refusals is not None:
             out.append(self.refusals(self.refusal_levels(feats), input_ids, response))
         if self.ends is not None:
-            out.append(self.ends(self.refusal_levels(feats), response, answer_open))
+            out.append(self.ends(self.end_levels(feats), response, answer_open))
         return torch.cat(out, 1)
 
     @staticmethod
     def refusal_levels(feats) -> list[torch.Tensor]:
-        """The token states the refusal and end readers read: the features the sentence vectors are pooled from."""
+        """The token states the refusal reader reads: the features the sentence vectors are pooled from."""
         return [feats]
+
+    end_levels = refusal_levels  # and the end reader's
 
 
 # ---------------------------------------------------------------- head training

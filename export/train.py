@@ -181,21 +181,30 @@ def rendered(records: list[Text], template: Template) -> list[tuple[str, int]]:
     ]
 
 
-def encode_minilm(texts: list[tuple[str, int]], refusals=None, loops: np.ndarray | None = None, states: int = 0):
+def encode_minilm(
+    texts: list[tuple[str, int]],
+    refusals=None,
+    loops: np.ndarray | None = None,
+    states: int = 0,
+    ends: EndReader | None = None,
+    opened: np.ndarray | None = None,
+):
     """(pooled [n, 7, 384], defect features [n, F], token states) of `texts` (`rendered`, or windows of long answers
     with their answers' `loops`, runtime/reading.py) through the default bundle's own graph code: the quality head's
-    per-layer means and `JointModel.defect_features` (with the refusal reader `refusals`); with `states`, also each
-    text's (token states [tokens, 384] fp16 below the last `states` layers, response mask), for a tuned branch (else
-    None)."""
+    per-layer means and `JointModel.defect_features` (with the refusal reader `refusals` and the end reader `ends`;
+    `opened`: 1 for a window that ends before its answer, as `loops` is given; a text at the token limit is read as
+    one, as the runtime's windows of a longer answer are); with `states`, also each text's (token states
+    [tokens, 384] fp16 below the last `states` layers, response mask), for a tuned branch (else None)."""
     from .default import JointModel, load_encoder
     from .heads import span_mean
 
-    model = JointModel(load_encoder(), None, None, MAX_LENGTH, refusals, runs=RUN).eval()
+    model = JointModel(load_encoder(), None, None, MAX_LENGTH, refusals, runs=RUN, ends=ends).eval()
     pooled = np.empty((len(texts), 7, 384), dtype=np.float32)
     feats, kept = None, ([None] * len(texts), [None] * len(texts)) if states else None
     for batch, ids, mask, response, hidden in _minilm_batches(model, texts):
         pooled[batch] = torch.stack([span_mean(h, mask.float()) for h in hidden], 1).numpy()
-        f = model.defect_features(hidden, ids, mask, response, _loops(loops, batch)).numpy()
+        is_open = _open(opened, batch, mask, MAX_LENGTH)
+        f = model.defect_features(hidden, ids, mask, response, _loops(loops, batch), is_open).numpy()
         if feats is None:
             feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
         feats[batch] = f
@@ -225,8 +234,8 @@ def encode_multilingual(
     feats = None
     for batch, ids, mask, response, token_feats in _multilingual_batches(model, texts):
         pooled[batch] = torch.stack(model.encoder.sentence(token_feats, mask), 1).numpy()
-        f = model.defect_features(token_feats, ids, mask, response, _loops(loops, batch), _loops(opened, batch))
-        f = f.numpy()
+        is_open = _open(opened, batch, mask, ml.MAX_LENGTH)
+        f = model.defect_features(token_feats, ids, mask, response, _loops(loops, batch), is_open).numpy()
         if feats is None:
             feats = np.empty((len(texts), f.shape[1]), dtype=np.float32)
         feats[batch] = f
@@ -235,6 +244,13 @@ def encode_multilingual(
 
 def _loops(loops: np.ndarray | None, batch: list[int]) -> torch.Tensor | None:
     return None if loops is None else torch.from_numpy(np.asarray(loops, dtype=np.float32)[batch])
+
+
+def _open(opened: np.ndarray | None, batch: list[int], mask: torch.Tensor, limit: int) -> torch.Tensor:
+    """`answer_open` of a batch: 1 for a window that ends before its answer (`opened`) and for a text at the token
+    limit (at run time, a longer answer is read in windows, and one that ends before the answer reads no end)."""
+    full = (mask.sum(1) >= limit).to(torch.float32)
+    return full if opened is None else torch.maximum(full, _loops(opened, batch))
 
 
 def _multilingual_model(refusals=None, runs: int = 0, ends: EndReader | None = None):
@@ -314,22 +330,37 @@ def refusal_reader(encoder: str, refused: list[Text], real: list[Text], template
     return reader.eval()
 
 
-def end_reader(cut: list[Text], real: list[Text], template: Template) -> EndReader:
-    """The multilingual bundle's end reader (heads.EndReader), fitted on the last tokens of the responses of `cut`
-    (copies cut mid-sentence) against those of the `real` answers, in the token states `JointModel.refusal_levels`
-    gives it (the token features its sentence vectors are pooled from)."""
-    from . import multilingual as ml
+def end_reader(encoder: str, cut: list[Text], real: list[Text], template: Template) -> EndReader:
+    """The bundle's end reader (heads.EndReader), fitted on the last tokens of the responses of `cut` (copies cut
+    mid-sentence) against those of the `real` answers, in the token states `JointModel.end_levels` gives it (the
+    default bundle: its third layer; the multilingual one: the token features its sentence vectors are pooled
+    from). A text at the token limit is left out: the runtime reads a longer answer in windows, and tells the graph
+    which ones end before their answer."""
+    if encoder == "minilm":
+        from .default import JointModel, load_encoder
 
-    model = _multilingual_model()
+        model, limit, hidden = JointModel(load_encoder(), None, None, MAX_LENGTH).eval(), MAX_LENGTH, 384
+
+        def levels(texts):
+            for _, ids, mask, response, states in _minilm_batches(model, rendered(texts, template)):
+                yield mask, response, model.end_levels(states)
+    else:
+        from . import multilingual as ml
+
+        model, limit, hidden = _multilingual_model(), ml.MAX_LENGTH, ml.DIM + 3 * ml.CNN_DIM
+
+        def levels(texts):
+            for _, ids, mask, response, token_feats in _multilingual_batches(model, rendered(texts, template)):
+                yield mask, response, model.end_levels(token_feats)
+
     last: dict[bool, list[list[torch.Tensor]]] = {}
     with torch.no_grad():
         for is_cut, texts in ((True, cut), (False, real)):
-            for _, ids, mask, response, token_feats in _multilingual_batches(model, rendered(texts, template)):
+            for mask, response, states in levels(texts):
                 resp = response.to(torch.float32) * mask.to(torch.float32)
-                has = resp.sum(1) > 0
-                vectors = EndReader.last(model.refusal_levels(token_feats), resp)
-                last.setdefault(is_cut, []).append([v[has] for v in vectors])
-    reader = EndReader(len(last[True][0]), ml.DIM + 3 * ml.CNN_DIM)
+                keep = (resp.sum(1) > 0) & (mask.sum(1) < limit)
+                last.setdefault(is_cut, []).append([v[keep] for v in EndReader.last(states, resp)])
+    reader = EndReader(len(last[True][0]), hidden)
     reader.fit(*([torch.cat(level) for level in zip(*last[k])] for k in (True, False)))
     return reader.eval()
 
@@ -613,12 +644,11 @@ def train_head(
         raise UsageError("{window_term} needs {encoder} minilm and {defects}", "window_term", "encoder", "defects")
     if refusal_term and not defects:
         raise UsageError("{refusal_term} needs {defects}", "refusal_term", "defects")
-    if end_term and (encoder != "multilingual" or base is None or refusal_term or window_term):
+    if end_term and (base is None or refusal_term or window_term):
         raise UsageError(
-            "{end_term} trains an end reader and its term beside a multilingual head kept as it is: pass {encoder} "
-            "multilingual and {base}, not {refusal_term} or {window_term}",
+            "{end_term} trains an end reader and its term beside a head kept as it is: pass {base}, not "
+            "{refusal_term} or {window_term}",
             "end_term",
-            "encoder",
             "base",
             "refusal_term",
             "window_term",
@@ -650,8 +680,6 @@ def train_head(
             "refusal_term",
             "window_term",
         )
-    if kept is not None and kept["ends"] is not None and not end_term:
-        raise InputError(base, None, "a head with an end reader: pass the head it was trained beside")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     template = Template(**TEMPLATE)
@@ -699,14 +727,16 @@ def train_head(
         if refusal_term:
             raise InputError(train, None, "a refusal term needs refused copies among the fitting pairs")
         log("no refused copies among the fitting pairs (answers of three parts or more): no refusal reader")
-    ends = None
+    ends = None if kept is None else kept["ends"]  # a kept head's, unless trained again
     if end_term:
         cut = [t for t, c in zip(copies, broken) if c.kind in END_KINDS and c.index in fitting]
         if not cut:
             raise InputError(train, None, "an end term needs copies cut mid-sentence among the fitting pairs")
-        ends = end_reader(cut, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
+        ends = end_reader(encoder, cut, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
     if encoder == "minilm":
-        pooled, feats, states = encode_minilm(texts, refusals, loops, tuned_layers or relevance_layers or 0)
+        pooled, feats, states = encode_minilm(
+            texts, refusals, loops, tuned_layers or relevance_layers or 0, ends, opened
+        )
         max_length = MAX_LENGTH
     else:
         from .multilingual import MAX_LENGTH as max_length
@@ -765,7 +795,8 @@ def train_head(
                 scores = scores + kept["refusal_defects"](torch.from_numpy(feats)).numpy()
         elif refusal_term:  # trained on the others' scores: held at zero on real texts, below them on refused parts
             state = {k: v for k, v in state.items() if not k.startswith("refusal_defects.")}  # a kept one's replaced
-            columns = refusal_term_columns(feats.shape[1], len(refusals.prototype))
+            read = feats.shape[1] - (0 if ends is None else len(ends.center))  # the end reader's numbers come last
+            columns = refusal_term_columns(read, len(refusals.prototype))
             only = {
                 name: {k: v[split["kind"] == "refuse_part"] for k, v in split.items()} for name, split in defect.items()
             }
@@ -784,7 +815,11 @@ def train_head(
             }
             with torch.no_grad():
                 scores = scores + terms["refusal_defects"](torch.from_numpy(feats)).numpy()
-        if end_term:  # trained as the refusal term on the others' scores, on the copies cut mid-sentence
+        if kept is not None and kept["end_defects"] is not None and not end_term:  # kept as it is
+            meta_terms["end_defects"] = kept["meta"]["end_defects"]
+            with torch.no_grad():
+                scores = scores + kept["end_defects"](torch.from_numpy(feats)).numpy()
+        elif end_term:  # trained as the refusal term on the others' scores, on the copies cut mid-sentence
             state = {k: v for k, v in state.items() if not k.startswith(("end_defects.", "ends."))}  # a kept one's
             columns = list(range(feats.shape[1] - len(ends.center), feats.shape[1]))  # the end reader's numbers
             only = {

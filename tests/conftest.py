@@ -172,6 +172,25 @@ def head_reference():
     return head_score
 
 
+def without_ends(weights: Path, folder: Path) -> Path:
+    """A copy of the head `weights` in `folder` without its end reader and term (the head it was trained beside)."""
+    from safetensors.numpy import load_file, save_file
+
+    out = Path(folder) / f"{Path(weights).stem}_before_ends.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v for k, v in state.items() if not k.startswith(("ends.", "end_defects."))}, str(out))
+    meta = json.loads(Path(weights).with_suffix(".json").read_text())
+    meta.pop("end_defects", None)
+    out.with_suffix(".json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.fixture(scope="session")
+def head_without_ends():
+    """`head_without_ends(weights, folder)`: a copy of a head without its end reader and term."""
+    return without_ends
+
+
 @pytest.fixture(scope="session")
 def pairs_writer():
     """`pairs_writer(path, records)`: the sample's good/poor answers as src,score training pairs."""

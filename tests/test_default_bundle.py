@@ -315,3 +315,72 @@ def test_a_refusal_term_on_the_default_head_keeps_its_window_term(tmp_path, pair
         assert meta[name].get("columns", list(range(19))) == list(range(19))
     assert meta["refusal_defects"]["columns"] == [15, 16, 17, 18]  # the reader's numbers: 2 levels, 2 each
     assert meta["training"]["refusal_defects"]["choose_defects"]
+
+
+@pytest.mark.slow
+def test_an_end_term_on_the_default_head_reads_windows_as_the_runtime_reads_them(
+    tmp_path, pairs_writer, head_without_ends
+):
+    """train-scorer --base HEAD --end-term on the default head: every weight of the head is kept, the end reader
+    reads the third layer and its term its one number, after the others' 19; the graph reads `answer_open` after
+    `answer_window`, and a long answer's windows, fed as the runtime feeds them (every window but the last ends
+    before its answer), score as the PyTorch model scores them; the embedding is unchanged."""
+    from safetensors.numpy import load_file
+
+    from car_onnx.runtime.tokenization import load_tokenizer, tokenize
+    from car_onnx_export.default import (
+        WEIGHTS,
+        JointModel,
+        export_default,
+        load_defects,
+        load_encoder,
+        load_ends,
+        load_head,
+        load_refusals,
+        minilm_dir,
+    )
+    from car_onnx_export.train import train_head
+
+    base = head_without_ends(WEIGHTS, tmp_path)
+    records = json.loads(SAMPLE.read_text())
+    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
+    pairs_writer(tmp_path / "train.csv", many)
+    pairs_writer(tmp_path / "valid.csv", records[30:])
+    weights = tmp_path / "h.safetensors"
+    train_head(tmp_path / "train.csv", tmp_path / "valid.csv", weights, base=base, end_term=True, log=lambda s: None)
+    kept, got = load_file(str(base)), load_file(str(weights))
+    assert all(np.array_equal(got[name], value) for name, value in kept.items())
+    head, meta = load_head(weights)
+    assert meta["end_defects"]["columns"] == [19] and load_ends(weights).center.shape == (1, 384)
+
+    for name, w in (("base", base), ("end", weights)):
+        export_default(tmp_path / name, precisions=("fp32",), weights=w, log=lambda s: None)
+    (spec,) = json.loads((tmp_path / "end" / "manifest.json").read_text())["models"]
+    assert spec["inputs"][-2:] == ["answer_window", "answer_open"]
+    bundle = Bundle(tmp_path / "end", SessionConfig(precision="fp32"))
+    recs = list(iter_records(SAMPLE))
+    answer = " ".join(r.output for r in recs)  # three windows and more
+    long = recs[0].__class__(40, "x", {}, "Answer all of these.", "", answer)
+    out = bundle.run([*recs, long], ("score", "embed"), max_tokens=2048)
+    before = Bundle(tmp_path / "base", SessionConfig(precision="fp32")).run([*recs, long], ("embed",), max_tokens=2048)
+    np.testing.assert_array_equal(out["embed"], before["embed"])
+
+    units = bundle.model("score").reader.units(long)
+    assert len(units) > 2 and [u.open for u in units] == [True] * (len(units) - 1) + [False]
+    args = (load_defects(weights, meta), 256, load_refusals(weights), load_defects(weights, meta, "window_defects"))
+    model = JointModel(
+        load_encoder(), head, *args, meta["defects"]["runs"], load_defects(weights, meta, "refusal_defects")
+    )
+    model.ends, model.end_defects = load_ends(weights), load_defects(weights, meta, "end_defects")
+    model.eval()
+    read = tokenize(
+        load_tokenizer(minilm_dir() / "tokenizer.json", 256), [u.text for u in units], [u.start for u in units]
+    )
+    total = 0.0
+    with torch.no_grad():
+        for ids, response, u in zip(read.ids, read.response, units):
+            ids, response = torch.from_numpy(ids)[None], torch.from_numpy(response)[None]
+            fed = {k: torch.tensor([float(v)]) for k, v in (("answer_loops", u.loops), ("answer_window", u.window))}
+            fed["answer_open"] = torch.tensor([float(u.open)])
+            total += u.share * float(model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, **fed)[0][0])
+    assert out["score"][-1] == pytest.approx(total, abs=1e-4)

