@@ -311,9 +311,9 @@ def discriminant(mean, total, outer, count, shrink: float) -> tuple[torch.Tensor
     return center, nn.functional.normalize(way, dim=0)
 
 
-END_TOKENS = (
-    3  # the response tokens the end reader reads (of 1, 3 and 6, the best on the choose split: docs/scorers.md)
-)
+# The response tokens the end reader reads (of 1, 3 and 6 on the multilingual features, the best on the choose split:
+# docs/scorers.md)
+END_TOKENS = 3
 
 
 class EndReader(nn.Module):

@@ -628,12 +628,12 @@ def train_head(
     bundle's encoder only), also a second term for windows of long answers, trained also on `long_answers`. With
     `refusal_term`, also a third term, added to the others' on every text, that reads the refusal reader's numbers
     alone (heads.refusal_term_columns): trained as the others on top of their scores, on the copies whose last parts
-    were refused and on `long_answers`' refused tails. With `end_term` (the multilingual encoder, beside a `base`),
-    an end reader (heads.EndReader, fitted on the fitting pairs' copies cut mid-sentence, END_KINDS) and a term added
-    to the score that reads its numbers alone, trained as the refusal term on those copies. `base`: a head trained
-    before (on `encoder`) whose quality head, defect terms and refusal reader are kept as they are, weights and
-    metadata: only its refusal term is trained (again), or its end reader and term (`end_term`), or, with `tuned_layers` (1 or 2; its refusal term kept too), a tuned branch (export/tuned.py)
-    whose term is added to the score, trained for `tuned_steps` (default: its recipe's), or, with `relevance_layers`
+    were refused and on `long_answers`' refused tails. With `end_term` (beside a `base`), an end reader
+    (heads.EndReader, fitted on the fitting pairs' copies cut mid-sentence, END_KINDS) and a term added to the score
+    that reads its numbers alone, trained as the refusal term on those copies. `base`: a head trained before (on
+    `encoder`) whose quality head, defect terms and readers are kept as they are, weights and metadata: only its
+    refusal term is trained (again), or its end reader and term (`end_term`), or, with `tuned_layers` (1 or 2; its
+    refusal and end terms kept too), a tuned branch (export/tuned.py) whose term is added to the score, trained for `tuned_steps` (default: its recipe's), or, with `relevance_layers`
     (1 to 6), a relevance branch (export/relevance.py) whose penalty is taken off the score, trained for
     `relevance_steps`."""
     from safetensors.torch import save_file

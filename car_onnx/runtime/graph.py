@@ -83,8 +83,8 @@ class OnnxModel:
     ) -> dict[str, np.ndarray]:
         """Scores ([n] float32) and/or embeddings ([n, dim] float32) in the order of `texts`; `starts`: where each
         text's response begins (characters), for a graph that reads the response apart; `units`: each text's value
-        of the `unit_inputs` the graph reads (reading.Unit's loops, window, repeats and open; 0 for all where not given).
-        int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
+        of the `unit_inputs` the graph reads (reading.Unit's loops, window, repeats and open; 0 for all where not
+        given). int8 graphs quantise activations with one scale per batch (dynamic quantisation), so a text's result
         would depend on its batch neighbours: they run one text per batch (no padding; as fast on CPU)."""
         if self.reads_response and starts is None:
             raise BundleError(f"{self.graph}: the graph reads a response mask: run() needs each text's response start")
