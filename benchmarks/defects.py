@@ -79,9 +79,14 @@ def bundles(work: Path) -> dict[str, Path]:
     from car_onnx_export.default import RELEVANCE_WEIGHTS, TUNED_WEIGHTS, both_branches, export_default
     from car_onnx_export.multilingual import export_multilingual
 
-    folders = ("default-before", "default-now", "default-tuned", "default-relevance", "default-tuned-relevance")
-    out = dict(zip(BUNDLES, [work / f for f in folders] + [work / "multilingual-now"]))
-    out["default"] = default_now(work)
+    out = {
+        "default (before)": work / "default-before",
+        "default": default_now(work),
+        "default --tuned": work / "default-tuned",
+        "default --relevance": work / "default-relevance",
+        "default --tuned --relevance": work / "default-tuned-relevance",
+        "multilingual": work / "multilingual-now",
+    }  # in the order of BUNDLES
     both = work / "both" / "minilm_both.safetensors"
     if not (out["default --tuned --relevance"] / "manifest.json").is_file():  # merged as the command merges them
         both.parent.mkdir(parents=True, exist_ok=True)

@@ -136,8 +136,8 @@ def make_bundle(
     another `seed` gives other weights. `precisions`: fp32, int8 (dynamic quantisation, like the export's) and/or
     fp16 (weights and compute in fp16, fp32 inputs and outputs, like the export's). `response`: the scorers read
     the response apart (see make_graph). `max_windows`: the manifest's reading rule (none: the first MAX_LENGTH
-    tokens). `loops`, `window`, `repeats`, `open`: the scorers add the answer loops, ten times the window flag, the
-    repeats flag, a hundred times the open flag they are fed to the score (see make_graph)."""
+    tokens). `loops`, `window`, `repeats`, `open`: the scorers read the answer loops, the window flag, the repeats
+    flag, the open flag they are fed, each added to the score (see make_graph)."""
     assert set(precisions) <= {"fp32", "int8", "fp16"}, precisions
     root = Path(root)
     groups = [("scorer", ("score",), 1), ("embedder", ("embed",), 2)] if split else [("joint", ("score", "embed"), 0)]
