@@ -253,10 +253,17 @@ def train_scorer(
             help="Train an end reader and a defect term, added to the others, that reads only how the answer ends (whether it ends as an answer cut mid-sentence does), beside the --base head, kept as it is; the multilingual bundle's head has it (docs/scorers.md).",
         ),
     ] = False,
+    recall_term: Annotated[
+        bool,
+        typer.Option(
+            "--recall-term",
+            help="Train a defect term, added to the others, that reads how the answer relates to the prompt (the cosines of their vectors and how much of the prompt the answer takes up) on answers to another question, beside the --base head (--encoder minilm), kept as it is; the default bundle's head has it (docs/scorers.md).",
+        ),
+    ] = False,
     base: Annotated[
         Optional[Path],
         typer.Option(
-            help="A head trained before (.safetensors, on --encoder) whose quality head, defect terms and refusal reader are kept as they are: only its refusal term is trained (again), with --refusal-term, its end reader and term, with --end-term, or a branch beside it, with --tuned-layers or --relevance-layers.",
+            help="A head trained before (.safetensors, on --encoder) whose quality head, defect terms and refusal reader are kept as they are: only its refusal term is trained (again), with --refusal-term, its end reader and term, with --end-term, its recall term, with --recall-term, or a branch beside it, with --tuned-layers or --relevance-layers.",
         ),
     ] = None,
     tuned_layers: Annotated[
@@ -295,6 +302,7 @@ def train_scorer(
         window_term=window_term,
         refusal_term=refusal_term,
         end_term=end_term,
+        recall_term=recall_term,
         base=base,
         tuned_layers=tuned_layers,
         relevance_layers=relevance_layers,

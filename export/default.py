@@ -23,6 +23,7 @@ from .heads import (
     HeadConfig,
     RefusalReader,
     ScoringHead,
+    prompt_recall,
     repeats_penalty,
     span_cosines,
 )
@@ -43,6 +44,7 @@ TERMS = (
     "refusals.",
     "end_defects.",
     "ends.",
+    "recall_defects.",
     "tuned.",
     "relevance.",
 )
@@ -68,8 +70,9 @@ class JointModel(nn.Module):
     term instead (trained on windows of long answers too, export/train.py), any other text `defects`'; with
     `refusal_defects`, every text also takes that term (answers partly refused). `runs`: the length of the repeated
     runs the features also count (0: not counted, as in heads trained before them); with `end_defects`, every text
-    also takes that term (answers cut mid-sentence, read from `ends`, whose number comes last among the features).
-    With `tuned` (export/tuned.py),
+    also takes that term (answers cut mid-sentence, read from `ends`); with `recall` (heads.prompt_recall's numbers
+    last among the features) and `recall_defects`, every text but a window after a long answer's first also takes
+    that term (answers to another question). With `tuned` (export/tuned.py),
     its term, read from the states below its copied layers, is added to the score; with `relevance`
     (export/relevance.py: the branch and its penalty's points and bound), its penalty is taken off it."""
 
@@ -87,9 +90,12 @@ class JointModel(nn.Module):
         relevance: tuple[TunedBranch, float, float] | None = None,
         ends: EndReader | None = None,
         end_defects: DefectPart | None = None,
+        recall: bool = False,
+        recall_defects: DefectPart | None = None,
     ):
         super().__init__()
         self.ends, self.end_defects = ends, end_defects
+        self.recall, self.recall_defects = recall or recall_defects is not None, recall_defects
         self.encoder, self.head, self.defects, self.max_length = encoder, head, defects, max_length
         self.refusals, self.window_defects, self.runs = refusals, window_defects, runs
         self.refusal_defects, self.tuned = refusal_defects, tuned
@@ -126,6 +132,9 @@ class JointModel(nn.Module):
             for added in (self.refusal_defects, self.end_defects):
                 if added is not None:
                     term = term + added(features)
+            if self.recall_defects is not None:  # a later window holds a part of the answer: not read for it
+                first = 1.0 if answer_window is None else (answer_window < 0.5).to(term.dtype)
+                term = term + self.recall_defects(features) * first
             score = repeats_penalty(score + term, answer_repeats)
         if self.tuned is not None:
             score = score + self.tuned(hidden[-1 - len(self.tuned.layers)], attention_mask, response_mask)
@@ -154,7 +163,8 @@ class JointModel(nn.Module):
         untouched. With `runs`, also the share of the response's runs of that many tokens seen earlier in it (or
         `answer_loops`, the whole answer's, where higher). With `refusals`, also what it reads of the response's
         segments in the branch and the last layer; with `ends`, also how the response ends (`answer_open`: 1 for a
-        window that ends before its answer does, which reads no end)."""
+        window that ends before its answer does, which reads no end); with `recall`, also how much of the prompt the
+        response takes up (heads.prompt_recall)."""
         branch = self.branch_states(hidden, attention_mask, response_mask)
         levels = [*hidden, branch]
 
@@ -175,6 +185,8 @@ class JointModel(nn.Module):
             out.append(self.refusals(self.refusal_levels(hidden, branch), input_ids, response))
         if self.ends is not None:
             out.append(self.ends(self.end_levels(hidden), response, answer_open))
+        if self.recall:
+            out.append(prompt_recall(self.recall_levels(hidden, branch), attention_mask, response))
         return torch.cat(out, 1)
 
     @staticmethod
@@ -188,6 +200,14 @@ class JointModel(nn.Module):
         one whose last tokens tell copies cut mid-sentence from real answers best on the choose split:
         docs/scorers.md)."""
         return [hidden[3]]
+
+    @staticmethod
+    def recall_levels(hidden, branch) -> list[torch.Tensor]:
+        """The token states prompt_recall reads: the embedding layer's (words, before any attention) and the
+        branch's (the prompt and the response each read alone). Of the seven hidden states and the branch, these two
+        beside the cosines tell answers to the nearest other question from real ones about as well as six of them
+        on the choose split (docs/scorers.md)."""
+        return [hidden[0], branch]
 
 
 def head_config(meta: dict) -> HeadConfig:
@@ -348,6 +368,7 @@ def export_default(
     refused = load_defects(weights, meta, "refusal_defects")
     tuned, relevance = load_tuned(weights, meta, encoder), load_relevance(weights, meta, encoder)
     ends, cut = load_ends(weights), load_defects(weights, meta, "end_defects")
+    recall = load_defects(weights, meta, "recall_defects")
     if ends is not None and window is None:  # the graph's inputs are fed in order: answer_open after answer_window
         raise ExportError(f"{weights}: an end reader needs a head with a window term (train-scorer --window-term)")
     model = JointModel(
@@ -363,6 +384,7 @@ def export_default(
         relevance,
         ends,
         cut,
+        recall_defects=recall,
     )
     model.eval()
     tokenizer = copy_tokenizer(minilm_dir() / "tokenizer.json", output, NAME)
@@ -389,6 +411,7 @@ def export_default(
             "window_defects": meta.get("window_defects"),
             "refusal_defects": meta.get("refusal_defects"),
             "end_defects": meta.get("end_defects"),
+            "recall_defects": meta.get("recall_defects"),
             "tuned": meta.get("tuned"),
             "relevance": meta.get("relevance"),
             "training": meta.get("training", {}),

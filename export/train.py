@@ -83,8 +83,16 @@ DEFECTS = dict(
     long_real_weight=1.0,
     long_batch=128,
 )
+# The recall term's (train-scorer --recall-term): the defect term's, in smaller batches (its copies, the answers to
+# another question, are fewer: each record lends two beside its random kinds) and within half the agreement slack.
+# Chosen on the choose split by the mean preference over kinds (the nearest other question's answer, the expert
+# agreement there, the share of its expert texts moved by more than 0.25): batches of 256 0.9420 (0.809, 0.9311,
+# 1.5%), 64 0.9475 (0.858, 0.9311, 2.3%: over the bound), 32 0.9462 (0.851, 0.9344, 1.6%); 64 within a slack of
+# 0.005 0.9472 (0.856, 0.9311, 1.8%), of 0 0.9414 (0.789), with the expert pairs weighed 3 times 0.9454 (0.833).
+RECALL = DEFECTS | dict(batch=64, agreement_slack=0.005)
 CHOOSE = 0.15  # share of the training pairs held apart to choose epochs on
 END_KINDS = ("cut_quarter", "cut_half")  # the copies an end reader and its term learn: answers cut mid-sentence
+RECALL_KINDS = ("other_near", "other_random")  # the copies a recall term learns: answers to another question
 
 
 @dataclasses.dataclass
@@ -188,17 +196,19 @@ def encode_minilm(
     states: int = 0,
     ends: EndReader | None = None,
     opened: np.ndarray | None = None,
+    recall: bool = False,
 ):
     """(pooled [n, 7, 384], defect features [n, F], token states) of `texts` (`rendered`, or windows of long answers
     with their answers' `loops`, runtime/reading.py) through the default bundle's own graph code: the quality head's
-    per-layer means and `JointModel.defect_features` (with the refusal reader `refusals` and the end reader `ends`;
+    per-layer means and `JointModel.defect_features` (with the refusal reader `refusals`, the end reader `ends` and,
+    with `recall`, heads.prompt_recall's numbers;
     `opened`: 1 for a window that ends before its answer, as `loops` is given; a text at the token limit is read as
     one, as the runtime's windows of a longer answer are); with `states`, also each text's (token states
     [tokens, 384] fp16 below the last `states` layers, response mask), for a tuned branch (else None)."""
     from .default import JointModel, load_encoder
     from .heads import span_mean
 
-    model = JointModel(load_encoder(), None, None, MAX_LENGTH, refusals, runs=RUN, ends=ends).eval()
+    model = JointModel(load_encoder(), None, None, MAX_LENGTH, refusals, runs=RUN, ends=ends, recall=recall).eval()
     pooled = np.empty((len(texts), 7, 384), dtype=np.float32)
     feats, kept = None, ([None] * len(texts), [None] * len(texts)) if states else None
     for batch, ids, mask, response, hidden in _minilm_batches(model, texts):
@@ -459,6 +469,7 @@ def fit_defects(
     seed: int,
     long: dict | None = None,
     columns: list[int] | None = None,
+    recipe: dict = DEFECTS,
     log=print,
 ):
     """Train the defect term on top of the frozen quality scores q: score = q + DefectPart(features), the mean of
@@ -467,13 +478,13 @@ def fit_defects(
     mean preference over kinds on the choose split among those whose expert agreement there stays within
     `agreement_slack` of q's and which move at most `move_bound` of its expert texts by more than `move_at`. `long`:
     the fit and choose splits' windows of long answers (`read_long`), or None; `columns`: the features the term reads
-    (None: all)."""
-    r = DEFECTS
+    (None: all); `recipe`: DEFECTS or one made from it."""
+    r = recipe
     c, d = expert["choose"], defect["choose"]
     base = agreement(q, PairData(c["better"], c["worse"]))
     members, history = [], []
     for k in range(r["members"]):
-        part, h = _fit_member(q, feats, expert, defect, long, base, seed=seed + k, columns=columns)
+        part, h = _fit_member(q, feats, expert, defect, long, base, seed=seed + k, columns=columns, recipe=r)
         members.append(part)
         history.append(h)
     part = DefectPart.ensemble(members)
@@ -510,12 +521,14 @@ def fit_defects(
         "choose_defects": table,
         "choose_moved": round(moved, 4),
         "history": [h["history"] for h in history],
-        "recipe": DEFECTS,
+        "recipe": r,
     }
 
 
-def _fit_member(q, feats, expert, defect, long, base: float, *, seed: int, columns=None) -> tuple[DefectPart, dict]:
-    r = DEFECTS
+def _fit_member(
+    q, feats, expert, defect, long, base: float, *, seed: int, columns=None, recipe=DEFECTS
+) -> tuple[DefectPart, dict]:
+    r = recipe
     torch.manual_seed(seed)
     part = DefectPart(feats.shape[1] if columns is None else len(columns), r["hidden"], r["scale"], columns=columns)
     qt, ft = torch.from_numpy(q), torch.from_numpy(feats)
@@ -614,6 +627,7 @@ def train_head(
     window_term: bool = False,
     refusal_term: bool = False,
     end_term: bool = False,
+    recall_term: bool = False,
     base: Path | None = None,
     tuned_layers: int | None = None,
     tuned_steps: int | None = None,
@@ -630,10 +644,14 @@ def train_head(
     alone (heads.refusal_term_columns): trained as the others on top of their scores, on the copies whose last parts
     were refused and on `long_answers`' refused tails. With `end_term` (beside a `base`), an end reader
     (heads.EndReader, fitted on the fitting pairs' copies cut mid-sentence, END_KINDS) and a term added to the score
-    that reads its numbers alone, trained as the refusal term on those copies. `base`: a head trained before (on
+    that reads its numbers alone, trained as the refusal term on those copies. With `recall_term` (beside a default
+    `base`), a term added to the score on every text but a window after a long answer's first, that reads the cosines
+    of prompt and response and how much of the prompt the response takes up (heads.prompt_recall), trained as the
+    refusal term on the copies answering another question (RECALL_KINDS). `base`: a head trained before (on
     `encoder`) whose quality head, defect terms and readers are kept as they are, weights and metadata: only its
-    refusal term is trained (again), or its end reader and term (`end_term`), or, with `tuned_layers` (1 or 2; its
-    refusal and end terms kept too), a tuned branch (export/tuned.py) whose term is added to the score, trained for `tuned_steps` (default: its recipe's), or, with `relevance_layers`
+    refusal term is trained (again), or its end reader and term (`end_term`), or its recall term (`recall_term`),
+    or, with `tuned_layers` (1 or 2; its refusal, end and recall terms kept too), a tuned branch (export/tuned.py)
+    whose term is added to the score, trained for `tuned_steps` (default: its recipe's), or, with `relevance_layers`
     (1 to 6), a relevance branch (export/relevance.py) whose penalty is taken off the score, trained for
     `relevance_steps`."""
     from safetensors.torch import save_file
@@ -652,6 +670,17 @@ def train_head(
             "base",
             "refusal_term",
             "window_term",
+        )
+    if recall_term and (base is None or encoder != "minilm" or refusal_term or window_term or end_term):
+        raise UsageError(
+            "{recall_term} trains a term beside a default head kept as it is: pass {base} and {encoder} minilm, "
+            "not {refusal_term}, {window_term} or {end_term}",
+            "recall_term",
+            "base",
+            "encoder",
+            "refusal_term",
+            "window_term",
+            "end_term",
         )
     kept = _base(base, encoder) if base is not None else None
     if tuned_layers is not None and relevance_layers is not None:
@@ -673,7 +702,7 @@ def train_head(
                 "window_term",
                 "refusal_term",
             )
-    elif kept is not None and not end_term and (window_term or not refusal_term):
+    elif kept is not None and not (end_term or recall_term) and (window_term or not refusal_term):
         raise UsageError(
             "{base} keeps a head's terms and trains its refusal term: pass {refusal_term}, not {window_term}",
             "base",
@@ -691,6 +720,8 @@ def train_head(
     n_choose = max(1, int(round(CHOOSE * n))) if n > 1 else 0
     choose, fit_ = np.sort(order[:n_choose]), np.sort(order[n_choose:])
     broken = sample_defects(better, seed=seed, per_record=DEFECTS["per_record"], foreign=foreign) if defects else []
+    if recall_term:  # every record also lends an answer to its nearest other question and to a random one
+        broken += corrupt(better, RECALL_KINDS, seed=seed + 2, phrases="train")
     copies = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
     records = better + worse + valid_b + valid_w + copies
     others = relevance_negatives(better, fit_, seed=seed) if relevance_layers else []  # answers to other questions
@@ -733,9 +764,10 @@ def train_head(
         if not cut:
             raise InputError(train, None, "an end term needs copies cut mid-sentence among the fitting pairs")
         ends = end_reader(encoder, cut, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
+    recall = recall_term or (kept is not None and kept.get("recall_defects") is not None)
     if encoder == "minilm":
         pooled, feats, states = encode_minilm(
-            texts, refusals, loops, tuned_layers or relevance_layers or 0, ends, opened
+            texts, refusals, loops, tuned_layers or relevance_layers or 0, ends, opened, recall
         )
         max_length = MAX_LENGTH
     else:
@@ -745,6 +777,13 @@ def train_head(
         pooled, feats = encode_multilingual(texts, refusals, loops, runs, ends, opened)
     encoded = time.perf_counter()
     log(f"encoded {len(texts)} texts in {encoded - start:.0f}s")
+    # the readers' numbers, last among the features in this order: the refusal reader's, the end reader's, the recall's
+    n_recall = 0
+    if recall:
+        from .default import JointModel
+
+        n_recall = len(JointModel.recall_levels([None] * 7, None))
+    n_end = 0 if ends is None else len(ends.center)
     b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))
     vw = vb + len(valid_b)
     if kept is None:
@@ -795,7 +834,7 @@ def train_head(
                 scores = scores + kept["refusal_defects"](torch.from_numpy(feats)).numpy()
         elif refusal_term:  # trained on the others' scores: held at zero on real texts, below them on refused parts
             state = {k: v for k, v in state.items() if not k.startswith("refusal_defects.")}  # a kept one's replaced
-            read = feats.shape[1] - (0 if ends is None else len(ends.center))  # the end reader's numbers come last
+            read = feats.shape[1] - n_end - n_recall
             columns = refusal_term_columns(read, len(refusals.prototype))
             only = {
                 name: {k: v[split["kind"] == "refuse_part"] for k, v in split.items()} for name, split in defect.items()
@@ -821,7 +860,7 @@ def train_head(
                 scores = scores + kept["end_defects"](torch.from_numpy(feats)).numpy()
         elif end_term:  # trained as the refusal term on the others' scores, on the copies cut mid-sentence
             state = {k: v for k, v in state.items() if not k.startswith(("end_defects.", "ends."))}  # a kept one's
-            columns = list(range(feats.shape[1] - len(ends.center), feats.shape[1]))  # the end reader's numbers
+            columns = list(range(feats.shape[1] - n_recall - n_end, feats.shape[1] - n_recall))  # the end reader's
             only = {
                 name: {k: v[np.isin(split["kind"], END_KINDS)] for k, v in split.items()}
                 for name, split in defect.items()
@@ -834,6 +873,34 @@ def train_head(
             }
             with torch.no_grad():
                 scores = scores + terms["end_defects"](torch.from_numpy(feats)).numpy()
+        first = (~later).astype(np.float32)  # a window after a long answer's first does not take the recall term
+        if kept is not None and kept.get("recall_defects") is not None and not recall_term:  # kept as it is
+            meta_terms["recall_defects"] = kept["meta"]["recall_defects"]
+            with torch.no_grad():
+                scores = scores + kept["recall_defects"](torch.from_numpy(feats)).numpy() * first
+        elif recall_term:  # trained as the refusal term on the others' scores, on the answers to another question
+            state = {k: v for k, v in state.items() if not k.startswith("recall_defects.")}
+            cosines = pooled.shape[1] + 1  # span_cosines' first numbers: one a hidden state, and the branch's
+            columns = list(range(cosines)) + list(range(feats.shape[1] - n_recall, feats.shape[1]))
+            only = {
+                name: {k: v[np.isin(split["kind"], RECALL_KINDS)] for k, v in split.items()}
+                for name, split in defect.items()
+            }
+            terms["recall_defects"], metrics["recall_defects"] = fit_defects(
+                scores,
+                feats,
+                expert,
+                only | {"choose": defect["choose"]},
+                seed=seed,
+                columns=columns,
+                recipe=RECALL,
+                log=log,
+            )
+            meta_terms["recall_defects"] = {"features": len(columns), "columns": columns} | {
+                k: DEFECTS[k] for k in ("hidden", "scale", "members")
+            }
+            with torch.no_grad():
+                scores = scores + terms["recall_defects"](torch.from_numpy(feats)).numpy() * first
         if tuned_layers:
             metrics["valid_agreement_base"] = round(agreement(scores, PairData(vb, vw)), 4)
             d, metrics["tuned"] = _tuned(tuned_layers, states, scores, expert, defect, seed, tuned_steps, state, log)
@@ -850,7 +917,7 @@ def train_head(
             meta_terms["relevance"] = {"layers": relevance_layers, "hidden": RELEVANCE["hidden"], "stored": "float16"}
             meta_terms["relevance"] |= {k: RELEVANCE[k] for k in ("points", "below")}
         for name, part in terms.items():
-            if kept is None or name in ("refusal_defects", "end_defects"):
+            if kept is None or name in ("refusal_defects", "end_defects", "recall_defects"):
                 state |= {f"{name}.{k}": v.contiguous() for k, v in part.state_dict().items()}
         for name, reader in (("refusals", refusals), ("ends", ends)):
             if reader is not None:
@@ -955,7 +1022,7 @@ def _base(path: Path, encoder: str) -> dict:
     state = load_file(str(path))  # kept as it is (a refusal term trained again replaces its own)
     kept = {"head": head, "meta": meta, "refusals": load_refusals(Path(path)), "ends": load_ends(Path(path))}
     kept["state"] = state
-    for name in ("defects", "window_defects", "refusal_defects", "end_defects"):
+    for name in ("defects", "window_defects", "refusal_defects", "end_defects", "recall_defects"):
         if name in meta and "columns" not in meta[name]:
             meta[name] = meta[name] | {"columns": list(range(meta[name]["features"]))}
         kept[name] = load_defects(Path(path), meta, name)

@@ -172,23 +172,31 @@ def head_reference():
     return head_score
 
 
-def without_ends(weights: Path, folder: Path) -> Path:
-    """A copy of the head `weights` in `folder` without its end reader and term (the head it was trained beside)."""
+def without(weights: Path, folder: Path, terms: tuple[str, ...]) -> Path:
+    """A copy of the head `weights` in `folder` without the terms (and readers) named `terms`."""
     from safetensors.numpy import load_file, save_file
 
-    out = Path(folder) / f"{Path(weights).stem}_before_ends.safetensors"
+    out = Path(folder) / f"{Path(weights).stem}_without_{'_'.join(terms)}.safetensors"
     state = load_file(str(weights))
-    save_file({k: v for k, v in state.items() if not k.startswith(("ends.", "end_defects."))}, str(out))
+    save_file({k: v for k, v in state.items() if not k.startswith(tuple(f"{t}." for t in terms))}, str(out))
     meta = json.loads(Path(weights).with_suffix(".json").read_text())
-    meta.pop("end_defects", None)
+    for name in terms:
+        meta.pop(name, None)
     out.with_suffix(".json").write_text(json.dumps(meta))
     return out
 
 
 @pytest.fixture(scope="session")
 def head_without_ends():
-    """`head_without_ends(weights, folder)`: a copy of a head without its end reader and term."""
-    return without_ends
+    """`head_without_ends(weights, folder)`: a copy of a head as it was before its end reader: without its end
+    reader and term, nor the recall term trained after them."""
+    return lambda weights, folder: without(weights, folder, ("ends", "end_defects", "recall_defects"))
+
+
+@pytest.fixture(scope="session")
+def head_without_recall():
+    """`head_without_recall(weights, folder)`: a copy of a head without its recall term."""
+    return lambda weights, folder: without(weights, folder, ("recall_defects",))
 
 
 @pytest.fixture(scope="session")

@@ -384,3 +384,97 @@ def test_an_end_term_on_the_default_head_reads_windows_as_the_runtime_reads_them
             fed["answer_open"] = torch.tensor([float(u.open)])
             total += u.share * float(model(ids, torch.ones_like(ids), torch.zeros_like(ids), response, **fed)[0][0])
     assert out["score"][-1] == pytest.approx(total, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_recall_term_on_the_default_head_reads_a_long_answers_first_window_only(
+    tmp_path, pairs_writer, head_without_recall
+):
+    """train-scorer --base HEAD --recall-term: every weight of the head is kept, the term reads the cosines (the
+    first 8 numbers) and prompt_recall's 2, last after the others' 20; the graph adds it to every text but a window
+    after a long answer's first, as the PyTorch model does (windows fed as the runtime feeds them), lowers answers
+    moved to another instruction, and leaves the embedding as it is."""
+    from dataclasses import replace
+
+    from safetensors.numpy import load_file
+
+    from car_onnx.runtime.tokenization import load_tokenizer, tokenize
+    from car_onnx_export.default import (
+        WEIGHTS,
+        JointModel,
+        export_default,
+        load_defects,
+        load_encoder,
+        load_ends,
+        load_head,
+        load_refusals,
+        minilm_dir,
+    )
+    from car_onnx_export.train import train_head
+
+    base = head_without_recall(WEIGHTS, tmp_path)
+    records = json.loads(SAMPLE.read_text())
+    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
+    pairs_writer(tmp_path / "train.csv", many)
+    pairs_writer(tmp_path / "valid.csv", records[30:])
+    weights = tmp_path / "h.safetensors"
+    train_head(tmp_path / "train.csv", tmp_path / "valid.csv", weights, base=base, recall_term=True, log=lambda s: None)
+    kept, got = load_file(str(base)), load_file(str(weights))
+    assert all(np.array_equal(got[name], value) for name, value in kept.items())
+    assert any(name.startswith("recall_defects.") for name in got)
+    head, meta = load_head(weights)
+    assert meta["recall_defects"]["columns"] == [*range(8), 20, 21]
+
+    for name, w in (("base", base), ("recall", weights)):
+        export_default(tmp_path / name, precisions=("fp32",), weights=w, log=lambda s: None)
+    recs = list(iter_records(SAMPLE))
+    moved = [replace(r, output=recs[(i + 7) % len(recs)].output) for i, r in enumerate(recs[:10])]
+    answer = " ".join(r.output for r in recs)  # three windows and more
+    long = recs[0].__class__(40, "x", {}, "Name the capital of Peru.", "", answer)  # and answers other questions
+    texts = [*recs, *moved, long]
+    bundle = Bundle(tmp_path / "recall", SessionConfig(precision="fp32"))
+    out = bundle.run(texts, ("score", "embed"), max_tokens=2048)
+    before = Bundle(tmp_path / "base", SessionConfig(precision="fp32")).run(texts, ("score", "embed"), max_tokens=2048)
+    np.testing.assert_array_equal(out["embed"], before["embed"])
+    lowered = before["score"] - out["score"]
+    assert lowered[len(recs) : -1].mean() > lowered[: len(recs)].mean()  # more off the answers moved elsewhere
+
+    units = bundle.model("score").reader.units(long)
+    assert len(units) > 2 and [u.window for u in units][:2] == [0, 1]
+    model = JointModel(
+        load_encoder(),
+        head,
+        load_defects(weights, meta),
+        256,
+        load_refusals(weights),
+        load_defects(weights, meta, "window_defects"),
+        meta["defects"]["runs"],
+        load_defects(weights, meta, "refusal_defects"),
+        ends=load_ends(weights),
+        end_defects=load_defects(weights, meta, "end_defects"),
+        recall_defects=load_defects(weights, meta, "recall_defects"),
+    ).eval()
+    read = tokenize(
+        load_tokenizer(minilm_dir() / "tokenizer.json", 256), [u.text for u in units], [u.start for u in units]
+    )
+    term, total, later = model.recall_defects, 0.0, []
+    with torch.no_grad():
+        for ids, response, u in zip(read.ids, read.response, units):
+            ids, mask, response = (
+                torch.from_numpy(ids)[None],
+                torch.ones((1, len(ids))),
+                torch.from_numpy(response)[None],
+            )
+            fed = {f"answer_{k}": torch.tensor([float(getattr(u, k))]) for k in ("loops", "window", "open")}
+            model.recall_defects = None  # the score without the term, then the term on its own
+            total += u.share * float(model(ids, mask, torch.zeros_like(ids), response, **fed)[0][0])
+            model.recall_defects = term
+            hidden = model.encoder(ids, mask, torch.zeros_like(ids), output_hidden_states=True).hidden_states
+            features = model.defect_features(hidden, ids, mask, response, fed["answer_loops"], fed["answer_open"])
+            taken = u.share * float(term(features)[0])
+            if u.window:
+                later.append(taken)
+            else:
+                total += taken
+    assert out["score"][-1] == pytest.approx(total, abs=1e-4)
+    assert max(map(abs, later)) > 1e-3  # the term would move the later windows: the graph leaves them as they are

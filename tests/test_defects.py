@@ -441,6 +441,33 @@ def test_the_end_reader_fits_the_shrunk_discriminant_direction():
     np.testing.assert_allclose(reader.center[0].numpy(), real.mean(0), atol=1e-5)
 
 
+def test_prompt_recall_is_the_mean_best_response_cosine_of_the_prompts_tokens():
+    """Per level, each prompt token's (the first, [CLS], left out; pad positions out) highest cosine with a response
+    token, averaged over the prompt; 0 for an empty response: against a plain loop."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export.heads import prompt_recall
+
+    rng = np.random.default_rng(6)
+    mask, response = np.zeros((4, 12)), np.zeros((4, 12))
+    for row, (p, r) in enumerate([(4, 6), (3, 1), (5, 0), (9, 3)]):
+        mask[row, : p + r + 1] = 1  # [CLS] + prompt tokens, the response, a closing token
+        response[row, p : p + r] = 1
+    levels = [rng.normal(size=(4, 12, 5)) for _ in range(2)]
+    got = prompt_recall(
+        [torch.from_numpy(h).float() for h in levels], torch.from_numpy(mask), torch.from_numpy(response).float()
+    )
+    unit = lambda x: x / np.linalg.norm(x)  # noqa: E731
+    for row in range(4):
+        prompt = [t for t in range(1, 12) if mask[row, t] and not response[row, t]]
+        answer = np.flatnonzero(response[row])
+        for k, h in enumerate(levels):
+            want = (
+                np.mean([max(unit(h[row, t]) @ unit(h[row, a]) for a in answer) for t in prompt]) if len(answer) else 0
+            )
+            assert got[row, k].item() == pytest.approx(want, abs=1e-5)
+    assert got[0].abs().min() > 0
+
+
 def test_a_graph_reading_the_response_mask_must_say_so_in_the_manifest(tmp_path):
     bundle = tiny.make_bundle(tmp_path / "b", response=True)
     manifest = json.loads((bundle / "manifest.json").read_text())
