@@ -352,11 +352,11 @@ class EndReader(nn.Module):
 
 
 def prompt_recall(states: list[torch.Tensor], attention_mask, response: torch.Tensor) -> torch.Tensor:
-    """How much of the prompt the response takes up, per level ([B, levels]): the mean over the prompt's tokens
-    (its [CLS] left out) of each one's highest cosine with a response token. An answer to a near question shares its
-    topic's words with the prompt but not its particulars, and the level below the first layer reads them as words
-    (docs/scorers.md). 0 for an empty response. `response`: [B, T] float, 1 on the response's tokens. Costs T x T x
-    H multiply-adds a level: about 1% of the encoder at 256 tokens."""
+    """How much of the prompt the response takes up, per level ([B, levels]): the mean over the tokens outside the
+    response (the first, [CLS], left out; the closing [SEP] counts) of each one's highest cosine with a response token.
+    An answer to a near question shares its topic's words with the prompt but not its particulars, and the level below
+    the first layer reads them as words (docs/scorers.md). 0 for an empty response. `response`: [B, T] float, 1 on the
+    response's tokens. Costs T x T x H multiply-adds a level: about 1% of the encoder at 256 tokens."""
     mask = attention_mask.to(response.dtype)
     first = (torch.arange(mask.shape[1], device=mask.device) > 0).to(mask.dtype)
     prompt = (mask - response) * first

@@ -782,7 +782,7 @@ def train_head(
     if recall:
         from .default import JointModel
 
-        n_recall = len(JointModel.recall_levels([None] * 7, None))
+        n_recall = len(JointModel.recall_levels([None] * 7, None))  # one number a level it reads
     n_end = 0 if ends is None else len(ends.center)
     b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))
     vw = vb + len(valid_b)
@@ -828,79 +828,47 @@ def train_head(
             shape = {"features": int(feats.shape[1])} | {k: DEFECTS[k] for k in ("hidden", "scale", "members")}
             meta_terms = {name: shape | {"runs": RUN} for name in terms}
         scores = q + _terms(terms, feats, later)
-        if kept is not None and kept["refusal_defects"] is not None and not refusal_term:  # kept as it is
-            meta_terms["refusal_defects"] = kept["meta"]["refusal_defects"]
+
+        def kept_term(name: str) -> np.ndarray:  # a kept head's term, as it is
+            meta_terms[name] = kept["meta"][name]
             with torch.no_grad():
-                scores = scores + kept["refusal_defects"](torch.from_numpy(feats)).numpy()
-        elif refusal_term:  # trained on the others' scores: held at zero on real texts, below them on refused parts
-            state = {k: v for k, v in state.items() if not k.startswith("refusal_defects.")}  # a kept one's replaced
-            read = feats.shape[1] - n_end - n_recall
-            columns = refusal_term_columns(read, len(refusals.prototype))
+                return kept[name](torch.from_numpy(feats)).numpy()
+
+        def added_term(name: str, kinds: tuple, columns: list[int], **fit) -> np.ndarray:
+            """A term trained on the others' scores, held at zero on real texts, below them on the copies of
+            `kinds`, reading `columns` (a kept one's replaced)."""
+            nonlocal state
+            state = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
             only = {
-                name: {k: v[split["kind"] == "refuse_part"] for k, v in split.items()} for name, split in defect.items()
+                part: {k: v[np.isin(split["kind"], kinds)] for k, v in split.items()} for part, split in defect.items()
             }
-            terms["refusal_defects"], metrics["refusal_defects"] = fit_defects(
-                scores,
-                feats,
-                expert,
-                only | {"choose": defect["choose"]},
-                seed=seed,
-                long=long,
-                columns=columns,
-                log=log,
+            terms[name], metrics[name] = fit_defects(
+                scores, feats, expert, only | {"choose": defect["choose"]}, seed=seed, columns=columns, log=log, **fit
             )
-            meta_terms["refusal_defects"] = {"features": len(columns), "columns": columns} | {
+            meta_terms[name] = {"features": len(columns), "columns": columns} | {
                 k: DEFECTS[k] for k in ("hidden", "scale", "members")
             }
             with torch.no_grad():
-                scores = scores + terms["refusal_defects"](torch.from_numpy(feats)).numpy()
-        if kept is not None and kept["end_defects"] is not None and not end_term:  # kept as it is
-            meta_terms["end_defects"] = kept["meta"]["end_defects"]
-            with torch.no_grad():
-                scores = scores + kept["end_defects"](torch.from_numpy(feats)).numpy()
-        elif end_term:  # trained as the refusal term on the others' scores, on the copies cut mid-sentence
-            state = {k: v for k, v in state.items() if not k.startswith(("end_defects.", "ends."))}  # a kept one's
-            columns = list(range(feats.shape[1] - n_recall - n_end, feats.shape[1] - n_recall))  # the end reader's
-            only = {
-                name: {k: v[np.isin(split["kind"], END_KINDS)] for k, v in split.items()}
-                for name, split in defect.items()
-            }
-            terms["end_defects"], metrics["end_defects"] = fit_defects(
-                scores, feats, expert, only | {"choose": defect["choose"]}, seed=seed, columns=columns, log=log
-            )
-            meta_terms["end_defects"] = {"features": len(columns), "columns": columns} | {
-                k: DEFECTS[k] for k in ("hidden", "scale", "members")
-            }
-            with torch.no_grad():
-                scores = scores + terms["end_defects"](torch.from_numpy(feats)).numpy()
+                return terms[name](torch.from_numpy(feats)).numpy()
+
+        if kept is not None and kept["refusal_defects"] is not None and not refusal_term:
+            scores = scores + kept_term("refusal_defects")
+        elif refusal_term:  # on refused parts, and on long answers' refused tails
+            columns = refusal_term_columns(feats.shape[1] - n_end - n_recall, len(refusals.prototype))
+            scores = scores + added_term("refusal_defects", ("refuse_part",), columns, long=long)
+        if kept is not None and kept["end_defects"] is not None and not end_term:
+            scores = scores + kept_term("end_defects")
+        elif end_term:  # on the copies cut mid-sentence, from the end reader's numbers
+            state = {k: v for k, v in state.items() if not k.startswith("ends.")}  # a kept reader is replaced too
+            columns = list(range(feats.shape[1] - n_recall - n_end, feats.shape[1] - n_recall))
+            scores = scores + added_term("end_defects", END_KINDS, columns)
         first = (~later).astype(np.float32)  # a window after a long answer's first does not take the recall term
-        if kept is not None and kept.get("recall_defects") is not None and not recall_term:  # kept as it is
-            meta_terms["recall_defects"] = kept["meta"]["recall_defects"]
-            with torch.no_grad():
-                scores = scores + kept["recall_defects"](torch.from_numpy(feats)).numpy() * first
-        elif recall_term:  # trained as the refusal term on the others' scores, on the answers to another question
-            state = {k: v for k, v in state.items() if not k.startswith("recall_defects.")}
+        if kept is not None and kept["recall_defects"] is not None and not recall_term:
+            scores = scores + kept_term("recall_defects") * first
+        elif recall_term:  # on the answers to another question, from the cosines and prompt_recall's numbers
             cosines = pooled.shape[1] + 1  # span_cosines' first numbers: one a hidden state, and the branch's
             columns = list(range(cosines)) + list(range(feats.shape[1] - n_recall, feats.shape[1]))
-            only = {
-                name: {k: v[np.isin(split["kind"], RECALL_KINDS)] for k, v in split.items()}
-                for name, split in defect.items()
-            }
-            terms["recall_defects"], metrics["recall_defects"] = fit_defects(
-                scores,
-                feats,
-                expert,
-                only | {"choose": defect["choose"]},
-                seed=seed,
-                columns=columns,
-                recipe=RECALL,
-                log=log,
-            )
-            meta_terms["recall_defects"] = {"features": len(columns), "columns": columns} | {
-                k: DEFECTS[k] for k in ("hidden", "scale", "members")
-            }
-            with torch.no_grad():
-                scores = scores + terms["recall_defects"](torch.from_numpy(feats)).numpy() * first
+            scores = scores + added_term("recall_defects", RECALL_KINDS, columns, recipe=RECALL) * first
         if tuned_layers:
             metrics["valid_agreement_base"] = round(agreement(scores, PairData(vb, vw)), 4)
             d, metrics["tuned"] = _tuned(tuned_layers, states, scores, expert, defect, seed, tuned_steps, state, log)
