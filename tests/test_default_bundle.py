@@ -330,6 +330,24 @@ def test_a_refusal_term_on_the_default_head_keeps_its_window_term(tmp_path, pair
     assert meta["training"]["refusal_defects"]["choose_defects"]
 
 
+def trained_beside(base: Path, folder: Path, pairs_writer, **term) -> tuple[Path, dict]:
+    """A head trained by train_head beside `base` (with `term`, e.g. end_term=True) on 60 pairs (the sample's
+    instructions three times), its weights file and weights; every weight of `base` is kept bit for bit."""
+    from safetensors.numpy import load_file
+
+    from car_onnx_export.train import train_head
+
+    records = json.loads(SAMPLE.read_text())
+    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
+    pairs_writer(folder / "train.csv", many)
+    pairs_writer(folder / "valid.csv", records[30:])
+    weights = folder / "h.safetensors"
+    train_head(folder / "train.csv", folder / "valid.csv", weights, base=base, log=lambda s: None, **term)
+    kept, got = load_file(str(base)), load_file(str(weights))
+    assert all(np.array_equal(got[name], value) for name, value in kept.items())
+    return weights, got
+
+
 @pytest.mark.slow
 def test_an_end_term_on_the_default_head_reads_windows_as_the_runtime_reads_them(
     tmp_path, pairs_writer, head_without_ends
@@ -338,7 +356,6 @@ def test_an_end_term_on_the_default_head_reads_windows_as_the_runtime_reads_them
     reads the third layer and its term its one number, after the others' 19; the graph reads `answer_open` after
     `answer_window`, and a long answer's windows, fed as the runtime feeds them (every window but the last ends
     before its answer), score as the PyTorch model scores them; the embedding is unchanged."""
-    from safetensors.numpy import load_file
 
     from car_onnx.runtime.tokenization import load_tokenizer, tokenize
     from car_onnx_export.default import (
@@ -352,17 +369,9 @@ def test_an_end_term_on_the_default_head_reads_windows_as_the_runtime_reads_them
         load_refusals,
         minilm_dir,
     )
-    from car_onnx_export.train import train_head
 
     base = head_without_ends(WEIGHTS, tmp_path)
-    records = json.loads(SAMPLE.read_text())
-    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
-    pairs_writer(tmp_path / "train.csv", many)
-    pairs_writer(tmp_path / "valid.csv", records[30:])
-    weights = tmp_path / "h.safetensors"
-    train_head(tmp_path / "train.csv", tmp_path / "valid.csv", weights, base=base, end_term=True, log=lambda s: None)
-    kept, got = load_file(str(base)), load_file(str(weights))
-    assert all(np.array_equal(got[name], value) for name, value in kept.items())
+    weights, _ = trained_beside(base, tmp_path, pairs_writer, end_term=True)
     head, meta = load_head(weights)
     assert meta["end_defects"]["columns"] == [19] and load_ends(weights).center.shape == (1, 384)
 
@@ -405,11 +414,10 @@ def test_a_recall_term_on_the_default_head_reads_a_long_answers_first_window_onl
 ):
     """train-scorer --base HEAD --recall-term: every weight of the head is kept, the term reads the cosines (the
     first 8 numbers) and prompt_recall's 2, last after the others' 20; the graph adds it to every text but a window
-    after a long answer's first, as the PyTorch model does (windows fed as the runtime feeds them), lowers answers
-    moved to another instruction, and leaves the embedding as it is."""
+    after a long answer's first, as the PyTorch model does (windows fed as the runtime feeds them), adds to each
+    record read whole (answers moved to another instruction among them) the term the PyTorch model gives it, and
+    leaves the embedding as it is."""
     from dataclasses import replace
-
-    from safetensors.numpy import load_file
 
     from car_onnx.runtime.tokenization import load_tokenizer, tokenize
     from car_onnx_export.default import (
@@ -423,17 +431,9 @@ def test_a_recall_term_on_the_default_head_reads_a_long_answers_first_window_onl
         load_refusals,
         minilm_dir,
     )
-    from car_onnx_export.train import train_head
 
     base = head_without_recall(WEIGHTS, tmp_path)
-    records = json.loads(SAMPLE.read_text())
-    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
-    pairs_writer(tmp_path / "train.csv", many)
-    pairs_writer(tmp_path / "valid.csv", records[30:])
-    weights = tmp_path / "h.safetensors"
-    train_head(tmp_path / "train.csv", tmp_path / "valid.csv", weights, base=base, recall_term=True, log=lambda s: None)
-    kept, got = load_file(str(base)), load_file(str(weights))
-    assert all(np.array_equal(got[name], value) for name, value in kept.items())
+    weights, got = trained_beside(base, tmp_path, pairs_writer, recall_term=True)
     assert any(name.startswith("recall_defects.") for name in got)
     head, meta = load_head(weights)
     assert meta["recall_defects"]["columns"] == [*range(8), 20, 21]
