@@ -253,6 +253,13 @@ def train_scorer(
             help="Train an end reader and a defect term, added to the others, that reads only how the answer ends (whether it ends as an answer cut mid-sentence does), beside the --base head, kept as it is; the multilingual bundle's head has it (docs/scorers.md).",
         ),
     ] = False,
+    end_odds: Annotated[
+        bool,
+        typer.Option(
+            "--end-odds",
+            help="With --end-term: the end reader also reads how much likelier the answer's last token is to end a real answer than to stand anywhere in one (a table of the vocabulary, counted in the training answers); the multilingual bundle's head has it (docs/scorers.md).",
+        ),
+    ] = False,
     recall_term: Annotated[
         bool,
         typer.Option(
@@ -302,6 +309,7 @@ def train_scorer(
         window_term=window_term,
         refusal_term=refusal_term,
         end_term=end_term,
+        end_odds=end_odds,
         recall_term=recall_term,
         base=base,
         tuned_layers=tuned_layers,

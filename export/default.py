@@ -184,7 +184,7 @@ class JointModel(nn.Module):
         if self.refusals is not None:
             out.append(self.refusals(self.refusal_levels(hidden, branch), input_ids, response))
         if self.ends is not None:
-            out.append(self.ends(self.end_levels(hidden), response, answer_open))
+            out.append(self.ends(self.end_levels(hidden), response, answer_open, input_ids))
         if self.recall:
             out.append(prompt_recall(self.recall_levels(hidden, branch), attention_mask, response))
         return torch.cat(out, 1)
@@ -264,7 +264,7 @@ def load_ends(weights: Path) -> EndReader | None:
     state = {k.removeprefix("ends."): v for k, v in load_file(str(weights)).items() if k.startswith("ends.")}
     if not state:
         return None
-    reader = EndReader(*state["center"].shape)
+    reader = EndReader(*state["center"].shape, vocab=len(state["odds"]) if "odds" in state else 0)
     reader.load_state_dict(state)
     return reader.eval()
 

@@ -314,18 +314,27 @@ def discriminant(mean, total, outer, count, shrink: float) -> tuple[torch.Tensor
 # The response tokens the end reader reads (of 1, 3 and 6 on the multilingual features, the best on the choose split:
 # docs/scorers.md)
 END_TOKENS = 3
+ODDS_MIN = 20  # EndReader's token table: the occurrences in real answers a token needs to be read
+ODDS_SCALE = 5.0  # and the scale of its log ratios (about -1 to 1, as the other features' ranges)
 
 
 class EndReader(nn.Module):
     """Whether the response ends as an answer cut mid-sentence does: the unit-length mean of the states of its last
     END_TOKENS tokens at each of the given levels, centred on real answers' ends and projected on the direction that
-    tells the ends of cut copies from them (`fit`, `discriminant`). [B, levels]; 0 for an empty response and for a
-    window that ends before its answer does (`answer_open` 1: runtime/reading.py), which is no cut."""
+    tells the ends of cut copies from them (`fit`, `discriminant`); with a `vocab`, also how much likelier its last
+    token is to end a real answer than to stand anywhere in one (`fit_odds`: a table of the vocabulary's token ids).
+    [B, levels (+ 1)]; 0 for an empty response and for a window that ends before its answer does (`answer_open` 1:
+    runtime/reading.py), which is no cut."""
 
-    def __init__(self, levels: int, hidden: int):
+    def __init__(self, levels: int, hidden: int, vocab: int = 0):
         super().__init__()
         self.register_buffer("center", torch.zeros(levels, hidden))
         self.register_buffer("direction", torch.zeros(levels, hidden))
+        self.register_buffer("odds", torch.zeros(vocab) if vocab else None)
+
+    def outputs(self) -> int:
+        """How many numbers it gives a text."""
+        return len(self.center) + (self.odds is not None)
 
     @staticmethod
     def last(states: list[torch.Tensor], response: torch.Tensor) -> list[torch.Tensor]:
@@ -335,9 +344,13 @@ class EndReader(nn.Module):
         weight = response * (position > response.sum(1, keepdim=True) - END_TOKENS).to(response.dtype)
         return [nn.functional.normalize(span_mean(h, weight), dim=-1, eps=1e-6) for h in states]
 
-    def forward(self, states: list[torch.Tensor], response: torch.Tensor, answer_open=None) -> torch.Tensor:
+    def forward(self, states: list[torch.Tensor], response: torch.Tensor, answer_open=None, input_ids=None):
         # products summed, not MatMuls: int8 export quantises a MatMul with a constant operand
         out = [((v - self.center[k]) * self.direction[k]).sum(-1) for k, v in enumerate(self.last(states, response))]
+        if self.odds is not None:  # the table's entry for the response's last token
+            position = response.cumsum(1)
+            last = response * (position == response.sum(1, keepdim=True)).to(response.dtype)
+            out.append((self.odds[input_ids] * last).sum(1))
         keep = (response.sum(1) > 0).to(response.dtype)
         if answer_open is not None:
             keep = keep * (1 - answer_open.to(response.dtype))
@@ -349,6 +362,16 @@ class EndReader(nn.Module):
         for k, (c, r) in enumerate(zip(cut, real)):
             r = r.double()
             self.center[k], self.direction[k] = discriminant(c.mean(0), r.sum(0), r.T @ r, len(r), shrink)
+
+    @torch.no_grad()
+    def fit_odds(self, ends: torch.Tensor, tokens: torch.Tensor) -> None:
+        """`ends`, `tokens`: per token id, how many real answers end with it and how often it occurs in them. The
+        table: the log of the ratio of the two shares (each count plus one), over ODDS_SCALE, for the ids seen at
+        least ODDS_MIN times; 0 for the others (a token the answers barely show, such as another language's, is
+        read as neither)."""
+        ends, tokens = ends.double(), tokens.double()
+        ratio = torch.log((ends + 1) / ends.sum()) - torch.log((tokens + 1) / tokens.sum())
+        self.odds.copy_(torch.where(tokens >= ODDS_MIN, ratio / ODDS_SCALE, torch.zeros_like(ratio)).float())
 
 
 def prompt_recall(states: list[torch.Tensor], attention_mask, response: torch.Tensor) -> torch.Tensor:

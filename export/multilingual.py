@@ -277,7 +277,7 @@ class JointModel(nn.Module):
         if self.refusals is not None:
             out.append(self.refusals(self.refusal_levels(feats), input_ids, response))
         if self.ends is not None:
-            out.append(self.ends(self.end_levels(feats), response, answer_open))
+            out.append(self.ends(self.end_levels(feats), response, answer_open, input_ids))
         return torch.cat(out, 1)
 
     @staticmethod

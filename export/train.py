@@ -340,38 +340,48 @@ def refusal_reader(encoder: str, refused: list[Text], real: list[Text], template
     return reader.eval()
 
 
-def end_reader(encoder: str, cut: list[Text], real: list[Text], template: Template) -> EndReader:
+def end_reader(encoder: str, cut: list[Text], real: list[Text], template: Template, odds: bool = False) -> EndReader:
     """The bundle's end reader (heads.EndReader), fitted on the last tokens of the responses of `cut` (copies cut
     mid-sentence) against those of the `real` answers, in the token states `JointModel.end_levels` gives it (the
     default bundle: its third layer; the multilingual one: the token features its sentence vectors are pooled
-    from). A text at the token limit is left out: the runtime reads a longer answer in windows, and tells the graph
-    which ones end before their answer."""
+    from); with `odds`, also its table of the odds that a token ends a real answer, counted in the `real` answers.
+    A text at the token limit is left out: the runtime reads a longer answer in windows, and tells the graph which
+    ones end before their answer."""
     if encoder == "minilm":
         from .default import JointModel, load_encoder
 
         model, limit, hidden = JointModel(load_encoder(), None, None, MAX_LENGTH).eval(), MAX_LENGTH, 384
+        vocab = model.encoder.config.vocab_size
 
         def levels(texts):
             for _, ids, mask, response, states in _minilm_batches(model, rendered(texts, template)):
-                yield mask, response, model.end_levels(states)
+                yield ids, mask, response, model.end_levels(states)
     else:
         from . import multilingual as ml
 
         model, limit, hidden = _multilingual_model(), ml.MAX_LENGTH, ml.DIM + 3 * ml.CNN_DIM
+        vocab = len(model.scripts)
 
         def levels(texts):
             for _, ids, mask, response, token_feats in _multilingual_batches(model, rendered(texts, template)):
-                yield mask, response, model.end_levels(token_feats)
+                yield ids, mask, response, model.end_levels(token_feats)
 
     last: dict[bool, list[list[torch.Tensor]]] = {}
+    ends, tokens = torch.zeros(vocab), torch.zeros(vocab)
     with torch.no_grad():
         for is_cut, texts in ((True, cut), (False, real)):
-            for mask, response, states in levels(texts):
+            for ids, mask, response, states in levels(texts):
                 resp = response.to(torch.float32) * mask.to(torch.float32)
                 keep = (resp.sum(1) > 0) & (mask.sum(1) < limit)
                 last.setdefault(is_cut, []).append([v[keep] for v in EndReader.last(states, resp)])
-    reader = EndReader(len(last[True][0]), hidden)
+                if not is_cut:  # each kept answer's last token, and all its tokens
+                    at_end = resp * (resp.cumsum(1) == resp.sum(1, keepdim=True)) * keep.unsqueeze(1)
+                    ends.index_add_(0, ids.flatten(), at_end.flatten())
+                    tokens.index_add_(0, ids.flatten(), (resp * keep.unsqueeze(1)).flatten())
+    reader = EndReader(len(last[True][0]), hidden, vocab if odds else 0)
     reader.fit(*([torch.cat(level) for level in zip(*last[k])] for k in (True, False)))
+    if odds:
+        reader.fit_odds(ends, tokens)
     return reader.eval()
 
 
@@ -627,6 +637,7 @@ def train_head(
     window_term: bool = False,
     refusal_term: bool = False,
     end_term: bool = False,
+    end_odds: bool = False,
     recall_term: bool = False,
     base: Path | None = None,
     tuned_layers: int | None = None,
@@ -644,7 +655,8 @@ def train_head(
     alone (heads.refusal_term_columns): trained as the others on top of their scores, on the copies whose last parts
     were refused and on `long_answers`' refused tails. With `end_term` (beside a `base`), an end reader
     (heads.EndReader, fitted on the fitting pairs' copies cut mid-sentence, END_KINDS) and a term added to the score
-    that reads its numbers alone, trained as the refusal term on those copies. With `recall_term` (beside a default
+    that reads its numbers alone, trained as the refusal term on those copies (with `end_odds`, the reader also reads
+    the odds that the answer's last token ends a real answer: heads.EndReader.fit_odds). With `recall_term` (beside a default
     `base`), a term added to the score on every text but a window after a long answer's first, that reads the cosines
     of prompt and response and how much of the prompt the response takes up (heads.prompt_recall), trained as the
     refusal term on the copies answering another question (RECALL_KINDS). `base`: a head trained before (on
@@ -671,6 +683,8 @@ def train_head(
             "refusal_term",
             "window_term",
         )
+    if end_odds and not end_term:
+        raise UsageError("{end_odds} is a part of the end reader: pass {end_term}", "end_odds", "end_term")
     if recall_term and (base is None or encoder != "minilm" or refusal_term or window_term or end_term):
         raise UsageError(
             "{recall_term} trains a term beside a default head kept as it is: pass {base} and {encoder} minilm, "
@@ -763,7 +777,7 @@ def train_head(
         cut = [t for t, c in zip(copies, broken) if c.kind in END_KINDS and c.index in fitting]
         if not cut:
             raise InputError(train, None, "an end term needs copies cut mid-sentence among the fitting pairs")
-        ends = end_reader(encoder, cut, [better[i] for i in fit_] + [worse[i] for i in fit_], template)
+        ends = end_reader(encoder, cut, [better[i] for i in fit_] + [worse[i] for i in fit_], template, end_odds)
     recall = recall_term or (kept is not None and kept.get("recall_defects") is not None)
     if encoder == "minilm":
         pooled, feats, states = encode_minilm(
@@ -783,7 +797,7 @@ def train_head(
         from .default import JointModel
 
         n_recall = len(JointModel.recall_levels([None] * 7, None))  # one number a level it reads
-    n_end = 0 if ends is None else len(ends.center)
+    n_end = 0 if ends is None else ends.outputs()
     b, w, vb = np.arange(n), np.arange(n, 2 * n), np.arange(2 * n, 2 * n + len(valid_b))
     vw = vb + len(valid_b)
     if kept is None:

@@ -441,6 +441,41 @@ def test_the_end_reader_fits_the_shrunk_discriminant_direction():
     np.testing.assert_allclose(reader.center[0].numpy(), real.mean(0), atol=1e-5)
 
 
+def test_the_end_reader_reads_its_table_at_the_responses_last_token():
+    """With a vocabulary, one number more: the table's entry for the response's last token (0 for an empty response
+    and an open window); `fit_odds` against a plain count."""
+    torch = pytest.importorskip("torch")
+    from car_onnx_export.heads import ODDS_MIN, ODDS_SCALE, EndReader
+
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, 12, size=(4, 9))
+    response = np.zeros((4, 9))
+    for row, (p, r) in enumerate([(2, 5), (3, 0), (1, 8), (4, 3)]):
+        response[row, p : p + r] = 1
+    reader = EndReader(1, 3, vocab=12)
+    reader.odds[:] = torch.from_numpy(rng.normal(size=12)).float()
+    states = [torch.from_numpy(rng.normal(size=(4, 9, 3))).float()]
+    got = reader(states, torch.from_numpy(response).float(), torch.tensor([0.0, 0, 0, 1]), torch.from_numpy(ids))
+    assert got.shape == (4, 2) and reader.outputs() == 2
+    for row, want in enumerate([ids[0, 6], None, ids[2, 8], None]):
+        assert float(got[row, 1]) == (0 if want is None else pytest.approx(float(reader.odds[want])))
+
+    answers = [list(rng.integers(0, 12, size=int(rng.integers(1, 30)))) for _ in range(40)]
+    answers[:3] = [a + [12] for a in answers[:3]]  # a token seen 3 times (at answers' ends), one never (13)
+    ends, tokens = np.zeros(14), np.zeros(14)
+    for answer in answers:
+        ends[answer[-1]] += 1
+        for t in answer:
+            tokens[t] += 1
+    reader = EndReader(1, 3, vocab=14)
+    reader.fit_odds(torch.from_numpy(ends), torch.from_numpy(tokens))
+    for t in range(14):
+        ratio = np.log((ends[t] + 1) / len(answers)) - np.log((tokens[t] + 1) / sum(map(len, answers)))
+        want = ratio / ODDS_SCALE if tokens[t] >= ODDS_MIN else 0.0
+        assert float(reader.odds[t]) == pytest.approx(want, abs=1e-6)
+    assert (tokens < ODDS_MIN).any() and (tokens >= ODDS_MIN).any()
+
+
 def test_prompt_recall_is_the_mean_best_response_cosine_of_the_prompts_tokens():
     """Per level, each prompt token's (the first, [CLS], left out; pad positions out) highest cosine with a response
     token, averaged over the prompt; 0 for an empty response: against a plain loop."""

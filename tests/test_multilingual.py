@@ -329,10 +329,12 @@ def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_with
     assert float(want) < -1.0 and float(added) == pytest.approx(float(want), abs=1e-5)
 
 
-def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_without_ends):
+@pytest.mark.parametrize("odds", [False, True])
+def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_without_ends, odds):
     """train-scorer --base HEAD --end-term keeps HEAD's quality head, terms and refusal reader bit for bit, fits an
-    end reader on the fitting pairs' copies cut mid-sentence and trains a term on its number alone, added to the
-    score in the one graph, which reads `answer_open`: a window that ends before its answer reads no end."""
+    end reader on the fitting pairs' copies cut mid-sentence and trains a term on its numbers alone, added to the
+    score in the one graph, which reads `answer_open`: a window that ends before its answer reads no end. With
+    --end-odds, the reader also reads its table at the answer's last token: an answer ending in "and" reads below 0."""
     from safetensors.numpy import load_file
 
     from car_onnx_export.default import load_defects, load_ends, load_head, load_refusals
@@ -347,14 +349,22 @@ def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_without
     pairs_writer(tmp_path / "valid.csv", records[30:])
     weights = tmp_path / "h.safetensors"
     train_head(
-        tmp_path / "train.csv", tmp_path / "valid.csv", weights, base=base, encoder="multilingual", end_term=True
+        tmp_path / "train.csv",
+        tmp_path / "valid.csv",
+        weights,
+        base=base,
+        encoder="multilingual",
+        end_term=True,
+        end_odds=odds,
     )
     kept, got = load_file(str(base)), load_file(str(weights))
     assert all(np.array_equal(got[name], value) for name, value in kept.items())  # the head, terms, refusal reader
     assert {k for k in got if k not in kept} >= {"ends.center", "ends.direction"}
+    assert ("ends.odds" in got) == odds
     assert any(k.startswith("end_defects.") for k in got)
     head, meta = load_head(weights)
-    assert meta["end_defects"]["columns"] == [13]  # after the kept features: 11 and the refusal reader's 2
+    # after the kept features (11 and the refusal reader's 2): the projection, and the table's entry
+    assert meta["end_defects"]["columns"] == ([13, 14] if odds else [13])
     ends = load_ends(weights)
     assert float(ends.direction[0].norm()) == pytest.approx(1.0, abs=1e-5)
 
@@ -374,13 +384,18 @@ def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_without
     full = JointModel(*args, refused, ends=ends, end_defects=term).eval()
     tok = build_tokenizer(sp_model)
     ids = torch.tensor([tok.encode("Instruction: Name three fruits. Response: Apples, pears and").ids] * 2)
-    mask, response = torch.ones_like(ids), (torch.arange(ids.shape[1]) >= 7).long()[None].repeat(2, 1)
+    at = torch.arange(ids.shape[1])
+    mask, response = torch.ones_like(ids), ((at >= 7) & (at < len(at) - 1)).long()[None].repeat(2, 1)  # </s> out
     opened = torch.tensor([0.0, 1.0])
     with torch.no_grad():
         features = plain.defect_features(plain.encoder.tokens(ids, mask), ids, mask, response, None, opened)
         added = full(ids, mask, response, None, None, opened)[0] - plain(ids, mask, response, None, None, opened)[0]
         want = term(features)
     assert float(features[0, 13]) != 0 and float(features[1, 13]) == 0
+    if odds:
+        assert float(features[0, 14]) == pytest.approx(float(ends.odds[ids[0, -2]]))  # ▁and, the last word
+        assert float(features[0, 14]) < 0
+        assert float(features[1, 14]) == 0
     np.testing.assert_allclose(added.numpy(), want.numpy(), atol=1e-5)
     assert float(want[0]) < -1.0
 
@@ -394,6 +409,8 @@ def test_an_end_term_is_trained_beside_a_kept_head(tmp_path, cli):
     for extra in (("--encoder", "multilingual"), ("--base", tmp_path / "h0.safetensors", "--refusal-term")):
         code, _, err, _ = cli(*args, "--end-term", *extra)
         assert (code, err) == (2, f"car-onnx: error: {want}")
+    code, _, err, _ = cli(*args, "--base", tmp_path / "h0.safetensors", "--end-odds")
+    assert (code, err) == (2, "car-onnx: error: --end-odds is a part of the end reader: pass --end-term")
     assert not (tmp_path / "h.json").exists()
 
 
