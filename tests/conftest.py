@@ -205,6 +205,30 @@ def pairs_writer():
     return write_pairs
 
 
+@pytest.fixture(scope="session")
+def trained_beside():
+    """`trained_beside(base, folder, **term)`: a head trained by train_head beside `base` (with `term`, e.g.
+    end_term=True) on 60 pairs (the sample's instructions three times), its weights file and weights; every weight
+    of `base` is checked kept bit for bit."""
+
+    def train(base: Path, folder: Path, **term) -> tuple[Path, dict]:
+        from safetensors.numpy import load_file
+
+        from car_onnx_export.train import train_head
+
+        records = json.loads((Path(__file__).resolve().parents[1] / "car_onnx" / "data" / "sample.json").read_text())
+        many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
+        write_pairs(folder / "train.csv", many)
+        write_pairs(folder / "valid.csv", records[30:])
+        weights = folder / "h.safetensors"
+        train_head(folder / "train.csv", folder / "valid.csv", weights, base=base, log=lambda s: None, **term)
+        kept, got = load_file(str(base)), load_file(str(weights))
+        assert all(np.array_equal(got[name], value) for name, value in kept.items())
+        return weights, got
+
+    return train
+
+
 def said_in_place_by_hand(ids, words, times=3, period=64) -> bool:
     """reading.said_in_place by every start and period: a part of 2 to `period` tokens, one of them a word
     (`words[id]`), followed by `times - 1` copies of itself."""

@@ -330,27 +330,9 @@ def test_a_refusal_term_on_the_default_head_keeps_its_window_term(tmp_path, pair
     assert meta["training"]["refusal_defects"]["choose_defects"]
 
 
-def trained_beside(base: Path, folder: Path, pairs_writer, **term) -> tuple[Path, dict]:
-    """A head trained by train_head beside `base` (with `term`, e.g. end_term=True) on 60 pairs (the sample's
-    instructions three times), its weights file and weights; every weight of `base` is kept bit for bit."""
-    from safetensors.numpy import load_file
-
-    from car_onnx_export.train import train_head
-
-    records = json.loads(SAMPLE.read_text())
-    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]  # 60 pairs
-    pairs_writer(folder / "train.csv", many)
-    pairs_writer(folder / "valid.csv", records[30:])
-    weights = folder / "h.safetensors"
-    train_head(folder / "train.csv", folder / "valid.csv", weights, base=base, log=lambda s: None, **term)
-    kept, got = load_file(str(base)), load_file(str(weights))
-    assert all(np.array_equal(got[name], value) for name, value in kept.items())
-    return weights, got
-
-
 @pytest.mark.slow
 def test_an_end_term_on_the_default_head_reads_windows_as_the_runtime_reads_them(
-    tmp_path, pairs_writer, head_without_ends
+    tmp_path, trained_beside, head_without_ends
 ):
     """train-scorer --base HEAD --end-term on the default head: every weight of the head is kept, the end reader
     reads the third layer and its term its one number, after the others' 19; the graph reads `answer_open` after
@@ -371,7 +353,7 @@ def test_an_end_term_on_the_default_head_reads_windows_as_the_runtime_reads_them
     )
 
     base = head_without_ends(WEIGHTS, tmp_path)
-    weights, _ = trained_beside(base, tmp_path, pairs_writer, end_term=True)
+    weights, _ = trained_beside(base, tmp_path, end_term=True)
     head, meta = load_head(weights)
     assert meta["end_defects"]["columns"] == [19] and load_ends(weights).center.shape == (1, 384)
 
@@ -410,7 +392,7 @@ def test_an_end_term_on_the_default_head_reads_windows_as_the_runtime_reads_them
 
 @pytest.mark.slow
 def test_a_recall_term_on_the_default_head_reads_a_long_answers_first_window_only(
-    tmp_path, pairs_writer, head_without_recall
+    tmp_path, trained_beside, head_without_recall
 ):
     """train-scorer --base HEAD --recall-term: every weight of the head is kept, the term reads the cosines (the
     first 8 numbers) and prompt_recall's 2, last after the others' 20; the graph adds it to every text but a window
@@ -433,7 +415,7 @@ def test_a_recall_term_on_the_default_head_reads_a_long_answers_first_window_onl
     )
 
     base = head_without_recall(WEIGHTS, tmp_path)
-    weights, got = trained_beside(base, tmp_path, pairs_writer, recall_term=True)
+    weights, got = trained_beside(base, tmp_path, recall_term=True)
     assert any(name.startswith("recall_defects.") for name in got)
     head, meta = load_head(weights)
     assert meta["recall_defects"]["columns"] == [*range(8), 20, 21]

@@ -330,7 +330,7 @@ def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_with
 
 
 @pytest.mark.parametrize("odds", [False, True])
-def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_without_ends, odds):
+def test_an_end_term_trained_on_a_kept_head(tmp_path, trained_beside, head_without_ends, odds):
     """train-scorer --base HEAD --end-term keeps HEAD's quality head, terms and refusal reader bit for bit, fits an
     end reader on the fitting pairs' copies cut mid-sentence and trains a term on its numbers alone, added to the
     score in the one graph, which reads `answer_open`: a window that ends before its answer reads no end. With
@@ -340,26 +340,11 @@ def test_an_end_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_without
     from car_onnx_export.default import load_defects, load_ends, load_head, load_refusals
     from car_onnx_export.heads import DefectPart
     from car_onnx_export.multilingual import WEIGHTS, JointModel, scripts_of
-    from car_onnx_export.train import train_head
 
     base = head_without_ends(WEIGHTS, tmp_path)
-    records = json.loads((ROOT / "car_onnx" / "data" / "sample.json").read_text())
-    many = [r | {"instruction": f"{r['instruction']} ({k})"} for k in range(3) for r in records]
-    pairs_writer(tmp_path / "train.csv", many)
-    pairs_writer(tmp_path / "valid.csv", records[30:])
-    weights = tmp_path / "h.safetensors"
-    train_head(
-        tmp_path / "train.csv",
-        tmp_path / "valid.csv",
-        weights,
-        base=base,
-        encoder="multilingual",
-        end_term=True,
-        end_odds=odds,
-    )
-    kept, got = load_file(str(base)), load_file(str(weights))
-    assert all(np.array_equal(got[name], value) for name, value in kept.items())  # the head, terms, refusal reader
-    assert {k for k in got if k not in kept} >= {"ends.center", "ends.direction"}
+    weights, got = trained_beside(base, tmp_path, encoder="multilingual", end_term=True, end_odds=odds)
+    kept = set(load_file(str(base)))  # the head, terms and refusal reader, kept bit for bit
+    assert set(got) - kept >= {"ends.center", "ends.direction"}
     assert ("ends.odds" in got) == odds
     assert any(k.startswith("end_defects.") for k in got)
     head, meta = load_head(weights)
