@@ -250,7 +250,7 @@ def train_scorer(
         bool,
         typer.Option(
             "--end-term",
-            help="Train an end reader and a defect term, added to the others, that reads only how the answer ends (whether it ends as an answer cut mid-sentence does), beside the --base head, kept as it is; the multilingual bundle's head has it (docs/scorers.md).",
+            help="Train an end reader and a defect term, added to the others, that reads only how the answer ends (whether it ends as an answer cut mid-sentence does), beside the --base head, kept as it is; both shipped heads have it (docs/scorers.md).",
         ),
     ] = False,
     end_odds: Annotated[

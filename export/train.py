@@ -656,10 +656,10 @@ def train_head(
     were refused and on `long_answers`' refused tails. With `end_term` (beside a `base`), an end reader
     (heads.EndReader, fitted on the fitting pairs' copies cut mid-sentence, END_KINDS) and a term added to the score
     that reads its numbers alone, trained as the refusal term on those copies (with `end_odds`, the reader also reads
-    the odds that the answer's last token ends a real answer: heads.EndReader.fit_odds). With `recall_term` (beside a default
-    `base`), a term added to the score on every text but a window after a long answer's first, that reads the cosines
-    of prompt and response and how much of the prompt the response takes up (heads.prompt_recall), trained as the
-    refusal term on the copies answering another question (RECALL_KINDS). `base`: a head trained before (on
+    the odds that the answer's last token ends a real answer: heads.EndReader.fit_odds). With `recall_term` (beside a
+    default `base`), a term added to the score on every text but a window after a long answer's first, that reads the
+    cosines of prompt and response and how much of the prompt the response takes up (heads.prompt_recall), trained as
+    the refusal term on the copies answering another question (RECALL_KINDS). `base`: a head trained before (on
     `encoder`) whose quality head, defect terms and readers are kept as they are, weights and metadata: only its
     refusal term is trained (again), or its end reader and term (`end_term`), or its recall term (`recall_term`),
     or, with `tuned_layers` (1 or 2; its refusal, end and recall terms kept too), a tuned branch (export/tuned.py)
