@@ -337,6 +337,11 @@ class EndReader(nn.Module):
         return len(self.center) + (self.odds is not None)
 
     @staticmethod
+    def last_token(response: torch.Tensor) -> torch.Tensor:
+        """[B, T]: 1 at the response's last token (nowhere for an empty response). `response`: [B, T] float."""
+        return response * (response.cumsum(1) == response.sum(1, keepdim=True)).to(response.dtype)
+
+    @staticmethod
     def last(states: list[torch.Tensor], response: torch.Tensor) -> list[torch.Tensor]:
         """Per level, [B, H]: the unit-length mean of the response's last END_TOKENS token states (zeros where the
         response is empty). `response`: [B, T] float, 1 on the response's tokens."""
@@ -348,9 +353,7 @@ class EndReader(nn.Module):
         # products summed, not MatMuls: int8 export quantises a MatMul with a constant operand
         out = [((v - self.center[k]) * self.direction[k]).sum(-1) for k, v in enumerate(self.last(states, response))]
         if self.odds is not None:  # the table's entry for the response's last token
-            position = response.cumsum(1)
-            last = response * (position == response.sum(1, keepdim=True)).to(response.dtype)
-            out.append((self.odds[input_ids] * last).sum(1))
+            out.append((self.odds[input_ids] * self.last_token(response)).sum(1))
         keep = (response.sum(1) > 0).to(response.dtype)
         if answer_open is not None:
             keep = keep * (1 - answer_open.to(response.dtype))

@@ -374,8 +374,8 @@ def end_reader(encoder: str, cut: list[Text], real: list[Text], template: Templa
                 resp = response.to(torch.float32) * mask.to(torch.float32)
                 keep = (resp.sum(1) > 0) & (mask.sum(1) < limit)
                 last.setdefault(is_cut, []).append([v[keep] for v in EndReader.last(states, resp)])
-                if not is_cut:  # each kept answer's last token, and all its tokens
-                    at_end = resp * (resp.cumsum(1) == resp.sum(1, keepdim=True)) * keep.unsqueeze(1)
+                if odds and not is_cut:  # each kept answer's last token, and all its tokens
+                    at_end = EndReader.last_token(resp) * keep.unsqueeze(1)
                     ends.index_add_(0, ids.flatten(), at_end.flatten())
                     tokens.index_add_(0, ids.flatten(), (resp * keep.unsqueeze(1)).flatten())
     reader = EndReader(len(last[True][0]), hidden, vocab if odds else 0)
