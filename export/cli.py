@@ -260,6 +260,13 @@ def train_scorer(
             help="With --end-term: the end reader also reads how much likelier the answer's last token is to end a real answer than to stand anywhere in one (a table of the vocabulary, counted in the training answers); the multilingual bundle's head has it (docs/scorers.md).",
         ),
     ] = False,
+    end_plain: Annotated[
+        bool,
+        typer.Option(
+            "--end-plain",
+            help="With --end-term: the end reader and its term also learn the training answers without the full stop, ! or ? that ends them as real answers, above the copies cut from them, so that an answer ending without punctuation (a name, a number, a list's last item) is not read as cut (docs/scorers.md).",
+        ),
+    ] = False,
     recall_term: Annotated[
         bool,
         typer.Option(
@@ -310,6 +317,7 @@ def train_scorer(
         refusal_term=refusal_term,
         end_term=end_term,
         end_odds=end_odds,
+        end_plain=end_plain,
         recall_term=recall_term,
         base=base,
         tuned_layers=tuned_layers,

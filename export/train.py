@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -466,8 +467,12 @@ def long_preferred(scores: np.ndarray, long: dict) -> float:
 
 
 def defect_table(scores: np.ndarray, real: np.ndarray, bad: np.ndarray, kinds: np.ndarray) -> dict:
-    """Per kind: the share of pairs whose real answer scores above its corrupted copy."""
-    return {k: round(share, 4) for k, (_, share) in preferred_by_kind(scores[real], scores[bad], kinds).items()}
+    """Per kind: the share of pairs whose real answer scores above its corrupted copy (KINDS first, then any other
+    kind `kinds` names, e.g. _plain_pairs')."""
+    table = {k: round(share, 4) for k, (_, share) in preferred_by_kind(scores[real], scores[bad], kinds).items()}
+    for k in [k for k in dict.fromkeys(kinds.tolist()) if k not in table]:
+        table[k] = round(float(np.mean(scores[real[kinds == k]] > scores[bad[kinds == k]])), 4)
+    return table
 
 
 def fit_defects(
@@ -638,6 +643,7 @@ def train_head(
     refusal_term: bool = False,
     end_term: bool = False,
     end_odds: bool = False,
+    end_plain: bool = False,
     recall_term: bool = False,
     base: Path | None = None,
     tuned_layers: int | None = None,
@@ -683,8 +689,9 @@ def train_head(
             "refusal_term",
             "window_term",
         )
-    if end_odds and not end_term:
-        raise UsageError("{end_odds} is a part of the end reader: pass {end_term}", "end_odds", "end_term")
+    for part in ("end_odds", "end_plain"):
+        if locals()[part] and not end_term:
+            raise UsageError(f"{{{part}}} is a part of the end reader: pass {{end_term}}", part, "end_term")
     if recall_term and (base is None or encoder != "minilm" or refusal_term or window_term or end_term):
         raise UsageError(
             "{recall_term} trains a term beside a default head kept as it is: pass {base} and {encoder} minilm, "
@@ -738,6 +745,13 @@ def train_head(
         broken += corrupt(better, RECALL_KINDS, seed=seed + 2, phrases="train")
     copies = [Text(better[c.index].instruction, better[c.index].input, c.output) for c in broken]
     records = better + worse + valid_b + valid_w + copies
+    plain = {}  # with end_plain: each real answer ending . ! or ?, without it, by record (its text's index)
+    if end_term and end_plain:
+        for i, r in enumerate(better):
+            text = unpunctuated(r.output)
+            if text != r.output:
+                plain[i] = len(records)
+                records.append(Text(r.instruction, r.input, text))
     others = relevance_negatives(better, fit_, seed=seed) if relevance_layers else []  # answers to other questions
     records += [Text(better[i].instruction, better[i].input, answer) for i, answer in others]
     texts, long, windows = rendered(records, template), None, []
@@ -777,7 +791,8 @@ def train_head(
         cut = [t for t, c in zip(copies, broken) if c.kind in END_KINDS and c.index in fitting]
         if not cut:
             raise InputError(train, None, "an end term needs copies cut mid-sentence among the fitting pairs")
-        ends = end_reader(encoder, cut, [better[i] for i in fit_] + [worse[i] for i in fit_], template, end_odds)
+        real = [better[i] for i in fit_] + [worse[i] for i in fit_] + [records[plain[i]] for i in fit_ if i in plain]
+        ends = end_reader(encoder, cut, real, template, end_odds)
     recall = recall_term or (kept is not None and kept.get("recall_defects") is not None)
     if encoder == "minilm":
         pooled, feats, states = encode_minilm(
@@ -848,16 +863,19 @@ def train_head(
             with torch.no_grad():
                 return kept[name](torch.from_numpy(feats)).numpy()
 
-        def added_term(name: str, kinds: tuple, columns: list[int], **fit) -> np.ndarray:
+        def added_term(name: str, kinds: tuple, columns: list[int], also: dict | None = None, **fit) -> np.ndarray:
             """A term trained on the others' scores, held at zero on real texts, below them on the copies of
-            `kinds`, reading `columns` (a kept one's replaced)."""
+            `kinds`, reading `columns` (a kept one's replaced); `also`: more pairs per split, in the same form."""
             nonlocal state
             state = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
             only = {
                 part: {k: v[np.isin(split["kind"], kinds)] for k, v in split.items()} for part, split in defect.items()
             }
+            only["choose"] = defect["choose"]
+            for part, pairs in (also or {}).items():
+                only[part] = {k: np.concatenate([only[part][k], pairs[k]]) for k in pairs}
             terms[name], metrics[name] = fit_defects(
-                scores, feats, expert, only | {"choose": defect["choose"]}, seed=seed, columns=columns, log=log, **fit
+                scores, feats, expert, only, seed=seed, columns=columns, log=log, **fit
             )
             meta_terms[name] = {"features": len(columns), "columns": columns} | {
                 k: DEFECTS[k] for k in ("hidden", "scale", "members")
@@ -875,7 +893,9 @@ def train_head(
         elif end_term:  # on the copies cut mid-sentence, from the end reader's numbers
             state = {k: v for k, v in state.items() if not k.startswith("ends.")}  # a kept reader is replaced too
             columns = list(range(feats.shape[1] - n_recall - n_end, feats.shape[1] - n_recall))
-            scores = scores + added_term("end_defects", END_KINDS, columns)
+            scores = scores + added_term(
+                "end_defects", END_KINDS, columns, _plain_pairs(plain, owner, bad, kinds, in_fit)
+            )
         first = (~later).astype(np.float32)  # a window after a long answer's first does not take the recall term
         if kept is not None and kept["recall_defects"] is not None and not recall_term:
             scores = scores + kept_term("recall_defects") * first
@@ -934,6 +954,24 @@ def train_head(
     } | meta_terms
     output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return metrics
+
+
+def unpunctuated(text: str) -> str:
+    """The text without the full stops, ! and ? that end it (and the space after them)."""
+    return re.sub(r"[.!?]+$", "", text.rstrip())
+
+
+def _plain_pairs(plain: dict, owner, bad, kinds, in_fit) -> dict:
+    """The real answers without their last full stop (`plain`: text index by record) above the copies cut from
+    them: in the fitting split the copies cut mid-sentence (END_KINDS), in the choose split those and the copies cut
+    after a sentence, each kind named with ", unpunctuated" there."""
+    has = np.array([o in plain for o in owner], dtype=bool)
+    out = {}
+    for part, keep, names in (("fit", in_fit, END_KINDS), ("choose", ~in_fit, END_KINDS + ("cut_sentence",))):
+        sel = keep & has & np.isin(kinds, names)
+        kind = kinds[sel] if part == "fit" else np.array([f"{k}, unpunctuated" for k in kinds[sel]])
+        out[part] = {"real": np.array([plain[o] for o in owner[sel]], dtype=np.int64), "bad": bad[sel], "kind": kind}
+    return out
 
 
 def _terms(terms: dict, feats: np.ndarray, later: np.ndarray) -> np.ndarray:

@@ -476,6 +476,27 @@ def test_the_end_reader_reads_its_table_at_the_responses_last_token():
     assert (tokens < ODDS_MIN).any() and (tokens >= ODDS_MIN).any()
 
 
+def test_plain_pairs_put_each_real_answer_without_its_full_stop_above_its_cut_copies():
+    """--end-plain: `unpunctuated` takes off the . ! ? that end a text (and the space after them); `_plain_pairs`
+    gives each fitting copy cut mid-sentence, and each held-apart copy cut mid-sentence or after a sentence, the
+    text of its record's answer without it (records whose answer ends otherwise have none), kinds named apart there."""
+    pytest.importorskip("torch")
+    from car_onnx_export.train import _plain_pairs, unpunctuated
+
+    cases = {"Paris.": "Paris", "Really?! \n": "Really", "Pi is 3.14": "Pi is 3.14", "Done...": "Done", "": ""}
+    assert {text: unpunctuated(text) for text in cases} == cases
+    plain = {0: 100, 2: 102}  # records 0 and 2 end with a full stop; record 1 does not
+    owner = np.array([0, 0, 1, 2, 2, 2, 0])
+    kinds = np.array(["cut_half", "echo", "cut_half", "cut_quarter", "cut_sentence", "cut_half", "cut_sentence"])
+    bad = np.arange(50, 57)
+    in_fit = np.array([True, True, True, True, True, False, False])
+    got = _plain_pairs(plain, owner, bad, kinds, in_fit)
+    assert got["fit"]["real"].tolist() == [100, 102] and got["fit"]["bad"].tolist() == [50, 53]
+    assert got["fit"]["kind"].tolist() == ["cut_half", "cut_quarter"]
+    assert got["choose"]["real"].tolist() == [102, 100] and got["choose"]["bad"].tolist() == [55, 56]
+    assert got["choose"]["kind"].tolist() == ["cut_half, unpunctuated", "cut_sentence, unpunctuated"]
+
+
 def test_prompt_recall_is_the_mean_best_response_cosine_of_the_prompts_tokens():
     """Per level, each prompt token's (the first, [CLS], left out; pad positions out) highest cosine with a response
     token, averaged over the prompt; 0 for an empty response: against a plain loop."""

@@ -329,12 +329,13 @@ def test_a_refusal_term_trained_on_a_kept_head(tmp_path, pairs_writer, head_with
     assert float(want) < -1.0 and float(added) == pytest.approx(float(want), abs=1e-5)
 
 
-@pytest.mark.parametrize("odds", [False, True])
-def test_an_end_term_trained_on_a_kept_head(tmp_path, trained_beside, head_without_ends, odds):
+@pytest.mark.parametrize(("odds", "plain"), [(False, False), (True, False), (True, True)])
+def test_an_end_term_trained_on_a_kept_head(tmp_path, trained_beside, head_without_ends, odds, plain):
     """train-scorer --base HEAD --end-term keeps HEAD's quality head, terms and refusal reader bit for bit, fits an
     end reader on the fitting pairs' copies cut mid-sentence and trains a term on its numbers alone, added to the
     score in the one graph, which reads `answer_open`: a window that ends before its answer reads no end. With
-    --end-odds, the reader also reads its table at the answer's last token: an answer ending in "and" reads below 0."""
+    --end-odds, the reader also reads its table at the answer's last token: an answer ending in "and" reads below 0.
+    With --end-plain, the choice also reads the held-apart answers without their full stop above their cut copies."""
     from safetensors.numpy import load_file
 
     from car_onnx_export.default import load_defects, load_ends, load_head, load_refusals
@@ -342,7 +343,7 @@ def test_an_end_term_trained_on_a_kept_head(tmp_path, trained_beside, head_witho
     from car_onnx_export.multilingual import WEIGHTS, JointModel, scripts_of
 
     base = head_without_ends(WEIGHTS, tmp_path)
-    weights, got = trained_beside(base, tmp_path, encoder="multilingual", end_term=True, end_odds=odds)
+    weights, got = trained_beside(base, tmp_path, encoder="multilingual", end_term=True, end_odds=odds, end_plain=plain)
     kept = set(load_file(str(base)))  # the head, terms and refusal reader, kept bit for bit
     assert set(got) - kept >= {"ends.center", "ends.direction"}
     assert ("ends.odds" in got) == odds
@@ -350,6 +351,8 @@ def test_an_end_term_trained_on_a_kept_head(tmp_path, trained_beside, head_witho
     head, meta = load_head(weights)
     # after the kept features (11 and the refusal reader's 2): the projection, and the table's entry
     assert meta["end_defects"]["columns"] == ([13, 14] if odds else [13])
+    chosen = meta["training"]["end_defects"]["choose_defects"]
+    assert any(k.endswith(", unpunctuated") for k in chosen) == plain
     ends = load_ends(weights)
     assert float(ends.direction[0].norm()) == pytest.approx(1.0, abs=1e-5)
 
@@ -394,8 +397,9 @@ def test_an_end_term_is_trained_beside_a_kept_head(tmp_path, cli):
     for extra in (("--encoder", "multilingual"), ("--base", tmp_path / "h0.safetensors", "--refusal-term")):
         code, _, err, _ = cli(*args, "--end-term", *extra)
         assert (code, err) == (2, f"car-onnx: error: {want}")
-    code, _, err, _ = cli(*args, "--base", tmp_path / "h0.safetensors", "--end-odds")
-    assert (code, err) == (2, "car-onnx: error: --end-odds is a part of the end reader: pass --end-term")
+    for part in ("--end-odds", "--end-plain"):
+        code, _, err, _ = cli(*args, "--base", tmp_path / "h0.safetensors", part)
+        assert (code, err) == (2, f"car-onnx: error: {part} is a part of the end reader: pass --end-term")
     assert not (tmp_path / "h.json").exists()
 
 
