@@ -20,7 +20,6 @@ from car_onnx.core import rows as row_sources  # noqa: E402
 from car_onnx.core.selection import SelectOptions  # noqa: E402
 from car_onnx_export import tiny  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
 pytestmark = pytest.mark.slow
 
 
@@ -39,14 +38,20 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    """2,000 real records (GSM8K from the shared corpora), as JSONL and as 4 Parquet shards, and a tiny bundle."""
-    if not SHARED.is_dir():
-        pytest.skip(f"needs the shared corpora at {SHARED}")
+    """2,000 records of the tiny bundle's words, a word in seven or so one it does not know (its coverage warning),
+    as JSONL and as 4 Parquet shards, and a tiny bundle; needs nothing beside the repository."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     root = tmp_path_factory.mktemp("ray")
-    rows = json.loads((SHARED / "gsm8k_train.json").read_text())[:2000]
+    rng = np.random.default_rng(0)
+    known = len(tiny.WORDS)
+
+    def text(low: int, high: int) -> str:
+        ids = rng.integers(0, known + 20, int(rng.integers(low, high)))
+        return " ".join(tiny.WORDS[k] if k < known else f"w{k}" for k in ids)
+
+    rows = [{"id": i, "instruction": text(3, 12), "input": "", "output": text(5, 40)} for i in range(2000)]
     (root / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "shards").mkdir()
     for i in range(4):
@@ -100,8 +105,8 @@ def test_exact_mode_equals_the_single_process_output(real, cluster, cli, tmp_pat
         assert code == 0, err
         assert "on 2 actor(s) of 1 CPU(s)" in err  # both nodes worked
         assert out.read_bytes() == (tmp_path / "local.jsonl").read_bytes(), source
-        # the tiny bundle's vocabulary cannot read GSM8K: the unknown-token warning counts every chunk, as locally
-        assert warning(err) == warning(local_err) and "maps 5" in warning(local_err)
+        # the unknown-token warning counts every chunk, as locally (its share: the words the bundle does not know)
+        assert warning(err) == warning(local_err) and "maps 1" in warning(local_err)
 
 
 def test_sample_mode_against_exact(real, cluster, cli, tmp_path, capsys):
