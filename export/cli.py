@@ -264,7 +264,7 @@ def train_scorer(
         bool,
         typer.Option(
             "--end-plain",
-            help="With --end-term: the end reader and its term also learn the training answers without the full stop, ! or ? that ends them as real answers, above the copies cut from them, so that an answer ending without punctuation (a name, a number, a list's last item) is not read as cut (docs/scorers.md).",
+            help="With --end-term: the end reader and its term also learn the training answers without the full stop, ! or ? that ends them as real answers, above the copies cut from them, so that an answer ending without punctuation (a name, a number, a list's last item) is not read as cut; cuts of answers that end with a full stop read less well with it: for data whose answers mostly end without one; neither shipped head has it (docs/scorers.md).",
         ),
     ] = False,
     recall_term: Annotated[

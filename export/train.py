@@ -689,8 +689,8 @@ def train_head(
             "refusal_term",
             "window_term",
         )
-    for part in ("end_odds", "end_plain"):
-        if locals()[part] and not end_term:
+    for part, on in (("end_odds", end_odds), ("end_plain", end_plain)):
+        if on and not end_term:
             raise UsageError(f"{{{part}}} is a part of the end reader: pass {{end_term}}", part, "end_term")
     if recall_term and (base is None or encoder != "minilm" or refusal_term or window_term or end_term):
         raise UsageError(
@@ -749,7 +749,7 @@ def train_head(
     if end_term and end_plain:
         for i, r in enumerate(better):
             text = unpunctuated(r.output)
-            if text != r.output:
+            if text != r.output.rstrip():
                 plain[i] = len(records)
                 records.append(Text(r.instruction, r.input, text))
     others = relevance_negatives(better, fit_, seed=seed) if relevance_layers else []  # answers to other questions
@@ -893,9 +893,8 @@ def train_head(
         elif end_term:  # on the copies cut mid-sentence, from the end reader's numbers
             state = {k: v for k, v in state.items() if not k.startswith("ends.")}  # a kept reader is replaced too
             columns = list(range(feats.shape[1] - n_recall - n_end, feats.shape[1] - n_recall))
-            scores = scores + added_term(
-                "end_defects", END_KINDS, columns, _plain_pairs(plain, owner, bad, kinds, in_fit)
-            )
+            also = _plain_pairs(plain, owner, bad, kinds, in_fit) if plain else None
+            scores = scores + added_term("end_defects", END_KINDS, columns, also)
         first = (~later).astype(np.float32)  # a window after a long answer's first does not take the recall term
         if kept is not None and kept["recall_defects"] is not None and not recall_term:
             scores = scores + kept_term("recall_defects") * first
@@ -962,14 +961,14 @@ def unpunctuated(text: str) -> str:
 
 
 def _plain_pairs(plain: dict, owner, bad, kinds, in_fit) -> dict:
-    """The real answers without their last full stop (`plain`: text index by record) above the copies cut from
+    """The real answers without their final . ! or ? (`plain`: text index by record) above the copies cut from
     them: in the fitting split the copies cut mid-sentence (END_KINDS), in the choose split those and the copies cut
     after a sentence, each kind named with ", unpunctuated" there."""
     has = np.array([o in plain for o in owner], dtype=bool)
     out = {}
     for part, keep, names in (("fit", in_fit, END_KINDS), ("choose", ~in_fit, END_KINDS + ("cut_sentence",))):
         sel = keep & has & np.isin(kinds, names)
-        kind = kinds[sel] if part == "fit" else np.array([f"{k}, unpunctuated" for k in kinds[sel]])
+        kind = kinds[sel] if part == "fit" else np.array([f"{k}, unpunctuated" for k in kinds[sel]], dtype=str)
         out[part] = {"real": np.array([plain[o] for o in owner[sel]], dtype=np.int64), "bad": bad[sel], "kind": kind}
     return out
 
