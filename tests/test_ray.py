@@ -38,7 +38,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    """2,000 records of the tiny bundle's words, a word in seven or so one it does not know (its coverage warning),
+    """2,000 records of the tiny bundle's words, about one word in six one it does not know (its coverage warning),
     as JSONL and as 4 Parquet shards, and a tiny bundle; needs nothing beside the repository."""
     import pyarrow as pa
     import pyarrow.parquet as pq
