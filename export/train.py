@@ -662,7 +662,9 @@ def train_head(
     were refused and on `long_answers`' refused tails. With `end_term` (beside a `base`), an end reader
     (heads.EndReader, fitted on the fitting pairs' copies cut mid-sentence, END_KINDS) and a term added to the score
     that reads its numbers alone, trained as the refusal term on those copies (with `end_odds`, the reader also reads
-    the odds that the answer's last token ends a real answer: heads.EndReader.fit_odds). With `recall_term` (beside a
+    the odds that the answer's last token ends a real answer: heads.EndReader.fit_odds; with `end_plain`, the reader
+    and the term also take the training answers without the . ! ? that ends them for real ones, held above the copies
+    cut from them: _plain_pairs). With `recall_term` (beside a
     default `base`), a term added to the score on every text but a window after a long answer's first, that reads the
     cosines of prompt and response and how much of the prompt the response takes up (heads.prompt_recall), trained as
     the refusal term on the copies answering another question (RECALL_KINDS). `base`: a head trained before (on
