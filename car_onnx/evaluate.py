@@ -115,9 +115,11 @@ def defect_table(model, records, *, seed: int = 0, foreign: list[str] | None = N
 
 
 def preferred_by_kind(real: np.ndarray, bad: np.ndarray, kinds: np.ndarray) -> dict[str, tuple[int, float]]:
-    """For each kind in KINDS order that `kinds` holds: (pairs, share of pairs with real > bad); a tie is a miss."""
+    """For each kind that `kinds` holds, those of KINDS first in its order, then any other in order of appearance:
+    (pairs, share of pairs with real > bad); a tie is a miss."""
+    others = [k for k in dict.fromkeys(kinds.tolist()) if k not in KINDS]
     return {
         k: (int((kinds == k).sum()), float((real[kinds == k] > bad[kinds == k]).mean()))
-        for k in KINDS
+        for k in [*KINDS, *others]
         if (kinds == k).any()
     }

@@ -469,10 +469,7 @@ def long_preferred(scores: np.ndarray, long: dict) -> float:
 def defect_table(scores: np.ndarray, real: np.ndarray, bad: np.ndarray, kinds: np.ndarray) -> dict:
     """Per kind: the share of pairs whose real answer scores above its corrupted copy (KINDS first, then any other
     kind `kinds` names, e.g. _plain_pairs')."""
-    table = {k: round(share, 4) for k, (_, share) in preferred_by_kind(scores[real], scores[bad], kinds).items()}
-    for k in [k for k in dict.fromkeys(kinds.tolist()) if k not in table]:
-        table[k] = round(float(np.mean(scores[real[kinds == k]] > scores[bad[kinds == k]])), 4)
-    return table
+    return {k: round(share, 4) for k, (_, share) in preferred_by_kind(scores[real], scores[bad], kinds).items()}
 
 
 def fit_defects(
@@ -870,10 +867,11 @@ def train_head(
             `kinds`, reading `columns` (a kept one's replaced); `also`: more pairs per split, in the same form."""
             nonlocal state
             state = {k: v for k, v in state.items() if not k.startswith(f"{name}.")}
+            fit_split = defect["fit"]
             only = {
-                part: {k: v[np.isin(split["kind"], kinds)] for k, v in split.items()} for part, split in defect.items()
+                "fit": {k: v[np.isin(fit_split["kind"], kinds)] for k, v in fit_split.items()},
+                "choose": defect["choose"],
             }
-            only["choose"] = defect["choose"]
             for part, pairs in (also or {}).items():
                 only[part] = {k: np.concatenate([only[part][k], pairs[k]]) for k in pairs}
             terms[name], metrics[name] = fit_defects(
